@@ -1,0 +1,583 @@
+//! nf_tables over netlink in pure Rust: installs, inspects and removes the agent's port
+//! redirects (`table ip <name>` with one `nat` chain on the `prerouting` hook at priority
+//! `dstnat` (-100) and one `tcp dport <svc> redirect to :<agent>` rule per captured port).
+//!
+//! Connections that arrive from other containers/pods are redirected to the agent; locally
+//! generated traffic (the `output` hook) is deliberately left alone, so the agent still reaches
+//! the application at `127.0.0.1:<svc>`. Only the `ip` family (IPv4) is handled.
+//!
+//! Every change is one atomic nfnetlink batch (`NFNL_MSG_BATCH_BEGIN` … `END`); every message
+//! asks for an acknowledgement and kernel errors come back as [`NftError`].
+
+use crate::netlink::{
+    self, attr_string, attrs, be32, find_attr, Builder, ExchangeError, Msg, Socket, NLM_F_ACK,
+    NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// `NFPROTO_IPV4`: the `ip` family.
+const FAMILY_IP: u8 = libc::NFPROTO_IPV4 as u8;
+const NETLINK_NETFILTER: libc::c_int = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
+const NFTA_REDIR_FLAGS: u16 = 3;
+
+const NFT_REG_1: u32 = 1;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+const NF_ACCEPT: u32 = 1;
+const IPPROTO_TCP: u8 = 6;
+
+/// Netfilter hook numbers (`NF_INET_*`).
+pub const HOOK_PREROUTING: u32 = 0;
+/// `NF_INET_LOCAL_OUT`.
+pub const HOOK_OUTPUT: u32 = 3;
+/// The `dstnat` priority.
+pub const PRIORITY_DSTNAT: i32 = -100;
+/// Name of the redirect chain inside the agent's table.
+pub const CHAIN: &str = "prerouting";
+/// Longest table name the kernel accepts (`NFT_NAME_MAXLEN` minus the NUL).
+const MAX_NAME: usize = 255;
+
+/// nf_tables failures, worded for whoever reads the agent's log.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("invalid nf_tables request: {0}")]
+    Invalid(String),
+    #[error("cannot open a netfilter netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("nf_tables: {op}: operation not permitted (the traffic-agent needs the NET_ADMIN capability in the workload's network namespace)")]
+    PermissionDenied { op: String },
+    #[error("nf_tables: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Kernel { op: String, errno: i32 },
+    #[error("nf_tables: no answer from the kernel within {:?}", netlink::REPLY_TIMEOUT)]
+    Timeout,
+    #[error("nf_tables: malformed netlink reply: {0}")]
+    Protocol(String),
+}
+
+impl NftError {
+    /// The kernel's errno, when the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NftError::PermissionDenied { .. } => Some(libc::EPERM),
+            NftError::Kernel { errno, .. } => Some(*errno),
+            NftError::Socket(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// One rule of a table, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub chain: String,
+    pub handle: u64,
+    /// Expression names in order, e.g. `["meta", "cmp", "payload", "cmp", "immediate", "redir"]`.
+    pub exprs: Vec<String>,
+    /// `(service port, agent port)` when the rule is a `tcp dport X redirect to :Y`.
+    pub redirect: Option<(u16, u16)>,
+}
+
+/// One chain of a table, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainInfo {
+    pub name: String,
+    /// Netfilter hook number (base chains only), see [`HOOK_PREROUTING`].
+    pub hook: Option<u32>,
+    pub priority: Option<i32>,
+    /// `filter`, `nat` or `route` (base chains only).
+    pub chain_type: Option<String>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Reserves `n` consecutive sequence numbers.
+fn next_seqs(n: u32) -> u32 {
+    let base = SEQ.fetch_add(n, Ordering::Relaxed);
+    // Start away from 0 so a reply to "seq 0" is never mistaken for ours.
+    base.wrapping_add(0x1000)
+}
+
+fn validate_table(table: &str) -> Result<(), NftError> {
+    if table.is_empty() || table.len() > MAX_NAME || table.contains('\0') {
+        return Err(NftError::Invalid(format!(
+            "table name {table:?} must be 1-{MAX_NAME} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// A request in a batch, with what to call it in an error.
+#[derive(Debug, Clone)]
+struct Op {
+    seq: u32,
+    what: String,
+}
+
+/// An encoded batch: the bytes and the messages that expect an acknowledgement.
+struct Batch {
+    bytes: Vec<u8>,
+    begin_seq: u32,
+    ops: Vec<Op>,
+}
+
+fn nfgen(b: &mut Builder, family: u8, res_id: u16) {
+    let r = res_id.to_be_bytes();
+    b.put_header(&[family, 0 /* NFNETLINK_V0 */, r[0], r[1]]);
+}
+
+fn msg_type(nft_msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | nft_msg
+}
+
+struct BatchBuilder {
+    b: Builder,
+    seq: u32,
+    begin_seq: u32,
+    ops: Vec<Op>,
+}
+
+impl BatchBuilder {
+    fn new(first_seq: u32) -> BatchBuilder {
+        let mut b = Builder::new();
+        let m = b.begin_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq);
+        nfgen(&mut b, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        b.end_msg(m);
+        BatchBuilder {
+            b,
+            seq: first_seq.wrapping_add(1),
+            begin_seq: first_seq,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Starts one nf_tables message; the closure writes its attributes.
+    fn msg(&mut self, nft_msg: u16, flags: u16, what: String, body: impl FnOnce(&mut Builder)) {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let m = self
+            .b
+            .begin_msg(msg_type(nft_msg), NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+        nfgen(&mut self.b, FAMILY_IP, 0);
+        body(&mut self.b);
+        self.b.end_msg(m);
+        self.ops.push(Op { seq, what });
+    }
+
+    fn finish(mut self) -> Batch {
+        let m = self
+            .b
+            .begin_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.seq);
+        nfgen(&mut self.b, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
+        self.b.end_msg(m);
+        Batch {
+            bytes: self.b.finish(),
+            begin_seq: self.begin_seq,
+            ops: self.ops,
+        }
+    }
+}
+
+fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
+    let elem = b.begin_nest(NFTA_LIST_ELEM);
+    b.attr_str(NFTA_EXPR_NAME, name);
+    let d = b.begin_nest(NFTA_EXPR_DATA);
+    data(b);
+    b.end_nest(d);
+    b.end_nest(elem);
+}
+
+fn data_value(b: &mut Builder, ty: u16, value: &[u8]) {
+    let n = b.begin_nest(ty);
+    b.attr(NFTA_DATA_VALUE, value);
+    b.end_nest(n);
+}
+
+/// Appends the expressions of `tcp dport <svc> redirect to :<to>`.
+fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
+        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
+    });
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
+        data_value(b, NFTA_CMP_DATA, &[IPPROTO_TCP]);
+    });
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, 2);
+        b.attr_be32(NFTA_PAYLOAD_LEN, 2);
+    });
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
+        data_value(b, NFTA_CMP_DATA, &svc.to_be_bytes());
+    });
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+        data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
+    });
+    expr(b, "redir", |b| {
+        b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+        b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+    });
+}
+
+/// Encodes the install batch: add the table (a no-op when it exists) and delete it, which
+/// removes any stale content atomically, then create table, chain and rules.
+fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32) -> Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    let t = table;
+    bb.msg(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE,
+        format!("add table ip {t}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, t),
+    );
+    bb.msg(NFT_MSG_DELTABLE, 0, format!("flush old table ip {t}"), |b| {
+        b.attr_str(NFTA_TABLE_NAME, t)
+    });
+    bb.msg(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE,
+        format!("create table ip {t}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, t),
+    );
+    bb.msg(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE,
+        format!("create nat chain {t}/{CHAIN} (hook prerouting, priority dstnat)"),
+        |b| {
+            b.attr_str(NFTA_CHAIN_TABLE, t);
+            b.attr_str(NFTA_CHAIN_NAME, CHAIN);
+            let h = b.begin_nest(NFTA_CHAIN_HOOK);
+            b.attr_be32(NFTA_HOOK_HOOKNUM, HOOK_PREROUTING);
+            b.attr_be32(NFTA_HOOK_PRIORITY, PRIORITY_DSTNAT as u32);
+            b.end_nest(h);
+            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            b.attr_str(NFTA_CHAIN_TYPE, "nat");
+        },
+    );
+    for &(svc, to) in redirects {
+        bb.msg(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("add rule {t}/{CHAIN} tcp dport {svc} redirect to :{to}"),
+            |b| {
+                b.attr_str(NFTA_RULE_TABLE, t);
+                b.attr_str(NFTA_RULE_CHAIN, CHAIN);
+                let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
+                redirect_exprs(b, svc, to);
+                b.end_nest(e);
+            },
+        );
+    }
+    bb.finish()
+}
+
+fn encode_delete(table: &str, first_seq: u32) -> Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    bb.msg(
+        NFT_MSG_DELTABLE,
+        0,
+        format!("delete table ip {table}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, table),
+    );
+    bb.finish()
+}
+
+/// Encodes a single (non-batch) request: a GET of one object or a dump filtered by table.
+fn encode_get(nft_msg: u16, flags: u16, seq: u32, table_attr: u16, table: &str) -> Vec<u8> {
+    let mut b = Builder::new();
+    let m = b.begin_msg(msg_type(nft_msg), NLM_F_REQUEST | flags, seq);
+    nfgen(&mut b, FAMILY_IP, 0);
+    b.attr_str(table_attr, table);
+    b.end_msg(m);
+    b.finish()
+}
+
+fn open() -> Result<Socket, NftError> {
+    Socket::open(NETLINK_NETFILTER).map_err(NftError::Socket)
+}
+
+fn map_exchange(e: ExchangeError, what: impl Fn(u32) -> String) -> NftError {
+    match e {
+        ExchangeError::Io(e) => NftError::Socket(e),
+        ExchangeError::Timeout => NftError::Timeout,
+        ExchangeError::Malformed(m) => NftError::Protocol(m),
+        ExchangeError::Nack { seq, errno } => {
+            let op = what(seq);
+            if errno == libc::EPERM {
+                NftError::PermissionDenied { op }
+            } else {
+                NftError::Kernel { op, errno }
+            }
+        }
+    }
+}
+
+fn run_batch(batch: &Batch) -> Result<(), NftError> {
+    let sock = open()?;
+    let expect: Vec<u32> = batch.ops.iter().map(|o| o.seq).collect();
+    netlink::exchange(&sock, &batch.bytes, &expect, |_| Ok(())).map_err(|e| {
+        map_exchange(e, |seq| {
+            batch
+                .ops
+                .iter()
+                .find(|o| o.seq == seq)
+                .map(|o| o.what.clone())
+                .unwrap_or_else(|| {
+                    if seq == batch.begin_seq {
+                        "begin transaction".to_string()
+                    } else {
+                        "commit transaction".to_string()
+                    }
+                })
+        })
+    })
+}
+
+/// Atomically replaces `table ip <table>` with a nat chain on the `prerouting` hook (priority
+/// -100) holding one `tcp dport <svc> redirect to :<agent>` rule per `(svc, agent)` pair. A
+/// table of that name that existed before is removed in the same transaction.
+pub fn install_redirects(table: &str, redirects: &[(u16, u16)]) -> Result<(), NftError> {
+    validate_table(table)?;
+    if let Some(&(s, a)) = redirects.iter().find(|(s, a)| *s == 0 || *a == 0) {
+        return Err(NftError::Invalid(format!(
+            "redirect {s} -> {a}: ports must be 1-65535"
+        )));
+    }
+    let n = redirects.len() as u32 + 5;
+    run_batch(&encode_install(table, redirects, next_seqs(n)))
+}
+
+/// Deletes `table ip <table>` and everything in it. Returns whether it existed.
+pub fn delete_table(table: &str) -> Result<bool, NftError> {
+    validate_table(table)?;
+    match run_batch(&encode_delete(table, next_seqs(3))) {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `table ip <table>` exists (`NFT_MSG_GETTABLE`).
+pub fn table_exists(table: &str) -> Result<bool, NftError> {
+    validate_table(table)?;
+    let sock = open()?;
+    let seq = next_seqs(1);
+    let req = encode_get(NFT_MSG_GETTABLE, NLM_F_ACK, seq, NFTA_TABLE_NAME, table);
+    let mut found = false;
+    let res = netlink::exchange(&sock, &req, &[seq], |m| {
+        if m.ty == msg_type(NFT_MSG_NEWTABLE) {
+            let name = find_attr(nft_attrs(m)?, NFTA_TABLE_NAME).map(attr_string);
+            found |= name.as_deref() == Some(table);
+        }
+        Ok(())
+    });
+    match res {
+        Ok(()) => Ok(found),
+        Err(ExchangeError::Nack { errno, .. }) if errno == libc::ENOENT => Ok(false),
+        Err(e) => Err(map_exchange(e, |_| format!("get table ip {table}"))),
+    }
+}
+
+/// The attributes of an nf_tables message (after its `nfgenmsg`).
+fn nft_attrs<'a>(m: &Msg<'a>) -> Result<&'a [u8], String> {
+    m.payload
+        .get(4..)
+        .ok_or_else(|| "nf_tables message without nfgenmsg".to_string())
+}
+
+fn dump(
+    nft_msg: u16,
+    table_attr: u16,
+    table: &str,
+    what: &str,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), NftError> {
+    validate_table(table)?;
+    let sock = open()?;
+    let seq = next_seqs(1);
+    let req = encode_get(nft_msg, NLM_F_DUMP, seq, table_attr, table);
+    let reply_ty = msg_type(nft_msg - 1); // GETx is answered with NEWx
+    let res = netlink::exchange(&sock, &req, &[seq], |m| {
+        if m.ty != reply_ty {
+            return Ok(());
+        }
+        let a = nft_attrs(m)?;
+        // The kernel filters by table; check anyway in case an old kernel ignores the filter.
+        if find_attr(a, table_attr).map(attr_string).as_deref() != Some(table) {
+            return Ok(());
+        }
+        each(a)
+    });
+    match res {
+        Ok(()) => Ok(()),
+        Err(ExchangeError::Nack { errno, .. }) if errno == libc::ENOENT => Ok(()),
+        Err(e) => Err(map_exchange(e, |_| format!("{what} of table ip {table}"))),
+    }
+}
+
+/// Lists the rules of `table ip <table>` (`NFT_MSG_GETRULE` dump), decoding redirects.
+/// A missing table has no rules.
+pub fn list_rules(table: &str) -> Result<Vec<RuleInfo>, NftError> {
+    let mut out = Vec::new();
+    dump(NFT_MSG_GETRULE, NFTA_RULE_TABLE, table, "list rules", |a| {
+        out.push(decode_rule(a));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Lists the chains of `table ip <table>` (`NFT_MSG_GETCHAIN` dump).
+pub fn list_chains(table: &str) -> Result<Vec<ChainInfo>, NftError> {
+    let mut out = Vec::new();
+    dump(
+        NFT_MSG_GETCHAIN,
+        NFTA_CHAIN_TABLE,
+        table,
+        "list chains",
+        |a| {
+            let hook = find_attr(a, NFTA_CHAIN_HOOK);
+            out.push(ChainInfo {
+                name: find_attr(a, NFTA_CHAIN_NAME)
+                    .map(attr_string)
+                    .unwrap_or_default(),
+                hook: hook.and_then(|h| find_attr(h, NFTA_HOOK_HOOKNUM)).and_then(be32),
+                priority: hook
+                    .and_then(|h| find_attr(h, NFTA_HOOK_PRIORITY))
+                    .and_then(be32)
+                    .map(|p| p as i32),
+                chain_type: find_attr(a, NFTA_CHAIN_TYPE).map(attr_string),
+            });
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+fn data_value_of(expr_data: &[u8], ty: u16) -> Option<&[u8]> {
+    find_attr(expr_data, ty).and_then(|d| find_attr(d, NFTA_DATA_VALUE))
+}
+
+fn port_of(v: Option<&[u8]>) -> Option<u16> {
+    match v {
+        Some([a, b]) => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
+    }
+}
+
+/// Decodes a rule's attributes; recognises exactly the expression sequence that
+/// [`install_redirects`] writes.
+fn decode_rule(a: &[u8]) -> RuleInfo {
+    let chain = find_attr(a, NFTA_RULE_CHAIN)
+        .map(attr_string)
+        .unwrap_or_default();
+    let handle = find_attr(a, NFTA_RULE_HANDLE)
+        .and_then(|h| h.get(..8))
+        .map(|h| u64::from_be_bytes(h.try_into().expect("8 bytes")))
+        .unwrap_or(0);
+    let mut exprs = Vec::new();
+    let mut datas = Vec::new();
+    if let Some(list) = find_attr(a, NFTA_RULE_EXPRESSIONS) {
+        for (ty, elem) in attrs(list) {
+            if ty != NFTA_LIST_ELEM {
+                continue;
+            }
+            exprs.push(
+                find_attr(elem, NFTA_EXPR_NAME)
+                    .map(attr_string)
+                    .unwrap_or_default(),
+            );
+            datas.push(find_attr(elem, NFTA_EXPR_DATA).unwrap_or(&[]));
+        }
+    }
+    let names: Vec<&str> = exprs.iter().map(String::as_str).collect();
+    let redirect = if names == ["meta", "cmp", "payload", "cmp", "immediate", "redir"] {
+        let l4 = find_attr(datas[0], NFTA_META_KEY).and_then(be32) == Some(NFT_META_L4PROTO)
+            && data_value_of(datas[1], NFTA_CMP_DATA) == Some(&[IPPROTO_TCP][..]);
+        let dport = find_attr(datas[2], NFTA_PAYLOAD_BASE).and_then(be32)
+            == Some(NFT_PAYLOAD_TRANSPORT_HEADER)
+            && find_attr(datas[2], NFTA_PAYLOAD_OFFSET).and_then(be32) == Some(2)
+            && find_attr(datas[2], NFTA_PAYLOAD_LEN).and_then(be32) == Some(2);
+        let redir_reg = find_attr(datas[5], NFTA_REDIR_REG_PROTO_MIN).and_then(be32);
+        let redir_max = find_attr(datas[5], NFTA_REDIR_REG_PROTO_MAX).and_then(be32);
+        let imm_reg = find_attr(datas[4], NFTA_IMMEDIATE_DREG).and_then(be32);
+        let svc = port_of(data_value_of(datas[3], NFTA_CMP_DATA));
+        let to = port_of(data_value_of(datas[4], NFTA_IMMEDIATE_DATA));
+        let regs_ok = redir_reg.is_some()
+            && redir_reg == imm_reg
+            && (redir_max.is_none() || redir_max == redir_reg);
+        match (l4 && dport && regs_ok, svc, to) {
+            (true, Some(s), Some(t)) => Some((s, t)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    RuleInfo {
+        chain,
+        handle,
+        exprs,
+        redirect,
+    }
+}
+
+impl fmt::Display for RuleInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.redirect {
+            Some((s, t)) => write!(f, "{}: tcp dport {s} redirect to :{t}", self.chain),
+            None => write!(f, "{}: {}", self.chain, self.exprs.join(" ")),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "nft_tests.rs"]
+mod tests;

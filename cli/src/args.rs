@@ -1,0 +1,242 @@
+//! The command line: every command, its flags and the hidden role subcommands of the
+//! multi-call binary (daemon, traffic-manager, traffic-agent).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "telepresence",
+    version,
+    about = "Run one service in a container on your laptop as if it ran in the cluster"
+)]
+pub struct Cli {
+    /// Output format for machine consumption.
+    #[arg(long, global = true, value_enum, default_value = "default")]
+    pub output: OutputFormat,
+    /// Select the connection whose name matches this regular expression.
+    #[arg(long = "use", global = true, value_name = "REGEX")]
+    pub use_: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Default,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterType {
+    Docker,
+    Kubernetes,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a daemon (in a container) and connect it to the cluster.
+    Connect(ConnectArgs),
+    /// Show the connectivity of every running daemon.
+    Status,
+    /// End the session; -s also stops every daemon, agent and Docker-engine traffic-manager.
+    Quit(QuitArgs),
+    /// List workloads and their intercept state.
+    List(ListArgs),
+    /// Intercept a workload's traffic.
+    Intercept(InterceptArgs),
+    /// Remove an intercept.
+    Leave(LeaveArgs),
+    /// Remove traffic-agents.
+    Uninstall(UninstallArgs),
+    /// Show client, daemon and traffic-manager versions.
+    Version,
+    /// Run the client daemon (inside its container).
+    #[command(name = "daemon-foreground", hide = true)]
+    DaemonForeground,
+    /// Run the traffic-manager.
+    #[command(name = "traffic-manager", hide = true)]
+    TrafficManager,
+    /// Run the traffic-agent.
+    #[command(hide = true)]
+    Agent,
+    /// Remove a crashed agent's netfilter rules from the workload's network namespace.
+    #[command(name = "agent-cleanup", hide = true)]
+    AgentCleanup(AgentCleanupArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ConnectArgs {
+    /// Run the daemon in a container (the only mode of this implementation; accepted for
+    /// compatibility).
+    #[arg(long)]
+    pub docker: bool,
+    /// Connection name (default `<context>-<namespace>-cn`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What the cluster is: a Kubernetes cluster or this Docker engine (compose projects are
+    /// namespaces). Default: kubernetes when a kubeconfig context exists, else docker.
+    #[arg(long, value_enum)]
+    pub cluster_type: Option<ClusterType>,
+    /// Namespace (on a Docker engine: the compose project; standalone containers: `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Kubernetes context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Kubeconfig file.
+    #[arg(long)]
+    pub kubeconfig: Option<String>,
+    /// Namespace of the traffic-manager.
+    #[arg(long, default_value = "ambassador")]
+    pub manager_namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentCleanupArgs {
+    /// Only report: exit 0 when no agent table exists, 3 when one does.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QuitArgs {
+    /// Also stop every daemon, and on a Docker engine the traffic-managers and agents.
+    #[arg(short = 's', long = "stop-daemons")]
+    pub stop_daemons: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Only workloads with intercepts.
+    #[arg(short = 'i', long)]
+    pub intercepts: bool,
+    /// Only workloads with a traffic-agent.
+    #[arg(short = 'a', long)]
+    pub agents: bool,
+    /// Only interceptable workloads.
+    #[arg(short = 'o', long = "only-interceptable", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub only_interceptable: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InterceptArgs {
+    /// Intercept name; also the workload name unless --workload is given.
+    pub name: String,
+    /// <local port>[:<service port number or name>[/TCP]]
+    #[arg(short = 'p', long, default_value = "8080")]
+    pub port: String,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The workload to intercept (default: the intercept name).
+    #[arg(short = 'w', long)]
+    pub workload: Option<String>,
+    /// Run the handler with `docker run` and the arguments after `--`; leave when it exits.
+    #[arg(long)]
+    pub docker_run: bool,
+    /// Where the handler listens inside the daemon's network namespace.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove the agents of these workloads.
+    #[arg(long = "agent", num_args = 1..)]
+    pub agents: Vec<String>,
+    /// Remove every agent of the namespace.
+    #[arg(long)]
+    pub all_agents: bool,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+/// `-p/--port` parsed: the local port and the service port identifier (may be empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub local: u16,
+    pub remote: String,
+}
+
+/// Parses `<local>[:<svcPortName|number>[/TCP|UDP]]`.
+pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let (local, rest) = match s.split_once(':') {
+        Some((l, r)) => (l, r),
+        None => (s, ""),
+    };
+    let local: u16 = local
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("invalid local port {local:?} in --port {s:?}: expected 1-65535"))?;
+    let remote = match rest.split_once('/') {
+        Some((r, proto)) if proto.eq_ignore_ascii_case("tcp") => r,
+        Some((_, proto)) => {
+            return Err(format!(
+                "protocol {proto:?} in --port {s:?} is not supported; only TCP can be intercepted"
+            ))
+        }
+        None => rest,
+    };
+    Ok(PortSpec {
+        local,
+        remote: remote.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(
+            parse_port("8080").unwrap(),
+            PortSpec {
+                local: 8080,
+                remote: String::new()
+            }
+        );
+        assert_eq!(parse_port("9090:8080").unwrap().remote, "8080");
+        assert_eq!(parse_port("9090:http/TCP").unwrap().remote, "http");
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("x:80").is_err());
+        assert!(parse_port("70000").is_err());
+        assert!(parse_port("90:53/UDP").unwrap_err().contains("only TCP"));
+    }
+
+    #[test]
+    fn intercept_args_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "telepresence",
+            "intercept",
+            "web",
+            "-n",
+            "shop",
+            "--port",
+            "9090:8080",
+            "--docker-run",
+            "--",
+            "--rm",
+            "img:dev",
+            "serve",
+        ])
+        .unwrap();
+        let Command::Intercept(a) = cli.command else {
+            panic!("not intercept")
+        };
+        assert_eq!(a.namespace.as_deref(), Some("shop"));
+        assert!(a.docker_run);
+        assert_eq!(a.command, vec!["--rm", "img:dev", "serve"]);
+    }
+}

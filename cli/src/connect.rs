@@ -1,0 +1,331 @@
+//! `telepresence connect`: picks the cluster, makes sure the image exists, starts the
+//! Docker-engine traffic-manager when needed, starts the daemon container `tp-<name>`, waits
+//! until it holds a session, and records it for discovery.
+
+use crate::args::{ClusterType, ConnectArgs};
+use crate::engine::{self, CONNECTION_LABEL, NAMESPACE_LABEL, ROLE_LABEL};
+use crate::info::{self, DaemonInfo};
+use crate::output::CmdOutput;
+use crate::rpc;
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::CreateContainerOptions;
+use bollard::Docker;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The image repository of the telepresence binary.
+pub const IMAGE_REPO: &str = "telepresence";
+/// Container-side ports.
+pub const MANAGER_GRPC_PORT: u16 = 8081;
+pub const MANAGER_TUNNEL_PORT: u16 = 8082;
+pub const DAEMON_PORT: u16 = 7777;
+
+/// The Docker-engine manager container of a namespace.
+pub fn manager_container(namespace: &str) -> String {
+    format!("tp-traffic-manager-{namespace}")
+}
+
+/// Labels every resource we create carries, plus the role.
+pub fn labels(role: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut l = HashMap::from([
+        (engine::MANAGED_BY_LABEL.to_string(), engine::MANAGED_BY_VALUE.to_string()),
+        (ROLE_LABEL.to_string(), role.to_string()),
+    ]);
+    for (k, v) in extra {
+        l.insert(k.to_string(), v.to_string());
+    }
+    l
+}
+
+/// Whether a kubeconfig with a current context exists (then Kubernetes is the default).
+fn kube_context_exists(kubeconfig: Option<&str>) -> bool {
+    let path = kubeconfig
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("KUBECONFIG").map(Into::into))
+        .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")));
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|s| s.lines().any(|l| l.trim_start().starts_with("current-context:") && l.split(':').nth(1).is_some_and(|v| !v.trim().is_empty() && v.trim() != "\"\"")))
+}
+
+pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
+    let mut text = String::new();
+    let cluster_type = match args.cluster_type {
+        Some(t) => t,
+        None if kube_context_exists(args.kubeconfig.as_deref()) => ClusterType::Kubernetes,
+        None => {
+            text.push_str("No Kubernetes context found: using this Docker engine as the cluster (--cluster-type docker)\n");
+            ClusterType::Docker
+        }
+    };
+    if cluster_type == ClusterType::Kubernetes {
+        bail!("connecting to a Kubernetes cluster is not available in this build yet; use --cluster-type docker to treat this Docker engine (compose projects) as the cluster");
+    }
+    let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
+    let context = "docker".to_string();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{context}-{namespace}-cn"));
+    validate_name(&name)?;
+    let container = format!("tp-{name}");
+    let docker = engine::connect().await?;
+
+    // Already connected?
+    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
+        if engine::is_running(&docker, &existing.container).await {
+            if existing.namespace == namespace {
+                text.push_str(&format!(
+                    "Already connected to context {}, namespace {} ({})\n",
+                    existing.context, existing.namespace, existing.server
+                ));
+                return Ok(CmdOutput::text(text));
+            }
+            bail!(
+                "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
+                existing.namespace
+            );
+        }
+        info::remove(&name);
+    }
+    if engine::is_running(&docker, &container).await {
+        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
+    }
+
+    // Validate the namespace before anything is created.
+    let network = tp_manager::docker::network_of_namespace(&docker, &namespace)
+        .await
+        .map_err(|e| match e {
+            tp_manager::provider::ProviderError::NamespaceNotFound(_) => anyhow!(
+                "namespace \"{namespace}\" not found: no compose project of that name runs on this Docker engine (see `docker compose ls`), and `default` means standalone containers"
+            ),
+            other => anyhow!(other),
+        })?;
+
+    let exe = std::env::current_exe().context("locating the telepresence executable")?;
+    let image = crate::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
+        eprintln!("{line}");
+    })
+    .await?;
+    eprintln!("Launching Telepresence Daemon");
+    let gateway = engine::bridge_gateway(&docker).await?;
+    let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image, &gateway).await?;
+
+    let result = start_daemon(
+        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel,
+    )
+    .await;
+    let (id, port) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let logs = crate::engine_logs(&docker, &container).await;
+            let _ = engine::remove_container(&docker, &container, 1).await;
+            return Err(e.context(format!("the daemon did not start{logs}")));
+        }
+    };
+    let server = tp_manager::docker::engine_address();
+    let info = DaemonInfo {
+        name: name.clone(),
+        namespace: namespace.clone(),
+        context: context.clone(),
+        cluster_type: "docker".into(),
+        server: server.clone(),
+        manager_namespace: args.manager_namespace.clone(),
+        container: container.clone(),
+        container_id: id,
+        port,
+    };
+    info::save(&info)?;
+    text.push_str(&format!(
+        "Connected to context {context}, namespace {namespace} ({server})\n"
+    ));
+    Ok(CmdOutput {
+        text,
+        data: Some(serde_json::to_value(&info)?),
+    })
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("invalid connection name {name:?}: use letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+/// Starts (or reuses) the namespace's traffic-manager container; returns the gRPC and tunnel
+/// addresses as the daemon reaches them (the bridge gateway and the published ports).
+async fn ensure_manager(
+    docker: &Docker,
+    namespace: &str,
+    network: &str,
+    image: &str,
+    gateway: &str,
+) -> Result<(String, String)> {
+    let name = manager_container(namespace);
+    let current_image = docker
+        .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok();
+    let running_same = current_image.as_ref().is_some_and(|c| {
+        c.state.as_ref().and_then(|s| s.running).unwrap_or(false)
+            && c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image)
+    });
+    if !running_same {
+        if current_image.is_some() {
+            engine::remove_container(docker, &name, 5).await?;
+        }
+        let bind = |p: u16| {
+            (
+                format!("{p}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some(gateway.to_string()),
+                    host_port: Some(String::new()),
+                }]),
+            )
+        };
+        let socket = docker_socket_path();
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["traffic-manager".into()]),
+            env: Some(vec![
+                "TP_CLUSTER_TYPE=docker".into(),
+                format!("TP_NAMESPACE={namespace}"),
+                format!("TP_NETWORK={network}"),
+                format!("TP_AGENT_IMAGE={image}"),
+                format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
+                format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
+                "DOCKER_HOST=unix:///var/run/docker.sock".into(),
+                format!("RUST_LOG={}", std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())),
+            ]),
+            labels: Some(labels("traffic-manager", &[(NAMESPACE_LABEL, namespace)])),
+            exposed_ports: Some(vec![
+                format!("{MANAGER_GRPC_PORT}/tcp"),
+                format!("{MANAGER_TUNNEL_PORT}/tcp"),
+            ]),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.to_string()),
+                binds: Some(vec![format!("{socket}:/var/run/docker.sock")]),
+                port_bindings: Some(HashMap::from([
+                    bind(MANAGER_GRPC_PORT),
+                    bind(MANAGER_TUNNEL_PORT),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("creating the traffic-manager container {name}"))?;
+        if let Err(e) = docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
+            let _ = engine::remove_container(docker, &name, 0).await;
+            return Err(anyhow!(e).context(format!("starting the traffic-manager container {name}")));
+        }
+    }
+    let (_, g) = engine::published_port(docker, &name, &format!("{MANAGER_GRPC_PORT}/tcp")).await?;
+    let (_, t) = engine::published_port(docker, &name, &format!("{MANAGER_TUNNEL_PORT}/tcp")).await?;
+    Ok((format!("{gateway}:{g}"), format!("{gateway}:{t}")))
+}
+
+/// Path of the engine's unix socket on the host, for bind-mounting into the manager.
+fn docker_socket_path() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_daemon(
+    docker: &Docker,
+    name: &str,
+    container: &str,
+    namespace: &str,
+    args: &ConnectArgs,
+    image: &str,
+    grpc: &str,
+    tunnel: &str,
+) -> Result<(String, u16)> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["daemon-foreground".into()]),
+        env: Some(vec![
+            format!("TP_CONNECTION={name}"),
+            format!("TP_NAMESPACE={namespace}"),
+            format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
+            "TP_CONTEXT=docker".into(),
+            format!("TP_MANAGER_ADDR={grpc}"),
+            format!("TP_TUNNEL_ADDR={tunnel}"),
+            format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
+            format!("TP_CLIENT_NAME={user}@{host}"),
+            format!("RUST_LOG={}", std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())),
+        ]),
+        labels: Some(labels("daemon", &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)])),
+        exposed_ports: Some(vec![format!("{DAEMON_PORT}/tcp")]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(
+                format!("{DAEMON_PORT}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            // Reserved for the outbound path (TUN device): nothing more.
+            cap_add: Some(vec!["NET_ADMIN".into()]),
+            devices: Some(vec![bollard::models::DeviceMapping {
+                path_on_host: Some("/dev/net/tun".into()),
+                path_in_container: Some("/dev/net/tun".into()),
+                cgroup_permissions: Some("rwm".into()),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(container.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .with_context(|| format!("creating the daemon container {container}"))?;
+    docker
+        .start_container(container, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .with_context(|| format!("starting the daemon container {container}"))?;
+    let (_, port) = engine::published_port(docker, container, &format!("{DAEMON_PORT}/tcp")).await?;
+    // Ready = its gRPC answers, which it only does once it holds a manager session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = rpc::connector(port).await {
+            if c.status(tp_rpc::manager::Empty {}).await.is_ok() {
+                break;
+            }
+        }
+        if !engine::is_running(docker, container).await {
+            bail!("the daemon container exited");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the daemon did not become ready within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((created.id, port))
+}

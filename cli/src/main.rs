@@ -1,0 +1,98 @@
+//! `telepresence`: one static binary for the CLI and, through hidden subcommands, the daemon,
+//! the traffic-manager and the traffic-agent.
+
+use clap::Parser;
+use std::io::Write;
+use tp_cli::args::{Cli, Command, OutputFormat};
+use tp_cli::output::{render, CmdOutput};
+
+fn init_logs(role: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if role { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn cmd_name(c: &Command) -> &'static str {
+    match c {
+        Command::Connect(_) => "connect",
+        Command::Status => "status",
+        Command::Quit(_) => "quit",
+        Command::List(_) => "list",
+        Command::Intercept(_) => "intercept",
+        Command::Leave(_) => "leave",
+        Command::Uninstall(_) => "uninstall",
+        Command::Version => "version",
+        Command::DaemonForeground => "daemon-foreground",
+        Command::TrafficManager => "traffic-manager",
+        Command::Agent => "agent",
+        Command::AgentCleanup(_) => "agent-cleanup",
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let role = matches!(
+        cli.command,
+        Command::DaemonForeground | Command::TrafficManager | Command::Agent | Command::AgentCleanup(_)
+    );
+    init_logs(role);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let name = cmd_name(&cli.command);
+    if role {
+        let r = rt.block_on(async {
+            match cli.command {
+                Command::DaemonForeground => tp_cli::roles::daemon().await,
+                Command::TrafficManager => tp_cli::roles::traffic_manager().await,
+                Command::Agent => tp_cli::roles::agent().await,
+                Command::AgentCleanup(a) => tp_cli::roles::agent_cleanup(a.check),
+                _ => unreachable!("not a role"),
+            }
+        });
+        if let Err(e) = r {
+            eprintln!("telepresence {name}: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let format = cli.output;
+    let use_ = cli.use_.clone();
+    let raw = matches!(cli.command, Command::Status | Command::List(_));
+    let mut exit_code = None;
+    let result: Result<CmdOutput, String> = rt
+        .block_on(async {
+            let u = use_.as_deref();
+            match cli.command {
+                Command::Connect(a) => tp_cli::connect::run(a).await,
+                Command::Status => tp_cli::commands::status(u).await,
+                Command::Quit(a) => tp_cli::commands::quit(a, u).await,
+                Command::List(a) => tp_cli::commands::list(a, u).await,
+                Command::Leave(a) => tp_cli::commands::leave(&a.name, u).await,
+                Command::Uninstall(a) => tp_cli::commands::uninstall(a, u).await,
+                Command::Version => tp_cli::commands::version(u).await,
+                Command::Intercept(a) => {
+                    let (out, code) =
+                        tp_cli::intercept::run(a, u, format == OutputFormat::Default).await?;
+                    exit_code = code;
+                    Ok(out)
+                }
+                _ => unreachable!("roles handled above"),
+            }
+        })
+        .map_err(|e: anyhow::Error| format!("{e:#}"));
+    let text = render(format, name, raw, &result);
+    let failed = result.is_err();
+    if failed && format == OutputFormat::Default {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    } else {
+        let _ = std::io::stdout().write_all(text.as_bytes());
+    }
+    drop(rt);
+    std::process::exit(if failed { 1 } else { exit_code.unwrap_or(0) });
+}

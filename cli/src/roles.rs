@@ -1,0 +1,89 @@
+//! Entry points of the roles that run inside containers from the same binary: the daemon, the
+//! traffic-manager (Docker-engine provider) and the traffic-agent.
+
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn env_port(key: &str, default: u16) -> Result<u16> {
+    match std::env::var(key) {
+        Ok(v) => v.parse().with_context(|| format!("{key}={v:?} is not a port")),
+        Err(_) => Ok(default),
+    }
+}
+
+pub async fn daemon() -> Result<()> {
+    let cfg = tp_daemon::DaemonConfig::from_env()?;
+    tp_daemon::run(cfg).await?;
+    Ok(())
+}
+
+pub async fn traffic_manager() -> Result<()> {
+    let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
+    if cluster != "docker" {
+        anyhow::bail!("TP_CLUSTER_TYPE={cluster:?}: only the docker provider is available in this build");
+    }
+    let namespace = std::env::var("TP_NAMESPACE").context("TP_NAMESPACE is required")?;
+    let network = std::env::var("TP_NETWORK").context("TP_NETWORK is required")?;
+    let agent_image = std::env::var("TP_AGENT_IMAGE").context("TP_AGENT_IMAGE is required")?;
+    let grpc_port = env_port("TP_GRPC_PORT", crate::connect::MANAGER_GRPC_PORT)?;
+    let tunnel_port = env_port("TP_TUNNEL_PORT", crate::connect::MANAGER_TUNNEL_PORT)?;
+    let docker = tp_manager::docker::connect_engine().await?;
+    let manager_host = match std::env::var("TP_MANAGER_HOST") {
+        Ok(h) => h,
+        Err(_) => tp_manager::docker::DockerProvider::own_address(&docker, &network).await?,
+    };
+    let provider = tp_manager::docker::DockerProvider::new(
+        docker,
+        tp_manager::docker::DockerConfig {
+            namespace,
+            manager_host,
+            grpc_port,
+            tunnel_port,
+            agent_image,
+        },
+    );
+    let cfg = tp_manager::ManagerConfig {
+        grpc_addr: ([0, 0, 0, 0], grpc_port).into(),
+        tunnel_addr: ([0, 0, 0, 0], tunnel_port).into(),
+        agent_timeout: Duration::from_secs(30),
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    tp_manager::run(cfg, Arc::new(provider), shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+pub async fn agent() -> Result<()> {
+    let cfg = tp_agent::AgentConfig::from_env()?;
+    tp_agent::run(cfg).await?;
+    Ok(())
+}
+
+/// Removes the agent's netfilter table; with `check`, only reports it (exit 3 when present).
+pub fn agent_cleanup(check: bool) -> Result<()> {
+    if check {
+        if tp_agent::nft::table_exists(tp_agent::TABLE)? {
+            std::process::exit(3);
+        }
+        return Ok(());
+    }
+    let removed = tp_agent::cleanup()?;
+    eprintln!(
+        "{}",
+        if removed {
+            "removed the traffic-agent's netfilter table"
+        } else {
+            "no traffic-agent netfilter table present"
+        }
+    );
+    Ok(())
+}

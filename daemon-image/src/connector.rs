@@ -1,0 +1,140 @@
+//! The CLI-facing gRPC service of the daemon: status, list, intercept create/remove, uninstall
+//! and quit, each forwarded to the manager with this daemon's session.
+
+use crate::session::Session;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tp_rpc::connector::connector_server::Connector;
+use tp_rpc::connector::*;
+use tp_rpc::manager::*;
+
+pub struct ConnectorService {
+    session: Arc<Session>,
+    quit: mpsc::Sender<()>,
+}
+
+impl ConnectorService {
+    pub fn new(session: Arc<Session>, quit: mpsc::Sender<()>) -> Self {
+        ConnectorService { session, quit }
+    }
+}
+
+#[tonic::async_trait]
+impl Connector for ConnectorService {
+    async fn version(&self, _: Request<Empty>) -> Result<Response<VersionInfo>, Status> {
+        Ok(Response::new(VersionInfo {
+            version: tp_rpc::VERSION.into(),
+            name: "daemon".into(),
+        }))
+    }
+
+    async fn status(&self, _: Request<Empty>) -> Result<Response<DaemonStatus>, Status> {
+        let s = &self.session;
+        let manager = s.client.clone().version(Empty {}).await;
+        Ok(Response::new(DaemonStatus {
+            version: tp_rpc::VERSION.into(),
+            connection: s.cfg.connection.clone(),
+            status: "Connected".into(),
+            cluster_type: s.cluster.cluster_type.clone(),
+            server: s.cluster.server.clone(),
+            context: s.cfg.context.clone(),
+            namespace: s.cfg.namespace.clone(),
+            manager_namespace: s.cfg.manager_namespace.clone(),
+            container_network: format!("container:tp-{}", s.cfg.connection),
+            intercepts: s.intercepts.borrow().clone(),
+            manager_connected: manager.is_ok(),
+            manager_version: manager.map(|m| m.into_inner().version).unwrap_or_default(),
+            agent_image: s.cluster.agent_image.clone(),
+        }))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<WorkloadList>, Status> {
+        let mut ns = req.into_inner().namespace;
+        if ns.is_empty() {
+            ns = self.session.cfg.namespace.clone();
+        }
+        self.session
+            .client
+            .clone()
+            .list_workloads(ListWorkloadsRequest {
+                session: Some(self.session.session()),
+                namespace: ns,
+            })
+            .await
+    }
+
+    async fn create_intercept(
+        &self,
+        req: Request<InterceptSpec>,
+    ) -> Result<Response<InterceptInfo>, Status> {
+        let mut spec = req.into_inner();
+        if spec.namespace.is_empty() {
+            spec.namespace = self.session.cfg.namespace.clone();
+        }
+        if spec.target_host.is_empty() {
+            spec.target_host = "127.0.0.1".into();
+        }
+        if let Some(other) = self.session.intercepts.borrow().iter().find(|i| {
+            i.spec.as_ref().is_some_and(|s| {
+                s.target_port == spec.target_port && s.target_host == spec.target_host
+            })
+        }) {
+            return Err(Status::already_exists(format!(
+                "local port {} is already used by intercept \"{}\"; choose another --port",
+                spec.target_port,
+                other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
+            )));
+        }
+        let info = self
+            .session
+            .client
+            .clone()
+            .create_intercept(CreateInterceptRequest {
+                session: Some(self.session.session()),
+                spec: Some(spec.clone()),
+            })
+            .await?;
+        let created = info.get_ref().spec.clone().unwrap_or(spec);
+        self.session.specs.lock().unwrap().push(created);
+        Ok(info)
+    }
+
+    async fn remove_intercept(
+        &self,
+        req: Request<LeaveRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let name = req.into_inner().name;
+        self.session
+            .specs
+            .lock()
+            .unwrap()
+            .retain(|s| s.name != name);
+        self.session
+            .client
+            .clone()
+            .remove_intercept(RemoveInterceptRequest {
+                session: Some(self.session.session()),
+                name,
+            })
+            .await
+    }
+
+    async fn uninstall(
+        &self,
+        req: Request<UninstallRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut req = req.into_inner();
+        req.session = Some(self.session.session());
+        if req.namespace.is_empty() {
+            req.namespace = self.session.cfg.namespace.clone();
+        }
+        self.session.client.clone().uninstall(req).await
+    }
+
+    async fn quit(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
+        self.session.depart().await;
+        let _ = self.quit.try_send(());
+        Ok(Response::new(Empty {}))
+    }
+}

@@ -1,0 +1,215 @@
+//! The daemon's session with the traffic-manager: arrival, lease renewal (arriving again and
+//! re-creating its intercepts when the manager forgot it), the intercept snapshot, and delivery
+//! of intercepted connections to the local handler.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tp_rpc::manager::manager_client::ManagerClient;
+use tp_rpc::manager::*;
+use tp_rpc::tunnel::{dial, splice, write_header, Role, TunnelHeader};
+
+/// Daemon settings, from the environment the CLI gives the daemon container.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub connection: String,
+    pub namespace: String,
+    pub manager_namespace: String,
+    pub context: String,
+    /// Manager gRPC address as reachable from the daemon (host:port).
+    pub manager_addr: String,
+    /// Manager tunnel address as reachable from the daemon (host:port).
+    pub tunnel_addr: String,
+    /// Where the CLI-facing gRPC listens (inside the container).
+    pub listen: String,
+    /// user@host of the developer.
+    pub client_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("missing environment variable {0}")]
+    MissingEnv(&'static str),
+    #[error("cannot reach the traffic-manager at {0}: {1}")]
+    Manager(String, String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+impl DaemonConfig {
+    pub fn from_env() -> Result<Self, DaemonError> {
+        let req = |k: &'static str| std::env::var(k).map_err(|_| DaemonError::MissingEnv(k));
+        let opt = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        Ok(DaemonConfig {
+            connection: req("TP_CONNECTION")?,
+            namespace: req("TP_NAMESPACE")?,
+            manager_addr: req("TP_MANAGER_ADDR")?,
+            tunnel_addr: req("TP_TUNNEL_ADDR")?,
+            manager_namespace: opt("TP_MANAGER_NAMESPACE", ""),
+            context: opt("TP_CONTEXT", ""),
+            listen: opt("TP_LISTEN", "0.0.0.0:7777"),
+            client_name: opt("TP_CLIENT_NAME", "user@host"),
+        })
+    }
+}
+
+pub struct Session {
+    pub cfg: DaemonConfig,
+    pub client: ManagerClient<Channel>,
+    pub cluster: ClusterInfo,
+    session: Mutex<SessionInfo>,
+    /// The latest snapshot of this client's intercepts.
+    pub intercepts: watch::Sender<Vec<InterceptInfo>>,
+    /// Specs created through this daemon, re-created after a re-arrival.
+    pub specs: Mutex<Vec<InterceptSpec>>,
+}
+
+impl Session {
+    /// Connects to the manager (retrying for a while, it may still be starting) and arrives.
+    pub async fn establish(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", cfg.manager_addr))
+            .map_err(|e| DaemonError::Manager(cfg.manager_addr.clone(), e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    return Err(DaemonError::Manager(cfg.manager_addr.clone(), e.to_string()))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let mut client = ManagerClient::new(channel);
+        let resp = client
+            .arrive_as_client(client_info(&cfg))
+            .await
+            .map_err(|e| DaemonError::Manager(cfg.manager_addr.clone(), e.message().into()))?
+            .into_inner();
+        let (intercepts, _) = watch::channel(Vec::new());
+        Ok(Session {
+            cfg,
+            client,
+            cluster: resp.cluster.unwrap_or_default(),
+            session: Mutex::new(resp.session.unwrap_or_default()),
+            intercepts,
+            specs: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn session(&self) -> SessionInfo {
+        self.session.lock().unwrap().clone()
+    }
+
+    /// Renews the lease; arrives again (and re-creates intercepts) if the manager lost us.
+    pub async fn keep_alive(self: std::sync::Arc<Self>) {
+        loop {
+            let s = self.session();
+            let period = Duration::from_secs((s.lease_seconds.max(3) / 3) as u64);
+            tokio::time::sleep(period).await;
+            match self.client.clone().remain(s).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::NotFound => {
+                    tracing::warn!("manager forgot our session; arriving again");
+                    self.rearrive().await;
+                }
+                Err(e) => tracing::warn!("lease renewal failed: {}", e.message()),
+            }
+        }
+    }
+
+    async fn rearrive(&self) {
+        let Ok(resp) = self.client.clone().arrive_as_client(client_info(&self.cfg)).await else {
+            return;
+        };
+        let new = resp.into_inner().session.unwrap_or_default();
+        *self.session.lock().unwrap() = new.clone();
+        let specs = self.specs.lock().unwrap().clone();
+        for spec in specs {
+            let r = self
+                .client
+                .clone()
+                .create_intercept(CreateInterceptRequest {
+                    session: Some(new.clone()),
+                    spec: Some(spec.clone()),
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(intercept = %spec.name, "could not resume intercept: {}", e.message());
+            }
+        }
+    }
+
+    /// Keeps the intercept snapshot current.
+    pub async fn watch_intercepts(self: std::sync::Arc<Self>) {
+        loop {
+            if let Ok(resp) = self.client.clone().watch_intercepts(self.session()).await {
+                let mut stream = resp.into_inner();
+                while let Ok(Some(snap)) = stream.message().await {
+                    self.intercepts.send_replace(snap.intercepts);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Delivers intercepted connections: for each dial request, dial the handler locally and
+    /// join the manager's tunnel with the same connection id.
+    pub async fn serve_dials(self: std::sync::Arc<Self>) {
+        loop {
+            if let Ok(resp) = self.client.clone().watch_dials(self.session()).await {
+                let mut stream = resp.into_inner();
+                while let Ok(Some(req)) = stream.message().await {
+                    let tunnel = self.cfg.tunnel_addr.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = deliver(&tunnel, req).await {
+                            tracing::debug!("delivery failed: {e}");
+                        }
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn depart(&self) {
+        let _ = self.client.clone().depart(self.session()).await;
+    }
+}
+
+fn client_info(cfg: &DaemonConfig) -> ClientInfo {
+    ClientInfo {
+        name: cfg.client_name.clone(),
+        connection: cfg.connection.clone(),
+        namespace: cfg.namespace.clone(),
+        version: tp_rpc::VERSION.into(),
+    }
+}
+
+async fn deliver(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
+    let target = format!("{}:{}", req.target_host, req.target_port);
+    let (local, t) = tokio::join!(dial(&target), dial(tunnel));
+    let mut t = t?;
+    let mut header = TunnelHeader {
+        conn_id: req.conn_id,
+        intercept_id: req.intercept_id,
+        ..Default::default()
+    };
+    match local {
+        Ok(mut local) => {
+            write_header(&mut t, Role::Client, &header).await?;
+            splice(&mut t, &mut local).await.map(|_| ())
+        }
+        Err(e) => {
+            header.error = format!("{target}: {e}");
+            write_header(&mut t, Role::Client, &header).await
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The traffic-manager: client and agent sessions with leases, intercepts (create, remove,
+//! watch), the cluster reached through a [`provider::Provider`], and the pairing of agent-side and
+//! client-side tunnel connections.
+
+pub mod docker;
+pub mod provider;
+pub mod service;
+pub mod state;
+pub mod tunnel;
+
+use provider::Provider;
+use state::State;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch, Mutex};
+
+/// Where the manager listens.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub grpc_addr: SocketAddr,
+    pub tunnel_addr: SocketAddr,
+    /// How long `CreateIntercept` waits for an agent to arrive.
+    pub agent_timeout: Duration,
+}
+
+/// The shared manager; cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) generation: watch::Sender<u64>,
+    /// Bumped whenever a snapshot has been handed to an agent's watch stream.
+    pub(crate) sent: watch::Sender<u64>,
+    /// Agent-side tunnel connections waiting for their client side, by connection id.
+    pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
+    pub(crate) agent_timeout: Duration,
+}
+
+impl Manager {
+    pub fn new(provider: Arc<dyn Provider>, agent_timeout: Duration) -> Self {
+        let (generation, _) = watch::channel(0);
+        let (sent, _) = watch::channel(0);
+        Manager {
+            inner: Arc::new(Inner {
+                provider,
+                state: Mutex::new(State::default()),
+                generation,
+                sent,
+                pending: Default::default(),
+                agent_timeout,
+            }),
+        }
+    }
+
+    /// Expires sessions every second until the process ends.
+    async fn reap(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let mut st = self.inner.state.lock().await;
+            if st.expire(Instant::now()) {
+                st.changed(&self.inner.generation);
+            }
+        }
+    }
+}
+
+/// Serves the manager's gRPC API and tunnel listener until `shutdown` resolves.
+pub async fn run(
+    cfg: ManagerConfig,
+    provider: Arc<dyn Provider>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mgr = Manager::new(provider, cfg.agent_timeout);
+    let tunnel_listener = tokio::net::TcpListener::bind(cfg.tunnel_addr).await?;
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await?;
+    tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");
+    tokio::spawn(mgr.clone().reap());
+    tokio::spawn(tunnel::serve(mgr.clone(), tunnel_listener));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(tp_rpc::manager::manager_server::ManagerServer::new(mgr))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

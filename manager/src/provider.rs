@@ -1,0 +1,77 @@
+//! The one interface through which the manager knows a cluster: its namespaces, workloads and
+//! their ports, and how an agent is attached to or detached from a workload. The Docker-engine
+//! provider (`docker`) implements it today; the Kubernetes provider implements the same trait.
+
+use async_trait::async_trait;
+
+/// A port a workload serves, as callers address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Port name (Kubernetes service port name; empty on a Docker engine).
+    pub name: String,
+    pub port: u16,
+    /// "TCP" or "UDP".
+    pub protocol: String,
+}
+
+/// A workload as the manager sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub namespace: String,
+    /// Deployment, StatefulSet, ReplicaSet (Kubernetes); ComposeService or Container (Docker).
+    pub kind: String,
+    pub ports: Vec<PortSpec>,
+    /// Why the workload cannot be intercepted; `None` when it can.
+    pub not_interceptable: Option<String>,
+    pub agent_installed: bool,
+}
+
+/// What the provider needs to attach an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRequest {
+    pub namespace: String,
+    pub workload: String,
+    /// The service ports the agent must capture.
+    pub ports: Vec<u16>,
+}
+
+/// Provider errors; `NotFound` variants are shown to users as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("namespace \"{0}\" not found")]
+    NamespaceNotFound(String),
+    #[error("workload \"{name}\" not found in namespace \"{namespace}\"")]
+    WorkloadNotFound { name: String, namespace: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cluster API error: {0}")]
+    Api(String),
+}
+
+/// How the manager reads and changes one cluster.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// "docker" or "kubernetes".
+    fn cluster_type(&self) -> &'static str;
+    /// The API address users recognise (engine socket or API server URL).
+    fn server(&self) -> String;
+    /// The image agents run.
+    fn agent_image(&self) -> String;
+    /// Whether `namespace` exists.
+    async fn namespace_exists(&self, namespace: &str) -> Result<bool, ProviderError>;
+    /// Workloads in `namespace`, sorted by name.
+    async fn list_workloads(&self, namespace: &str) -> Result<Vec<WorkloadInfo>, ProviderError>;
+    /// One workload, or `WorkloadNotFound`.
+    async fn get_workload(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<WorkloadInfo, ProviderError>;
+    /// Attaches an agent capturing `req.ports` to the workload (idempotent: an agent that already
+    /// captures those ports is kept). Returns once the agent has been started; the agent then
+    /// arrives at the manager by itself.
+    async fn ensure_agent(&self, req: &AgentRequest) -> Result<(), ProviderError>;
+    /// Detaches the workload's agent and restores the direct path. No agent: Ok.
+    async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError>;
+}

@@ -1,0 +1,575 @@
+//! The manager's gRPC service: sessions, workload listing, intercept creation and removal, and
+//! the watch streams that clients and agents keep open.
+
+use crate::provider::{AgentRequest, ProviderError, WorkloadInfo};
+use crate::state::{AgentSession, ClientSession, LEASE};
+use crate::Manager;
+use std::pin::Pin;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use tp_rpc::manager::manager_server::Manager as ManagerApi;
+use tp_rpc::manager::*;
+use tp_rpc::state;
+
+type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn provider_status(e: ProviderError) -> Status {
+    match e {
+        ProviderError::NamespaceNotFound(_) | ProviderError::WorkloadNotFound { .. } => {
+            Status::not_found(e.to_string())
+        }
+        ProviderError::Invalid(m) => Status::failed_precondition(m),
+        ProviderError::Api(m) => Status::unavailable(m),
+    }
+}
+
+fn session_id(s: Option<&SessionInfo>) -> Result<String, Status> {
+    s.map(|s| s.session_id.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Status::invalid_argument("missing session"))
+}
+
+fn unknown_session() -> Status {
+    Status::not_found("session expired or unknown; connect again")
+}
+
+fn new_session(prefix: &str) -> SessionInfo {
+    SessionInfo {
+        session_id: format!("{prefix}-{}", uuid::Uuid::new_v4()),
+        lease_seconds: LEASE.as_secs() as u32,
+    }
+}
+
+/// Converts a provider workload into its wire form, attaching its intercepts.
+fn workload_msg(w: WorkloadInfo, intercepts: Vec<InterceptInfo>) -> Workload {
+    Workload {
+        name: w.name,
+        namespace: w.namespace,
+        kind: w.kind,
+        ports: w
+            .ports
+            .into_iter()
+            .map(|p| ServicePort {
+                name: p.name,
+                port: p.port as u32,
+                protocol: p.protocol,
+            })
+            .collect(),
+        not_interceptable_reason: w.not_interceptable.unwrap_or_default(),
+        agent_installed: w.agent_installed,
+        intercepts,
+    }
+}
+
+/// Picks the service port an intercept spec names: a number, a port name, or (empty) the only
+/// TCP port.
+pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), String> {
+    let tcp: Vec<_> = w.ports.iter().filter(|p| p.protocol == "TCP").collect();
+    let listing = || {
+        w.ports
+            .iter()
+            .map(|p| {
+                if p.name.is_empty() {
+                    format!("{}/{}", p.port, p.protocol)
+                } else {
+                    format!("{}({})/{}", p.port, p.name, p.protocol)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if ident.is_empty() {
+        return match tcp.as_slice() {
+            [one] => Ok((one.port, one.name.clone())),
+            [] => Err(format!("{} exposes no TCP port", w.name)),
+            _ => Err(format!(
+                "{} exposes several ports ({}); say which with --port <local>:<port>",
+                w.name,
+                listing()
+            )),
+        };
+    }
+    let found = match ident.parse::<u16>() {
+        Ok(n) => tcp.iter().find(|p| p.port == n),
+        Err(_) => tcp.iter().find(|p| p.name == ident),
+    };
+    found.map(|p| (p.port, p.name.clone())).ok_or_else(|| {
+        format!(
+            "{} does not expose port {ident} (it exposes {}); use --port <local>:<port>",
+            w.name,
+            if w.ports.is_empty() {
+                "no ports".to_string()
+            } else {
+                listing()
+            }
+        )
+    })
+}
+
+impl Manager {
+    async fn client_of(&self, s: Option<&SessionInfo>) -> Result<(String, ClientInfo), Status> {
+        let id = session_id(s)?;
+        let st = self.inner.state.lock().await;
+        let c = st.clients.get(&id).ok_or_else(unknown_session)?;
+        Ok((id, c.info.clone()))
+    }
+
+    /// Waits until an agent of the workload is present and has been handed the snapshot that
+    /// contains generation `gen` (so its next accepted connection is routed by it).
+    async fn await_agent(&self, namespace: &str, workload: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + self.inner.agent_timeout;
+        let mut rx = self.inner.sent.subscribe();
+        loop {
+            {
+                let st = self.inner.state.lock().await;
+                let agents: Vec<&AgentSession> = st
+                    .agents
+                    .values()
+                    .filter(|a| a.info.namespace == namespace && a.info.name == workload)
+                    .collect();
+                if !agents.is_empty() && agents.iter().all(|a| a.sent_generation >= st.generation) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ManagerApi for Manager {
+    async fn version(&self, _: Request<Empty>) -> Result<Response<VersionInfo>, Status> {
+        Ok(Response::new(VersionInfo {
+            version: tp_rpc::VERSION.into(),
+            name: "traffic-manager".into(),
+        }))
+    }
+
+    async fn arrive_as_client(
+        &self,
+        req: Request<ClientInfo>,
+    ) -> Result<Response<ArriveResponse>, Status> {
+        let info = req.into_inner();
+        let p = &self.inner.provider;
+        if !info.namespace.is_empty()
+            && !p
+                .namespace_exists(&info.namespace)
+                .await
+                .map_err(provider_status)?
+        {
+            return Err(Status::not_found(format!(
+                "namespace \"{}\" not found",
+                info.namespace
+            )));
+        }
+        let session = new_session("client");
+        tracing::info!(client = %info.name, connection = %info.connection, session = %session.session_id, "client arrived");
+        let mut st = self.inner.state.lock().await;
+        st.clients.insert(
+            session.session_id.clone(),
+            ClientSession {
+                info: info.clone(),
+                expires: Instant::now() + LEASE,
+                dials: None,
+            },
+        );
+        Ok(Response::new(ArriveResponse {
+            session: Some(session),
+            cluster: Some(ClusterInfo {
+                cluster_type: p.cluster_type().into(),
+                server: p.server(),
+                namespace: info.namespace,
+                agent_image: p.agent_image(),
+            }),
+        }))
+    }
+
+    async fn arrive_as_agent(
+        &self,
+        req: Request<AgentInfo>,
+    ) -> Result<Response<ArriveResponse>, Status> {
+        let info = req.into_inner();
+        let session = new_session("agent");
+        tracing::info!(workload = %info.name, namespace = %info.namespace, pod_ip = %info.pod_ip, "agent arrived");
+        let mut st = self.inner.state.lock().await;
+        st.agents.insert(
+            session.session_id.clone(),
+            AgentSession {
+                info: info.clone(),
+                expires: Instant::now() + LEASE,
+                sent_generation: 0,
+            },
+        );
+        st.changed(&self.inner.generation);
+        let p = &self.inner.provider;
+        Ok(Response::new(ArriveResponse {
+            session: Some(session),
+            cluster: Some(ClusterInfo {
+                cluster_type: p.cluster_type().into(),
+                server: p.server(),
+                namespace: info.namespace,
+                agent_image: p.agent_image(),
+            }),
+        }))
+    }
+
+    async fn remain(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let id = req.into_inner().session_id;
+        let mut st = self.inner.state.lock().await;
+        let expires = Instant::now() + LEASE;
+        if let Some(c) = st.clients.get_mut(&id) {
+            c.expires = expires;
+        } else if let Some(a) = st.agents.get_mut(&id) {
+            a.expires = expires;
+        } else {
+            return Err(unknown_session());
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn depart(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let id = req.into_inner().session_id;
+        let mut st = self.inner.state.lock().await;
+        st.remove_client(&id);
+        st.agents.remove(&id);
+        st.changed(&self.inner.generation);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_workloads(
+        &self,
+        req: Request<ListWorkloadsRequest>,
+    ) -> Result<Response<WorkloadList>, Status> {
+        let req = req.into_inner();
+        self.client_of(req.session.as_ref()).await?;
+        let p = &self.inner.provider;
+        if !p
+            .namespace_exists(&req.namespace)
+            .await
+            .map_err(provider_status)?
+        {
+            return Err(Status::not_found(format!(
+                "namespace \"{}\" not found",
+                req.namespace
+            )));
+        }
+        let ws = p
+            .list_workloads(&req.namespace)
+            .await
+            .map_err(provider_status)?;
+        let st = self.inner.state.lock().await;
+        let workloads = ws
+            .into_iter()
+            .map(|w| {
+                let ics = st
+                    .intercepts
+                    .values()
+                    .filter(|i| {
+                        let s = i.spec.as_ref().expect("spec");
+                        s.namespace == w.namespace && s.workload == w.name
+                    })
+                    .cloned()
+                    .collect();
+                workload_msg(w, ics)
+            })
+            .collect();
+        Ok(Response::new(WorkloadList { workloads }))
+    }
+
+    async fn create_intercept(
+        &self,
+        req: Request<CreateInterceptRequest>,
+    ) -> Result<Response<InterceptInfo>, Status> {
+        let req = req.into_inner();
+        let (session, client) = self.client_of(req.session.as_ref()).await?;
+        let mut spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
+        if spec.name.is_empty() {
+            spec.name = spec.workload.clone();
+        }
+        if spec.namespace.is_empty() {
+            spec.namespace = client.namespace.clone();
+        }
+        spec.client = client.name.clone();
+        let p = self.inner.provider.clone();
+        if !p
+            .namespace_exists(&spec.namespace)
+            .await
+            .map_err(provider_status)?
+        {
+            return Err(Status::not_found(format!(
+                "namespace \"{}\" not found",
+                spec.namespace
+            )));
+        }
+        let w = p
+            .get_workload(&spec.namespace, &spec.workload)
+            .await
+            .map_err(provider_status)?;
+        if let Some(reason) = &w.not_interceptable {
+            return Err(Status::failed_precondition(format!(
+                "{} is not interceptable: {reason}",
+                w.name
+            )));
+        }
+        let (port, port_name) =
+            resolve_port(&w, &spec.port_identifier).map_err(Status::invalid_argument)?;
+        let info = {
+            let mut st = self.inner.state.lock().await;
+            if let Some(other) = st.intercepts.get(&spec.name) {
+                return Err(Status::already_exists(format!(
+                    "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
+                    spec.name,
+                    other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?")
+                )));
+            }
+            if let Some(other) = st.intercepts.values().find(|i| {
+                let s = i.spec.as_ref().expect("spec");
+                s.namespace == spec.namespace
+                    && s.workload == spec.workload
+                    && i.service_port == port as u32
+            }) {
+                return Err(Status::already_exists(format!(
+                    "port {port} of {} is already intercepted by {} (intercept \"{}\"); leave it first",
+                    spec.workload,
+                    other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?"),
+                    other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?"),
+                )));
+            }
+            let info = InterceptInfo {
+                id: format!("{session}:{}", spec.name),
+                state: state::WAITING.into(),
+                message: "waiting for the traffic-agent".into(),
+                client_session: session.clone(),
+                service_port: port as u32,
+                service_port_name: port_name,
+                workload_kind: w.kind.clone(),
+                disposition: "all TCP connections".into(),
+                spec: Some(spec.clone()),
+            };
+            st.intercepts.insert(spec.name.clone(), info.clone());
+            st.changed(&self.inner.generation);
+            info
+        };
+        let ports: Vec<u16> = w
+            .ports
+            .iter()
+            .filter(|p| p.protocol == "TCP")
+            .map(|p| p.port)
+            .collect();
+        let fail = |status: Status| async {
+            let mut st = self.inner.state.lock().await;
+            st.intercepts.remove(&spec.name);
+            st.changed(&self.inner.generation);
+            Err(status)
+        };
+        if let Err(e) = p
+            .ensure_agent(&AgentRequest {
+                namespace: spec.namespace.clone(),
+                workload: spec.workload.clone(),
+                ports,
+            })
+            .await
+        {
+            return fail(Status::unavailable(format!(
+                "could not install the traffic-agent on {}: {e}",
+                spec.workload
+            )))
+            .await;
+        }
+        if !self.await_agent(&spec.namespace, &spec.workload).await {
+            return fail(Status::deadline_exceeded(format!(
+                "the traffic-agent of {} did not connect within {}s; check `docker logs` of its agent container",
+                spec.workload,
+                self.inner.agent_timeout.as_secs()
+            )))
+            .await;
+        }
+        let st = self.inner.state.lock().await;
+        let current = st.intercepts.get(&spec.name).cloned().unwrap_or(info);
+        Ok(Response::new(current))
+    }
+
+    async fn remove_intercept(
+        &self,
+        req: Request<RemoveInterceptRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let (session, _) = self.client_of(req.session.as_ref()).await?;
+        let mut st = self.inner.state.lock().await;
+        match st.intercepts.get(&req.name) {
+            Some(i) if i.client_session == session => {
+                st.intercepts.remove(&req.name);
+                st.changed(&self.inner.generation);
+                Ok(Response::new(Empty {}))
+            }
+            _ => Err(Status::not_found(format!(
+                "Intercept named \"{}\" not found",
+                req.name
+            ))),
+        }
+    }
+
+    async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        self.client_of(req.session.as_ref()).await?;
+        let p = self.inner.provider.clone();
+        let names: Vec<String> = if req.all_agents {
+            p.list_workloads(&req.namespace)
+                .await
+                .map_err(provider_status)?
+                .into_iter()
+                .filter(|w| w.agent_installed)
+                .map(|w| w.name)
+                .collect()
+        } else {
+            req.agents.clone()
+        };
+        for name in &names {
+            if !req.all_agents {
+                p.get_workload(&req.namespace, name)
+                    .await
+                    .map_err(provider_status)?;
+            }
+            {
+                let mut st = self.inner.state.lock().await;
+                st.intercepts.retain(|_, i| {
+                    let s = i.spec.as_ref().expect("spec");
+                    !(s.namespace == req.namespace && s.workload == *name)
+                });
+                st.changed(&self.inner.generation);
+            }
+            p.remove_agent(&req.namespace, name)
+                .await
+                .map_err(provider_status)?;
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    type WatchInterceptsStream = Stream2<InterceptSnapshot>;
+
+    async fn watch_intercepts(
+        &self,
+        req: Request<SessionInfo>,
+    ) -> Result<Response<Self::WatchInterceptsStream>, Status> {
+        let id = req.into_inner().session_id;
+        {
+            let st = self.inner.state.lock().await;
+            if !st.clients.contains_key(&id) && !st.agents.contains_key(&id) {
+                return Err(unknown_session());
+            }
+        }
+        let mgr = self.clone();
+        let mut gen_rx = self.inner.generation.subscribe();
+        gen_rx.borrow_and_update();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let snapshot = {
+                    let mut st = mgr.inner.state.lock().await;
+                    let generation = st.generation;
+                    if let Some(a) = st.agents.get(&id) {
+                        let info = a.info.clone();
+                        let v = st.agent_intercepts(&info);
+                        if let Some(a) = st.agents.get_mut(&id) {
+                            a.sent_generation = generation;
+                        }
+                        v
+                    } else if st.clients.contains_key(&id) {
+                        st.client_intercepts(&id)
+                    } else {
+                        let _ = tx.send(Err(unknown_session())).await;
+                        return;
+                    }
+                };
+                if tx
+                    .send(Ok(InterceptSnapshot {
+                        intercepts: snapshot,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Tell `await_agent` that this agent's view is current.
+                mgr.inner.sent.send_modify(|n| *n += 1);
+                if gen_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type WatchDialsStream = Stream2<DialRequest>;
+
+    async fn watch_dials(
+        &self,
+        req: Request<SessionInfo>,
+    ) -> Result<Response<Self::WatchDialsStream>, Status> {
+        let id = req.into_inner().session_id;
+        let (tx, rx) = mpsc::channel(256);
+        {
+            let mut st = self.inner.state.lock().await;
+            let c = st.clients.get_mut(&id).ok_or_else(unknown_session)?;
+            c.dials = Some(tx);
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
+        )))
+    }
+}
+
+use tokio_stream::StreamExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::PortSpec;
+
+    fn w(ports: &[(&str, u16, &str)]) -> WorkloadInfo {
+        WorkloadInfo {
+            name: "web".into(),
+            namespace: "shop".into(),
+            kind: "ComposeService".into(),
+            ports: ports
+                .iter()
+                .map(|(n, p, proto)| PortSpec {
+                    name: n.to_string(),
+                    port: *p,
+                    protocol: proto.to_string(),
+                })
+                .collect(),
+            not_interceptable: None,
+            agent_installed: false,
+        }
+    }
+
+    #[test]
+    fn port_resolution() {
+        let one = w(&[("", 8080, "TCP"), ("", 53, "UDP")]);
+        assert_eq!(resolve_port(&one, "").unwrap().0, 8080);
+        assert_eq!(resolve_port(&one, "8080").unwrap().0, 8080);
+        let e = resolve_port(&one, "9999").unwrap_err();
+        assert!(
+            e.contains("does not expose port 9999") && e.contains("8080/TCP"),
+            "{e}"
+        );
+        let two = w(&[("http", 80, "TCP"), ("admin", 9000, "TCP")]);
+        assert!(resolve_port(&two, "")
+            .unwrap_err()
+            .contains("several ports"));
+        assert_eq!(resolve_port(&two, "admin").unwrap(), (9000, "admin".into()));
+        assert!(resolve_port(&two, "nope").is_err());
+    }
+}

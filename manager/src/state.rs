@@ -1,0 +1,198 @@
+//! The manager's bookkeeping: client and agent sessions with leases, intercepts and their
+//! states, and a generation counter that wakes every watcher when anything changes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tp_rpc::manager::{AgentInfo, ClientInfo, DialRequest, InterceptInfo};
+use tp_rpc::state;
+
+/// How long a session lives without `Remain`.
+pub const LEASE: Duration = Duration::from_secs(15);
+
+pub struct ClientSession {
+    pub info: ClientInfo,
+    pub expires: Instant,
+    /// Where dial requests go; set while the client keeps `WatchDials` open.
+    pub dials: Option<mpsc::Sender<DialRequest>>,
+}
+
+pub struct AgentSession {
+    pub info: AgentInfo,
+    pub expires: Instant,
+    /// Highest generation whose snapshot has been handed to this agent's watch stream.
+    pub sent_generation: u64,
+}
+
+/// Everything the manager knows; guarded by one mutex in [`crate::Manager`].
+#[derive(Default)]
+pub struct State {
+    pub clients: HashMap<String, ClientSession>,
+    pub agents: HashMap<String, AgentSession>,
+    /// Intercepts by name.
+    pub intercepts: HashMap<String, InterceptInfo>,
+    pub generation: u64,
+}
+
+impl State {
+    /// Whether any live agent serves `namespace/workload`.
+    pub fn has_agent(&self, namespace: &str, workload: &str) -> bool {
+        self.agents
+            .values()
+            .any(|a| a.info.namespace == namespace && a.info.name == workload)
+    }
+
+    /// Recomputes intercept states from the agents present and bumps the generation.
+    pub fn changed(&mut self, gen_tx: &watch::Sender<u64>) {
+        let present: Vec<(String, String)> = self
+            .agents
+            .values()
+            .map(|a| (a.info.namespace.clone(), a.info.name.clone()))
+            .collect();
+        for ic in self.intercepts.values_mut() {
+            let spec = ic.spec.as_ref().expect("intercepts always carry a spec");
+            let has = present
+                .iter()
+                .any(|(ns, w)| *ns == spec.namespace && *w == spec.workload);
+            if has {
+                if ic.state != state::ACTIVE {
+                    ic.state = state::ACTIVE.into();
+                    ic.message.clear();
+                }
+            } else if ic.state == state::ACTIVE {
+                ic.state = state::NO_AGENT.into();
+                ic.message = "the traffic-agent is not connected".into();
+            }
+        }
+        self.generation += 1;
+        let _ = gen_tx.send(self.generation);
+    }
+
+    /// The intercepts a client owns.
+    pub fn client_intercepts(&self, session: &str) -> Vec<InterceptInfo> {
+        let mut v: Vec<_> = self
+            .intercepts
+            .values()
+            .filter(|i| i.client_session == session)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The intercepts of an agent's workload.
+    pub fn agent_intercepts(&self, agent: &AgentInfo) -> Vec<InterceptInfo> {
+        let mut v: Vec<_> = self
+            .intercepts
+            .values()
+            .filter(|i| {
+                let s = i.spec.as_ref().expect("spec");
+                s.namespace == agent.namespace && s.workload == agent.name
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Drops sessions whose lease ran out, and the intercepts of expired clients. Returns whether
+    /// anything changed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let dead_clients: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let dead_agents: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for c in &dead_clients {
+            tracing::info!(session = %c, "client lease expired; removing its intercepts");
+            self.remove_client(c);
+        }
+        for a in &dead_agents {
+            tracing::info!(session = %a, "agent lease expired");
+            self.agents.remove(a);
+        }
+        !dead_clients.is_empty() || !dead_agents.is_empty()
+    }
+
+    /// Removes a client session and all its intercepts.
+    pub fn remove_client(&mut self, session: &str) {
+        self.clients.remove(session);
+        self.intercepts.retain(|_, i| i.client_session != session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tp_rpc::manager::InterceptSpec;
+
+    fn intercept(name: &str, session: &str) -> InterceptInfo {
+        InterceptInfo {
+            spec: Some(InterceptSpec {
+                name: name.into(),
+                workload: "web".into(),
+                namespace: "shop".into(),
+                ..Default::default()
+            }),
+            id: format!("{session}:{name}"),
+            state: state::WAITING.into(),
+            client_session: session.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn expired_client_loses_its_intercepts_only() {
+        let (tx, _rx) = watch::channel(0);
+        let mut s = State::default();
+        let now = Instant::now();
+        for (id, expires) in [("a", now - Duration::from_secs(1)), ("b", now + LEASE)] {
+            s.clients.insert(
+                id.into(),
+                ClientSession {
+                    info: ClientInfo::default(),
+                    expires,
+                    dials: None,
+                },
+            );
+            s.intercepts.insert(id.into(), intercept(id, id));
+        }
+        assert!(s.expire(now));
+        s.changed(&tx);
+        assert!(s.clients.contains_key("b") && !s.clients.contains_key("a"));
+        assert_eq!(s.intercepts.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(!s.expire(now), "nothing else to expire");
+    }
+
+    #[test]
+    fn state_follows_agent_presence() {
+        let (tx, rx) = watch::channel(0);
+        let mut s = State::default();
+        s.intercepts.insert("web".into(), intercept("web", "c"));
+        s.agents.insert(
+            "ag".into(),
+            AgentSession {
+                info: AgentInfo {
+                    name: "web".into(),
+                    namespace: "shop".into(),
+                    ..Default::default()
+                },
+                expires: Instant::now() + LEASE,
+                sent_generation: 0,
+            },
+        );
+        s.changed(&tx);
+        assert_eq!(s.intercepts["web"].state, state::ACTIVE);
+        assert_eq!(*rx.borrow(), 1);
+        s.agents.clear();
+        s.changed(&tx);
+        assert_eq!(s.intercepts["web"].state, state::NO_AGENT);
+    }
+}

@@ -1,0 +1,107 @@
+//! The manager's tunnel listener: reads each connection's header, parks agent-side connections
+//! until the owning client dials in with the same connection id, then splices the two.
+
+use crate::Manager;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tp_rpc::manager::DialRequest;
+use tp_rpc::tunnel::{read_header_timeout, splice, tune, Role, TunnelHeader};
+
+/// How long an agent-side connection waits for its client side.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts tunnel connections forever.
+pub async fn serve(mgr: Manager, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                tune(&sock);
+                let mgr = mgr.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(mgr, sock).await {
+                        tracing::debug!(%peer, "tunnel connection dropped: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("tunnel accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), String> {
+    let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    match role {
+        Role::Agent => from_agent(mgr, sock, header).await,
+        Role::Client => {
+            let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
+            match waiting {
+                Some(tx) if header.error.is_empty() => {
+                    let _ = tx.send(sock);
+                    Ok(())
+                }
+                // Dropping the sender closes the agent side.
+                Some(_) => Err(format!("client could not deliver: {}", header.error)),
+                None => Err(format!("no agent connection {} is waiting", header.conn_id)),
+            }
+        }
+    }
+}
+
+async fn from_agent(mgr: Manager, mut agent: TcpStream, h: TunnelHeader) -> Result<(), String> {
+    let dial_tx = {
+        let st = mgr.inner.state.lock().await;
+        let ic = st
+            .intercepts
+            .values()
+            .find(|i| i.id == h.intercept_id)
+            .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
+        let client = st
+            .clients
+            .get(&ic.client_session)
+            .ok_or("intercepting client is gone")?;
+        let spec = ic.spec.as_ref().expect("spec");
+        let tx = client.dials.clone().ok_or("client is not watching dials")?;
+        (
+            tx,
+            DialRequest {
+                conn_id: h.conn_id.clone(),
+                intercept_id: h.intercept_id.clone(),
+                target_host: spec.target_host.clone(),
+                target_port: spec.target_port,
+            },
+        )
+    };
+    let (rx, pending) = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        mgr.inner
+            .pending
+            .lock()
+            .unwrap()
+            .insert(h.conn_id.clone(), tx);
+        (rx, h.conn_id.clone())
+    };
+    let (tx, req) = dial_tx;
+    if tx.send(req).await.is_err() {
+        mgr.inner.pending.lock().unwrap().remove(&pending);
+        return Err("client dial stream closed".into());
+    }
+    let client = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => return Err("client refused the connection".into()),
+        Err(_) => {
+            mgr.inner.pending.lock().unwrap().remove(&pending);
+            return Err("client did not answer in time".into());
+        }
+    };
+    let mut client = client;
+    splice(&mut agent, &mut client)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

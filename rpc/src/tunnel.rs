@@ -1,0 +1,204 @@
+//! The data tunnel: every intercepted TCP connection travels over its own TCP connection
+//! (agent → manager ← daemon), so the kernel gives each one flow control, half-close and
+//! back-pressure, and no connection can stall another. Each side opens with a small header
+//! naming the connection id; the manager pairs the two sides and splices them.
+//!
+//! Header layout: `TPT1` magic, one role byte, a big-endian u16 length, then that many bytes of
+//! JSON ([`TunnelHeader`]).
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// First bytes of every tunnel connection.
+pub const MAGIC: &[u8; 4] = b"TPT1";
+/// Largest accepted header body; anything longer is garbage.
+pub const MAX_HEADER: usize = 4096;
+/// Buffer size used when splicing two sockets.
+pub const SPLICE_BUF: usize = 256 * 1024;
+
+/// Which end of a tunnel a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The agent side: a caller's connection captured at the workload.
+    Agent = 1,
+    /// The client side: the daemon's connection to the handler.
+    Client = 2,
+}
+
+/// What a tunnel connection says about itself before the payload starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TunnelHeader {
+    pub conn_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intercept_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_id: String,
+    /// Set by a client that could not reach its local target: the manager closes the agent side.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("not a telepresence tunnel connection (bad magic)")]
+    BadMagic,
+    #[error("unknown tunnel role {0}")]
+    BadRole(u8),
+    #[error("tunnel header of {0} bytes exceeds the {MAX_HEADER} byte limit")]
+    TooLong(usize),
+    #[error("malformed tunnel header: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("tunnel i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out waiting for the tunnel header")]
+    Timeout,
+}
+
+/// Encodes a header into its wire form.
+pub fn encode_header(role: Role, h: &TunnelHeader) -> Vec<u8> {
+    let body = serde_json::to_vec(h).expect("header serializes");
+    let mut out = Vec::with_capacity(7 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.push(role as u8);
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Writes a header.
+pub async fn write_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    role: Role,
+    h: &TunnelHeader,
+) -> std::io::Result<()> {
+    w.write_all(&encode_header(role, h)).await
+}
+
+/// Reads and validates a header; fails on garbage without reading more than the header bound.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(Role, TunnelHeader), TunnelError> {
+    let mut fixed = [0u8; 7];
+    r.read_exact(&mut fixed).await?;
+    if &fixed[..4] != MAGIC {
+        return Err(TunnelError::BadMagic);
+    }
+    let role = match fixed[4] {
+        1 => Role::Agent,
+        2 => Role::Client,
+        other => return Err(TunnelError::BadRole(other)),
+    };
+    let len = u16::from_be_bytes([fixed[5], fixed[6]]) as usize;
+    if len > MAX_HEADER {
+        return Err(TunnelError::TooLong(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok((role, serde_json::from_slice(&body)?))
+}
+
+/// [`read_header`] with a deadline, so a silent peer cannot hold a task forever.
+pub async fn read_header_timeout<R: AsyncRead + Unpin>(
+    r: &mut R,
+    timeout: Duration,
+) -> Result<(Role, TunnelHeader), TunnelError> {
+    tokio::time::timeout(timeout, read_header(r))
+        .await
+        .map_err(|_| TunnelError::Timeout)?
+}
+
+/// Applies the socket options every tunnel and proxy socket needs: `TCP_NODELAY` and keepalive.
+pub fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Connects to `addr` and tunes the socket.
+pub async fn dial(addr: &str) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    tune(&s);
+    Ok(s)
+}
+
+/// Copies both directions until both are done, propagating half-close (a FIN on one side
+/// becomes a shutdown of the other's write half). Returns bytes (a→b, b→a).
+pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
+    tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn header_round_trip() {
+        let h = TunnelHeader {
+            conn_id: "c1".into(),
+            intercept_id: "i1".into(),
+            ..Default::default()
+        };
+        let bytes = encode_header(Role::Client, &h);
+        let mut r = &bytes[..];
+        let (role, got) = read_header(&mut r).await.unwrap();
+        assert_eq!(role, Role::Client);
+        assert_eq!(got, h);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_rejected() {
+        let mut r = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        assert!(matches!(read_header(&mut r).await, Err(TunnelError::BadMagic)));
+        let mut bad_role = encode_header(Role::Agent, &TunnelHeader::default());
+        bad_role[4] = 9;
+        assert!(matches!(
+            read_header(&mut &bad_role[..]).await,
+            Err(TunnelError::BadRole(9))
+        ));
+        let mut long = MAGIC.to_vec();
+        long.push(1);
+        long.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            read_header(&mut &long[..]).await,
+            Err(TunnelError::TooLong(_))
+        ));
+        let mut trunc = encode_header(Role::Agent, &TunnelHeader::default());
+        trunc.truncate(9);
+        assert!(read_header(&mut &trunc[..]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn splice_propagates_half_close() {
+        use tokio::net::TcpListener;
+        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a1 = l1.local_addr().unwrap();
+        let a2 = l2.local_addr().unwrap();
+        // client -> [proxy] -> server
+        let proxy = tokio::spawn(async move {
+            let (mut inbound, _) = l1.accept().await.unwrap();
+            let mut outbound = dial(&a2.to_string()).await.unwrap();
+            splice(&mut inbound, &mut outbound).await.unwrap()
+        });
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l2.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap(); // ends only if the FIN crossed the proxy
+            s.write_all(&got).await.unwrap();
+            s.write_all(b"!").await.unwrap();
+        });
+        let mut c = dial(&a1.to_string()).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello!");
+        server.await.unwrap();
+        assert_eq!(proxy.await.unwrap(), (5, 6));
+    }
+}

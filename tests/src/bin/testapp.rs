@@ -1,0 +1,226 @@
+//! `tp-testapp`: the test workload and handler of the end-to-end tests and the benchmark.
+//! It runs as PID 1 in a `FROM scratch` image (`tp-testapp:<tag>`), so it installs its own
+//! SIGTERM/SIGINT handling.
+//!
+//! ```text
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME]
+//! tp-testapp get URL [--header K=V]...
+//! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
+//! tp-testapp download URL
+//! ```
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tp_tests::testapp::{self, App, Url};
+
+#[derive(Parser)]
+#[command(name = "tp-testapp", about = "Telepresence test application")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP and UDP echo (HTTP on 8080 when no port is given).
+    Serve {
+        /// HTTP port (repeatable).
+        #[arg(long = "http")]
+        http: Vec<u16>,
+        /// UDP echo port (repeatable).
+        #[arg(long = "udp")]
+        udp: Vec<u16>,
+        /// Name answered by `GET /` and prefixed to UDP echoes.
+        #[arg(long, env = "TP_APP_NAME", default_value = "app")]
+        name: String,
+    },
+    /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
+    Get {
+        url: String,
+        /// Request header `K=V` (or `K: V`), repeatable.
+        #[arg(long = "header", short = 'H')]
+        header: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Per-request latency over keep-alive connections; prints JSON {p50_us, p99_us, count, ...}.
+    /// Requests `/bytes/<size>`, or the URL's path when it has one other than `/`.
+    BenchClient {
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: u64,
+        /// Unmeasured requests per connection before measuring.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+    },
+    /// GET a URL, discard the body and print JSON {bytes, secs, gbit_per_s}.
+    Download { url: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tp-testapp: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let work = run(cli.command);
+        tokio::select! {
+            code = work => code,
+            code = stop_signal() => code,
+        }
+    })
+}
+
+/// Resolves when SIGTERM or SIGINT arrives (as PID 1 the defaults would ignore them).
+async fn stop_signal() -> ExitCode {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("tp-testapp: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { http, udp, name } => serve(http, udp, name).await,
+        Command::Get {
+            url,
+            header,
+            timeout,
+        } => get(&url, &header, timeout).await,
+        Command::BenchClient {
+            url,
+            requests,
+            concurrency,
+            size,
+            warmup,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let path = (url.path != "/").then_some(url.path.as_str());
+            match testapp::bench_client(&url, path, requests, concurrency, size, warmup).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("bench-client: {e}")),
+            }
+        }
+        Command::Download { url } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            match testapp::download(&url).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("download: {e}")),
+            }
+        }
+    }
+}
+
+async fn serve(mut http: Vec<u16>, udp: Vec<u16>, name: String) -> ExitCode {
+    if http.is_empty() && udp.is_empty() {
+        http.push(8080);
+    }
+    let app = App::new(name);
+    let mut tasks = tokio::task::JoinSet::new();
+    for port in http {
+        match TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(l) => {
+                eprintln!("tp-testapp {}: HTTP on :{port}", app.name);
+                tasks.spawn(testapp::serve_http(l, app.clone()));
+            }
+            Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
+        }
+    }
+    for port in udp {
+        match UdpSocket::bind(("0.0.0.0", port)).await {
+            Ok(s) => {
+                eprintln!("tp-testapp {}: UDP echo on :{port}", app.name);
+                tasks.spawn(testapp::serve_udp(s, app.clone()));
+            }
+            Err(e) => return fail(&format!("cannot listen on UDP port {port}: {e}")),
+        }
+    }
+    match tasks.join_next().await {
+        Some(Ok(Err(e))) => fail(&format!("server stopped: {e}")),
+        Some(Err(e)) => fail(&format!("server stopped: {e}")),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+async fn get(url: &str, headers: &[String], timeout: f64) -> ExitCode {
+    let url = match parse_url(url) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    let mut parsed = Vec::new();
+    for h in headers {
+        let kv = h.split_once('=').or_else(|| h.split_once(':'));
+        match kv {
+            Some((k, v)) if !k.trim().is_empty() => {
+                parsed.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => return fail(&format!("bad header {h:?}: use K=V")),
+        }
+    }
+    let limit = std::time::Duration::from_secs_f64(timeout.max(0.001));
+    match tokio::time::timeout(limit, testapp::get(&url, &parsed)).await {
+        Err(_) => fail(&format!("GET {}: timed out after {timeout}s", url.path)),
+        Ok(Err(e)) => fail(&format!("GET http://{}:{}{}: {e}", url.host, url.port, url.path)),
+        Ok(Ok(resp)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&resp.body);
+            let _ = out.flush();
+            if (200..300).contains(&resp.status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("tp-testapp: HTTP {}", resp.status);
+                ExitCode::from(22)
+            }
+        }
+    }
+}
+
+fn parse_url(url: &str) -> Result<Url, ExitCode> {
+    Url::parse(url).map_err(|e| fail(&e))
+}
+
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string(value) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("tp-testapp: {msg}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,298 @@
+//! The end-to-end harness shared by the tests, the demo and the benchmark: finding the built
+//! binaries, building their images once, compose projects of our test app, driving the real
+//! `telepresence` CLI, making requests from inside a project network, and checking that nothing
+//! of ours is left behind.
+
+pub mod testapp;
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Where cargo put the statically linked binaries: `TP_BIN_DIR`, else the release directory of
+/// this workspace's target, else the debug one.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("TP_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("x86_64-unknown-linux-gnu");
+    for profile in ["release", "debug"] {
+        let d = target.join(profile);
+        if d.join("telepresence").exists() && d.join("tp-testapp").exists() {
+            return d;
+        }
+    }
+    target.join("release")
+}
+
+/// The `telepresence` binary under test.
+pub fn tp_bin() -> PathBuf {
+    bin_dir().join("telepresence")
+}
+
+/// The test app binary.
+pub fn testapp_bin() -> PathBuf {
+    bin_dir().join("tp-testapp")
+}
+
+/// Whether end-to-end tests can run. Without an engine: under `CI=true` this panics with a clear
+/// message; otherwise it prints why the test is skipped and returns false.
+pub fn engine_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        for b in [tp_bin(), testapp_bin()] {
+            assert!(
+                b.exists(),
+                "{} is missing: build the binaries first (`cargo build --release --bins`, as scripts/test.sh does)",
+                b.display()
+            );
+        }
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but no Docker engine answers `docker info`: end-to-end tests need a running engine");
+    }
+    eprintln!("SKIPPED: no Docker engine answers `docker info`; end-to-end tests need one");
+    false
+}
+
+/// Runs `docker <args>` and returns its output; fails with its stderr when it fails.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).output().context("running docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Builds (once per process) the images of the test app and of telepresence, returning their
+/// tags (testapp, telepresence).
+pub fn images() -> &'static (String, String) {
+    static IMAGES: OnceLock<(String, String)> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let d = tp_cli::engine::connect().await.expect("engine");
+            let mut quiet = |_: &str| {};
+            let app = tp_cli::image::ensure_image(&d, "tp-testapp", &testapp_bin(), &mut quiet)
+                .await
+                .expect("test app image");
+            let tp = tp_cli::image::ensure_image(&d, tp_cli::connect::IMAGE_REPO, &tp_bin(), &mut quiet)
+                .await
+                .expect("telepresence image");
+            (app, tp)
+        })
+    })
+}
+
+/// The result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+        }
+    }
+    /// Panics with the whole output unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A sandboxed user of the CLI: its own cache dir so connections of parallel runs don't mix.
+pub struct User {
+    pub home: PathBuf,
+}
+
+impl User {
+    pub fn new() -> User {
+        let home = std::env::temp_dir().join(format!("tp-user-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&home).expect("user home");
+        User { home }
+    }
+
+    /// The command, with this user's environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(tp_bin());
+        c.args(args)
+            .env("HOME", &self.home)
+            .env("XDG_CACHE_HOME", self.home.join(".cache"))
+            .env("KUBECONFIG", self.home.join("no-kubeconfig"))
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `telepresence <args>` to completion.
+    pub fn tp(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run telepresence"))
+    }
+}
+
+impl Default for User {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = self.tp(&["quit", "-s"]);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// The compose command of this machine.
+pub fn compose_cmd() -> Vec<String> {
+    tp_compose::compose_command().expect("neither `docker compose` nor `docker-compose` is installed")
+}
+
+/// A compose project of our test app: every service given runs `serve --http <port> --name
+/// <service>`, plus a `caller` service to make requests from inside the network.
+pub struct Project {
+    pub name: String,
+    dir: PathBuf,
+}
+
+impl Project {
+    /// Starts a project whose services are `(name, port)`.
+    pub fn up(services: &[(&str, u16)]) -> Result<Project> {
+        let (app, _) = images();
+        let name = format!("tpt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let mut yaml = String::from("version: \"3.7\"\nservices:\n");
+        for (svc, port) in services {
+            yaml.push_str(&format!(
+                "  {svc}:\n    image: {app}\n    command: [\"serve\", \"--http\", \"{port}\", \"--name\", \"{svc}\"]\n    expose: [\"{port}\"]\n    environment:\n      TP_APP_NAME: {svc}\n"
+            ));
+        }
+        yaml.push_str(&format!("  caller:\n    image: {app}\n    command: [\"serve\", \"--name\", \"caller\"]\n"));
+        std::fs::write(dir.join("docker-compose.yml"), yaml)?;
+        let p = Project { name, dir };
+        p.compose(&["up", "-d"])?;
+        Ok(p)
+    }
+
+    /// Runs a compose subcommand in the project.
+    pub fn compose(&self, args: &[&str]) -> Result<()> {
+        let cmd = compose_cmd();
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .args(["-p", &self.name, "-f"])
+            .arg(self.dir.join("docker-compose.yml"))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("compose {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The container of a service (first replica).
+    pub fn container(&self, service: &str) -> Result<String> {
+        let id = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.name),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ])?;
+        id.lines().next().map(str::to_string).ok_or_else(|| anyhow!("no container for {service}"))
+    }
+
+    /// `GET url` from inside the project network (via the caller container); the body or the error.
+    pub fn get(&self, url: &str) -> Result<String> {
+        let caller = self.container("caller")?;
+        let out = Command::new("docker")
+            .args(["exec", &caller, "/tp-testapp", "get", url])
+            .output()?;
+        if !out.status.success() {
+            bail!("get {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Polls `GET url` until the body equals `want`; returns how long it took.
+    pub fn wait_for(&self, url: &str, want: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            match self.get(url) {
+                Ok(b) if b == want => return Ok(start.elapsed()),
+                Ok(b) => last = format!("body {b:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{url} did not answer {want:?} within {timeout:?}; last: {last}")
+    }
+
+    /// Whether the traffic-agent's netfilter table exists in a service's network namespace
+    /// (checked by our own binary in a one-shot container joined to it).
+    pub fn has_agent_table(&self, service: &str) -> Result<bool> {
+        let (_, tp) = images();
+        let c = self.container(service)?;
+        let out = Command::new("docker")
+            .args([
+                "run", "--rm", "--network", &format!("container:{c}"), "--cap-add", "NET_ADMIN",
+                "--label", "telepresence.io/test-probe=1", tp, "agent-cleanup", "--check",
+            ])
+            .output()?;
+        match out.status.code() {
+            Some(0) => Ok(false),
+            Some(3) => Ok(true),
+            _ => bail!("agent-cleanup --check: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Containers, networks and volumes carrying our label (names), for leak checks.
+pub fn leftovers() -> Vec<String> {
+    let mut v = Vec::new();
+    for (what, args) in [
+        ("container", vec!["ps", "-a", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Names}}"]),
+        ("container", vec!["ps", "-a", "--filter", "name=^tp-", "--format", "{{.Names}}"]),
+        ("network", vec!["network", "ls", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Name}}"]),
+        ("volume", vec!["volume", "ls", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Name}}"]),
+    ] {
+        if let Ok(out) = docker(&args) {
+            v.extend(out.lines().filter(|l| !l.is_empty()).map(|l| format!("{what} {l}")));
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
