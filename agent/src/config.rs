@@ -19,6 +19,9 @@ pub const ENV_POD_IP: &str = "TP_POD_IP";
 /// Optional: seconds shutdown waits for in-flight connections (default 2).
 pub const ENV_DRAIN_SECONDS: &str = "TP_DRAIN_SECONDS";
 
+/// How long the agent waits for the manager at startup.
+pub const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything the agent needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -38,6 +41,8 @@ pub struct AgentConfig {
     pub redirect: bool,
     /// How long shutdown waits for in-flight connections to finish.
     pub drain_timeout: Duration,
+    /// How long startup retries the manager before giving up ([`MANAGER_TIMEOUT`]).
+    pub manager_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -48,7 +53,11 @@ impl AgentConfig {
 
     /// Same as [`AgentConfig::from_env`] with any variable source (tests use a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, AgentError> {
-        let opt = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let opt = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         let req = |k: &str| {
             opt(k).ok_or_else(|| AgentError::Config(format!("{k} is not set (required)")))
         };
@@ -80,6 +89,7 @@ impl AgentConfig {
             pod_ip: opt(ENV_POD_IP),
             redirect: true,
             drain_timeout,
+            manager_timeout: MANAGER_TIMEOUT,
         })
     }
 }
@@ -166,6 +176,7 @@ mod tests {
         assert_eq!(c.pod_ip, None);
         assert!(c.redirect);
         assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(c.manager_timeout, Duration::from_secs(30));
 
         let c = AgentConfig::from_lookup(env(&with(&[
             ("TP_APP_HOST", "10.0.0.5"),
@@ -216,7 +227,15 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_rejected_clearly() {
-        for bad in ["tp-manager", "tp-manager:", ":8081", "host:0", "host:99999", "::1:80", "a/b:1"] {
+        for bad in [
+            "tp-manager",
+            "tp-manager:",
+            ":8081",
+            "host:0",
+            "host:99999",
+            "::1:80",
+            "a/b:1",
+        ] {
             assert_eq!(
                 err(&[("TP_TUNNEL_ADDR", bad)]),
                 format!("agent configuration: TP_TUNNEL_ADDR={bad:?} is not host:port")

@@ -16,11 +16,12 @@ pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) const NLMSG_OVERRUN: u16 = 4;
 
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_MULTI: u16 = 0x2;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
 pub(crate) const NLM_F_ROOT: u16 = 0x100;
 pub(crate) const NLM_F_MATCH: u16 = 0x200;
 pub(crate) const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+/// Used by the test helpers that create links and addresses.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const NLM_F_EXCL: u16 = 0x200;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_APPEND: u16 = 0x800;
@@ -224,7 +225,8 @@ impl Builder {
     pub(crate) fn begin_nest(&mut self, ty: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         start
     }
 
@@ -247,6 +249,7 @@ impl Builder {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Msg<'a> {
     pub ty: u16,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub flags: u16,
     pub seq: u32,
     pub payload: &'a [u8],
@@ -383,9 +386,8 @@ pub(crate) fn exchange(
                 NLMSG_NOOP | NLMSG_OVERRUN => {}
                 NLMSG_ERROR => {
                     let Some((errno, seq)) = parse_error(msg.payload) else {
-                        first_err.get_or_insert(ExchangeError::Malformed(
-                            "short NLMSG_ERROR".into(),
-                        ));
+                        first_err
+                            .get_or_insert(ExchangeError::Malformed("short NLMSG_ERROR".into()));
                         continue;
                     };
                     pending.retain(|s| *s != seq);

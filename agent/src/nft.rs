@@ -92,7 +92,10 @@ pub enum NftError {
     PermissionDenied { op: String },
     #[error("nf_tables: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
     Kernel { op: String, errno: i32 },
-    #[error("nf_tables: no answer from the kernel within {:?}", netlink::REPLY_TIMEOUT)]
+    #[error(
+        "nf_tables: no answer from the kernel within {:?}",
+        netlink::REPLY_TIMEOUT
+    )]
     Timeout,
     #[error("nf_tables: malformed netlink reply: {0}")]
     Protocol(String),
@@ -160,7 +163,6 @@ struct Op {
 /// An encoded batch: the bytes and the messages that expect an acknowledgement.
 struct Batch {
     bytes: Vec<u8>,
-    begin_seq: u32,
     ops: Vec<Op>,
 }
 
@@ -176,7 +178,6 @@ fn msg_type(nft_msg: u16) -> u16 {
 struct BatchBuilder {
     b: Builder,
     seq: u32,
-    begin_seq: u32,
     ops: Vec<Op>,
 }
 
@@ -189,7 +190,6 @@ impl BatchBuilder {
         BatchBuilder {
             b,
             seq: first_seq.wrapping_add(1),
-            begin_seq: first_seq,
             ops: Vec::new(),
         }
     }
@@ -215,7 +215,6 @@ impl BatchBuilder {
         self.b.end_msg(m);
         Batch {
             bytes: self.b.finish(),
-            begin_seq: self.begin_seq,
             ops: self.ops,
         }
     }
@@ -279,9 +278,12 @@ fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32) -> Batc
         format!("add table ip {t}"),
         |b| b.attr_str(NFTA_TABLE_NAME, t),
     );
-    bb.msg(NFT_MSG_DELTABLE, 0, format!("flush old table ip {t}"), |b| {
-        b.attr_str(NFTA_TABLE_NAME, t)
-    });
+    bb.msg(
+        NFT_MSG_DELTABLE,
+        0,
+        format!("flush old table ip {t}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, t),
+    );
     bb.msg(
         NFT_MSG_NEWTABLE,
         NLM_F_CREATE,
@@ -361,7 +363,9 @@ fn map_exchange(e: ExchangeError, what: impl Fn(u32) -> String) -> NftError {
     }
 }
 
-fn run_batch(batch: &Batch) -> Result<(), NftError> {
+/// Runs a batch; `summary` names errors the kernel reports for the transaction as a whole
+/// (permission checks, commit failures) rather than for one message.
+fn run_batch(batch: &Batch, summary: &str) -> Result<(), NftError> {
     let sock = open()?;
     let expect: Vec<u32> = batch.ops.iter().map(|o| o.seq).collect();
     netlink::exchange(&sock, &batch.bytes, &expect, |_| Ok(())).map_err(|e| {
@@ -371,13 +375,7 @@ fn run_batch(batch: &Batch) -> Result<(), NftError> {
                 .iter()
                 .find(|o| o.seq == seq)
                 .map(|o| o.what.clone())
-                .unwrap_or_else(|| {
-                    if seq == batch.begin_seq {
-                        "begin transaction".to_string()
-                    } else {
-                        "commit transaction".to_string()
-                    }
-                })
+                .unwrap_or_else(|| summary.to_string())
         })
     })
 }
@@ -393,13 +391,19 @@ pub fn install_redirects(table: &str, redirects: &[(u16, u16)]) -> Result<(), Nf
         )));
     }
     let n = redirects.len() as u32 + 5;
-    run_batch(&encode_install(table, redirects, next_seqs(n)))
+    run_batch(
+        &encode_install(table, redirects, next_seqs(n)),
+        &format!("install redirects in table ip {table}"),
+    )
 }
 
 /// Deletes `table ip <table>` and everything in it. Returns whether it existed.
 pub fn delete_table(table: &str) -> Result<bool, NftError> {
     validate_table(table)?;
-    match run_batch(&encode_delete(table, next_seqs(3))) {
+    match run_batch(
+        &encode_delete(table, next_seqs(3)),
+        &format!("delete table ip {table}"),
+    ) {
         Ok(()) => Ok(true),
         Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -489,7 +493,9 @@ pub fn list_chains(table: &str) -> Result<Vec<ChainInfo>, NftError> {
                 name: find_attr(a, NFTA_CHAIN_NAME)
                     .map(attr_string)
                     .unwrap_or_default(),
-                hook: hook.and_then(|h| find_attr(h, NFTA_HOOK_HOOKNUM)).and_then(be32),
+                hook: hook
+                    .and_then(|h| find_attr(h, NFTA_HOOK_HOOKNUM))
+                    .and_then(be32),
                 priority: hook
                     .and_then(|h| find_attr(h, NFTA_HOOK_PRIORITY))
                     .and_then(be32)

@@ -64,7 +64,10 @@ fn install_batch_layout() {
     // every nf_tables message: family ip, acknowledged
     for m in &msgs[1..7] {
         assert_eq!(&m.payload[..4], &[2, 0, 0, 0]);
-        assert_eq!(m.flags & (NLM_F_REQUEST | NLM_F_ACK), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(
+            m.flags & (NLM_F_REQUEST | NLM_F_ACK),
+            NLM_F_REQUEST | NLM_F_ACK
+        );
     }
     assert_eq!(batch.ops.len(), 6);
     assert_eq!(batch.ops[0].seq, 501);
@@ -80,10 +83,22 @@ fn install_batch_layout() {
 
     // the chain: nat, prerouting, dstnat, policy accept
     let chain = &msgs[4].payload[4..];
-    assert_eq!(find_attr(chain, NFTA_CHAIN_TABLE).map(attr_string), Some("tp_t".into()));
-    assert_eq!(find_attr(chain, NFTA_CHAIN_NAME).map(attr_string), Some(CHAIN.into()));
-    assert_eq!(find_attr(chain, NFTA_CHAIN_TYPE).map(attr_string), Some("nat".into()));
-    assert_eq!(find_attr(chain, NFTA_CHAIN_POLICY).and_then(be32), Some(NF_ACCEPT));
+    assert_eq!(
+        find_attr(chain, NFTA_CHAIN_TABLE).map(attr_string),
+        Some("tp_t".into())
+    );
+    assert_eq!(
+        find_attr(chain, NFTA_CHAIN_NAME).map(attr_string),
+        Some(CHAIN.into())
+    );
+    assert_eq!(
+        find_attr(chain, NFTA_CHAIN_TYPE).map(attr_string),
+        Some("nat".into())
+    );
+    assert_eq!(
+        find_attr(chain, NFTA_CHAIN_POLICY).and_then(be32),
+        Some(NF_ACCEPT)
+    );
     let hook = find_attr(chain, NFTA_CHAIN_HOOK).expect("hook");
     assert_eq!(find_attr(hook, NFTA_HOOK_HOOKNUM).and_then(be32), Some(0));
     assert_eq!(
@@ -92,7 +107,10 @@ fn install_batch_layout() {
     );
 
     // rules decode back into what was asked, in order
-    let rules: Vec<_> = msgs[5..7].iter().map(|m| decode_rule(&m.payload[4..])).collect();
+    let rules: Vec<_> = msgs[5..7]
+        .iter()
+        .map(|m| decode_rule(&m.payload[4..]))
+        .collect();
     assert_eq!(rules[0].chain, CHAIN);
     assert_eq!(
         rules[0].exprs,
@@ -100,7 +118,10 @@ fn install_batch_layout() {
     );
     assert_eq!(rules[0].redirect, Some((8080, 40001)));
     assert_eq!(rules[1].redirect, Some((9090, 40002)));
-    assert_eq!(rules[1].to_string(), "prerouting: tcp dport 9090 redirect to :40002");
+    assert_eq!(
+        rules[1].to_string(),
+        "prerouting: tcp dport 9090 redirect to :40002"
+    );
 }
 
 #[test]
@@ -118,7 +139,10 @@ fn delete_and_get_layout() {
     let m = messages(&get).next().unwrap().unwrap();
     assert_eq!(m.ty, (10 << 8) | NFT_MSG_GETRULE);
     assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_DUMP);
-    assert_eq!(find_attr(&m.payload[4..], NFTA_RULE_TABLE).map(attr_string), Some("tp_t".into()));
+    assert_eq!(
+        find_attr(&m.payload[4..], NFTA_RULE_TABLE).map(attr_string),
+        Some("tp_t".into())
+    );
 }
 
 #[test]
@@ -146,7 +170,10 @@ fn foreign_rules_are_not_mistaken_for_redirects() {
 #[test]
 fn bad_input_is_refused_before_any_syscall() {
     for bad in ["", "a\0b", &"x".repeat(256)] {
-        assert!(matches!(install_redirects(bad, &[(1, 2)]), Err(NftError::Invalid(_))));
+        assert!(matches!(
+            install_redirects(bad, &[(1, 2)]),
+            Err(NftError::Invalid(_))
+        ));
         assert!(matches!(delete_table(bad), Err(NftError::Invalid(_))));
         assert!(matches!(table_exists(bad), Err(NftError::Invalid(_))));
     }
@@ -165,7 +192,10 @@ fn kernel_errors_are_explained() {
     );
     assert_eq!(e.errno(), Some(libc::EPERM));
     let s = e.to_string();
-    assert!(s.contains("needs the NET_ADMIN capability") && s.contains("create table ip x"), "{s}");
+    assert!(
+        s.contains("needs the NET_ADMIN capability") && s.contains("create table ip x"),
+        "{s}"
+    );
     let e = map_exchange(
         ExchangeError::Nack {
             seq: 3,
@@ -173,7 +203,10 @@ fn kernel_errors_are_explained() {
         },
         |_| "add rule".into(),
     );
-    assert_eq!(e.to_string(), "nf_tables: add rule: No such file or directory (os error 2)");
+    assert_eq!(
+        e.to_string(),
+        "nf_tables: add rule: No such file or directory (os error 2)"
+    );
 }
 
 fn unique_table(tag: &str) -> String {
@@ -239,7 +272,10 @@ fn installs_lists_replaces_and_deletes_in_a_fresh_netns() {
                 listing.contains("type nat hook prerouting priority dstnat; policy accept;"),
                 "{listing}"
             );
-            assert!(listing.contains("tcp dport 18080 redirect to :18082"), "{listing}");
+            assert!(
+                listing.contains("tcp dport 18080 redirect to :18082"),
+                "{listing}"
+            );
             assert!(!listing.contains("18081"), "{listing}");
         }
 
@@ -323,11 +359,67 @@ fn redirect_moves_remote_traffic_but_not_local_traffic() {
 
         // inside the workload's namespace the app is still reachable directly
         testns::enter(&ns_a).unwrap();
-        assert_eq!(deliver("127.0.0.1:18080".parse().unwrap(), b"local", &ls), APP);
+        assert_eq!(
+            deliver("127.0.0.1:18080".parse().unwrap(), b"local", &ls),
+            APP
+        );
         assert_eq!(deliver(remote, b"own address", &ls), APP);
 
         assert!(delete_table(&table).unwrap());
         testns::enter(&ns_b).unwrap();
         assert_eq!(deliver(remote, b"after", &ls), APP);
+    });
+}
+
+/// Drops CAP_NET_ADMIN from the calling thread's effective set (capabilities are per thread).
+fn drop_net_admin() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: header and a two-element data array, as the v3 ABI requires.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) },
+        0
+    );
+    d[0].effective &= !(1 << 12); // CAP_NET_ADMIN
+                                  // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) },
+        0
+    );
+}
+
+#[test]
+fn without_net_admin_the_error_says_so() {
+    testns::in_fresh_netns("without_net_admin_the_error_says_so", || {
+        drop_net_admin();
+        let e = install_redirects("tp_test_caps", &[(18080, 18081)]).unwrap_err();
+        assert!(matches!(e, NftError::PermissionDenied { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("needs the NET_ADMIN capability"),
+            "{e}"
+        );
+        assert_eq!(
+            delete_table("tp_test_caps").unwrap_err().errno(),
+            Some(libc::EPERM)
+        );
+        assert!(matches!(
+            table_exists("tp_test_caps"),
+            Err(NftError::PermissionDenied { .. })
+        ));
     });
 }

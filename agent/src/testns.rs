@@ -1,9 +1,7 @@
 //! Test helpers: fresh network namespaces on dedicated threads, and the little rtnetlink needed
 //! to wire two of them with a veth pair (links up, IPv4 addresses) without any external tool.
 
-use crate::netlink::{
-    self, Builder, Socket, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-};
+use crate::netlink::{self, Builder, Socket, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use std::ffi::CString;
 use std::io;
 use std::net::Ipv4Addr;

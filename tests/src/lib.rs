@@ -110,7 +110,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    /// The outcome of a finished process.
+    pub fn from_output(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).to_string(),
@@ -149,7 +150,7 @@ impl User {
 
     /// Runs `telepresence <args>` to completion.
     pub fn tp(&self, args: &[&str]) -> Run {
-        Run::from(self.command(args).output().expect("run telepresence"))
+        Run::from_output(self.command(args).output().expect("run telepresence"))
     }
 }
 

@@ -89,3 +89,168 @@ fn intercept_docker_run_routes_and_restores() {
     let st = user.tp(&["status"]).ok();
     assert_eq!(st.stdout, "Daemon: Not running\nTraffic Manager: Not connected\n");
 }
+
+#[test]
+fn two_workloads_intercepted_at_once_and_leave_one() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
+    let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
+    p.wait_for("http://web:8080/", "web-handler", T).unwrap();
+    p.wait_for("http://api:8000/", "api-handler", T).unwrap();
+    let st = user.tp(&["status"]).ok();
+    assert!(st.stdout.contains("Intercepts        : 2 total"), "{}", st.stdout);
+
+    // `leave` ends one intercept and stops its handler; the other keeps routing.
+    let r = user.tp(&["leave", "api"]).ok();
+    assert_eq!(r.stdout, "");
+    wait_exit(&mut api, T);
+    p.wait_for("http://api:8000/", "api", T).unwrap();
+    assert_eq!(p.get("http://web:8080/").unwrap(), "web-handler");
+    assert!(docker(&["ps", "-q", "--filter", "name=intercept-api-9091"]).unwrap().is_empty());
+
+    // `quit` (without -s) stops this connection's handlers too.
+    let q = user.tp(&["quit"]).ok();
+    assert_eq!(q.stdout.trim(), "Disconnected");
+    wait_exit(&mut web, T);
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
+
+#[test]
+fn ctrl_c_ends_the_intercept() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    wait_exit(&mut child, T);
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    let l = user.tp(&["list", "-n", &p.name, "-i"]).ok();
+    assert!(l.stdout.starts_with("No Workloads"), "intercept must be gone: {}", l.stdout);
+    assert!(docker(&["ps", "-aq", "--filter", "name=intercept-web-9090"]).unwrap().is_empty());
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
+
+#[test]
+fn crashed_agent_leaves_no_netfilter_rules() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
+    assert!(!agent.is_empty(), "an agent container runs");
+    docker(&["kill", "-s", "KILL", &agent]).unwrap();
+    assert!(p.has_agent_table("web").unwrap(), "a killed agent cannot remove its table");
+    docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
+    wait_exit(&mut child, T);
+    user.tp(&["quit", "-s"]).ok();
+    assert!(!p.has_agent_table("web").unwrap(), "quit -s must clean up after a crashed agent");
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    assert_clean("after quit -s");
+}
+
+/// Every bad input: one clear line, non-zero exit, nothing left behind.
+#[test]
+fn bad_input_fails_cleanly() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    let err_line = |r: &Run| {
+        assert_ne!(r.code, 0, "should fail: {r:?}");
+        let line = r.stderr.trim().to_string();
+        assert!(line.starts_with("telepresence "), "{line}");
+        line
+    };
+
+    // Engine not running.
+    let r = Run::from_output(user.command(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .env("DOCKER_HOST", "unix:///tmp/tp-no-such-engine.sock").output().unwrap());
+    assert!(err_line(&r).contains("is it running?"), "{r:?}");
+    // Unknown namespace: nothing created.
+    let r = user.tp(&["connect", "--cluster-type", "docker", "-n", "no-such-project-xyz"]);
+    assert!(err_line(&r).contains("namespace \"no-such-project-xyz\" not found"), "{r:?}");
+    assert_clean("after connect to an unknown namespace");
+    // Not connected.
+    let r = user.tp(&["list"]);
+    assert!(err_line(&r).contains("Not connected"), "{r:?}");
+
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    let baseline = leftovers();
+    // Already connected elsewhere under the same name.
+    let r = user.tp(&["connect", "--cluster-type", "docker", "-n", "default", "--name", &format!("docker-{}-cn", p.name)]);
+    assert!(err_line(&r).contains("already connected to namespace"), "{r:?}");
+    // Unknown workload.
+    let r = user.tp(&["intercept", "nope", "-n", &p.name, "--port", "9090:8080"]);
+    assert!(err_line(&r).contains("workload \"nope\" not found"), "{r:?}");
+    // A port the workload doesn't expose.
+    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:9999"]);
+    assert!(err_line(&r).contains("does not expose port 9999"), "{r:?}");
+    // Handler image missing.
+    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080", "--docker-run", "--", "tp-no-such-image:dev"]);
+    assert!(err_line(&r).contains("tp-no-such-image:dev"), "{r:?}");
+    assert!(r.stderr.contains("docker build"), "{r:?}");
+    // Leave of an unknown intercept.
+    let r = user.tp(&["leave", "ghost"]);
+    assert!(err_line(&r).contains("Intercept named \"ghost\" not found"), "{r:?}");
+    // Bad --port syntax.
+    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "x:8080"]);
+    assert!(err_line(&r).contains("invalid local port"), "{r:?}");
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(l.stdout.trim(), "web: ready to intercept (traffic-agent not yet installed)", "failed commands installed nothing");
+    assert_eq!(leftovers(), baseline, "failed commands created nothing");
+
+    // Already intercepted: a second intercept of the same port fails and leaves the first alone.
+    let ok = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"]).ok();
+    assert!(ok.stdout.contains("State                  : ACTIVE"), "{}", ok.stdout);
+    let r = user.tp(&["intercept", "web2", "-w", "web", "-n", &p.name, "--port", "9091:8080"]);
+    assert!(err_line(&r).contains("already intercepted"), "{r:?}");
+    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9092:8080"]);
+    assert!(err_line(&r).contains("already exists"), "{r:?}");
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert!(l.stdout.contains("Intercept name: web\n"), "{}", l.stdout);
+    user.tp(&["leave", "web"]).ok();
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
+
+#[test]
+fn json_output() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    let c = user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name, "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    assert_eq!(v["cmd"], "connect");
+    assert!(v["stdout"].as_str().unwrap().contains("Connected to context docker"));
+    let l = user.tp(&["list", "-n", &p.name, "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(v[0]["name"], "web");
+    assert_eq!(v[0]["ports"][0]["port"], 8080);
+    let r = user.tp(&["leave", "ghost", "--output", "json"]);
+    assert_ne!(r.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["err"], "Intercept named \"ghost\" not found");
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}

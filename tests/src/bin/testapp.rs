@@ -69,10 +69,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Clients run on one thread (lowest latency, no cross-thread wake-ups); the server uses
+    // every core unless TP_TESTAPP_THREADS says otherwise.
+    let threads = match (&cli.command, std::env::var("TP_TESTAPP_THREADS")) {
+        (_, Ok(n)) => n.parse().unwrap_or(0),
+        (Command::Serve { .. }, Err(_)) => 0,
+        (_, Err(_)) => 1,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tp-testapp: cannot start the runtime: {e}");

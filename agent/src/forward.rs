@@ -1,0 +1,139 @@
+//! The data path: one accept loop per captured port. Each accepted connection is routed once, at
+//! accept time, from the current snapshot — to the manager's tunnel when an ACTIVE intercept
+//! covers its port, otherwise to the application — and then spliced until both sides close.
+//! A snapshot change only affects later connections; nothing in flight is ever cut.
+
+use crate::routes::{Route, Routes};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tp_rpc::tunnel::{self, Role, TunnelHeader};
+use tracing::{debug, warn};
+
+/// How long dialing the tunnel may take before the connection falls back to the app.
+const TUNNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// State shared by all accept loops and connections.
+pub(crate) struct Shared {
+    /// `host:port` of the manager's tunnel listener (used when the snapshot has no resolved
+    /// address, or the resolved one stopped answering).
+    pub tunnel_addr: String,
+    /// Connections in flight.
+    pub active: AtomicUsize,
+}
+
+/// Decrements the in-flight count when a connection ends.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts connections captured for `service_port` forever.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    service_port: u16,
+    app: SocketAddr,
+    routes: watch::Receiver<Routes>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning
+                warn!("port {service_port}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tunnel::tune(&conn);
+        let route = routes.borrow().route(service_port);
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(shared.clone());
+        tokio::spawn(async move {
+            let shared = &guard.0;
+            serve(conn, peer, service_port, app, route, shared).await;
+            drop(guard);
+        });
+    }
+}
+
+async fn serve(
+    mut inbound: TcpStream,
+    peer: SocketAddr,
+    service_port: u16,
+    app: SocketAddr,
+    route: Route,
+    shared: &Shared,
+) {
+    let mut outbound = None;
+    if let Route::Intercept {
+        intercept_id,
+        session_id,
+        tunnel,
+    } = route
+    {
+        match open_tunnel(tunnel, &shared.tunnel_addr, &intercept_id, &session_id).await {
+            Ok(s) => outbound = Some(s),
+            Err(e) => warn!(
+                "port {service_port}: intercept {intercept_id}: tunnel {} unreachable ({e}); \
+                 sending {peer} to the app",
+                shared.tunnel_addr
+            ),
+        }
+    }
+    let mut outbound = match outbound {
+        Some(s) => s,
+        None => match TcpStream::connect(app).await {
+            Ok(s) => {
+                tunnel::tune(&s);
+                s
+            }
+            Err(e) => {
+                debug!("port {service_port}: app at {app} refused {peer}: {e}");
+                // Reset rather than close, as the app itself would have refused.
+                let _ = inbound.set_zero_linger();
+                return;
+            }
+        },
+    };
+    if let Err(e) = tunnel::splice(&mut inbound, &mut outbound).await {
+        debug!("port {service_port}: connection from {peer} ended: {e}");
+    }
+}
+
+/// Dials the manager's tunnel and sends the agent-side header.
+async fn open_tunnel(
+    resolved: Option<SocketAddr>,
+    addr: &str,
+    intercept_id: &str,
+    session_id: &str,
+) -> std::io::Result<TcpStream> {
+    let dial = async {
+        if let Some(sa) = resolved {
+            match TcpStream::connect(sa).await {
+                Ok(s) => return Ok(s),
+                Err(e) => debug!("tunnel at {sa} failed ({e}); resolving {addr} again"),
+            }
+        }
+        TcpStream::connect(addr).await
+    };
+    let mut s = tokio::time::timeout(TUNNEL_DIAL_TIMEOUT, dial)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tunnel::tune(&s);
+    let header = TunnelHeader {
+        conn_id: uuid::Uuid::new_v4().to_string(),
+        intercept_id: intercept_id.to_string(),
+        session_id: session_id.to_string(),
+        error: String::new(),
+    };
+    tunnel::write_header(&mut s, Role::Agent, &header).await?;
+    Ok(s)
+}
