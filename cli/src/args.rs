@@ -174,11 +174,10 @@ pub fn parse_port(s: &str) -> Result<PortSpec, String> {
         Some((l, r)) => (l, r),
         None => (s, ""),
     };
-    let local: u16 = local
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("invalid local port {local:?} in --port {s:?}: expected 1-65535"))?;
+    let local: u16 =
+        local.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            format!("invalid local port {local:?} in --port {s:?}: expected 1-65535")
+        })?;
     let remote = match rest.split_once('/') {
         Some((r, proto)) if proto.eq_ignore_ascii_case("tcp") => r,
         Some((_, proto)) => {

@@ -175,9 +175,15 @@ pub fn workload_line(w: &Workload) -> String {
         );
     }
     if w.agent_installed {
-        format!("{}: ready to intercept (traffic-agent already installed)\n", w.name)
+        format!(
+            "{}: ready to intercept (traffic-agent already installed)\n",
+            w.name
+        )
     } else {
-        format!("{}: ready to intercept (traffic-agent not yet installed)\n", w.name)
+        format!(
+            "{}: ready to intercept (traffic-agent not yet installed)\n",
+            w.name
+        )
     }
 }
 
@@ -314,7 +320,10 @@ pub async fn version(use_: Option<&str>) -> Result<CmdOutput> {
             if let Ok(mut c) = connector(d.port).await {
                 if let Ok(st) = c.status(Empty {}).await {
                     let st = st.into_inner();
-                    rows.push((format!("Daemon in container {}", d.container), format!("v{}", st.version)));
+                    rows.push((
+                        format!("Daemon in container {}", d.container),
+                        format!("v{}", st.version),
+                    ));
                     if st.manager_connected {
                         rows.push(("Traffic Manager".into(), format!("v{}", st.manager_version)));
                         rows.push(("Traffic Agent".into(), st.agent_image));
@@ -323,9 +332,14 @@ pub async fn version(use_: Option<&str>) -> Result<CmdOutput> {
             }
         }
     }
-    let data = json!(rows.iter().cloned().collect::<std::collections::BTreeMap<_, _>>());
-    let refs: Vec<(&str, Option<String>)> =
-        rows.iter().map(|(k, v)| (k.as_str(), Some(v.clone()))).collect();
+    let data = json!(rows
+        .iter()
+        .cloned()
+        .collect::<std::collections::BTreeMap<_, _>>());
+    let refs: Vec<(&str, Option<String>)> = rows
+        .iter()
+        .map(|(k, v)| (k.as_str(), Some(v.clone())))
+        .collect();
     Ok(CmdOutput {
         text: kv_block("", &refs),
         data: Some(data),

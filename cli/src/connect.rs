@@ -29,7 +29,10 @@ pub fn manager_container(namespace: &str) -> String {
 /// Labels every resource we create carries, plus the role.
 pub fn labels(role: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     let mut l = HashMap::from([
-        (engine::MANAGED_BY_LABEL.to_string(), engine::MANAGED_BY_VALUE.to_string()),
+        (
+            engine::MANAGED_BY_LABEL.to_string(),
+            engine::MANAGED_BY_VALUE.to_string(),
+        ),
         (ROLE_LABEL.to_string(), role.to_string()),
     ]);
     for (k, v) in extra {
@@ -45,7 +48,14 @@ fn kube_context_exists(kubeconfig: Option<&str>) -> bool {
         .or_else(|| std::env::var_os("KUBECONFIG").map(Into::into))
         .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")));
     path.and_then(|p| std::fs::read_to_string(p).ok())
-        .is_some_and(|s| s.lines().any(|l| l.trim_start().starts_with("current-context:") && l.split(':').nth(1).is_some_and(|v| !v.trim().is_empty() && v.trim() != "\"\"")))
+        .is_some_and(|s| {
+            s.lines().any(|l| {
+                l.trim_start().starts_with("current-context:")
+                    && l.split(':')
+                        .nth(1)
+                        .is_some_and(|v| !v.trim().is_empty() && v.trim() != "\"\"")
+            })
+        })
 }
 
 pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
@@ -150,7 +160,10 @@ fn validate_name(name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         bail!("invalid connection name {name:?}: use letters, digits, '-', '_' or '.'");
     }
@@ -168,7 +181,10 @@ async fn ensure_manager(
 ) -> Result<(String, String)> {
     let name = manager_container(namespace);
     let current_image = docker
-        .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .ok();
     let running_same = current_image.as_ref().is_some_and(|c| {
@@ -200,7 +216,10 @@ async fn ensure_manager(
                 format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
                 format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
                 "DOCKER_HOST=unix:///var/run/docker.sock".into(),
-                format!("RUST_LOG={}", std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())),
+                format!(
+                    "RUST_LOG={}",
+                    std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
+                ),
             ]),
             labels: Some(labels("traffic-manager", &[(NAMESPACE_LABEL, namespace)])),
             exposed_ports: Some(vec![
@@ -228,13 +247,22 @@ async fn ensure_manager(
             )
             .await
             .with_context(|| format!("creating the traffic-manager container {name}"))?;
-        if let Err(e) = docker.start_container(&name, None::<bollard::query_parameters::StartContainerOptions>).await {
+        if let Err(e) = docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
             let _ = engine::remove_container(docker, &name, 0).await;
-            return Err(anyhow!(e).context(format!("starting the traffic-manager container {name}")));
+            return Err(
+                anyhow!(e).context(format!("starting the traffic-manager container {name}"))
+            );
         }
     }
     let (_, g) = engine::published_port(docker, &name, &format!("{MANAGER_GRPC_PORT}/tcp")).await?;
-    let (_, t) = engine::published_port(docker, &name, &format!("{MANAGER_TUNNEL_PORT}/tcp")).await?;
+    let (_, t) =
+        engine::published_port(docker, &name, &format!("{MANAGER_TUNNEL_PORT}/tcp")).await?;
     Ok((format!("{gateway}:{g}"), format!("{gateway}:{t}")))
 }
 
@@ -273,9 +301,15 @@ async fn start_daemon(
             format!("TP_TUNNEL_ADDR={tunnel}"),
             format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
             format!("TP_CLIENT_NAME={user}@{host}"),
-            format!("RUST_LOG={}", std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())),
+            format!(
+                "RUST_LOG={}",
+                std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
+            ),
         ]),
-        labels: Some(labels("daemon", &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)])),
+        labels: Some(labels(
+            "daemon",
+            &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)],
+        )),
         exposed_ports: Some(vec![format!("{DAEMON_PORT}/tcp")]),
         host_config: Some(HostConfig {
             port_bindings: Some(HashMap::from([(
@@ -307,10 +341,14 @@ async fn start_daemon(
         .await
         .with_context(|| format!("creating the daemon container {container}"))?;
     docker
-        .start_container(container, None::<bollard::query_parameters::StartContainerOptions>)
+        .start_container(
+            container,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
         .await
         .with_context(|| format!("starting the daemon container {container}"))?;
-    let (_, port) = engine::published_port(docker, container, &format!("{DAEMON_PORT}/tcp")).await?;
+    let (_, port) =
+        engine::published_port(docker, container, &format!("{DAEMON_PORT}/tcp")).await?;
     // Ready = its gRPC answers, which it only does once it holds a manager session.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -581,7 +581,11 @@ mod tests {
         let tail = &r.args[r.args.len() - 3..];
         assert_eq!(tail, s(&["image:1", "-c", "echo hi"]).as_slice());
         // The user's env file comes after ours so that it wins.
-        let ours = r.args.iter().position(|a| a == "/tmp/tp-env/web.env").unwrap();
+        let ours = r
+            .args
+            .iter()
+            .position(|a| a == "/tmp/tp-env/web.env")
+            .unwrap();
         let theirs = r.args.iter().position(|a| a == "mine.env").unwrap();
         assert!(ours < theirs);
     }
@@ -593,7 +597,9 @@ mod tests {
         assert_eq!(r.image, "img");
         assert_eq!(r.name, "intercept-web-9090");
         assert!(r.args.contains(&"container:tp-shop-cn".to_string()));
-        assert!(r.args.ends_with(&s(&["img", "-d", "--name", "x", "--network", "host"])));
+        assert!(r
+            .args
+            .ends_with(&s(&["img", "-d", "--name", "x", "--network", "host"])));
     }
 
     #[test]
@@ -708,7 +714,10 @@ mod tests {
             &["--net=host", "img"],
         ] {
             let r = run(args);
-            assert!(!r.args.contains(&"container:tp-shop-cn".to_string()), "{args:?}");
+            assert!(
+                !r.args.contains(&"container:tp-shop-cn".to_string()),
+                "{args:?}"
+            );
             assert_eq!(r.warnings.len(), 1, "{args:?}");
             assert!(r.warnings[0].contains("host"));
         }
@@ -716,7 +725,10 @@ mod tests {
         let r = run(&["--network", "container:tp-shop-cn", "img"]);
         assert!(r.warnings.is_empty());
         assert_eq!(
-            r.args.iter().filter(|a| *a == "container:tp-shop-cn").count(),
+            r.args
+                .iter()
+                .filter(|a| *a == "container:tp-shop-cn")
+                .count(),
             1
         );
     }
@@ -750,14 +762,19 @@ mod tests {
         let msg = err(&["-p", "8080:80", "img"]).to_string();
         assert!(msg.contains("--expose"), "{msg}");
         // With their own network the engine may accept these: not our business.
-        assert_eq!(run(&["--network", "bridge", "-p", "80", "img"]).image, "img");
+        assert_eq!(
+            run(&["--network", "bridge", "-p", "80", "img"]).image,
+            "img"
+        );
         assert_eq!(run(&["-P=false", "img"]).image, "img");
     }
 
     #[test]
     fn labels_user_keys_win() {
         let r = run(&["-l", "telepresence.io/intercept=mine", "img"]);
-        assert!(!r.args.contains(&"telepresence.io/intercept=web".to_string()));
+        assert!(!r
+            .args
+            .contains(&"telepresence.io/intercept=web".to_string()));
         assert!(r
             .args
             .contains(&"telepresence.io/managed-by=telepresence".to_string()));
@@ -765,7 +782,9 @@ mod tests {
         assert!(!r
             .args
             .contains(&"telepresence.io/managed-by=telepresence".to_string()));
-        assert!(r.args.contains(&"telepresence.io/intercept=web".to_string()));
+        assert!(r
+            .args
+            .contains(&"telepresence.io/intercept=web".to_string()));
     }
 
     #[test]
@@ -774,7 +793,10 @@ mod tests {
             err(&["--frobnicate", "img"]),
             DockerRunError::UnknownFlag("--frobnicate".into())
         );
-        assert_eq!(err(&["-Z", "img"]), DockerRunError::UnknownFlag("-Z".into()));
+        assert_eq!(
+            err(&["-Z", "img"]),
+            DockerRunError::UnknownFlag("-Z".into())
+        );
         // With an inline value it is self-contained and passed on.
         let r = run(&["--frobnicate=yes", "img"]);
         assert_eq!(r.image, "img");

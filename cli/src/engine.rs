@@ -84,15 +84,21 @@ pub async fn remove_container(docker: &Docker, id: &str, grace_secs: i32) -> Res
         .await
     {
         Ok(()) => Ok(()),
+        // Gone already, or being removed (by `--rm` as it stopped).
         Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
+            status_code: 404 | 409,
+            ..
         }) => Ok(()),
         Err(e) => Err(anyhow!("removing container {id}: {e}")),
     }
 }
 
 /// Removes every container that carries the labels, concurrently.
-pub async fn remove_labelled(docker: &Docker, labels: &[(&str, &str)], grace: i32) -> Result<usize> {
+pub async fn remove_labelled(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+    grace: i32,
+) -> Result<usize> {
     let found = containers_with_labels(docker, labels).await?;
     let n = found.len();
     let jobs = found
@@ -172,7 +178,10 @@ pub fn first_host(cidr: &str) -> Option<String> {
 mod tests {
     #[test]
     fn first_host() {
-        assert_eq!(super::first_host("172.17.0.0/16").as_deref(), Some("172.17.0.1"));
+        assert_eq!(
+            super::first_host("172.17.0.0/16").as_deref(),
+            Some("172.17.0.1")
+        );
         assert_eq!(super::first_host("bogus"), None);
     }
 }

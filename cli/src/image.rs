@@ -228,7 +228,10 @@ pub async fn ensure_image(
     if shipped != digest {
         return Err(ImageError::Build {
             tag,
-            message: format!("{} changed while the image was being built", binary.display()),
+            message: format!(
+                "{} changed while the image was being built",
+                binary.display()
+            ),
         });
     }
     let context = build_context(&file, &contents, &digest).map_err(binary_err)?;
@@ -305,7 +308,11 @@ pub async fn remove_images(
         vec![format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")],
     );
     let images = docker
-        .list_images(Some(ListImagesOptionsBuilder::default().filters(&filters).build()))
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
         .await?;
     let prefix = format!("{repo}:");
     let mut removed = Vec::new();
@@ -444,7 +451,9 @@ mod tests {
     fn unreachable_engine_error_says_what_to_do() {
         let err = ImageError::from(BollardError::SocketNotFoundError("/nope.sock".into()));
         assert!(matches!(err, ImageError::EngineUnreachable(_)));
-        assert!(err.to_string().contains("is the Docker engine running? (docker info)"));
+        assert!(err
+            .to_string()
+            .contains("is the Docker engine running? (docker info)"));
         let err = ImageError::from(BollardError::DockerResponseServerError {
             status_code: 500,
             message: "boom".into(),
@@ -549,10 +558,14 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            let mut fetch = |path: &str| {
+            let fetch = |path: &str| {
                 let stream = docker.download_from_container(
                     &created.id,
-                    Some(DownloadFromContainerOptionsBuilder::new().path(path).build()),
+                    Some(
+                        DownloadFromContainerOptionsBuilder::new()
+                            .path(path)
+                            .build(),
+                    ),
                 );
                 async move {
                     let chunks: Vec<_> = stream.collect().await;
@@ -563,7 +576,12 @@ mod tests {
                     let mut archive = tar::Archive::new(bytes.as_slice());
                     let entry = archive.entries().unwrap().next().unwrap().unwrap();
                     let h = entry.header();
-                    (h.mode().unwrap(), h.entry_type(), h.size().unwrap(), h.uid().unwrap())
+                    (
+                        h.mode().unwrap(),
+                        h.entry_type(),
+                        h.size().unwrap(),
+                        h.uid().unwrap(),
+                    )
                 }
             };
             let (tmp_mode, tmp_kind, _, tmp_uid) = fetch("/tmp").await;

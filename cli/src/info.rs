@@ -102,7 +102,10 @@ pub fn select<'a>(
             )),
             _ => Err(anyhow!(
                 "--use {re:?} matches several connections ({}); make it more specific",
-                hits.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                hits.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         };
     }
@@ -122,12 +125,16 @@ pub fn select<'a>(
 }
 
 fn names(all: &[DaemonInfo]) -> String {
-    all.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+    all.iter()
+        .map(|d| d.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Compiles a `--use` pattern.
 fn matcher(pattern: &str) -> Result<impl Fn(&str) -> bool> {
-    let re = regex::Regex::new(pattern).with_context(|| format!("invalid --use pattern {pattern:?}"))?;
+    let re =
+        regex::Regex::new(pattern).with_context(|| format!("invalid --use pattern {pattern:?}"))?;
     Ok(move |name: &str| re.is_match(name))
 }
 
@@ -152,13 +159,28 @@ mod tests {
     #[test]
     fn selection() {
         let all = vec![d("docker-a-cn", "a"), d("docker-b-cn", "b")];
-        assert!(select(&[], None, None).unwrap_err().to_string().contains("Not connected"));
-        assert_eq!(select(&all, Some("^docker-b"), None).unwrap().name, "docker-b-cn");
-        assert_eq!(select(&all, Some("a-cn$"), None).unwrap().name, "docker-a-cn");
+        assert!(select(&[], None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("Not connected"));
+        assert_eq!(
+            select(&all, Some("^docker-b"), None).unwrap().name,
+            "docker-b-cn"
+        );
+        assert_eq!(
+            select(&all, Some("a-cn$"), None).unwrap().name,
+            "docker-a-cn"
+        );
         assert!(select(&all, Some("docker"), None).is_err());
         assert!(select(&all, Some("zzz"), None).is_err());
         assert_eq!(select(&all, None, Some("b")).unwrap().name, "docker-b-cn");
-        assert!(select(&all, None, None).unwrap_err().to_string().contains("--use"));
-        assert_eq!(select(&all[..1], None, Some("zz")).unwrap().name, "docker-a-cn");
+        assert!(select(&all, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("--use"));
+        assert_eq!(
+            select(&all[..1], None, Some("zz")).unwrap().name,
+            "docker-a-cn"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub fn intercept_block(i: &InterceptInfo) -> String {
             ("Intercept name", Some(s.name.clone())),
             ("State", Some(state)),
             ("Workload kind", Some(i.workload_kind.clone())),
-            ("Destination", Some(format!("{}:{}", s.target_host, s.target_port))),
+            (
+                "Destination",
+                Some(format!("{}:{}", s.target_host, s.target_port)),
+            ),
             ("Service Port Identifier", Some(port_id)),
             ("Intercepting", Some(i.disposition.clone())),
         ],
@@ -69,7 +72,11 @@ async fn check_image(docker: &bollard::Docker, image: &str) -> Result<()> {
 }
 
 /// Runs the command. Returns the output and, for `--docker-run`, the handler's exit code.
-pub async fn run(args: InterceptArgs, use_: Option<&str>, print_now: bool) -> Result<(CmdOutput, Option<i32>)> {
+pub async fn run(
+    args: InterceptArgs,
+    use_: Option<&str>,
+    print_now: bool,
+) -> Result<(CmdOutput, Option<i32>)> {
     let port = parse_port(&args.port).map_err(|e| anyhow!(e))?;
     if !args.command.is_empty() && !args.docker_run {
         bail!("with a containerised daemon the handler must be a container: add --docker-run and give `docker run` arguments after --");
@@ -89,7 +96,10 @@ pub async fn run(args: InterceptArgs, use_: Option<&str>, print_now: bool) -> Re
             port: port.local,
             env_file: None,
             labels: vec![
-                (engine::MANAGED_BY_LABEL.into(), engine::MANAGED_BY_VALUE.into()),
+                (
+                    engine::MANAGED_BY_LABEL.into(),
+                    engine::MANAGED_BY_VALUE.into(),
+                ),
                 (ROLE_LABEL.into(), "handler".into()),
                 (CONNECTION_LABEL.into(), d.name.clone()),
                 (INTERCEPT_LABEL.into(), args.name.clone()),
@@ -124,14 +134,24 @@ pub async fn run(args: InterceptArgs, use_: Option<&str>, print_now: bool) -> Re
     let block = intercept_block(&info);
     let data = serde_json::json!({"intercept": crate::commands::intercept_json(&info)});
     let Some(ra) = run_args else {
-        return Ok((CmdOutput { text: block, data: Some(data) }, None));
+        return Ok((
+            CmdOutput {
+                text: block,
+                data: Some(data),
+            },
+            None,
+        ));
     };
     if print_now {
         print!("{block}");
     }
     let code = run_handler(&ra.args, &ra.name).await;
     // Leave whatever happened to the handler.
-    let _ = c.remove_intercept(LeaveRequest { name: args.name.clone() }).await;
+    let _ = c
+        .remove_intercept(LeaveRequest {
+            name: args.name.clone(),
+        })
+        .await;
     let _ = stop_handlers(&docker, &d.name, Some(&args.name)).await;
     let code = code?;
     Ok((

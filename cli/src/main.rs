@@ -7,9 +7,8 @@ use tp_cli::args::{Cli, Command, OutputFormat};
 use tp_cli::output::{render, CmdOutput};
 
 fn init_logs(role: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if role { "info" } else { "warn" })
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if role { "info" } else { "warn" }));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -37,7 +36,10 @@ fn main() {
     let cli = Cli::parse();
     let role = matches!(
         cli.command,
-        Command::DaemonForeground | Command::TrafficManager | Command::Agent | Command::AgentCleanup(_)
+        Command::DaemonForeground
+            | Command::TrafficManager
+            | Command::Agent
+            | Command::AgentCleanup(_)
     );
     init_logs(role);
     let rt = tokio::runtime::Builder::new_multi_thread()

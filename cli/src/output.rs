@@ -8,7 +8,11 @@ use serde::Serialize;
 /// Renders `key: value` lines with keys padded to the longest key, each line prefixed by
 /// `indent`. A `None` value renders the key alone (a sub-block header such as `DNS :`).
 pub fn kv_block(indent: &str, rows: &[(&str, Option<String>)]) -> String {
-    let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
         let pad = width - k.chars().count();
@@ -93,14 +97,22 @@ mod tests {
     fn block_is_padded() {
         let s = kv_block(
             "   ",
-            &[("Intercept name", Some("web".into())), ("State", Some("ACTIVE".into()))],
+            &[
+                ("Intercept name", Some("web".into())),
+                ("State", Some("ACTIVE".into())),
+            ],
         );
         assert_eq!(s, "   Intercept name: web\n   State         : ACTIVE\n");
     }
 
     #[test]
     fn envelope() {
-        let ok = render(OutputFormat::Json, "leave", false, &Ok(CmdOutput::text("bye\n")));
+        let ok = render(
+            OutputFormat::Json,
+            "leave",
+            false,
+            &Ok(CmdOutput::text("bye\n")),
+        );
         let v: serde_json::Value = serde_json::from_str(&ok).unwrap();
         assert_eq!(v["cmd"], "leave");
         assert_eq!(v["stdout"], "bye\n");
@@ -118,7 +130,12 @@ mod tests {
             }),
         );
         assert_eq!(raw.trim(), "[1]");
-        let y = render(OutputFormat::Yaml, "version", false, &Ok(CmdOutput::text("v")));
+        let y = render(
+            OutputFormat::Yaml,
+            "version",
+            false,
+            &Ok(CmdOutput::text("v")),
+        );
         assert!(y.contains("cmd: version"), "{y}");
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 fn env_port(key: &str, default: u16) -> Result<u16> {
     match std::env::var(key) {
-        Ok(v) => v.parse().with_context(|| format!("{key}={v:?} is not a port")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{key}={v:?} is not a port")),
         Err(_) => Ok(default),
     }
 }
@@ -21,7 +23,9 @@ pub async fn daemon() -> Result<()> {
 pub async fn traffic_manager() -> Result<()> {
     let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
     if cluster != "docker" {
-        anyhow::bail!("TP_CLUSTER_TYPE={cluster:?}: only the docker provider is available in this build");
+        anyhow::bail!(
+            "TP_CLUSTER_TYPE={cluster:?}: only the docker provider is available in this build"
+        );
     }
     let namespace = std::env::var("TP_NAMESPACE").context("TP_NAMESPACE is required")?;
     let network = std::env::var("TP_NETWORK").context("TP_NETWORK is required")?;

@@ -18,7 +18,10 @@ pub async fn connector(port: u16) -> Result<ConnectorClient<Channel>> {
 /// Turns a gRPC status into the user-facing error: its message alone.
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
-        return anyhow!("the daemon is not answering ({}); run `telepresence quit` and connect again", s.message());
+        return anyhow!(
+            "the daemon is not answering ({}); run `telepresence quit` and connect again",
+            s.message()
+        );
     }
     anyhow!("{}", s.message())
 }

@@ -120,10 +120,7 @@ impl Connector for ConnectorService {
             .await
     }
 
-    async fn uninstall(
-        &self,
-        req: Request<UninstallRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
         let mut req = req.into_inner();
         req.session = Some(self.session.session());
         if req.namespace.is_empty() {

@@ -82,7 +82,10 @@ impl Session {
             match endpoint.connect().await {
                 Ok(c) => break c,
                 Err(e) if tokio::time::Instant::now() > deadline => {
-                    return Err(DaemonError::Manager(cfg.manager_addr.clone(), e.to_string()))
+                    return Err(DaemonError::Manager(
+                        cfg.manager_addr.clone(),
+                        e.to_string(),
+                    ))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -126,7 +129,12 @@ impl Session {
     }
 
     async fn rearrive(&self) {
-        let Ok(resp) = self.client.clone().arrive_as_client(client_info(&self.cfg)).await else {
+        let Ok(resp) = self
+            .client
+            .clone()
+            .arrive_as_client(client_info(&self.cfg))
+            .await
+        else {
             return;
         };
         let new = resp.into_inner().session.unwrap_or_default();

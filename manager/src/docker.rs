@@ -565,9 +565,11 @@ fn is_running(c: &ContainerSummary) -> bool {
     c.state == Some(ContainerSummaryStateEnum::RUNNING)
 }
 
-/// Containers we created (manager, agents, daemons, handlers) are never workloads.
+/// Containers we created (manager, agents, daemons, handlers) are never workloads. They are
+/// known by the role label we set on each; the managed-by label is not enough, since a container
+/// inherits it from an image we built (such as our test app's).
 fn is_ours(c: &ContainerSummary) -> bool {
-    label(c, MANAGED_BY_LABEL).is_some()
+    label(c, ROLE_LABEL).is_some()
 }
 
 fn container_name(c: &ContainerSummary) -> Option<String> {

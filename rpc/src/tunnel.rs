@@ -153,7 +153,10 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_rejected() {
         let mut r = &b"GET / HTTP/1.1\r\n\r\n"[..];
-        assert!(matches!(read_header(&mut r).await, Err(TunnelError::BadMagic)));
+        assert!(matches!(
+            read_header(&mut r).await,
+            Err(TunnelError::BadMagic)
+        ));
         let mut bad_role = encode_header(Role::Agent, &TunnelHeader::default());
         bad_role[4] = 9;
         assert!(matches!(

@@ -17,7 +17,10 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("TP_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
@@ -70,7 +73,10 @@ pub fn engine_available() -> bool {
 
 /// Runs `docker <args>` and returns its output; fails with its stderr when it fails.
 pub fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).output().context("running docker")?;
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker")?;
     if !out.status.success() {
         bail!(
             "docker {} failed: {}",
@@ -93,9 +99,10 @@ pub fn images() -> &'static (String, String) {
             let app = tp_cli::image::ensure_image(&d, "tp-testapp", &testapp_bin(), &mut quiet)
                 .await
                 .expect("test app image");
-            let tp = tp_cli::image::ensure_image(&d, tp_cli::connect::IMAGE_REPO, &tp_bin(), &mut quiet)
-                .await
-                .expect("telepresence image");
+            let tp =
+                tp_cli::image::ensure_image(&d, tp_cli::connect::IMAGE_REPO, &tp_bin(), &mut quiet)
+                    .await
+                    .expect("telepresence image");
             (app, tp)
         })
     })
@@ -120,7 +127,11 @@ impl Run {
     }
     /// Panics with the whole output unless the command succeeded.
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -169,7 +180,8 @@ impl Drop for User {
 
 /// The compose command of this machine.
 pub fn compose_cmd() -> Vec<String> {
-    tp_compose::compose_command().expect("neither `docker compose` nor `docker-compose` is installed")
+    tp_compose::compose_command()
+        .expect("neither `docker compose` nor `docker-compose` is installed")
 }
 
 /// A compose project of our test app: every service given runs `serve --http <port> --name
@@ -192,7 +204,9 @@ impl Project {
                 "  {svc}:\n    image: {app}\n    command: [\"serve\", \"--http\", \"{port}\", \"--name\", \"{svc}\"]\n    expose: [\"{port}\"]\n    environment:\n      TP_APP_NAME: {svc}\n"
             ));
         }
-        yaml.push_str(&format!("  caller:\n    image: {app}\n    command: [\"serve\", \"--name\", \"caller\"]\n"));
+        yaml.push_str(&format!(
+            "  caller:\n    image: {app}\n    command: [\"serve\", \"--name\", \"caller\"]\n"
+        ));
         std::fs::write(dir.join("docker-compose.yml"), yaml)?;
         let p = Project { name, dir };
         p.compose(&["up", "-d"])?;
@@ -224,7 +238,10 @@ impl Project {
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
         ])?;
-        id.lines().next().map(str::to_string).ok_or_else(|| anyhow!("no container for {service}"))
+        id.lines()
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no container for {service}"))
     }
 
     /// `GET url` from inside the project network (via the caller container); the body or the error.
@@ -261,14 +278,26 @@ impl Project {
         let c = self.container(service)?;
         let out = Command::new("docker")
             .args([
-                "run", "--rm", "--network", &format!("container:{c}"), "--cap-add", "NET_ADMIN",
-                "--label", "telepresence.io/test-probe=1", tp, "agent-cleanup", "--check",
+                "run",
+                "--rm",
+                "--network",
+                &format!("container:{c}"),
+                "--cap-add",
+                "NET_ADMIN",
+                "--label",
+                "telepresence.io/test-probe=1",
+                tp,
+                "agent-cleanup",
+                "--check",
             ])
             .output()?;
         match out.status.code() {
             Some(0) => Ok(false),
             Some(3) => Ok(true),
-            _ => bail!("agent-cleanup --check: {}", String::from_utf8_lossy(&out.stderr)),
+            _ => bail!(
+                "agent-cleanup --check: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 }
@@ -284,13 +313,59 @@ impl Drop for Project {
 pub fn leftovers() -> Vec<String> {
     let mut v = Vec::new();
     for (what, args) in [
-        ("container", vec!["ps", "-a", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Names}}"]),
-        ("container", vec!["ps", "-a", "--filter", "name=^tp-", "--format", "{{.Names}}"]),
-        ("network", vec!["network", "ls", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Name}}"]),
-        ("volume", vec!["volume", "ls", "--filter", "label=telepresence.io/managed-by", "--format", "{{.Name}}"]),
+        // Containers we create carry a role label; the managed-by label alone would also match
+        // the test project's containers, which inherit it from the test app's image.
+        (
+            "container",
+            vec![
+                "ps",
+                "-a",
+                "--filter",
+                "label=telepresence.io/role",
+                "--format",
+                "{{.Names}}",
+            ],
+        ),
+        (
+            "container",
+            vec![
+                "ps",
+                "-a",
+                "--filter",
+                "name=^tp-",
+                "--format",
+                "{{.Names}}",
+            ],
+        ),
+        (
+            "network",
+            vec![
+                "network",
+                "ls",
+                "--filter",
+                "label=telepresence.io/managed-by",
+                "--format",
+                "{{.Name}}",
+            ],
+        ),
+        (
+            "volume",
+            vec![
+                "volume",
+                "ls",
+                "--filter",
+                "label=telepresence.io/managed-by",
+                "--format",
+                "{{.Name}}",
+            ],
+        ),
     ] {
         if let Ok(out) = docker(&args) {
-            v.extend(out.lines().filter(|l| !l.is_empty()).map(|l| format!("{what} {l}")));
+            v.extend(
+                out.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("{what} {l}")),
+            );
         }
     }
     v.sort();

@@ -244,7 +244,13 @@ fn request_body_len(headers: &Headers) -> io::Result<BodyLen> {
         Some(v) => v
             .trim()
             .parse::<u64>()
-            .map(|n| if n == 0 { BodyLen::None } else { BodyLen::Length(n) })
+            .map(|n| {
+                if n == 0 {
+                    BodyLen::None
+                } else {
+                    BodyLen::Length(n)
+                }
+            })
             .map_err(|_| invalid("bad content-length")),
         None => Ok(BodyLen::None),
     }
@@ -585,7 +591,10 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let conf = ResolvConf::parse(&conf);
     let ips = dns_lookup(host, &conf).await?;
-    Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// The parts of `/etc/resolv.conf` used here.
@@ -1091,7 +1100,10 @@ pub async fn download(url: &Url) -> io::Result<DownloadResult> {
     client.send("GET", &url.path, &[], b"").await?;
     let head = client.read_head("GET").await?;
     if head.status != 200 {
-        return Err(io::Error::other(format!("{}: HTTP {}", url.path, head.status)));
+        return Err(io::Error::other(format!(
+            "{}: HTTP {}",
+            url.path, head.status
+        )));
     }
     let bytes = client.read_body(&head, |_| {}).await?;
     let secs = start.elapsed().as_secs_f64();

@@ -8,6 +8,16 @@ use tp_tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// The value of `key` in a padded `key : value` block.
+fn kv(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// Asserts that nothing of ours is left on the engine (containers, networks, volumes).
 fn assert_clean(context: &str) {
     let left = leftovers();
@@ -15,11 +25,30 @@ fn assert_clean(context: &str) {
 }
 
 /// Starts `telepresence intercept ... --docker-run -- <app image> serve --http <port> --name <name>`.
-fn intercept_with_handler(user: &User, p: &Project, workload: &str, local: u16, remote: u16, name: &str) -> Child {
+fn intercept_with_handler(
+    user: &User,
+    p: &Project,
+    workload: &str,
+    local: u16,
+    remote: u16,
+    name: &str,
+) -> Child {
     let (app, _) = images();
     user.command(&[
-        "intercept", workload, "-n", &p.name, "--port", &format!("{local}:{remote}"), "--docker-run", "--",
-        app, "serve", "--http", &local.to_string(), "--name", name,
+        "intercept",
+        workload,
+        "-n",
+        &p.name,
+        "--port",
+        &format!("{local}:{remote}"),
+        "--docker-run",
+        "--",
+        app,
+        "serve",
+        "--http",
+        &local.to_string(),
+        "--name",
+        name,
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -33,14 +62,20 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().expect("wait") {
             return s;
         }
-        assert!(start.elapsed() < timeout, "intercept process did not exit within {timeout:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "intercept process did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn output_of(child: Child) -> (String, String) {
     let o = child.wait_with_output().expect("output");
-    (String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 #[test]
@@ -52,20 +87,46 @@ fn intercept_docker_run_routes_and_restores() {
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    let c = user.tp(&["connect", "--docker", "--cluster-type", "docker", "-n", &p.name]).ok();
-    assert!(c.stdout.contains(&format!("Connected to context docker, namespace {}", p.name)), "{}", c.stdout);
+    let c = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--cluster-type",
+            "docker",
+            "-n",
+            &p.name,
+        ])
+        .ok();
+    assert!(
+        c.stdout.contains(&format!(
+            "Connected to context docker, namespace {}",
+            p.name
+        )),
+        "{}",
+        c.stdout
+    );
     let l = user.tp(&["list", "-n", &p.name]).ok();
-    assert_eq!(l.stdout.trim(), "web: ready to intercept (traffic-agent not yet installed)");
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)"
+    );
 
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let st = user.tp(&["status"]).ok();
-    assert!(st.stdout.contains("Intercepts        : 1 total"), "{}", st.stdout);
+    assert_eq!(kv(&st.stdout, "Intercepts"), "1 total", "{}", st.stdout);
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert!(l.stdout.starts_with("web: intercepted\n"), "{}", l.stdout);
     assert!(l.stdout.contains("State         : ACTIVE"), "{}", l.stdout);
-    assert!(l.stdout.contains("Destination   : 127.0.0.1:9090"), "{}", l.stdout);
-    assert!(p.has_agent_table("web").unwrap(), "agent redirect should be installed");
+    assert!(
+        l.stdout.contains("Destination   : 127.0.0.1:9090"),
+        "{}",
+        l.stdout
+    );
+    assert!(
+        p.has_agent_table("web").unwrap(),
+        "agent redirect should be installed"
+    );
 
     // The handler exits: the intercept ends and the original answers again.
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
@@ -74,20 +135,32 @@ fn intercept_docker_run_routes_and_restores() {
     assert!(out.contains("Using ComposeService web"), "{out}\n{err}");
     assert!(out.contains("   Intercept name         : web"), "{out}");
     assert!(out.contains("   State                  : ACTIVE"), "{out}");
-    assert!(out.contains("   Destination            : 127.0.0.1:9090"), "{out}");
+    assert!(
+        out.contains("   Destination            : 127.0.0.1:9090"),
+        "{out}"
+    );
     // `docker stop` sends SIGTERM, on which the test app exits 0; intercept exits as its handler did.
     assert_eq!(status.code(), Some(0), "{out}\n{err}");
     p.wait_for("http://web:8080/", "web", T).unwrap();
     let l = user.tp(&["list", "-n", &p.name]).ok();
-    assert_eq!(l.stdout.trim(), "web: ready to intercept (traffic-agent already installed)");
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent already installed)"
+    );
 
     let q = user.tp(&["quit", "-s"]).ok();
     assert_eq!(q.stdout.trim(), "Disconnected");
-    assert!(!p.has_agent_table("web").unwrap(), "quit -s must remove the agent's netfilter table");
+    assert!(
+        !p.has_agent_table("web").unwrap(),
+        "quit -s must remove the agent's netfilter table"
+    );
     p.wait_for("http://web:8080/", "web", T).unwrap();
     assert_clean("after quit -s");
     let st = user.tp(&["status"]).ok();
-    assert_eq!(st.stdout, "Daemon: Not running\nTraffic Manager: Not connected\n");
+    assert_eq!(
+        st.stdout,
+        "Daemon: Not running\nTraffic Manager: Not connected\n"
+    );
 }
 
 #[test]
@@ -97,13 +170,14 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
     }
     let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
     let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
     p.wait_for("http://web:8080/", "web-handler", T).unwrap();
     p.wait_for("http://api:8000/", "api-handler", T).unwrap();
     let st = user.tp(&["status"]).ok();
-    assert!(st.stdout.contains("Intercepts        : 2 total"), "{}", st.stdout);
+    assert_eq!(kv(&st.stdout, "Intercepts"), "2 total", "{}", st.stdout);
 
     // `leave` ends one intercept and stops its handler; the other keeps routing.
     let r = user.tp(&["leave", "api"]).ok();
@@ -111,7 +185,9 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
     wait_exit(&mut api, T);
     p.wait_for("http://api:8000/", "api", T).unwrap();
     assert_eq!(p.get("http://web:8080/").unwrap(), "web-handler");
-    assert!(docker(&["ps", "-q", "--filter", "name=intercept-api-9091"]).unwrap().is_empty());
+    assert!(docker(&["ps", "-q", "--filter", "name=intercept-api-9091"])
+        .unwrap()
+        .is_empty());
 
     // `quit` (without -s) stops this connection's handlers too.
     let q = user.tp(&["quit"]).ok();
@@ -129,7 +205,8 @@ fn ctrl_c_ends_the_intercept() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     unsafe {
@@ -138,8 +215,16 @@ fn ctrl_c_ends_the_intercept() {
     wait_exit(&mut child, T);
     p.wait_for("http://web:8080/", "web", T).unwrap();
     let l = user.tp(&["list", "-n", &p.name, "-i"]).ok();
-    assert!(l.stdout.starts_with("No Workloads"), "intercept must be gone: {}", l.stdout);
-    assert!(docker(&["ps", "-aq", "--filter", "name=intercept-web-9090"]).unwrap().is_empty());
+    assert!(
+        l.stdout.starts_with("No Workloads"),
+        "intercept must be gone: {}",
+        l.stdout
+    );
+    assert!(
+        docker(&["ps", "-aq", "--filter", "name=intercept-web-9090"])
+            .unwrap()
+            .is_empty()
+    );
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
 }
@@ -151,17 +236,24 @@ fn crashed_agent_leaves_no_netfilter_rules() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
     assert!(!agent.is_empty(), "an agent container runs");
     docker(&["kill", "-s", "KILL", &agent]).unwrap();
-    assert!(p.has_agent_table("web").unwrap(), "a killed agent cannot remove its table");
+    assert!(
+        p.has_agent_table("web").unwrap(),
+        "a killed agent cannot remove its table"
+    );
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     wait_exit(&mut child, T);
     user.tp(&["quit", "-s"]).ok();
-    assert!(!p.has_agent_table("web").unwrap(), "quit -s must clean up after a crashed agent");
+    assert!(
+        !p.has_agent_table("web").unwrap(),
+        "quit -s must clean up after a crashed agent"
+    );
     p.wait_for("http://web:8080/", "web", T).unwrap();
     assert_clean("after quit -s");
 }
@@ -182,46 +274,106 @@ fn bad_input_fails_cleanly() {
     };
 
     // Engine not running.
-    let r = Run::from_output(user.command(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .env("DOCKER_HOST", "unix:///tmp/tp-no-such-engine.sock").output().unwrap());
+    let r = Run::from_output(
+        user.command(&["connect", "--cluster-type", "docker", "-n", &p.name])
+            .env("DOCKER_HOST", "unix:///tmp/tp-no-such-engine.sock")
+            .output()
+            .unwrap(),
+    );
     assert!(err_line(&r).contains("is it running?"), "{r:?}");
     // Unknown namespace: nothing created.
-    let r = user.tp(&["connect", "--cluster-type", "docker", "-n", "no-such-project-xyz"]);
-    assert!(err_line(&r).contains("namespace \"no-such-project-xyz\" not found"), "{r:?}");
+    let r = user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        "no-such-project-xyz",
+    ]);
+    assert!(
+        err_line(&r).contains("namespace \"no-such-project-xyz\" not found"),
+        "{r:?}"
+    );
     assert_clean("after connect to an unknown namespace");
     // Not connected.
     let r = user.tp(&["list"]);
     assert!(err_line(&r).contains("Not connected"), "{r:?}");
 
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     let baseline = leftovers();
     // Already connected elsewhere under the same name.
-    let r = user.tp(&["connect", "--cluster-type", "docker", "-n", "default", "--name", &format!("docker-{}-cn", p.name)]);
-    assert!(err_line(&r).contains("already connected to namespace"), "{r:?}");
+    let r = user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        "default",
+        "--name",
+        &format!("docker-{}-cn", p.name),
+    ]);
+    assert!(
+        err_line(&r).contains("already connected to namespace"),
+        "{r:?}"
+    );
     // Unknown workload.
     let r = user.tp(&["intercept", "nope", "-n", &p.name, "--port", "9090:8080"]);
-    assert!(err_line(&r).contains("workload \"nope\" not found"), "{r:?}");
+    assert!(
+        err_line(&r).contains("workload \"nope\" not found"),
+        "{r:?}"
+    );
     // A port the workload doesn't expose.
     let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:9999"]);
     assert!(err_line(&r).contains("does not expose port 9999"), "{r:?}");
     // Handler image missing.
-    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080", "--docker-run", "--", "tp-no-such-image:dev"]);
+    let r = user.tp(&[
+        "intercept",
+        "web",
+        "-n",
+        &p.name,
+        "--port",
+        "9090:8080",
+        "--docker-run",
+        "--",
+        "tp-no-such-image:dev",
+    ]);
     assert!(err_line(&r).contains("tp-no-such-image:dev"), "{r:?}");
     assert!(r.stderr.contains("docker build"), "{r:?}");
     // Leave of an unknown intercept.
     let r = user.tp(&["leave", "ghost"]);
-    assert!(err_line(&r).contains("Intercept named \"ghost\" not found"), "{r:?}");
+    assert!(
+        err_line(&r).contains("Intercept named \"ghost\" not found"),
+        "{r:?}"
+    );
     // Bad --port syntax.
     let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "x:8080"]);
     assert!(err_line(&r).contains("invalid local port"), "{r:?}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
-    assert_eq!(l.stdout.trim(), "web: ready to intercept (traffic-agent not yet installed)", "failed commands installed nothing");
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)",
+        "failed commands installed nothing"
+    );
     assert_eq!(leftovers(), baseline, "failed commands created nothing");
 
     // Already intercepted: a second intercept of the same port fails and leaves the first alone.
-    let ok = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"]).ok();
-    assert!(ok.stdout.contains("State                  : ACTIVE"), "{}", ok.stdout);
-    let r = user.tp(&["intercept", "web2", "-w", "web", "-n", &p.name, "--port", "9091:8080"]);
+    let ok = user
+        .tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
+        .ok();
+    assert!(
+        ok.stdout.contains("State                  : ACTIVE"),
+        "{}",
+        ok.stdout
+    );
+    let r = user.tp(&[
+        "intercept",
+        "web2",
+        "-w",
+        "web",
+        "-n",
+        &p.name,
+        "--port",
+        "9091:8080",
+    ]);
     assert!(err_line(&r).contains("already intercepted"), "{r:?}");
     let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9092:8080"]);
     assert!(err_line(&r).contains("already exists"), "{r:?}");
@@ -239,10 +391,23 @@ fn json_output() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    let c = user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name, "--output", "json"]).ok();
+    let c = user
+        .tp(&[
+            "connect",
+            "--cluster-type",
+            "docker",
+            "-n",
+            &p.name,
+            "--output",
+            "json",
+        ])
+        .ok();
     let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
     assert_eq!(v["cmd"], "connect");
-    assert!(v["stdout"].as_str().unwrap().contains("Connected to context docker"));
+    assert!(v["stdout"]
+        .as_str()
+        .unwrap()
+        .contains("Connected to context docker"));
     let l = user.tp(&["list", "-n", &p.name, "--output", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
     assert_eq!(v[0]["name"], "web");

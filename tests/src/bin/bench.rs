@@ -28,8 +28,13 @@ fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
         .args(["exec", &caller, "/tp-testapp"])
         .args(args)
         .output()?;
-    anyhow::ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).with_context(|| String::from_utf8_lossy(&out.stdout).to_string())
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -38,7 +43,10 @@ fn f(v: &Value, k: &str) -> f64 {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    anyhow::ensure!(engine_available(), "the benchmark needs a running Docker engine");
+    anyhow::ensure!(
+        engine_available(),
+        "the benchmark needs a running Docker engine"
+    );
     let (app, _) = images();
     let p = Project::up(&[("web", 8080)])?;
     let user = User::new();
@@ -48,18 +56,41 @@ fn main() -> Result<()> {
     let reqs = a.requests.to_string();
     let dl = format!("http://web:8080/bytes/{}", a.mib * 1024 * 1024);
 
-    let direct_lat = exec_json(&p, &["bench-client", url, "--requests", &reqs, "--size", "1024"])?;
+    let direct_lat = exec_json(
+        &p,
+        &["bench-client", url, "--requests", &reqs, "--size", "1024"],
+    )?;
     let direct_dl = exec_json(&p, &["download", &dl])?;
 
     let start = Instant::now();
-    user.tp(&["connect", "--docker", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&[
+        "connect",
+        "--docker",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &p.name,
+    ])
+    .ok();
     let connect_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
     let mut child = user
         .command(&[
-            "intercept", "web", "-n", &p.name, "--port", "9090:8080", "--docker-run", "--", app, "serve", "--http",
-            "9090", "--name", "handler",
+            "intercept",
+            "web",
+            "-n",
+            &p.name,
+            "--port",
+            "9090:8080",
+            "--docker-run",
+            "--",
+            app,
+            "serve",
+            "--http",
+            "9090",
+            "--name",
+            "handler",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -67,7 +98,10 @@ fn main() -> Result<()> {
     p.wait_for(url, "handler", t)?;
     let first_s = start.elapsed().as_secs_f64();
 
-    let icpt_lat = exec_json(&p, &["bench-client", url, "--requests", &reqs, "--size", "1024"])?;
+    let icpt_lat = exec_json(
+        &p,
+        &["bench-client", url, "--requests", &reqs, "--size", "1024"],
+    )?;
     let icpt_dl = exec_json(&p, &["download", &dl])?;
 
     docker(&["stop", "-t", "1", "intercept-web-9090"])?;
@@ -78,15 +112,51 @@ fn main() -> Result<()> {
     let added_p99 = f(&icpt_lat, "p99_us") - f(&direct_lat, "p99_us");
     let ratio = f(&icpt_dl, "gbit_per_s") / f(&direct_dl, "gbit_per_s");
     let rows = [
-        ("connect (image present)", format!("{connect_s:.3} s"), "-".to_string(), "<= 1.5 s", connect_s <= 1.5),
-        ("intercept -> first routed request", format!("{first_s:.3} s"), "-".into(), "<= 1 s", first_s <= 1.0),
-        ("1 KiB keep-alive p50", format!("{:.0} us", f(&icpt_lat, "p50_us")), format!("{:.0} us", f(&direct_lat, "p50_us")), "added <= 100 us", added_p50 <= 100.0),
-        ("1 KiB keep-alive p99", format!("{:.0} us", f(&icpt_lat, "p99_us")), format!("{:.0} us", f(&direct_lat, "p99_us")), "added <= 500 us", added_p99 <= 500.0),
-        (&*format!("{} MiB download", a.mib), format!("{:.2} Gbit/s", f(&icpt_dl, "gbit_per_s")), format!("{:.2} Gbit/s", f(&direct_dl, "gbit_per_s")), ">= 50% of direct", ratio >= 0.5),
+        (
+            "connect (image present)",
+            format!("{connect_s:.3} s"),
+            "-".to_string(),
+            "<= 1.5 s",
+            connect_s <= 1.5,
+        ),
+        (
+            "intercept -> first routed request",
+            format!("{first_s:.3} s"),
+            "-".into(),
+            "<= 1 s",
+            first_s <= 1.0,
+        ),
+        (
+            "1 KiB keep-alive p50",
+            format!("{:.0} us", f(&icpt_lat, "p50_us")),
+            format!("{:.0} us", f(&direct_lat, "p50_us")),
+            "added <= 100 us",
+            added_p50 <= 100.0,
+        ),
+        (
+            "1 KiB keep-alive p99",
+            format!("{:.0} us", f(&icpt_lat, "p99_us")),
+            format!("{:.0} us", f(&direct_lat, "p99_us")),
+            "added <= 500 us",
+            added_p99 <= 500.0,
+        ),
+        (
+            &*format!("{} MiB download", a.mib),
+            format!("{:.2} Gbit/s", f(&icpt_dl, "gbit_per_s")),
+            format!("{:.2} Gbit/s", f(&direct_dl, "gbit_per_s")),
+            ">= 50% of direct",
+            ratio >= 0.5,
+        ),
     ];
-    println!("{:<36} {:>14} {:>14}  {:<18} {}", "metric", "intercepted", "direct", "target", "met");
+    println!(
+        "{:<36} {:>14} {:>14}  {:<18} {}",
+        "metric", "intercepted", "direct", "target", "met"
+    );
     for (m, i, d, tgt, ok) in &rows {
-        println!("{m:<36} {i:>14} {d:>14}  {tgt:<18} {}", if *ok { "yes" } else { "NO" });
+        println!(
+            "{m:<36} {i:>14} {d:>14}  {tgt:<18} {}",
+            if *ok { "yes" } else { "NO" }
+        );
     }
     let doc = json!({
         "connect_s": connect_s,

@@ -25,12 +25,29 @@ fn main() -> anyhow::Result<()> {
     let p = Project::up(&[("web", 8080)])?;
     let user = User::new();
     let t = Duration::from_secs(30);
-    step(&format!("docker compose -p {} up -d   # service `web` (our test app) on :8080", p.name));
+    step(&format!(
+        "docker compose -p {} up -d   # service `web` (our test app) on :8080",
+        p.name
+    ));
     step("curl http://web:8080/   # from a container on the project network");
-    println!("{}", p.wait_for("http://web:8080/", "web", t).map(|_| "web")?);
+    println!(
+        "{}",
+        p.wait_for("http://web:8080/", "web", t).map(|_| "web")?
+    );
 
-    step(&format!("telepresence connect --docker --cluster-type docker -n {}", p.name));
-    show(user.tp(&["connect", "--docker", "--cluster-type", "docker", "-n", &p.name])).ok();
+    step(&format!(
+        "telepresence connect --docker --cluster-type docker -n {}",
+        p.name
+    ));
+    show(user.tp(&[
+        "connect",
+        "--docker",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &p.name,
+    ]))
+    .ok();
     step(&format!("telepresence list -n {}", p.name));
     show(user.tp(&["list", "-n", &p.name])).ok();
 
@@ -40,8 +57,20 @@ fn main() -> anyhow::Result<()> {
     ));
     let mut child = user
         .command(&[
-            "intercept", "web", "-n", &p.name, "--port", "9090:8080", "--docker-run", "--", app, "serve", "--http",
-            "9090", "--name", "handler-on-laptop",
+            "intercept",
+            "web",
+            "-n",
+            &p.name,
+            "--port",
+            "9090:8080",
+            "--docker-run",
+            "--",
+            app,
+            "serve",
+            "--http",
+            "9090",
+            "--name",
+            "handler-on-laptop",
         ])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -56,7 +85,10 @@ fn main() -> anyhow::Result<()> {
     docker(&["stop", "-t", "1", "intercept-web-9090"])?;
     child.wait()?;
     step("curl http://web:8080/");
-    println!("{}", p.wait_for("http://web:8080/", "web", t).map(|_| "web")?);
+    println!(
+        "{}",
+        p.wait_for("http://web:8080/", "web", t).map(|_| "web")?
+    );
     step("telepresence quit -s");
     show(user.tp(&["quit", "-s"])).ok();
     drop(user);

@@ -204,7 +204,10 @@ async fn get(url: &str, headers: &[String], timeout: f64) -> ExitCode {
     let limit = std::time::Duration::from_secs_f64(timeout.max(0.001));
     match tokio::time::timeout(limit, testapp::get(&url, &parsed)).await {
         Err(_) => fail(&format!("GET {}: timed out after {timeout}s", url.path)),
-        Ok(Err(e)) => fail(&format!("GET http://{}:{}{}: {e}", url.host, url.port, url.path)),
+        Ok(Err(e)) => fail(&format!(
+            "GET http://{}:{}{}: {e}",
+            url.host, url.port, url.path
+        )),
         Ok(Ok(resp)) => {
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&resp.body);
