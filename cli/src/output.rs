@@ -19,7 +19,7 @@ pub fn kv_block(indent: &str, rows: &[(&str, Option<String>)]) -> String {
         out.push_str(indent);
         out.push_str(k);
         out.push_str(&" ".repeat(pad));
-        out.push_str(":");
+        out.push(':');
         if let Some(v) = v {
             out.push(' ');
             out.push_str(v);

@@ -149,8 +149,8 @@ fn main() -> Result<()> {
         ),
     ];
     println!(
-        "{:<36} {:>14} {:>14}  {:<18} {}",
-        "metric", "intercepted", "direct", "target", "met"
+        "{:<36} {:>14} {:>14}  {:<18} met",
+        "metric", "intercepted", "direct", "target"
     );
     for (m, i, d, tgt, ok) in &rows {
         println!(
