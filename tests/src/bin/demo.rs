@@ -11,8 +11,8 @@ fn step(s: &str) {
 }
 
 fn show(r: Run) -> Run {
-    print!("{}", r.stdout);
     eprint!("{}", r.stderr);
+    print!("{}", r.stdout);
     r
 }
 
