@@ -2,6 +2,7 @@
 //! misconfigured sidecar fails at once with a line naming the variable at fault.
 
 use crate::AgentError;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Manager gRPC address (`host:port`).
@@ -16,11 +17,26 @@ pub const ENV_PORTS: &str = "TP_PORTS";
 pub const ENV_APP_HOST: &str = "TP_APP_HOST";
 /// Optional: the workload's IP as others see it (reported to the manager).
 pub const ENV_POD_IP: &str = "TP_POD_IP";
+/// Optional: the intercepted container's name.
+pub const ENV_APP_CONTAINER: &str = "TP_APP_CONTAINER";
+/// Optional: the intercepted container's environment, a JSON object of strings.
+pub const ENV_APP_ENV: &str = "TP_APP_ENV";
+/// Optional: the intercepted container's mounts, a JSON array of `{"path","read_only"}`, which
+/// the agent sees at the same paths.
+pub const ENV_APP_MOUNTS: &str = "TP_APP_MOUNTS";
 /// Optional: seconds shutdown waits for in-flight connections (default 2).
 pub const ENV_DRAIN_SECONDS: &str = "TP_DRAIN_SECONDS";
 
 /// How long the agent waits for the manager at startup.
 pub const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A mount of the intercepted container (the agent sees it at the same path).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct AppMount {
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
 
 /// Everything the agent needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +52,10 @@ pub struct AgentConfig {
     /// Host of the application; the app is reached at `app_host:<service port>`.
     pub app_host: String,
     pub pod_ip: Option<String>,
+    /// The intercepted container, as reported to clients.
+    pub container: String,
+    pub environment: BTreeMap<String, String>,
+    pub mounts: Vec<AppMount>,
     /// Install the nf_tables redirects. Always true from the environment; false only makes
     /// sense when traffic reaches the agent's listeners some other way (tests).
     pub redirect: bool,
@@ -87,10 +107,28 @@ impl AgentConfig {
             ports,
             app_host: opt(ENV_APP_HOST).unwrap_or_else(|| "127.0.0.1".to_string()),
             pod_ip: opt(ENV_POD_IP),
+            container: opt(ENV_APP_CONTAINER).unwrap_or_default(),
+            environment: json_var(ENV_APP_ENV, get(ENV_APP_ENV))?,
+            mounts: json_var(ENV_APP_MOUNTS, get(ENV_APP_MOUNTS))?,
             redirect: true,
             drain_timeout,
             manager_timeout: MANAGER_TIMEOUT,
         })
+    }
+}
+
+/// Parses an optional JSON variable; absent or empty gives the default.
+fn json_var<T: serde::de::DeserializeOwned + Default>(
+    key: &str,
+    value: Option<String>,
+) -> Result<T, AgentError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(T::default()),
+        Some(v) => serde_json::from_str(&v).map_err(|e| {
+            AgentError::Config(format!(
+                "{key} is not valid JSON of the expected shape: {e}"
+            ))
+        }),
     }
 }
 

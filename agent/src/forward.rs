@@ -132,7 +132,7 @@ async fn open_tunnel(
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),
         session_id: session_id.to_string(),
-        error: String::new(),
+        ..Default::default()
     };
     tunnel::write_header(&mut s, Role::Agent, &header).await?;
     Ok(s)

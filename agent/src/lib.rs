@@ -14,6 +14,7 @@
 
 pub mod config;
 mod forward;
+pub mod fs;
 mod netlink;
 pub mod nft;
 pub mod routes;
@@ -216,6 +217,17 @@ impl Agent {
             pod_ip: self.cfg.pod_ip.clone().unwrap_or_default(),
             version: tp_rpc::VERSION.to_string(),
             ports: self.cfg.ports.iter().map(|p| u32::from(*p)).collect(),
+            container: self.cfg.container.clone(),
+            environment: self.cfg.environment.clone().into_iter().collect(),
+            mounts: self
+                .cfg
+                .mounts
+                .iter()
+                .map(|m| tp_rpc::manager::MountInfo {
+                    path: m.path.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
         };
         let (client, session) =
             session::connect(&self.cfg.manager_addr, &info, self.cfg.manager_timeout).await?;
@@ -234,6 +246,19 @@ impl Agent {
             ctx,
             session_rx.clone(),
             self.routes_tx.clone(),
+        )));
+        self.session_tasks.push(tokio::spawn(session::dials_loop(
+            client.clone(),
+            self.cfg.tunnel_addr.clone(),
+            self.cfg
+                .mounts
+                .iter()
+                .map(|m| tp_rpc::fssync::Mount {
+                    path: m.path.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+            session_rx.clone(),
         )));
         self.session_tasks.push(tokio::spawn(session::remain_loop(
             client.clone(),

@@ -274,6 +274,64 @@ pub(crate) async fn watch_loop(
     }
 }
 
+/// Keeps a `WatchDials` stream open and answers each file-sync request: dial the manager's
+/// tunnel with the request's connection id and serve the workload's mounts over it.
+pub(crate) async fn dials_loop(
+    mut client: Client,
+    tunnel_addr: String,
+    mounts: Vec<tp_rpc::fssync::Mount>,
+    mut session_rx: watch::Receiver<SessionInfo>,
+) {
+    let mut backoff = RETRY;
+    loop {
+        let session = session_rx.borrow_and_update().clone();
+        if let Ok(resp) = client.watch_dials(session).await {
+            let mut stream = resp.into_inner();
+            loop {
+                tokio::select! {
+                    msg = stream.message() => match msg {
+                        Ok(Some(req)) if req.kind == tp_rpc::tunnel::KIND_FS => {
+                            backoff = RETRY;
+                            let (tunnel, mounts) = (tunnel_addr.clone(), mounts.clone());
+                            tokio::spawn(async move {
+                                if let Err(e) = serve_fs(&tunnel, req, mounts).await {
+                                    warn!("file sync stream ended: {e}");
+                                }
+                            });
+                        }
+                        Ok(Some(req)) => debug!("ignoring dial request of kind {:?}", req.kind),
+                        Ok(None) | Err(_) => break,
+                    },
+                    changed = session_rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn serve_fs(
+    tunnel: &str,
+    req: tp_rpc::manager::DialRequest,
+    mounts: Vec<tp_rpc::fssync::Mount>,
+) -> std::io::Result<()> {
+    let mut s = tp_rpc::tunnel::dial(tunnel).await?;
+    let header = tp_rpc::tunnel::TunnelHeader {
+        conn_id: req.conn_id,
+        intercept_id: req.intercept_id,
+        kind: tp_rpc::tunnel::KIND_FS.into(),
+        ..Default::default()
+    };
+    tp_rpc::tunnel::write_header(&mut s, tp_rpc::tunnel::Role::Agent, &header).await?;
+    crate::fs::serve(s, mounts).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

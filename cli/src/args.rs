@@ -60,6 +60,9 @@ pub enum Command {
     /// Run the traffic-agent.
     #[command(hide = true)]
     Agent,
+    /// Mirror an intercept's remote volumes into local directories (inside the sync container).
+    #[command(name = "fs-sync", hide = true)]
+    FsSync,
     /// Remove a crashed agent's netfilter rules from the workload's network namespace.
     #[command(name = "agent-cleanup", hide = true)]
     AgentCleanup(AgentCleanupArgs),
@@ -139,6 +142,24 @@ pub struct InterceptArgs {
     /// Where the handler listens inside the daemon's network namespace.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: String,
+    /// Container of the workload whose environment and mounts the handler gets.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Also write the intercepted environment to this file.
+    #[arg(short = 'e', long)]
+    pub env_file: Option<std::path::PathBuf>,
+    /// Syntax of --env-file: docker, compose, sh, sh:export, csh, csh:export, cmd, ps, ps:export, json.
+    #[arg(long, default_value = "docker")]
+    pub env_syntax: crate::envfile::EnvSyntax,
+    /// Also write the intercepted environment to this file as JSON.
+    #[arg(short = 'j', long)]
+    pub env_json: Option<std::path::PathBuf>,
+    /// Remote volumes: true (default), false, or PATH[:ro] (the root inside the handler).
+    #[arg(long, default_value = "true")]
+    pub mount: String,
+    /// Where the remote volumes appear inside the handler container (TELEPRESENCE_ROOT).
+    #[arg(long)]
+    pub docker_mount: Option<String>,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -230,7 +230,8 @@ pub async fn list(args: ListArgs, use_: Option<&str>) -> Result<CmdOutput> {
     })
 }
 
-/// Removes the handler containers of one intercept (or, with `None`, of the whole connection).
+/// Removes the handler containers of one intercept (or, with `None`, of the whole connection),
+/// then their volume sync containers and volumes.
 pub async fn stop_handlers(
     docker: &bollard::Docker,
     connection: &str,
@@ -240,7 +241,9 @@ pub async fn stop_handlers(
     if let Some(i) = intercept {
         labels.push((INTERCEPT_LABEL, i));
     }
-    engine::remove_labelled(docker, &labels, 2).await
+    let n = engine::remove_labelled(docker, &labels, 2).await?;
+    crate::mounts::remove(docker, connection, intercept).await?;
+    Ok(n)
 }
 
 pub async fn leave(name: &str, use_: Option<&str>) -> Result<CmdOutput> {
@@ -295,6 +298,16 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         // Whatever else we started on this engine: handlers and daemons without an info file,
         // agents (restoring the direct path), Docker-engine traffic-managers.
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "handler")], 2).await?;
+        engine::remove_labelled(&docker, &[(ROLE_LABEL, crate::mounts::ROLE_FS_SYNC)], 2).await?;
+        crate::mounts::remove_volumes(
+            &docker,
+            vec![format!(
+                "{}={}",
+                engine::MANAGED_BY_LABEL,
+                engine::MANAGED_BY_VALUE
+            )],
+        )
+        .await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
         tp_manager::docker::sweep_agents(&docker, None).await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;

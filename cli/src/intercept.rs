@@ -6,16 +6,20 @@ use crate::args::{parse_port, InterceptArgs};
 use crate::commands::{selected, stop_handlers};
 use crate::dockerrun::{assemble, HandlerOpts};
 use crate::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
+use crate::envfile::{self, EnvSyntax};
+use crate::mounts::{self, HandlerMount};
 use crate::output::{kv_block, CmdOutput};
 use crate::rpc::{connector, status_err};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tp_rpc::connector::LeaveRequest;
 use tp_rpc::manager::{InterceptInfo, InterceptSpec};
 
-/// The intercept block printed after creation (3-space indent, padded keys).
-pub fn intercept_block(i: &InterceptInfo) -> String {
+/// The intercept block printed after creation (3-space indent, padded keys), with the volume
+/// mount point and env file when there are.
+pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&str>) -> String {
     let s = i.spec.clone().unwrap_or_default();
     let port_id = if i.service_port_name.is_empty() {
         i.service_port.to_string()
@@ -28,21 +32,46 @@ pub fn intercept_block(i: &InterceptInfo) -> String {
         format!("error: {}: {}", i.state, i.message)
     };
     let mut out = format!("Using {} {}\n", i.workload_kind, s.workload);
-    out.push_str(&kv_block(
-        "   ",
-        &[
-            ("Intercept name", Some(s.name.clone())),
-            ("State", Some(state)),
-            ("Workload kind", Some(i.workload_kind.clone())),
-            (
-                "Destination",
-                Some(format!("{}:{}", s.target_host, s.target_port)),
-            ),
-            ("Service Port Identifier", Some(port_id)),
-            ("Intercepting", Some(i.disposition.clone())),
-        ],
-    ));
+    let mut rows = vec![
+        ("Intercept name", Some(s.name.clone())),
+        ("State", Some(state)),
+        ("Workload kind", Some(i.workload_kind.clone())),
+        (
+            "Destination",
+            Some(format!("{}:{}", s.target_host, s.target_port)),
+        ),
+        ("Service Port Identifier", Some(port_id)),
+    ];
+    if let Some(r) = root {
+        rows.push(("Volume Mount Point", Some(r.to_string())));
+    }
+    if let Some(e) = env_file {
+        rows.push(("Env file", Some(e.to_string())));
+    }
+    rows.push(("Intercepting", Some(i.disposition.clone())));
+    out.push_str(&kv_block("   ", &rows));
     out
+}
+
+/// The environment the handler gets: the intercepted container's, plus the `TELEPRESENCE_*`
+/// variables (`TELEPRESENCE_ROOT`/`_MOUNTS` only when volumes are mounted).
+pub fn handler_env(i: &InterceptInfo, root: Option<&str>) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = i.environment.clone().into_iter().collect();
+    env.insert("TELEPRESENCE_CONTAINER".into(), i.container.clone());
+    env.insert("TELEPRESENCE_INTERCEPT_ID".into(), i.id.clone());
+    if let Some(r) = root {
+        env.insert("TELEPRESENCE_ROOT".into(), r.to_string());
+        let paths: Vec<&str> = i.mounts.iter().map(|m| m.path.as_str()).collect();
+        env.insert("TELEPRESENCE_MOUNTS".into(), paths.join(":"));
+    }
+    env
+}
+
+/// Where the handler's env file goes (mode 0600, removed when the handler exits).
+fn handler_env_path(connection: &str, intercept: &str) -> std::path::PathBuf {
+    crate::info::cache_dir()
+        .join("env")
+        .join(format!("{connection}-{intercept}.env"))
 }
 
 /// Makes sure the handler image is on the engine, trying a pull when it is not.
@@ -94,7 +123,7 @@ pub async fn run(
             connection: d.container.clone(),
             intercept: args.name.clone(),
             port: port.local,
-            env_file: None,
+            env_file: Some(handler_env_path(&d.name, &args.name)),
             labels: vec![
                 (
                     engine::MANAGED_BY_LABEL.into(),
@@ -115,6 +144,7 @@ pub async fn run(
         None
     };
 
+    let mount = mounts::parse_mount(&args.mount)?;
     let mut c = connector(d.port).await?;
     let info = c
         .create_intercept(InterceptSpec {
@@ -131,8 +161,77 @@ pub async fn run(
         .await
         .map_err(status_err)?
         .into_inner();
-    let block = intercept_block(&info);
-    let data = serde_json::json!({"intercept": crate::commands::intercept_json(&info)});
+    // From here on, a failure leaves the intercept again.
+    let r = after_create(&docker, &d, &args, &info, &mount, run_args, print_now).await;
+    if r.is_err() {
+        let _ = c
+            .remove_intercept(LeaveRequest {
+                name: args.name.clone(),
+            })
+            .await;
+        let _ = stop_handlers(&docker, &d.name, Some(&args.name)).await;
+    }
+    r
+}
+
+async fn after_create(
+    docker: &bollard::Docker,
+    d: &crate::info::DaemonInfo,
+    args: &InterceptArgs,
+    info: &InterceptInfo,
+    mount: &mounts::MountChoice,
+    run_args: Option<crate::dockerrun::RunArgs>,
+    print_now: bool,
+) -> Result<(CmdOutput, Option<i32>)> {
+    if let Some(want) = &args.container {
+        let spec = info.spec.clone().unwrap_or_default();
+        if *want != info.container && *want != spec.workload {
+            bail!(
+                "{} has no container named {want:?} (its container is {:?}); drop --container or name that one",
+                spec.workload, info.container
+            );
+        }
+    }
+    // Volumes exist only in the handler container (there is no host mount in this build).
+    let root = (run_args.is_some() && mount.enabled).then(|| {
+        args.docker_mount
+            .clone()
+            .or_else(|| mount.root.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "/tmp/telfs-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..10]
+                )
+            })
+    });
+    let env = handler_env(info, root.as_deref());
+    if let Some(f) = &args.env_file {
+        envfile::write_file(f, &env, args.env_syntax)
+            .with_context(|| format!("writing --env-file {}", f.display()))?;
+    }
+    if let Some(f) = &args.env_json {
+        envfile::write_file(f, &env, EnvSyntax::Json)
+            .with_context(|| format!("writing --env-json {}", f.display()))?;
+    }
+    let block = intercept_block(
+        info,
+        root.as_deref(),
+        args.env_file
+            .as_ref()
+            .map(|f| f.to_string_lossy())
+            .as_deref(),
+    );
+    let handler_mounts: Vec<HandlerMount> = match &root {
+        Some(r) => mounts::plan(&d.name, &args.name, r, &info.mounts, mount.read_only),
+        None => Vec::new(),
+    };
+    let data = serde_json::json!({
+        "intercept": crate::commands::intercept_json(info),
+        "environment": env,
+        "volume_mount_point": root,
+        "mounts": handler_mounts,
+        "env_file": args.env_file,
+    });
     let Some(ra) = run_args else {
         return Ok((
             CmdOutput {
@@ -145,14 +244,16 @@ pub async fn run(
     if print_now {
         print!("{block}");
     }
-    let code = run_handler(&ra.args, &ra.name).await;
+    let code = run_with_handler(docker, d, args, info, &env, &handler_mounts, ra).await;
     // Leave whatever happened to the handler.
-    let _ = c
-        .remove_intercept(LeaveRequest {
-            name: args.name.clone(),
-        })
-        .await;
-    let _ = stop_handlers(&docker, &d.name, Some(&args.name)).await;
+    if let Ok(mut c) = connector(d.port).await {
+        let _ = c
+            .remove_intercept(LeaveRequest {
+                name: args.name.clone(),
+            })
+            .await;
+    }
+    let _ = stop_handlers(docker, &d.name, Some(&args.name)).await;
     let code = code?;
     Ok((
         CmdOutput {
@@ -163,11 +264,81 @@ pub async fn run(
     ))
 }
 
+/// Starts the volumes (when any), then runs the handler with the intercepted environment and
+/// the volumes under the root; removes its env file afterwards.
+async fn run_with_handler(
+    docker: &bollard::Docker,
+    d: &crate::info::DaemonInfo,
+    args: &InterceptArgs,
+    info: &InterceptInfo,
+    env: &BTreeMap<String, String>,
+    handler_mounts: &[HandlerMount],
+    ra: crate::dockerrun::RunArgs,
+) -> Result<i32> {
+    if !handler_mounts.is_empty() {
+        let image = docker_image_of(docker, &d.container).await?;
+        mounts::start(
+            docker,
+            &d.container,
+            &d.name,
+            &args.name,
+            &info.id,
+            &image,
+            handler_mounts,
+        )
+        .await?;
+    }
+    // Values a docker env file can hold go through one; the others (multi-line, very long) as
+    // `-e KEY` with the value in the docker CLI's environment.
+    let (multi, single): (BTreeMap<_, _>, BTreeMap<_, _>) = env
+        .clone()
+        .into_iter()
+        .partition(|(k, v)| envfile::check(k, v, EnvSyntax::Docker).is_err());
+    let env_path = handler_env_path(&d.name, &args.name);
+    if let Some(dir) = env_path.parent() {
+        std::fs::create_dir_all(dir).context("creating the env file directory")?;
+    }
+    envfile::write_file(&env_path, &single, EnvSyntax::Docker)?;
+    let mut extra: Vec<String> = Vec::new();
+    for k in multi.keys() {
+        extra.extend(["-e".to_string(), k.clone()]);
+    }
+    for m in handler_mounts {
+        extra.push("-v".into());
+        extra.push(format!(
+            "{}:{}{}",
+            m.volume,
+            m.target,
+            if m.read_only { ":ro" } else { "" }
+        ));
+    }
+    // Ours go right after `run`, before the user's arguments, which win.
+    let mut argv = ra.args.clone();
+    argv.splice(1..1, extra);
+    let code = run_handler(&argv, &ra.name, &multi).await;
+    let _ = std::fs::remove_file(&env_path);
+    code
+}
+
+/// The image a container runs (the sync container uses the daemon's own image).
+async fn docker_image_of(docker: &bollard::Docker, container: &str) -> Result<String> {
+    docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?
+        .config
+        .and_then(|c| c.image)
+        .ok_or_else(|| anyhow!("cannot tell the image of {container}"))
+}
+
 /// Runs `docker <args>` in the foreground; SIGINT/SIGTERM are forwarded to it, and if the
 /// container does not stop within 10 s it is removed.
-async fn run_handler(args: &[String], name: &str) -> Result<i32> {
+async fn run_handler(args: &[String], name: &str, env: &BTreeMap<String, String>) -> Result<i32> {
     let mut child = tokio::process::Command::new("docker")
         .args(args)
+        .envs(env)
         .kill_on_drop(true)
         .spawn()
         .context("running `docker run` (is the docker CLI installed?)")?;

@@ -29,6 +29,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::TrafficManager => "traffic-manager",
         Command::Agent => "agent",
         Command::AgentCleanup(_) => "agent-cleanup",
+        Command::FsSync => "fs-sync",
     }
 }
 
@@ -40,6 +41,7 @@ fn main() {
             | Command::TrafficManager
             | Command::Agent
             | Command::AgentCleanup(_)
+            | Command::FsSync
     );
     init_logs(role);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,6 +56,7 @@ fn main() {
                 Command::TrafficManager => tp_cli::roles::traffic_manager().await,
                 Command::Agent => tp_cli::roles::agent().await,
                 Command::AgentCleanup(a) => tp_cli::roles::agent_cleanup(a.check),
+                Command::FsSync => tp_cli::roles::fs_sync().await,
                 _ => unreachable!("not a role"),
             }
         });

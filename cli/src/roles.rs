@@ -91,3 +91,56 @@ pub fn agent_cleanup(check: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// The volume sync container: mirrors the intercept's remote mounts into its volumes, says
+/// [`crate::mounts::READY_LINE`] once the initial copy is complete, then keeps them in sync
+/// both ways until stopped.
+pub async fn fs_sync() -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        remote: String,
+        local: String,
+        read_only: bool,
+    }
+    let tunnel = std::env::var("TP_TUNNEL_ADDR").context("TP_TUNNEL_ADDR is required")?;
+    let intercept_id = std::env::var("TP_INTERCEPT_ID").context("TP_INTERCEPT_ID is required")?;
+    let specs: Vec<Spec> = serde_json::from_str(
+        &std::env::var("TP_MOUNTS").context("TP_MOUNTS is required")?,
+    )
+    .context("TP_MOUNTS is not a JSON list of {remote, local, read_only}")?;
+    let mounts = specs
+        .into_iter()
+        .map(|s| tp_daemon::fs::LocalMount {
+            remote_path: s.remote,
+            local_dir: s.local.into(),
+            read_only: s.read_only,
+        })
+        .collect();
+    let mut stream = tp_rpc::tunnel::dial(&tunnel)
+        .await
+        .with_context(|| format!("cannot reach the traffic-manager tunnel at {tunnel}"))?;
+    let header = tp_rpc::tunnel::TunnelHeader {
+        conn_id: uuid::Uuid::new_v4().to_string(),
+        intercept_id,
+        kind: tp_rpc::tunnel::KIND_FS.into(),
+        ..Default::default()
+    };
+    tp_rpc::tunnel::write_header(&mut stream, tp_rpc::tunnel::Role::Client, &header).await?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let sync = tokio::spawn(tp_daemon::fs::sync(stream, mounts, ready_tx, shutdown));
+    if let Ok(stats) = ready_rx.await {
+        println!("{} {stats:?}", crate::mounts::READY_LINE);
+    }
+    sync.await
+        .context("the sync task failed")?
+        .context("volume sync")?;
+    Ok(())
+}

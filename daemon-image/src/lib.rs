@@ -4,6 +4,7 @@
 //! by dialing the handler inside its own network namespace (which the handler container shares).
 
 mod connector;
+pub mod fs;
 mod session;
 
 pub use session::{DaemonConfig, DaemonError};

@@ -200,7 +200,12 @@ impl DockerProvider {
 
     /// Creates and starts one agent; returns what is needed to remove it again.
     async fn create_agent(&self, spec: &AgentSpec) -> Result<AgentRef, ProviderError> {
-        let body = agent_container_body(&self.cfg, spec);
+        let target = self
+            .docker
+            .inspect_container(&spec.target_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| api_err(&format!("inspect {}", spec.target_id), e))?;
+        let body = agent_container_body(&self.cfg, spec, &AppView::of(&target));
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
@@ -961,9 +966,73 @@ fn sidecar_host_config(target: &str) -> HostConfig {
     }
 }
 
-fn agent_container_body(cfg: &DockerConfig, spec: &AgentSpec) -> ContainerCreateBody {
+/// What the intercepted container sees, handed to its agent: its name, environment and mounts
+/// (the agent reports them to clients, and sees the mounts itself through `volumes_from`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct AppView {
+    container: String,
+    env: std::collections::BTreeMap<String, String>,
+    mounts: Vec<(String, bool)>,
+}
+
+impl AppView {
+    fn of(c: &bollard::models::ContainerInspectResponse) -> AppView {
+        let env = c
+            .config
+            .as_ref()
+            .and_then(|c| c.env.as_ref())
+            .map(|e| {
+                e.iter()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut mounts: Vec<(String, bool)> = c
+            .mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| Some((m.destination.clone()?, !m.rw.unwrap_or(true))))
+            .collect();
+        mounts.sort();
+        AppView {
+            container: c
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            env,
+            mounts,
+        }
+    }
+
+    fn env_vars(&self) -> Vec<String> {
+        let mounts: Vec<serde_json::Value> = self
+            .mounts
+            .iter()
+            .map(|(p, ro)| serde_json::json!({"path": p, "read_only": ro}))
+            .collect();
+        vec![
+            format!("TP_APP_CONTAINER={}", self.container),
+            format!(
+                "TP_APP_ENV={}",
+                serde_json::to_string(&self.env).expect("env serializes")
+            ),
+            format!(
+                "TP_APP_MOUNTS={}",
+                serde_json::Value::Array(mounts)
+            ),
+        ]
+    }
+}
+
+fn agent_container_body(cfg: &DockerConfig, spec: &AgentSpec, app: &AppView) -> ContainerCreateBody {
     let mut labels = agent_labels(&spec.namespace, &spec.workload, &spec.target_id, ROLE_AGENT);
     labels.insert(PORTS_LABEL.to_string(), ports_csv(&spec.ports));
+    let mut host_config = sidecar_host_config(&spec.target_id);
+    // The agent sees the workload's volumes at the same paths, to serve them to clients.
+    host_config.volumes_from = Some(vec![spec.target_id.clone()]);
     ContainerCreateBody {
         image: Some(cfg.agent_image.clone()),
         cmd: Some(vec!["agent".to_string()]),
@@ -974,11 +1043,14 @@ fn agent_container_body(cfg: &DockerConfig, spec: &AgentSpec) -> ContainerCreate
             format!("TP_WORKLOAD={}", spec.workload),
             format!("TP_PORTS={}", ports_csv(&spec.ports)),
             format!("TP_POD_IP={}", spec.target_ip),
-        ]),
+        ]
+        .into_iter()
+        .chain(app.env_vars())
+        .collect()),
         labels: Some(labels),
         stop_signal: Some("SIGTERM".to_string()),
         stop_timeout: Some(AGENT_STOP_TIMEOUT_SECS as i64),
-        host_config: Some(sidecar_host_config(&spec.target_id)),
+        host_config: Some(host_config),
         ..Default::default()
     }
 }
@@ -1539,7 +1611,24 @@ mod tests {
             ports: normalize_ports(&[9000, 8080, 8080]),
         };
         assert_eq!(spec.name, "tp-agent-shop-web-2");
-        let body = agent_container_body(&cfg, &spec);
+        // The app view comes from `docker inspect` of the workload container.
+        let inspect: bollard::models::ContainerInspectResponse = serde_json::from_str(
+            r#"{"Name": "/shop_web_2",
+                "Config": {"Env": ["GREETING=hello=world", "PATH=/usr/bin"]},
+                "Mounts": [
+                  {"Type": "volume", "Name": "shop_data", "Destination": "/data", "RW": true},
+                  {"Type": "bind", "Source": "/etc/app", "Destination": "/etc/app", "RW": false}
+                ]}"#,
+        )
+        .unwrap();
+        let app = AppView::of(&inspect);
+        assert_eq!(app.container, "shop_web_2");
+        assert_eq!(app.env["GREETING"], "hello=world");
+        assert_eq!(
+            app.mounts,
+            vec![("/data".to_string(), false), ("/etc/app".to_string(), true)]
+        );
+        let body = agent_container_body(&cfg, &spec, &app);
         assert_eq!(body.image.as_deref(), Some("telepresence:0.1.0-abc123"));
         assert_eq!(body.cmd, Some(vec!["agent".to_string()]));
         assert_eq!(
@@ -1551,6 +1640,9 @@ mod tests {
                 "TP_WORKLOAD=web",
                 "TP_PORTS=8080,9000",
                 "TP_POD_IP=172.20.0.4",
+                "TP_APP_CONTAINER=shop_web_2",
+                r#"TP_APP_ENV={"GREETING":"hello=world","PATH":"/usr/bin"}"#,
+                r#"TP_APP_MOUNTS=[{"path":"/data","read_only":false},{"path":"/etc/app","read_only":true}]"#,
             ]
         );
         let labels = body.labels.unwrap();
@@ -1564,6 +1656,7 @@ mod tests {
         assert_eq!(hc.network_mode.as_deref(), Some("container:aaa222"));
         assert_eq!(hc.cap_add, Some(vec!["NET_ADMIN".to_string()]));
         assert_eq!(hc.auto_remove, Some(false));
+        assert_eq!(hc.volumes_from, Some(vec!["aaa222".to_string()]));
         // network_mode container: rejects these.
         assert!(body.hostname.is_none() && body.exposed_ports.is_none());
         assert!(hc.port_bindings.is_none() && hc.dns.is_none());

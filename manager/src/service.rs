@@ -205,6 +205,7 @@ impl ManagerApi for Manager {
                 info: info.clone(),
                 expires: Instant::now() + LEASE,
                 sent_generation: 0,
+                dials: None,
             },
         );
         st.changed(&self.inner.generation);
@@ -345,7 +346,12 @@ impl ManagerApi for Manager {
                 )));
             }
             let info = InterceptInfo {
-                id: format!("{session}:{}", spec.name),
+                // `<uuid>:<name>`, the value of the x-telepresence-intercept-id header.
+                id: format!(
+                    "{}:{}",
+                    session.strip_prefix("client-").unwrap_or(&session),
+                    spec.name
+                ),
                 state: state::WAITING.into(),
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
@@ -354,6 +360,7 @@ impl ManagerApi for Manager {
                 workload_kind: w.kind.clone(),
                 disposition: "all TCP connections".into(),
                 spec: Some(spec.clone()),
+                ..Default::default()
             };
             st.intercepts.insert(spec.name.clone(), info.clone());
             st.changed(&self.inner.generation);
@@ -521,8 +528,13 @@ impl ManagerApi for Manager {
         let (tx, rx) = mpsc::channel(256);
         {
             let mut st = self.inner.state.lock().await;
-            let c = st.clients.get_mut(&id).ok_or_else(unknown_session)?;
-            c.dials = Some(tx);
+            if let Some(c) = st.clients.get_mut(&id) {
+                c.dials = Some(tx);
+            } else if let Some(a) = st.agents.get_mut(&id) {
+                a.dials = Some(tx);
+            } else {
+                return Err(unknown_session());
+            }
         }
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),

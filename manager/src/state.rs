@@ -22,6 +22,8 @@ pub struct AgentSession {
     pub expires: Instant,
     /// Highest generation whose snapshot has been handed to this agent's watch stream.
     pub sent_generation: u64,
+    /// Where file-sync dial requests go; set while the agent keeps `WatchDials` open.
+    pub dials: Option<mpsc::Sender<DialRequest>>,
 }
 
 /// Everything the manager knows; guarded by one mutex in [`crate::Manager`].
@@ -44,21 +46,21 @@ impl State {
 
     /// Recomputes intercept states from the agents present and bumps the generation.
     pub fn changed(&mut self, gen_tx: &watch::Sender<u64>) {
-        let present: Vec<(String, String)> = self
-            .agents
-            .values()
-            .map(|a| (a.info.namespace.clone(), a.info.name.clone()))
-            .collect();
         for ic in self.intercepts.values_mut() {
             let spec = ic.spec.as_ref().expect("intercepts always carry a spec");
-            let has = present
-                .iter()
-                .any(|(ns, w)| *ns == spec.namespace && *w == spec.workload);
-            if has {
+            let agent = self
+                .agents
+                .values()
+                .find(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload);
+            if let Some(agent) = agent {
                 if ic.state != state::ACTIVE {
                     ic.state = state::ACTIVE.into();
                     ic.message.clear();
                 }
+                // What the intercepted container sees, as its agent reported it.
+                ic.container = agent.info.container.clone();
+                ic.environment = agent.info.environment.clone();
+                ic.mounts = agent.info.mounts.clone();
             } else if ic.state == state::ACTIVE {
                 ic.state = state::NO_AGENT.into();
                 ic.message = "the traffic-agent is not connected".into();
@@ -186,6 +188,7 @@ mod tests {
                 },
                 expires: Instant::now() + LEASE,
                 sent_generation: 0,
+                dials: None,
             },
         );
         s.changed(&tx);

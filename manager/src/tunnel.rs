@@ -5,7 +5,8 @@ use crate::Manager;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tp_rpc::manager::DialRequest;
-use tp_rpc::tunnel::{read_header_timeout, splice, tune, Role, TunnelHeader};
+use tokio::sync::mpsc;
+use tp_rpc::tunnel::{read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS};
 
 /// How long an agent-side connection waits for its client side.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,8 +38,10 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     match role {
-        Role::Agent => from_agent(mgr, sock, header).await,
-        Role::Client => {
+        Role::Client if header.kind == KIND_FS => from_client(mgr, sock, header).await,
+        Role::Agent if header.kind.is_empty() => from_agent(mgr, sock, header).await,
+        // The answering side of any stream: hand it to the originator waiting for it.
+        Role::Agent | Role::Client => {
             let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
             match waiting {
                 Some(tx) if header.error.is_empty() => {
@@ -53,8 +56,9 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), String> {
     }
 }
 
-async fn from_agent(mgr: Manager, mut agent: TcpStream, h: TunnelHeader) -> Result<(), String> {
-    let dial_tx = {
+/// An agent accepted an intercepted connection: ask the owning client to dial in.
+async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), String> {
+    let (tx, req) = {
         let st = mgr.inner.state.lock().await;
         let ic = st
             .intercepts
@@ -74,33 +78,71 @@ async fn from_agent(mgr: Manager, mut agent: TcpStream, h: TunnelHeader) -> Resu
                 intercept_id: h.intercept_id.clone(),
                 target_host: spec.target_host.clone(),
                 target_port: spec.target_port,
+                kind: String::new(),
             },
         )
     };
-    let (rx, pending) = {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        mgr.inner
-            .pending
-            .lock()
-            .unwrap()
-            .insert(h.conn_id.clone(), tx);
-        (rx, h.conn_id.clone())
+    originate(mgr, agent, tx, req).await
+}
+
+/// A client opens a file-sync stream for one of its intercepts: ask an agent of the
+/// intercepted workload to dial in.
+async fn from_client(mgr: Manager, client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+    let (tx, req) = {
+        let st = mgr.inner.state.lock().await;
+        let ic = st
+            .intercepts
+            .values()
+            .find(|i| i.id == h.intercept_id)
+            .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
+        let spec = ic.spec.as_ref().expect("spec");
+        let tx = st
+            .agents
+            .values()
+            .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
+            .find_map(|a| a.dials.clone())
+            .ok_or("no traffic-agent of the workload is watching dials")?;
+        (
+            tx,
+            DialRequest {
+                conn_id: h.conn_id.clone(),
+                intercept_id: h.intercept_id.clone(),
+                kind: KIND_FS.into(),
+                ..Default::default()
+            },
+        )
     };
-    let (tx, req) = dial_tx;
+    originate(mgr, client, tx, req).await
+}
+
+/// Parks `origin`, sends the dial request to the other side, and splices the two once the
+/// other side dials in with the same connection id.
+async fn originate(
+    mgr: Manager,
+    mut origin: TcpStream,
+    tx: mpsc::Sender<DialRequest>,
+    req: DialRequest,
+) -> Result<(), String> {
+    let conn_id = req.conn_id.clone();
+    let (ptx, rx) = tokio::sync::oneshot::channel();
+    mgr.inner
+        .pending
+        .lock()
+        .unwrap()
+        .insert(conn_id.clone(), ptx);
     if tx.send(req).await.is_err() {
-        mgr.inner.pending.lock().unwrap().remove(&pending);
-        return Err("client dial stream closed".into());
+        mgr.inner.pending.lock().unwrap().remove(&conn_id);
+        return Err("the other side's dial stream closed".into());
     }
-    let client = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
+    let mut other = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
         Ok(Ok(c)) => c,
-        Ok(Err(_)) => return Err("client refused the connection".into()),
+        Ok(Err(_)) => return Err("the other side refused the connection".into()),
         Err(_) => {
-            mgr.inner.pending.lock().unwrap().remove(&pending);
-            return Err("client did not answer in time".into());
+            mgr.inner.pending.lock().unwrap().remove(&conn_id);
+            return Err("the other side did not answer in time".into());
         }
     };
-    let mut client = client;
-    splice(&mut agent, &mut client)
+    splice(&mut origin, &mut other)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

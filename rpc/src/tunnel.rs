@@ -38,7 +38,14 @@ pub struct TunnelHeader {
     /// Set by a client that could not reach its local target: the manager closes the agent side.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// What the connection carries: empty for an intercepted TCP connection (opened by the agent),
+    /// [`KIND_FS`] for a file-sync stream (opened by the client).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
+
+/// [`TunnelHeader::kind`] of a file-sync stream.
+pub const KIND_FS: &str = "fs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {

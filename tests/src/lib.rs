@@ -194,19 +194,32 @@ pub struct Project {
 impl Project {
     /// Starts a project whose services are `(name, port)`.
     pub fn up(services: &[(&str, u16)]) -> Result<Project> {
+        let mut yaml = String::new();
+        for (svc, port) in services {
+            yaml.push_str(&format!(
+                "  {svc}:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"{port}\", \"--name\", \"{svc}\"]\n    expose: [\"{port}\"]\n    environment:\n      TP_APP_NAME: {svc}\n"
+            ));
+        }
+        Self::up_with(&yaml, "")
+    }
+
+    /// Starts a project from the YAML of its services (indented under `services:`, `@APP@`
+    /// standing for the test app image) and of its top-level volumes; a `caller` service is
+    /// added to make requests from.
+    pub fn up_with(services_yaml: &str, volumes_yaml: &str) -> Result<Project> {
         let (app, _) = images();
         let name = format!("tpt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let mut yaml = String::from("version: \"3.7\"\nservices:\n");
-        for (svc, port) in services {
-            yaml.push_str(&format!(
-                "  {svc}:\n    image: {app}\n    command: [\"serve\", \"--http\", \"{port}\", \"--name\", \"{svc}\"]\n    expose: [\"{port}\"]\n    environment:\n      TP_APP_NAME: {svc}\n"
-            ));
-        }
+        yaml.push_str(&services_yaml.replace("@APP@", app));
         yaml.push_str(&format!(
             "  caller:\n    image: {app}\n    command: [\"serve\", \"--name\", \"caller\"]\n"
         ));
+        if !volumes_yaml.is_empty() {
+            yaml.push_str("volumes:\n");
+            yaml.push_str(volumes_yaml);
+        }
         std::fs::write(dir.join("docker-compose.yml"), yaml)?;
         let p = Project { name, dir };
         p.compose(&["up", "-d"])?;
@@ -246,10 +259,21 @@ impl Project {
 
     /// `GET url` from inside the project network (via the caller container); the body or the error.
     pub fn get(&self, url: &str) -> Result<String> {
+        self.request(url, None)
+    }
+
+    /// `PUT body` to url from inside the project network; the response body or the error.
+    pub fn put(&self, url: &str, body: &str) -> Result<String> {
+        self.request(url, Some(body))
+    }
+
+    fn request(&self, url: &str, put: Option<&str>) -> Result<String> {
         let caller = self.container("caller")?;
-        let out = Command::new("docker")
-            .args(["exec", &caller, "/tp-testapp", "get", url])
-            .output()?;
+        let mut args = vec!["exec", &caller, "/tp-testapp", "get", url];
+        if let Some(b) = put {
+            args.extend(["--put", b]);
+        }
+        let out = Command::new("docker").args(&args).output()?;
         if !out.status.success() {
             bail!("get {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }

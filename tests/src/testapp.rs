@@ -357,7 +357,7 @@ pub async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
 
         let route = route(&req, app);
         // The body: kept for /echo, skipped otherwise.
-        let keep_body = matches!(route, Route::Echo);
+        let keep_body = matches!(route, Route::Echo | Route::WriteFile(_));
         if keep_body && matches!(body_len, BodyLen::Length(n) if n > MAX_ECHO as u64) {
             return respond_close(&mut conn, "413 Payload Too Large", b"too large\n").await;
         }
@@ -403,6 +403,18 @@ pub async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 let out = small_response("200 OK", connection, &body, head_only);
                 conn.io.write_all(&out).await?;
             }
+            Route::WriteFile(path) => {
+                let out = match std::fs::write(&path, &body) {
+                    Ok(()) => small_response("200 OK", connection, b"written\n", head_only),
+                    Err(e) => small_response(
+                        "500 Internal Server Error",
+                        connection,
+                        format!("{e}\n").as_bytes(),
+                        head_only,
+                    ),
+                };
+                conn.io.write_all(&out).await?;
+            }
             Route::Bytes(n) => {
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
@@ -438,6 +450,8 @@ enum Route {
     Small(&'static str, Vec<u8>),
     Bytes(u64),
     Echo,
+    /// `PUT /file/<absolute path>`: write the body to that file.
+    WriteFile(String),
 }
 
 fn route(req: &Request, app: &App) -> Route {
@@ -460,6 +474,12 @@ fn route(req: &Request, app: &App) -> Route {
                 None => not_found(),
             };
         }
+        if let Some(f) = path.strip_prefix("/file/") {
+            return match std::fs::read(format!("/{f}")) {
+                Ok(b) => Route::Small("200 OK", b),
+                Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
+            };
+        }
         if let Some(n) = path.strip_prefix("/bytes/") {
             return match n.parse::<u64>() {
                 Ok(n) => Route::Bytes(n),
@@ -469,6 +489,11 @@ fn route(req: &Request, app: &App) -> Route {
     }
     if req.method == "POST" && path == "/echo" {
         return Route::Echo;
+    }
+    if req.method == "PUT" {
+        if let Some(f) = path.strip_prefix("/file/") {
+            return Route::WriteFile(format!("/{f}"));
+        }
     }
     not_found()
 }
@@ -991,6 +1016,12 @@ impl Client {
 pub async fn get(url: &Url, headers: &[(String, String)]) -> io::Result<Response> {
     let mut client = Client::connect(url).await?;
     client.request("GET", &url.path, headers, b"").await
+}
+
+/// One PUT of `body` on a fresh connection.
+pub async fn put(url: &Url, headers: &[(String, String)], body: &[u8]) -> io::Result<Response> {
+    let mut client = Client::connect(url).await?;
+    client.request("PUT", &url.path, headers, body).await
 }
 
 /// Latency figures of [`bench_client`].

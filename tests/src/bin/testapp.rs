@@ -47,6 +47,9 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        /// PUT this body instead of a GET.
+        #[arg(long)]
+        put: Option<String>,
     },
     /// Per-request latency over keep-alive connections; prints JSON {p50_us, p99_us, count, ...}.
     /// Requests `/bytes/<size>`, or the URL's path when it has one other than `/`.
@@ -124,7 +127,8 @@ async fn run(command: Command) -> ExitCode {
             url,
             header,
             timeout,
-        } => get(&url, &header, timeout).await,
+            put,
+        } => get(&url, &header, timeout, put).await,
         Command::BenchClient {
             url,
             requests,
@@ -186,7 +190,7 @@ async fn serve(mut http: Vec<u16>, udp: Vec<u16>, name: String) -> ExitCode {
     }
 }
 
-async fn get(url: &str, headers: &[String], timeout: f64) -> ExitCode {
+async fn get(url: &str, headers: &[String], timeout: f64, put: Option<String>) -> ExitCode {
     let url = match parse_url(url) {
         Ok(u) => u,
         Err(code) => return code,
@@ -202,7 +206,13 @@ async fn get(url: &str, headers: &[String], timeout: f64) -> ExitCode {
         }
     }
     let limit = std::time::Duration::from_secs_f64(timeout.max(0.001));
-    match tokio::time::timeout(limit, testapp::get(&url, &parsed)).await {
+    let req = async {
+        match &put {
+            Some(body) => testapp::put(&url, &parsed, body.as_bytes()).await,
+            None => testapp::get(&url, &parsed).await,
+        }
+    };
+    match tokio::time::timeout(limit, req).await {
         Err(_) => fail(&format!("GET {}: timed out after {timeout}s", url.path)),
         Ok(Err(e)) => fail(&format!(
             "GET http://{}:{}{}: {e}",
