@@ -277,7 +277,7 @@ async fn run_with_handler(
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
         let image = docker_image_of(docker, &d.container).await?;
-        mounts::start(
+        let (_, summary) = mounts::start(
             docker,
             &d.container,
             &d.name,
@@ -287,6 +287,7 @@ async fn run_with_handler(
             handler_mounts,
         )
         .await?;
+        eprintln!("Remote volumes ready: {summary}");
     }
     // Values a docker env file can hold go through one; the others (multi-line, very long) as
     // `-e KEY` with the value in the docker CLI's environment.

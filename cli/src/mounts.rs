@@ -100,7 +100,8 @@ fn labels(connection: &str, intercept: &str, role: &str) -> HashMap<String, Stri
     )
 }
 
-/// Creates the volumes and the sync container, and waits until the initial copy is complete.
+/// Creates the volumes and the sync container, and waits until the initial copy is complete;
+/// returns the sync container's name and its summary ("N files, B bytes in S s").
 /// On failure everything created is removed again.
 pub async fn start(
     docker: &Docker,
@@ -110,7 +111,7 @@ pub async fn start(
     intercept_id: &str,
     image: &str,
     mounts: &[HandlerMount],
-) -> Result<String> {
+) -> Result<(String, String)> {
     let name = format!("tp-fs-{connection}-{intercept}");
     let r = start_inner(
         docker,
@@ -126,7 +127,7 @@ pub async fn start(
     if r.is_err() {
         let _ = remove(docker, connection, Some(intercept)).await;
     }
-    r.map(|_| name)
+    r.map(|summary| (name, summary))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,7 +140,7 @@ async fn start_inner(
     image: &str,
     mounts: &[HandlerMount],
     name: &str,
-) -> Result<()> {
+) -> Result<String> {
     let tunnel = daemon_env(docker, daemon_container, "TP_TUNNEL_ADDR").await?;
     for m in mounts {
         docker
@@ -195,8 +196,9 @@ async fn start_inner(
     wait_ready(docker, name).await
 }
 
-/// Follows the sync container's log until it says the copy is complete.
-async fn wait_ready(docker: &Docker, name: &str) -> Result<()> {
+/// Follows the sync container's log until it says the copy is complete; returns the rest of
+/// that line.
+async fn wait_ready(docker: &Docker, name: &str) -> Result<String> {
     let opts = LogsOptions {
         follow: true,
         stdout: true,
@@ -208,15 +210,15 @@ async fn wait_ready(docker: &Docker, name: &str) -> Result<()> {
     let wait = async {
         while let Some(chunk) = logs.next().await {
             let chunk = chunk?.to_string();
-            if chunk.contains(READY_LINE) {
-                return Ok(());
+            if let Some(rest) = chunk.split_once(READY_LINE).map(|(_, r)| r) {
+                return Ok(rest.lines().next().unwrap_or_default().trim().to_string());
             }
             seen.push_str(&chunk);
         }
         Err(anyhow!("it exited"))
     };
     match tokio::time::timeout(READY_TIMEOUT, wait).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(summary)) => Ok(summary),
         Ok(Err(e)) => Err(anyhow!(
             "the volume sync container {name} failed before the volumes were ready ({e}): {}",
             seen.trim()

@@ -104,10 +104,9 @@ pub async fn fs_sync() -> Result<()> {
     }
     let tunnel = std::env::var("TP_TUNNEL_ADDR").context("TP_TUNNEL_ADDR is required")?;
     let intercept_id = std::env::var("TP_INTERCEPT_ID").context("TP_INTERCEPT_ID is required")?;
-    let specs: Vec<Spec> = serde_json::from_str(
-        &std::env::var("TP_MOUNTS").context("TP_MOUNTS is required")?,
-    )
-    .context("TP_MOUNTS is not a JSON list of {remote, local, read_only}")?;
+    let specs: Vec<Spec> =
+        serde_json::from_str(&std::env::var("TP_MOUNTS").context("TP_MOUNTS is required")?)
+            .context("TP_MOUNTS is not a JSON list of {remote, local, read_only}")?;
     let mounts = specs
         .into_iter()
         .map(|s| tp_daemon::fs::LocalMount {
@@ -136,8 +135,14 @@ pub async fn fs_sync() -> Result<()> {
         }
     };
     let sync = tokio::spawn(tp_daemon::fs::sync(stream, mounts, ready_tx, shutdown));
-    if let Ok(stats) = ready_rx.await {
-        println!("{} {stats:?}", crate::mounts::READY_LINE);
+    if let Ok(st) = ready_rx.await {
+        println!(
+            "{} {} files, {} bytes in {:.3}s",
+            crate::mounts::READY_LINE,
+            st.files,
+            st.bytes,
+            st.elapsed.as_secs_f64()
+        );
     }
     sync.await
         .context("the sync task failed")?

@@ -1019,15 +1019,16 @@ impl AppView {
                 "TP_APP_ENV={}",
                 serde_json::to_string(&self.env).expect("env serializes")
             ),
-            format!(
-                "TP_APP_MOUNTS={}",
-                serde_json::Value::Array(mounts)
-            ),
+            format!("TP_APP_MOUNTS={}", serde_json::Value::Array(mounts)),
         ]
     }
 }
 
-fn agent_container_body(cfg: &DockerConfig, spec: &AgentSpec, app: &AppView) -> ContainerCreateBody {
+fn agent_container_body(
+    cfg: &DockerConfig,
+    spec: &AgentSpec,
+    app: &AppView,
+) -> ContainerCreateBody {
     let mut labels = agent_labels(&spec.namespace, &spec.workload, &spec.target_id, ROLE_AGENT);
     labels.insert(PORTS_LABEL.to_string(), ports_csv(&spec.ports));
     let mut host_config = sidecar_host_config(&spec.target_id);
@@ -1036,17 +1037,19 @@ fn agent_container_body(cfg: &DockerConfig, spec: &AgentSpec, app: &AppView) -> 
     ContainerCreateBody {
         image: Some(cfg.agent_image.clone()),
         cmd: Some(vec!["agent".to_string()]),
-        env: Some(vec![
-            format!("TP_MANAGER_ADDR={}:{}", cfg.manager_host, cfg.grpc_port),
-            format!("TP_TUNNEL_ADDR={}:{}", cfg.manager_host, cfg.tunnel_port),
-            format!("TP_NAMESPACE={}", spec.namespace),
-            format!("TP_WORKLOAD={}", spec.workload),
-            format!("TP_PORTS={}", ports_csv(&spec.ports)),
-            format!("TP_POD_IP={}", spec.target_ip),
-        ]
-        .into_iter()
-        .chain(app.env_vars())
-        .collect()),
+        env: Some(
+            vec![
+                format!("TP_MANAGER_ADDR={}:{}", cfg.manager_host, cfg.grpc_port),
+                format!("TP_TUNNEL_ADDR={}:{}", cfg.manager_host, cfg.tunnel_port),
+                format!("TP_NAMESPACE={}", spec.namespace),
+                format!("TP_WORKLOAD={}", spec.workload),
+                format!("TP_PORTS={}", ports_csv(&spec.ports)),
+                format!("TP_POD_IP={}", spec.target_ip),
+            ]
+            .into_iter()
+            .chain(app.env_vars())
+            .collect(),
+        ),
         labels: Some(labels),
         stop_signal: Some("SIGTERM".to_string()),
         stop_timeout: Some(AGENT_STOP_TIMEOUT_SECS as i64),

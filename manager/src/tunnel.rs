@@ -4,8 +4,8 @@
 use crate::Manager;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tp_rpc::manager::DialRequest;
 use tokio::sync::mpsc;
+use tp_rpc::manager::DialRequest;
 use tp_rpc::tunnel::{read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS};
 
 /// How long an agent-side connection waits for its client side.

@@ -474,6 +474,14 @@ fn route(req: &Request, app: &App) -> Route {
                 None => not_found(),
             };
         }
+        if let Some(d) = path.strip_prefix("/tree/") {
+            return match tree_size(std::path::Path::new(&format!("/{d}"))) {
+                Ok((files, bytes)) => {
+                    Route::Small("200 OK", format!("{files} {bytes}").into_bytes())
+                }
+                Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
+            };
+        }
         if let Some(f) = path.strip_prefix("/file/") {
             return match std::fs::read(format!("/{f}")) {
                 Ok(b) => Route::Small("200 OK", b),
@@ -491,11 +499,37 @@ fn route(req: &Request, app: &App) -> Route {
         return Route::Echo;
     }
     if req.method == "PUT" {
+        if let Some(d) = path.strip_prefix("/tree/") {
+            return match tree_size(std::path::Path::new(&format!("/{d}"))) {
+                Ok((files, bytes)) => {
+                    Route::Small("200 OK", format!("{files} {bytes}").into_bytes())
+                }
+                Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
+            };
+        }
         if let Some(f) = path.strip_prefix("/file/") {
             return Route::WriteFile(format!("/{f}"));
         }
     }
     not_found()
+}
+
+/// Regular files and their total size under `dir`, recursively (symlinks not followed).
+fn tree_size(dir: &std::path::Path) -> io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            let (f, b) = tree_size(&entry.path())?;
+            files += f;
+            bytes += b;
+        } else if ft.is_file() {
+            files += 1;
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok((files, bytes))
 }
 
 fn small_response(status: &str, connection: &str, body: &[u8], head_only: bool) -> Vec<u8> {

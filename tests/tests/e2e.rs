@@ -429,14 +429,36 @@ fn connect_builds_its_image_when_missing() {
     let p = Project::up(&[("web", 8080)]).unwrap();
     docker(&["rmi", tp]).unwrap();
     let user = User::new();
-    let c = user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
-    assert!(c.stderr.contains(&format!("Building image {tp}")), "{}", c.stderr);
-    assert!(c.stderr.contains(&format!("Built image {tp}")), "{}", c.stderr);
-    let labels = docker(&["image", "inspect", tp, "--format", "{{json .Config.Labels}}"]).unwrap();
-    assert!(labels.contains("\"telepresence.io/managed-by\":\"telepresence\""), "{labels}");
+    let c = user
+        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    assert!(
+        c.stderr.contains(&format!("Building image {tp}")),
+        "{}",
+        c.stderr
+    );
+    assert!(
+        c.stderr.contains(&format!("Built image {tp}")),
+        "{}",
+        c.stderr
+    );
+    let labels = docker(&[
+        "image",
+        "inspect",
+        tp,
+        "--format",
+        "{{json .Config.Labels}}",
+    ])
+    .unwrap();
+    assert!(
+        labels.contains("\"telepresence.io/managed-by\":\"telepresence\""),
+        "{labels}"
+    );
     // Present now: the next connect does not build.
     user.tp(&["quit"]).ok();
-    let c = user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    let c = user
+        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     assert!(!c.stderr.contains("Building image"), "{}", c.stderr);
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
@@ -449,14 +471,20 @@ fn dead_client_lease_expires_and_restores_the_path() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name]).ok();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
     let name = format!("docker-{}-cn", p.name);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     // The daemon dies without a word: its lease runs out and the intercept with it.
     docker(&["kill", &format!("tp-{name}")]).unwrap();
-    let took = p.wait_for("http://web:8080/", "web", Duration::from_secs(45)).unwrap();
-    assert!(took >= Duration::from_secs(5), "restored only by lease expiry, after {took:?}");
+    let took = p
+        .wait_for("http://web:8080/", "web", Duration::from_secs(45))
+        .unwrap();
+    assert!(
+        took >= Duration::from_secs(5),
+        "restored only by lease expiry, after {took:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     user.tp(&["quit", "-s"]).ok();

@@ -1,13 +1,16 @@
 //! The benchmark: the intercept path against the direct path in one run, on this Docker
-//! engine. Prints a table and a JSON document with the figures and the issue's targets.
+//! engine. Prints a table and a JSON document with the figures and the issues' targets.
 //!
-//! Measured: `connect` time with the image present; intercept → first routed request; latency
-//! of 1 KiB keep-alive requests (p50/p99) direct vs intercepted; throughput of a 256 MiB
-//! download direct vs intercepted.
+//! Intercept path (issue 2): `connect` time with the image present; intercept → first routed
+//! request; latency of 1 KiB keep-alive requests (p50/p99) direct vs intercepted; throughput of
+//! a 256 MiB download direct vs intercepted.
+//! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
+//! a 200 MiB file (and the rate), and change propagation workload → handler and back.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tp_tests::*;
@@ -20,7 +23,13 @@ struct Args {
     /// Download size in MiB.
     #[arg(long, default_value_t = 256)]
     mib: u64,
+    /// Skip the volume benchmark.
+    #[arg(long)]
+    no_volumes: bool,
 }
+
+/// One table row: metric, intercepted, direct, target, met.
+type Row = (String, String, String, &'static str, bool);
 
 fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
     let caller = p.container("caller")?;
@@ -41,12 +50,23 @@ fn f(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(f64::NAN)
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
-    anyhow::ensure!(
-        engine_available(),
-        "the benchmark needs a running Docker engine"
-    );
+fn intercept_args<'a>(p: &'a Project, app: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["intercept", "web", "-n", &p.name, "--port", "9090:8080"];
+    v.extend_from_slice(extra);
+    v.extend([
+        "--docker-run",
+        "--",
+        app,
+        "serve",
+        "--http",
+        "9090",
+        "--name",
+        "handler",
+    ]);
+    v
+}
+
+fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
     let (app, _) = images();
     let p = Project::up(&[("web", 8080)])?;
     let user = User::new();
@@ -76,22 +96,7 @@ fn main() -> Result<()> {
 
     let start = Instant::now();
     let mut child = user
-        .command(&[
-            "intercept",
-            "web",
-            "-n",
-            &p.name,
-            "--port",
-            "9090:8080",
-            "--docker-run",
-            "--",
-            app,
-            "serve",
-            "--http",
-            "9090",
-            "--name",
-            "handler",
-        ])
+        .command(&intercept_args(&p, app, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -111,43 +116,236 @@ fn main() -> Result<()> {
     let added_p50 = f(&icpt_lat, "p50_us") - f(&direct_lat, "p50_us");
     let added_p99 = f(&icpt_lat, "p99_us") - f(&direct_lat, "p99_us");
     let ratio = f(&icpt_dl, "gbit_per_s") / f(&direct_dl, "gbit_per_s");
-    let rows = [
+    let rows = vec![
         (
-            "connect (image present)",
+            "connect (image present)".into(),
             format!("{connect_s:.3} s"),
-            "-".to_string(),
+            "-".into(),
             "<= 1.5 s",
             connect_s <= 1.5,
         ),
         (
-            "intercept -> first routed request",
+            "intercept -> first routed request".into(),
             format!("{first_s:.3} s"),
             "-".into(),
             "<= 1 s",
             first_s <= 1.0,
         ),
         (
-            "1 KiB keep-alive p50",
+            "1 KiB keep-alive p50".into(),
             format!("{:.0} us", f(&icpt_lat, "p50_us")),
             format!("{:.0} us", f(&direct_lat, "p50_us")),
             "added <= 100 us",
             added_p50 <= 100.0,
         ),
         (
-            "1 KiB keep-alive p99",
+            "1 KiB keep-alive p99".into(),
             format!("{:.0} us", f(&icpt_lat, "p99_us")),
             format!("{:.0} us", f(&direct_lat, "p99_us")),
             "added <= 500 us",
             added_p99 <= 500.0,
         ),
         (
-            &*format!("{} MiB download", a.mib),
+            format!("{} MiB download", a.mib),
             format!("{:.2} Gbit/s", f(&icpt_dl, "gbit_per_s")),
             format!("{:.2} Gbit/s", f(&direct_dl, "gbit_per_s")),
             ">= 50% of direct",
             ratio >= 0.5,
         ),
     ];
+    let doc = json!({
+        "connect_s": connect_s,
+        "first_routed_request_s": first_s,
+        "latency_us": {"direct": direct_lat, "intercepted": icpt_lat, "added_p50": added_p50, "added_p99": added_p99},
+        "download": {"direct": direct_dl, "intercepted": icpt_dl, "ratio": ratio},
+    });
+    Ok((rows, doc))
+}
+
+/// Intercepts `web` of `p` with a handler and waits for the volumes; returns the sync
+/// container's seconds and bytes (from the CLI's "Remote volumes ready" line), and the child.
+fn mount(p: &Project, user: &User) -> Result<(f64, u64, std::process::Child)> {
+    let (app, _) = images();
+    let mut child = user
+        .command(&intercept_args(p, app, &["--docker-mount", "/remote"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        // "Remote volumes ready: N files, B bytes in S s"
+        if let Some(rest) = line.strip_prefix("Remote volumes ready: ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let bytes: u64 = words.get(2).and_then(|w| w.parse().ok()).unwrap_or(0);
+            let secs: f64 = words
+                .get(5)
+                .and_then(|w| w.trim_end_matches('s').parse().ok())
+                .unwrap_or(f64::NAN);
+            std::thread::spawn(move || lines.for_each(drop));
+            p.wait_for("http://web:8080/", "handler", Duration::from_secs(60))?;
+            return Ok((secs, bytes, child));
+        }
+    }
+    anyhow::bail!("the intercept ended without mounting volumes")
+}
+
+fn end(p: &Project, user: &User, mut child: std::process::Child) -> Result<()> {
+    docker(&["stop", "-t", "1", "intercept-web-9090"])?;
+    child.wait()?;
+    user.tp(&["quit", "-s"]).ok();
+    p.wait_for("http://web:8080/", "web", Duration::from_secs(30))?;
+    Ok(())
+}
+
+fn volume_project(files: usize, big: u64) -> Result<Project> {
+    let p = Project::up_with(
+        "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--name\", \"web\"]\n    expose: [\"8080\"]\n    volumes:\n      - data:/data\n",
+        "  data: {}\n",
+    )?;
+    let web = p.container("web")?;
+    let dir = std::env::temp_dir().join(format!("{}-tree", p.name));
+    std::fs::create_dir_all(dir.join("tree"))?;
+    make_tree(&dir.join("tree"), files, big)?;
+    docker(&[
+        "cp",
+        dir.join("tree").to_str().unwrap_or_default(),
+        &format!("{web}:/data/"),
+    ])?;
+    let _ = std::fs::remove_dir_all(&dir);
+    p.wait_for("http://web:8080/", "web", Duration::from_secs(30))?;
+    Ok(p)
+}
+
+fn volumes() -> Result<(Vec<Row>, Value)> {
+    // The 10,000-file tree.
+    let p = volume_project(10_000, 0)?;
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    let (tree_s, _, child) = mount(&p, &user)?;
+    // Change propagation, both ways (each includes a `docker cp`/`docker exec` round of ~0.1 s).
+    let web = p.container("web")?;
+    let tmp = std::env::temp_dir().join(format!("{}-chg", p.name));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("chg.txt"), "from the workload")?;
+    let start = Instant::now();
+    docker(&[
+        "cp",
+        tmp.join("chg.txt").to_str().unwrap_or_default(),
+        &format!("{web}:/data/chg.txt"),
+    ])?;
+    while p
+        .get("http://web:8080/file/remote/data/chg.txt")
+        .ok()
+        .as_deref()
+        != Some("from the workload")
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "no propagation to the handler"
+        );
+    }
+    let to_handler = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    p.put(
+        "http://web:8080/file/remote/data/back.txt",
+        "from the handler",
+    )?;
+    loop {
+        let ok = docker(&[
+            "cp",
+            &format!("{web}:/data/back.txt"),
+            tmp.to_str().unwrap_or_default(),
+        ])
+        .is_ok()
+            && std::fs::read_to_string(tmp.join("back.txt"))
+                .ok()
+                .as_deref()
+                == Some("from the handler");
+        if ok {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "no propagation to the workload"
+        );
+    }
+    let to_workload = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&tmp);
+    end(&p, &user, child)?;
+    drop(user);
+    drop(p);
+
+    // One 200 MiB file.
+    let p = volume_project(0, 200 * 1024 * 1024)?;
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    let (big_s, big_bytes, child) = mount(&p, &user)?;
+    end(&p, &user, child)?;
+    let mbps = big_bytes as f64 / 1e6 / big_s;
+
+    let rows = vec![
+        (
+            "volume ready: 10,000 files".into(),
+            format!("{tree_s:.3} s"),
+            "-".into(),
+            "<= 2 s",
+            tree_s <= 2.0,
+        ),
+        (
+            "volume ready: 200 MiB file".into(),
+            format!("{big_s:.3} s"),
+            "-".into(),
+            "<= 2 s",
+            big_s <= 2.0,
+        ),
+        (
+            "volume copy rate (200 MiB)".into(),
+            format!("{mbps:.0} MB/s"),
+            "-".into(),
+            ">= 200 MB/s",
+            mbps >= 200.0,
+        ),
+        (
+            "change workload -> handler".into(),
+            format!("{to_handler:.3} s"),
+            "-".into(),
+            "<= 2 s",
+            to_handler <= 2.0,
+        ),
+        (
+            "change handler -> workload".into(),
+            format!("{to_workload:.3} s"),
+            "-".into(),
+            "<= 2 s",
+            to_workload <= 2.0,
+        ),
+    ];
+    let doc = json!({
+        "tree_10k_files_s": tree_s,
+        "file_200mib_s": big_s,
+        "file_200mib_mb_per_s": mbps,
+        "propagation_s": {"workload_to_handler": to_handler, "handler_to_workload": to_workload},
+    });
+    Ok((rows, doc))
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    anyhow::ensure!(
+        engine_available(),
+        "the benchmark needs a running Docker engine"
+    );
+    let (mut rows, path) = intercept_path(&a)?;
+    let vols = if a.no_volumes {
+        Value::Null
+    } else {
+        let (r, v) = volumes()?;
+        rows.extend(r);
+        v
+    };
     println!(
         "{:<36} {:>14} {:>14}  {:<18} met",
         "metric", "intercepted", "direct", "target"
@@ -159,10 +357,8 @@ fn main() -> Result<()> {
         );
     }
     let doc = json!({
-        "connect_s": connect_s,
-        "first_routed_request_s": first_s,
-        "latency_us": {"direct": direct_lat, "intercepted": icpt_lat, "added_p50": added_p50, "added_p99": added_p99},
-        "download": {"direct": direct_dl, "intercepted": icpt_dl, "ratio": ratio},
+        "intercept_path": path,
+        "volumes": vols,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
