@@ -1,8 +1,9 @@
 //! Agent end of the volume sync (protocol in [`tp_rpc::fssync`]): the agent container sees the
 //! workload's mounts at their real paths; [`serve`] offers them to the client's sync container
 //! over one byte stream, sends a tar of each subscribed mount, then keeps both sides in sync
-//! until the stream closes. Changes the client sends for a read-only mount (read-only in the
-//! workload, or asked read-only by the client) are refused, never applied.
+//! until the stream closes. Only directories are offered (single-file bind mounts and missing
+//! paths are left out of `Hello`). Changes the client sends for a read-only mount (read-only in
+//! the workload, or asked read-only by the client) are refused, never applied.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -93,9 +94,25 @@ async fn initial<R: AsyncRead + Unpin>(
     mounts: &[Mount],
     opts: &ServeOptions,
 ) -> Result<Vec<LiveMount>, FsSyncError> {
+    // Only directories are offered (a single-file bind mount cannot be mirrored as a volume).
+    let offered: Vec<Mount> = mounts
+        .iter()
+        .filter(|m| match std::fs::metadata(&m.path) {
+            Ok(md) if md.is_dir() => true,
+            Ok(_) => {
+                warn!("volume sync: {} is not a directory; not offered", m.path);
+                false
+            }
+            Err(e) => {
+                warn!("volume sync: {}: {e}; not offered", m.path);
+                false
+            }
+        })
+        .cloned()
+        .collect();
     out.send(Frame::Msg(Msg::Hello {
         proto: PROTO_VERSION,
-        mounts: mounts.to_vec(),
+        mounts: offered.clone(),
     }))
     .await
     .map_err(|_| closed())?;
@@ -121,7 +138,7 @@ async fn initial<R: AsyncRead + Unpin>(
     };
     let mut live = Vec::with_capacity(wanted.len());
     for (i, w) in wanted.iter().enumerate() {
-        let Some(ours) = mounts.iter().find(|m| m.path == w.path) else {
+        let Some(ours) = offered.iter().find(|m| m.path == w.path) else {
             return Err(FsSyncError::Protocol(format!(
                 "mount {:?} is not served here",
                 w.path

@@ -31,9 +31,10 @@
 //! Each side polls its trees every [`POLL_INTERVAL`], comparing (type, size, mtime, ctime,
 //! inode, mode, owner) per path with the state recorded at the last sync. A regular file is
 //! only sent once it looked the same in two consecutive polls, so a file being written is not
-//! sent over and over. Applied changes update the recorded state (no echo); files are written to
-//! a temporary name in the same directory and renamed into place, so readers never see half a
-//! file.
+//! sent over and over (a file under [`SMALL_FILE`] that keeps changing, like a log, still goes
+//! out every [`MAX_DEFER`]). Applied changes update the recorded state (no echo); files are
+//! written to a temporary name in the same directory and renamed into place, so readers never
+//! see half a file. Renames travel as delete + create.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -2253,6 +2254,28 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(sent && t.elapsed() >= MAX_DEFER, "{:?}", t.elapsed());
+        // A large file that keeps changing waits until it settles, however long that takes.
+        let big = vec![7u8; SMALL_FILE as usize];
+        let t = std::time::Instant::now();
+        for n in 0.. {
+            let mut body = big.clone();
+            body.extend(std::iter::repeat_n(1u8, n));
+            std::fs::write(p.join("new/big"), body).unwrap();
+            let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+            assert!(
+                plan.iter().all(|x| x.path != "new/big"),
+                "sent while changing"
+            );
+            if t.elapsed() > MAX_DEFER * 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+        assert!(
+            plan.iter().any(|x| x.path == "new/big"),
+            "sent once settled"
+        );
 
         // Deletions: children before parents, before creations.
         std::fs::remove_dir_all(p.join("old")).unwrap();
