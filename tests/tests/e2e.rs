@@ -490,3 +490,57 @@ fn dead_client_lease_expires_and_restores_the_path() {
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
 }
+
+/// Garbage on every socket we publish (daemon gRPC, manager gRPC and tunnel) is refused
+/// without harm: the connection keeps working and an intercept still routes.
+#[test]
+fn garbage_on_sockets_is_harmless() {
+    if !engine_available() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    let name = format!("docker-{}-cn", p.name);
+    let port_of = |c: &str, port: &str| {
+        let s = docker(&["port", c, port]).unwrap();
+        s.lines().next().unwrap().to_string()
+    };
+    let targets = [
+        port_of(&format!("tp-{name}"), "7777/tcp"),
+        port_of(&format!("tp-traffic-manager-{}", p.name), "8081/tcp"),
+        port_of(&format!("tp-traffic-manager-{}", p.name), "8082/tcp"),
+    ];
+    let junk: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"TPT1\x01\xff\xff".to_vec(),
+        b"TPT1\x09\x00\x02{}".to_vec(),
+        b"TPT1\x02\x00\x05{bad".to_vec(),
+        (0..4096u32).map(|i| (i * 31 % 256) as u8).collect(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00garbage".to_vec(),
+    ];
+    for addr in &targets {
+        for j in &junk {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(j);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink); // the peer closes (or answers an error) in time
+        }
+    }
+    let st = user.tp(&["status"]).ok();
+    assert!(
+        st.stdout.contains("Traffic Manager: Connected"),
+        "{}",
+        st.stdout
+    );
+    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
+    wait_exit(&mut child, T);
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
