@@ -136,6 +136,12 @@ pub async fn fs_sync() -> Result<()> {
     };
     let sync = tokio::spawn(tp_daemon::fs::sync(stream, mounts, ready_tx, shutdown));
     if let Ok(st) = ready_rx.await {
+        if !st.unavailable.is_empty() {
+            eprintln!(
+                "not mirrored (not a directory on the workload side): {}",
+                st.unavailable.join(", ")
+            );
+        }
         println!(
             "{} {} files, {} bytes in {:.3}s",
             crate::mounts::READY_LINE,
