@@ -159,6 +159,30 @@ impl User {
         c
     }
 
+    /// `telepresence intercept <workload> -n <ns> --port <local>:<remote> <flags…> --docker-run --
+    /// <run…> <test app> serve --http <local> --name <name>`: a handler of our test app that
+    /// answers `GET /` with `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn intercept_cmd(
+        &self,
+        p: &Project,
+        workload: &str,
+        local: u16,
+        remote: u16,
+        flags: &[&str],
+        run: &[&str],
+        name: &str,
+    ) -> Command {
+        let (app, _) = images();
+        let (port, local) = (format!("{local}:{remote}"), local.to_string());
+        let mut args = vec!["intercept", workload, "-n", &p.name, "--port", &port];
+        args.extend_from_slice(flags);
+        args.extend(["--docker-run", "--"]);
+        args.extend_from_slice(run);
+        args.extend([app.as_str(), "serve", "--http", &local, "--name", name]);
+        self.command(&args)
+    }
+
     /// Runs `telepresence <args>` to completion.
     pub fn tp(&self, args: &[&str]) -> Run {
         Run::from_output(self.command(args).output().expect("run telepresence"))

@@ -33,27 +33,11 @@ fn intercept_with_handler(
     remote: u16,
     name: &str,
 ) -> Child {
-    let (app, _) = images();
-    user.command(&[
-        "intercept",
-        workload,
-        "-n",
-        &p.name,
-        "--port",
-        &format!("{local}:{remote}"),
-        "--docker-run",
-        "--",
-        app,
-        "serve",
-        "--http",
-        &local.to_string(),
-        "--name",
-        name,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn intercept")
+    user.intercept_cmd(p, workload, local, remote, &[], &[], name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn intercept")
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {

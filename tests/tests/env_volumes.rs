@@ -63,20 +63,12 @@ fn project() -> Project {
 }
 
 fn handler(user: &User, p: &Project, extra: &[&str]) -> Child {
-    let (app, _) = images();
-    let mut args = vec!["intercept", "web", "-n", &p.name, "--port", "9090:8080"];
-    args.extend_from_slice(extra);
-    args.extend([
-        "--docker-run",
-        "--",
-        app,
-        "serve",
-        "--http",
-        "9090",
-        "--name",
-        "handler",
-    ]);
-    user.command(&args)
+    handler_with(user, p, extra, &[])
+}
+
+/// `extra` are intercept flags, `run` are the user's own `docker run` flags.
+fn handler_with(user: &User, p: &Project, extra: &[&str], run: &[&str]) -> Child {
+    user.intercept_cmd(p, "web", 9090, 8080, extra, run, "handler")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -271,7 +263,7 @@ fn env_json_and_docker_mount_root() {
     user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
         .ok();
     let json = user.home.join("env.json");
-    let child = handler(
+    let child = handler_with(
         &user,
         &p,
         &[
@@ -280,8 +272,14 @@ fn env_json_and_docker_mount_root() {
             "--docker-mount",
             "/remote",
         ],
+        &["-e", "GREETING=the handler's own"],
     );
     p.wait_for("http://web:8080/", "handler", T).unwrap();
+    // The user's own `docker run -e` wins over the intercepted value.
+    assert_eq!(
+        p.get("http://web:8080/env/GREETING").unwrap(),
+        "the handler's own"
+    );
     assert_eq!(
         p.get("http://web:8080/env/TELEPRESENCE_ROOT").unwrap(),
         "/remote"

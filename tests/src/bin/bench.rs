@@ -50,24 +50,7 @@ fn f(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(f64::NAN)
 }
 
-fn intercept_args<'a>(p: &'a Project, app: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["intercept", "web", "-n", &p.name, "--port", "9090:8080"];
-    v.extend_from_slice(extra);
-    v.extend([
-        "--docker-run",
-        "--",
-        app,
-        "serve",
-        "--http",
-        "9090",
-        "--name",
-        "handler",
-    ]);
-    v
-}
-
 fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
-    let (app, _) = images();
     let p = Project::up(&[("web", 8080)])?;
     let user = User::new();
     let t = Duration::from_secs(30);
@@ -96,7 +79,7 @@ fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
 
     let start = Instant::now();
     let mut child = user
-        .command(&intercept_args(&p, app, &[]))
+        .intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -165,9 +148,16 @@ fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
 /// Intercepts `web` of `p` with a handler and waits for the volumes; returns the sync
 /// container's seconds and bytes (from the CLI's "Remote volumes ready" line), and the child.
 fn mount(p: &Project, user: &User) -> Result<(f64, u64, std::process::Child)> {
-    let (app, _) = images();
     let mut child = user
-        .command(&intercept_args(p, app, &["--docker-mount", "/remote"]))
+        .intercept_cmd(
+            p,
+            "web",
+            9090,
+            8080,
+            &["--docker-mount", "/remote"],
+            &[],
+            "handler",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -56,22 +56,7 @@ fn main() -> anyhow::Result<()> {
         p.name
     ));
     let mut child = user
-        .command(&[
-            "intercept",
-            "web",
-            "-n",
-            &p.name,
-            "--port",
-            "9090:8080",
-            "--docker-run",
-            "--",
-            app,
-            "serve",
-            "--http",
-            "9090",
-            "--name",
-            "handler-on-laptop",
-        ])
+        .intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler-on-laptop")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()?;
