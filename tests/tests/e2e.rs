@@ -528,3 +528,39 @@ fn garbage_on_sockets_is_harmless() {
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
 }
+
+#[test]
+fn uninstall_removes_the_agent_and_its_redirect() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
+        .ok();
+    user.tp(&["leave", "web"]).ok();
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent already installed)"
+    );
+    assert!(p.has_agent_table("web").unwrap());
+    let r = user.tp(&["uninstall", "--agent", "nope"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("workload \"nope\" not found"), "{r:?}");
+    user.tp(&["uninstall", "--agent", "web"]).ok();
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)"
+    );
+    assert!(
+        !p.has_agent_table("web").unwrap(),
+        "the redirect goes with the agent"
+    );
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
