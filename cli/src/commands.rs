@@ -311,6 +311,17 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
         tp_manager::docker::sweep_agents(&docker, None).await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;
+        // Images of earlier builds of this binary are never used again.
+        if let Ok(exe) = std::env::current_exe() {
+            if let Ok(current) = crate::image::image_tag(crate::connect::IMAGE_REPO, &exe) {
+                let _ = crate::image::remove_images(
+                    &docker,
+                    crate::connect::IMAGE_REPO,
+                    Some(&current),
+                )
+                .await;
+            }
+        }
         return Ok(CmdOutput::text(if all.is_empty() {
             "Not connected\n"
         } else {
