@@ -70,6 +70,11 @@ impl State {
         let _ = gen_tx.send(self.generation);
     }
 
+    /// The intercept with this id.
+    pub fn intercept_by_id(&self, id: &str) -> Option<&InterceptInfo> {
+        self.intercepts.values().find(|i| i.id == id)
+    }
+
     /// The intercepts a client owns.
     pub fn client_intercepts(&self, session: &str) -> Vec<InterceptInfo> {
         let mut v: Vec<_> = self

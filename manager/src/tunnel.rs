@@ -1,5 +1,6 @@
-//! The manager's tunnel listener: reads each connection's header, parks agent-side connections
-//! until the owning client dials in with the same connection id, then splices the two.
+//! The manager's tunnel listener: reads each connection's header, parks the originating side
+//! (an agent's intercepted connection, or a client's file-sync stream), asks the other side to
+//! dial in with the same connection id over its `WatchDials` stream, then splices the two.
 
 use crate::Manager;
 use std::time::Duration;
@@ -61,9 +62,7 @@ async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(
     let (tx, req) = {
         let st = mgr.inner.state.lock().await;
         let ic = st
-            .intercepts
-            .values()
-            .find(|i| i.id == h.intercept_id)
+            .intercept_by_id(&h.intercept_id)
             .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
         let client = st
             .clients
@@ -91,9 +90,7 @@ async fn from_client(mgr: Manager, client: TcpStream, h: TunnelHeader) -> Result
     let (tx, req) = {
         let st = mgr.inner.state.lock().await;
         let ic = st
-            .intercepts
-            .values()
-            .find(|i| i.id == h.intercept_id)
+            .intercept_by_id(&h.intercept_id)
             .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
         let spec = ic.spec.as_ref().expect("spec");
         let tx = st
