@@ -564,3 +564,113 @@ fn uninstall_removes_the_agent_and_its_redirect() {
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
 }
+
+/// A keep-alive HTTP/1.1 connection from this process, for in-flight checks.
+struct KeepAlive(std::net::TcpStream);
+
+impl KeepAlive {
+    fn open(addr: &str) -> KeepAlive {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive(s)
+    }
+
+    /// `GET /` on this connection; the body.
+    fn get(&mut self) -> String {
+        use std::io::{Read, Write};
+        self.0
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(self.0.read(&mut byte).unwrap(), 1, "connection closed");
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        String::from_utf8_lossy(&body).trim().to_string()
+    }
+}
+
+/// Connections in flight when an intercept starts keep reaching the app; connections made
+/// during the intercept keep reaching the handler after it ends; only new ones switch.
+#[test]
+fn in_flight_connections_are_not_cut() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    let web = p.container("web").unwrap();
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &web,
+    ])
+    .unwrap();
+    let addr = format!("{ip}:8080");
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    // The agent is installed by a first intercept; the redirect only affects new connections.
+    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
+        .ok();
+    user.tp(&["leave", "web"]).ok();
+    let mut before = KeepAlive::open(&addr);
+    assert_eq!(before.get(), "web");
+
+    // Intercept with a handler of our own in the daemon's network namespace.
+    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
+        .ok();
+    let (app, _) = images();
+    let handler = format!("{}-handler", p.name);
+    docker(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        &handler,
+        "--label",
+        "telepresence.io/role=test-handler",
+        "--network",
+        &format!("container:tp-docker-{}-cn", p.name),
+        app,
+        "serve",
+        "--http",
+        "9090",
+        "--name",
+        "handler",
+    ])
+    .unwrap();
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    assert_eq!(
+        before.get(),
+        "web",
+        "a connection from before the intercept still reaches the app"
+    );
+    let mut during = KeepAlive::open(&addr);
+    assert_eq!(during.get(), "handler");
+
+    user.tp(&["leave", "web"]).ok();
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    assert_eq!(
+        during.get(),
+        "handler",
+        "a connection from during the intercept is not cut by leave"
+    );
+    assert_eq!(before.get(), "web");
+    assert_eq!(KeepAlive::open(&addr).get(), "web");
+    drop((before, during));
+    docker(&["rm", "-f", &handler]).unwrap();
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
