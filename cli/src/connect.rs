@@ -118,8 +118,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
     .await?;
     eprintln!("Launching Telepresence Daemon");
-    let gateway = engine::bridge_gateway(&docker).await?;
-    let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image, &gateway).await?;
+    let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image).await?;
 
     let result = start_daemon(
         &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel,
@@ -171,13 +170,19 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Starts (or reuses) the namespace's traffic-manager container; returns the gRPC and tunnel
-/// addresses as the daemon reaches them (the bridge gateway and the published ports).
+/// addresses as the daemon reaches them.
+///
+/// The manager joins the project network (where agents reach it) and the default bridge
+/// network, where daemons reach it — like a cluster's API endpoint, and never the project
+/// network itself, so every byte a daemon exchanges with the namespace goes through the
+/// manager. (Ports published on the host would work too, but on engines without hairpin NAT
+/// they go through `docker-proxy`, one more user-space relay per connection: measured
+/// +60–80 µs p50 per request and lower throughput.)
 async fn ensure_manager(
     docker: &Docker,
     namespace: &str,
     network: &str,
     image: &str,
-    gateway: &str,
 ) -> Result<(String, String)> {
     let name = manager_container(namespace);
     let current_image = docker
@@ -195,15 +200,6 @@ async fn ensure_manager(
         if current_image.is_some() {
             engine::remove_container(docker, &name, 5).await?;
         }
-        let bind = |p: u16| {
-            (
-                format!("{p}/tcp"),
-                Some(vec![PortBinding {
-                    host_ip: Some(gateway.to_string()),
-                    host_port: Some(String::new()),
-                }]),
-            )
-        };
         let socket = docker_socket_path();
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
@@ -222,17 +218,9 @@ async fn ensure_manager(
                 ),
             ]),
             labels: Some(labels("traffic-manager", &[(NAMESPACE_LABEL, namespace)])),
-            exposed_ports: Some(vec![
-                format!("{MANAGER_GRPC_PORT}/tcp"),
-                format!("{MANAGER_TUNNEL_PORT}/tcp"),
-            ]),
             host_config: Some(HostConfig {
                 network_mode: Some(network.to_string()),
                 binds: Some(vec![format!("{socket}:/var/run/docker.sock")]),
-                port_bindings: Some(HashMap::from([
-                    bind(MANAGER_GRPC_PORT),
-                    bind(MANAGER_TUNNEL_PORT),
-                ])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -247,23 +235,61 @@ async fn ensure_manager(
             )
             .await
             .with_context(|| format!("creating the traffic-manager container {name}"))?;
-        if let Err(e) = docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-        {
+        let bridge = if network == "bridge" {
+            Ok(())
+        } else {
+            docker
+                .connect_network(
+                    "bridge",
+                    bollard::models::NetworkConnectRequest {
+                        container: name.clone(),
+                        endpoint_config: None,
+                    },
+                )
+                .await
+        };
+        if let Err(e) = match bridge {
+            Ok(()) => {
+                docker
+                    .start_container(
+                        &name,
+                        None::<bollard::query_parameters::StartContainerOptions>,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        } {
             let _ = engine::remove_container(docker, &name, 0).await;
             return Err(
                 anyhow!(e).context(format!("starting the traffic-manager container {name}"))
             );
         }
     }
-    let (_, g) = engine::published_port(docker, &name, &format!("{MANAGER_GRPC_PORT}/tcp")).await?;
-    let (_, t) =
-        engine::published_port(docker, &name, &format!("{MANAGER_TUNNEL_PORT}/tcp")).await?;
-    Ok((format!("{gateway}:{g}"), format!("{gateway}:{t}")))
+    let ip = bridge_ip(docker, &name).await?;
+    Ok((
+        format!("{ip}:{MANAGER_GRPC_PORT}"),
+        format!("{ip}:{MANAGER_TUNNEL_PORT}"),
+    ))
+}
+
+/// A container's address on the default bridge network.
+async fn bridge_ip(docker: &Docker, container: &str) -> Result<String> {
+    docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove("bridge"))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| {
+            anyhow!(
+                "the traffic-manager container {container} has no address on the bridge network"
+            )
+        })
 }
 
 /// Path of the engine's unix socket on the host, for bind-mounting into the manager.

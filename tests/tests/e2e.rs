@@ -492,10 +492,19 @@ fn garbage_on_sockets_is_harmless() {
         let s = docker(&["port", c, port]).unwrap();
         s.lines().next().unwrap().to_string()
     };
+    // The manager is reached on the bridge network, as daemons reach it.
+    let manager = format!("tp-traffic-manager-{}", p.name);
+    let manager_ip = docker(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+        &manager,
+    ])
+    .unwrap();
     let targets = [
         port_of(&format!("tp-{name}"), "7777/tcp"),
-        port_of(&format!("tp-traffic-manager-{}", p.name), "8081/tcp"),
-        port_of(&format!("tp-traffic-manager-{}", p.name), "8082/tcp"),
+        format!("{manager_ip}:8081"),
+        format!("{manager_ip}:8082"),
     ];
     let junk: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
