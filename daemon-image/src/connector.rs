@@ -75,17 +75,6 @@ impl Connector for ConnectorService {
         if spec.target_host.is_empty() {
             spec.target_host = "127.0.0.1".into();
         }
-        if let Some(other) = self.session.intercepts.borrow().iter().find(|i| {
-            i.spec.as_ref().is_some_and(|s| {
-                s.target_port == spec.target_port && s.target_host == spec.target_host
-            })
-        }) {
-            return Err(Status::already_exists(format!(
-                "local port {} is already used by intercept \"{}\"; choose another --port",
-                spec.target_port,
-                other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
-            )));
-        }
         let info = self
             .session
             .client
@@ -97,6 +86,12 @@ impl Connector for ConnectorService {
             .await?;
         let created = info.get_ref().spec.clone().unwrap_or(spec);
         self.session.specs.lock().unwrap().push(created);
+        // Our own view is current at once, not only when the watch stream catches up.
+        let added = info.get_ref().clone();
+        self.session.intercepts.send_modify(|v| {
+            v.retain(|i| i.id != added.id);
+            v.push(added);
+        });
         Ok(info)
     }
 
@@ -110,14 +105,21 @@ impl Connector for ConnectorService {
             .lock()
             .unwrap()
             .retain(|s| s.name != name);
-        self.session
+        let r = self
+            .session
             .client
             .clone()
             .remove_intercept(RemoveInterceptRequest {
                 session: Some(self.session.session()),
-                name,
+                name: name.clone(),
             })
-            .await
+            .await?;
+        // Our own view is current at once (a new intercept may reuse the port right away),
+        // not only when the watch stream catches up.
+        self.session
+            .intercepts
+            .send_modify(|v| v.retain(|i| i.spec.as_ref().is_none_or(|s| s.name != name)));
+        Ok(r)
     }
 
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {

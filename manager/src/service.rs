@@ -325,6 +325,19 @@ impl ManagerApi for Manager {
             resolve_port(&w, &spec.port_identifier).map_err(Status::invalid_argument)?;
         let info = {
             let mut st = self.inner.state.lock().await;
+            // One client delivers each intercept to its own local address.
+            if let Some(other) = st.intercepts.values().find(|i| {
+                i.client_session == session
+                    && i.spec.as_ref().is_some_and(|s| {
+                        s.target_port == spec.target_port && s.target_host == spec.target_host
+                    })
+            }) {
+                return Err(Status::already_exists(format!(
+                    "local port {} is already used by intercept \"{}\"; choose another --port",
+                    spec.target_port,
+                    other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
+                )));
+            }
             if let Some(other) = st.intercepts.get(&spec.name) {
                 return Err(Status::already_exists(format!(
                     "intercept named \"{}\" already exists (by {}); leave it first or choose another name",

@@ -359,6 +359,21 @@ fn bad_input_fails_cleanly() {
         "9091:8080",
     ]);
     assert!(err_line(&r).contains("already intercepted"), "{r:?}");
+    // The local port is this client's too: a second intercept can't deliver to it.
+    let r = user.tp(&[
+        "intercept",
+        "web3",
+        "-w",
+        "web",
+        "-n",
+        &p.name,
+        "--port",
+        "9090:8080",
+    ]);
+    assert!(
+        err_line(&r).contains("local port 9090 is already used by intercept \"web\""),
+        "{r:?}"
+    );
     let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9092:8080"]);
     assert!(err_line(&r).contains("already exists"), "{r:?}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
