@@ -65,18 +65,7 @@ where
             };
             run_live(r, out, writer, live, live_opts, std::future::pending()).await
         }
-        Err(e) => {
-            if !matches!(e, FsSyncError::Remote(_)) {
-                let _ = out
-                    .send(Frame::Msg(Msg::Error {
-                        message: e.to_string(),
-                    }))
-                    .await;
-            }
-            drop(out);
-            let _ = writer.await;
-            Err(e)
-        }
+        Err(e) => Err(fssync::fail(out, writer, e).await),
     }
 }
 

@@ -277,7 +277,7 @@ async fn run_with_handler(
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
         let image = docker_image_of(docker, &d.container).await?;
-        let (_, summary) = mounts::start(
+        let summary = mounts::start(
             docker,
             &d.container,
             &d.name,

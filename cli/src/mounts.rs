@@ -101,7 +101,7 @@ fn labels(connection: &str, intercept: &str, role: &str) -> HashMap<String, Stri
 }
 
 /// Creates the volumes and the sync container, and waits until the initial copy is complete;
-/// returns the sync container's name and its summary ("N files, B bytes in S s").
+/// returns the sync container's summary ("N files, B bytes in S s").
 /// On failure everything created is removed again.
 pub async fn start(
     docker: &Docker,
@@ -111,89 +111,69 @@ pub async fn start(
     intercept_id: &str,
     image: &str,
     mounts: &[HandlerMount],
-) -> Result<(String, String)> {
+) -> Result<String> {
     let name = format!("tp-fs-{connection}-{intercept}");
-    let r = start_inner(
-        docker,
-        daemon_container,
-        connection,
-        intercept,
-        intercept_id,
-        image,
-        mounts,
-        &name,
-    )
+    let name = name.as_str();
+    let r: Result<String> = async {
+        let tunnel = daemon_env(docker, daemon_container, "TP_TUNNEL_ADDR").await?;
+        for m in mounts {
+            docker
+                .create_volume(bollard::models::VolumeCreateRequest {
+                    name: Some(m.volume.clone()),
+                    labels: Some(labels(connection, intercept, "volume")),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating volume {}", m.volume))?;
+        }
+        let spec: Vec<serde_json::Value> = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| serde_json::json!({"remote": m.remote, "local": format!("/telfs/{i}"), "read_only": m.read_only}))
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["fs-sync".into()]),
+            env: Some(vec![
+                format!("TP_TUNNEL_ADDR={tunnel}"),
+                format!("TP_INTERCEPT_ID={intercept_id}"),
+                format!("TP_MOUNTS={}", serde_json::Value::Array(spec)),
+            ]),
+            labels: Some(labels(connection, intercept, ROLE_FS_SYNC)),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{daemon_container}")),
+                binds: Some(
+                    mounts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| format!("{}:/telfs/{i}", m.volume))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("creating the volume sync container {name}"))?;
+        docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("starting the volume sync container {name}"))?;
+        wait_ready(docker, name).await
+    }
     .await;
     if r.is_err() {
         let _ = remove(docker, connection, Some(intercept)).await;
     }
-    r.map(|summary| (name, summary))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn start_inner(
-    docker: &Docker,
-    daemon_container: &str,
-    connection: &str,
-    intercept: &str,
-    intercept_id: &str,
-    image: &str,
-    mounts: &[HandlerMount],
-    name: &str,
-) -> Result<String> {
-    let tunnel = daemon_env(docker, daemon_container, "TP_TUNNEL_ADDR").await?;
-    for m in mounts {
-        docker
-            .create_volume(bollard::models::VolumeCreateRequest {
-                name: Some(m.volume.clone()),
-                labels: Some(labels(connection, intercept, "volume")),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating volume {}", m.volume))?;
-    }
-    let spec: Vec<serde_json::Value> = mounts
-        .iter()
-        .enumerate()
-        .map(|(i, m)| serde_json::json!({"remote": m.remote, "local": format!("/telfs/{i}"), "read_only": m.read_only}))
-        .collect();
-    let body = ContainerCreateBody {
-        image: Some(image.to_string()),
-        cmd: Some(vec!["fs-sync".into()]),
-        env: Some(vec![
-            format!("TP_TUNNEL_ADDR={tunnel}"),
-            format!("TP_INTERCEPT_ID={intercept_id}"),
-            format!("TP_MOUNTS={}", serde_json::Value::Array(spec)),
-        ]),
-        labels: Some(labels(connection, intercept, ROLE_FS_SYNC)),
-        host_config: Some(HostConfig {
-            network_mode: Some(format!("container:{daemon_container}")),
-            binds: Some(
-                mounts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| format!("{}:/telfs/{i}", m.volume))
-                    .collect(),
-            ),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.to_string()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .with_context(|| format!("creating the volume sync container {name}"))?;
-    docker
-        .start_container(name, None::<StartContainerOptions>)
-        .await
-        .with_context(|| format!("starting the volume sync container {name}"))?;
-    wait_ready(docker, name).await
+    r
 }
 
 /// Follows the sync container's log until it says the copy is complete; returns the rest of

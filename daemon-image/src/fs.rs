@@ -115,18 +115,7 @@ where
             let _ = writer.await;
             return Ok(());
         }
-        Some(Err(e)) => {
-            if !matches!(e, FsSyncError::Remote(_)) {
-                let _ = out
-                    .send(Frame::Msg(Msg::Error {
-                        message: e.to_string(),
-                    }))
-                    .await;
-            }
-            drop(out);
-            let _ = writer.await;
-            return Err(e);
-        }
+        Some(Err(e)) => return Err(fssync::fail(out, writer, e).await),
         Some(Ok(x)) => x,
     };
     stats.elapsed = started.elapsed();

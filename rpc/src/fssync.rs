@@ -300,6 +300,26 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> io::Res
 /// Frames queued for the stream's writer task.
 pub type Outbox = mpsc::Sender<Frame>;
 
+/// The frame that tells the peer why this side stops; none when the peer reported the error.
+pub fn error_frame(e: &FsSyncError) -> Option<Frame> {
+    (!matches!(e, FsSyncError::Remote(_))).then(|| {
+        Frame::Msg(Msg::Error {
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Ends a stream after a failure: tells the peer why, lets the writer flush and half-close,
+/// and hands the error back.
+pub async fn fail(out: Outbox, writer: JoinHandle<io::Result<()>>, e: FsSyncError) -> FsSyncError {
+    if let Some(f) = error_frame(&e) {
+        let _ = out.send(f).await;
+    }
+    drop(out);
+    let _ = writer.await;
+    e
+}
+
 /// Starts the task that owns the write half: it writes queued frames, flushes whenever the
 /// queue runs dry, and half-closes the stream once every [`Outbox`] clone is dropped.
 pub fn spawn_writer<W>(w: W) -> (Outbox, JoinHandle<io::Result<()>>)
@@ -1566,12 +1586,8 @@ fn send_file(cfg: &MountCfg, p: &Planned, i: usize, out: &Outbox, sh: &Shared) -
 
 fn apply_loop(sh: &Shared, out: &Outbox, mut rx: mpsc::Receiver<Frame>) -> Result<(), FsSyncError> {
     let r = apply_frames(sh, out, &mut rx);
-    if let Err(e) = &r {
-        if !matches!(e, FsSyncError::Remote(_)) {
-            let _ = out.blocking_send(Frame::Msg(Msg::Error {
-                message: e.to_string(),
-            }));
-        }
+    if let Some(f) = r.as_ref().err().and_then(error_frame) {
+        let _ = out.blocking_send(f);
     }
     r
 }
