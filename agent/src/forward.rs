@@ -1,7 +1,8 @@
 //! The data path: one accept loop per captured port. Each accepted connection is routed once, at
 //! accept time, from the current snapshot — to the manager's tunnel when an ACTIVE intercept
 //! covers its port, otherwise to the application — and then spliced until both sides close.
-//! A snapshot change only affects later connections; nothing in flight is ever cut.
+//! A snapshot change only affects later connections; nothing in flight is ever cut. Ports with
+//! personal intercepts are handed to [`crate::http_route`], which routes each HTTP request.
 
 use crate::routes::{Route, Routes};
 use std::net::SocketAddr;
@@ -56,6 +57,15 @@ pub(crate) async fn accept_loop(
         let route = routes.borrow().route(service_port);
         shared.active.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(shared.clone());
+        if route == Route::Http {
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                let shared = guard.0.clone();
+                crate::http_route::serve(conn, peer, service_port, app, routes, shared).await;
+                drop(guard);
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let shared = &guard.0;
             serve(conn, peer, service_port, app, route, shared).await;
@@ -109,7 +119,7 @@ async fn serve(
 }
 
 /// Dials the manager's tunnel and sends the agent-side header.
-async fn open_tunnel(
+pub(crate) async fn open_tunnel(
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,

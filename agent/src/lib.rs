@@ -10,11 +10,14 @@
 //!
 //! Modules: [`config`] (environment), [`nft`] (pure-Rust nf_tables over netlink), [`routes`]
 //! (the per-connection routing decision), `session` (manager session and intercept watch),
-//! `forward` (accept loops and splicing).
+//! `forward` (accept loops and splicing), `http_route` and [`http_sniff`] (per-request routing
+//! of ports with personal intercepts).
 
 pub mod config;
 mod forward;
 pub mod fs;
+mod http_route;
+pub mod http_sniff;
 mod netlink;
 pub mod nft;
 pub mod routes;
@@ -361,3 +364,7 @@ async fn resolve_app(host: &str, port: u16) -> Result<SocketAddr, AgentError> {
 #[cfg(test)]
 #[path = "agent_tests.rs"]
 mod agent_tests;
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod http_tests;

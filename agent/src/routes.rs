@@ -1,11 +1,15 @@
 //! The routing decision: which captured service ports are currently intercepted, built from the
-//! manager's latest intercept snapshot and read once per accepted connection.
+//! manager's latest intercept snapshot. A port with a global intercept is routed once per
+//! accepted connection; a port with personal intercepts (HTTP filters) is routed once per
+//! request ([`Routes::route_request`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tp_rpc::filters::HttpFilter;
 use tp_rpc::manager::InterceptSnapshot;
+use tracing::warn;
 
-/// Where one accepted connection goes.
+/// Where one accepted connection (or one HTTP request) goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// To the original application.
@@ -18,14 +22,26 @@ pub enum Route {
         /// The tunnel listener, resolved when the snapshot arrived (`None`: resolve at dial).
         tunnel: Option<SocketAddr>,
     },
+    /// The port has personal intercepts: terminate HTTP and route each request.
+    Http,
+}
+
+/// A personal intercept: its id and which requests it wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Personal {
+    pub id: Arc<str>,
+    pub filter: HttpFilter,
 }
 
 /// The active intercepts of this agent's workload, by service port.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routes {
     session_id: Arc<str>,
-    /// (service port, intercept id); few entries, so a linear scan beats hashing.
+    /// (service port, intercept id) of global intercepts; few entries, so a linear scan beats
+    /// hashing.
     active: Vec<(u16, Arc<str>)>,
+    /// (service port, personal intercepts, most specific first).
+    personal: Vec<(u16, Vec<Personal>)>,
     tunnel: Option<SocketAddr>,
 }
 
@@ -36,7 +52,8 @@ impl Routes {
     }
 
     /// Keeps the intercepts of `snapshot` that are ACTIVE and belong to `namespace/workload`.
-    /// If two active intercepts claim one port (the manager should prevent that) the first wins.
+    /// If two global intercepts claim one port (the manager should prevent that) the first
+    /// wins; a global intercept hides personal ones on its port.
     pub fn from_snapshot(
         snapshot: &InterceptSnapshot,
         namespace: &str,
@@ -44,6 +61,7 @@ impl Routes {
         session_id: &str,
     ) -> Routes {
         let mut active: Vec<(u16, Arc<str>)> = Vec::new();
+        let mut personal: Vec<(u16, Vec<Personal>)> = Vec::new();
         for ic in &snapshot.intercepts {
             let Some(spec) = &ic.spec else { continue };
             let Ok(port) = u16::try_from(ic.service_port) else {
@@ -58,11 +76,34 @@ impl Routes {
             {
                 continue;
             }
-            active.push((port, Arc::from(ic.id.as_str())));
+            match HttpFilter::from_spec(spec) {
+                Ok(None) => active.push((port, Arc::from(ic.id.as_str()))),
+                Ok(Some(filter)) => {
+                    let p = Personal {
+                        id: Arc::from(ic.id.as_str()),
+                        filter,
+                    };
+                    match personal.iter_mut().find(|(pp, _)| *pp == port) {
+                        Some((_, v)) => v.push(p),
+                        None => personal.push((port, vec![p])),
+                    }
+                }
+                Err(e) => warn!("intercept {}: ignoring its filter: {e}", ic.id),
+            }
+        }
+        personal.retain(|(port, _)| !active.iter().any(|(p, _)| p == port));
+        for (_, v) in &mut personal {
+            v.sort_by(|a, b| {
+                b.filter
+                    .conditions()
+                    .cmp(&a.filter.conditions())
+                    .then_with(|| a.id.cmp(&b.id))
+            });
         }
         Routes {
             session_id: Arc::from(session_id),
             active,
+            personal,
             tunnel: None,
         }
     }
@@ -75,25 +116,57 @@ impl Routes {
 
     /// Whether any port is intercepted.
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
+        self.active.is_empty() && self.personal.is_empty()
     }
 
-    /// The intercepted service ports and their intercept ids.
+    /// The intercepted service ports and their intercept ids (global and personal).
     pub fn active(&self) -> impl Iterator<Item = (u16, &str)> {
-        self.active.iter().map(|(p, id)| (*p, &**id))
+        self.active.iter().map(|(p, id)| (*p, &**id)).chain(
+            self.personal
+                .iter()
+                .flat_map(|(p, v)| v.iter().map(move |i| (*p, &*i.id))),
+        )
+    }
+
+    fn intercept(&self, id: &Arc<str>) -> Route {
+        Route::Intercept {
+            intercept_id: id.clone(),
+            session_id: self.session_id.clone(),
+            tunnel: self.tunnel,
+        }
     }
 
     /// The decision for a connection that arrived for `service_port`. Costs two reference-count
     /// increments when intercepted, nothing otherwise.
     pub fn route(&self, service_port: u16) -> Route {
-        match self.active.iter().find(|(p, _)| *p == service_port) {
-            Some((_, id)) => Route::Intercept {
-                intercept_id: id.clone(),
-                session_id: self.session_id.clone(),
-                tunnel: self.tunnel,
-            },
-            None => Route::App,
+        if let Some((_, id)) = self.active.iter().find(|(p, _)| *p == service_port) {
+            return self.intercept(id);
         }
+        if self.personal.iter().any(|(p, _)| *p == service_port) {
+            return Route::Http;
+        }
+        Route::App
+    }
+
+    /// The decision for one HTTP request on `service_port`: the first personal intercept whose
+    /// filter matches (most specific first), a global intercept of the port if one appeared
+    /// meanwhile, else the app. `has(name, value)` tells whether the request carries header
+    /// `name` (lower case) with exactly `value`.
+    pub fn route_request(
+        &self,
+        service_port: u16,
+        path: &str,
+        has: impl Fn(&str, &str) -> bool,
+    ) -> Route {
+        if let Some((_, id)) = self.active.iter().find(|(p, _)| *p == service_port) {
+            return self.intercept(id);
+        }
+        if let Some((_, v)) = self.personal.iter().find(|(p, _)| *p == service_port) {
+            if let Some(i) = v.iter().find(|i| i.filter.matches(path, &has)) {
+                return self.intercept(&i.id);
+            }
+        }
+        Route::App
     }
 }
 
@@ -168,5 +241,59 @@ mod tests {
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert!(matches!(r.route(8080), Route::Intercept { .. }));
+    }
+
+    fn personal(id: &str, port: u32, headers: &[&str], prefix: &str) -> InterceptInfo {
+        let mut i = ic(id, "shop", "web", port, "ACTIVE");
+        let spec = i.spec.as_mut().unwrap();
+        spec.http_headers = headers.iter().map(|s| s.to_string()).collect();
+        spec.http_path_prefix = prefix.into();
+        i
+    }
+
+    #[test]
+    fn personal_intercepts_route_each_request_by_its_filter() {
+        let snap = InterceptSnapshot {
+            intercepts: vec![
+                personal("a", 8080, &["x-dev=alice"], ""),
+                personal("b", 8080, &["x-dev=bob"], ""),
+                personal("c", 8080, &["x-dev=bob"], "/api"), // more specific: tried first
+                personal("d", 8080, &["bad header=1"], ""),  // invalid: ignored
+                ic("g", "shop", "web", 9090, "ACTIVE"),
+            ],
+        };
+        let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
+        assert_eq!(r.route(8080), Route::Http);
+        assert!(matches!(r.route(9090), Route::Intercept { .. }));
+        let to = |path: &str, dev: &str| match r
+            .route_request(8080, path, |k, v| k == "x-dev" && v == dev)
+        {
+            Route::Intercept { intercept_id, .. } => intercept_id.to_string(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(to("/", "alice"), "a");
+        assert_eq!(to("/", "bob"), "b");
+        assert_eq!(to("/api/x", "bob"), "c");
+        assert_eq!(to("/", "carol"), "App");
+        let mut ids: Vec<_> = r.active().collect();
+        ids.sort();
+        assert_eq!(ids, [(8080, "a"), (8080, "b"), (8080, "c"), (9090, "g")]);
+    }
+
+    #[test]
+    fn a_global_intercept_hides_personal_ones_on_its_port() {
+        let snap = InterceptSnapshot {
+            intercepts: vec![
+                ic("g", "shop", "web", 8080, "ACTIVE"),
+                personal("a", 8080, &["x-dev=alice"], ""),
+            ],
+        };
+        let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
+        assert!(matches!(r.route(8080), Route::Intercept { .. }));
+        assert!(matches!(
+            r.route_request(8080, "/", |_, _| true),
+            Route::Intercept { intercept_id, .. } if &*intercept_id == "g"
+        ));
+        assert_eq!(r.active().count(), 1);
     }
 }

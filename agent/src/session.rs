@@ -209,12 +209,12 @@ async fn build_routes(
 fn log_change(old: &Routes, new: &Routes) {
     for (port, id) in new.active() {
         if !old.active().any(|(p, i)| p == port && i == id) {
-            info!("port {port}: intercept {id} is active; new connections go to the client");
+            info!("port {port}: intercept {id} is active; its traffic goes to the client");
         }
     }
     for (port, id) in old.active() {
-        if !new.active().any(|(p, _)| p == port) {
-            info!("port {port}: intercept {id} ended; new connections go to the app");
+        if !new.active().any(|(p, i)| p == port && i == id) {
+            info!("port {port}: intercept {id} ended; its traffic goes to the app again");
         }
     }
 }

@@ -1,0 +1,429 @@
+//! Per-request routing on a port with personal intercepts. The connection's first bytes decide
+//! its protocol ([`crate::http_sniff`]): anything that is not HTTP is spliced to the app as on
+//! any other port; HTTP/1.x and HTTP/2 (prior knowledge) are terminated with hyper, and each
+//! request is sent — headers and streaming body, no buffering of whole bodies — to the client
+//! whose filter matches it or to the app, over upstream connections kept for the life of the
+//! caller's connection (one per destination; HTTP/2 upstreams multiplex the caller's streams).
+//!
+//! Limits: a request head may be at most [`MAX_HEAD`] bytes (larger: `431`, connection closed)
+//! and must arrive within [`HEAD_TIMEOUT`] (slow senders are cut). An `Upgrade: h2c` request is
+//! served as HTTP/1.1 (the upgrade is declined, as RFC 9110 allows), so its later requests are
+//! still routed one by one; other upgrades (WebSocket) are passed to the destination and then
+//! spliced.
+
+use crate::forward::{open_tunnel, Shared};
+use crate::http_sniff::{sniff, Sniff};
+use crate::routes::{Route, Routes};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tp_rpc::tunnel;
+use tracing::debug;
+
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// How long a request head may take to arrive.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the first bytes may take before a silent connection is given to the app (protocols
+/// where the server speaks first).
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// Serves one accepted connection on a port with personal intercepts.
+pub(crate) async fn serve(
+    mut inbound: TcpStream,
+    peer: SocketAddr,
+    service_port: u16,
+    app: SocketAddr,
+    routes: watch::Receiver<Routes>,
+    shared: Arc<Shared>,
+) {
+    let mut first = Vec::with_capacity(4096);
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let kind = loop {
+        match sniff(&first) {
+            Sniff::NeedMore => {}
+            decided => break decided,
+        }
+        match tokio::time::timeout_at(deadline, inbound.read_buf(&mut first)).await {
+            Ok(Ok(0)) | Err(_) => break Sniff::Other,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!("port {service_port}: {peer}: {e}");
+                return;
+            }
+        }
+    };
+    let h2 = match kind {
+        Sniff::Http1 => false,
+        Sniff::Http2 => true,
+        _ => return splice_to_app(inbound, &first, peer, service_port, app).await,
+    };
+    let ctx = Arc::new(Ctx {
+        service_port,
+        app,
+        routes,
+        shared,
+        h2,
+        pool: Mutex::new(Vec::new()),
+    });
+    let io = TokioIo::new(Prefixed {
+        prefix: Bytes::from(first),
+        inner: inbound,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
+    });
+    let r = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD as u32)
+            .keep_alive_interval(Duration::from_secs(30))
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD)
+            // A caller may shut its side down and still wait for the answers.
+            .half_close(true)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = r {
+        debug!("port {service_port}: HTTP connection from {peer} ended: {e}");
+    }
+}
+
+/// Not HTTP: the app gets the bytes read so far, then everything else.
+async fn splice_to_app(
+    mut inbound: TcpStream,
+    first: &[u8],
+    peer: SocketAddr,
+    service_port: u16,
+    app: SocketAddr,
+) {
+    let mut out = match TcpStream::connect(app).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!("port {service_port}: app at {app} refused {peer}: {e}");
+            let _ = inbound.set_zero_linger();
+            return;
+        }
+    };
+    tunnel::tune(&out);
+    if out.write_all(first).await.is_err() {
+        return;
+    }
+    if let Err(e) = tunnel::splice(&mut inbound, &mut out).await {
+        debug!("port {service_port}: connection from {peer} ended: {e}");
+    }
+}
+
+/// A connection to one destination (the app or one intercept's client).
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Upstream {
+    fn is_closed(&self) -> bool {
+        match self {
+            Upstream::H1(s) => s.is_closed(),
+            Upstream::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends a request; on failure before the request was written, hands it back.
+    async fn send(
+        &mut self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Incoming>>)> {
+        let r = match self {
+            Upstream::H1(s) => {
+                // Wait for the previous exchange to finish; if the connection closed instead,
+                // the send below fails and hands the request back.
+                let _ = s.ready().await;
+                s.try_send_request(req).await
+            }
+            Upstream::H2(s) => s.try_send_request(req).await,
+        };
+        r.map_err(|mut e| {
+            let req = e.take_message();
+            (e.into_error(), req)
+        })
+    }
+}
+
+/// Which upstream a route uses: `None` = the app, else the intercept id.
+type Key = Option<Arc<str>>;
+
+fn key_of(route: &Route) -> Key {
+    match route {
+        Route::Intercept { intercept_id, .. } => Some(intercept_id.clone()),
+        _ => None,
+    }
+}
+
+/// What all requests of one caller connection share.
+struct Ctx {
+    service_port: u16,
+    app: SocketAddr,
+    routes: watch::Receiver<Routes>,
+    shared: Arc<Shared>,
+    h2: bool,
+    /// Idle HTTP/1 upstreams and every HTTP/2 upstream, by destination.
+    pool: Mutex<Vec<(Key, Upstream)>>,
+}
+
+impl Ctx {
+    fn route(&self, req: &Request<Incoming>) -> Route {
+        let headers = req.headers();
+        self.routes
+            .borrow()
+            .route_request(self.service_port, req.uri().path(), |k, v| {
+                headers
+                    .get_all(k)
+                    .iter()
+                    .any(|x| x.as_bytes() == v.as_bytes())
+            })
+    }
+
+    /// A pooled upstream for `key` (an HTTP/2 one stays in the pool and is shared).
+    fn pooled(&self, key: &Key) -> Option<Upstream> {
+        let mut pool = self.pool.lock().expect("pool lock");
+        pool.retain(|(_, u)| !u.is_closed());
+        let i = pool.iter().position(|(k, _)| k == key)?;
+        if self.h2 {
+            match &pool[i].1 {
+                Upstream::H2(s) => Some(Upstream::H2(s.clone())),
+                Upstream::H1(_) => None,
+            }
+        } else {
+            Some(pool.swap_remove(i).1)
+        }
+    }
+
+    fn put_back(&self, key: Key, up: Upstream) {
+        if up.is_closed() {
+            return;
+        }
+        let mut pool = self.pool.lock().expect("pool lock");
+        if self.h2 && pool.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        pool.push((key, up));
+    }
+
+    /// Opens a new upstream for a route: the app, or a tunnel connection for the intercept
+    /// (the manager pairs it with the client, which dials its handler).
+    async fn connect(&self, route: &Route) -> Result<Upstream, String> {
+        let stream = match route {
+            Route::Intercept {
+                intercept_id,
+                session_id,
+                tunnel,
+            } => open_tunnel(*tunnel, &self.shared.tunnel_addr, intercept_id, session_id)
+                .await
+                .map_err(|e| format!("intercept {intercept_id}: tunnel unreachable: {e}"))?,
+            _ => {
+                let s = TcpStream::connect(self.app)
+                    .await
+                    .map_err(|e| format!("app at {}: {e}", self.app))?;
+                tunnel::tune(&s);
+                s
+            }
+        };
+        let io = TokioIo::new(stream);
+        if self.h2 {
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!("HTTP/2 upstream ended: {e}");
+                }
+            });
+            Ok(Upstream::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/1 handshake: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!("HTTP/1 upstream ended: {e}");
+                }
+            });
+            Ok(Upstream::H1(send))
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let route = self.route(&req);
+        let key = key_of(&route);
+        let mut upgrade = None;
+        if !self.h2 && req.headers().contains_key(UPGRADE) {
+            if is_h2c_upgrade(&req) {
+                decline_h2c(&mut req);
+            } else {
+                upgrade = Some(hyper::upgrade::on(&mut req));
+            }
+        }
+        let (mut up, mut fresh) = match self.pooled(&key) {
+            Some(u) => (u, false),
+            None => match self.connect(&route).await {
+                Ok(u) => (u, true),
+                Err(e) => return bad_gateway(&e),
+            },
+        };
+        let mut resp = loop {
+            match up.send(req).await {
+                Ok(r) => break r,
+                // A pooled connection the other side had closed: once more on a new one.
+                Err((_, Some(r))) if !fresh => {
+                    req = r;
+                    up = match self.connect(&route).await {
+                        Ok(u) => u,
+                        Err(e) => return bad_gateway(&e),
+                    };
+                    fresh = true;
+                }
+                Err((e, _)) => {
+                    let to = key
+                        .as_deref()
+                        .map_or("the app".to_string(), |id| format!("intercept {id}"));
+                    return bad_gateway(&format!("{to}: {e}"));
+                }
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(inbound) = upgrade {
+                let outbound = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(a), Ok(b)) = (inbound.await, outbound.await) {
+                        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            }
+        } else {
+            self.put_back(key, up);
+        }
+        resp.map(Either::Left)
+    }
+}
+
+fn is_h2c_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(UPGRADE)
+        .iter()
+        .any(|v| has_token(v, "h2c"))
+}
+
+fn has_token(v: &HeaderValue, token: &str) -> bool {
+    v.to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Removes the h2c upgrade offer so the request continues as plain HTTP/1.1.
+fn decline_h2c(req: &mut Request<Incoming>) {
+    let h = req.headers_mut();
+    h.remove(UPGRADE);
+    h.remove("http2-settings");
+    let kept: Vec<String> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_string)
+        .collect();
+    h.remove(CONNECTION);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+            h.insert(CONNECTION, v);
+        }
+    }
+}
+
+fn bad_gateway(why: &str) -> Response<Body> {
+    debug!("502: {why}");
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "telepresence traffic-agent: {why}\n"
+    )))));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
+}
+
+/// A stream whose first bytes were already read: they are replayed before the rest.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
