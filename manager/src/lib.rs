@@ -3,6 +3,7 @@
 //! client-side tunnel connections.
 
 pub mod docker;
+pub mod personal;
 pub mod provider;
 pub mod service;
 pub mod state;
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     /// Agent-side tunnel connections waiting for their client side, by connection id.
     pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
     pub(crate) agent_timeout: Duration,
+    /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
+    pub(crate) team_mode: std::sync::atomic::AtomicBool,
 }
 
 impl Manager {
@@ -55,8 +58,23 @@ impl Manager {
                 sent,
                 pending: Default::default(),
                 agent_timeout,
+                team_mode: Default::default(),
             }),
         }
+    }
+
+    /// Team mode: intercepts created without filters get `--http-header=auto`.
+    pub fn set_team_mode(&self, on: bool) {
+        self.inner
+            .team_mode
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether team mode is on.
+    pub fn team_mode(&self) -> bool {
+        self.inner
+            .team_mode
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Expires sessions every second until the process ends.
@@ -79,6 +97,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mgr = Manager::new(provider, cfg.agent_timeout);
+    mgr.set_team_mode(personal::team_mode_from_env());
+    if mgr.team_mode() {
+        tracing::info!("team mode: intercepts without filters default to --http-header=auto");
+    }
     let tunnel_listener = tokio::net::TcpListener::bind(cfg.tunnel_addr).await?;
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await?;
     tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");

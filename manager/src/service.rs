@@ -300,6 +300,14 @@ impl ManagerApi for Manager {
             spec.namespace = client.namespace.clone();
         }
         spec.client = client.name.clone();
+        // `<uuid>:<name>`, the value of the x-telepresence-intercept-id header.
+        let id = format!(
+            "{}:{}",
+            session.strip_prefix("client-").unwrap_or(&session),
+            spec.name
+        );
+        tp_rpc::filters::resolve(&mut spec, &id, self.team_mode())
+            .map_err(Status::invalid_argument)?;
         let p = self.inner.provider.clone();
         if !p
             .namespace_exists(&spec.namespace)
@@ -338,44 +346,38 @@ impl ManagerApi for Manager {
                     other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
                 )));
             }
-            if let Some(other) = st.intercepts.get(&spec.name) {
+            if let Some(other) = st.intercepts.values().find(|i| {
+                i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == spec.name)
+            }) {
                 return Err(Status::already_exists(format!(
                     "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
                     spec.name,
                     other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?")
                 )));
             }
-            if let Some(other) = st.intercepts.values().find(|i| {
+            for other in st.intercepts.values().filter(|i| {
                 let s = i.spec.as_ref().expect("spec");
                 s.namespace == spec.namespace
                     && s.workload == spec.workload
                     && i.service_port == port as u32
             }) {
-                return Err(Status::already_exists(format!(
-                    "port {port} of {} is already intercepted by {} (intercept \"{}\"); leave it first",
-                    spec.workload,
-                    other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?"),
-                    other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?"),
-                )));
+                if let Some(why) = crate::personal::conflict(&spec, other, port) {
+                    return Err(Status::already_exists(why));
+                }
             }
             let info = InterceptInfo {
-                // `<uuid>:<name>`, the value of the x-telepresence-intercept-id header.
-                id: format!(
-                    "{}:{}",
-                    session.strip_prefix("client-").unwrap_or(&session),
-                    spec.name
-                ),
+                id: id.clone(),
                 state: state::WAITING.into(),
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
                 service_port: port as u32,
                 service_port_name: port_name,
                 workload_kind: w.kind.clone(),
-                disposition: "all TCP connections".into(),
+                disposition: tp_rpc::filters::disposition(&spec),
                 spec: Some(spec.clone()),
                 ..Default::default()
             };
-            st.intercepts.insert(spec.name.clone(), info.clone());
+            st.intercepts.insert(id.clone(), info.clone());
             st.changed(&self.inner.generation);
             info
         };
@@ -387,7 +389,7 @@ impl ManagerApi for Manager {
             .collect();
         let fail = |status: Status| async {
             let mut st = self.inner.state.lock().await;
-            st.intercepts.remove(&spec.name);
+            st.intercepts.remove(&id);
             st.changed(&self.inner.generation);
             Err(status)
         };
@@ -414,7 +416,7 @@ impl ManagerApi for Manager {
             .await;
         }
         let st = self.inner.state.lock().await;
-        let current = st.intercepts.get(&spec.name).cloned().unwrap_or(info);
+        let current = st.intercepts.get(&id).cloned().unwrap_or(info);
         Ok(Response::new(current))
     }
 
@@ -425,13 +427,20 @@ impl ManagerApi for Manager {
         let req = req.into_inner();
         let (session, _) = self.client_of(req.session.as_ref()).await?;
         let mut st = self.inner.state.lock().await;
-        match st.intercepts.get(&req.name) {
-            Some(i) if i.client_session == session => {
-                st.intercepts.remove(&req.name);
+        let key = st
+            .intercepts
+            .iter()
+            .find(|(_, i)| {
+                i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == req.name)
+            })
+            .map(|(k, _)| k.clone());
+        match key {
+            Some(key) => {
+                st.intercepts.remove(&key);
                 st.changed(&self.inner.generation);
                 Ok(Response::new(Empty {}))
             }
-            _ => Err(Status::not_found(format!(
+            None => Err(Status::not_found(format!(
                 "Intercept named \"{}\" not found",
                 req.name
             ))),

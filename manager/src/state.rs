@@ -31,7 +31,7 @@ pub struct AgentSession {
 pub struct State {
     pub clients: HashMap<String, ClientSession>,
     pub agents: HashMap<String, AgentSession>,
-    /// Intercepts by name.
+    /// Intercepts by id (`<client session uuid>:<name>`: names are unique per client).
     pub intercepts: HashMap<String, InterceptInfo>,
     pub generation: u64,
 }
