@@ -93,6 +93,10 @@ pub struct ConnectArgs {
     /// Namespace of the traffic-manager.
     #[arg(long, default_value = "ambassador")]
     pub manager_namespace: String,
+    /// Docker engine: start the traffic-manager in team mode, where intercepts without filters
+    /// are personal (`--http-header=auto`).
+    #[arg(long)]
+    pub team_mode: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +164,20 @@ pub struct InterceptArgs {
     /// Where the remote volumes appear inside the handler container (TELEPRESENCE_ROOT).
     #[arg(long)]
     pub docker_mount: Option<String>,
+    /// Personal intercept: only HTTP requests carrying this header (NAME=VALUE, repeatable, all
+    /// must match); `auto` = `x-telepresence-intercept-id: <intercept id>`; `all` = every
+    /// connection (a global intercept, also in team mode).
+    #[arg(long = "http-header", value_name = "NAME=VALUE|auto|all")]
+    pub http_header: Vec<String>,
+    /// Personal intercept: only HTTP requests whose path is exactly this.
+    #[arg(long, value_name = "PATH")]
+    pub http_path_equal: Option<String>,
+    /// Personal intercept: only HTTP requests whose path starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub http_path_prefix: Option<String>,
+    /// Personal intercept: only HTTP requests whose whole path matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path_regex: Option<String>,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,

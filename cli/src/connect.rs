@@ -118,7 +118,8 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
     .await?;
     eprintln!("Launching Telepresence Daemon");
-    let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image).await?;
+    let (grpc, tunnel) =
+        ensure_manager(&docker, &namespace, &network, &image, args.team_mode).await?;
 
     let result = start_daemon(
         &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel,
@@ -183,6 +184,7 @@ async fn ensure_manager(
     namespace: &str,
     network: &str,
     image: &str,
+    team_mode: bool,
 ) -> Result<(String, String)> {
     let name = manager_container(namespace);
     let current_image = docker
@@ -196,6 +198,11 @@ async fn ensure_manager(
         c.state.as_ref().and_then(|s| s.running).unwrap_or(false)
             && c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image)
     });
+    if running_same && team_mode && !has_team_mode(current_image.as_ref()) {
+        bail!(
+            "the traffic-manager {name} already runs without team mode, so --team-mode cannot take effect; stop it with `telepresence quit -s` (this ends every connection to it), then connect again with --team-mode"
+        );
+    }
     if !running_same {
         if current_image.is_some() {
             engine::remove_container(docker, &name, 5).await?;
@@ -212,6 +219,7 @@ async fn ensure_manager(
                 format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
                 format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
                 "DOCKER_HOST=unix:///var/run/docker.sock".into(),
+                format!("{}={team_mode}", tp_manager::personal::ENV_TEAM_MODE),
                 format!(
                     "RUST_LOG={}",
                     std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
@@ -270,6 +278,14 @@ async fn ensure_manager(
         format!("{ip}:{MANAGER_GRPC_PORT}"),
         format!("{ip}:{MANAGER_TUNNEL_PORT}"),
     ))
+}
+
+/// Whether a manager container was started in team mode.
+fn has_team_mode(c: Option<&bollard::models::ContainerInspectResponse>) -> bool {
+    let want = format!("{}=true", tp_manager::personal::ENV_TEAM_MODE);
+    c.and_then(|c| c.config.as_ref())
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| env.iter().any(|e| *e == want))
 }
 
 /// A container's address on the default bridge network.

@@ -145,19 +145,26 @@ pub async fn run(
     };
 
     let mount = mounts::parse_mount(&args.mount)?;
+    let spec = InterceptSpec {
+        name: args.name.clone(),
+        workload,
+        namespace: args.namespace.clone().unwrap_or_default(),
+        port_identifier: port.remote.clone(),
+        protocol: "TCP".into(),
+        target_host: args.address.clone(),
+        target_port: port.local as u32,
+        mechanism: "tcp".into(),
+        client: String::new(),
+        http_headers: args.http_header.clone(),
+        http_path_equal: args.http_path_equal.clone().unwrap_or_default(),
+        http_path_prefix: args.http_path_prefix.clone().unwrap_or_default(),
+        http_path_regex: args.http_path_regex.clone().unwrap_or_default(),
+    };
+    // Filters are checked before anything is created (the manager resolves `auto`).
+    tp_rpc::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
     let mut c = connector(d.port).await?;
     let info = c
-        .create_intercept(InterceptSpec {
-            name: args.name.clone(),
-            workload,
-            namespace: args.namespace.clone().unwrap_or_default(),
-            port_identifier: port.remote.clone(),
-            protocol: "TCP".into(),
-            target_host: args.address.clone(),
-            target_port: port.local as u32,
-            mechanism: "tcp".into(),
-            client: String::new(),
-        })
+        .create_intercept(spec)
         .await
         .map_err(status_err)?
         .into_inner();

@@ -22,7 +22,9 @@ pub fn kv_block(indent: &str, rows: &[(&str, Option<String>)]) -> String {
         out.push(':');
         if let Some(v) = v {
             out.push(' ');
-            out.push_str(v);
+            // Continuation lines of a multi-line value start under the value column.
+            let cont = format!("\n{}", " ".repeat(indent.chars().count() + width + 2));
+            out.push_str(&v.replace('\n', &cont));
         }
         out.push('\n');
     }
@@ -92,6 +94,24 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_line_values_continue_under_the_value_column() {
+        let s = kv_block(
+            "   ",
+            &[
+                ("Intercept name", Some("web".into())),
+                (
+                    "Intercepting",
+                    Some("HTTP requests with headers\n  'x-id: a:web'".into()),
+                ),
+            ],
+        );
+        assert_eq!(
+            s,
+            "   Intercept name: web\n   Intercepting  : HTTP requests with headers\n                     'x-id: a:web'\n"
+        );
+    }
 
     #[test]
     fn block_is_padded() {
