@@ -287,9 +287,7 @@ pub async fn serve_http(listener: TcpListener, app: App) -> io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        tokio::spawn(async move {
-            let _ = handle_connection(stream, &app).await;
-        });
+        tokio::spawn(crate::testapp_h2::serve_conn(stream, app));
     }
 }
 

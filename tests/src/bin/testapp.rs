@@ -7,6 +7,9 @@
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
+//! tp-testapp seq URL [--h2] [--post BODY] --req 'PATH [K=V]...'...
+//! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
+//! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! ```
 
 use std::io::Write;
@@ -68,6 +71,46 @@ enum Command {
     },
     /// GET a URL, discard the body and print JSON {bytes, secs, gbit_per_s}.
     Download { url: String },
+    /// Several requests over ONE connection; prints `<status> <body>` per request.
+    Seq {
+        url: String,
+        /// A request: `PATH [NAME=VALUE]...` (repeatable, in order).
+        #[arg(long = "req")]
+        req: Vec<String>,
+        /// HTTP/2 with prior knowledge instead of HTTP/1.1 keep-alive.
+        #[arg(long)]
+        h2: bool,
+        /// POST this body (gRPC-style over HTTP/2) instead of GET.
+        #[arg(long)]
+        post: Option<String>,
+    },
+    /// Send raw bytes (`\r \n \xHH {pad:N}` escapes) and print JSON {sent,total,received,closed}.
+    Raw {
+        url: String,
+        #[arg(long)]
+        data: String,
+        /// Send this many bytes at a time (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        chunk: usize,
+        /// Pause between chunks.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Stop reading after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Latency and requests/s of GETs carrying headers over keep-alive connections (JSON).
+    BenchHeaders {
+        url: String,
+        #[arg(long = "header", short = 'H')]
+        header: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,6 +188,9 @@ async fn run(command: Command) -> ExitCode {
                 Ok(r) => print_json(&r),
                 Err(e) => fail(&format!("bench-client: {e}")),
             }
+        }
+        Command::Seq { .. } | Command::Raw { .. } | Command::BenchHeaders { .. } => {
+            personal_tools(command).await
         }
         Command::Download { url } => {
             let url = match parse_url(&url) {
@@ -249,4 +295,88 @@ fn print_json(value: &impl serde::Serialize) -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("tp-testapp: {msg}");
     ExitCode::FAILURE
+}
+
+/// `seq`, `raw` and `bench-headers` (tests of personal intercepts).
+async fn personal_tools(command: Command) -> ExitCode {
+    use tp_tests::testapp_h2 as h2;
+    match command {
+        Command::Seq {
+            url,
+            req,
+            h2: http2,
+            post,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let steps: Result<Vec<_>, _> = req.iter().map(|r| h2::Step::parse(r)).collect();
+            let steps = match steps {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            match h2::sequence(&url, &steps, http2, post.as_deref()).await {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("seq: {e}")),
+            }
+        }
+        Command::Raw {
+            url,
+            data,
+            chunk,
+            delay_ms,
+            timeout,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let bytes = match h2::unescape(&data) {
+                Ok(b) => b,
+                Err(e) => return fail(&e),
+            };
+            let r = h2::raw(
+                &url,
+                &bytes,
+                chunk,
+                std::time::Duration::from_millis(delay_ms),
+                std::time::Duration::from_secs_f64(timeout.max(0.001)),
+            )
+            .await;
+            match r {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("raw: {e}")),
+            }
+        }
+        Command::BenchHeaders {
+            url,
+            header,
+            requests,
+            concurrency,
+            warmup,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let mut headers = Vec::new();
+            for h in &header {
+                match h.split_once('=') {
+                    Some((k, v)) => headers.push((k.to_string(), v.to_string())),
+                    None => return fail(&format!("bad header {h:?}: use K=V")),
+                }
+            }
+            match h2::bench_headers(&url, &headers, requests, concurrency, warmup).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("bench-headers: {e}")),
+            }
+        }
+        _ => unreachable!("only personal tools are dispatched here"),
+    }
 }
