@@ -12,7 +12,7 @@
 //! spliced.
 
 use crate::forward::{open_tunnel, Shared};
-use crate::http_sniff::{sniff, Sniff};
+use crate::http_sniff::{sniff, sniff_stalled, Sniff};
 use crate::routes::{Route, Routes};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -37,8 +37,8 @@ use tracing::debug;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// How long a request head may take to arrive.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the first bytes may take before a silent connection is given to the app (protocols
-/// where the server speaks first).
+/// How long the first bytes may take to tell the protocol; a silent connection then goes to
+/// the app (protocols where the server speaks first), a slow HTTP sender to the HTTP server.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -60,7 +60,8 @@ pub(crate) async fn serve(
             decided => break decided,
         }
         match tokio::time::timeout_at(deadline, inbound.read_buf(&mut first)).await {
-            Ok(Ok(0)) | Err(_) => break Sniff::Other,
+            Ok(Ok(0)) => break Sniff::Other,
+            Err(_) => break sniff_stalled(&first),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 debug!("port {service_port}: {peer}: {e}");

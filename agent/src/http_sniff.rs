@@ -42,6 +42,19 @@ pub fn sniff(buf: &[u8]) -> Sniff {
     decided
 }
 
+/// The decision when no more bytes come in time: nothing at all is not HTTP (a protocol where
+/// the server speaks first); the start of the HTTP/2 preface is HTTP/2; anything else still
+/// consistent with a request line is a slow HTTP/1 sender, left to the HTTP server's head
+/// timeout.
+pub fn sniff_stalled(buf: &[u8]) -> Sniff {
+    match sniff(buf) {
+        Sniff::NeedMore if buf.is_empty() => Sniff::Other,
+        Sniff::NeedMore if H2_PREFACE.starts_with(buf) => Sniff::Http2,
+        Sniff::NeedMore => Sniff::Http1,
+        decided => decided,
+    }
+}
+
 /// `METHOD SP request-target SP HTTP/1.`
 fn request_line(buf: &[u8]) -> Sniff {
     const VERSION: &[u8] = b"HTTP/1.";
