@@ -4,7 +4,8 @@
 //! [`raw`] sends raw bytes (malformed, pipelined, oversized or slowloris requests); and
 //! [`bench_headers`] measures latency and requests/s of requests carrying given headers.
 //!
-//! HTTP/2 routes: `GET /` → `<name>\n`; `GET /header/<NAME>` → that header or 404; `POST` any
+//! HTTP/2 routes: `GET /` → `<name>\n`; `GET /env/<VAR>` → the variable or 404;
+//! `GET /header/<NAME>` → that header or 404; `POST` any
 //! path → `<name>:<request body>` with trailer `grpc-status: 0`.
 
 use crate::testapp::{self, App, Url};
@@ -83,6 +84,12 @@ async fn h2_answer(name: &str, req: hyper::Request<Incoming>) -> hyper::Response
     }
     if path == "/" {
         return small(200, format!("{name}\n"));
+    }
+    if let Some(var) = path.strip_prefix("/env/") {
+        return match std::env::var(var).ok().filter(|_| !var.is_empty()) {
+            Some(v) => small(200, v),
+            None => small(404, "not found\n".into()),
+        };
     }
     if let Some(h) = path.strip_prefix("/header/") {
         return match req.headers().get(h).and_then(|v| v.to_str().ok()) {
