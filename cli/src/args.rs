@@ -33,6 +33,8 @@ pub enum ClusterType {
     Kubernetes,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a daemon (in a container) and connect it to the cluster.

@@ -285,7 +285,7 @@ fn has_team_mode(c: Option<&bollard::models::ContainerInspectResponse>) -> bool 
     let want = format!("{}=true", tp_manager::personal::ENV_TEAM_MODE);
     c.and_then(|c| c.config.as_ref())
         .and_then(|c| c.env.as_ref())
-        .is_some_and(|env| env.iter().any(|e| *e == want))
+        .is_some_and(|env| env.contains(&want))
 }
 
 /// A container's address on the default bridge network.

@@ -268,8 +268,7 @@ fn two_developers_share_one_workload_by_http_filters() {
     );
     let r = raw(
         &format!(
-            "GET / HTTP/1.1\\r\\nHost: web\\r\\n{a_hdr}\\r\\nX-Pad: {{pad:70000}}\\r\\n\\r\\n",
-            a_hdr = format!("{ID_HEADER}: {a_id}")
+            "GET / HTTP/1.1\\r\\nHost: web\\r\\n{ID_HEADER}: {a_id}\\r\\nX-Pad: {{pad:70000}}\\r\\n\\r\\n"
         ),
         &[],
     );
