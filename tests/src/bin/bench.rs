@@ -6,6 +6,7 @@
 //! a 256 MiB download direct vs intercepted.
 //! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
+//! Personal intercepts (issue 6): see `../bench_personal.rs`.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -14,6 +15,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tp_tests::*;
+
+#[path = "../bench_personal.rs"]
+mod bench_personal;
 
 #[derive(Parser)]
 struct Args {
@@ -26,6 +30,12 @@ struct Args {
     /// Skip the volume benchmark.
     #[arg(long)]
     no_volumes: bool,
+    /// Skip the intercept-path and volume sections: only personal intercepts.
+    #[arg(long)]
+    only_personal: bool,
+    /// Skip the personal-intercept benchmark.
+    #[arg(long)]
+    no_personal: bool,
 }
 
 /// One table row: metric, intercepted, direct, target, met.
@@ -328,8 +338,19 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
-    let (mut rows, path) = intercept_path(&a)?;
-    let vols = if a.no_volumes {
+    let (mut rows, path) = if a.only_personal {
+        (Vec::new(), Value::Null)
+    } else {
+        intercept_path(&a)?
+    };
+    let personal = if a.no_personal {
+        Value::Null
+    } else {
+        let (r, v) = bench_personal::personal(a.requests)?;
+        rows.extend(r);
+        v
+    };
+    let vols = if a.no_volumes || a.only_personal {
         Value::Null
     } else {
         let (r, v) = volumes()?;
@@ -349,6 +370,7 @@ fn main() -> Result<()> {
     let doc = json!({
         "intercept_path": path,
         "volumes": vols,
+        "personal_intercepts": personal,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
