@@ -57,7 +57,7 @@ pub(crate) async fn accept_loop(
         let route = routes.borrow().route(service_port);
         shared.active.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(shared.clone());
-        if route == Route::Http {
+        if matches!(route, Route::Http) {
             let routes = routes.clone();
             tokio::spawn(async move {
                 let shared = guard.0.clone();

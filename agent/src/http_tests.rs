@@ -316,3 +316,47 @@ async fn a_client_that_cannot_deliver_gives_a_502_and_others_continue() {
     let r = c.send_request(req("/", None)).await.unwrap();
     assert_eq!(text(r).await, "app /");
 }
+
+/// Fuzzing the whole router with arbitrary and HTTP-looking bytes (a bounded number of cases):
+/// whatever a caller sends, the agent keeps serving everyone else.
+#[test]
+fn arbitrary_bytes_never_break_the_router() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(setup());
+    let httpish = "(GET|POST|PRI|HEAD) [ -~]{0,30}( HTTP/1\\.[01]| HTTP/2\\.0)?(\r\n[ -~]{0,40}){0,6}(\r\n\r\n)?[ -~]{0,20}"
+        .prop_map(String::into_bytes);
+    let strategy = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        httpish,
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|tail| {
+            let mut b = crate::http_sniff::H2_PREFACE.to_vec();
+            b.extend(tail);
+            b
+        }),
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&strategy, |data| {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), raw(s.listen, &data)).await;
+            });
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(async {
+        let mut c = h1(s.listen).await;
+        let r = c.send_request(req("/", Some("a"))).await.unwrap();
+        assert_eq!(text(r).await, "A /");
+        let mut c = h2(s.listen).await;
+        let r = c.send_request(req("http://web/", Some("b"))).await.unwrap();
+        assert_eq!(text(r).await, "B /");
+    });
+}
