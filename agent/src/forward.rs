@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub tunnel_addr: String,
     /// Connections in flight.
     pub active: AtomicUsize,
+    /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
+    /// ports with personal intercepts.
+    pub pool: crate::http_route::Pool,
 }
 
 /// Decrements the in-flight count when a connection ends.

@@ -41,7 +41,7 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// the app (protocols where the server speaks first), a slow HTTP sender to the HTTP server.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<Returning, Full<Bytes>>;
 
 /// Serves one accepted connection on a port with personal intercepts.
 pub(crate) async fn serve(
@@ -80,7 +80,6 @@ pub(crate) async fn serve(
         routes,
         shared,
         h2,
-        pool: Mutex::new(Vec::new()),
     });
     let io = TokioIo::new(Prefixed {
         prefix: Bytes::from(first),
@@ -190,8 +189,6 @@ struct Ctx {
     routes: watch::Receiver<Routes>,
     shared: Arc<Shared>,
     h2: bool,
-    /// Idle HTTP/1 upstreams and every HTTP/2 upstream, by destination.
-    pool: Mutex<Vec<(Key, Upstream)>>,
 }
 
 impl Ctx {
@@ -207,30 +204,8 @@ impl Ctx {
             })
     }
 
-    /// A pooled upstream for `key` (an HTTP/2 one stays in the pool and is shared).
     fn pooled(&self, key: &Key) -> Option<Upstream> {
-        let mut pool = self.pool.lock().expect("pool lock");
-        pool.retain(|(_, u)| !u.is_closed());
-        let i = pool.iter().position(|(k, _)| k == key)?;
-        if self.h2 {
-            match &pool[i].1 {
-                Upstream::H2(s) => Some(Upstream::H2(s.clone())),
-                Upstream::H1(_) => None,
-            }
-        } else {
-            Some(pool.swap_remove(i).1)
-        }
-    }
-
-    fn put_back(&self, key: Key, up: Upstream) {
-        if up.is_closed() {
-            return;
-        }
-        let mut pool = self.pool.lock().expect("pool lock");
-        if self.h2 && pool.iter().any(|(k, _)| *k == key) {
-            return;
-        }
-        pool.push((key, up));
+        self.shared.pool.take(key, self.h2)
     }
 
     /// Opens a new upstream for a route: the app, or a tunnel connection for the intercept
@@ -326,10 +301,112 @@ impl Ctx {
                     }
                 });
             }
-        } else {
-            self.put_back(key, up);
+            return resp.map(|b| Either::Left(Returning::new(b, None)));
         }
-        resp.map(Either::Left)
+        match up {
+            // HTTP/2 multiplexes: shared again at once.
+            Upstream::H2(_) => {
+                self.shared.pool.put(key, up);
+                resp.map(|b| Either::Left(Returning::new(b, None)))
+            }
+            // HTTP/1: reusable once this response's body has been read to its end.
+            Upstream::H1(_) => {
+                let back = (self.shared.clone(), key, up);
+                resp.map(|b| Either::Left(Returning::new(b, Some(back))))
+            }
+        }
+    }
+}
+
+/// Most idle HTTP/1 upstream connections kept per destination.
+const MAX_IDLE: usize = 32;
+
+/// Upstream connections shared by all caller connections of the agent, by destination: idle
+/// HTTP/1 ones (a caller takes one for one exchange) and one HTTP/2 connection per destination
+/// (shared by everybody). Closed ones are dropped when seen.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<Vec<(Key, Upstream)>>,
+}
+
+impl Pool {
+    fn take(&self, key: &Key, h2: bool) -> Option<Upstream> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain(|(_, u)| !u.is_closed());
+        let i = idle
+            .iter()
+            .position(|(k, u)| k == key && matches!(u, Upstream::H2(_)) == h2)?;
+        match &idle[i].1 {
+            Upstream::H2(s) => Some(Upstream::H2(s.clone())),
+            Upstream::H1(_) => Some(idle.swap_remove(i).1),
+        }
+    }
+
+    fn put(&self, key: Key, up: Upstream) {
+        if up.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        let h2 = matches!(up, Upstream::H2(_));
+        let same = idle
+            .iter()
+            .filter(|(k, u)| *k == key && matches!(u, Upstream::H2(_)) == h2)
+            .count();
+        if (h2 && same == 0) || (!h2 && same < MAX_IDLE) {
+            idle.push((key, up));
+        }
+    }
+}
+
+/// A response body on its way to the caller; when it was read to its end, the HTTP/1
+/// connection it came on goes back to the pool (dropped midway, the connection is closed).
+pub(crate) struct Returning {
+    inner: Incoming,
+    done: bool,
+    back: Option<(Arc<Shared>, Key, Upstream)>,
+}
+
+impl Returning {
+    fn new(inner: Incoming, back: Option<(Arc<Shared>, Key, Upstream)>) -> Self {
+        Returning {
+            inner,
+            done: false,
+            back,
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) {
+            self.done = true;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let Some((shared, key, up)) = self.back.take() {
+            if self.done || hyper::body::Body::is_end_stream(&self.inner) {
+                shared.pool.put(key, up);
+            }
+        }
     }
 }
 

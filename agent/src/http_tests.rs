@@ -102,6 +102,7 @@ async fn setup() -> Setup {
     let shared = Arc::new(forward::Shared {
         tunnel_addr: tunnel_addr.to_string(),
         active: AtomicUsize::new(0),
+        pool: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));
     let s = Setup {
@@ -359,4 +360,40 @@ fn arbitrary_bytes_never_break_the_router() {
         let r = c.send_request(req("http://web/", Some("b"))).await.unwrap();
         assert_eq!(text(r).await, "B /");
     });
+}
+
+#[tokio::test]
+async fn callers_share_idle_tunnel_connections_but_never_a_busy_one() {
+    let s = setup().await;
+    // one request per caller connection, one after the other: one tunnel connection in all
+    for _ in 0..3 {
+        let mut c = h1(s.listen).await;
+        assert_eq!(
+            text(c.send_request(req("/", Some("a"))).await.unwrap()).await,
+            "A /"
+        );
+    }
+    assert_eq!(s.tunnels.lock().unwrap().clone(), ["A"]);
+    // a caller that does not read its big response keeps that connection busy: another
+    // caller gets a new one instead of waiting behind it
+    let mut slow = h1(s.listen).await;
+    let big = Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("x-dev", "a")
+        .body(Full::new(Bytes::from(vec![b'z'; 8 * 1024 * 1024])))
+        .unwrap();
+    let unread = tokio::spawn(async move { slow.send_request(big).await.unwrap() });
+    let stalled = tokio::time::timeout(Duration::from_secs(5), unread)
+        .await
+        .expect("response head")
+        .unwrap();
+    let mut c = h1(s.listen).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), c.send_request(req("/", Some("a"))))
+        .await
+        .expect("not blocked behind the unread body")
+        .unwrap();
+    assert_eq!(text(r).await, "A /");
+    assert_eq!(s.tunnels.lock().unwrap().len(), 2);
+    drop(stalled);
 }

@@ -145,6 +145,7 @@ impl Agent {
         let shared = Arc::new(forward::Shared {
             tunnel_addr: cfg.tunnel_addr.clone(),
             active: AtomicUsize::new(0),
+            pool: Default::default(),
         });
         let mut agent = Agent {
             listeners: Vec::with_capacity(cfg.ports.len()),
