@@ -172,13 +172,13 @@ impl Upstream {
     }
 }
 
-/// Which upstream a route uses: `None` = the app, else the intercept id.
-type Key = Option<Arc<str>>;
+/// Which upstream a route uses: the service port, and `None` = its app, else the intercept id.
+type Key = (u16, Option<Arc<str>>);
 
-fn key_of(route: &Route) -> Key {
+fn key_of(service_port: u16, route: &Route) -> Key {
     match route {
-        Route::Intercept { intercept_id, .. } => Some(intercept_id.clone()),
-        _ => None,
+        Route::Intercept { intercept_id, .. } => (service_port, Some(intercept_id.clone())),
+        _ => (service_port, None),
     }
 }
 
@@ -255,7 +255,7 @@ impl Ctx {
 
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let route = self.route(&req);
-        let key = key_of(&route);
+        let key = key_of(self.service_port, &route);
         let mut upgrade = None;
         if !self.h2 && req.headers().contains_key(UPGRADE) {
             if is_h2c_upgrade(&req) {
@@ -285,6 +285,7 @@ impl Ctx {
                 }
                 Err((e, _)) => {
                     let to = key
+                        .1
                         .as_deref()
                         .map_or("the app".to_string(), |id| format!("intercept {id}"));
                     return bad_gateway(&format!("{to}: {e}"));
