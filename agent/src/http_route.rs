@@ -20,13 +20,14 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -319,42 +320,81 @@ impl Ctx {
     }
 }
 
-/// Most idle HTTP/1 upstream connections kept per destination.
-const MAX_IDLE: usize = 32;
+/// Most idle HTTP/1 upstream connections kept per destination (enough for a few hundred
+/// concurrent keep-alive callers without reconnecting).
+const MAX_IDLE: usize = 512;
 
-/// Upstream connections shared by all caller connections of the agent, by destination: idle
-/// HTTP/1 ones (a caller takes one for one exchange) and one HTTP/2 connection per destination
-/// (shared by everybody). Closed ones are dropped when seen.
+/// An idle upstream connection is closed after this long unused (it may lead to an intercept
+/// that has ended).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Upstream connections shared by all caller connections of the agent, by destination and
+/// protocol: idle HTTP/1 ones (a caller takes one for one exchange) and one HTTP/2 connection
+/// per destination (shared by everybody). Closed ones are dropped when met, unused ones after
+/// [`IDLE_TIMEOUT`].
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<Vec<(Key, Upstream)>>,
+    inner: Mutex<PoolInner>,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    idle: HashMap<(Key, bool), Vec<(Upstream, Instant)>>,
+    last_sweep: Option<Instant>,
+}
+
+impl PoolInner {
+    /// At most once a second: drops closed and long-unused connections everywhere.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.idle.retain(|_, list| {
+            list.retain(|(u, since)| !u.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
 }
 
 impl Pool {
     fn take(&self, key: &Key, h2: bool) -> Option<Upstream> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        idle.retain(|(_, u)| !u.is_closed());
-        let i = idle
-            .iter()
-            .position(|(k, u)| k == key && matches!(u, Upstream::H2(_)) == h2)?;
-        match &idle[i].1 {
-            Upstream::H2(s) => Some(Upstream::H2(s.clone())),
-            Upstream::H1(_) => Some(idle.swap_remove(i).1),
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("pool lock");
+        inner.sweep(now);
+        let list = inner.idle.get_mut(&(key.clone(), h2))?;
+        if h2 {
+            list.retain(|(u, _)| !u.is_closed());
+            return match list.first_mut() {
+                Some((Upstream::H2(s), since)) => {
+                    *since = now;
+                    Some(Upstream::H2(s.clone()))
+                }
+                _ => None,
+            };
         }
+        while let Some((u, _)) = list.pop() {
+            if !u.is_closed() {
+                return Some(u);
+            }
+        }
+        None
     }
 
     fn put(&self, key: Key, up: Upstream) {
         if up.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("pool lock");
         let h2 = matches!(up, Upstream::H2(_));
-        let same = idle
-            .iter()
-            .filter(|(k, u)| *k == key && matches!(u, Upstream::H2(_)) == h2)
-            .count();
-        if (h2 && same == 0) || (!h2 && same < MAX_IDLE) {
-            idle.push((key, up));
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("pool lock");
+        inner.sweep(now);
+        let list = inner.idle.entry((key, h2)).or_default();
+        if (h2 && list.is_empty()) || (!h2 && list.len() < MAX_IDLE) {
+            list.push((up, now));
         }
     }
 }

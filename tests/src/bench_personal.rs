@@ -1,7 +1,8 @@
 //! Benchmark section of personal intercepts (issue 6): on a port with a personal intercept, the
 //! added p50 latency of a request that the filter sends to the app and of one that it sends to
-//! the handler (both against the direct path, measured in the same run), and requests/s through
-//! the filtered port with 100 keep-alive clients.
+//! the handler (both against the direct path, measured in the same run before and after; the
+//! better direct figure is the baseline), and requests/s through the filtered port with 100
+//! keep-alive clients.
 
 use super::{exec_json, f, Row};
 use anyhow::Result;
@@ -90,6 +91,21 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
     docker(&["stop", "-t", "1", "intercept-web-9090"])?;
     child.wait()?;
     user.tp(&["quit", "-s"]).ok();
+    // The direct path again (the agent is gone): the better of the two runs is the baseline,
+    // so noise never flatters the filtered path.
+    p.wait_for("http://web:8080/", "web", t)?;
+    let direct_after = bench(&p, other, &reqs, "1")?;
+    let direct_rps_after = bench(&p, other, RPS_REQUESTS, "100")?;
+    let direct = if f(&direct_after, "p50_us") < f(&direct, "p50_us") {
+        direct_after
+    } else {
+        direct
+    };
+    let direct_rps = if f(&direct_rps_after, "requests_per_s") > f(&direct_rps, "requests_per_s") {
+        direct_rps_after
+    } else {
+        direct_rps
+    };
 
     let added_app = f(&to_app, "p50_us") - f(&direct, "p50_us");
     let added_handler = f(&to_handler, "p50_us") - f(&direct, "p50_us");
