@@ -2,7 +2,7 @@
 //! an HTTP app and a stub tunnel whose "clients" answer with their intercept id, all on
 //! loopback. Covers HTTP/1.1 keep-alive and HTTP/2 connections whose requests alternate
 //! between destinations, routing changes between requests, non-HTTP and TLS bytes, oversized
-//! heads, pipelining and a request body streamed both ways.
+//! heads, pipelining, upgrades, pooling across callers and a request body streamed both ways.
 
 use super::*;
 use crate::routes::Routes;
@@ -20,9 +20,35 @@ async fn http_server(
     name: String,
     stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 ) {
-    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let name = name.clone();
         async move {
+            // `Upgrade: echo`: switch protocols, greet with `<name>:`, then echo
+            if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+                let on = hyper::upgrade::on(&mut req);
+                let greeting = format!("{name}:");
+                tokio::spawn(async move {
+                    if let Ok(up) = on.await {
+                        let mut io = TokioIo::new(up);
+                        let _ = io.write_all(greeting.as_bytes()).await;
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut().insert(
+                    "connection",
+                    hyper::header::HeaderValue::from_static("upgrade"),
+                );
+                r.headers_mut()
+                    .insert("upgrade", hyper::header::HeaderValue::from_static("echo"));
+                return Ok::<_, Infallible>(r);
+            }
             let path = req.uri().path().to_string();
             let body = if req.method() == hyper::Method::POST {
                 let b = req
@@ -41,7 +67,7 @@ async fn http_server(
         }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .await;
 }
 
@@ -396,4 +422,35 @@ async fn callers_share_idle_tunnel_connections_but_never_a_busy_one() {
     assert_eq!(text(r).await, "A /");
     assert_eq!(s.tunnels.lock().unwrap().len(), 2);
     drop(stalled);
+}
+
+#[tokio::test]
+async fn upgrades_are_spliced_to_the_routed_destination() {
+    let s = setup().await;
+    for (dev, want) in [("b", "B:"), ("nobody", "app:")] {
+        let mut c = TcpStream::connect(s.listen).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: w\r\nx-dev: {dev}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).ends_with(want) {
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        c.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(&back, b"hello");
+    }
 }
