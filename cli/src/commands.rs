@@ -138,6 +138,10 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "service_port_name": i.service_port_name,
         "workload_kind": i.workload_kind,
         "intercepting": i.disposition,
+        "http_headers": s.http_headers,
+        "http_path_equal": s.http_path_equal,
+        "http_path_prefix": s.http_path_prefix,
+        "http_path_regex": s.http_path_regex,
     })
 }
 
