@@ -63,12 +63,29 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// How long startup retries the manager before giving up ([`MANAGER_TIMEOUT`]).
     pub manager_timeout: Duration,
+    /// Kubernetes mode: fixed listen port and app port per service port (`TP_PORT_MAP`). Mapped
+    /// ports install no redirect of their own.
+    pub port_map: Vec<crate::portmap::PortMapping>,
 }
 
 impl AgentConfig {
     /// Reads the `TP_*` environment variables.
     pub fn from_env() -> Result<AgentConfig, AgentError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let mut cfg = Self::from_lookup(|k| std::env::var(k).ok())?;
+        if std::env::var(crate::portmap::ENV_APP_ENV_INHERIT).is_ok_and(|v| v == "true") {
+            cfg.environment = crate::portmap::inherited_env(std::env::vars());
+        }
+        Ok(cfg)
+    }
+
+    /// (listen port, app port) for a service port: the port map's, else (0 = any, the service
+    /// port).
+    pub fn listen_and_app(&self, service_port: u16) -> (u16, u16) {
+        self.port_map
+            .iter()
+            .find(|m| m.service_port == service_port)
+            .map(|m| (m.agent_port, m.app_port))
+            .unwrap_or((0, service_port))
     }
 
     /// Same as [`AgentConfig::from_env`] with any variable source (tests use a map).
@@ -113,6 +130,7 @@ impl AgentConfig {
             redirect: true,
             drain_timeout,
             manager_timeout: MANAGER_TIMEOUT,
+            port_map: crate::portmap::parse_port_map(get(crate::portmap::ENV_PORT_MAP).as_deref())?,
         })
     }
 }

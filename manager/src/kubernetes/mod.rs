@@ -14,6 +14,7 @@ pub mod configmap;
 pub mod patch;
 pub mod ports;
 pub mod provider;
+pub mod startup;
 pub mod webhook;
 
 pub use provider::{KubeConfig, KubeProvider};
