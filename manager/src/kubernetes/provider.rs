@@ -483,15 +483,18 @@ impl KubeProvider {
         Ok(())
     }
 
-    /// Whether some live pod of the workload lacks the agent (or has one although it should not).
-    fn pods_disagree(&self, w: &Workload, want_agent: bool) -> bool {
-        self.pods_of(w).iter().any(|p| {
-            let has = p
-                .spec
-                .as_ref()
-                .is_some_and(|s| s.containers.iter().any(|c| c.name == AGENT_CONTAINER));
-            has != want_agent
-        })
+    /// (pods with the agent, pods without) among the workload's live pods.
+    fn agent_pods(&self, w: &Workload) -> (usize, usize) {
+        let pods = self.pods_of(w);
+        let with = pods
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers.iter().any(|c| c.name == AGENT_CONTAINER))
+            })
+            .count();
+        (with, pods.len() - with)
     }
 
     /// Removes the agents of every workload in `namespace` (`uninstall --all-agents`).
@@ -552,7 +555,7 @@ impl KubeProvider {
                 ));
             }
         }
-        if self.pods_disagree(&w, true) {
+        if self.agent_pods(&w).1 > 0 {
             return Some(format!(
                 "some pods of {workload} still run without the traffic-agent (rollout in progress, or the webhook is not reached: check the manager's logs and the MutatingWebhookConfiguration)"
             ));
@@ -609,7 +612,9 @@ impl Provider for KubeProvider {
         if changed {
             self.write_entry(&w.namespace, &w.name, Some(yaml)).await?;
         }
-        if changed || self.pods_disagree(&w, true) {
+        // Unchanged config: roll out only if no pod has the agent yet (e.g. the webhook was
+        // down at the last rollout); a rollout in progress is left alone.
+        if changed || self.agent_pods(&w).0 == 0 {
             self.rollout(&w).await?;
         }
         Ok(())
@@ -622,7 +627,7 @@ impl Provider for KubeProvider {
         if had {
             self.write_entry(namespace, workload, None).await?;
         }
-        if had || self.pods_disagree(&w, false) {
+        if had || self.agent_pods(&w).0 > 0 {
             self.rollout(&w).await?;
         }
         Ok(())
