@@ -58,22 +58,77 @@ fn seed(s: &StandIn) {
     s.put(&namespace("shop"));
     s.put(&namespace("default"));
     s.put(&deployment("shop", "web", vec![web_container()]));
-    s.put(&replicaset("shop", "web-5d9f8", Some("web"), vec![web_container()]));
-    s.put(&deployment_pod("shop", "web", "5d9f8", "x1", vec![web_container()], "10.42.0.5"));
-    s.put(&service("shop", "web", "web", &[("http", 80, named("http"))], false));
-    s.put(&service("shop", "web-admin", "web", &[("", 9000, num(9000))], false));
-    s.put(&replicaset("shop", "solo", None, vec![container("c", &[(None, 7000)])]));
-    s.put(&service("shop", "solo", "solo", &[("", 8080, named("nope"))], false));
-    s.put(&statefulset("shop", "db", vec![container("pg", &[(None, 5432)])]));
-    s.put(&service("shop", "db", "db", &[("pg", 5432, num(5432))], true));
-    s.put(&deployment("shop", "lonely", vec![container("c", &[(None, 80)])]));
+    s.put(&replicaset(
+        "shop",
+        "web-5d9f8",
+        Some("web"),
+        vec![web_container()],
+    ));
+    s.put(&deployment_pod(
+        "shop",
+        "web",
+        "5d9f8",
+        "x1",
+        vec![web_container()],
+        "10.42.0.5",
+    ));
+    s.put(&service(
+        "shop",
+        "web",
+        "web",
+        &[("http", 80, named("http"))],
+        false,
+    ));
+    s.put(&service(
+        "shop",
+        "web-admin",
+        "web",
+        &[("", 9000, num(9000))],
+        false,
+    ));
+    s.put(&replicaset(
+        "shop",
+        "solo",
+        None,
+        vec![container("c", &[(None, 7000)])],
+    ));
+    s.put(&service(
+        "shop",
+        "solo",
+        "solo",
+        &[("", 8080, named("nope"))],
+        false,
+    ));
+    s.put(&statefulset(
+        "shop",
+        "db",
+        vec![container("pg", &[(None, 5432)])],
+    ));
+    s.put(&service(
+        "shop",
+        "db",
+        "db",
+        &[("pg", 5432, num(5432))],
+        true,
+    ));
+    s.put(&deployment(
+        "shop",
+        "lonely",
+        vec![container("c", &[(None, 80)])],
+    ));
     let mut quiet = deployment("shop", "quiet", vec![container("c", &[(None, 80)])]);
     quiet.spec.template.metadata.as_mut().unwrap().annotations = Some(labels(&[(
         "telepresence.io/inject-traffic-agent",
         "disabled",
     )]));
     s.put(&quiet);
-    s.put(&service("shop", "quiet", "quiet", &[("", 80, num(80))], false));
+    s.put(&service(
+        "shop",
+        "quiet",
+        "quiet",
+        &[("", 80, num(80))],
+        false,
+    ));
 }
 
 #[tokio::test]
@@ -87,7 +142,10 @@ async fn discovers_workloads_ports_and_reasons_and_follows_watch_events() {
     assert!(!p.namespace_exists("nowhere").await.unwrap());
 
     let ws = p.list_workloads("shop").await.unwrap();
-    let names: Vec<(&str, &str)> = ws.iter().map(|w| (w.name.as_str(), w.kind.as_str())).collect();
+    let names: Vec<(&str, &str)> = ws
+        .iter()
+        .map(|w| (w.name.as_str(), w.kind.as_str()))
+        .collect();
     assert_eq!(
         names,
         [
@@ -101,7 +159,11 @@ async fn discovers_workloads_ports_and_reasons_and_follows_watch_events() {
     );
     let web = &ws[4];
     assert_eq!(web.not_interceptable, None);
-    let ports: Vec<(&str, u16)> = web.ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
+    let ports: Vec<(&str, u16)> = web
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port))
+        .collect();
     assert_eq!(ports, [("http", 80), ("", 9000)]);
     assert!(!web.agent_installed);
     assert_eq!(ws[0].not_interceptable, None, "headless services count");
@@ -126,7 +188,13 @@ async fn discovers_workloads_ports_and_reasons_and_follows_watch_events() {
     ));
 
     // Watch events: a Service appears for lonely, then goes away.
-    s.put(&service("shop", "lonely", "lonely", &[("web", 8000, num(80))], false));
+    s.put(&service(
+        "shop",
+        "lonely",
+        "lonely",
+        &[("web", 8000, num(80))],
+        false,
+    ));
     eventually("lonely gets its service", || {
         futures::executor::block_on(p.get_workload("shop", "lonely"))
             .unwrap()
@@ -164,17 +232,31 @@ async fn a_compacted_resource_version_forces_a_relist() {
     // Changes made while the history is compacted away are never sent as watch events: only a
     // relist after the 410 can reveal them.
     s.compact_and(|s| {
-        s.put(&deployment("shop", "late", vec![container("c", &[(Some("http"), 80)])]));
-        s.put(&service("shop", "late", "late", &[("http", 80, named("http"))], false));
+        s.put(&deployment(
+            "shop",
+            "late",
+            vec![container("c", &[(Some("http"), 80)])],
+        ));
+        s.put(&service(
+            "shop",
+            "late",
+            "late",
+            &[("http", 80, named("http"))],
+            false,
+        ));
         s.delete("apps/v1", "Deployment", "shop", "lonely");
     });
     eventually("the relisted deployments", || {
         let ws = futures::executor::block_on(p.list_workloads("shop")).unwrap();
-        ws.iter().any(|w| w.name == "late" && w.not_interceptable.is_none())
+        ws.iter()
+            .any(|w| w.name == "late" && w.not_interceptable.is_none())
             && !ws.iter().any(|w| w.name == "lonely")
     })
     .await;
-    assert!(s.gone_count("apps/v1/deployments") >= 1, "the resumed watch got 410");
+    assert!(
+        s.gone_count("apps/v1/deployments") >= 1,
+        "the resumed watch got 410"
+    );
     assert!(s.list_count("apps/v1/deployments") > lists_before);
     assert!(s.list_count("v1/services") > 1);
 }
@@ -206,7 +288,15 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let ports: Vec<(u16, PortMode, &str, u16, u16)> = cfg
         .ports
         .iter()
-        .map(|p| (p.service_port, p.mode, p.container_port_name.as_str(), p.app_port, p.agent_port))
+        .map(|p| {
+            (
+                p.service_port,
+                p.mode,
+                p.container_port_name.as_str(),
+                p.app_port,
+                p.agent_port,
+            )
+        })
         .collect();
     assert_eq!(
         ports,
@@ -220,7 +310,11 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let patches: Vec<_> = s
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PATCH" && r.uri.starts_with("/apis/apps/v1/namespaces/shop/deployments/web"))
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.uri
+                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
+        })
         .collect();
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0].content_type, "application/merge-patch+json");
@@ -228,9 +322,17 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
 
     // The webhook's view: a new pod of web gets this config.
     let pod = deployment_pod("shop", "web", "77aa1", "y2", vec![web_container()], "");
-    let got = p.agent_config("shop", "Deployment", "web", &pod).await.unwrap();
+    let got = p
+        .agent_config("shop", "Deployment", "web", &pod)
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), Some(&cfg));
-    assert_eq!(p.agent_config("shop", "StatefulSet", "web", &pod).await.unwrap(), None);
+    assert_eq!(
+        p.agent_config("shop", "StatefulSet", "web", &pod)
+            .await
+            .unwrap(),
+        None
+    );
 
     // The rollout replaced the pod with an injected one: asking again changes nothing.
     s.delete("v1", "Pod", "shop", "web-5d9f8-x1");
@@ -264,7 +366,11 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let patches = s
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PATCH" && r.uri.starts_with("/apis/apps/v1/namespaces/shop/deployments/web"))
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.uri
+                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
+        })
         .count();
     assert_eq!(patches, 2);
     assert!(!p.get_workload("shop", "web").await.unwrap().agent_installed);
@@ -274,13 +380,30 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let patches = s
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PATCH" && r.uri.starts_with("/apis/apps/v1/namespaces/shop/deployments/web"))
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.uri
+                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
+        })
         .count();
     assert_eq!(patches, 3);
 
     // A bare ReplicaSet rolls out by deleting its pods.
-    s.put(&service("shop", "solo", "solo", &[("", 7000, num(7000))], false));
-    let mut solo_pod = deployment_pod("shop", "x", "y", "z", vec![container("c", &[(None, 7000)])], "10.42.0.9");
+    s.put(&service(
+        "shop",
+        "solo",
+        "solo",
+        &[("", 7000, num(7000))],
+        false,
+    ));
+    let mut solo_pod = deployment_pod(
+        "shop",
+        "x",
+        "y",
+        "z",
+        vec![container("c", &[(None, 7000)])],
+        "10.42.0.9",
+    );
     solo_pod.metadata.name = Some("solo-abcde".into());
     solo_pod.metadata.labels = Some(labels(&[("app", "solo")]));
     solo_pod.metadata.owner_references.as_mut().unwrap()[0].name = "solo".into();
@@ -317,12 +440,21 @@ async fn injection_policy_when_enabled_needs_the_annotation() {
         "enabled",
     )]));
     s.put(&web);
-    s.put(&service("shop", "web2", "web2", &[("http", 80, named("http"))], false));
+    s.put(&service(
+        "shop",
+        "web2",
+        "web2",
+        &[("http", 80, named("http"))],
+        false,
+    ));
     let p = KubeProvider::start(s.client(), cfg(InjectPolicy::WhenEnabled, &[]))
         .await
         .unwrap();
     let w = p.get_workload("shop", "web").await.unwrap();
-    assert!(w.not_interceptable.unwrap().contains("policy is WhenEnabled"));
+    assert!(w
+        .not_interceptable
+        .unwrap()
+        .contains("policy is WhenEnabled"));
     let e = p
         .ensure_agent(&AgentRequest {
             namespace: "shop".into(),
@@ -331,21 +463,51 @@ async fn injection_policy_when_enabled_needs_the_annotation() {
         })
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("telepresence.io/inject-traffic-agent=enabled"), "{e}");
-    assert!(s.get::<ConfigMap>("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).is_none());
-    assert_eq!(p.get_workload("shop", "web2").await.unwrap().not_interceptable, None);
+    assert!(
+        e.to_string()
+            .contains("telepresence.io/inject-traffic-agent=enabled"),
+        "{e}"
+    );
+    assert!(s
+        .get::<ConfigMap>("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP)
+        .is_none());
+    assert_eq!(
+        p.get_workload("shop", "web2")
+            .await
+            .unwrap()
+            .not_interceptable,
+        None
+    );
 
     // A pod annotated `enabled` gets an agent at creation even though nobody intercepted yet:
     // the webhook plans and records its config.
     let mut pod = deployment_pod("shop", "web2", "abc12", "p1", vec![web_container()], "");
-    pod.metadata.annotations = Some(labels(&[("telepresence.io/inject-traffic-agent", "enabled")]));
-    let got = p.agent_config("shop", "Deployment", "web2", &pod).await.unwrap().unwrap();
+    pod.metadata.annotations = Some(labels(&[(
+        "telepresence.io/inject-traffic-agent",
+        "enabled",
+    )]));
+    let got = p
+        .agent_config("shop", "Deployment", "web2", &pod)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.ports[0].mode, PortMode::Takeover);
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
-    assert_eq!(AgentConfig::from_yaml(&cm.data.unwrap()["web2"]).unwrap(), got);
+    assert_eq!(
+        AgentConfig::from_yaml(&cm.data.unwrap()["web2"]).unwrap(),
+        got
+    );
     // `disabled` wins over a stored config.
-    pod.metadata.annotations = Some(labels(&[("telepresence.io/inject-traffic-agent", "disabled")]));
-    assert_eq!(p.agent_config("shop", "Deployment", "web2", &pod).await.unwrap(), None);
+    pod.metadata.annotations = Some(labels(&[(
+        "telepresence.io/inject-traffic-agent",
+        "disabled",
+    )]));
+    assert_eq!(
+        p.agent_config("shop", "Deployment", "web2", &pod)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -353,7 +515,11 @@ async fn namespaced_watches_when_limited_to_namespaces() {
     let s = StandIn::start().await;
     seed(&s);
     s.put(&namespace("other"));
-    s.put(&deployment("other", "elsewhere", vec![container("c", &[(None, 80)])]));
+    s.put(&deployment(
+        "other",
+        "elsewhere",
+        vec![container("c", &[(None, 80)])],
+    ));
     let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &["shop"]))
         .await
         .unwrap();
@@ -361,18 +527,28 @@ async fn namespaced_watches_when_limited_to_namespaces() {
     assert!(!p.namespace_exists("other").await.unwrap());
     assert_eq!(p.list_workloads("shop").await.unwrap().len(), 5);
     let reqs = s.requests();
-    assert!(reqs
+    assert!(reqs.iter().any(|r| r
+        .uri
+        .starts_with("/apis/apps/v1/namespaces/shop/deployments?")));
+    assert!(!reqs
         .iter()
-        .any(|r| r.uri.starts_with("/apis/apps/v1/namespaces/shop/deployments?")));
-    assert!(!reqs.iter().any(|r| r.uri.starts_with("/apis/apps/v1/deployments?")));
-    assert!(!reqs.iter().any(|r| r.uri.starts_with("/api/v1/namespaces?")));
+        .any(|r| r.uri.starts_with("/apis/apps/v1/deployments?")));
+    assert!(!reqs
+        .iter()
+        .any(|r| r.uri.starts_with("/api/v1/namespaces?")));
 }
 
 #[tokio::test]
 async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
     let s = StandIn::start().await;
     seed(&s);
-    let mut k = service("default", "kubernetes", "none", &[("https", 443, num(6443))], false);
+    let mut k = service(
+        "default",
+        "kubernetes",
+        "none",
+        &[("https", 443, num(6443))],
+        false,
+    );
     k.spec.as_mut().unwrap().selector = None;
     k.spec.as_mut().unwrap().cluster_ip = Some("10.43.0.1".into());
     s.put(&k);
@@ -416,6 +592,11 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
     });
     assert_eq!(
         p.cluster_subnets("shop").await.unwrap(),
-        ["10.100.0.0/16", "fd00:10:96::/108", "10.244.0.0/24", "10.244.1.0/24"]
+        [
+            "10.100.0.0/16",
+            "fd00:10:96::/108",
+            "10.244.0.0/24",
+            "10.244.1.0/24"
+        ]
     );
 }

@@ -96,7 +96,12 @@ fn owner(kind: &str, api_version: &str, name: &str) -> OwnerReference {
 }
 
 /// A ReplicaSet: owned by `deployment` (named `<deployment>-<hash>`) or bare.
-pub fn replicaset(ns: &str, name: &str, deployment: Option<&str>, containers: Vec<Container>) -> ReplicaSet {
+pub fn replicaset(
+    ns: &str,
+    name: &str,
+    deployment: Option<&str>,
+    containers: Vec<Container>,
+) -> ReplicaSet {
     let mut m = meta(ns, name);
     let mut tpl = template(deployment.unwrap_or(name), containers);
     if let Some(d) = deployment {
@@ -141,10 +146,21 @@ pub fn statefulset(ns: &str, name: &str, containers: Vec<Container>) -> Stateful
 }
 
 /// A pod of a Deployment (through its ReplicaSet `<deployment>-<hash>`).
-pub fn deployment_pod(ns: &str, deployment: &str, hash: &str, suffix: &str, containers: Vec<Container>, ip: &str) -> Pod {
+pub fn deployment_pod(
+    ns: &str,
+    deployment: &str,
+    hash: &str,
+    suffix: &str,
+    containers: Vec<Container>,
+    ip: &str,
+) -> Pod {
     let mut m = meta(ns, &format!("{deployment}-{hash}-{suffix}"));
     m.labels = Some(labels(&[("app", deployment), ("pod-template-hash", hash)]));
-    m.owner_references = Some(vec![owner("ReplicaSet", "apps/v1", &format!("{deployment}-{hash}"))]);
+    m.owner_references = Some(vec![owner(
+        "ReplicaSet",
+        "apps/v1",
+        &format!("{deployment}-{hash}"),
+    )]);
     Pod {
         metadata: m,
         spec: Some(PodSpec {
@@ -160,12 +176,22 @@ pub fn deployment_pod(ns: &str, deployment: &str, hash: &str, suffix: &str, cont
 }
 
 /// A Service selecting `app=<app>`: ports (name, port, targetPort).
-pub fn service(ns: &str, name: &str, app: &str, ports: &[(&str, i32, IntOrString)], headless: bool) -> Service {
+pub fn service(
+    ns: &str,
+    name: &str,
+    app: &str,
+    ports: &[(&str, i32, IntOrString)],
+    headless: bool,
+) -> Service {
     Service {
         metadata: meta(ns, name),
         spec: Some(ServiceSpec {
             selector: Some(labels(&[("app", app)])),
-            cluster_ip: Some(if headless { "None".into() } else { "10.96.10.10".into() }),
+            cluster_ip: Some(if headless {
+                "None".into()
+            } else {
+                "10.96.10.10".into()
+            }),
             ports: Some(
                 ports
                     .iter()

@@ -136,12 +136,7 @@ fn query(q: Option<&str>) -> HashMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                percent_decode(v),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
         .collect()
 }
 
@@ -187,7 +182,9 @@ fn selected(obj: &Value, q: &HashMap<String, String>) -> bool {
     }
     if let Some(ls) = q.get("labelSelector").filter(|s| !s.is_empty()) {
         for term in ls.split(',') {
-            let (k, v) = term.split_once('=').expect("stand-in: only k=v label selectors");
+            let (k, v) = term
+                .split_once('=')
+                .expect("stand-in: only k=v label selectors");
             if meta["labels"][k].as_str() != Some(v.trim_start_matches('=')) {
                 return false;
             }
@@ -224,7 +221,10 @@ impl St {
             obj["apiVersion"].as_str().expect("apiVersion"),
             obj["kind"].as_str().expect("kind"),
         );
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = obj["metadata"]["name"].as_str().expect("name").to_string();
         let rv = self.bump();
         let m = obj["metadata"].as_object_mut().unwrap();
@@ -239,7 +239,11 @@ impl St {
             .or_default()
             .insert((ns, name), obj.clone())
             .is_some();
-        self.record(&coll, if existed { "MODIFIED" } else { "ADDED" }, obj.clone());
+        self.record(
+            &coll,
+            if existed { "MODIFIED" } else { "ADDED" },
+            obj.clone(),
+        );
         obj
     }
 
@@ -355,7 +359,13 @@ impl StandIn {
 
     /// List calls made on a collection ("apps/v1/deployments").
     pub fn list_count(&self, coll: &str) -> usize {
-        self.st.lock().unwrap().lists.get(coll).copied().unwrap_or(0)
+        self.st
+            .lock()
+            .unwrap()
+            .lists
+            .get(coll)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// 410 Gone watch answers sent for a collection.
@@ -388,10 +398,20 @@ impl StandIn {
         });
         let q = query(uri.query());
         let Some(t) = parse_path(uri.path()) else {
-            return respond(404, &status(404, "NotFound", "the server could not find the requested resource"));
+            return respond(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
         };
         match method {
-            Method::GET if t.name.is_none() && matches!(q.get("watch").map(String::as_str), Some("true" | "1")) => {
+            Method::GET
+                if t.name.is_none()
+                    && matches!(q.get("watch").map(String::as_str), Some("true" | "1")) =>
+            {
                 self.watch(t, q)
             }
             Method::GET if t.name.is_none() => self.list(&t, &q),
@@ -440,7 +460,11 @@ impl StandIn {
             Some(o) => respond(200, o),
             None => respond(
                 404,
-                &status(404, "NotFound", &format!("{} \"{}\" not found", t.coll, t.name.as_deref().unwrap())),
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("{} \"{}\" not found", t.coll, t.name.as_deref().unwrap()),
+                ),
             ),
         }
     }
@@ -474,7 +498,10 @@ impl StandIn {
             .get(&t.coll)
             .is_some_and(|m| m.contains_key(&(ns, name.clone())))
         {
-            return respond(409, &status(409, "AlreadyExists", &format!("\"{name}\" already exists")));
+            return respond(
+                409,
+                &status(409, "AlreadyExists", &format!("\"{name}\" already exists")),
+            );
         }
         let out = st.put(obj);
         drop(st);
@@ -492,9 +519,13 @@ impl StandIn {
             .and_then(|m| m.get(&(ns, name.clone())))
             .cloned()
         else {
-            return respond(404, &status(404, "NotFound", &format!("\"{name}\" not found")));
+            return respond(
+                404,
+                &status(404, "NotFound", &format!("\"{name}\" not found")),
+            );
         };
-        let patch: Value = match serde_json::from_str(body).or_else(|_| yaml_serde::from_str(body)) {
+        let patch: Value = match serde_json::from_str(body).or_else(|_| yaml_serde::from_str(body))
+        {
             Ok(v) => v,
             Err(e) => return respond(400, &status(400, "BadRequest", &e.to_string())),
         };
@@ -512,7 +543,14 @@ impl StandIn {
             | "application/strategic-merge-patch+json"
             | "application/apply-patch+yaml" => merge(&mut obj, &patch),
             other => {
-                return respond(415, &status(415, "UnsupportedMediaType", &format!("unsupported patch type {other}")))
+                return respond(
+                    415,
+                    &status(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!("unsupported patch type {other}"),
+                    ),
+                )
             }
         }
         let out = st.put(obj);
@@ -528,7 +566,10 @@ impl StandIn {
         self.changed.notify_waiters();
         match removed {
             Some(o) => respond(200, &o),
-            None => respond(404, &status(404, "NotFound", &format!("\"{name}\" not found"))),
+            None => respond(
+                404,
+                &status(404, "NotFound", &format!("\"{name}\" not found")),
+            ),
         }
     }
 
@@ -555,8 +596,17 @@ impl StandIn {
                 notified.await;
             };
             if gone {
-                *me.st.lock().unwrap().gone.entry(t.coll.clone()).or_default() += 1;
-                let s = status(410, "Expired", &format!("too old resource version: {from} ({compacted})"));
+                *me.st
+                    .lock()
+                    .unwrap()
+                    .gone
+                    .entry(t.coll.clone())
+                    .or_default() += 1;
+                let s = status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {from} ({compacted})"),
+                );
                 let _ = tx.send(line(json!({"type": "ERROR", "object": s}))).await;
                 return;
             }
@@ -573,8 +623,10 @@ impl StandIn {
                         .iter()
                         .filter(|e| e.rv > last && e.coll == t.coll)
                         .filter(|e| {
-                            in_scope(&t.namespace, e.obj["metadata"]["namespace"].as_str().unwrap_or(""))
-                                && selected(&e.obj, &q)
+                            in_scope(
+                                &t.namespace,
+                                e.obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                            ) && selected(&e.obj, &q)
                         })
                         .cloned()
                         .collect();
@@ -585,7 +637,11 @@ impl StandIn {
                 }
                 for e in batch {
                     last = last.max(e.rv);
-                    if tx.send(line(json!({"type": e.kind, "object": e.obj}))).await.is_err() {
+                    if tx
+                        .send(line(json!({"type": e.kind, "object": e.obj})))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

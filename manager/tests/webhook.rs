@@ -1,0 +1,553 @@
+//! The agent-injector webhook with real AdmissionReview JSON: the returned JSONPatch, applied to
+//! the pod, gives the expected pod (typed with k8s-openapi); reviewing the patched pod changes
+//! nothing; pods without config, other operations and uninjectable pods are admitted as they
+//! are. Also end to end over HTTPS with a generated certificate.
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+
+use fixtures::*;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SecurityContext, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::admission::AdmissionReview;
+use kube::core::DynamicObject;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tp_manager::kubernetes::configmap::{self, AgentConfig};
+use tp_manager::kubernetes::patch::InjectSettings;
+use tp_manager::kubernetes::ports::{self, Workload};
+use tp_manager::kubernetes::webhook::{self, BoxFuture, ConfigSource};
+
+/// Configs by workload name.
+struct Fixed(HashMap<String, AgentConfig>);
+
+impl ConfigSource for Fixed {
+    fn agent_config<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _kind: &'a str,
+        name: &'a str,
+        _pod: &'a Pod,
+    ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>> {
+        Box::pin(async move { Ok(self.0.get(name).cloned()) })
+    }
+}
+
+fn settings() -> InjectSettings {
+    InjectSettings {
+        agent_image: "registry.example/telepresence:0.1.0".into(),
+        image_pull_policy: Some("IfNotPresent".into()),
+    }
+}
+
+fn probe_http(port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    }
+}
+
+/// The app container: named port `http` (8080), unnamed 9000, env, envFrom, mounts, probes.
+fn app() -> Container {
+    let mut c = container("app", &[(Some("http"), 8080), (None, 9000)]);
+    c.env = Some(vec![EnvVar {
+        name: "DB_URL".into(),
+        value: Some("postgres://db:5432/shop".into()),
+        ..Default::default()
+    }]);
+    c.env_from = Some(vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: "shop-settings".into(),
+            optional: None,
+        }),
+        ..Default::default()
+    }]);
+    c.volume_mounts = Some(vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: "/var/data".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "certs".into(),
+            mount_path: "/etc/certs".into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ]);
+    c.readiness_probe = Some(probe_http("http"));
+    c.liveness_probe = Some(Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+fn sidecar() -> Container {
+    container("metrics", &[(Some("metrics"), 9102)])
+}
+
+/// The pod the ReplicaSet controller of Deployment `web` creates (no name yet).
+fn new_pod() -> Pod {
+    let mut p = deployment_pod("shop", "web", "6c8d7", "x", vec![app(), sidecar()], "");
+    p.metadata.name = None;
+    p.metadata.generate_name = Some("web-6c8d7-".into());
+    p.metadata.namespace = None;
+    p.status = None;
+    let spec = p.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "certs".into(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some("web-certs".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    p
+}
+
+/// The agent config the manager plans for web: service `web` targets `http` by name (takeover),
+/// `web-grpc` targets 9000 by number (redirect).
+fn web_config() -> AgentConfig {
+    let w = Workload {
+        kind: ports::KIND_DEPLOYMENT,
+        name: "web".into(),
+        namespace: "shop".into(),
+        template: template("web", vec![app(), sidecar()]),
+    };
+    let svc = service("shop", "web", "web", &[("http", 80, named("http"))], false);
+    let grpc = service(
+        "shop",
+        "web-grpc",
+        "web",
+        &[("grpc", 9000, num(9000))],
+        false,
+    );
+    let m = ports::match_ports(&w.template, &[&svc, &grpc]).unwrap();
+    configmap::plan(&w, &m, "10.96.0.50:8081", "10.96.0.50:8082").unwrap()
+}
+
+fn review_json(pod: &Pod, operation: &str) -> Vec<u8> {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": operation,
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "c3b1c7a0-0000-4000-8000-000000000001",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
+            },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends a review through the handler; returns (allowed, patch ops or None, warnings).
+async fn review(
+    src: &dyn ConfigSource,
+    pod: &Pod,
+    op: &str,
+) -> (bool, Option<json_patch::Patch>, Vec<String>) {
+    let out = webhook::review(src, &settings(), &review_json(pod, op)).await;
+    decode(&out)
+}
+
+fn decode(out: &[u8]) -> (bool, Option<json_patch::Patch>, Vec<String>) {
+    let raw: Value = serde_json::from_slice(out).unwrap();
+    assert_eq!(raw["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(raw["kind"], "AdmissionReview");
+    assert_eq!(
+        raw["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    let r: AdmissionReview<DynamicObject> = serde_json::from_slice(out).unwrap();
+    let resp = r.response.unwrap();
+    let patch = resp.patch.map(|bytes| {
+        assert_eq!(raw["response"]["patchType"], "JSONPatch");
+        // On the wire kube writes the bytes as a JSON array of numbers, which Go decodes into
+        // the API server's `[]byte` like a base64 string.
+        let wire: Vec<u8> = serde_json::from_value(raw["response"]["patch"].clone()).unwrap();
+        assert_eq!(wire, bytes);
+        serde_json::from_slice::<json_patch::Patch>(&bytes).unwrap()
+    });
+    (resp.allowed, patch, resp.warnings.unwrap_or_default())
+}
+
+fn apply(pod: &Pod, patch: &json_patch::Patch) -> Pod {
+    let mut v = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut v, patch).unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+fn q(s: &str) -> Quantity {
+    Quantity(s.into())
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The pod as it must come out, written out by hand.
+fn expected_pod() -> Pod {
+    let mut p = new_pod();
+    p.metadata.annotations = Some(BTreeMap::from([(
+        "telepresence.io/agent-injected".to_string(),
+        "web".to_string(),
+    )]));
+    let spec = p.spec.as_mut().unwrap();
+    // The app gives up the name `http`; its probes follow the rename.
+    let app = &mut spec.containers[0];
+    app.ports.as_mut().unwrap()[0].name = Some("tm-http".into());
+    app.readiness_probe = Some(probe_http("tm-http"));
+    app.liveness_probe
+        .as_mut()
+        .unwrap()
+        .tcp_socket
+        .as_mut()
+        .unwrap()
+        .port = IntOrString::String("tm-http".into());
+    let mut agent_env = vec![env("DB_URL", "postgres://db:5432/shop")];
+    agent_env.extend([
+        env("TP_MANAGER_ADDR", "10.96.0.50:8081"),
+        env("TP_TUNNEL_ADDR", "10.96.0.50:8082"),
+        env("TP_NAMESPACE", "shop"),
+        env("TP_WORKLOAD", "web"),
+        env("TP_PORTS", "80,9000"),
+        env(
+            "TP_PORT_MAP",
+            r#"[{"agentPort":9900,"appPort":8080,"servicePort":80},{"agentPort":9901,"appPort":9000,"servicePort":9000}]"#,
+        ),
+        env("TP_APP_HOST", "127.0.0.1"),
+        env("TP_APP_CONTAINER", "app"),
+        env(
+            "TP_APP_MOUNTS",
+            r#"[{"path":"/var/data","read_only":false},{"path":"/etc/certs","read_only":true}]"#,
+        ),
+        env("TP_APP_ENV_INHERIT", "true"),
+        EnvVar {
+            name: "TP_POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    spec.containers.push(Container {
+        name: "traffic-agent".into(),
+        image: Some("registry.example/telepresence:0.1.0".into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec!["agent".into()]),
+        env: Some(agent_env),
+        env_from: app_env_from(),
+        volume_mounts: new_pod().spec.unwrap().containers[0].volume_mounts.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: 9900,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(9900),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), q("10m")),
+                ("memory".to_string(), q("32Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), q("256Mi"))])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    spec.init_containers = Some(vec![Container {
+        name: "tel-agent-init".into(),
+        image: Some("registry.example/telepresence:0.1.0".into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec!["agent-init".into()]),
+        env: Some(vec![env("TP_REDIRECTS", "9000:9901")]),
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                ..Default::default()
+            }),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    p
+}
+
+fn app_env_from() -> Option<Vec<EnvFromSource>> {
+    app().env_from
+}
+
+fn src() -> Fixed {
+    Fixed(HashMap::from([("web".to_string(), web_config())]))
+}
+
+#[tokio::test]
+async fn injects_the_agent_into_a_deployment_pod_and_is_idempotent() {
+    let src = src();
+    let pod = new_pod();
+    let (allowed, patch, warnings) = review(&src, &pod, "CREATE").await;
+    assert!(allowed);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let patched = apply(&pod, &patch.expect("a patch"));
+    let expected = expected_pod();
+    assert_eq!(
+        serde_json::to_value(&patched).unwrap(),
+        serde_json::to_value(&expected).unwrap()
+    );
+    assert_eq!(patched, expected);
+    // The sidecar container is untouched.
+    assert_eq!(patched.spec.as_ref().unwrap().containers[1], sidecar());
+
+    // Reviewing the injected pod again (e.g. webhook reinvocation) changes nothing.
+    let (allowed, patch, _) = review(&src, &patched, "CREATE").await;
+    assert!(allowed);
+    assert!(patch.is_none(), "second review patched: {patch:?}");
+}
+
+#[tokio::test]
+async fn named_port_only_needs_no_init_container() {
+    let w = Workload {
+        kind: ports::KIND_DEPLOYMENT,
+        name: "web".into(),
+        namespace: "shop".into(),
+        template: template("web", vec![app(), sidecar()]),
+    };
+    // Two services on the sidecar's named port and the app's named port.
+    let svc = service(
+        "shop",
+        "web",
+        "web",
+        &[
+            ("http", 80, named("http")),
+            ("metrics", 9102, named("metrics")),
+        ],
+        false,
+    );
+    let m = ports::match_ports(&w.template, &[&svc]).unwrap();
+    let cfg = configmap::plan(&w, &m, "m:1", "m:2").unwrap();
+    assert!(!cfg.needs_redirect());
+    let src = Fixed(HashMap::from([("web".to_string(), cfg)]));
+    let (_, patch, _) = review(&src, &new_pod(), "CREATE").await;
+    let patched = apply(&new_pod(), &patch.unwrap());
+    let spec = patched.spec.unwrap();
+    assert!(spec.init_containers.is_none());
+    let names = |c: &Container| -> Vec<String> {
+        c.ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&spec.containers[0]), ["tm-http"]);
+    assert_eq!(names(&spec.containers[1]), ["tm-metrics"]);
+    assert_eq!(spec.containers[2].name, "traffic-agent");
+    let agent_ports: Vec<(String, i32)> = spec.containers[2]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        agent_ports,
+        [("http".to_string(), 9900), ("metrics".to_string(), 9901)]
+    );
+}
+
+#[tokio::test]
+async fn headless_service_gets_a_redirect_even_for_a_named_port() {
+    let w = Workload {
+        kind: ports::KIND_STATEFULSET,
+        name: "db".into(),
+        namespace: "shop".into(),
+        template: template("db", vec![container("pg", &[(Some("pg"), 5432)])]),
+    };
+    let svc = service("shop", "db", "db", &[("pg", 5432, named("pg"))], true);
+    let m = ports::match_ports(&w.template, &[&svc]).unwrap();
+    let cfg = configmap::plan(&w, &m, "m:1", "m:2").unwrap();
+    assert_eq!(cfg.ports[0].mode, configmap::PortMode::Redirect);
+    assert_eq!(
+        configmap::takeover_name("a-very-long-port"),
+        "tm-a-very-long"
+    );
+    assert!(configmap::takeover_name("a-very-long-port").len() <= 15);
+}
+
+#[tokio::test]
+async fn other_pods_and_operations_are_admitted_unchanged() {
+    let src = src();
+    // Not a workload with a config.
+    let mut other = new_pod();
+    other.metadata.owner_references.as_mut().unwrap()[0].name = "api-6c8d7".into();
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("app".into(), "api".into());
+    let (allowed, patch, warnings) = review(&src, &other, "CREATE").await;
+    assert!(allowed && patch.is_none() && warnings.is_empty());
+    // Updates are not ours.
+    let (allowed, patch, _) = review(&src, &new_pod(), "UPDATE").await;
+    assert!(allowed && patch.is_none());
+    // A bare pod (no controller).
+    let mut bare = new_pod();
+    bare.metadata.owner_references = None;
+    let (allowed, patch, _) = review(&src, &bare, "CREATE").await;
+    assert!(allowed && patch.is_none());
+    // A config naming a container the pod lacks: admitted, with a warning saying why.
+    let mut broken = web_config();
+    broken.container = "gone".into();
+    let src = Fixed(HashMap::from([("web".to_string(), broken)]));
+    let (allowed, patch, warnings) = review(&src, &new_pod(), "CREATE").await;
+    assert!(allowed && patch.is_none());
+    assert_eq!(
+        warnings,
+        ["telepresence: traffic-agent not injected: the pod has no container \"gone\""]
+    );
+    // Garbage in: a clear refusal, not a crash.
+    let out = webhook::review(&src, &settings(), b"{not json").await;
+    let raw: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(raw["response"]["allowed"], false);
+    assert!(raw["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not an AdmissionReview"));
+}
+
+#[tokio::test]
+async fn serves_reviews_over_https() {
+    use http_body_util::BodyExt;
+    use tokio_rustls::rustls;
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = webhook::TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&files.cert, key.cert.pem()).unwrap();
+    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+    let (listener, acceptor) = webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(webhook::serve(
+        listener,
+        acceptor,
+        Arc::new(src()),
+        settings(),
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(key.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let post = |path: &'static str, method: &'static str, body: Vec<u8>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = connector.connect(name, tcp).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+        }
+    };
+    let (status, body) = post("/traffic-agent", "POST", review_json(&new_pod(), "CREATE")).await;
+    assert_eq!(status, 200);
+    let (allowed, patch, _) = decode(&body);
+    assert!(allowed);
+    assert_eq!(apply(&new_pod(), &patch.unwrap()), expected_pod());
+    assert_eq!(post("/healthz", "GET", vec![]).await.0, 200);
+    assert_eq!(post("/other", "POST", vec![]).await.0, 404);
+
+    // A missing key file is a clear error at bind time.
+    let bad = webhook::TlsFiles {
+        cert: files.cert.clone(),
+        key: dir.path().join("missing.key"),
+    };
+    let Err(e) = webhook::bind(([127, 0, 0, 1], 0).into(), &bad).await else {
+        panic!("bind with a missing key succeeded");
+    };
+    assert!(
+        e.contains("cannot read webhook TLS file") && e.contains("missing.key"),
+        "{e}"
+    );
+}
