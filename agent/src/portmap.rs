@@ -74,8 +74,13 @@ pub fn inherited_env(vars: impl IntoIterator<Item = (String, String)>) -> BTreeM
 /// The `agent-init` role: installs the redirects of `TP_REDIRECTS` in the pod's network
 /// namespace (they stay for the pod's life; a pod without the agent is a new pod).
 pub fn init_redirects() -> Result<Vec<(u16, u16)>, AgentError> {
-    let v = std::env::var(ENV_REDIRECTS)
-        .map_err(|_| AgentError::Config(format!("{ENV_REDIRECTS} is not set (required)")))?;
+    init_redirects_from(std::env::var(ENV_REDIRECTS).ok())
+}
+
+/// [`init_redirects`] with the value of `TP_REDIRECTS` given.
+pub fn init_redirects_from(v: Option<String>) -> Result<Vec<(u16, u16)>, AgentError> {
+    let v =
+        v.ok_or_else(|| AgentError::Config(format!("{ENV_REDIRECTS} is not set (required)")))?;
     let pairs = parse_redirects(&v)?;
     if pairs.is_empty() {
         return Err(AgentError::Config(format!(
@@ -125,6 +130,28 @@ mod tests {
         for bad in ["8080", "8080:x", "0:9900", "8080:9900:1"] {
             assert!(parse_redirects(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn init_installs_the_redirect_table_in_the_pod_netns() {
+        let r = crate::testns::in_fresh_netns("agent-init redirect", || {
+            let none = init_redirects_from(None).unwrap_err().to_string();
+            let empty = init_redirects_from(Some(" ".into()))
+                .unwrap_err()
+                .to_string();
+            let before = crate::nft::table_exists(crate::TABLE).unwrap();
+            let pairs = init_redirects_from(Some("8080:9900,9000:9901".into())).unwrap();
+            let after = crate::nft::table_exists(crate::TABLE).unwrap();
+            (none, empty, before, pairs, after)
+        });
+        let Some((none, empty, before, pairs, after)) = r else {
+            return;
+        };
+        assert!(none.contains("TP_REDIRECTS is not set"), "{none}");
+        assert!(empty.contains("lists no ports"), "{empty}");
+        assert!(!before);
+        assert_eq!(pairs, [(8080, 9900), (9000, 9901)]);
+        assert!(after);
     }
 
     #[test]

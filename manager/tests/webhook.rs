@@ -551,3 +551,73 @@ async fn serves_reviews_over_https() {
         "{e}"
     );
 }
+
+#[test]
+fn port_matching_edge_cases() {
+    let tpl = template("web", vec![sidecar(), app()]);
+    // An undeclared numeric target is served by the first container; a declared one by its own.
+    let svc = service(
+        "shop",
+        "web",
+        "web",
+        &[("a", 81, num(8081)), ("b", 80, num(8080))],
+        false,
+    );
+    let m = ports::match_ports(&tpl, &[&svc]).unwrap();
+    let got: Vec<(u16, &str, u16)> = m
+        .iter()
+        .map(|m| (m.service_port, m.container.as_str(), m.container_port))
+        .collect();
+    assert_eq!(got, [(80, "app", 8080), (81, "metrics", 8081)]);
+    // A missing targetPort means the service port itself.
+    let mut bare = service("shop", "web", "web", &[("", 9000, num(0))], false);
+    bare.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port = None;
+    assert_eq!(
+        ports::match_ports(&tpl, &[&bare]).unwrap()[0].container,
+        "app"
+    );
+    // One intercept port per service port number, whichever service names it first.
+    let again = service("shop", "web2", "web", &[("x", 80, named("http"))], false);
+    assert_eq!(ports::match_ports(&tpl, &[&svc, &again]).unwrap().len(), 2);
+    // A named target with another protocol does not match.
+    let mut udp = service("shop", "dns", "web", &[("dns", 53, named("http"))], false);
+    udp.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    let e = ports::match_ports(&tpl, &[&udp]).unwrap_err();
+    assert!(
+        e.contains("targetPort \"http\" matches no container port"),
+        "{e}"
+    );
+    // Host network pods cannot be taken over.
+    let mut host = tpl.clone();
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    assert_eq!(
+        ports::match_ports(&host, &[&svc]).unwrap_err(),
+        ports::HOST_NETWORK_REASON
+    );
+    // Selection: all selector labels must match; no selector selects nothing.
+    let labels = fixtures::labels(&[("app", "web"), ("tier", "front")]);
+    assert!(ports::selects(&svc, &labels));
+    let mut sel = svc.clone();
+    sel.spec.as_mut().unwrap().selector =
+        Some(fixtures::labels(&[("app", "web"), ("tier", "back")]));
+    assert!(!ports::selects(&sel, &labels));
+    sel.spec.as_mut().unwrap().selector = None;
+    assert!(!ports::selects(&sel, &labels));
+    // Agent ports skip ports the pod already uses.
+    let busy = template(
+        "web",
+        vec![container("app", &[(Some("http"), 8080), (None, 9900)])],
+    );
+    let w = Workload {
+        kind: ports::KIND_DEPLOYMENT,
+        name: "web".into(),
+        namespace: "shop".into(),
+        template: busy,
+    };
+    let s = service("shop", "web", "web", &[("http", 80, named("http"))], false);
+    let m = ports::match_ports(&w.template, &[&s]).unwrap();
+    assert_eq!(
+        configmap::plan(&w, &m, "m:1", "m:2").unwrap().ports[0].agent_port,
+        9901
+    );
+}

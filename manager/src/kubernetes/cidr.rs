@@ -181,3 +181,50 @@ pub async fn pod_cidrs(client: &Client, pod_ips: Vec<IpAddr>) -> Vec<String> {
     }
     covering(pod_ips)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_cidrs() {
+        assert_eq!(network("10.43.0.1".parse().unwrap(), 12), "10.32.0.0/12");
+        assert_eq!(network("10.96.0.1".parse().unwrap(), 12), "10.96.0.0/12");
+        assert_eq!(
+            network("fd00:10:96::1".parse().unwrap(), 108),
+            "fd00:10:96::/108"
+        );
+        assert!(is_cidr("10.0.0.0/8") && is_cidr("::/0"));
+        assert!(!is_cidr("10.0.0.0/33") && !is_cidr("10.0.0.0") && !is_cidr("x/8"));
+        assert_eq!(
+            covering(
+                ["10.42.0.5", "10.42.1.7", "10.1.2.3", "fd00::1:2"].map(|s| s.parse().unwrap())
+            ),
+            ["10.1.0.0/16", "10.42.0.0/16", "fd00::/64"]
+        );
+    }
+
+    #[test]
+    fn range_messages_of_the_api_server() {
+        let single = "Service \"telepresence-cidr-probe\" is invalid: spec.clusterIPs: Invalid value: []string{\"192.0.2.1\"}: failed to allocate IP 192.0.2.1: the provided IP (192.0.2.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12";
+        assert_eq!(parse_range_message(single), ["10.96.0.0/12"]);
+        let dual = "... The range of valid IPs is 10.96.0.0/16, fd00:10:96::/112.";
+        assert_eq!(
+            parse_range_message(dual),
+            ["10.96.0.0/16", "fd00:10:96::/112"]
+        );
+        assert!(parse_range_message(
+            "spec.clusterIPs: Invalid value: provided IP is already allocated"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn domain_from_the_search_path() {
+        let conf = "search ambassador.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n";
+        assert_eq!(domain_from_resolv(conf).as_deref(), Some("cluster.local"));
+        let custom = "nameserver 10.0.0.10\nsearch shop.svc.corp.example. svc.corp.example.\n";
+        assert_eq!(domain_from_resolv(custom).as_deref(), Some("corp.example"));
+        assert_eq!(domain_from_resolv("search example.com\n"), None);
+    }
+}
