@@ -323,12 +323,12 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     // The webhook's view: a new pod of web gets this config.
     let pod = deployment_pod("shop", "web", "77aa1", "y2", vec![web_container()], "");
     let got = p
-        .agent_config("shop", "Deployment", "web", &pod)
+        .agent_config("shop", "Deployment", "web", &pod, false)
         .await
         .unwrap();
     assert_eq!(got.as_ref(), Some(&cfg));
     assert_eq!(
-        p.agent_config("shop", "StatefulSet", "web", &pod)
+        p.agent_config("shop", "StatefulSet", "web", &pod, false)
             .await
             .unwrap(),
         None
@@ -487,7 +487,7 @@ async fn injection_policy_when_enabled_needs_the_annotation() {
         "enabled",
     )]));
     let got = p
-        .agent_config("shop", "Deployment", "web2", &pod)
+        .agent_config("shop", "Deployment", "web2", &pod, false)
         .await
         .unwrap()
         .unwrap();
@@ -503,7 +503,7 @@ async fn injection_policy_when_enabled_needs_the_annotation() {
         "disabled",
     )]));
     assert_eq!(
-        p.agent_config("shop", "Deployment", "web2", &pod)
+        p.agent_config("shop", "Deployment", "web2", &pod, false)
             .await
             .unwrap(),
         None
@@ -599,4 +599,105 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
             "10.244.1.0/24"
         ]
     );
+}
+
+#[tokio::test]
+async fn own_workloads_dry_runs_and_on_delete_statefulsets() {
+    let s = StandIn::start().await;
+    seed(&s);
+    // The traffic-manager itself is never listed.
+    let mut tm = deployment(
+        "shop",
+        "traffic-manager",
+        vec![container("m", &[(Some("api"), 8081)])],
+    );
+    tm.spec.template.metadata.as_mut().unwrap().labels = Some(labels(&[
+        ("app", "traffic-manager"),
+        ("telepresence.io/managed-by", "telepresence"),
+    ]));
+    s.put(&tm);
+    s.put(&service(
+        "shop",
+        "traffic-manager",
+        "traffic-manager",
+        &[("api", 8081, named("api"))],
+        false,
+    ));
+    // A StatefulSet with the OnDelete strategy only rolls out when its pods are deleted.
+    let mut db = statefulset("shop", "db", vec![container("pg", &[(None, 5432)])]);
+    db.spec.update_strategy = Some(k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy {
+        type_: Some("OnDelete".into()),
+        ..Default::default()
+    });
+    s.put(&db);
+    let mut pod = deployment_pod(
+        "shop",
+        "x",
+        "y",
+        "z",
+        vec![container("pg", &[(None, 5432)])],
+        "10.42.0.8",
+    );
+    pod.metadata.name = Some("db-0".into());
+    pod.metadata.labels = Some(labels(&[("app", "db")]));
+    let owner = &mut pod.metadata.owner_references.as_mut().unwrap()[0];
+    owner.kind = "StatefulSet".into();
+    owner.name = "db".into();
+    s.put(&pod);
+    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    let names: Vec<String> = p
+        .list_workloads("shop")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert!(!names.contains(&"traffic-manager".to_string()), "{names:?}");
+
+    eventually("db-0 is seen", || {
+        !p.agent_problem("shop", "db").unwrap().contains("no pods")
+    })
+    .await;
+    p.ensure_agent(&AgentRequest {
+        namespace: "shop".into(),
+        workload: "db".into(),
+        ports: vec![5432],
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.get::<Pod>("v1", "Pod", "shop", "db-0").is_none(),
+        "OnDelete: pod deleted"
+    );
+    let d: k8s_openapi::api::apps::v1::StatefulSet =
+        s.get("apps/v1", "StatefulSet", "shop", "db").unwrap();
+    assert!(d
+        .spec
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap()
+        .contains_key(RESTART_ANNOTATION));
+
+    // A dry-run admission of an `enabled` pod plans the config but writes nothing.
+    let mut web = deployment_pod("shop", "web", "abc12", "p1", vec![web_container()], "");
+    web.metadata.annotations = Some(labels(&[(
+        "telepresence.io/inject-traffic-agent",
+        "enabled",
+    )]));
+    let writes = s.requests().iter().filter(|r| r.method != "GET").count();
+    assert!(p
+        .agent_config("shop", "Deployment", "web", &web, true)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        s.requests().iter().filter(|r| r.method != "GET").count(),
+        writes
+    );
+    let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
+    assert!(!cm.data.unwrap().contains_key("web"));
 }

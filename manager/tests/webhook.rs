@@ -34,6 +34,7 @@ impl ConfigSource for Fixed {
         _kind: &'a str,
         name: &'a str,
         _pod: &'a Pod,
+        _dry_run: bool,
     ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>> {
         Box::pin(async move { Ok(self.0.get(name).cloned()) })
     }

@@ -247,16 +247,21 @@ impl KubeProvider {
         super::cidr::cluster_domain()
     }
 
+    /// The namespace's workloads, without telepresence's own (the traffic-manager).
     fn workloads(&self, namespace: &str) -> Vec<Workload> {
         let d = self.deployments.in_namespace(namespace);
         let r = self.replicasets.in_namespace(namespace);
         let s = self.statefulsets.in_namespace(namespace);
-        ports::workloads(
+        let mut ws = ports::workloads(
             namespace,
             &d.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
             &r.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
             &s.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-        )
+        );
+        ws.retain(|w| {
+            w.pod_labels().get(super::MANAGED_BY.0).map(String::as_str) != Some(super::MANAGED_BY.1)
+        });
+        ws
     }
 
     fn services_of(&self, w: &Workload) -> Vec<Arc<Service>> {
@@ -462,24 +467,38 @@ impl KubeProvider {
                     .map_err(|e| api_err(&what, e))?;
             }
             ports::KIND_STATEFULSET => {
-                Api::<StatefulSet>::namespaced(self.client.clone(), &w.namespace)
+                let sts = Api::<StatefulSet>::namespaced(self.client.clone(), &w.namespace)
                     .patch(&w.name, &pp, &Patch::Merge(&patch))
                     .await
                     .map_err(|e| api_err(&what, e))?;
-            }
-            KIND_REPLICASET => {
-                let api = Api::<Pod>::namespaced(self.client.clone(), &w.namespace);
-                for p in self.pods_of(w) {
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    match api.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) | Err(kube::Error::Api(_)) => {}
-                        Err(e) => return Err(api_err(&what, e)),
-                    }
+                let on_delete = sts
+                    .spec
+                    .update_strategy
+                    .and_then(|u| u.type_)
+                    .is_some_and(|t| t == "OnDelete");
+                if on_delete {
+                    self.delete_pods(w).await?;
                 }
             }
+            KIND_REPLICASET => self.delete_pods(w).await?,
             _ => {}
         }
         tracing::info!(namespace = %w.namespace, workload = %w.name, "rollout triggered");
+        Ok(())
+    }
+
+    /// Deletes the workload's pods (its controller recreates them, through the webhook).
+    async fn delete_pods(&self, w: &Workload) -> Result<(), ProviderError> {
+        let what = format!("delete the pods of {} {}", w.kind, w.name);
+        let api = Api::<Pod>::namespaced(self.client.clone(), &w.namespace);
+        for p in self.pods_of(w) {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            match api.delete(&name, &DeleteParams::default()).await {
+                // Already gone: fine.
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(api_err(&what, e)),
+            }
+        }
         Ok(())
     }
 
@@ -645,6 +664,7 @@ impl ConfigSource for KubeProvider {
         kind: &'a str,
         name: &'a str,
         pod: &'a Pod,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>> {
         Box::pin(async move {
             let annotation = pod
@@ -671,6 +691,9 @@ impl ConfigSource for KubeProvider {
                 .find(|w| w.name == name && w.kind == kind)
                 .ok_or_else(|| format!("{kind} {name} not found"))?;
             let cfg = self.plan(&w).map_err(|e| e.to_string())?;
+            if dry_run {
+                return Ok(Some(cfg));
+            }
             self.write_entry(namespace, name, Some(cfg.to_yaml()))
                 .await
                 .map_err(|e| e.to_string())?;

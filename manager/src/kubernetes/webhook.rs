@@ -31,13 +31,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Decides which agent config, if any, a new pod gets.
 pub trait ConfigSource: Send + Sync + 'static {
     /// The config for a pod of workload `kind/name` in `namespace`; `None`: no agent. `pod` is
-    /// the pod being created (for its annotations).
+    /// the pod being created (for its annotations). With `dry_run` nothing may be written.
     fn agent_config<'a>(
         &'a self,
         namespace: &'a str,
         kind: &'a str,
         name: &'a str,
         pod: &'a Pod,
+        dry_run: bool,
     ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>>;
 }
 
@@ -104,7 +105,10 @@ async fn respond(
         )]);
         allow
     };
-    let cfg = match src.agent_config(&namespace, kind, &name, pod).await {
+    let cfg = match src
+        .agent_config(&namespace, kind, &name, pod, req.dry_run)
+        .await
+    {
         Ok(Some(cfg)) => cfg,
         Ok(None) => return allow,
         Err(e) => return warn(allow, e),
