@@ -4,6 +4,8 @@
 
 #[path = "support/fixtures.rs"]
 mod fixtures;
+#[path = "support/https.rs"]
+mod https;
 #[path = "support/standin.rs"]
 mod standin;
 
@@ -193,4 +195,109 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     .unwrap();
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
     assert!(cm.data.unwrap_or_default().is_empty());
+}
+
+/// The manager as the chart runs it (`startup::run_with`): watches, webhook over HTTPS, gRPC.
+#[tokio::test]
+async fn manager_startup_serves_grpc_and_the_webhook() {
+    use tp_manager::kubernetes::startup::{run_with, Settings};
+    let s = StandIn::start().await;
+    s.put(&namespace("shop"));
+    s.put(&namespace("ambassador"));
+    let mut tm = service(
+        "ambassador",
+        "traffic-manager",
+        "traffic-manager",
+        &[("api", 8081, num(8081))],
+        false,
+    );
+    tm.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.50".into());
+    s.put(&tm);
+    s.put(&deployment(
+        "shop",
+        "web",
+        vec![container("app", &[(Some("http"), 8080)])],
+    ));
+    s.put(&service(
+        "shop",
+        "web",
+        "web",
+        &[("http", 80, named("http"))],
+        false,
+    ));
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc, tunnel, hook) = (free(), free(), free());
+    let cert = https::cert();
+    let env = [
+        ("TP_MANAGER_NAMESPACE", "ambassador".to_string()),
+        (
+            "TP_AGENT_IMAGE",
+            "registry.example/telepresence:0.1.0".to_string(),
+        ),
+        ("TP_GRPC_PORT", grpc.to_string()),
+        ("TP_TUNNEL_PORT", tunnel.to_string()),
+        ("TP_WEBHOOK_PORT", hook.to_string()),
+        ("TP_AGENT_TIMEOUT", "1".to_string()),
+        ("TP_WEBHOOK_CERT", cert.files.cert.display().to_string()),
+        ("TP_WEBHOOK_KEY", cert.files.key.display().to_string()),
+    ];
+    let settings =
+        Settings::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+            .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run_with(settings, s.client(), s.url.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let mut client = loop {
+        match tp_rpc::manager::manager_client::ManagerClient::connect(addr.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let arrived = client
+        .arrive_as_client(ClientInfo {
+            name: "dev@laptop".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = client
+        .create_intercept(CreateInterceptRequest {
+            session: arrived.session.clone(),
+            spec: Some(InterceptSpec {
+                name: "web".into(),
+                workload: "web".into(),
+                target_host: "127.0.0.1".into(),
+                target_port: 8080,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("has no pods"), "{}", e.message());
+    // Agents reach the manager at its Service's ClusterIP.
+    let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
+    let entry = cm.data.unwrap()["web"].clone();
+    assert!(
+        entry.contains(&format!("managerAddr: 10.96.0.50:{grpc}")),
+        "{entry}"
+    );
+    let hook_addr = std::net::SocketAddr::from(([127, 0, 0, 1], hook));
+    assert_eq!(
+        https::request(&cert, hook_addr, "GET", "/healthz", vec![])
+            .await
+            .0,
+        200
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -5,6 +5,8 @@
 
 #[path = "support/fixtures.rs"]
 mod fixtures;
+#[path = "support/https.rs"]
+mod https;
 
 use fixtures::*;
 use k8s_openapi::api::core::v1::{
@@ -469,17 +471,8 @@ async fn other_pods_and_operations_are_admitted_unchanged() {
 
 #[tokio::test]
 async fn serves_reviews_over_https() {
-    use http_body_util::BodyExt;
-    use tokio_rustls::rustls;
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let files = webhook::TlsFiles {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-    };
-    std::fs::write(&files.cert, key.cert.pem()).unwrap();
-    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
-    let (listener, acceptor) = webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+    let cert = https::cert();
+    let (listener, acceptor) = webhook::bind(([127, 0, 0, 1], 0).into(), &cert.files)
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
@@ -489,60 +482,35 @@ async fn serves_reviews_over_https() {
         Arc::new(src()),
         settings(),
     ));
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(key.cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let post = |path: &'static str, method: &'static str, body: Vec<u8>| {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = connector.connect(name, tcp).await.unwrap();
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "localhost")
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            (
-                status,
-                resp.into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .to_vec(),
-            )
-        }
-    };
-    let (status, body) = post("/traffic-agent", "POST", review_json(&new_pod(), "CREATE")).await;
+    let (status, body) = https::request(
+        &cert,
+        addr,
+        "POST",
+        "/traffic-agent",
+        review_json(&new_pod(), "CREATE"),
+    )
+    .await;
     assert_eq!(status, 200);
     let (allowed, patch, _) = decode(&body);
     assert!(allowed);
     assert_eq!(apply(&new_pod(), &patch.unwrap()), expected_pod());
-    assert_eq!(post("/healthz", "GET", vec![]).await.0, 200);
-    assert_eq!(post("/other", "POST", vec![]).await.0, 404);
+    assert_eq!(
+        https::request(&cert, addr, "GET", "/healthz", vec![])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        https::request(&cert, addr, "POST", "/other", vec![])
+            .await
+            .0,
+        404
+    );
 
     // A missing key file is a clear error at bind time.
     let bad = webhook::TlsFiles {
-        cert: files.cert.clone(),
-        key: dir.path().join("missing.key"),
+        cert: cert.files.cert.clone(),
+        key: cert.files.cert.with_file_name("missing.key"),
     };
     let Err(e) = webhook::bind(([127, 0, 0, 1], 0).into(), &bad).await else {
         panic!("bind with a missing key succeeded");

@@ -18,79 +18,121 @@ use std::time::Duration;
 
 use super::patch::InjectSettings;
 use super::webhook::{self, TlsFiles};
-use super::{KubeConfig, KubeProvider};
+use super::{InjectPolicy, KubeConfig, KubeProvider};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The manager's Service name (chart).
 pub const MANAGER_SERVICE: &str = "traffic-manager";
 
-fn var(k: &str) -> Option<String> {
-    std::env::var(k)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+/// The manager's settings, from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manager_namespace: String,
+    pub agent_image: String,
+    pub grpc_port: u16,
+    pub tunnel_port: u16,
+    pub webhook_port: u16,
+    pub policy: InjectPolicy,
+    pub agent_timeout: Duration,
+    pub namespaces: Vec<String>,
+    /// `None`: look up the manager Service.
+    pub manager_host: Option<String>,
+    pub tls: TlsFiles,
+    pub image_pull_policy: Option<String>,
 }
 
-fn port(k: &str, default: u16) -> Result<u16, BoxError> {
-    match var(k) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("{k}={v:?} is not a port").into()),
+impl Settings {
+    /// Reads the variables listed in the module doc through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let port = |k: &str, default: u16| match var(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{k}={v:?} is not a port")),
+        };
+        Ok(Settings {
+            manager_namespace: var("TP_MANAGER_NAMESPACE")
+                .ok_or("TP_MANAGER_NAMESPACE is required")?,
+            agent_image: var("TP_AGENT_IMAGE").ok_or("TP_AGENT_IMAGE is required")?,
+            grpc_port: port("TP_GRPC_PORT", 8081)?,
+            tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
+            webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
+            policy: var("TP_AGENT_INJECT_POLICY")
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: String| format!("TP_AGENT_INJECT_POLICY: {e}"))?,
+            agent_timeout: match var("TP_AGENT_TIMEOUT") {
+                None => Duration::from_secs(120),
+                Some(v) => {
+                    Duration::from_secs(v.parse().map_err(|_| {
+                        format!("TP_AGENT_TIMEOUT={v:?} is not a number of seconds")
+                    })?)
+                }
+            },
+            namespaces: var("TP_MANAGED_NAMESPACES")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            manager_host: var("TP_MANAGER_HOST"),
+            tls: TlsFiles {
+                cert: var("TP_WEBHOOK_CERT")
+                    .unwrap_or_else(|| webhook::DEFAULT_CERT.into())
+                    .into(),
+                key: var("TP_WEBHOOK_KEY")
+                    .unwrap_or_else(|| webhook::DEFAULT_KEY.into())
+                    .into(),
+            },
+            image_pull_policy: var("TP_AGENT_IMAGE_PULL_POLICY"),
+        })
     }
 }
 
-/// Runs the Kubernetes traffic-manager until `shutdown` resolves.
+/// Runs the Kubernetes traffic-manager from its environment until `shutdown` resolves.
 pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BoxError> {
-    let manager_namespace =
-        var("TP_MANAGER_NAMESPACE").ok_or("TP_MANAGER_NAMESPACE is required")?;
-    let agent_image = var("TP_AGENT_IMAGE").ok_or("TP_AGENT_IMAGE is required")?;
-    let grpc_port = port("TP_GRPC_PORT", 8081)?;
-    let tunnel_port = port("TP_TUNNEL_PORT", 8082)?;
-    let webhook_port = port("TP_WEBHOOK_PORT", 8443)?;
-    let policy = var("TP_AGENT_INJECT_POLICY")
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e: String| format!("TP_AGENT_INJECT_POLICY: {e}"))?;
-    let agent_timeout = match var("TP_AGENT_TIMEOUT") {
-        None => Duration::from_secs(120),
-        Some(v) => Duration::from_secs(
-            v.parse()
-                .map_err(|_| format!("TP_AGENT_TIMEOUT={v:?} is not a number of seconds"))?,
-        ),
-    };
-    let namespaces: Vec<String> = var("TP_MANAGED_NAMESPACES")
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-
+    let settings = Settings::from_lookup(|k| std::env::var(k).ok())?;
     let config = kube::Config::infer()
         .await
         .map_err(|e| format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}"))?;
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)?;
-    let manager_host = match var("TP_MANAGER_HOST") {
+    run_with(settings, client, server, shutdown).await
+}
+
+/// Runs the manager with a given client: provider watches, webhook, gRPC and tunnel.
+pub async fn run_with(
+    s: Settings,
+    client: Client,
+    server: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let manager_host = match s.manager_host.clone() {
         Some(h) => h,
-        None => manager_service_host(&client, &manager_namespace).await,
+        None => manager_service_host(&client, &s.manager_namespace).await,
     };
-    let tls = TlsFiles::from_env();
-    let (listener, acceptor) = webhook::bind(([0, 0, 0, 0], webhook_port).into(), &tls).await?;
+    let (listener, acceptor) = webhook::bind(([0, 0, 0, 0], s.webhook_port).into(), &s.tls).await?;
     let provider = Arc::new(
         KubeProvider::start(
             client,
             KubeConfig {
-                manager_namespace,
+                manager_namespace: s.manager_namespace.clone(),
                 manager_host,
-                grpc_port,
-                tunnel_port,
-                agent_image: agent_image.clone(),
-                policy,
-                namespaces,
+                grpc_port: s.grpc_port,
+                tunnel_port: s.tunnel_port,
+                agent_image: s.agent_image.clone(),
+                policy: s.policy,
+                namespaces: s.namespaces.clone(),
                 server,
                 sync_timeout: Duration::from_secs(60),
             },
@@ -98,7 +140,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
         .await?,
     );
     tracing::info!(
-        port = webhook_port,
+        port = s.webhook_port,
         path = webhook::PATH,
         "agent-injector webhook listening"
     );
@@ -107,15 +149,15 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
         acceptor,
         provider.clone(),
         InjectSettings {
-            agent_image,
-            image_pull_policy: var("TP_AGENT_IMAGE_PULL_POLICY"),
+            agent_image: s.agent_image,
+            image_pull_policy: s.image_pull_policy,
         },
     ));
     crate::run(
         crate::ManagerConfig {
-            grpc_addr: ([0, 0, 0, 0], grpc_port).into(),
-            tunnel_addr: ([0, 0, 0, 0], tunnel_port).into(),
-            agent_timeout,
+            grpc_addr: ([0, 0, 0, 0], s.grpc_port).into(),
+            tunnel_addr: ([0, 0, 0, 0], s.tunnel_port).into(),
+            agent_timeout: s.agent_timeout,
         },
         provider,
         shutdown,
@@ -136,5 +178,56 @@ pub async fn manager_service_host(client: &Client, namespace: &str) -> String {
             tracing::warn!("cannot read Service {MANAGER_SERVICE}: {e}; agents use its DNS name");
             format!("{MANAGER_SERVICE}.{namespace}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let base = [
+            ("TP_MANAGER_NAMESPACE", "ambassador"),
+            ("TP_AGENT_IMAGE", "r/tp:1"),
+        ];
+        let s = Settings::from_lookup(lookup(&base)).unwrap();
+        assert_eq!(
+            (s.grpc_port, s.tunnel_port, s.webhook_port),
+            (8081, 8082, 8443)
+        );
+        assert_eq!(s.policy, InjectPolicy::OnDemand);
+        assert_eq!(s.agent_timeout, Duration::from_secs(120));
+        assert!(s.namespaces.is_empty() && s.manager_host.is_none());
+        assert_eq!(s.tls.cert, std::path::Path::new(webhook::DEFAULT_CERT));
+        let mut more = base.to_vec();
+        more.extend([
+            ("TP_MANAGED_NAMESPACES", "shop, dev,"),
+            ("TP_AGENT_INJECT_POLICY", "WhenEnabled"),
+            ("TP_WEBHOOK_KEY", "/k"),
+        ]);
+        let s = Settings::from_lookup(lookup(&more)).unwrap();
+        assert_eq!(s.namespaces, ["shop", "dev"]);
+        assert_eq!(s.policy, InjectPolicy::WhenEnabled);
+        assert_eq!(s.tls.key, std::path::Path::new("/k"));
+        let err = |pairs: &[(&str, &str)]| Settings::from_lookup(lookup(pairs)).unwrap_err();
+        assert_eq!(
+            err(&[("TP_AGENT_IMAGE", "x")]),
+            "TP_MANAGER_NAMESPACE is required"
+        );
+        let mut bad = base.to_vec();
+        bad.push(("TP_WEBHOOK_PORT", "0"));
+        assert_eq!(err(&bad), "TP_WEBHOOK_PORT=\"0\" is not a port");
+        let mut bad = base.to_vec();
+        bad.push(("TP_AGENT_INJECT_POLICY", "Always"));
+        assert!(err(&bad).contains("is not OnDemand or WhenEnabled"));
     }
 }
