@@ -701,3 +701,28 @@ async fn own_workloads_dry_runs_and_on_delete_statefulsets() {
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
     assert!(!cm.data.unwrap().contains_key("web"));
 }
+
+/// The kube client's TLS (rustls with the ring provider, as in the final binary) against an
+/// HTTPS API server whose CA is in the config, as in a flattened kubeconfig.
+#[tokio::test]
+async fn works_over_tls_with_the_clusters_ca() {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let s = StandIn::start_tls(key.cert.der().to_vec(), &key.signing_key.serialize_pem()).await;
+    assert!(s.url.starts_with("https://localhost:"));
+    seed(&s);
+    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    assert_eq!(p.list_workloads("shop").await.unwrap().len(), 5);
+    // An untrusted server is refused, and startup says which list failed.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let mut c = kube::Config::new(s.url.parse().unwrap());
+    c.root_cert = Some(vec![other.cert.der().to_vec()]);
+    let mut short = cfg(InjectPolicy::OnDemand, &[]);
+    short.sync_timeout = Duration::from_secs(2);
+    let Err(e) = KubeProvider::start(kube::Client::try_from(c).unwrap(), short).await else {
+        panic!("an untrusted API server was accepted");
+    };
+    let e = e.to_string();
+    assert!(e.contains("did not list deployments within 2s"), "{e}");
+}

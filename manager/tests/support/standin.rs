@@ -69,6 +69,7 @@ struct St {
 #[derive(Clone)]
 pub struct StandIn {
     pub url: String,
+    root_cert: Option<Vec<u8>>,
     st: Arc<Mutex<St>>,
     changed: Arc<Notify>,
 }
@@ -265,12 +266,37 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 impl StandIn {
-    /// Starts the server on 127.0.0.1.
+    /// Starts the server on 127.0.0.1 (plain HTTP).
     pub async fn start() -> StandIn {
+        Self::serve(None).await
+    }
+
+    /// Starts the server on 127.0.0.1 over HTTPS with this certificate (DER) and key (PEM),
+    /// as API servers are reached; [`StandIn::client`] then trusts exactly that certificate.
+    pub async fn start_tls(cert_der: Vec<u8>, key_pem: &str) -> StandIn {
+        use rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone().into()], key)
+        .unwrap();
+        let mut s = Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await;
+        s.url = s.url.replace("http://127.0.0.1", "https://localhost");
+        s.root_cert = Some(cert_der);
+        s
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let s = StandIn {
             url,
+            root_cert: None,
             st: Arc::new(Mutex::new(St {
                 rv: 100,
                 ..Default::default()
@@ -282,14 +308,26 @@ impl StandIn {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let server = server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                                .await
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await
+                        }
+                    };
                 });
             }
         });
@@ -298,7 +336,8 @@ impl StandIn {
 
     /// A `kube::Client` for this server.
     pub fn client(&self) -> kube::Client {
-        let cfg = kube::Config::new(self.url.parse().unwrap());
+        let mut cfg = kube::Config::new(self.url.parse().unwrap());
+        cfg.root_cert = self.root_cert.clone().map(|c| vec![c]);
         kube::Client::try_from(cfg).unwrap()
     }
 
