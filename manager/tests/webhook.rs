@@ -545,8 +545,14 @@ fn port_matching_edge_cases() {
         ports::match_ports(&tpl, &[&bare]).unwrap()[0].container,
         "app"
     );
-    // One intercept port per service port number, whichever service names it first.
-    let again = service("shop", "web2", "web", &[("x", 80, named("http"))], false);
+    // One intercept port per service port number and per container port.
+    let again = service(
+        "shop",
+        "web2",
+        "web",
+        &[("x", 80, named("http")), ("y", 8888, named("http"))],
+        false,
+    );
     assert_eq!(ports::match_ports(&tpl, &[&svc, &again]).unwrap().len(), 2);
     // A named target with another protocol does not match.
     let mut udp = service("shop", "dns", "web", &[("dns", 53, named("http"))], false);

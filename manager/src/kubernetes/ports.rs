@@ -198,11 +198,15 @@ pub fn match_ports(
                     let Ok(container_port) = u16::try_from(cport) else {
                         continue;
                     };
-                    if out
-                        .iter()
-                        .any(|m| m.service_port == port && m.protocol == protocol)
-                    {
-                        continue; // one intercept port per service port number
+                    // One intercept port per service port number, and per container port:
+                    // the agent has one listener for a container port, routed by one service
+                    // port.
+                    if out.iter().any(|m| {
+                        m.protocol == protocol
+                            && (m.service_port == port
+                                || (m.container == container && m.container_port == container_port))
+                    }) {
+                        continue;
                     }
                     out.push(PortMatch {
                         service: sname.clone(),
