@@ -116,7 +116,17 @@ impl AgentConfig {
                     ))
                 })?,
         };
+        let port_map =
+            crate::portmap::parse_port_map(get(crate::portmap::ENV_PORT_MAP).as_deref())?;
         Ok(AgentConfig {
+            // In a pod the agent owns the app's port: it keeps forwarding to the app while it
+            // waits for the manager, much longer than a sidecar on a Docker engine would.
+            manager_timeout: if port_map.is_empty() {
+                MANAGER_TIMEOUT
+            } else {
+                crate::portmap::POD_MANAGER_TIMEOUT
+            },
+            port_map,
             manager_addr,
             tunnel_addr,
             namespace,
@@ -129,8 +139,6 @@ impl AgentConfig {
             mounts: json_var(ENV_APP_MOUNTS, get(ENV_APP_MOUNTS))?,
             redirect: true,
             drain_timeout,
-            manager_timeout: MANAGER_TIMEOUT,
-            port_map: crate::portmap::parse_port_map(get(crate::portmap::ENV_PORT_MAP).as_deref())?,
         })
     }
 }
@@ -245,6 +253,24 @@ mod tests {
         assert_eq!(c.pod_ip.as_deref(), Some("172.18.0.4"));
         assert_eq!(c.manager_addr, "[::1]:8081");
         assert_eq!(c.drain_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn kubernetes_mode_reads_the_port_map() {
+        let c = AgentConfig::from_lookup(env(&with(&[(
+            "TP_PORT_MAP",
+            r#"[{"servicePort":8080,"agentPort":9900,"appPort":8081}]"#,
+        )])))
+        .unwrap();
+        assert_eq!(c.listen_and_app(8080), (9900, 8081));
+        assert_eq!(
+            c.listen_and_app(9090),
+            (0, 9090),
+            "unmapped: any port, redirected"
+        );
+        assert_eq!(c.manager_timeout, crate::portmap::POD_MANAGER_TIMEOUT);
+        let e = err(&[("TP_PORT_MAP", "[1]")]);
+        assert!(e.contains("TP_PORT_MAP is not a JSON list"), "{e}");
     }
 
     #[test]

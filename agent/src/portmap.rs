@@ -14,6 +14,9 @@ pub const ENV_APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
 /// `appPort:agentPort,...` for the init container.
 pub const ENV_REDIRECTS: &str = "TP_REDIRECTS";
 
+/// How long an agent in a pod (port map set) waits for the manager before exiting for a restart.
+pub const POD_MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// One captured service port in Kubernetes mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
