@@ -562,6 +562,19 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
     );
     // The API server's refusal of an impossible clusterIP names the range.
     s.set_service_range(Some("10.96.0.0/12"));
+    let posts = s.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(
+        p.cluster_subnets("shop").await.unwrap()[0],
+        "10.32.0.0/12",
+        "found once, then cached"
+    );
+    assert_eq!(
+        s.requests().iter().filter(|r| r.method == "POST").count(),
+        posts
+    );
+    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
     assert_eq!(p.cluster_subnets("shop").await.unwrap()[0], "10.96.0.0/12");
     let probe = s
         .requests()
@@ -590,6 +603,9 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
         }),
         ..Default::default()
     });
+    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
     assert_eq!(
         p.cluster_subnets("shop").await.unwrap(),
         [

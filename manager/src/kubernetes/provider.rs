@@ -5,7 +5,7 @@
 //! and trigger a rollout through a pod-template annotation.
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -70,7 +70,13 @@ where
         for api in apis {
             let (reader, writer) = reflector::store();
             let errors = last_error.clone();
-            let stream = reflector::reflector(writer, watcher(api, wc.clone())).default_backoff();
+            // Managed fields are often half of an object and never read here.
+            let events = watcher(api, wc.clone()).map_ok(|ev| {
+                ev.modify(|o| {
+                    o.meta_mut().managed_fields = None;
+                })
+            });
+            let stream = reflector::reflector(writer, events).default_backoff();
             tasks.push(tokio::spawn(async move {
                 stream
                     .for_each(|ev| {
@@ -148,6 +154,8 @@ pub struct KubeProvider {
     tasks: Vec<JoinHandle<()>>,
     /// Serialises agent changes (ConfigMap read-modify-write).
     agent_ops: tokio::sync::Mutex<()>,
+    /// Found once by [`KubeProvider::cluster_subnets`].
+    service_cidrs: tokio::sync::OnceCell<Vec<String>>,
 }
 
 impl Drop for KubeProvider {
@@ -192,6 +200,7 @@ impl KubeProvider {
             client,
             cfg,
             agent_ops: tokio::sync::Mutex::new(()),
+            service_cidrs: tokio::sync::OnceCell::new(),
         };
         let t = p.cfg.sync_timeout;
         p.deployments.ready(t).await?;
@@ -224,9 +233,18 @@ impl KubeProvider {
         } else {
             namespace
         };
-        let mut out = super::cidr::service_cidrs(&self.client, ns)
-            .await
-            .map_err(ProviderError::Api)?;
+        // The service range does not change while the cluster runs: probe it once.
+        let service = self
+            .service_cidrs
+            .get_or_try_init(|| super::cidr::service_cidrs(&self.client, ns))
+            .await;
+        let mut out = match service {
+            Ok(v) => v.clone(),
+            Err(e) => {
+                tracing::warn!("service CIDR unknown: {e}");
+                Vec::new()
+            }
+        };
         let ips: Vec<IpAddr> = self
             .pods
             .all()
@@ -238,6 +256,11 @@ impl KubeProvider {
             if !out.contains(&c) {
                 out.push(c);
             }
+        }
+        if out.is_empty() {
+            return Err(ProviderError::Api(
+                "neither the service CIDR nor any pod CIDR could be found".into(),
+            ));
         }
         Ok(out)
     }
