@@ -388,6 +388,22 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
         .count();
     assert_eq!(patches, 3);
 
+    // Everywhere (before uninstalling the manager): entries of live and deleted workloads go.
+    p.ensure_agent(&req).await.unwrap();
+    s.put(&namespace("other"));
+    s.put(&ConfigMap {
+        metadata: meta("other", AGENTS_CONFIGMAP),
+        data: Some(labels(&[("gone", "workloadName: gone")])),
+        ..Default::default()
+    });
+    eventually("the other namespace's entry is seen", || {
+        p.stored_config("other", "gone").is_some()
+    })
+    .await;
+    assert_eq!(p.remove_all_agents_everywhere().await.unwrap(), 1);
+    assert!(p.stored_config("shop", "web").is_none());
+    assert!(p.stored_config("other", "gone").is_none());
+
     // A bare ReplicaSet rolls out by deleting its pods.
     s.put(&service(
         "shop",

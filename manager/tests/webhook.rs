@@ -506,6 +506,9 @@ async fn serves_reviews_over_https() {
             .0,
         404
     );
+    let huge = vec![b' '; webhook::MAX_REVIEW + 1];
+    let (status, _) = https::request(&cert, addr, "POST", "/traffic-agent", huge).await;
+    assert_eq!(status, 413);
 
     // A missing key file is a clear error at bind time.
     let bad = webhook::TlsFiles {

@@ -549,6 +549,39 @@ impl KubeProvider {
         Ok(())
     }
 
+    /// Removes every agent this manager's ConfigMaps know of, in every namespace (before the
+    /// manager itself is uninstalled). Returns how many workloads were rolled out.
+    pub async fn remove_all_agents_everywhere(&self) -> Result<usize, ProviderError> {
+        let mut entries: Vec<(String, String)> = self
+            .configmaps
+            .all()
+            .iter()
+            .filter(|c| c.metadata.name.as_deref() == Some(AGENTS_CONFIGMAP))
+            .flat_map(|c| {
+                let ns = c.metadata.namespace.clone().unwrap_or_default();
+                c.data
+                    .iter()
+                    .flat_map(|d| d.keys().cloned())
+                    .map(move |k| (ns.clone(), k))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        entries.sort();
+        let mut n = 0;
+        for (ns, name) in entries {
+            match self.remove_agent(&ns, &name).await {
+                Ok(()) => n += 1,
+                // The workload is gone: just drop its entry.
+                Err(ProviderError::WorkloadNotFound { .. }) => {
+                    let _guard = self.agent_ops.lock().await;
+                    self.write_entry(&ns, &name, None).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     /// What keeps the workload's agent from arriving, as far as the pods tell.
     pub fn agent_problem(&self, namespace: &str, workload: &str) -> Option<String> {
         let w = self.find(namespace, workload).ok()?;

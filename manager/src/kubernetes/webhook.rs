@@ -25,6 +25,9 @@ pub const PATH: &str = "/traffic-agent";
 pub const DEFAULT_CERT: &str = "/var/run/secrets/tls/tls.crt";
 pub const DEFAULT_KEY: &str = "/var/run/secrets/tls/tls.key";
 
+/// Largest AdmissionReview accepted (a pod is far smaller; the API server caps objects at ~3 MiB).
+pub const MAX_REVIEW: usize = 8 * 1024 * 1024;
+
 /// Boxed future returned by [`ConfigSource`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -191,7 +194,20 @@ async fn handle(
     };
     match (req.method(), req.uri().path()) {
         (&Method::POST, PATH) => {
-            let body = req.into_body().collect().await?.to_bytes();
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_REVIEW)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        serde_json::json!({ "error": e.to_string() })
+                            .to_string()
+                            .into_bytes(),
+                    ))
+                }
+            };
             Ok(reply(
                 StatusCode::OK,
                 review(src.as_ref(), &settings, &body).await,
