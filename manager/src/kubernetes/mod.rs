@@ -6,15 +6,18 @@
 //! Modules: [`ports`] (which service port maps to which container port, "not interceptable"
 //! reasons), [`configmap`] (the per-workload agent config and its YAML), [`patch`] (the pod
 //! mutation: agent sidecar, port takeover, init container), [`webhook`] (the HTTPS admission
-//! endpoint), [`cidr`] (subnets and cluster domain), [`provider`] (the [`crate::provider::Provider`]
-//! implementation over reflector stores).
+//! endpoint), [`cidr`] (subnets and cluster domain), [`diagnose`] (why an agent did not arrive),
+//! `stores` (the reflectors), [`provider`] (the [`crate::provider::Provider`] implementation over
+//! them), [`startup`] (the manager process on Kubernetes).
 
 pub mod cidr;
 pub mod configmap;
+pub mod diagnose;
 pub mod patch;
 pub mod ports;
 pub mod provider;
 pub mod startup;
+mod stores;
 pub mod webhook;
 
 pub use provider::{KubeConfig, KubeProvider};

@@ -5,23 +5,20 @@
 //! and trigger a rollout through a pod-template annotation.
 
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher;
+use kube::{Api, Client};
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::configmap::{self, AgentConfig};
 use super::ports::{self, Workload, KIND_REPLICASET};
+use super::stores::{apis, Watched};
 use super::webhook::{BoxFuture, ConfigSource};
 use super::{
     InjectPolicy, AGENTS_CONFIGMAP, AGENT_CONTAINER, INJECT_ANNOTATION, RESTART_ANNOTATION,
@@ -45,99 +42,6 @@ pub struct KubeConfig {
     pub server: String,
     /// How long startup waits for the first list of every watched kind.
     pub sync_timeout: Duration,
-}
-
-/// The stores of one kind (one per watched namespace, or one cluster-wide) and the last error
-/// their watches reported.
-struct Watched<K: Resource<DynamicType = ()> + 'static> {
-    stores: Vec<Store<K>>,
-    what: &'static str,
-    last_error: Arc<Mutex<Option<String>>>,
-}
-
-impl<K> Watched<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    fn start(
-        apis: Vec<Api<K>>,
-        what: &'static str,
-        wc: watcher::Config,
-        tasks: &mut Vec<JoinHandle<()>>,
-    ) -> Self {
-        let last_error = Arc::new(Mutex::new(None));
-        let mut stores = Vec::new();
-        for api in apis {
-            let (reader, writer) = reflector::store();
-            let errors = last_error.clone();
-            // Managed fields are often half of an object and never read here.
-            let events = watcher(api, wc.clone()).map_ok(|ev| {
-                ev.modify(|o| {
-                    o.meta_mut().managed_fields = None;
-                })
-            });
-            let stream = reflector::reflector(writer, events).default_backoff();
-            tasks.push(tokio::spawn(async move {
-                stream
-                    .for_each(|ev| {
-                        if let Err(e) = ev {
-                            tracing::debug!("watch of {what}: {e}");
-                            *errors.lock().unwrap() = Some(e.to_string());
-                        }
-                        futures::future::ready(())
-                    })
-                    .await
-            }));
-            stores.push(reader);
-        }
-        Watched {
-            stores,
-            what,
-            last_error,
-        }
-    }
-
-    async fn ready(&self, timeout: Duration) -> Result<(), ProviderError> {
-        let all = futures::future::join_all(self.stores.iter().map(|s| s.wait_until_ready()));
-        match tokio::time::timeout(timeout, all).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(ProviderError::Api(format!(
-                "the Kubernetes API did not list {} within {}s{}",
-                self.what,
-                timeout.as_secs(),
-                match self.last_error.lock().unwrap().as_ref() {
-                    Some(e) => format!(": {e}"),
-                    None => String::new(),
-                }
-            ))),
-        }
-    }
-
-    fn all(&self) -> Vec<Arc<K>> {
-        self.stores.iter().flat_map(|s| s.state()).collect()
-    }
-
-    fn in_namespace(&self, ns: &str) -> Vec<Arc<K>> {
-        self.all()
-            .into_iter()
-            .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-            .collect()
-    }
-}
-
-/// One cluster-wide API, or one per namespace.
-fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-{
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    }
 }
 
 /// The Kubernetes [`Provider`].
@@ -585,58 +489,10 @@ impl KubeProvider {
     /// What keeps the workload's agent from arriving, as far as the pods tell.
     pub fn agent_problem(&self, namespace: &str, workload: &str) -> Option<String> {
         let w = self.find(namespace, workload).ok()?;
-        let pods = self.pods_of(&w);
-        if pods.is_empty() {
-            return Some(format!(
-                "{} {workload} has no pods (scaled to zero?)",
-                w.kind
-            ));
-        }
-        for p in &pods {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let Some(st) = &p.status else { continue };
-            for c in st
-                .init_container_statuses
-                .iter()
-                .flatten()
-                .chain(st.container_statuses.iter().flatten())
-            {
-                if let Some(wt) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-                    let reason = wt.reason.clone().unwrap_or_default();
-                    if !reason.is_empty()
-                        && reason != "ContainerCreating"
-                        && reason != "PodInitializing"
-                    {
-                        return Some(format!(
-                            "pod {name}: container {}: {reason}{}",
-                            c.name,
-                            wt.message
-                                .as_ref()
-                                .map(|m| format!(": {m}"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-            if let Some(c) = st
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-            {
-                return Some(format!(
-                    "pod {name} cannot be scheduled: {}",
-                    c.message.clone().unwrap_or_default()
-                ));
-            }
-        }
-        if self.agent_pods(&w).1 > 0 {
-            return Some(format!(
-                "some pods of {workload} still run without the traffic-agent (rollout in progress, or the webhook is not reached: check the manager's logs and the MutatingWebhookConfiguration)"
-            ));
-        }
-        Some(format!(
-            "the pods of {workload} have the traffic-agent but it has not connected (check `kubectl logs -c {AGENT_CONTAINER}`)"
+        Some(super::diagnose::agent_problem(
+            w.kind,
+            workload,
+            &self.pods_of(&w),
         ))
     }
 }
