@@ -97,6 +97,7 @@ async fn intercept_through_an_injected_agent() {
                 namespaces: vec![],
                 server: s.url.clone(),
                 sync_timeout: Duration::from_secs(10),
+                rollout_timeout: Duration::ZERO,
             },
         )
         .await

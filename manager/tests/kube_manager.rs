@@ -60,6 +60,7 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
                 namespaces: vec![],
                 server: s.url.clone(),
                 sync_timeout: Duration::from_secs(10),
+                rollout_timeout: Duration::ZERO,
             },
         )
         .await

@@ -33,6 +33,7 @@ fn cfg(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
         namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
         server: "https://cluster.example:6443".into(),
         sync_timeout: Duration::from_secs(10),
+        rollout_timeout: Duration::ZERO,
     }
 }
 
@@ -757,4 +758,74 @@ async fn works_over_tls_with_the_clusters_ca() {
     };
     let e = e.to_string();
     assert!(e.contains("did not list deployments within 2s"), "{e}");
+}
+
+/// Installing an agent returns only once every live pod has it (a stand-in controller replaces
+/// the pod through the provider's webhook view); without the webhook it fails saying so.
+#[tokio::test]
+async fn installing_waits_for_the_rollout() {
+    let s = StandIn::start().await;
+    seed(&s);
+    let mut c = cfg(InjectPolicy::OnDemand, &[]);
+    c.rollout_timeout = Duration::from_secs(10);
+    let p = std::sync::Arc::new(KubeProvider::start(s.client(), c).await.unwrap());
+    let (s2, p2) = (s.clone(), p.clone());
+    let controller = tokio::spawn(async move {
+        loop {
+            let d: Deployment = s2.get("apps/v1", "Deployment", "shop", "web").unwrap();
+            let rolled = d
+                .spec
+                .template
+                .metadata
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key(RESTART_ANNOTATION));
+            if rolled {
+                let pod = deployment_pod(
+                    "shop",
+                    "web",
+                    "77aa1",
+                    "n1",
+                    vec![web_container()],
+                    "10.42.0.9",
+                );
+                let cfg = p2
+                    .agent_config("shop", "Deployment", "web", &pod, false)
+                    .await
+                    .unwrap()
+                    .expect("the webhook injects the new pod");
+                let settings = tp_manager::kubernetes::patch::InjectSettings {
+                    agent_image: "local/telepresence:test".into(),
+                    image_pull_policy: None,
+                };
+                s2.put(&tp_manager::kubernetes::patch::inject(&pod, &cfg, &settings).unwrap());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                s2.delete("v1", "Pod", "shop", "web-5d9f8-x1");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let req = AgentRequest {
+        namespace: "shop".into(),
+        workload: "web".into(),
+        ports: vec![80],
+    };
+    p.ensure_agent(&req).await.unwrap();
+    assert!(
+        s.get::<Pod>("v1", "Pod", "shop", "web-5d9f8-x1").is_none(),
+        "returned before the old pod was gone"
+    );
+    controller.await.unwrap();
+
+    // No webhook: the rollout's pods come without the agent and installing says so.
+    let s = StandIn::start().await;
+    seed(&s);
+    let mut c = cfg(InjectPolicy::OnDemand, &[]);
+    c.rollout_timeout = Duration::from_secs(1);
+    let p = KubeProvider::start(s.client(), c).await.unwrap();
+    let e = p.ensure_agent(&req).await.unwrap_err().to_string();
+    assert!(
+        e.contains("the rollout of Deployment web did not finish within 1s: some pods of web still run without the traffic-agent"),
+        "{e}"
+    );
 }

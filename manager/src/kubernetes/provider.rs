@@ -42,6 +42,9 @@ pub struct KubeConfig {
     pub server: String,
     /// How long startup waits for the first list of every watched kind.
     pub sync_timeout: Duration,
+    /// How long installing an agent waits until every live pod of the workload has it (zero:
+    /// return right after triggering the rollout).
+    pub rollout_timeout: Duration,
 }
 
 /// The Kubernetes [`Provider`].
@@ -429,6 +432,29 @@ impl KubeProvider {
         Ok(())
     }
 
+    /// Waits until no live pod of the workload runs without the agent (old pods terminating
+    /// do not count), so an intercept never starts while old pods still take traffic.
+    async fn await_rollout(&self, w: &Workload) -> Result<(), ProviderError> {
+        let timeout = self.cfg.rollout_timeout;
+        if timeout.is_zero() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.agent_pods(w).1 > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Api(format!(
+                    "the rollout of {} {} did not finish within {}s: {}",
+                    w.kind,
+                    w.name,
+                    timeout.as_secs(),
+                    super::diagnose::agent_problem(w.kind, &w.name, &self.pods_of(w))
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// (pods with the agent, pods without) among the workload's live pods.
     fn agent_pods(&self, w: &Workload) -> (usize, usize) {
         let pods = self.pods_of(w);
@@ -548,7 +574,9 @@ impl Provider for KubeProvider {
         if changed || self.agent_pods(&w).0 == 0 {
             self.rollout(&w).await?;
         }
-        Ok(())
+        // Wait without the lock: the webhook may need it meanwhile.
+        drop(_guard);
+        self.await_rollout(&w).await
     }
 
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError> {

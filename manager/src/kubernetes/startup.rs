@@ -7,7 +7,8 @@
 //! `TP_WEBHOOK_CERT`/`TP_WEBHOOK_KEY`, `TP_MANAGER_HOST` (default: the ClusterIP of the
 //! `traffic-manager` Service, else its DNS name), `TP_AGENT_INJECT_POLICY` (OnDemand |
 //! WhenEnabled), `TP_MANAGED_NAMESPACES` (comma separated; empty: cluster-wide),
-//! `TP_AGENT_TIMEOUT` (seconds an intercept waits for its agent, 120),
+//! `TP_ROLLOUT_TIMEOUT` (seconds installing an agent waits until every pod has it, 120),
+//! `TP_AGENT_TIMEOUT` (seconds an intercept then waits for its agent to connect, 120),
 //! `TP_AGENT_IMAGE_PULL_POLICY`.
 
 use k8s_openapi::api::core::v1::Service;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub webhook_port: u16,
     pub policy: InjectPolicy,
     pub agent_timeout: Duration,
+    /// How long installing an agent waits for the workload's rollout.
+    pub rollout_timeout: Duration,
     pub namespaces: Vec<String>,
     /// `None`: look up the manager Service.
     pub manager_host: Option<String>,
@@ -74,6 +77,14 @@ impl Settings {
                 Some(v) => {
                     Duration::from_secs(v.parse().map_err(|_| {
                         format!("TP_AGENT_TIMEOUT={v:?} is not a number of seconds")
+                    })?)
+                }
+            },
+            rollout_timeout: match var("TP_ROLLOUT_TIMEOUT") {
+                None => Duration::from_secs(120),
+                Some(v) => {
+                    Duration::from_secs(v.parse().map_err(|_| {
+                        format!("TP_ROLLOUT_TIMEOUT={v:?} is not a number of seconds")
                     })?)
                 }
             },
@@ -135,6 +146,7 @@ pub async fn run_with(
                 namespaces: s.namespaces.clone(),
                 server,
                 sync_timeout: Duration::from_secs(60),
+                rollout_timeout: s.rollout_timeout,
             },
         )
         .await?,
