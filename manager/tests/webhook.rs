@@ -599,3 +599,56 @@ fn port_matching_edge_cases() {
         9901
     );
 }
+
+/// A rotated certificate (new files, as a re-mounted Secret) is served without a restart; a
+/// broken pair keeps the previous one.
+#[tokio::test]
+async fn rotated_certificates_are_picked_up() {
+    use tokio_rustls::rustls;
+    let first = https::cert();
+    let (listener, acceptor) = webhook::bind(([127, 0, 0, 1], 0).into(), &first.files)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(webhook::serve(
+        listener,
+        acceptor,
+        Arc::new(src()),
+        settings(),
+    ));
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(first.der.clone()).unwrap();
+    roots.add(second.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let served = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(served().await, first.der);
+
+    // A half-written rotation (garbage key) is ignored.
+    std::fs::write(&first.files.key, "not a key").unwrap();
+    tokio::time::sleep(webhook::RELOAD_CHECK).await;
+    assert_eq!(served().await, first.der);
+
+    std::fs::write(&first.files.cert, second.cert.pem()).unwrap();
+    std::fs::write(&first.files.key, second.signing_key.serialize_pem()).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served().await != *second.cert.der() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

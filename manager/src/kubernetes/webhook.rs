@@ -1,7 +1,7 @@
 //! The mutating admission webhook: `POST /traffic-agent` over HTTPS (rustls, cert and key read
 //! from PEM files) answers pod CREATE reviews with the JSONPatch that injects the traffic-agent
 //! (see [`super::patch`]). Which config a pod gets is asked of a [`ConfigSource`] (the provider,
-//! or a fixed map in tests). A pod that cannot be injected is admitted unchanged with a warning:
+//! or a fixed map in tests). A rotated certificate is picked up without a restart. A pod that cannot be injected is admitted unchanged with a warning:
 //! the webhook never blocks a workload's rollout.
 
 use hyper::body::Incoming;
@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio_rustls::rustls;
 
 use super::configmap::AgentConfig;
@@ -149,7 +150,11 @@ impl TlsFiles {
     }
 }
 
-fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+/// Reads the certificate chain and key (PEM).
+fn load_key(
+    files: &TlsFiles,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &Path| {
@@ -163,14 +168,77 @@ fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     }
     let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
         .map_err(|e| format!("{}: {e}", files.key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("webhook certificate/key: {e}"))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| format!("webhook certificate/key: {e}"))
+}
+
+/// Modification times of the certificate and key files.
+fn stamps(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&files.cert)?, m(&files.key)?))
+}
+
+/// Serves the certificate files' current content: when their modification times change (a
+/// rotated Secret), the next handshake after [`RELOAD_CHECK`] loads them again; a broken new
+/// pair is logged and the previous one kept.
+#[derive(Debug)]
+struct Reloading {
+    files: TlsFiles,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    state: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    stamps: Option<(SystemTime, SystemTime)>,
+    checked: Instant,
+}
+
+/// How often handshakes look at the files' modification times.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+impl rustls::server::ResolvesServerCert for Reloading {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut st = self.state.lock().unwrap();
+        if st.checked.elapsed() >= RELOAD_CHECK {
+            st.checked = Instant::now();
+            let now = stamps(&self.files);
+            if now != st.stamps {
+                match load_key(&self.files, &self.provider) {
+                    Ok(k) => {
+                        tracing::info!("webhook certificate reloaded");
+                        st.key = Arc::new(k);
+                        st.stamps = now;
+                    }
+                    Err(e) => tracing::warn!("keeping the previous webhook certificate: {e}"),
+                }
+            }
+        }
+        Some(st.key.clone())
+    }
+}
+
+fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let stamps = stamps(files);
+    let key = load_key(files, &provider)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Reloading {
+            files: files.clone(),
+            provider,
+            state: std::sync::Mutex::new(Loaded {
+                key: Arc::new(key),
+                stamps,
+                checked: Instant::now(),
+            }),
+        }));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -246,7 +314,7 @@ pub async fn serve(
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("webhook accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
