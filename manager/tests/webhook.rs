@@ -652,3 +652,37 @@ async fn rotated_certificates_are_picked_up() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn pods_are_traced_to_their_workload() {
+    let d = new_pod();
+    assert_eq!(
+        webhook::pod_workload(&d),
+        Some((ports::KIND_DEPLOYMENT, "web".to_string()))
+    );
+    // A ReplicaSet whose name is not `<x>-<pod-template-hash>` is a workload of its own.
+    let mut rs = new_pod();
+    rs.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("pod-template-hash");
+    assert_eq!(
+        webhook::pod_workload(&rs),
+        Some((ports::KIND_REPLICASET, "web-6c8d7".to_string()))
+    );
+    let mut sts = new_pod();
+    let o = &mut sts.metadata.owner_references.as_mut().unwrap()[0];
+    o.kind = "StatefulSet".into();
+    o.name = "db".into();
+    assert_eq!(
+        webhook::pod_workload(&sts),
+        Some((ports::KIND_STATEFULSET, "db".to_string()))
+    );
+    let mut job = new_pod();
+    job.metadata.owner_references.as_mut().unwrap()[0].kind = "Job".into();
+    assert_eq!(webhook::pod_workload(&job), None);
+    let mut not_controller = new_pod();
+    not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+    assert_eq!(webhook::pod_workload(&not_controller), None);
+}
