@@ -158,7 +158,7 @@ impl Agent {
         for &port in &agent.cfg.ports {
             let (listen, app_port) = agent.cfg.listen_and_app(port);
             let app = resolve_app(&agent.cfg.app_host, app_port).await?;
-            let listener = TcpListener::bind(("0.0.0.0", listen))
+            let listener: TcpListener = portmap::bind(listen)
                 .await
                 .map_err(|source| AgentError::Listen { port, source })?;
             let local = listener

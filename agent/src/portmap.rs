@@ -29,6 +29,18 @@ pub struct PortMapping {
     pub app_port: u16,
 }
 
+/// A listener for a captured port: any port on 0.0.0.0 (the redirect's target), or a fixed port
+/// (the port map) on `[::]` — IPv4 and IPv6 callers, for dual-stack and IPv6 pods — falling back
+/// to 0.0.0.0 where the pod has no IPv6.
+pub(crate) async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    if port != 0 {
+        if let Ok(l) = tokio::net::TcpListener::bind(("::", port)).await {
+            return Ok(l);
+        }
+    }
+    tokio::net::TcpListener::bind(("0.0.0.0", port)).await
+}
+
 /// Parses `TP_PORT_MAP`; absent or blank: empty.
 pub fn parse_port_map(v: Option<&str>) -> Result<Vec<PortMapping>, AgentError> {
     let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
