@@ -217,6 +217,7 @@ impl World {
             redirect: false,
             drain_timeout: Duration::from_millis(300),
             manager_timeout: Duration::from_secs(10),
+            port_map: vec![],
         }
     }
 
@@ -545,4 +546,53 @@ fn captures_real_traffic_in_a_network_namespace() {
         drop(rt);
         caller.join().unwrap();
     });
+}
+
+/// Kubernetes port takeover: the agent listens on the fixed port the webhook gave it, routes by
+/// the service port, and forwards to the app's own port.
+#[tokio::test]
+async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
+    let w = world("127.0.0.1:0").await;
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut cfg = w.config();
+    cfg.ports = vec![80];
+    cfg.port_map = vec![crate::portmap::PortMapping {
+        service_port: 80,
+        agent_port,
+        app_port: w.app_port,
+    }];
+    let agent = Agent::start(cfg).await.unwrap();
+    assert_eq!(agent.listen_addrs()[0].0, 80);
+    assert_eq!(agent.listen_addrs()[0].1.port(), agent_port);
+    let addr = SocketAddr::from(([127, 0, 0, 1], agent_port));
+    let (hello, mut s) = open(addr).await;
+    assert_eq!(hello, "app:");
+    echo(&mut s, b"to the app").await;
+
+    w.snapshots.send_replace(InterceptSnapshot {
+        intercepts: vec![InterceptInfo {
+            spec: Some(InterceptSpec {
+                name: "web".into(),
+                workload: "web".into(),
+                namespace: "shop".into(),
+                ..Default::default()
+            }),
+            id: "s:web".into(),
+            state: tp_rpc::state::ACTIVE.into(),
+            service_port: 80,
+            ..Default::default()
+        }],
+    });
+    wait_routes(&agent, "port 80 intercepted", |r| r.route(80) != Route::App).await;
+    let (hello, mut t) = open(addr).await;
+    assert_eq!(
+        hello, "tun:",
+        "routed by the service port, not the agent port"
+    );
+    echo(&mut t, b"to the client").await;
+    assert_eq!(w.tunnel_headers.lock().unwrap()[0].1.intercept_id, "s:web");
+    echo(&mut s, b"in-flight app connection untouched").await;
+    agent.shutdown().await.unwrap();
 }

@@ -63,12 +63,29 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// How long startup retries the manager before giving up ([`MANAGER_TIMEOUT`]).
     pub manager_timeout: Duration,
+    /// Kubernetes mode: fixed listen port and app port per service port (`TP_PORT_MAP`). Mapped
+    /// ports install no redirect of their own.
+    pub port_map: Vec<crate::portmap::PortMapping>,
 }
 
 impl AgentConfig {
     /// Reads the `TP_*` environment variables.
     pub fn from_env() -> Result<AgentConfig, AgentError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let mut cfg = Self::from_lookup(|k| std::env::var(k).ok())?;
+        if std::env::var(crate::portmap::ENV_APP_ENV_INHERIT).is_ok_and(|v| v == "true") {
+            cfg.environment = crate::portmap::inherited_env(std::env::vars());
+        }
+        Ok(cfg)
+    }
+
+    /// (listen port, app port) for a service port: the port map's, else (0 = any, the service
+    /// port).
+    pub fn listen_and_app(&self, service_port: u16) -> (u16, u16) {
+        self.port_map
+            .iter()
+            .find(|m| m.service_port == service_port)
+            .map(|m| (m.agent_port, m.app_port))
+            .unwrap_or((0, service_port))
     }
 
     /// Same as [`AgentConfig::from_env`] with any variable source (tests use a map).
@@ -99,7 +116,17 @@ impl AgentConfig {
                     ))
                 })?,
         };
+        let port_map =
+            crate::portmap::parse_port_map(get(crate::portmap::ENV_PORT_MAP).as_deref())?;
         Ok(AgentConfig {
+            // In a pod the agent owns the app's port: it keeps forwarding to the app while it
+            // waits for the manager, much longer than a sidecar on a Docker engine would.
+            manager_timeout: if port_map.is_empty() {
+                MANAGER_TIMEOUT
+            } else {
+                crate::portmap::POD_MANAGER_TIMEOUT
+            },
+            port_map,
             manager_addr,
             tunnel_addr,
             namespace,
@@ -112,7 +139,6 @@ impl AgentConfig {
             mounts: json_var(ENV_APP_MOUNTS, get(ENV_APP_MOUNTS))?,
             redirect: true,
             drain_timeout,
-            manager_timeout: MANAGER_TIMEOUT,
         })
     }
 }
@@ -227,6 +253,24 @@ mod tests {
         assert_eq!(c.pod_ip.as_deref(), Some("172.18.0.4"));
         assert_eq!(c.manager_addr, "[::1]:8081");
         assert_eq!(c.drain_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn kubernetes_mode_reads_the_port_map() {
+        let c = AgentConfig::from_lookup(env(&with(&[(
+            "TP_PORT_MAP",
+            r#"[{"servicePort":8080,"agentPort":9900,"appPort":8081}]"#,
+        )])))
+        .unwrap();
+        assert_eq!(c.listen_and_app(8080), (9900, 8081));
+        assert_eq!(
+            c.listen_and_app(9090),
+            (0, 9090),
+            "unmapped: any port, redirected"
+        );
+        assert_eq!(c.manager_timeout, crate::portmap::POD_MANAGER_TIMEOUT);
+        let e = err(&[("TP_PORT_MAP", "[1]")]);
+        assert!(e.contains("TP_PORT_MAP is not a JSON list"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod http_route;
 pub mod http_sniff;
 mod netlink;
 pub mod nft;
+pub mod portmap;
 pub mod routes;
 mod session;
 #[cfg(test)]
@@ -159,8 +160,9 @@ impl Agent {
             cfg,
         };
         for &port in &agent.cfg.ports {
-            let app = resolve_app(&agent.cfg.app_host, port).await?;
-            let listener = TcpListener::bind(("0.0.0.0", 0))
+            let (listen, app_port) = agent.cfg.listen_and_app(port);
+            let app = resolve_app(&agent.cfg.app_host, app_port).await?;
+            let listener: TcpListener = portmap::bind(listen)
                 .await
                 .map_err(|source| AgentError::Listen { port, source })?;
             let local = listener
@@ -175,12 +177,13 @@ impl Agent {
                 agent.shared.clone(),
             )));
         }
-        if agent.cfg.redirect {
-            let pairs: Vec<(u16, u16)> = agent
-                .listeners
-                .iter()
-                .map(|(svc, l)| (*svc, l.port()))
-                .collect();
+        let pairs: Vec<(u16, u16)> = agent
+            .listeners
+            .iter()
+            .filter(|(svc, _)| agent.cfg.listen_and_app(*svc).0 == 0)
+            .map(|(svc, l)| (*svc, l.port()))
+            .collect();
+        if agent.cfg.redirect && !pairs.is_empty() {
             let installed = tokio::task::spawn_blocking(move || {
                 if nft::table_exists(TABLE)? {
                     info!("replacing a stale redirect table {TABLE} left by a previous agent");

@@ -68,6 +68,9 @@ pub enum Command {
     /// Remove a crashed agent's netfilter rules from the workload's network namespace.
     #[command(name = "agent-cleanup", hide = true)]
     AgentCleanup(AgentCleanupArgs),
+    /// Install the redirects of a Kubernetes pod's numeric target ports to its agent (init container).
+    #[command(name = "agent-init", hide = true)]
+    AgentInit,
 }
 
 #[derive(Debug, Args, Default)]

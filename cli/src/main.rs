@@ -29,6 +29,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::TrafficManager => "traffic-manager",
         Command::Agent => "agent",
         Command::AgentCleanup(_) => "agent-cleanup",
+        Command::AgentInit => "agent-init",
         Command::FsSync => "fs-sync",
     }
 }
@@ -41,6 +42,7 @@ fn main() {
             | Command::TrafficManager
             | Command::Agent
             | Command::AgentCleanup(_)
+            | Command::AgentInit
             | Command::FsSync
     );
     init_logs(role);
@@ -64,6 +66,7 @@ fn main() {
                 Command::TrafficManager => tp_cli::roles::traffic_manager().await,
                 Command::Agent => tp_cli::roles::agent().await,
                 Command::AgentCleanup(a) => tp_cli::roles::agent_cleanup(a.check),
+                Command::AgentInit => tp_cli::roles::agent_init(),
                 Command::FsSync => tp_cli::roles::fs_sync().await,
                 _ => unreachable!("not a role"),
             }

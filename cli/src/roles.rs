@@ -22,10 +22,13 @@ pub async fn daemon() -> Result<()> {
 
 pub async fn traffic_manager() -> Result<()> {
     let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
+    if cluster == "kubernetes" {
+        return tp_manager::kubernetes::startup::run(shutdown_signal())
+            .await
+            .map_err(|e| anyhow::anyhow!(e));
+    }
     if cluster != "docker" {
-        anyhow::bail!(
-            "TP_CLUSTER_TYPE={cluster:?}: only the docker provider is available in this build"
-        );
+        anyhow::bail!("TP_CLUSTER_TYPE={cluster:?} is not docker or kubernetes");
     }
     let namespace = std::env::var("TP_NAMESPACE").context("TP_NAMESPACE is required")?;
     let network = std::env::var("TP_NETWORK").context("TP_NETWORK is required")?;
@@ -63,6 +66,26 @@ pub async fn traffic_manager() -> Result<()> {
     tp_manager::run(cfg, Arc::new(provider), shutdown)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The init container of a Kubernetes pod whose numeric target ports need a redirect to the
+/// agent (`TP_REDIRECTS`); needs NET_ADMIN.
+pub fn agent_init() -> Result<()> {
+    let pairs = tp_agent::portmap::init_redirects()?;
+    for (app, agent) in pairs {
+        eprintln!("redirecting port {app} to the traffic-agent on {agent}");
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! client-side tunnel connections.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod personal;
 pub mod provider;
 pub mod service;

@@ -74,4 +74,9 @@ pub trait Provider: Send + Sync + 'static {
     async fn ensure_agent(&self, req: &AgentRequest) -> Result<(), ProviderError>;
     /// Detaches the workload's agent and restores the direct path. No agent: Ok.
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError>;
+    /// What keeps the workload's agent from connecting, if the provider can tell (used in the
+    /// message when an intercept times out waiting for its agent).
+    async fn agent_problem(&self, _namespace: &str, _workload: &str) -> Option<String> {
+        None
+    }
 }

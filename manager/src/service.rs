@@ -408,8 +408,12 @@ impl ManagerApi for Manager {
             .await;
         }
         if !self.await_agent(&spec.namespace, &spec.workload).await {
+            let why = p
+                .agent_problem(&spec.namespace, &spec.workload)
+                .await
+                .unwrap_or_else(|| "check `docker logs` of its agent container".into());
             return fail(Status::deadline_exceeded(format!(
-                "the traffic-agent of {} did not connect within {}s; check `docker logs` of its agent container",
+                "the traffic-agent of {} did not connect within {}s; {why}",
                 spec.workload,
                 self.inner.agent_timeout.as_secs()
             )))

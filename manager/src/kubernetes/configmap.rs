@@ -1,0 +1,168 @@
+//! The agent config of one workload: what the webhook injects and how each captured port is
+//! taken (named-port takeover or netfilter redirect). Stored as YAML under the workload's name in
+//! the `telepresence-agents` ConfigMap of its namespace; planned from the workload's port matches.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+use super::ports::{PortMatch, Workload};
+
+/// First port the agent listens on; later ports count up, skipping ports the pod uses.
+pub const FIRST_AGENT_PORT: u16 = 9900;
+/// Maximum length of a container port name (IANA_SVC_NAME).
+pub const MAX_PORT_NAME: usize = 15;
+
+/// How the agent receives a port's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PortMode {
+    /// The Service targets the port by name: the agent container takes the name (on
+    /// `agentPort`), the app's port is renamed `tm-<name>`. No privilege needed.
+    Takeover,
+    /// Numeric `targetPort` or headless Service: an init container with NET_ADMIN redirects
+    /// `appPort` to `agentPort` in the pod's network namespace.
+    Redirect,
+}
+
+/// One captured port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPort {
+    pub service_name: String,
+    /// The service port: what intercepts name and route by.
+    pub service_port: u16,
+    #[serde(default)]
+    pub service_port_name: String,
+    pub protocol: String,
+    pub mode: PortMode,
+    /// The app container serving the port.
+    pub container: String,
+    /// The app's container port name (takeover mode).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_port_name: String,
+    /// Where the app listens.
+    pub app_port: u16,
+    /// Where the agent listens.
+    pub agent_port: u16,
+}
+
+/// The agent config of one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub workload_name: String,
+    pub workload_kind: String,
+    pub namespace: String,
+    /// `host:port` of the manager's gRPC API, as agents reach it.
+    pub manager_addr: String,
+    /// `host:port` of the manager's tunnel listener.
+    pub tunnel_addr: String,
+    /// The container whose env and mounts the agent shares (the first captured port's).
+    pub container: String,
+    pub ports: Vec<AgentPort>,
+}
+
+impl AgentConfig {
+    /// YAML for the ConfigMap value.
+    pub fn to_yaml(&self) -> String {
+        yaml_serde::to_string(self).expect("agent config serializes")
+    }
+
+    /// Parses a ConfigMap value.
+    pub fn from_yaml(s: &str) -> Result<AgentConfig, String> {
+        yaml_serde::from_str(s).map_err(|e| format!("invalid agent config: {e}"))
+    }
+
+    /// Whether any port needs the redirecting init container.
+    pub fn needs_redirect(&self) -> bool {
+        self.ports.iter().any(|p| p.mode == PortMode::Redirect)
+    }
+}
+
+/// The renamed app port: `tm-<name>`, cut to 15 characters.
+pub fn takeover_name(name: &str) -> String {
+    let mut n = format!("tm-{name}");
+    n.truncate(MAX_PORT_NAME);
+    n.trim_end_matches('-').to_string()
+}
+
+/// Plans the agent of `w` from its port matches (TCP only: the agent forwards TCP). One agent
+/// port per app container port; a container port is taken over by name only when every
+/// Service reaching it names it and none is headless.
+pub fn plan(
+    w: &Workload,
+    matches: &[PortMatch],
+    manager_addr: &str,
+    tunnel_addr: &str,
+) -> Result<AgentConfig, String> {
+    let tcp: Vec<&PortMatch> = matches.iter().filter(|m| m.protocol == "TCP").collect();
+    if tcp.is_empty() {
+        return Err(format!("{} has no TCP service port to capture", w.name));
+    }
+    let used: BTreeSet<u16> = w
+        .template
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .chain(tcp.iter().map(|m| m.container_port))
+        .collect();
+    let mut next = FIRST_AGENT_PORT;
+    let mut ports: Vec<AgentPort> = Vec::new();
+    for m in &tcp {
+        if ports
+            .iter()
+            .any(|p| p.container == m.container && p.app_port == m.container_port)
+        {
+            continue;
+        }
+        let same: Vec<&&PortMatch> = tcp
+            .iter()
+            .filter(|o| o.container == m.container && o.container_port == m.container_port)
+            .collect();
+        let name = same.iter().find_map(|o| o.target_name.clone());
+        let takeover = name.is_some()
+            && same
+                .iter()
+                .all(|o| !o.headless && o.target_name.as_deref() == name.as_deref());
+        while used.contains(&next) || ports.iter().any(|p| p.agent_port == next) {
+            next = next
+                .checked_add(1)
+                .ok_or_else(|| "no free port for the traffic-agent".to_string())?;
+        }
+        ports.push(AgentPort {
+            service_name: m.service.clone(),
+            service_port: m.service_port,
+            service_port_name: m.service_port_name.clone(),
+            protocol: m.protocol.clone(),
+            mode: if takeover {
+                PortMode::Takeover
+            } else {
+                PortMode::Redirect
+            },
+            container: m.container.clone(),
+            container_port_name: if takeover {
+                name.unwrap_or_default()
+            } else {
+                String::new()
+            },
+            app_port: m.container_port,
+            agent_port: next,
+        });
+        next = next.saturating_add(1);
+    }
+    Ok(AgentConfig {
+        workload_name: w.name.clone(),
+        workload_kind: w.kind.to_string(),
+        namespace: w.namespace.clone(),
+        manager_addr: manager_addr.into(),
+        tunnel_addr: tunnel_addr.into(),
+        container: ports[0].container.clone(),
+        ports,
+    })
+}

@@ -1,0 +1,219 @@
+//! Kubernetes objects for tests, typed with `k8s-openapi`: namespaces, Deployments with their
+//! ReplicaSets and pods, bare ReplicaSets, StatefulSets, Services.
+
+#![allow(dead_code)]
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Namespace, Pod, PodSpec, PodStatus, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: (!ns.is_empty()).then(|| ns.into()),
+        ..Default::default()
+    }
+}
+
+pub fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: meta("", name),
+        ..Default::default()
+    }
+}
+
+/// A container with named (`Some`) or unnamed ports.
+pub fn container(name: &str, ports: &[(Option<&str>, i32)]) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(format!("example/{name}:1")),
+        ports: (!ports.is_empty()).then(|| {
+            ports
+                .iter()
+                .map(|(n, p)| ContainerPort {
+                    name: n.map(str::to_string),
+                    container_port: *p,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn template(app: &str, containers: Vec<Container>) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&[("app", app)])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers,
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn deployment(ns: &str, name: &str, containers: Vec<Container>) -> Deployment {
+    Deployment {
+        metadata: meta(ns, name),
+        spec: DeploymentSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels(&[("app", name)])),
+                ..Default::default()
+            },
+            template: template(name, containers),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn owner(kind: &str, api_version: &str, name: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A ReplicaSet: owned by `deployment` (named `<deployment>-<hash>`) or bare.
+pub fn replicaset(
+    ns: &str,
+    name: &str,
+    deployment: Option<&str>,
+    containers: Vec<Container>,
+) -> ReplicaSet {
+    let mut m = meta(ns, name);
+    let mut tpl = template(deployment.unwrap_or(name), containers);
+    if let Some(d) = deployment {
+        m.owner_references = Some(vec![owner("Deployment", "apps/v1", d)]);
+        let hash = name.rsplit('-').next().unwrap();
+        tpl.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("pod-template-hash".into(), hash.into());
+    }
+    ReplicaSet {
+        metadata: m,
+        spec: ReplicaSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels(&[("app", deployment.unwrap_or(name))])),
+                ..Default::default()
+            },
+            template: Some(tpl),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub fn statefulset(ns: &str, name: &str, containers: Vec<Container>) -> StatefulSet {
+    StatefulSet {
+        metadata: meta(ns, name),
+        spec: StatefulSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels(&[("app", name)])),
+                ..Default::default()
+            },
+            service_name: Some(name.into()),
+            template: template(name, containers),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A pod of a Deployment (through its ReplicaSet `<deployment>-<hash>`).
+pub fn deployment_pod(
+    ns: &str,
+    deployment: &str,
+    hash: &str,
+    suffix: &str,
+    containers: Vec<Container>,
+    ip: &str,
+) -> Pod {
+    let mut m = meta(ns, &format!("{deployment}-{hash}-{suffix}"));
+    m.labels = Some(labels(&[("app", deployment), ("pod-template-hash", hash)]));
+    m.owner_references = Some(vec![owner(
+        "ReplicaSet",
+        "apps/v1",
+        &format!("{deployment}-{hash}"),
+    )]);
+    Pod {
+        metadata: m,
+        spec: Some(PodSpec {
+            containers,
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            pod_ip: Some(ip.into()),
+            phase: Some("Running".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A Service selecting `app=<app>`: ports (name, port, targetPort).
+pub fn service(
+    ns: &str,
+    name: &str,
+    app: &str,
+    ports: &[(&str, i32, IntOrString)],
+    headless: bool,
+) -> Service {
+    Service {
+        metadata: meta(ns, name),
+        spec: Some(ServiceSpec {
+            selector: Some(labels(&[("app", app)])),
+            cluster_ip: Some(if headless {
+                "None".into()
+            } else {
+                "10.96.10.10".into()
+            }),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, t)| ServicePort {
+                        name: (!n.is_empty()).then(|| n.to_string()),
+                        port: *p,
+                        target_port: Some(t.clone()),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn named(s: &str) -> IntOrString {
+    IntOrString::String(s.into())
+}
+
+pub fn num(n: i32) -> IntOrString {
+    IntOrString::Int(n)
+}

@@ -1,0 +1,723 @@
+//! A stand-in for the Kubernetes API server over plain HTTP, for tests of the real `kube::Client`
+//! (`kube::Config::new(url)`). In-memory objects (stored as the JSON of `k8s-openapi` types)
+//! served in the API's own shapes: lists with `metadata.resourceVersion` (items without
+//! apiVersion/kind, as the API server sends them), `?watch=true` streams of newline-delimited
+//! ADDED / MODIFIED / DELETED / BOOKMARK events from a resourceVersion, an `ERROR` event with a
+//! 410 `Status` when that version has been compacted away (the watcher must relist), GET, POST
+//! (with `dryRun`), DELETE and PATCH (JSON merge patch, JSON patch; strategic merge and
+//! server-side apply are applied as merge patches, which is exact for the maps this project
+//! patches), `labelSelector` equality and `fieldSelector` on `metadata.name`/`metadata.namespace`.
+//!
+//! Test controls: [`StandIn::put`] / [`StandIn::delete`] change objects as a controller would,
+//! [`StandIn::compact_and`] applies changes, forgets every event so far and ends all watches (so a
+//! resumed watch gets 410), [`StandIn::requests`] is the log of requests, [`StandIn::list_count`]
+//! counts list calls per collection.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Notify};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub content_type: String,
+    pub body: String,
+}
+
+#[derive(Clone)]
+struct Event {
+    rv: u64,
+    coll: String,
+    kind: &'static str,
+    obj: Value,
+}
+
+#[derive(Default)]
+struct St {
+    rv: u64,
+    /// collection ("apps/v1/deployments") → (namespace, name) → object.
+    objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    events: Vec<Event>,
+    /// Versions at or below this are gone: a watch from them gets 410.
+    compacted: u64,
+    /// Bumped to end every open watch.
+    epoch: u64,
+    /// While set, watches deliver nothing and new ones wait.
+    paused: bool,
+    requests: Vec<Req>,
+    lists: HashMap<String, usize>,
+    /// 410 Gone answers sent, per collection.
+    gone: HashMap<String, usize>,
+    /// What a dry-run Service with an out-of-range clusterIP is told (None: accepted).
+    service_range: Option<String>,
+}
+
+/// The stand-in server.
+#[derive(Clone)]
+pub struct StandIn {
+    pub url: String,
+    root_cert: Option<Vec<u8>>,
+    st: Arc<Mutex<St>>,
+    changed: Arc<Notify>,
+}
+
+/// The collection of an object: `<group/version>/<plural>`.
+pub fn collection(api_version: &str, kind: &str) -> String {
+    let plural = match kind {
+        "Deployment" => "deployments",
+        "ReplicaSet" => "replicasets",
+        "StatefulSet" => "statefulsets",
+        "Pod" => "pods",
+        "Service" => "services",
+        "ConfigMap" => "configmaps",
+        "Namespace" => "namespaces",
+        "Node" => "nodes",
+        "ServiceCIDR" => "servicecidrs",
+        other => panic!("stand-in: unknown kind {other}"),
+    };
+    format!("{api_version}/{plural}")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn respond(code: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// What a path addresses.
+struct Target {
+    coll: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (gv, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
+        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+        _ => return None,
+    };
+    let t = |res: &str, ns: Option<&str>, name: Option<&str>| Target {
+        coll: format!("{gv}/{res}"),
+        namespace: ns.map(str::to_string),
+        name: name.map(str::to_string),
+    };
+    Some(match rest {
+        [res] => t(res, None, None),
+        ["namespaces", name] => t("namespaces", None, Some(name)),
+        ["namespaces", ns, res] => t(res, Some(ns), None),
+        ["namespaces", ns, res, name] => t(res, Some(ns), Some(name)),
+        [res, name] => t(res, None, Some(name)),
+        _ => return None,
+    })
+}
+
+fn query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Some(n) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `obj` passes the request's selectors.
+fn selected(obj: &Value, q: &HashMap<String, String>) -> bool {
+    let meta = &obj["metadata"];
+    if let Some(fs) = q.get("fieldSelector").filter(|s| !s.is_empty()) {
+        for term in fs.split(',') {
+            let Some((k, v)) = term.split_once('=') else {
+                continue;
+            };
+            let (k, v) = (k.trim_end_matches('='), v.trim_start_matches('='));
+            let actual = match k {
+                "metadata.name" => meta["name"].as_str(),
+                "metadata.namespace" => meta["namespace"].as_str(),
+                other => panic!("stand-in: unsupported field selector {other}"),
+            };
+            if actual != Some(v) {
+                return false;
+            }
+        }
+    }
+    if let Some(ls) = q.get("labelSelector").filter(|s| !s.is_empty()) {
+        for term in ls.split(',') {
+            let (k, v) = term
+                .split_once('=')
+                .expect("stand-in: only k=v label selectors");
+            if meta["labels"][k].as_str() != Some(v.trim_start_matches('=')) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn in_scope(ns: &Option<String>, obj_ns: &str) -> bool {
+    ns.as_deref().is_none_or(|n| n == obj_ns)
+}
+
+impl St {
+    fn bump(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn record(&mut self, coll: &str, kind: &'static str, obj: Value) {
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(self.rv);
+        self.events.push(Event {
+            rv,
+            coll: coll.into(),
+            kind,
+            obj,
+        });
+    }
+
+    fn put(&mut self, mut obj: Value) -> Value {
+        let coll = collection(
+            obj["apiVersion"].as_str().expect("apiVersion"),
+            obj["kind"].as_str().expect("kind"),
+        );
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+        let rv = self.bump();
+        let m = obj["metadata"].as_object_mut().unwrap();
+        m.insert("resourceVersion".into(), json!(rv.to_string()));
+        m.entry("uid")
+            .or_insert_with(|| json!(format!("uid-{coll}-{ns}-{name}").replace('/', "-")));
+        m.entry("creationTimestamp")
+            .or_insert_with(|| json!("2026-11-24T06:00:00Z"));
+        let existed = self
+            .objects
+            .entry(coll.clone())
+            .or_default()
+            .insert((ns, name), obj.clone())
+            .is_some();
+        self.record(
+            &coll,
+            if existed { "MODIFIED" } else { "ADDED" },
+            obj.clone(),
+        );
+        obj
+    }
+
+    fn remove(&mut self, coll: &str, ns: &str, name: &str) -> Option<Value> {
+        let mut obj = self
+            .objects
+            .get_mut(coll)?
+            .remove(&(ns.to_string(), name.to_string()))?;
+        let rv = self.bump();
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.record(coll, "DELETED", obj.clone());
+        Some(obj)
+    }
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    json_patch::merge(target, patch);
+}
+
+impl StandIn {
+    /// Starts the server on 127.0.0.1 (plain HTTP).
+    pub async fn start() -> StandIn {
+        Self::serve(None).await
+    }
+
+    /// Starts the server on 127.0.0.1 over HTTPS with this certificate (DER) and key (PEM),
+    /// as API servers are reached; [`StandIn::client`] then trusts exactly that certificate.
+    pub async fn start_tls(cert_der: Vec<u8>, key_pem: &str) -> StandIn {
+        use rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone().into()], key)
+        .unwrap();
+        let mut s = Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await;
+        s.url = s.url.replace("http://127.0.0.1", "https://localhost");
+        s.root_cert = Some(cert_der);
+        s
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> StandIn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let s = StandIn {
+            url,
+            root_cert: None,
+            st: Arc::new(Mutex::new(St {
+                rv: 100,
+                ..Default::default()
+            })),
+            changed: Arc::new(Notify::new()),
+        };
+        let server = s.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let server = server.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req).await) }
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                                .await
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await
+                        }
+                    };
+                });
+            }
+        });
+        s
+    }
+
+    /// A `kube::Client` for this server.
+    pub fn client(&self) -> kube::Client {
+        let mut cfg = kube::Config::new(self.url.parse().unwrap());
+        cfg.root_cert = self.root_cert.clone().map(|c| vec![c]);
+        kube::Client::try_from(cfg).unwrap()
+    }
+
+    /// Creates or replaces an object (any `k8s-openapi` resource), as a controller would.
+    pub fn put<T: serde::Serialize>(&self, obj: &T) -> Value {
+        let v = serde_json::to_value(obj).unwrap();
+        let out = self.st.lock().unwrap().put(v);
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Deletes an object.
+    pub fn delete(&self, api_version: &str, kind: &str, ns: &str, name: &str) {
+        let coll = collection(api_version, kind);
+        self.st.lock().unwrap().remove(&coll, ns, name);
+        self.changed.notify_waiters();
+    }
+
+    /// Applies `f` to the store, then forgets every event so far and ends every open watch: a
+    /// watcher resuming from its last resourceVersion gets 410 Gone and must relist to see
+    /// what `f` changed.
+    pub fn compact_and(&self, f: impl FnOnce(&StandIn)) {
+        {
+            let mut st = self.st.lock().unwrap();
+            st.paused = true;
+            st.epoch += 1;
+        }
+        self.changed.notify_waiters();
+        f(self);
+        let mut st = self.st.lock().unwrap();
+        st.compacted = st.rv;
+        st.events.clear();
+        st.epoch += 1;
+        st.paused = false;
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// The stored object, typed.
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<T> {
+        let st = self.st.lock().unwrap();
+        st.objects
+            .get(&collection(api_version, kind))?
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Req> {
+        self.st.lock().unwrap().requests.clone()
+    }
+
+    /// List calls made on a collection ("apps/v1/deployments").
+    pub fn list_count(&self, coll: &str) -> usize {
+        self.st
+            .lock()
+            .unwrap()
+            .lists
+            .get(coll)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// 410 Gone watch answers sent for a collection.
+    pub fn gone_count(&self, coll: &str) -> usize {
+        self.st.lock().unwrap().gone.get(coll).copied().unwrap_or(0)
+    }
+
+    /// Makes dry-run Services with an out-of-range clusterIP fail like kube-apiserver with
+    /// this service range (`None`: they are accepted).
+    pub fn set_service_range(&self, range: Option<&str>) {
+        self.st.lock().unwrap().service_range = range.map(str::to_string);
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let ct = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body_s = String::from_utf8_lossy(&body).into_owned();
+        self.st.lock().unwrap().requests.push(Req {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            content_type: ct.clone(),
+            body: body_s.clone(),
+        });
+        let q = query(uri.query());
+        let Some(t) = parse_path(uri.path()) else {
+            return respond(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
+        };
+        match method {
+            Method::GET
+                if t.name.is_none()
+                    && matches!(q.get("watch").map(String::as_str), Some("true" | "1")) =>
+            {
+                self.watch(t, q)
+            }
+            Method::GET if t.name.is_none() => self.list(&t, &q),
+            Method::GET => self.get_one(&t),
+            Method::POST => self.create(&t, &q, &body_s),
+            Method::PATCH => self.patch(&t, &ct, &body_s),
+            Method::DELETE => self.delete_one(&t),
+            _ => respond(405, &status(405, "MethodNotAllowed", "method not allowed")),
+        }
+    }
+
+    fn list(&self, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
+        let mut st = self.st.lock().unwrap();
+        *st.lists.entry(t.coll.clone()).or_default() += 1;
+        let items: Vec<Value> = st
+            .objects
+            .get(&t.coll)
+            .map(|m| {
+                m.iter()
+                    .filter(|((ns, _), o)| in_scope(&t.namespace, ns) && selected(o, q))
+                    .map(|(_, o)| {
+                        let mut o = o.clone();
+                        let m = o.as_object_mut().unwrap();
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                        o
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rv = st.rv;
+        respond(
+            200,
+            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+        )
+    }
+
+    fn get_one(&self, t: &Target) -> Response<Body> {
+        let st = self.st.lock().unwrap();
+        let ns = t.namespace.clone().unwrap_or_default();
+        match st
+            .objects
+            .get(&t.coll)
+            .and_then(|m| m.get(&(ns, t.name.clone().unwrap())))
+        {
+            Some(o) => respond(200, o),
+            None => respond(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("{} \"{}\" not found", t.coll, t.name.as_deref().unwrap()),
+                ),
+            ),
+        }
+    }
+
+    fn create(&self, t: &Target, q: &HashMap<String, String>, body: &str) -> Response<Body> {
+        let mut obj: Value = match serde_json::from_str(body) {
+            Ok(v) => v,
+            Err(e) => return respond(400, &status(400, "BadRequest", &e.to_string())),
+        };
+        if let Some(ns) = &t.namespace {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let mut st = self.st.lock().unwrap();
+        if q.get("dryRun").is_some() {
+            if let (true, Some(range), Some(ip)) = (
+                t.coll == "v1/services",
+                st.service_range.clone(),
+                obj["spec"]["clusterIP"].as_str(),
+            ) {
+                let msg = format!(
+                    "Service \"{name}\" is invalid: spec.clusterIPs: Invalid value: []string{{\"{ip}\"}}: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"
+                );
+                return respond(422, &status(422, "Invalid", &msg));
+            }
+            return respond(201, &obj);
+        }
+        let ns = t.namespace.clone().unwrap_or_default();
+        if st
+            .objects
+            .get(&t.coll)
+            .is_some_and(|m| m.contains_key(&(ns, name.clone())))
+        {
+            return respond(
+                409,
+                &status(409, "AlreadyExists", &format!("\"{name}\" already exists")),
+            );
+        }
+        let out = st.put(obj);
+        drop(st);
+        self.changed.notify_waiters();
+        respond(201, &out)
+    }
+
+    fn patch(&self, t: &Target, ct: &str, body: &str) -> Response<Body> {
+        let ns = t.namespace.clone().unwrap_or_default();
+        let name = t.name.clone().unwrap_or_default();
+        let mut st = self.st.lock().unwrap();
+        let Some(mut obj) = st
+            .objects
+            .get(&t.coll)
+            .and_then(|m| m.get(&(ns, name.clone())))
+            .cloned()
+        else {
+            return respond(
+                404,
+                &status(404, "NotFound", &format!("\"{name}\" not found")),
+            );
+        };
+        let patch: Value = match serde_json::from_str(body).or_else(|_| yaml_serde::from_str(body))
+        {
+            Ok(v) => v,
+            Err(e) => return respond(400, &status(400, "BadRequest", &e.to_string())),
+        };
+        match ct.split(';').next().unwrap_or("") {
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = match serde_json::from_value(patch) {
+                    Ok(p) => p,
+                    Err(e) => return respond(400, &status(400, "BadRequest", &e.to_string())),
+                };
+                if let Err(e) = json_patch::patch(&mut obj, &p) {
+                    return respond(422, &status(422, "Invalid", &e.to_string()));
+                }
+            }
+            "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/apply-patch+yaml" => merge(&mut obj, &patch),
+            other => {
+                return respond(
+                    415,
+                    &status(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!("unsupported patch type {other}"),
+                    ),
+                )
+            }
+        }
+        let out = st.put(obj);
+        drop(st);
+        self.changed.notify_waiters();
+        respond(200, &out)
+    }
+
+    fn delete_one(&self, t: &Target) -> Response<Body> {
+        let ns = t.namespace.clone().unwrap_or_default();
+        let name = t.name.clone().unwrap_or_default();
+        let removed = self.st.lock().unwrap().remove(&t.coll, &ns, &name);
+        self.changed.notify_waiters();
+        match removed {
+            Some(o) => respond(200, &o),
+            None => respond(
+                404,
+                &status(404, "NotFound", &format!("\"{name}\" not found")),
+            ),
+        }
+    }
+
+    fn watch(&self, t: Target, q: HashMap<String, String>) -> Response<Body> {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        let me = self.clone();
+        tokio::spawn(async move {
+            let line = |v: Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+            let (epoch, gone, compacted) = loop {
+                let notified = me.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = me.st.lock().unwrap();
+                    if !st.paused {
+                        break (st.epoch, from < st.compacted, st.compacted);
+                    }
+                }
+                notified.await;
+            };
+            if gone {
+                *me.st
+                    .lock()
+                    .unwrap()
+                    .gone
+                    .entry(t.coll.clone())
+                    .or_default() += 1;
+                let s = status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {from} ({compacted})"),
+                );
+                let _ = tx.send(line(json!({"type": "ERROR", "object": s}))).await;
+                return;
+            }
+            let mut last = from;
+            let mut bookmarked = false;
+            loop {
+                let notified = me.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let (batch, current_rv, ended) = {
+                    let st = me.st.lock().unwrap();
+                    let batch: Vec<Event> = st
+                        .events
+                        .iter()
+                        .filter(|e| e.rv > last && e.coll == t.coll)
+                        .filter(|e| {
+                            in_scope(
+                                &t.namespace,
+                                e.obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                            ) && selected(&e.obj, &q)
+                        })
+                        .cloned()
+                        .collect();
+                    (batch, st.rv, st.epoch != epoch || st.paused)
+                };
+                if ended {
+                    return;
+                }
+                for e in batch {
+                    last = last.max(e.rv);
+                    if tx
+                        .send(line(json!({"type": e.kind, "object": e.obj})))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if bookmarks && !bookmarked {
+                    bookmarked = true;
+                    let (api_version, kind) = api_kind(&t.coll);
+                    let bm = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind,
+                        "metadata": {"resourceVersion": current_rv.to_string()}}});
+                    if tx.send(line(bm)).await.is_err() {
+                        return;
+                    }
+                    last = last.max(current_rv);
+                }
+                notified.await;
+            }
+        });
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let mut r = Response::new(body);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    }
+}
+
+fn api_kind(coll: &str) -> (String, String) {
+    let (gv, plural) = coll.rsplit_once('/').unwrap();
+    let kind = match plural {
+        "deployments" => "Deployment",
+        "replicasets" => "ReplicaSet",
+        "statefulsets" => "StatefulSet",
+        "pods" => "Pod",
+        "services" => "Service",
+        "configmaps" => "ConfigMap",
+        "namespaces" => "Namespace",
+        "nodes" => "Node",
+        "servicecidrs" => "ServiceCIDR",
+        other => panic!("stand-in: unknown collection {other}"),
+    };
+    (gv.to_string(), kind.to_string())
+}
