@@ -11,6 +11,7 @@ pub mod envfile;
 pub mod image;
 pub mod info;
 pub mod intercept;
+pub mod kubeconfig;
 pub mod mounts;
 pub mod output;
 pub mod roles;

@@ -37,7 +37,11 @@ impl Connector for ConnectorService {
             connection: s.cfg.connection.clone(),
             status: "Connected".into(),
             cluster_type: s.cluster.cluster_type.clone(),
-            server: s.cluster.server.clone(),
+            server: if s.cfg.server.is_empty() {
+                s.cluster.server.clone()
+            } else {
+                s.cfg.server.clone()
+            },
             context: s.cfg.context.clone(),
             namespace: s.cfg.namespace.clone(),
             manager_namespace: s.cfg.manager_namespace.clone(),
