@@ -5,6 +5,7 @@
 pub mod args;
 pub mod commands;
 pub mod connect;
+pub mod connect_kube;
 pub mod dockerrun;
 pub mod engine;
 pub mod envfile;
