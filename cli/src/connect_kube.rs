@@ -53,7 +53,10 @@ pub fn safe_name(s: &str) -> String {
 /// The container that publishes `port` on the host (a kind/minikube control plane), as
 /// (container name, its IP on its first non-default network, the container-side port, that
 /// network).
-pub async fn publisher_of(docker: &Docker, port: u16) -> Result<Option<(String, String, u16, String)>> {
+pub async fn publisher_of(
+    docker: &Docker,
+    port: u16,
+) -> Result<Option<(String, String, u16, String)>> {
     let list = docker
         .list_containers(Some(ListContainersOptions {
             all: false,

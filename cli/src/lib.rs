@@ -9,6 +9,7 @@ pub mod connect_kube;
 pub mod dockerrun;
 pub mod engine;
 pub mod envfile;
+pub mod helm;
 pub mod image;
 pub mod info;
 pub mod intercept;
