@@ -3,7 +3,7 @@
 //! markers and comments; `if`/`else if`/`else`, `range` (lists and maps, with `$i, $v :=`),
 //! `with`, `define`/`include`/`template`, variables (`$x := …`, `$`); pipelines with `|`;
 //! and the functions `default quote squote toYaml toJson nindent indent b64enc printf eq ne
-//! not and or empty required hasKey trunc trimSuffix trimPrefix lower upper join list dict
+//! not and or empty required fail hasKey trunc trimSuffix trimPrefix lower upper join list dict
 //! int toString len sha256sum contains`. Values are JSON values (from the YAML values).
 //! Anything outside the subset is a parse error naming the template and the construct.
 
@@ -800,6 +800,10 @@ impl Templates {
                     return err(t, s(0));
                 }
                 a[1].clone()
+            }
+            "fail" => {
+                need(1)?;
+                return err(t, s(0));
             }
             "hasKey" => {
                 need(2)?;
