@@ -85,19 +85,42 @@ fn defaults_render_every_object_typed_and_cluster_wide() {
     let d = deployment(&objs);
     let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.image.as_deref(), Some("telepresence:0.1.0-abc"));
-    assert_eq!(c.args.as_deref(), Some(&["traffic-manager".to_string()][..]));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["traffic-manager".to_string()][..])
+    );
     assert_eq!(env(&d, "TP_CLUSTER_TYPE").as_deref(), Some("kubernetes"));
     assert_eq!(env(&d, "TP_TEAM_MODE").as_deref(), Some("false"));
     assert_eq!(
         env(&d, "TP_AGENT_IMAGE").as_deref(),
         Some("telepresence:0.1.0-abc")
     );
-    let ns_env = c.env.iter().flatten().find(|e| e.name == "TP_MANAGER_NAMESPACE").unwrap();
+    let ns_env = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "TP_MANAGER_NAMESPACE")
+        .unwrap();
     assert_eq!(
-        ns_env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+        ns_env
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
         "metadata.namespace"
     );
-    let labels = d.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let labels = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
     assert_eq!(labels["app"], "traffic-manager");
     assert_eq!(labels["telepresence.io/managed-by"], "telepresence");
     // The Service has the ports of the agreed interface.
@@ -112,7 +135,11 @@ fn defaults_render_every_object_typed_and_cluster_wide() {
         .collect();
     assert_eq!(
         ports,
-        [("api".into(), 8081), ("tunnel".into(), 8082), ("https".into(), 443)]
+        [
+            ("api".into(), 8081),
+            ("tunnel".into(), 8082),
+            ("https".into(), 443)
+        ]
     );
     // The webhook trusts the CA that signed the serving certificate in the Secret.
     let wh: MutatingWebhookConfiguration =
@@ -120,7 +147,10 @@ fn defaults_render_every_object_typed_and_cluster_wide() {
     let w = &wh.webhooks.unwrap()[0];
     assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
     let cc = &w.client_config;
-    assert_eq!(cc.service.as_ref().unwrap().path.as_deref(), Some("/traffic-agent"));
+    assert_eq!(
+        cc.service.as_ref().unwrap().path.as_deref(),
+        Some("/traffic-agent")
+    );
     let secret: Secret = serde_json::from_value(find(&objs, "Secret")[0].clone()).unwrap();
     let data = secret.data.unwrap();
     assert_eq!(cc.ca_bundle.as_ref().unwrap().0, data["ca.crt"].0);
@@ -180,24 +210,42 @@ fn namespaced_rbac_team_mode_registry_and_values_file() {
     for rb in find(&objs, "RoleBinding") {
         let rb: RoleBinding = serde_json::from_value(rb.clone()).unwrap();
         let s = &rb.subjects.unwrap()[0];
-        assert_eq!((s.name.as_str(), s.namespace.as_deref()), ("traffic-manager", Some("tm")));
+        assert_eq!(
+            (s.name.as_str(), s.namespace.as_deref()),
+            ("traffic-manager", Some("tm"))
+        );
     }
-    assert!(!serde_json::to_string(&find(&objs, "Role")).unwrap().contains("nodes"));
+    assert!(!serde_json::to_string(&find(&objs, "Role"))
+        .unwrap()
+        .contains("nodes"));
     // The webhook only acts in the managed namespaces.
     let wh = serde_json::to_string(&find(&objs, "MutatingWebhookConfiguration")[0]).unwrap();
     assert!(wh.contains("\"shop\"") && wh.contains("\"blog\""), "{wh}");
     let d = deployment(&objs);
     // --set wins over config: the user's registry is used, not images.registry.
     assert_eq!(
-        d.spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        d.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
         Some("ghcr.io/me/telepresence:0.1.0-abc")
     );
     assert_eq!(env(&d, "TP_TEAM_MODE").as_deref(), Some("true"));
     assert_eq!(env(&d, "RUST_LOG").as_deref(), Some("debug"));
-    assert_eq!(env(&d, "TP_MANAGED_NAMESPACES").as_deref(), Some("shop,blog"));
+    assert_eq!(
+        env(&d, "TP_MANAGED_NAMESPACES").as_deref(),
+        Some("shop,blog")
+    );
     let pod = d.spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.node_selector.as_ref().unwrap()["disk"], "ssd");
-    let ann = d.spec.template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    let ann = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
     assert_eq!(ann["team"], "dev");
     assert!(ann.contains_key("checksum/tls"));
 
@@ -205,19 +253,16 @@ fn namespaced_rbac_team_mode_registry_and_values_file() {
     let values = helm::effective_values(&json!({}), "registry.local:5000/", "t1", &tls());
     let d = deployment(&chart::render(&values, "tm").unwrap());
     assert_eq!(
-        d.spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        d.spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
         Some("registry.local:5000/telepresence:t1")
     );
 }
 
 #[test]
 fn bad_values_are_refused_with_the_reason() {
-    let values = helm::effective_values(
-        &json!({"rbac": {"clusterWide": false}}),
-        "",
-        "t",
-        &tls(),
-    );
+    let values = helm::effective_values(&json!({"rbac": {"clusterWide": false}}), "", "t", &tls());
     let e = chart::render(&values, "tm").unwrap_err().to_string();
     assert!(e.contains("managedNamespaces"), "{e}");
     let e = chart::parse_set("a[0]=x").unwrap_err().to_string();
@@ -238,5 +283,11 @@ fn bad_values_are_refused_with_the_reason() {
     typed(&objs);
     assert!(find(&objs, "MutatingWebhookConfiguration").is_empty());
     assert!(find(&objs, "Secret").is_empty());
-    assert!(deployment(&objs).spec.template.spec.unwrap().volumes.is_none());
+    assert!(deployment(&objs)
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .is_none());
 }

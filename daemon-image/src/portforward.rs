@@ -3,6 +3,10 @@
 //! the manager namespace. Local listeners inside the daemon (gRPC and tunnel) stand in for the
 //! manager's addresses, so the session code dials them exactly as it dials a Docker-engine
 //! manager. A forward that cannot be opened makes the next connection pick another ready pod.
+//!
+//! The `v4.channel.k8s.io` protocol has no half-close: when the local side shuts down its
+//! write half, `kube` ends the whole WebSocket (as `kubectl port-forward` does). The manager's
+//! gRPC (HTTP/2) and the tunnel's request/response exchanges do not rely on half-close.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
