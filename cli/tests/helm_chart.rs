@@ -291,3 +291,84 @@ fn bad_values_are_refused_with_the_reason() {
         .volumes
         .is_none());
 }
+
+/// Cross-check of the renderer against Go's own `text/template` with sprig (the function
+/// library Helm uses) and Helm's `include`/`required`/`fail`/`toYaml`: the program in
+/// `scripts/chart-go-render` renders the same chart with the same data, and both must give the
+/// same objects. Needs `go` and Debian's `golang-github-masterminds-sprig-dev` and
+/// `golang-gopkg-yaml.v3-dev` (GOPATH mode, nothing downloaded); without them it is skipped
+/// with the reason.
+#[test]
+fn renderer_agrees_with_go_text_template_and_sprig() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let gopath = "/usr/share/gocode";
+    if std::process::Command::new("go").arg("version").output().is_err() {
+        println!("SKIPPED: renderer_agrees_with_go_text_template_and_sprig: no `go` toolchain (apt-get install golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)");
+        return;
+    }
+    if !std::path::Path::new(gopath)
+        .join("src/github.com/Masterminds/sprig")
+        .exists()
+    {
+        println!("SKIPPED: renderer_agrees_with_go_text_template_and_sprig: sprig is not installed under {gopath} (apt-get install golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("gorender");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(root.join("scripts/chart-go-render"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", gopath)
+        .env("GOCACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let cases = [
+        json!({}),
+        json!({"rbac": {"clusterWide": false}, "managedNamespaces": ["shop", "blog"], "teamMode": true,
+               "image": {"registry": "ghcr.io/me/", "pullSecrets": ["regcred"]},
+               "podAnnotations": {"a": "b"}, "podLabels": {"x": "y"}, "tolerations": [{"key": "k", "operator": "Exists"}],
+               "agent": {"image": "other/agent:1"}}),
+        json!({"agentInjector": {"enabled": false}, "nodeSelector": {"disk": "ssd"}, "replicaCount": 2}),
+    ];
+    for user in cases {
+        let values = helm::effective_values(&user, "", "0.1.0-abc", &tls());
+        let mut ours = chart::render(&values, "tm").unwrap();
+        let data = chart::render_data(&values, "tm");
+        let mut child = std::process::Command::new(&bin)
+            .arg(root.join("charts/traffic-manager"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(data.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "go render failed for {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut theirs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let key = |v: &Value| v.to_string();
+        ours.sort_by_key(key);
+        theirs.sort_by_key(key);
+        assert_eq!(ours.len(), theirs.len(), "{user}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a, b, "values {user}");
+        }
+    }
+}

@@ -214,17 +214,7 @@ pub fn parse_set(arg: &str) -> Result<Value, ChartError> {
 /// Renders the chart into objects, in the order they are applied (namespaced prerequisites
 /// first, the webhook configuration last).
 pub fn render(values: &Value, namespace: &str) -> Result<Vec<Value>, ChartError> {
-    let meta = chart_meta();
-    let data = serde_json::json!({
-        "Values": values,
-        "Release": {"Name": RELEASE_NAME, "Namespace": namespace, "Service": "telepresence", "IsInstall": true},
-        "Chart": {
-            "Name": meta["name"],
-            "Version": meta["version"],
-            "AppVersion": meta["appVersion"],
-        },
-        "Capabilities": {"KubeVersion": {"Version": "v1.37.0"}},
-    });
+    let data = render_data(values, namespace);
     let mut t = Templates::new();
     for (path, text) in FILES.iter().filter(|(p, _)| p.starts_with("templates/")) {
         t.add(path, text)?;
@@ -251,6 +241,21 @@ pub fn render(values: &Value, namespace: &str) -> Result<Vec<Value>, ChartError>
     }
     objects.sort_by_key(|o| kind_order(o["kind"].as_str().unwrap_or_default()));
     Ok(objects)
+}
+
+/// What the templates see: `.Values`, `.Release`, `.Chart`, `.Capabilities`.
+pub fn render_data(values: &Value, namespace: &str) -> Value {
+    let meta = chart_meta();
+    serde_json::json!({
+        "Values": values,
+        "Release": {"Name": RELEASE_NAME, "Namespace": namespace, "Service": "telepresence", "IsInstall": true},
+        "Chart": {
+            "Name": meta["name"],
+            "Version": meta["version"],
+            "AppVersion": meta["appVersion"],
+        },
+        "Capabilities": {"KubeVersion": {"Version": "v1.37.0"}},
+    })
 }
 
 fn split_documents(text: &str) -> Vec<String> {
