@@ -148,6 +148,7 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     }
 
     kubeconfig::flatten(&mut reduced.config)?;
+    kubeconfig::embed_host_roots(&mut reduced.config);
     if let Some(expiry) = kubeconfig::resolve_exec(&mut reduced.config)? {
         text.push_str(&format!(
             "The credentials of context {context} expire at {expiry}; run `telepresence quit` and `telepresence connect` again after that\n"

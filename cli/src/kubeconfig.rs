@@ -176,6 +176,33 @@ pub fn flatten(kc: &mut Kubeconfig) -> Result<(), KubeconfigError> {
     Ok(())
 }
 
+/// Where hosts keep their CA bundle (Debian/Ubuntu/Alpine, Fedora/RHEL, macOS/others).
+const HOST_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// Clusters that name no CA (their server certificate is from a public CA) get this host's CA
+/// bundle embedded: the daemon's image is `FROM scratch` and has no system roots. Returns
+/// whether a bundle was embedded.
+pub fn embed_host_roots(kc: &mut Kubeconfig) -> bool {
+    let Some(bundle) = HOST_CA_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) else {
+        return false;
+    };
+    let mut done = false;
+    for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+        if c.certificate_authority_data.is_none()
+            && c.certificate_authority.is_none()
+            && c.insecure_skip_tls_verify != Some(true)
+        {
+            c.certificate_authority_data = Some(b64(&bundle));
+            done = true;
+        }
+    }
+    done
+}
+
 /// Credentials an exec plugin returned (`ExecCredential.status`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -528,6 +555,43 @@ users:
             .unwrap_err()
             .to_string()
             .contains("--context"));
+    }
+
+    #[test]
+    fn clusters_without_a_ca_get_the_host_roots_and_others_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = load(Some(fixture(dir.path()).to_str().unwrap())).unwrap();
+        let mut r = reduce(&kc, Some("prod")).unwrap();
+        assert!(!embed_host_roots(&mut r.config), "prod names its CA");
+        assert_eq!(
+            r.config.clusters[0]
+                .cluster
+                .as_ref()
+                .unwrap()
+                .certificate_authority_data
+                .as_deref(),
+            Some("UFJPRC1DQQ==")
+        );
+        r.config.clusters[0]
+            .cluster
+            .as_mut()
+            .unwrap()
+            .certificate_authority_data = None;
+        let host_has_roots = HOST_CA_BUNDLES.iter().any(|p| Path::new(p).exists());
+        assert_eq!(embed_host_roots(&mut r.config), host_has_roots);
+        if host_has_roots {
+            let data = r.config.clusters[0]
+                .cluster
+                .as_ref()
+                .unwrap()
+                .certificate_authority_data
+                .clone()
+                .unwrap();
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            assert!(String::from_utf8_lossy(&pem).contains("BEGIN CERTIFICATE"));
+        }
     }
 
     #[test]

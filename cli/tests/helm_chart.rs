@@ -302,7 +302,11 @@ fn bad_values_are_refused_with_the_reason() {
 fn renderer_agrees_with_go_text_template_and_sprig() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let gopath = "/usr/share/gocode";
-    if std::process::Command::new("go").arg("version").output().is_err() {
+    if std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         println!("SKIPPED: renderer_agrees_with_go_text_template_and_sprig: no `go` toolchain (apt-get install golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)");
         return;
     }

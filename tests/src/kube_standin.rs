@@ -23,6 +23,8 @@ pub struct Seen {
     pub uri: String,
     pub content_type: String,
     pub body: String,
+    /// The `Authorization` header, if any.
+    pub authorization: String,
 }
 
 #[derive(Default)]
@@ -132,7 +134,12 @@ fn matches_selector(obj: &Value, selector: &str) -> bool {
 impl KubeStandIn {
     /// Starts the stand-in on 127.0.0.1 (ephemeral port).
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the stand-in on `bind` (e.g. `0.0.0.0:0` to be reached from containers).
+    pub async fn start_on(bind: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let s = KubeStandIn {
             addr: listener.local_addr().unwrap(),
             state: Arc::new(Mutex::new(State::default())),
@@ -256,12 +263,19 @@ impl KubeStandIn {
             .to_string();
         let path = uri.path().to_string();
         let q = query(&uri);
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         if req.headers().contains_key("upgrade") {
             self.state.lock().unwrap().seen.push(Seen {
                 method,
                 uri: uri.to_string(),
                 content_type,
                 body: String::new(),
+                authorization,
             });
             return self.upgrade(req, &path, &q).await;
         }
@@ -277,6 +291,7 @@ impl KubeStandIn {
             uri: uri.to_string(),
             content_type: content_type.clone(),
             body: body.clone(),
+            authorization,
         });
         drop(parts);
         let Some((coll, plural, ns, name, sub)) = parse_path(&path) else {
