@@ -82,12 +82,14 @@ fn kind_of(plural: &str) -> &'static str {
     }
 }
 
-/// Splits an API path into (collection path, plural, namespace, name, subresource).
-fn parse_path(path: &str) -> Option<(String, String, String, Option<String>, Option<String>)> {
+/// An API path split into (collection path, plural, namespace, name, subresource).
+type ApiPath = (String, String, String, Option<String>, Option<String>);
+
+fn parse_path(path: &str) -> Option<ApiPath> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (prefix_len, rest) = match parts.first()? {
-        &"api" => (2, &parts[2..]),
-        &"apis" => (3, &parts[3..]),
+    let (prefix_len, rest) = match *parts.first()? {
+        "api" if parts.len() > 2 => (2, &parts[2..]),
+        "apis" if parts.len() > 3 => (3, &parts[3..]),
         _ => return None,
     };
     let (ns, rest) = match rest {
@@ -534,10 +536,10 @@ where
     let to_pod = async move {
         while let Some(Ok(m)) = stream.next().await {
             match m {
-                Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                    if wr.write_all(&b[1..]).await.is_err() {
-                        break;
-                    }
+                Message::Binary(b)
+                    if b.len() > 1 && b[0] == 0 && wr.write_all(&b[1..]).await.is_err() =>
+                {
+                    break;
                 }
                 Message::Close(_) => break,
                 _ => {}

@@ -196,7 +196,7 @@ pub fn parse_set(arg: &str) -> Result<Value, ChartError> {
             return Err(ChartError::Set(arg.into(), format!("empty key in {key:?}")));
         }
         let value = match val.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
-            Some(inner) if inner.is_empty() => Value::Array(Vec::new()),
+            Some("") => Value::Array(Vec::new()),
             Some(inner) => Value::Array(inner.split(',').map(scalar).collect()),
             None => scalar(val),
         };

@@ -336,14 +336,14 @@ struct Parser<'a> {
 }
 
 /// How a list of nodes ended.
-enum End {
+enum Ending {
     Eof,
     End,
     Else(Option<Vec<Tok>>),
 }
 
 impl Parser<'_> {
-    fn list(&mut self) -> Result<(Vec<Node>, End), TemplateError> {
+    fn list(&mut self) -> Result<(Vec<Node>, Ending), TemplateError> {
         let mut nodes = Vec::new();
         while self.pos < self.pieces.len() {
             let piece = std::mem::replace(&mut self.pieces[self.pos], Piece::Text(String::new()));
@@ -361,12 +361,12 @@ impl Parser<'_> {
                 _ => "",
             };
             match keyword {
-                "end" => return Ok((nodes, End::End)),
+                "end" => return Ok((nodes, Ending::End)),
                 "else" => {
                     let rest = &toks[1..];
                     return Ok((
                         nodes,
-                        End::Else(match rest.first() {
+                        Ending::Else(match rest.first() {
                             Some(Tok::Ident(k)) if k == "if" => Some(rest[1..].to_vec()),
                             None => None,
                             _ => return err(self.name, format!("unsupported {{{{ {action} }}}}")),
@@ -380,16 +380,16 @@ impl Parser<'_> {
                         let (body, end) = self.list()?;
                         branches.push((cond, body));
                         match end {
-                            End::End => break Vec::new(),
-                            End::Else(Some(t)) => cond = parse_pipe(self.name, &t)?,
-                            End::Else(None) => {
+                            Ending::End => break Vec::new(),
+                            Ending::Else(Some(t)) => cond = parse_pipe(self.name, &t)?,
+                            Ending::Else(None) => {
                                 let (body, end) = self.list()?;
-                                if !matches!(end, End::End) {
+                                if !matches!(end, Ending::End) {
                                     return err(self.name, "if/else without end");
                                 }
                                 break body;
                             }
-                            End::Eof => return err(self.name, "if without end"),
+                            Ending::Eof => return err(self.name, "if without end"),
                         }
                     };
                     nodes.push(Node::If(branches, else_));
@@ -398,10 +398,10 @@ impl Parser<'_> {
                     let pipe = parse_pipe(self.name, &toks[1..])?;
                     let (body, end) = self.list()?;
                     let else_ = match end {
-                        End::End => Vec::new(),
-                        End::Else(None) => {
+                        Ending::End => Vec::new(),
+                        Ending::Else(None) => {
                             let (b, e) = self.list()?;
-                            if !matches!(e, End::End) {
+                            if !matches!(e, Ending::End) {
                                 return err(self.name, format!("{keyword} without end"));
                             }
                             b
@@ -419,7 +419,7 @@ impl Parser<'_> {
                         return err(self.name, "define needs a name");
                     };
                     let (body, end) = self.list()?;
-                    if !matches!(end, End::End) {
+                    if !matches!(end, Ending::End) {
                         return err(self.name, format!("define {n:?} without end"));
                     }
                     self.defines.insert(n.clone(), body);
@@ -441,7 +441,7 @@ impl Parser<'_> {
                 _ => nodes.push(Node::Action(parse_pipe(self.name, &toks)?)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, Ending::Eof))
     }
 }
 
@@ -474,7 +474,7 @@ impl Templates {
             defines: HashMap::new(),
         };
         let (nodes, end) = p.list()?;
-        if !matches!(end, End::Eof) {
+        if !matches!(end, Ending::Eof) {
             return err(name, "unexpected {{ end }} or {{ else }}");
         }
         self.defines.extend(p.defines);
