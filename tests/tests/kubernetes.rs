@@ -65,17 +65,15 @@ fn bridge_gateway(container: &str) -> String {
     gw
 }
 
-#[test]
-fn connect_through_the_api_port_forward() {
-    if !engine_available() {
-        return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    p.wait_for("http://web:8080/", "web", T).unwrap();
-
-    // A real traffic-manager for the project: the Docker-engine one, started by a docker-mode
-    // connection that is then ended (the manager stays).
+/// A real traffic-manager for the project (the Docker-engine one, started by a docker-mode
+/// connection that is then ended; the manager stays) behind the API stand-in, which listens on
+/// all interfaces and has a ready manager pod whose forwarded ports lead to that manager.
+/// Returns the runtime serving the stand-in, the stand-in, and the bridge gateway (where
+/// containers reach the stand-in).
+fn standin_with_manager(
+    user: &User,
+    p: &Project,
+) -> (tokio::runtime::Runtime, KubeStandIn, String) {
     user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
         .ok();
     user.tp(&["quit"]).ok();
@@ -87,9 +85,6 @@ fn connect_through_the_api_port_forward() {
         "{{.NetworkSettings.Networks.bridge.IPAddress}}",
     ])
     .unwrap();
-
-    // The API stand-in, reachable from containers, with a ready manager pod whose forwarded
-    // ports lead to that manager.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
     k.add_namespace("ambassador");
@@ -101,7 +96,21 @@ fn connect_through_the_api_port_forward() {
     );
     k.forward_port(8081, format!("{mgr_ip}:8081").parse().unwrap());
     k.forward_port(8082, format!("{mgr_ip}:8082").parse().unwrap());
-    let server = format!("http://{}:{}", bridge_gateway(&mgr), k.addr.port());
+    let gw = bridge_gateway(&mgr);
+    (rt, k, gw)
+}
+
+#[test]
+fn connect_through_the_api_port_forward() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+
+    let (_rt, k, gateway) = standin_with_manager(&user, &p);
+    let server = format!("http://{gateway}:{}", k.addr.port());
     let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
 
     let c = user
@@ -195,7 +204,106 @@ fn connect_through_the_api_port_forward() {
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
     user.tp(&["quit", "-s"]).ok();
-    drop(rt);
+    assert_clean("after quit -s");
+}
+
+/// kind and minikube publish their API server on 127.0.0.1 of the host, which the daemon
+/// container cannot reach: `connect` finds the container publishing that port, points the
+/// daemon's kubeconfig at that container's address and inner port (keeping the TLS server
+/// name), and joins the daemon to its network. A relay container stands in for the control
+/// plane, publishing the stand-in on 127.0.0.1.
+#[test]
+fn connect_to_a_loopback_api_server_through_its_container() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    let (_rt, k, gateway) = standin_with_manager(&user, &p);
+    let (app, _) = images();
+    let cp = format!("kindish-control-plane-{}", &p.name[3..]);
+    let to = format!("{gateway}:{}", k.addr.port());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &cp,
+        "--label",
+        "telepresence.io/test-probe=1",
+        "-p",
+        "127.0.0.1::6443",
+        app,
+        "relay",
+        "--listen",
+        "6443",
+        "--to",
+        &to,
+    ])
+    .unwrap();
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.0]);
+        }
+    }
+    let _cp = Remove(cp.clone());
+    let published = docker(&["port", &cp, "6443/tcp"]).unwrap();
+    let port = published
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let cp_ip = docker(&[
+        "inspect",
+        &cp,
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+    ])
+    .unwrap();
+    let server = format!("http://127.0.0.1:{port}");
+    let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok");
+
+    let c = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--kubeconfig",
+            &kubeconfig,
+            "--name",
+            "kl",
+        ])
+        .ok();
+    assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
+    let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
+    assert!(
+        inside.contains(&format!("server: http://{cp_ip}:6443")),
+        "{inside}"
+    );
+    assert!(inside.contains("tls-server-name: 127.0.0.1"), "{inside}");
+    let net = docker(&[
+        "inspect",
+        "tp-kl",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+    ])
+    .unwrap();
+    assert_eq!(net, "bridge");
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)"
+    );
+    let st = user.tp(&["status"]).ok();
+    assert!(
+        st.stdout.contains(&format!("Kubernetes server : {server}")),
+        "{}",
+        st.stdout
+    );
+    user.tp(&["quit", "-s"]).ok();
+    drop(_cp);
     assert_clean("after quit -s");
 }
 

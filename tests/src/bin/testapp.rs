@@ -7,6 +7,7 @@
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
+//! tp-testapp relay --listen PORT --to HOST:PORT
 //! ```
 
 use std::io::Write;
@@ -68,6 +69,14 @@ enum Command {
     },
     /// GET a URL, discard the body and print JSON {bytes, secs, gbit_per_s}.
     Download { url: String },
+    /// Relay every TCP connection on PORT to HOST:PORT (stands in for a published control
+    /// plane in the Kubernetes tests).
+    Relay {
+        #[arg(long)]
+        listen: u16,
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +155,7 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => fail(&format!("bench-client: {e}")),
             }
         }
+        Command::Relay { listen, to } => relay(listen, to).await,
         Command::Download { url } => {
             let url = match parse_url(&url) {
                 Ok(u) => u,
@@ -156,6 +166,24 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => fail(&format!("download: {e}")),
             }
         }
+    }
+}
+
+async fn relay(port: u16, to: String) -> ExitCode {
+    let l = match TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
+    };
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            continue;
+        };
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut t) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut t).await;
+            }
+        });
     }
 }
 
