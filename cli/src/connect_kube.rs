@@ -107,6 +107,13 @@ pub fn kubeconfig_tar(yaml: &str) -> Result<Vec<u8>> {
     b.append_data(&mut dir, "tp/", std::io::empty())?;
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o600);
+    // A new modification time on every upload: the daemon reloads the file when it changes.
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
     h.set_size(yaml.len() as u64);
     h.set_cksum();
     b.append_data(&mut h, "tp/kubeconfig", yaml.as_bytes())?;
@@ -130,10 +137,17 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
         if engine::is_running(&docker, &existing.container).await {
             if existing.namespace == namespace && existing.context == context {
+                // Connecting again refreshes the credentials (exec plugins run again); the
+                // daemon picks the new file up for its next API request.
+                let (yaml, _, expiry) = prepare(&docker, &mut reduced, &context, &server).await?;
+                upload_kubeconfig(&docker, &existing.container, &yaml).await?;
                 text.push_str(&format!(
                     "Already connected to context {}, namespace {} ({})\n",
                     existing.context, existing.namespace, existing.server
                 ));
+                if let Some(note) = expiry {
+                    text.push_str(&note);
+                }
                 return Ok(CmdOutput::text(text));
             }
             bail!(
@@ -147,25 +161,10 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
     }
 
-    kubeconfig::flatten(&mut reduced.config)?;
-    kubeconfig::embed_host_roots(&mut reduced.config);
-    if let Some(expiry) = kubeconfig::resolve_exec(&mut reduced.config)? {
-        text.push_str(&format!(
-            "The credentials of context {context} expire at {expiry}; run `telepresence quit` and `telepresence connect` again after that\n"
-        ));
+    let (yaml, network, expiry) = prepare(&docker, &mut reduced, &context, &server).await?;
+    if let Some(note) = expiry {
+        text.push_str(&note);
     }
-    let mut network = None;
-    if let Some((_, port)) = kubeconfig::loopback_server(&server) {
-        let Some((node, ip, inner, net)) = publisher_of(&docker, port).await? else {
-            bail!(
-                "the API server {server} of context {context} is a loopback address, and no container on this Docker engine publishes port {port}; the daemon container cannot reach it (is the kind/minikube cluster running on this engine?)"
-            );
-        };
-        tracing::info!(%node, %ip, inner, %net, "API server reached through its container");
-        kubeconfig::rewrite_server(&mut reduced.config, &format!("{ip}:{inner}"));
-        network = Some(net);
-    }
-    let yaml = kubeconfig::to_yaml(&reduced.config)?;
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
     let image = crate::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
@@ -211,6 +210,52 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         text,
         data: Some(serde_json::to_value(&info)?),
     })
+}
+
+/// The kubeconfig the daemon gets, as YAML: flattened, host CA roots for clusters naming no
+/// CA, exec plugins run here, a loopback server pointed at the container publishing it.
+/// Returns it, the network the daemon must join (loopback servers), and a note on when the
+/// credentials expire.
+async fn prepare(
+    docker: &Docker,
+    reduced: &mut kubeconfig::Reduced,
+    context: &str,
+    server: &str,
+) -> Result<(String, Option<String>, Option<String>)> {
+    kubeconfig::flatten(&mut reduced.config)?;
+    kubeconfig::embed_host_roots(&mut reduced.config);
+    let note = kubeconfig::resolve_exec(&mut reduced.config)?.map(|expiry| {
+        format!(
+            "The credentials of context {context} expire at {expiry}; run `telepresence connect` again before then to refresh them\n"
+        )
+    });
+    let mut network = None;
+    if let Some((_, port)) = kubeconfig::loopback_server(server) {
+        let Some((node, ip, inner, net)) = publisher_of(docker, port).await? else {
+            bail!(
+                "the API server {server} of context {context} is a loopback address, and no container on this Docker engine publishes port {port}; the daemon container cannot reach it (is the kind/minikube cluster running on this engine?)"
+            );
+        };
+        tracing::info!(%node, %ip, inner, %net, "API server reached through its container");
+        kubeconfig::rewrite_server(&mut reduced.config, &format!("{ip}:{inner}"));
+        network = Some(net);
+    }
+    Ok((kubeconfig::to_yaml(&reduced.config)?, network, note))
+}
+
+/// Writes the kubeconfig into a (created or running) daemon container.
+async fn upload_kubeconfig(docker: &Docker, container: &str, yaml: &str) -> Result<()> {
+    docker
+        .upload_to_container(
+            container,
+            Some(bollard::query_parameters::UploadToContainerOptions {
+                path: "/".into(),
+                ..Default::default()
+            }),
+            bollard::body_full(kubeconfig_tar(yaml)?.into()),
+        )
+        .await
+        .context("handing the kubeconfig to the daemon container")
 }
 
 /// What the Kubernetes daemon container is made of.
@@ -290,17 +335,7 @@ async fn start_daemon(docker: &Docker, s: &DaemonSpec<'_>) -> Result<(String, u1
         )
         .await
         .with_context(|| format!("creating the daemon container {}", s.container))?;
-    docker
-        .upload_to_container(
-            s.container,
-            Some(bollard::query_parameters::UploadToContainerOptions {
-                path: "/".into(),
-                ..Default::default()
-            }),
-            bollard::body_full(kubeconfig_tar(s.kubeconfig)?.into()),
-        )
-        .await
-        .context("handing the kubeconfig to the daemon container")?;
+    upload_kubeconfig(docker, s.container, s.kubeconfig).await?;
     docker
         .start_container(
             s.container,

@@ -32,30 +32,63 @@ pub enum ForwardError {
 
 /// Opens port-forwards to the current manager pod; remembers the pod until a forward fails.
 pub struct Forwarder {
-    pods: Api<Pod>,
+    pods: Mutex<Api<Pod>>,
     namespace: String,
     current: Mutex<Option<String>>,
+    /// The kubeconfig file and its modification time when last loaded: a newer file (the CLI
+    /// uploads refreshed credentials when `connect` runs again) replaces the client.
+    source: Option<(String, Mutex<Option<std::time::SystemTime>>)>,
+}
+
+async fn client_from(path: &str) -> Result<kube::Client, ForwardError> {
+    let kc = Kubeconfig::read_from(path)
+        .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
+    kube::Client::try_from(cfg).map_err(|e| ForwardError::Config(path.into(), e.to_string()))
+}
+
+fn modified(path: &str) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl Forwarder {
-    /// A forwarder from a kubeconfig file (reduced to one context by the CLI).
+    /// A forwarder from a kubeconfig file (reduced to one context by the CLI), reloaded when
+    /// the file changes.
     pub async fn from_kubeconfig(path: &str, namespace: &str) -> Result<Self, ForwardError> {
-        let kc = Kubeconfig::read_from(path)
-            .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
-        let client = kube::Client::try_from(cfg)
-            .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
-        Ok(Self::new(client, namespace))
+        let loaded = modified(path);
+        let mut f = Self::new(client_from(path).await?, namespace);
+        f.source = Some((path.to_string(), Mutex::new(loaded)));
+        Ok(f)
     }
 
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Forwarder {
-            pods: Api::namespaced(client, namespace),
+            pods: Mutex::new(Api::namespaced(client, namespace)),
             namespace: namespace.into(),
             current: Mutex::new(None),
+            source: None,
         }
+    }
+
+    /// The pods API, with a client rebuilt from the kubeconfig file if it changed.
+    async fn api(&self) -> Api<Pod> {
+        if let Some((path, loaded)) = &self.source {
+            let now = modified(path);
+            let stale = *loaded.lock().unwrap() != now;
+            if stale {
+                match client_from(path).await {
+                    Ok(c) => {
+                        tracing::info!(%path, "kubeconfig changed: using its new credentials");
+                        *self.pods.lock().unwrap() = Api::namespaced(c, &self.namespace);
+                        *loaded.lock().unwrap() = now;
+                    }
+                    Err(e) => tracing::warn!("kubeconfig changed but is unusable: {e}"),
+                }
+            }
+        }
+        self.pods.lock().unwrap().clone()
     }
 
     /// A ready manager pod: the remembered one, else the first ready one the API lists.
@@ -64,7 +97,8 @@ impl Forwarder {
             return Ok(p);
         }
         let list = self
-            .pods
+            .api()
+            .await
             .list(&ListParams::default().labels(MANAGER_SELECTOR))
             .await
             .map_err(|e| ForwardError::Api(e.to_string()))?;
@@ -99,7 +133,7 @@ impl Forwarder {
         let mut attempt = 0;
         let (pod, mut pf) = loop {
             let pod = self.pod().await?;
-            match self.pods.portforward(&pod, &[port]).await {
+            match self.api().await.portforward(&pod, &[port]).await {
                 Ok(pf) => break (pod, pf),
                 Err(e) => {
                     tracing::warn!(%pod, port, "port-forward failed: {e}");

@@ -386,3 +386,49 @@ async fn port_forward_error_channel_is_reported_and_the_pod_forgotten() {
         k.seen()
     );
 }
+
+#[tokio::test]
+async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
+    let k = KubeStandIn::start().await;
+    k.add_namespace("ambassador");
+    k.add_manager_pod(
+        "ambassador",
+        "traffic-manager-a",
+        true,
+        "2026-01-02T00:00:00Z",
+    );
+    k.forward_port(8081, reverse_server().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let write = |token: &str, mtime: u64| {
+        std::fs::write(
+            &path,
+            format!("apiVersion: v1\nkind: Config\ncurrent-context: s\nclusters:\n- name: s\n  cluster:\n    server: http://{}\ncontexts:\n- name: s\n  context:\n    cluster: s\n    user: u\nusers:\n- name: u\n  user:\n    token: {token}\n", k.addr),
+        )
+        .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
+    };
+    write("first", 1_000_000);
+    let f = std::sync::Arc::new(
+        tp_daemon::portforward::Forwarder::from_kubeconfig(path.to_str().unwrap(), "ambassador")
+            .await
+            .unwrap(),
+    );
+    let local = f.clone().listen("", 8081).await.unwrap();
+    assert_eq!(roundtrip(local, b"ab").await, b"ba");
+    write("second", 2_000_000);
+    k.clear_seen();
+    assert_eq!(roundtrip(local, b"cd").await, b"dc");
+    let auth: Vec<String> = k
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward"))
+        .map(|s| s.authorization)
+        .collect();
+    assert_eq!(auth, ["Bearer second"]);
+}

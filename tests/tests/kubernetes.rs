@@ -183,6 +183,32 @@ fn connect_through_the_api_port_forward() {
         "web: ready to intercept (traffic-agent not yet installed)"
     );
 
+    // Connecting again refreshes the credentials: the plugin runs again, the daemon gets the
+    // new kubeconfig and uses it for its next API request. (Tar mtimes have 1 s resolution:
+    // wait for the next second so the daemon sees a newer file.)
+    write_kubeconfig(&user.home, &server, &p.name, "tok-refreshed");
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--kubeconfig",
+            &kubeconfig,
+            "--name",
+            "kc",
+        ])
+        .ok();
+    assert!(
+        again
+            .stdout
+            .contains("Already connected to context standin"),
+        "{}",
+        again.stdout
+    );
+    let inside = docker(&["cp", "tp-kc:/tp/kubeconfig", "-"]).unwrap();
+    assert!(inside.contains("tok-refreshed"), "{inside}");
+    k.clear_seen();
+
     // An intercept: the manager reaches the daemon's handler through the forwarded tunnel port.
     let mut child = user
         .intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler")
@@ -191,10 +217,18 @@ fn connect_through_the_api_port_forward() {
         .spawn()
         .unwrap();
     p.wait_for("http://web:8080/", "handler", T).unwrap();
-    assert!(k
+    let tunnels: Vec<_> = k
         .seen()
-        .iter()
-        .any(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082")));
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082"))
+        .collect();
+    assert!(!tunnels.is_empty());
+    assert!(
+        tunnels
+            .iter()
+            .all(|s| s.authorization == "Bearer tok-refreshed"),
+        "{tunnels:?}"
+    );
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
