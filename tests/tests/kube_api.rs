@@ -55,6 +55,16 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     assert!(applies(&k).is_empty());
     assert!(k.keys().is_empty(), "{:?}", k.keys());
 
+    // A manager pod that cannot pull its image: the wait says so.
+    k.put(
+        "/api/v1/namespaces/tm/pods",
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "traffic-manager-x1", "namespace": "tm", "labels": {"app": "traffic-manager"}},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "traffic-manager", "image": "telepresence:t",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}}),
+    );
+
     // Install: every object server-side applied by field manager telepresence, forced.
     let mut progress = Vec::new();
     let out = helm::install(&client, "test", install_args("tm", true), false, &mut |l| {
@@ -76,7 +86,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     // The rollout was observed incomplete, then complete.
     assert!(
         progress.contains(
-            &"Waiting for deployment traffic-manager: 0 of 1 updated replicas are available"
+            &"Waiting for deployment traffic-manager: 0 of 1 updated replicas are available (pod traffic-manager-x1: ErrImagePull: not found)"
                 .to_string()
         ),
         "{progress:?}"
@@ -215,7 +225,12 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
                 .filter(|k| k.starts_with("/api/v1/namespaces/tm/")),
         )
         .collect();
-    // Only the namespaces themselves remain (Helm never deletes the release namespace).
+    // Only the namespaces themselves (Helm never deletes the release namespace) and the pod we
+    // made remain.
+    let left: Vec<String> = left
+        .into_iter()
+        .filter(|k| k != "/api/v1/namespaces/tm/pods/traffic-manager-x1")
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     let e = helm::uninstall(&client, "test", "tm")
         .await

@@ -285,6 +285,41 @@ pub fn rollout_state(d: &k8s_openapi::api::apps::v1::Deployment) -> (String, boo
     (format!("{available} of {want} replicas available"), true)
 }
 
+/// Why the manager's pods are not running yet (e.g. `ImagePullBackOff`), one clause per pod
+/// with a waiting or terminated container; empty when none says.
+pub fn pod_problems(pods: &[k8s_openapi::api::core::v1::Pod]) -> String {
+    let mut out = Vec::new();
+    for p in pods {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let statuses = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        for c in statuses {
+            let state = c.state.unwrap_or_default();
+            let why = if let Some(w) = state.waiting {
+                w.reason.map(|r| match w.message {
+                    Some(m) if !m.is_empty() => format!("{r}: {m}"),
+                    _ => r,
+                })
+            } else if let Some(t) = state.terminated {
+                Some(format!(
+                    "terminated ({})",
+                    t.reason
+                        .unwrap_or_else(|| format!("exit code {}", t.exit_code))
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why.filter(|w| w != "ContainerCreating") {
+                out.push(format!("pod {name}: {why}"));
+            }
+        }
+    }
+    out.join("; ")
+}
+
 /// Waits until the manager Deployment has rolled out, printing each new state.
 pub async fn wait_ready(
     client: &kube::Client,
@@ -297,11 +332,24 @@ pub async fn wait_ready(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let state = match api.get_opt("traffic-manager").await {
+        let mut state = match api.get_opt("traffic-manager").await {
             Ok(Some(d)) => rollout_state(&d),
             Ok(None) => ("the deployment does not exist (yet)".into(), false),
             Err(e) => (format!("cannot read the deployment: {e}"), false),
         };
+        if !state.1 {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(client.clone(), namespace);
+            if let Ok(list) = pods
+                .list(&kube::api::ListParams::default().labels("app=traffic-manager"))
+                .await
+            {
+                let why = pod_problems(&list.items);
+                if !why.is_empty() {
+                    state.0 = format!("{} ({why})", state.0);
+                }
+            }
+        }
         if state.0 != last {
             progress(&format!(
                 "Waiting for deployment traffic-manager: {}",
@@ -320,5 +368,71 @@ pub async fn wait_ready(
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_problems_name_the_reason() {
+        let pods: Vec<k8s_openapi::api::core::v1::Pod> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "tm-1"}, "status": {"containerStatuses": [{
+                "name": "traffic-manager", "image": "telepresence:t", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied for telepresence"}}}]}},
+            {"metadata": {"name": "tm-2"}, "status": {"containerStatuses": [{
+                "name": "traffic-manager", "image": "telepresence:t", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}}]}},
+            {"metadata": {"name": "tm-3"}, "status": {"containerStatuses": [{
+                "name": "traffic-manager", "image": "telepresence:t", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"terminated": {"exitCode": 1}}}]}},
+        ]))
+        .unwrap();
+        assert_eq!(
+            pod_problems(&pods),
+            "pod tm-1: ErrImagePull: pull access denied for telepresence; pod tm-3: terminated (exit code 1)"
+        );
+        assert_eq!(pod_problems(&[]), "");
+    }
+
+    #[test]
+    fn rollout_states() {
+        let d = |spec: serde_json::Value,
+                 status: serde_json::Value|
+         -> k8s_openapi::api::apps::v1::Deployment {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "traffic-manager", "generation": 2},
+                "spec": spec, "status": status}),
+            )
+            .unwrap()
+        };
+        let sel = serde_json::json!({"matchLabels": {"app": "traffic-manager"}});
+        let tpl = serde_json::json!({"metadata": {"labels": {"app": "traffic-manager"}}});
+        let spec = serde_json::json!({"replicas": 1, "selector": sel, "template": tpl});
+        assert_eq!(
+            rollout_state(&d(
+                spec.clone(),
+                serde_json::json!({"observedGeneration": 1})
+            )),
+            (
+                "waiting for the deployment spec update to be observed".to_string(),
+                false
+            )
+        );
+        assert_eq!(
+            rollout_state(&d(
+                spec.clone(),
+                serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1})
+            )),
+            ("1 old replicas are pending termination".to_string(), false)
+        );
+        assert_eq!(
+            rollout_state(&d(
+                spec,
+                serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1})
+            )),
+            ("1 of 1 replicas available".to_string(), true)
+        );
     }
 }
