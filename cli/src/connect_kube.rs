@@ -161,10 +161,14 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
     }
 
+    let user_config = reduced.config.clone();
     let (yaml, network, expiry) = prepare(&docker, &mut reduced, &context, &server).await?;
     if let Some(note) = expiry {
         text.push_str(&note);
     }
+    // Is there a manager to connect to? Asked from here (where the API server is reachable
+    // as the kubeconfig says), before any container is created.
+    manager_present(user_config, &context, &server, &args.manager_namespace).await?;
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
     let image = crate::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
@@ -241,6 +245,28 @@ async fn prepare(
         network = Some(net);
     }
     Ok((kubeconfig::to_yaml(&reduced.config)?, network, note))
+}
+
+/// Fails with what to do when no ready traffic-manager pod runs in `manager_namespace`.
+async fn manager_present(
+    config: kube::config::Kubeconfig,
+    context: &str,
+    server: &str,
+    manager_namespace: &str,
+) -> Result<()> {
+    let cfg =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("cannot use context {context}"))?;
+    let client = kube::Client::try_from(cfg)?;
+    let f = tp_daemon::portforward::Forwarder::new(client, manager_namespace);
+    match f.pod().await {
+        Ok(_) => Ok(()),
+        Err(tp_daemon::portforward::ForwardError::NoPod(_)) => bail!(
+            "no ready traffic-manager in namespace {manager_namespace} of context {context}; install it with `telepresence helm install --manager-namespace {manager_namespace} --create-namespace`, or pass --manager-namespace"
+        ),
+        Err(e) => Err(anyhow!(e).context(format!("cannot reach the API server {server} of context {context}"))),
+    }
 }
 
 /// Writes the kubeconfig into a (created or running) daemon container.

@@ -342,7 +342,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
 }
 
 #[test]
-fn connect_refuses_a_loopback_server_no_container_publishes() {
+fn connect_refusals_create_nothing() {
     if !engine_available() {
         return;
     }
@@ -368,6 +368,30 @@ fn connect_refuses_a_loopback_server_no_container_publishes() {
     ]);
     assert!(
         r.stderr.contains("context \"nope\" not found") && r.stderr.contains("standin, other"),
+        "{}",
+        r.stderr
+    );
+    // A reachable API server without a traffic-manager: refused before any container exists.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
+    k.add_namespace("ambassador");
+    let host_ip = {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("192.0.2.1:9").unwrap();
+        s.local_addr().unwrap().ip()
+    };
+    let kubeconfig = write_kubeconfig(
+        &user.home,
+        &format!("http://{host_ip}:{}", k.addr.port()),
+        "default",
+        "t",
+    );
+    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no ready traffic-manager in namespace ambassador of context standin")
+            && r.stderr.contains("telepresence helm install"),
         "{}",
         r.stderr
     );

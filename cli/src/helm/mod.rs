@@ -277,6 +277,19 @@ pub async fn install(
         _ => generate_tls(&ns)?,
     };
     let values = effective_values(&user, &registry, &tag, &tls);
+    if values["image"]["registry"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+        && context.starts_with("kind-")
+    {
+        progress(&format!(
+            "No images.registry: the nodes must already have image {}:{tag} (kind: `kind load docker-image {}:{tag} --name {}`)",
+            crate::connect::IMAGE_REPO,
+            crate::connect::IMAGE_REPO,
+            context.trim_start_matches("kind-")
+        ));
+    }
     let objects = chart::render(&values, &ns)?;
     if !apply::namespace_exists(client, &ns).await? {
         if !args.create_namespace {
