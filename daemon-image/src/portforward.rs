@@ -30,6 +30,21 @@ pub enum ForwardError {
     Listen(std::io::Error),
 }
 
+/// An error with its causes (`client error (Connect): … invalid peer certificate …`).
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// Opens port-forwards to the current manager pod; remembers the pod until a forward fails.
 pub struct Forwarder {
     pods: Mutex<Api<Pod>>,
@@ -101,7 +116,7 @@ impl Forwarder {
             .await
             .list(&ListParams::default().labels(MANAGER_SELECTOR))
             .await
-            .map_err(|e| ForwardError::Api(e.to_string()))?;
+            .map_err(|e| ForwardError::Api(with_causes(&e)))?;
         let mut ready: Vec<&Pod> = list.items.iter().filter(|p| is_ready(p)).collect();
         // Newest first: after a rollout the old pod may still be terminating.
         ready.sort_by(|a, b| {
@@ -140,7 +155,7 @@ impl Forwarder {
                     self.forget(&pod);
                     attempt += 1;
                     if attempt >= 2 {
-                        return Err(ForwardError::Api(e.to_string()));
+                        return Err(ForwardError::Api(with_causes(&e)));
                     }
                 }
             }

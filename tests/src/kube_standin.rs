@@ -141,6 +141,36 @@ impl KubeStandIn {
 
     /// Starts the stand-in on `bind` (e.g. `0.0.0.0:0` to be reached from containers).
     pub async fn start_on(bind: &str) -> Self {
+        Self::serve(bind, None).await
+    }
+
+    /// Starts the stand-in serving HTTPS with a certificate for `names` (DNS names or IP
+    /// addresses) signed by a fresh CA; returns it and the CA certificate (PEM) for the
+    /// kubeconfig's `certificate-authority-data`.
+    pub async fn start_tls_on(bind: &str, names: &[&str]) -> (Self, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::serve(bind, Some(acceptor)).await, ca_cert.pem())
+    }
+
+    async fn serve(bind: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let s = KubeStandIn {
             addr: listener.local_addr().unwrap(),
@@ -153,15 +183,30 @@ impl KubeStandIn {
                     continue;
                 };
                 let me = me.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let me = me.clone();
                         async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(conn) = acceptor.accept(conn).await else {
+                                return;
+                            };
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
                 });
             }
         });

@@ -447,3 +447,41 @@ async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
         .collect();
     assert_eq!(auth, ["Bearer second"]);
 }
+
+#[tokio::test]
+async fn tls_server_name_keeps_verification_valid_at_another_address() {
+    // Like kind: a certificate for 127.0.0.1 only, reached under another name.
+    let (k, ca) = KubeStandIn::start_tls_on("127.0.0.1:0", &["127.0.0.1"]).await;
+    k.add_namespace("ambassador");
+    k.add_manager_pod(
+        "ambassador",
+        "traffic-manager-a",
+        true,
+        "2026-01-02T00:00:00Z",
+    );
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let pod = |server_name: &str| {
+        std::fs::write(
+            &path,
+            format!("apiVersion: v1\nkind: Config\ncurrent-context: s\nclusters:\n- name: s\n  cluster:\n    server: https://localhost:{}\n    certificate-authority-data: {ca}\n{server_name}contexts:\n- name: s\n  context:\n    cluster: s\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n", k.addr.port()),
+        )
+        .unwrap();
+        let path = path.clone();
+        async move {
+            tp_daemon::portforward::Forwarder::from_kubeconfig(path.to_str().unwrap(), "ambassador")
+                .await
+                .unwrap()
+                .pod()
+                .await
+        }
+    };
+    let e = pod("").await.unwrap_err().to_string();
+    assert!(e.contains("certificate") && e.contains("localhost"), "{e}");
+    assert_eq!(
+        pod("    tls-server-name: 127.0.0.1\n").await.unwrap(),
+        "traffic-manager-a"
+    );
+}

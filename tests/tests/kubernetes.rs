@@ -34,6 +34,17 @@ fn assert_clean(context: &str) {
 /// A kubeconfig for the stand-in at `server`, with an exec plugin that hands out `token`, and
 /// a second context that must not reach the daemon.
 fn write_kubeconfig(home: &std::path::Path, server: &str, ns: &str, token: &str) -> String {
+    write_kubeconfig_ca(home, server, ns, token, None)
+}
+
+/// [`write_kubeconfig`] with the CA (PEM) of a TLS stand-in.
+fn write_kubeconfig_ca(
+    home: &std::path::Path,
+    server: &str,
+    ns: &str,
+    token: &str,
+    ca: Option<&str>,
+) -> String {
     use std::os::unix::fs::PermissionsExt;
     let plugin = home.join("get-token.sh");
     std::fs::write(
@@ -42,8 +53,17 @@ fn write_kubeconfig(home: &std::path::Path, server: &str, ns: &str, token: &str)
     )
     .unwrap();
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use base64::Engine as _;
+    let ca_line = ca
+        .map(|pem| {
+            format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
     let kc = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: standin\nclusters:\n- name: standin\n  cluster:\n    server: {server}\n- name: other\n  cluster:\n    server: https://other.example:6443\n    certificate-authority-data: T1RIRVI=\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: plugin\n    namespace: {ns}\n- name: other\n  context:\n    cluster: other\n    user: secret-user\nusers:\n- name: plugin\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n- name: secret-user\n  user:\n    token: must-not-leak\n",
+        "apiVersion: v1\nkind: Config\ncurrent-context: standin\nclusters:\n- name: standin\n  cluster:\n    server: {server}\n{ca_line}- name: other\n  cluster:\n    server: https://other.example:6443\n    certificate-authority-data: T1RIRVI=\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: plugin\n    namespace: {ns}\n- name: other\n  context:\n    cluster: other\n    user: secret-user\nusers:\n- name: plugin\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n- name: secret-user\n  user:\n    token: must-not-leak\n",
         plugin.display()
     );
     let path = home.join("kubeconfig");
@@ -68,12 +88,14 @@ fn bridge_gateway(container: &str) -> String {
 /// A real traffic-manager for the project (the Docker-engine one, started by a docker-mode
 /// connection that is then ended; the manager stays) behind the API stand-in, which listens on
 /// all interfaces and has a ready manager pod whose forwarded ports lead to that manager.
-/// Returns the runtime serving the stand-in, the stand-in, and the bridge gateway (where
-/// containers reach the stand-in).
+/// With `tls`, the stand-in serves HTTPS with a certificate valid only for 127.0.0.1 and
+/// localhost, like kind's API server. Returns the runtime serving the stand-in, the stand-in,
+/// the bridge gateway (where containers reach the stand-in) and the CA (PEM) with `tls`.
 fn standin_with_manager(
     user: &User,
     p: &Project,
-) -> (tokio::runtime::Runtime, KubeStandIn, String) {
+    tls: bool,
+) -> (tokio::runtime::Runtime, KubeStandIn, String, Option<String>) {
     user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
         .ok();
     user.tp(&["quit"]).ok();
@@ -86,7 +108,15 @@ fn standin_with_manager(
     ])
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
+    let (k, ca) = if tls {
+        let (k, ca) = rt.block_on(KubeStandIn::start_tls_on(
+            "0.0.0.0:0",
+            &["127.0.0.1", "localhost"],
+        ));
+        (k, Some(ca))
+    } else {
+        (rt.block_on(KubeStandIn::start_on("0.0.0.0:0")), None)
+    };
     k.add_namespace("ambassador");
     k.add_manager_pod(
         "ambassador",
@@ -97,7 +127,7 @@ fn standin_with_manager(
     k.forward_port(8081, format!("{mgr_ip}:8081").parse().unwrap());
     k.forward_port(8082, format!("{mgr_ip}:8082").parse().unwrap());
     let gw = bridge_gateway(&mgr);
-    (rt, k, gw)
+    (rt, k, gw, ca)
 }
 
 #[test]
@@ -109,7 +139,7 @@ fn connect_through_the_api_port_forward() {
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    let (_rt, k, gateway) = standin_with_manager(&user, &p);
+    let (_rt, k, gateway, _) = standin_with_manager(&user, &p, false);
     let server = format!("http://{gateway}:{}", k.addr.port());
     let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
 
@@ -245,7 +275,7 @@ fn connect_through_the_api_port_forward() {
 /// container cannot reach: `connect` finds the container publishing that port, points the
 /// daemon's kubeconfig at that container's address and inner port (keeping the TLS server
 /// name), and joins the daemon to its network. A relay container stands in for the control
-/// plane, publishing the stand-in on 127.0.0.1.
+/// plane, publishing the (HTTPS) stand-in on 127.0.0.1.
 #[test]
 fn connect_to_a_loopback_api_server_through_its_container() {
     if !engine_available() {
@@ -253,7 +283,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    let (_rt, k, gateway) = standin_with_manager(&user, &p);
+    let (_rt, k, gateway, ca) = standin_with_manager(&user, &p, true);
     let (app, _) = images();
     let cp = format!("kindish-control-plane-{}", &p.name[3..]);
     let to = format!("{gateway}:{}", k.addr.port());
@@ -297,8 +327,10 @@ fn connect_to_a_loopback_api_server_through_its_container() {
         "{{.NetworkSettings.Networks.bridge.IPAddress}}",
     ])
     .unwrap();
-    let server = format!("http://127.0.0.1:{port}");
-    let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok");
+    // HTTPS with a certificate for 127.0.0.1 only: the daemon, which reaches the API server at
+    // the relay's address, verifies it only thanks to tls-server-name.
+    let server = format!("https://127.0.0.1:{port}");
+    let kubeconfig = write_kubeconfig_ca(&user.home, &server, &p.name, "tok", ca.as_deref());
 
     let c = user
         .tp(&[
@@ -313,7 +345,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
     let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
     assert!(
-        inside.contains(&format!("server: http://{cp_ip}:6443")),
+        inside.contains(&format!("server: https://{cp_ip}:6443")),
         "{inside}"
     );
     assert!(inside.contains("tls-server-name: 127.0.0.1"), "{inside}");
