@@ -53,6 +53,8 @@ pub enum Command {
     Uninstall(UninstallArgs),
     /// Show client, daemon and traffic-manager versions.
     Version,
+    /// Install, upgrade or uninstall the traffic-manager in a Kubernetes cluster.
+    Helm(crate::helm::HelmArgs),
     /// Run the client daemon (inside its container).
     #[command(name = "daemon-foreground", hide = true)]
     DaemonForeground,

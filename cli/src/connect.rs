@@ -69,7 +69,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         }
     };
     if cluster_type == ClusterType::Kubernetes {
-        bail!("connecting to a Kubernetes cluster is not available in this build yet; use --cluster-type docker to treat this Docker engine (compose projects) as the cluster");
+        return crate::connect_kube::run(args, text).await;
     }
     let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
     let context = "docker".to_string();
@@ -155,7 +155,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
 }
 
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name
             .chars()

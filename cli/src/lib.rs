@@ -5,12 +5,15 @@
 pub mod args;
 pub mod commands;
 pub mod connect;
+pub mod connect_kube;
 pub mod dockerrun;
 pub mod engine;
 pub mod envfile;
+pub mod helm;
 pub mod image;
 pub mod info;
 pub mod intercept;
+pub mod kubeconfig;
 pub mod mounts;
 pub mod output;
 pub mod roles;

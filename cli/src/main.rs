@@ -25,6 +25,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Leave(_) => "leave",
         Command::Uninstall(_) => "uninstall",
         Command::Version => "version",
+        Command::Helm(_) => "helm",
         Command::DaemonForeground => "daemon-foreground",
         Command::TrafficManager => "traffic-manager",
         Command::Agent => "agent",
@@ -92,6 +93,7 @@ fn main() {
                 Command::Leave(a) => tp_cli::commands::leave(&a.name, u).await,
                 Command::Uninstall(a) => tp_cli::commands::uninstall(a, u).await,
                 Command::Version => tp_cli::commands::version(u).await,
+                Command::Helm(a) => tp_cli::helm::run(a).await,
                 Command::Intercept(a) => {
                     let (out, code) =
                         tp_cli::intercept::run(a, u, format == OutputFormat::Default).await?;

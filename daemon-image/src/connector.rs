@@ -36,8 +36,18 @@ impl Connector for ConnectorService {
             version: tp_rpc::VERSION.into(),
             connection: s.cfg.connection.clone(),
             status: "Connected".into(),
-            cluster_type: s.cluster.cluster_type.clone(),
-            server: s.cluster.server.clone(),
+            // A connection made through a kubeconfig is a Kubernetes connection, whatever
+            // provider the manager behind the port-forward uses.
+            cluster_type: if s.cfg.kubeconfig.is_some() {
+                "kubernetes".into()
+            } else {
+                s.cluster.cluster_type.clone()
+            },
+            server: if s.cfg.server.is_empty() {
+                s.cluster.server.clone()
+            } else {
+                s.cfg.server.clone()
+            },
             context: s.cfg.context.clone(),
             namespace: s.cfg.namespace.clone(),
             manager_namespace: s.cfg.manager_namespace.clone(),

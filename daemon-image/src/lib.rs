@@ -5,15 +5,38 @@
 
 mod connector;
 pub mod fs;
+pub mod portforward;
 mod session;
 
 pub use session::{DaemonConfig, DaemonError};
 
 use std::sync::Arc;
+
+/// The traffic-manager's gRPC and tunnel ports in its pod.
+pub const MANAGER_GRPC_PORT: u16 = 8081;
+pub const MANAGER_TUNNEL_PORT: u16 = 8082;
 use std::time::Duration;
 
 /// Runs the daemon until `Quit` is called or the process is signalled.
-pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
+    if let Some(kubeconfig) = cfg.kubeconfig.clone() {
+        let (grpc, tunnel) = portforward::start(
+            &kubeconfig,
+            &cfg.manager_namespace,
+            (&cfg.manager_addr, MANAGER_GRPC_PORT),
+            (&cfg.tunnel_addr, MANAGER_TUNNEL_PORT),
+        )
+        .await
+        .map_err(|e| {
+            DaemonError::Manager(
+                format!("namespace {}", cfg.manager_namespace),
+                e.to_string(),
+            )
+        })?;
+        tracing::info!(%grpc, %tunnel, "reaching the traffic-manager through the Kubernetes port-forward");
+        cfg.manager_addr = grpc;
+        cfg.tunnel_addr = tunnel;
+    }
     let session = Arc::new(session::Session::establish(cfg.clone()).await?);
     let (quit_tx, mut quit_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(session.clone().keep_alive());

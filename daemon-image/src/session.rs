@@ -26,6 +26,11 @@ pub struct DaemonConfig {
     pub listen: String,
     /// user@host of the developer.
     pub client_name: String,
+    /// Kubernetes connections: the reduced kubeconfig the CLI uploaded; the manager is then
+    /// reached through the API port-forward (`portforward.rs`).
+    pub kubeconfig: Option<String>,
+    /// Kubernetes connections: the API server URL as the user's kubeconfig names it.
+    pub server: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +49,21 @@ impl DaemonConfig {
     pub fn from_env() -> Result<Self, DaemonError> {
         let req = |k: &'static str| std::env::var(k).map_err(|_| DaemonError::MissingEnv(k));
         let opt = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let kubeconfig = std::env::var("TP_KUBECONFIG")
+            .ok()
+            .filter(|k| !k.is_empty());
+        // Through the port-forward the addresses are only known once it listens.
+        let addr = |k: &'static str| match kubeconfig {
+            Some(_) => Ok(opt(k, "")),
+            None => req(k),
+        };
         Ok(DaemonConfig {
             connection: req("TP_CONNECTION")?,
             namespace: req("TP_NAMESPACE")?,
-            manager_addr: req("TP_MANAGER_ADDR")?,
-            tunnel_addr: req("TP_TUNNEL_ADDR")?,
+            manager_addr: addr("TP_MANAGER_ADDR")?,
+            tunnel_addr: addr("TP_TUNNEL_ADDR")?,
+            server: opt("TP_SERVER", ""),
+            kubeconfig: kubeconfig.clone(),
             manager_namespace: opt("TP_MANAGER_NAMESPACE", ""),
             context: opt("TP_CONTEXT", ""),
             listen: opt("TP_LISTEN", "0.0.0.0:7777"),

@@ -3,6 +3,7 @@
 //! `telepresence` CLI, making requests from inside a project network, and checking that nothing
 //! of ours is left behind.
 
+pub mod kube_standin;
 pub mod testapp;
 pub mod testapp_h2;
 

@@ -10,6 +10,7 @@
 //! tp-testapp seq URL [--h2] [--post BODY] --req 'PATH [K=V]...'...
 //! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
+//! tp-testapp relay --listen PORT --to HOST:PORT
 //! ```
 
 use std::io::Write;
@@ -111,6 +112,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
+    /// Relay every TCP connection on PORT to HOST:PORT (stands in for a published control
+    /// plane in the Kubernetes tests).
+    Relay {
+        #[arg(long)]
+        listen: u16,
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -192,6 +201,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Seq { .. } | Command::Raw { .. } | Command::BenchHeaders { .. } => {
             personal_tools(command).await
         }
+        Command::Relay { listen, to } => relay(listen, to).await,
         Command::Download { url } => {
             let url = match parse_url(&url) {
                 Ok(u) => u,
@@ -202,6 +212,24 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => fail(&format!("download: {e}")),
             }
         }
+    }
+}
+
+async fn relay(port: u16, to: String) -> ExitCode {
+    let l = match TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
+    };
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            continue;
+        };
+        let to = to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut t) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut t).await;
+            }
+        });
     }
 }
 

@@ -1,0 +1,40 @@
+{{/* Labels every object of the chart carries. */}}
+{{- define "tm.labels" -}}
+app.kubernetes.io/name: traffic-manager
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+telepresence.io/managed-by: telepresence
+{{- end }}
+
+{{/* The pod selector of the manager. */}}
+{{- define "tm.selector" -}}
+app: traffic-manager
+telepresence.io/managed-by: telepresence
+{{- end }}
+
+{{/* The image reference: [registry/]name:tag. */}}
+{{- define "tm.image" -}}
+{{- $tag := required "image.tag is required (telepresence helm install sets it to the tag of its own build)" .Values.image.tag -}}
+{{- if .Values.image.registry -}}
+{{ trimSuffix "/" .Values.image.registry }}/{{ .Values.image.name }}:{{ $tag }}
+{{- else -}}
+{{ .Values.image.name }}:{{ $tag }}
+{{- end -}}
+{{- end }}
+
+{{/* The rules the manager needs in a namespace it serves. */}}
+{{- define "tm.namespacedRules" -}}
+- apiGroups: [""]
+  resources: [pods, services, endpoints, configmaps, events]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, update, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [delete]
+- apiGroups: [apps]
+  resources: [deployments, replicasets, statefulsets]
+  verbs: [get, list, watch, patch, update]
+{{- end }}

@@ -1,0 +1,514 @@
+//! Kubernetes connections end to end.
+//!
+//! - `connect_through_the_api_port_forward` (Docker engine): the real CLI connects with a
+//!   kubeconfig whose API server is our stand-in (`tp_tests::kube_standin`), with an exec
+//!   credential plugin; the daemon container gets the reduced, flattened kubeconfig and reaches
+//!   the traffic-manager only through the stand-in's `pods/portforward` WebSockets, which lead
+//!   to a real traffic-manager (the Docker-engine one, serving a compose project). `status`,
+//!   `list` and an intercept with a handler container then work through that path.
+//! - `real_cluster_*`: against a real cluster when `KUBECONFIG` is set (kind: see README);
+//!   without it they print `SKIPPED: …` and return — never a pass of cluster behaviour.
+//!   Run serially (`--test-threads=1`): `quit -s` is engine-wide.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tp_tests::kube_standin::KubeStandIn;
+use tp_tests::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn kv(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn assert_clean(context: &str) {
+    let left = leftovers();
+    assert!(left.is_empty(), "{context}: left behind: {left:?}");
+}
+
+/// A kubeconfig for the stand-in at `server`, with an exec plugin that hands out `token`, and
+/// a second context that must not reach the daemon.
+fn write_kubeconfig(home: &std::path::Path, server: &str, ns: &str, token: &str) -> String {
+    write_kubeconfig_ca(home, server, ns, token, None)
+}
+
+/// [`write_kubeconfig`] with the CA (PEM) of a TLS stand-in.
+fn write_kubeconfig_ca(
+    home: &std::path::Path,
+    server: &str,
+    ns: &str,
+    token: &str,
+    ca: Option<&str>,
+) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let plugin = home.join("get-token.sh");
+    std::fs::write(
+        &plugin,
+        format!("#!/bin/sh\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{token}\"}}}}'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    use base64::Engine as _;
+    let ca_line = ca
+        .map(|pem| {
+            format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        })
+        .unwrap_or_default();
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: standin\nclusters:\n- name: standin\n  cluster:\n    server: {server}\n{ca_line}- name: other\n  cluster:\n    server: https://other.example:6443\n    certificate-authority-data: T1RIRVI=\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: plugin\n    namespace: {ns}\n- name: other\n  context:\n    cluster: other\n    user: secret-user\nusers:\n- name: plugin\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n- name: secret-user\n  user:\n    token: must-not-leak\n",
+        plugin.display()
+    );
+    let path = home.join("kubeconfig");
+    std::fs::write(&path, kc).unwrap();
+    path.display().to_string()
+}
+
+/// The gateway of a container on the default bridge: where containers reach a server of
+/// this host.
+fn bridge_gateway(container: &str) -> String {
+    let gw = docker(&[
+        "inspect",
+        container,
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.Gateway}}",
+    ])
+    .unwrap();
+    assert!(!gw.is_empty(), "{container} has no bridge gateway");
+    gw
+}
+
+/// A real traffic-manager for the project (the Docker-engine one, started by a docker-mode
+/// connection that is then ended; the manager stays) behind the API stand-in, which listens on
+/// all interfaces and has a ready manager pod whose forwarded ports lead to that manager.
+/// With `tls`, the stand-in serves HTTPS with a certificate valid only for 127.0.0.1 and
+/// localhost, like kind's API server. Returns the runtime serving the stand-in, the stand-in,
+/// the bridge gateway (where containers reach the stand-in) and the CA (PEM) with `tls`.
+fn standin_with_manager(
+    user: &User,
+    p: &Project,
+    tls: bool,
+) -> (tokio::runtime::Runtime, KubeStandIn, String, Option<String>) {
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+    user.tp(&["quit"]).ok();
+    let mgr = format!("tp-traffic-manager-{}", p.name);
+    let mgr_ip = docker(&[
+        "inspect",
+        &mgr,
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+    ])
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (k, ca) = if tls {
+        let (k, ca) = rt.block_on(KubeStandIn::start_tls_on(
+            "0.0.0.0:0",
+            &["127.0.0.1", "localhost"],
+        ));
+        (k, Some(ca))
+    } else {
+        (rt.block_on(KubeStandIn::start_on("0.0.0.0:0")), None)
+    };
+    k.add_namespace("ambassador");
+    k.add_manager_pod(
+        "ambassador",
+        "traffic-manager-5f7d9",
+        true,
+        "2026-01-01T00:00:00Z",
+    );
+    k.forward_port(8081, format!("{mgr_ip}:8081").parse().unwrap());
+    k.forward_port(8082, format!("{mgr_ip}:8082").parse().unwrap());
+    let gw = bridge_gateway(&mgr);
+    (rt, k, gw, ca)
+}
+
+#[test]
+fn connect_through_the_api_port_forward() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+
+    let (_rt, k, gateway, _) = standin_with_manager(&user, &p, false);
+    let server = format!("http://{gateway}:{}", k.addr.port());
+    let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
+
+    let c = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--kubeconfig",
+            &kubeconfig,
+            "--name",
+            "kc",
+        ])
+        .ok();
+    assert!(
+        c.stdout.contains(&format!(
+            "Connected to context standin, namespace {} ({server})",
+            p.name
+        )),
+        "{}\n{}",
+        c.stdout,
+        c.stderr
+    );
+    // The daemon used the plugin's token (run here on the host) for every API request.
+    let forwards: Vec<_> = k
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward"))
+        .collect();
+    assert!(!forwards.is_empty());
+    assert!(
+        forwards
+            .iter()
+            .all(|s| s.authorization == "Bearer tok-from-plugin"),
+        "{forwards:?}"
+    );
+    assert!(forwards.iter().all(|s| s
+        .uri
+        .starts_with("/api/v1/namespaces/ambassador/pods/traffic-manager-5f7d9/portforward")));
+    // The kubeconfig inside the daemon holds only the chosen context, with the token embedded.
+    let inside = docker(&["cp", "tp-kc:/tp/kubeconfig", "-"]).unwrap();
+    assert!(inside.contains("tok-from-plugin"), "{inside}");
+    assert!(
+        !inside.contains("must-not-leak") && !inside.contains("other.example"),
+        "{inside}"
+    );
+    assert!(!inside.contains("get-token.sh"), "{inside}");
+
+    let st = user.tp(&["status"]).ok();
+    assert_eq!(
+        kv(&st.stdout, "Kubernetes context"),
+        "standin",
+        "{}",
+        st.stdout
+    );
+    assert_eq!(
+        kv(&st.stdout, "Manager namespace"),
+        "ambassador",
+        "{}",
+        st.stdout
+    );
+    assert_eq!(kv(&st.stdout, "Namespace"), p.name, "{}", st.stdout);
+    assert!(
+        st.stdout.contains(&format!("Kubernetes server : {server}")),
+        "{}",
+        st.stdout
+    );
+
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)"
+    );
+
+    // Connecting again refreshes the credentials: the plugin runs again, the daemon gets the
+    // new kubeconfig and uses it for its next API request. (Tar mtimes have 1 s resolution:
+    // wait for the next second so the daemon sees a newer file.)
+    write_kubeconfig(&user.home, &server, &p.name, "tok-refreshed");
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--kubeconfig",
+            &kubeconfig,
+            "--name",
+            "kc",
+        ])
+        .ok();
+    assert!(
+        again
+            .stdout
+            .contains("Already connected to context standin"),
+        "{}",
+        again.stdout
+    );
+    let inside = docker(&["cp", "tp-kc:/tp/kubeconfig", "-"]).unwrap();
+    assert!(inside.contains("tok-refreshed"), "{inside}");
+    k.clear_seen();
+
+    // An intercept: the manager reaches the daemon's handler through the forwarded tunnel port.
+    let mut child = user
+        .intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    let tunnels: Vec<_> = k
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082"))
+        .collect();
+    assert!(!tunnels.is_empty());
+    assert!(
+        tunnels
+            .iter()
+            .all(|s| s.authorization == "Bearer tok-refreshed"),
+        "{tunnels:?}"
+    );
+    docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < T, "intercept did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
+
+/// kind and minikube publish their API server on 127.0.0.1 of the host, which the daemon
+/// container cannot reach: `connect` finds the container publishing that port, points the
+/// daemon's kubeconfig at that container's address and inner port (keeping the TLS server
+/// name), and joins the daemon to its network. A relay container stands in for the control
+/// plane, publishing the (HTTPS) stand-in on 127.0.0.1.
+#[test]
+fn connect_to_a_loopback_api_server_through_its_container() {
+    if !engine_available() {
+        return;
+    }
+    let p = Project::up(&[("web", 8080)]).unwrap();
+    let user = User::new();
+    let (_rt, k, gateway, ca) = standin_with_manager(&user, &p, true);
+    let (app, _) = images();
+    let cp = format!("kindish-control-plane-{}", &p.name[3..]);
+    let to = format!("{gateway}:{}", k.addr.port());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &cp,
+        "--label",
+        "telepresence.io/test-probe=1",
+        "-p",
+        "127.0.0.1::6443",
+        app,
+        "relay",
+        "--listen",
+        "6443",
+        "--to",
+        &to,
+    ])
+    .unwrap();
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.0]);
+        }
+    }
+    let _cp = Remove(cp.clone());
+    let published = docker(&["port", &cp, "6443/tcp"]).unwrap();
+    let port = published
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let cp_ip = docker(&[
+        "inspect",
+        &cp,
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+    ])
+    .unwrap();
+    // HTTPS with a certificate for 127.0.0.1 only: the daemon, which reaches the API server at
+    // the relay's address, verifies it only thanks to tls-server-name.
+    let server = format!("https://127.0.0.1:{port}");
+    let kubeconfig = write_kubeconfig_ca(&user.home, &server, &p.name, "tok", ca.as_deref());
+
+    let c = user
+        .tp(&[
+            "connect",
+            "--docker",
+            "--kubeconfig",
+            &kubeconfig,
+            "--name",
+            "kl",
+        ])
+        .ok();
+    assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
+    let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
+    assert!(
+        inside.contains(&format!("server: https://{cp_ip}:6443")),
+        "{inside}"
+    );
+    assert!(inside.contains("tls-server-name: 127.0.0.1"), "{inside}");
+    let net = docker(&[
+        "inspect",
+        "tp-kl",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+    ])
+    .unwrap();
+    assert_eq!(net, "bridge");
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert_eq!(
+        l.stdout.trim(),
+        "web: ready to intercept (traffic-agent not yet installed)"
+    );
+    let st = user.tp(&["status"]).ok();
+    assert!(
+        st.stdout.contains(&format!("Kubernetes server : {server}")),
+        "{}",
+        st.stdout
+    );
+    user.tp(&["quit", "-s"]).ok();
+    drop(_cp);
+    assert_clean("after quit -s");
+}
+
+#[test]
+fn connect_refusals_create_nothing() {
+    if !engine_available() {
+        return;
+    }
+    let user = User::new();
+    // Port 1 is never published by a container.
+    let kubeconfig = write_kubeconfig(&user.home, "https://127.0.0.1:1", "default", "t");
+    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("loopback address")
+            && r.stderr
+                .contains("no container on this Docker engine publishes port 1"),
+        "{}",
+        r.stderr
+    );
+    let r = user.tp(&[
+        "connect",
+        "--docker",
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        "nope",
+    ]);
+    assert!(
+        r.stderr.contains("context \"nope\" not found") && r.stderr.contains("standin, other"),
+        "{}",
+        r.stderr
+    );
+    // A reachable API server without a traffic-manager: refused before any container exists.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
+    k.add_namespace("ambassador");
+    let host_ip = {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("192.0.2.1:9").unwrap();
+        s.local_addr().unwrap().ip()
+    };
+    let kubeconfig = write_kubeconfig(
+        &user.home,
+        &format!("http://{host_ip}:{}", k.addr.port()),
+        "default",
+        "t",
+    );
+    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("no ready traffic-manager in namespace ambassador of context standin")
+            && r.stderr.contains("telepresence helm install"),
+        "{}",
+        r.stderr
+    );
+    assert_clean("after refused connects");
+}
+
+/// `KUBECONFIG` of a real cluster, or why the test is skipped.
+fn real_cluster(test: &str) -> Option<String> {
+    match std::env::var("KUBECONFIG") {
+        Ok(k) if !k.is_empty() => Some(k),
+        _ => {
+            println!("SKIPPED: {test}: KUBECONFIG is not set; this test needs a real Kubernetes cluster (e.g. kind, see README \"Kubernetes\")");
+            None
+        }
+    }
+}
+
+/// The whole user journey on a real cluster: helm install, connect, list, intercept, quit,
+/// helm uninstall. The image must be pullable by the nodes (`images.registry`) or loaded
+/// (kind: `kind load docker-image telepresence:<tag>`); the namespace `TP_TEST_NAMESPACE`
+/// (default `default`) must hold a Deployment `TP_TEST_WORKLOAD` (default `echo`) with a
+/// Service port 80 that answers HTTP.
+#[test]
+fn real_cluster_helm_connect_intercept_uninstall() {
+    let Some(kubeconfig) = real_cluster("real_cluster_helm_connect_intercept_uninstall") else {
+        return;
+    };
+    if !engine_available() {
+        return;
+    }
+    let ns = std::env::var("TP_TEST_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let wl = std::env::var("TP_TEST_WORKLOAD").unwrap_or_else(|_| "echo".into());
+    let mgr_ns = format!("tp-e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let user = User::new();
+    let run = |args: &[&str]| {
+        let mut c = user.command(args);
+        c.env("KUBECONFIG", &kubeconfig);
+        Run::from_output(c.output().unwrap())
+    };
+    run(&[
+        "helm",
+        "install",
+        "--create-namespace",
+        "--manager-namespace",
+        &mgr_ns,
+    ])
+    .ok();
+    let c = run(&[
+        "connect",
+        "--docker",
+        "-n",
+        &ns,
+        "--manager-namespace",
+        &mgr_ns,
+    ])
+    .ok();
+    assert!(
+        c.stdout.contains(&format!("namespace {ns} (")),
+        "{}",
+        c.stdout
+    );
+    let l = run(&["list", "-n", &ns]).ok();
+    assert!(
+        l.stdout.contains(&format!("{wl}: ready to intercept")),
+        "{}",
+        l.stdout
+    );
+    let i = run(&[
+        "intercept",
+        &wl,
+        "-n",
+        &ns,
+        "--port",
+        "9090:80",
+        "--mount",
+        "false",
+    ])
+    .ok();
+    assert!(
+        i.stdout.contains("State                  : ACTIVE"),
+        "{}",
+        i.stdout
+    );
+    run(&["leave", &wl]).ok();
+    run(&["quit", "-s"]).ok();
+    run(&["helm", "uninstall", "--manager-namespace", &mgr_ns]).ok();
+    assert_clean("after a real-cluster run");
+}
