@@ -71,6 +71,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     if cluster_type == ClusterType::Kubernetes {
         bail!("connecting to a Kubernetes cluster is not available in this build yet; use --cluster-type docker to treat this Docker engine (compose projects) as the cluster");
     }
+    let subnet_env = crate::outbound::subnet_env(&args)?;
     let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
     let context = "docker".to_string();
     let name = args
@@ -121,7 +122,15 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image).await?;
 
     let result = start_daemon(
-        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel,
+        &docker,
+        &name,
+        &container,
+        &namespace,
+        &args,
+        &image,
+        &grpc,
+        &tunnel,
+        subnet_env,
     )
     .await;
     let (id, port) = match result {
@@ -129,6 +138,13 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         Err(e) => {
             let logs = crate::engine_logs(&docker, &container).await;
             let _ = engine::remove_container(&docker, &container, 1).await;
+            // A daemon that refused to start says why in one line: show that.
+            if let Some(reason) = logs
+                .lines()
+                .find_map(|l| l.split_once("daemon-foreground: error: ").map(|(_, r)| r))
+            {
+                bail!("{reason}");
+            }
             return Err(e.context(format!("the daemon did not start{logs}")));
         }
     };
@@ -310,7 +326,9 @@ async fn start_daemon(
     image: &str,
     grpc: &str,
     tunnel: &str,
+    extra_env: Vec<String>,
 ) -> Result<(String, u16)> {
+    let (dns_env, dns, dns_search) = crate::outbound::dns_settings(namespace);
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
@@ -318,7 +336,8 @@ async fn start_daemon(
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["daemon-foreground".into()]),
-        env: Some(vec![
+        env: Some(
+            [
             format!("TP_CONNECTION={name}"),
             format!("TP_NAMESPACE={namespace}"),
             format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
@@ -331,7 +350,12 @@ async fn start_daemon(
                 "RUST_LOG={}",
                 std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
             ),
-        ]),
+            ]
+            .into_iter()
+            .chain(extra_env)
+            .chain(dns_env)
+            .collect(),
+        ),
         labels: Some(labels(
             "daemon",
             &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)],
@@ -345,7 +369,10 @@ async fn start_daemon(
                     host_port: Some(String::new()),
                 }]),
             )])),
-            // Reserved for the outbound path (TUN device): nothing more.
+            // The outbound path: the TUN device and its routes, and the DNS server every
+            // container joined to this one inherits through its resolv.conf.
+            dns: Some(dns),
+            dns_search: Some(dns_search),
             cap_add: Some(vec!["NET_ADMIN".into()]),
             devices: Some(vec![bollard::models::DeviceMapping {
                 path_on_host: Some("/dev/net/tun".into()),

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod commands;
 pub mod connect;
+pub mod curl;
 pub mod dockerrun;
 pub mod engine;
 pub mod envfile;
@@ -12,6 +13,7 @@ pub mod image;
 pub mod info;
 pub mod intercept;
 pub mod mounts;
+pub mod outbound;
 pub mod output;
 pub mod roles;
 pub mod rpc;

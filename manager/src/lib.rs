@@ -3,7 +3,9 @@
 //! client-side tunnel connections.
 
 pub mod docker;
+pub mod outbound;
 pub mod provider;
+pub mod resolve;
 pub mod service;
 pub mod state;
 pub mod tunnel;

@@ -74,4 +74,9 @@ pub trait Provider: Send + Sync + 'static {
     async fn ensure_agent(&self, req: &AgentRequest) -> Result<(), ProviderError>;
     /// Detaches the workload's agent and restores the direct path. No agent: Ok.
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError>;
+    /// The subnets (CIDR strings) that addresses of `namespace`'s services and pods come from:
+    /// what a client routes to the cluster (issue 3).
+    async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;
+    /// The cluster's DNS domain (`cluster.local` unless configured otherwise).
+    fn cluster_domain(&self) -> String;
 }

@@ -4,6 +4,7 @@
 //! of ours is left behind.
 
 pub mod testapp;
+pub mod testapp_udp;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};

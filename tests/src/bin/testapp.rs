@@ -68,6 +68,15 @@ enum Command {
     },
     /// GET a URL, discard the body and print JSON {bytes, secs, gbit_per_s}.
     Download { url: String },
+    /// Send one UDP datagram to HOST:PORT and print the reply.
+    UdpSend {
+        target: String,
+        message: String,
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Print the IPv4 addresses DNS gives for NAME, one per line; exit 1 when there are none.
+    Lookup { name: String },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +155,33 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => fail(&format!("bench-client: {e}")),
             }
         }
+        Command::UdpSend {
+            target,
+            message,
+            timeout,
+        } => {
+            let Some((host, port)) = target.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse().ok()?))) else {
+                return fail(&format!("bad target {target:?}: use HOST:PORT"));
+            };
+            let limit = std::time::Duration::from_secs_f64(timeout.max(0.01));
+            match tp_tests::testapp_udp::udp_request(host, port, &message, limit).await {
+                Ok(reply) => {
+                    println!("{reply}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("udp-send {target}: {e}")),
+            }
+        }
+        Command::Lookup { name } => match tp_tests::testapp_udp::lookup(&name).await {
+            Ok(ips) if !ips.is_empty() => {
+                for ip in ips {
+                    println!("{ip}");
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(_) => fail(&format!("{name}: no address")),
+            Err(e) => fail(&format!("lookup {name}: {e}")),
+        },
         Command::Download { url } => {
             let url = match parse_url(&url) {
                 Ok(u) => u,
