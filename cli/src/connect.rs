@@ -119,7 +119,8 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
     .await?;
     eprintln!("Launching Telepresence Daemon");
-    let (grpc, tunnel) = ensure_manager(&docker, &namespace, &network, &image).await?;
+    let (grpc, tunnel, started_manager) =
+        ensure_manager(&docker, &namespace, &network, &image).await?;
 
     let result = start_daemon(
         &docker,
@@ -138,6 +139,10 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         Err(e) => {
             let logs = crate::engine_logs(&docker, &container).await;
             let _ = engine::remove_container(&docker, &container, 1).await;
+            // A failed connect leaves nothing behind: a manager this call started goes too.
+            if started_manager {
+                let _ = engine::remove_container(&docker, &manager_container(&namespace), 2).await;
+            }
             // A daemon that refused to start says why in one line: show that.
             if let Some(reason) = logs
                 .lines()
@@ -186,7 +191,7 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Starts (or reuses) the namespace's traffic-manager container; returns the gRPC and tunnel
-/// addresses as the daemon reaches them.
+/// addresses as the daemon reaches them, and whether this call started it.
 ///
 /// The manager joins the project network (where agents reach it) and the default bridge
 /// network, where daemons reach it — like a cluster's API endpoint, and never the project
@@ -199,7 +204,7 @@ async fn ensure_manager(
     namespace: &str,
     network: &str,
     image: &str,
-) -> Result<(String, String)> {
+) -> Result<(String, String, bool)> {
     let name = manager_container(namespace);
     let current_image = docker
         .inspect_container(
@@ -285,6 +290,7 @@ async fn ensure_manager(
     Ok((
         format!("{ip}:{MANAGER_GRPC_PORT}"),
         format!("{ip}:{MANAGER_TUNNEL_PORT}"),
+        !running_same,
     ))
 }
 
