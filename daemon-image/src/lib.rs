@@ -7,6 +7,8 @@ mod connector;
 pub mod dns;
 pub mod fs;
 pub mod netstack;
+#[cfg(test)]
+mod netstack_tests;
 pub mod outbound;
 pub mod packet;
 mod session;

@@ -199,6 +199,12 @@ pub(crate) mod tests {
         p[10..12].copy_from_slice(&[0, 0]);
         let c = checksum(&p[..20]);
         p[10..12].copy_from_slice(&c.to_be_bytes());
+        // TCP checksum over the pseudo header.
+        p[36..38].copy_from_slice(&[0, 0]);
+        let mut pseudo = sum(0, &p[12..20]);
+        pseudo += PROTO_TCP as u32 + (p.len() - 20) as u32;
+        let c = !fold(sum(pseudo, &p[20..]));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
         p
     }
 
