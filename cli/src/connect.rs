@@ -123,15 +123,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         ensure_manager(&docker, &namespace, &network, &image).await?;
 
     let result = start_daemon(
-        &docker,
-        &name,
-        &container,
-        &namespace,
-        &args,
-        &image,
-        &grpc,
-        &tunnel,
-        subnet_env,
+        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel, subnet_env,
     )
     .await;
     let (id, port) = match result {
@@ -344,18 +336,18 @@ async fn start_daemon(
         cmd: Some(vec!["daemon-foreground".into()]),
         env: Some(
             [
-            format!("TP_CONNECTION={name}"),
-            format!("TP_NAMESPACE={namespace}"),
-            format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
-            "TP_CONTEXT=docker".into(),
-            format!("TP_MANAGER_ADDR={grpc}"),
-            format!("TP_TUNNEL_ADDR={tunnel}"),
-            format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
-            format!("TP_CLIENT_NAME={user}@{host}"),
-            format!(
-                "RUST_LOG={}",
-                std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
-            ),
+                format!("TP_CONNECTION={name}"),
+                format!("TP_NAMESPACE={namespace}"),
+                format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
+                "TP_CONTEXT=docker".into(),
+                format!("TP_MANAGER_ADDR={grpc}"),
+                format!("TP_TUNNEL_ADDR={tunnel}"),
+                format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
+                format!("TP_CLIENT_NAME={user}@{host}"),
+                format!(
+                    "RUST_LOG={}",
+                    std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
+                ),
             ]
             .into_iter()
             .chain(extra_env)

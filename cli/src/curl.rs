@@ -82,7 +82,14 @@ fn split_url(url: &str) -> Result<(String, u16, String), (i32, String)> {
     };
     let (host, port) = match auth.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || auth.starts_with('[') => {
-            let port = p.parse().map_err(|_| (3, format!("URL rejected: Port number was not a decimal number between 0 and 65535")))?;
+            let port = p.parse().map_err(|_| {
+                (
+                    3,
+                    format!(
+                        "URL rejected: Port number was not a decimal number between 0 and 65535"
+                    ),
+                )
+            })?;
             (h, port)
         }
         _ => (auth, 80),
@@ -152,14 +159,19 @@ async fn query_a(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, String> 
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(n, RecordType::A));
     let bytes = m.to_vec().map_err(|e| e.to_string())?;
-    let sock = UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
-        .await
-        .map_err(|e| e.to_string())?;
+    let sock = UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     sock.connect(server).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
         sock.send(&bytes).await.map_err(|e| e.to_string())?;
-        if let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+        if let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await
+        {
             let r = Message::from_vec(&buf[..len]).map_err(|e| e.to_string())?;
             return Ok(r
                 .answers
@@ -188,7 +200,12 @@ async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
                 break;
             }
             Ok(Err(e)) => last = format!("Failed to connect to {host} port {port}: {e}"),
-            Err(_) => return Err((28, format!("Connection timed out after {} ms", ct.as_millis()))),
+            Err(_) => {
+                return Err((
+                    28,
+                    format!("Connection timed out after {} ms", ct.as_millis()),
+                ))
+            }
         }
     }
     let mut s = stream.ok_or((7, last))?;
@@ -201,14 +218,21 @@ async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
             "GET".into()
         }
     });
-    let host_hdr = if port == 80 { host.clone() } else { format!("{host}:{port}") };
+    let host_hdr = if port == 80 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: telepresence-curl\r\nAccept: */*\r\nConnection: close\r\n");
     for h in &o.headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     if let Some(d) = &o.data {
-        req.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", d.len()));
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            d.len()
+        ));
     }
     req.push_str("\r\n");
     if let Some(d) = &o.data {
@@ -230,7 +254,8 @@ async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
     });
     let decoded;
     if chunked {
@@ -281,7 +306,13 @@ pub async fn main(args: &[String]) -> i32 {
     let r = match o.max_time {
         Some(t) => match tokio::time::timeout(Duration::from_secs_f64(t.max(0.001)), run).await {
             Ok(r) => r,
-            Err(_) => Err((28, format!("Operation timed out after {} milliseconds", (t * 1000.0) as u64))),
+            Err(_) => Err((
+                28,
+                format!(
+                    "Operation timed out after {} milliseconds",
+                    (t * 1000.0) as u64
+                ),
+            )),
         },
         None => run.await,
     };
@@ -310,7 +341,9 @@ mod tests {
         assert!(o.silent && o.show_error);
         assert_eq!(o.max_time, Some(2.0));
         assert_eq!(o.headers, vec!["X-A: 1"]);
-        assert!(parse(&a(&["--bogus", "x"])).unwrap_err().contains("unknown"));
+        assert!(parse(&a(&["--bogus", "x"]))
+            .unwrap_err()
+            .contains("unknown"));
         assert!(parse(&a(&["-s"])).unwrap_err().contains("no URL"));
         assert_eq!(
             split_url("http://web:8080/a?b").unwrap(),

@@ -140,7 +140,10 @@ pub async fn run_on_connection(args: &[String], curl: bool, use_: Option<&str>) 
             }
         },
         Err(e) => {
-            eprintln!("telepresence {}: error: {e:#}", if curl { "curl" } else { "docker-run" });
+            eprintln!(
+                "telepresence {}: error: {e:#}",
+                if curl { "curl" } else { "docker-run" }
+            );
             1
         }
     }
@@ -171,7 +174,13 @@ async fn prepare(args: &[String], curl: bool, use_: Option<&str>) -> Result<Vec<
             argv.push(CURL_IMAGE.into());
         } else {
             let exe = std::env::current_exe()?;
-            let image = crate::image::ensure_image(&docker, crate::connect::IMAGE_REPO, &exe, &mut |l: &str| eprintln!("{l}")).await?;
+            let image = crate::image::ensure_image(
+                &docker,
+                crate::connect::IMAGE_REPO,
+                &exe,
+                &mut |l: &str| eprintln!("{l}"),
+            )
+            .await?;
             argv.push(image);
             argv.push("curl-client".into());
         }
@@ -207,7 +216,10 @@ mod tests {
         assert_eq!(subnet_env(&a).unwrap(), vec!["TP_ALSO_PROXY=10.0.0.0/8"]);
         a.never_proxy = vec!["nope".into()];
         let e = subnet_env(&a).unwrap_err().to_string();
-        assert!(e.starts_with("--never-proxy: invalid subnet \"nope\""), "{e}");
+        assert!(
+            e.starts_with("--never-proxy: invalid subnet \"nope\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -224,7 +236,11 @@ mod tests {
         };
         let rows = status_rows(&st);
         assert_eq!(rows[0].0, "DNS");
-        assert!(rows[0].2.contains("    Exclude suffixes: [.com .io]\n"), "{}", rows[0].2);
+        assert!(
+            rows[0].2.contains("    Exclude suffixes: [.com .io]\n"),
+            "{}",
+            rows[0].2
+        );
         assert!(rows[0].2.contains("    Timeout         : 4s\n"));
         assert_eq!(rows[1].1.as_deref(), Some("(1 subnet)"));
         assert_eq!(rows[1].2, "    - 172.20.0.0/16\n");

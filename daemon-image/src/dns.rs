@@ -30,7 +30,10 @@ const MAX_CACHE: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Ask the cluster for `name` in `namespace` (empty for reverse lookups).
-    Cluster { name: String, namespace: String },
+    Cluster {
+        name: String,
+        namespace: String,
+    },
     /// A name under the cluster domain that cannot exist.
     NxDomain,
     Upstream,
@@ -43,9 +46,16 @@ pub fn classify(qname: &str, namespace: &str, domain: &str, subnets: &[Cidr]) ->
         return Route::Upstream;
     }
     if let Some(rev) = q.strip_suffix(".in-addr.arpa") {
-        let octets: Vec<u8> = rev.split('.').rev().filter_map(|o| o.parse().ok()).collect();
+        let octets: Vec<u8> = rev
+            .split('.')
+            .rev()
+            .filter_map(|o| o.parse().ok())
+            .collect();
         if let [a, b, c, d] = octets[..] {
-            if subnets.iter().any(|s| s.contains_ip(Ipv4Addr::new(a, b, c, d))) {
+            if subnets
+                .iter()
+                .any(|s| s.contains_ip(Ipv4Addr::new(a, b, c, d)))
+            {
                 return Route::Cluster {
                     name: q,
                     namespace: String::new(),
@@ -198,9 +208,17 @@ impl Dns {
         }
         let qname = question.name().to_ascii().to_ascii_lowercase();
         let qtype = question.query_type();
-        let route = classify(&qname, &self.session.cfg.namespace, &self.domain, &self.subnets);
+        let route = classify(
+            &qname,
+            &self.session.cfg.namespace,
+            &self.domain,
+            &self.subnets,
+        );
         if route == Route::Upstream {
-            return self.upstream(raw).await.or_else(|| error(&q, ResponseCode::ServFail));
+            return self
+                .upstream(raw)
+                .await
+                .or_else(|| error(&q, ResponseCode::ServFail));
         }
         let key = (qname.clone(), u16::from(qtype));
         if let Some(c) = self.cache.lock().unwrap().get(&key) {
@@ -210,7 +228,10 @@ impl Dns {
         }
         let msg = match route {
             Route::Cluster { name, namespace } => {
-                match self.ask_cluster(&name, &namespace, qtype, question.name()).await {
+                match self
+                    .ask_cluster(&name, &namespace, qtype, question.name())
+                    .await
+                {
                     Some(m) => m,
                     None => return error(&q, ResponseCode::ServFail),
                 }
@@ -220,7 +241,12 @@ impl Dns {
         let ttl = if msg.answers.is_empty() {
             NEGATIVE_TTL
         } else {
-            msg.answers.iter().map(|r| r.ttl).min().unwrap_or(0).min(MAX_TTL)
+            msg.answers
+                .iter()
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(0)
+                .min(MAX_TTL)
         };
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= MAX_CACHE {
@@ -343,14 +369,20 @@ mod tests {
         assert_eq!(c("web.shop"), cl("web", "shop"));
         assert_eq!(c("web.shop.svc"), cl("web", "shop"));
         assert_eq!(c("web.shop.svc.cluster.local."), cl("web", "shop"));
-        assert_eq!(c("web-1.web.shop.svc.cluster.local"), cl("web-1.web", "shop"));
+        assert_eq!(
+            c("web-1.web.shop.svc.cluster.local"),
+            cl("web-1.web", "shop")
+        );
         assert_eq!(c("web.other.svc.cluster.local"), Route::NxDomain);
         assert_eq!(c("shop.svc.cluster.local"), Route::NxDomain);
         assert_eq!(c("cluster.local"), Route::NxDomain);
         assert_eq!(c("web.other"), Route::Upstream);
         assert_eq!(c("example.com"), Route::Upstream);
         assert_eq!(c("shop.com"), Route::Upstream);
-        assert_eq!(c("5.0.20.172.in-addr.arpa"), cl("5.0.20.172.in-addr.arpa", ""));
+        assert_eq!(
+            c("5.0.20.172.in-addr.arpa"),
+            cl("5.0.20.172.in-addr.arpa", "")
+        );
         assert_eq!(c("1.1.168.192.in-addr.arpa"), Route::Upstream);
         assert_eq!(c(""), Route::Upstream);
     }

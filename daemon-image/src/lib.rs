@@ -75,7 +75,10 @@ async fn start_outbound(
                 .map(|a| a.ip().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
-            exclude_suffixes: dns::EXCLUDE_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+            exclude_suffixes: dns::EXCLUDE_SUFFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             include_suffixes: Vec::new(),
             timeout_seconds: dns::UPSTREAM_TIMEOUT.as_secs() as u32,
             cluster_domain: dns.domain().to_string(),

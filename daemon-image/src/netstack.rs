@@ -91,12 +91,16 @@ impl UserStack for Smoltcp {
 
 /// Where IP packets come from and go to (the TUN device; channels in tests).
 pub trait PacketDevice: Send + Sync + 'static {
-    fn recv<'a>(&'a self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+    fn recv<'a>(&'a self, buf: &'a mut [u8])
+        -> impl Future<Output = io::Result<usize>> + Send + 'a;
     fn send<'a>(&'a self, pkt: &'a [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a;
 }
 
 impl PacketDevice for tun_rs::AsyncDevice {
-    fn recv<'a>(&'a self, buf: &'a mut [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+    fn recv<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
         tun_rs::AsyncDevice::recv(self, buf)
     }
     fn send<'a>(&'a self, pkt: &'a [u8]) -> impl Future<Output = io::Result<usize>> + Send + 'a {
@@ -345,7 +349,8 @@ async fn udp_flow<X: Dialer>(
         loop {
             tokio::time::sleep(UDP_IDLE / 4).await;
             let now = start.elapsed().as_millis() as u64;
-            if now - last.load(std::sync::atomic::Ordering::Relaxed) >= UDP_IDLE.as_millis() as u64 {
+            if now - last.load(std::sync::atomic::Ordering::Relaxed) >= UDP_IDLE.as_millis() as u64
+            {
                 return;
             }
         }

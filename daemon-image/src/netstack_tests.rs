@@ -21,7 +21,13 @@ struct ChannelDevice {
 
 impl PacketDevice for ChannelDevice {
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let p = self.rx.lock().await.recv().await.ok_or(io::ErrorKind::BrokenPipe)?;
+        let p = self
+            .rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(io::ErrorKind::BrokenPipe)?;
         let n = p.len().min(buf.len());
         buf[..n].copy_from_slice(&p[..n]);
         Ok(n)
@@ -50,12 +56,26 @@ fn malformed() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         // Random bytes, sometimes looking like IPv4 or IPv6.
         proptest::collection::vec(any::<u8>(), 0..120),
-        (proptest::collection::vec(any::<u8>(), 1..80), prop_oneof![Just(0x45u8), Just(0x60u8), Just(0x4fu8)])
-            .prop_map(|(mut v, first)| { v[0] = first; v }),
+        (
+            proptest::collection::vec(any::<u8>(), 1..80),
+            prop_oneof![Just(0x45u8), Just(0x60u8), Just(0x4fu8)]
+        )
+            .prop_map(|(mut v, first)| {
+                v[0] = first;
+                v
+            }),
         // A valid SYN, truncated.
-        (0usize..60).prop_map(move |n| { let mut p = syn_v4(src, dst, 1, &[]); p.truncate(n); p }),
+        (0usize..60).prop_map(move |n| {
+            let mut p = syn_v4(src, dst, 1, &[]);
+            p.truncate(n);
+            p
+        }),
         // A valid SYN with one byte changed (bad checksums, lengths, flags, offsets).
-        (0usize..40, any::<u8>()).prop_map(move |(i, b)| { let mut p = syn_v4(src, dst, 1, &[]); p[i] = b; p }),
+        (0usize..40, any::<u8>()).prop_map(move |(i, b)| {
+            let mut p = syn_v4(src, dst, 1, &[]);
+            p[i] = b;
+            p
+        }),
         // Huge and garbage TCP options (up to the 40-byte maximum; zero-length options).
         proptest::collection::vec(any::<u8>(), 0..=40).prop_map(move |o| syn_v4(src, dst, 2, &o)),
         // Lengths that lie: total length beyond the packet, UDP length beyond the payload.
@@ -107,7 +127,10 @@ fn the_packet_layer_survives_malformed_packets() {
     let layer = rt.spawn(run(stack, dev, Arc::new(LocalDialer(local)), 1500));
     let port = std::cell::Cell::new(10000u16);
     let mut runner = TestRunner::new(Config {
-        cases: std::env::var("TP_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128),
+        cases: std::env::var("TP_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128),
         failure_persistence: None,
         ..Config::default()
     });
@@ -124,12 +147,22 @@ fn the_packet_layer_survives_malformed_packets() {
                 let ok_src: SocketAddr = format!("172.17.0.2:{}", p + 1).parse().unwrap();
                 let mut out = out_rx.borrow_mut();
                 in_tx
-                    .send(syn_v4(refused_src, "172.20.0.9:1".parse().unwrap(), 77, &[]))
+                    .send(syn_v4(
+                        refused_src,
+                        "172.20.0.9:1".parse().unwrap(),
+                        77,
+                        &[],
+                    ))
                     .await
                     .unwrap();
                 prop_assert!(answer(&mut out, refused_src, 0x04).await, "no RST");
                 in_tx
-                    .send(syn_v4(ok_src, "172.20.0.9:80".parse().unwrap(), 99, &[2, 4, 5, 0xb4]))
+                    .send(syn_v4(
+                        ok_src,
+                        "172.20.0.9:80".parse().unwrap(),
+                        99,
+                        &[2, 4, 5, 0xb4],
+                    ))
                     .await
                     .unwrap();
                 prop_assert!(answer(&mut out, ok_src, 0x12).await, "no SYN-ACK");

@@ -91,7 +91,14 @@ pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Vec<St
         .ok()
         .map(|a| a.ip())
         .into_iter()
-        .chain(session.cfg.manager_addr.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .chain(
+            session
+                .cfg
+                .manager_addr
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.ip()),
+        )
         .filter_map(|ip| match ip {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,

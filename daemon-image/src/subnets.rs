@@ -101,12 +101,21 @@ pub struct Plan {
 
 /// Reads `/proc/net/route` text.
 pub fn parse_proc_route(text: &str) -> Vec<Existing> {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.swap_bytes()));
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.swap_bytes()))
+    };
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (dev, dst, gw, mask) = (f.first()?, hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
+            let (dev, dst, gw, mask) = (
+                f.first()?,
+                hex(f.get(1)?)?,
+                hex(f.get(2)?)?,
+                hex(f.get(7)?)?,
+            );
             let prefix = u32::from(mask).count_ones() as u8;
             Some(Existing {
                 net: Cidr::new(dst, prefix),
@@ -210,7 +219,8 @@ mod tests {
     }
 
     fn container_routes() -> Vec<Existing> {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
             eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
             eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
         parse_proc_route(text)
@@ -259,7 +269,15 @@ mod tests {
         assert_eq!(p.bypass[0].net, c("10.10.5.0/24"));
         assert_eq!(p.bypass[0].gateway, Some("172.17.0.1".parse().unwrap()));
         // A never-proxy that covers a subnet removes it.
-        let p = plan(&["172.20.0.0/16".into()], &[], &[c("172.16.0.0/12")], &[], &ex, &[]).unwrap();
+        let p = plan(
+            &["172.20.0.0/16".into()],
+            &[],
+            &[c("172.16.0.0/12")],
+            &[],
+            &ex,
+            &[],
+        )
+        .unwrap();
         assert!(p.routes.is_empty());
     }
 
@@ -267,11 +285,25 @@ mod tests {
     fn conflicts_are_refused_unless_allowed() {
         let ex = container_routes();
         let e = plan(&[], &[c("172.17.0.0/16")], &[], &[], &ex, &[]).unwrap_err();
-        assert!(e.contains("--allow-conflicting-subnets 172.17.0.0/16"), "{e}");
+        assert!(
+            e.contains("--allow-conflicting-subnets 172.17.0.0/16"),
+            "{e}"
+        );
         let e = plan(&["172.16.0.0/12".into()], &[], &[], &[], &ex, &[]).unwrap_err();
-        assert!(e.contains("overlaps the daemon container's route 172.17.0.0/16"), "{e}");
+        assert!(
+            e.contains("overlaps the daemon container's route 172.17.0.0/16"),
+            "{e}"
+        );
         let keep = ["172.17.0.2".parse().unwrap()];
-        let p = plan(&[], &[c("172.17.0.0/16")], &[], &[c("172.17.0.0/16")], &ex, &keep).unwrap();
+        let p = plan(
+            &[],
+            &[c("172.17.0.0/16")],
+            &[],
+            &[c("172.17.0.0/16")],
+            &ex,
+            &keep,
+        )
+        .unwrap();
         assert!(p.routes.contains(&c("172.17.0.0/17")) && p.routes.contains(&c("172.17.128.0/17")));
         // The manager stays reachable the way it was.
         assert_eq!(p.bypass.len(), 1);

@@ -23,7 +23,9 @@ pub fn create(mtu: u16) -> io::Result<tun_rs::AsyncDevice> {
 
 /// The container's current IPv4 routes.
 pub fn existing_routes() -> Vec<Existing> {
-    crate::subnets::parse_proc_route(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+    crate::subnets::parse_proc_route(
+        &std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
+    )
 }
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {

@@ -360,7 +360,8 @@ impl Provider for DockerProvider {
         for n in networks {
             let name = n.name.clone().unwrap_or_default();
             let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
-            let ours = Some(&name) == primary.as_ref() || project.map(String::as_str) == Some(namespace);
+            let ours =
+                Some(&name) == primary.as_ref() || project.map(String::as_str) == Some(namespace);
             if !ours {
                 continue;
             }

@@ -21,7 +21,14 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
 async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, String> {
-    if !mgr.inner.state.lock().await.clients.contains_key(&h.session_id) {
+    if !mgr
+        .inner
+        .state
+        .lock()
+        .await
+        .clients
+        .contains_key(&h.session_id)
+    {
         return Err("outbound stream from an unknown session".into());
     }
     h.target
@@ -104,7 +111,9 @@ pub async fn udp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Resul
     write_header(&mut client, Role::Agent, &reply(&h, String::new()))
         .await
         .map_err(|e| e.to_string())?;
-    relay_udp(client, sock, UDP_IDLE).await.map_err(|e| e.to_string())
+    relay_udp(client, sock, UDP_IDLE)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Relays framed datagrams between a stream and a connected UDP socket until either side ends

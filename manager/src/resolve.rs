@@ -33,7 +33,12 @@ pub async fn subnets_of(p: &dyn Provider, namespace: &str) -> Vec<String> {
 
 /// The name to ask the manager's resolver for a client's `(name, namespace)`; `None` when it
 /// cannot exist in the cluster.
-pub fn lookup_name(cluster_type: &str, domain: &str, name: &str, namespace: &str) -> Option<String> {
+pub fn lookup_name(
+    cluster_type: &str,
+    domain: &str,
+    name: &str,
+    namespace: &str,
+) -> Option<String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
         return None;
@@ -74,8 +79,12 @@ pub fn first_nameserver(conf: &str) -> Option<SocketAddr> {
 pub async fn resolve(mgr: &Manager, req: &ResolveRequest) -> Result<ResolveResponse, Status> {
     let p = &mgr.inner.provider;
     let qtype = RecordType::from(u16::try_from(req.qtype).unwrap_or(0));
-    let Some(name) = lookup_name(p.cluster_type(), &p.cluster_domain(), &req.name, &req.namespace)
-    else {
+    let Some(name) = lookup_name(
+        p.cluster_type(),
+        &p.cluster_domain(),
+        &req.name,
+        &req.namespace,
+    ) else {
         return Ok(ResolveResponse {
             message: nxdomain(&req.name, qtype)?,
         });

@@ -10,7 +10,12 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 /// Sends `msg` to `host:port` over UDP and returns the reply; retries a few times (UDP).
-pub async fn udp_request(host: &str, port: u16, msg: &str, timeout: Duration) -> io::Result<String> {
+pub async fn udp_request(
+    host: &str,
+    port: u16,
+    msg: &str,
+    timeout: Duration,
+) -> io::Result<String> {
     let addr = *resolve(host, port)
         .await?
         .first()

@@ -83,9 +83,17 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
             .to_string()
     };
     assert!(line("Subnets").ends_with(": (1 subnet)"), "{}", st.stdout);
-    assert!(st.stdout.contains(&format!("    - {subnet}\n")), "{}", st.stdout);
+    assert!(
+        st.stdout.contains(&format!("    - {subnet}\n")),
+        "{}",
+        st.stdout
+    );
     assert!(line("DNS").ends_with(':'), "{}", st.stdout);
-    assert!(st.stdout.contains("    Remote IP       : "), "{}", st.stdout);
+    assert!(
+        st.stdout.contains("    Remote IP       : "),
+        "{}",
+        st.stdout
+    );
 
     // Every name form of a compose service, its alias, and its IP.
     let ns = p.name.as_str();
@@ -118,7 +126,11 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
         let name = inspect(id, "{{.Name}}").trim_start_matches('/').to_string();
         let hostname = inspect(id, "{{.Config.Hostname}}");
         let r = get(&user, None, &format!("http://{name}:8080/env/HOSTNAME"));
-        assert_eq!((r.code, r.stdout.trim()), (0, hostname.as_str()), "{name}: {r:?}");
+        assert_eq!(
+            (r.code, r.stdout.trim()),
+            (0, hostname.as_str()),
+            "{name}: {r:?}"
+        );
     }
 
     // UDP by name.
@@ -133,7 +145,11 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     // Names that are not in the cluster get no cluster answer.
     let r = handler(&user, None, &["lookup", "no-such-service"]);
     assert_ne!(r.code, 0, "{r:?}");
-    let r = handler(&user, None, &["lookup", &format!("web.not-{ns}.svc.cluster.local")]);
+    let r = handler(
+        &user,
+        None,
+        &["lookup", &format!("web.not-{ns}.svc.cluster.local")],
+    );
     assert_ne!(r.code, 0, "{r:?}");
 
     // telepresence curl: our own client when no curl image exists here.
@@ -154,8 +170,16 @@ fn second_connection_resolves_its_own_namespace_only() {
     let a = Project::up(&[("alpha", 8080)]).unwrap();
     let b = Project::up(&[("beta", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &a.name, "--name", "conn-a"])
-        .ok();
+    user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &a.name,
+        "--name",
+        "conn-a",
+    ])
+    .ok();
 
     // A subnet that overlaps the daemon container's own network is refused, and nothing stays.
     let before = leftovers();
@@ -172,27 +196,44 @@ fn second_connection_resolves_its_own_namespace_only() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("--allow-conflicting-subnets 172.17.0.0/16"),
+        r.stderr
+            .contains("--allow-conflicting-subnets 172.17.0.0/16"),
         "{r:?}"
     );
     assert_eq!(leftovers(), before);
     let r = user.tp(&["connect", "-n", &b.name, "--never-proxy", "10.0.0.0/33"]);
     assert!(r.stderr.contains("--never-proxy: invalid subnet"), "{r:?}");
 
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &b.name, "--name", "conn-b"])
-        .ok();
+    user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &b.name,
+        "--name",
+        "conn-b",
+    ])
+    .ok();
     let r = get(&user, Some("conn-a"), "http://alpha:8080/");
     assert_eq!((r.code, r.stdout.trim()), (0, "alpha"), "{r:?}");
     let r = get(&user, Some("conn-b"), "http://beta:8080/");
     assert_eq!((r.code, r.stdout.trim()), (0, "beta"), "{r:?}");
-    let r = get(&user, Some("conn-b"), &format!("http://beta.{}:8080/", b.name));
+    let r = get(
+        &user,
+        Some("conn-b"),
+        &format!("http://beta.{}:8080/", b.name),
+    );
     assert_eq!((r.code, r.stdout.trim()), (0, "beta"), "{r:?}");
     // Each connection knows its own namespace's names only.
     for (conn, other) in [("conn-a", "beta"), ("conn-b", "alpha")] {
         let r = handler(&user, Some(conn), &["lookup", other]);
         assert_ne!(r.code, 0, "{conn} resolved {other}: {r:?}");
     }
-    let r = handler(&user, Some("conn-a"), &["lookup", &format!("beta.{}", b.name)]);
+    let r = handler(
+        &user,
+        Some("conn-a"),
+        &["lookup", &format!("beta.{}", b.name)],
+    );
     assert_ne!(r.code, 0, "{r:?}");
     // docker-run keeps the handler on the connection's network.
     let r = user.tp(&["--use", "conn-a", "docker-run", "--network", "host", "img"]);

@@ -6,6 +6,8 @@
 //! a 256 MiB download direct vs intercepted.
 //! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
+//! Outbound (issue 3, `bench_outbound`): cluster DNS lookup, TCP connect, a large download and
+//! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -26,6 +28,15 @@ struct Args {
     /// Skip the volume benchmark.
     #[arg(long)]
     no_volumes: bool,
+    /// Skip the intercept-path benchmark.
+    #[arg(long)]
+    no_intercept: bool,
+    /// Skip the outbound (TUN/DNS) benchmark.
+    #[arg(long)]
+    no_outbound: bool,
+    /// Parallel downloads in the outbound benchmark.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
 }
 
 /// One table row: metric, intercepted, direct, target, met.
@@ -328,7 +339,18 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
-    let (mut rows, path) = intercept_path(&a)?;
+    let (mut rows, path) = if a.no_intercept {
+        (Vec::new(), Value::Null)
+    } else {
+        intercept_path(&a)?
+    };
+    let outbound = if a.no_outbound {
+        Value::Null
+    } else {
+        let (r, v) = tp_tests::bench_outbound::outbound(a.mib, a.connections)?;
+        rows.extend(r);
+        v
+    };
     let vols = if a.no_volumes {
         Value::Null
     } else {
@@ -349,6 +371,7 @@ fn main() -> Result<()> {
     let doc = json!({
         "intercept_path": path,
         "volumes": vols,
+        "outbound": outbound,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
