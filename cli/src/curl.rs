@@ -85,9 +85,8 @@ fn split_url(url: &str) -> Result<(String, u16, String), (i32, String)> {
             let port = p.parse().map_err(|_| {
                 (
                     3,
-                    format!(
-                        "URL rejected: Port number was not a decimal number between 0 and 65535"
-                    ),
+                    "URL rejected: Port number was not a decimal number between 0 and 65535"
+                        .to_string(),
                 )
             })?;
             (h, port)

@@ -108,7 +108,7 @@ fn the_packet_layer_survives_malformed_packets() {
         .unwrap();
     let (in_tx, in_rx) = mpsc::channel(4096);
     let (out_tx, out_rx) = mpsc::channel(4096);
-    let out_rx = std::cell::RefCell::new(out_rx);
+    let out_rx = Mutex::new(out_rx);
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let local = listener.local_addr().unwrap();
     rt.spawn(async move {
@@ -145,7 +145,7 @@ fn the_packet_layer_survives_malformed_packets() {
                 port.set(p + 2);
                 let refused_src: SocketAddr = format!("172.17.0.2:{p}").parse().unwrap();
                 let ok_src: SocketAddr = format!("172.17.0.2:{}", p + 1).parse().unwrap();
-                let mut out = out_rx.borrow_mut();
+                let mut out = out_rx.lock().await;
                 in_tx
                     .send(syn_v4(
                         refused_src,

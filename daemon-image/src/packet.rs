@@ -191,7 +191,7 @@ pub(crate) mod tests {
         p[33] = 0x02;
         p[24..28].copy_from_slice(&seq.to_be_bytes());
         p[28..32].copy_from_slice(&[0; 4]);
-        p[32] = ((20 + opt_len) / 4 << 4) as u8;
+        p[32] = (((20 + opt_len) / 4) << 4) as u8;
         p.extend_from_slice(options);
         p.resize(40 + opt_len, 0);
         let total = p.len() as u16;
