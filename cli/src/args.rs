@@ -67,6 +67,14 @@ pub enum Command {
     /// Mirror an intercept's remote volumes into local directories (inside the sync container).
     #[command(name = "fs-sync", hide = true)]
     FsSync,
+    /// Run a container on a connection's network: `docker run --network container:tp-<connection> ARGS`.
+    #[command(name = "docker-run")]
+    DockerRun(PassArgs),
+    /// curl from inside the connection's network (a small client of ours when no curl image exists locally).
+    Curl(PassArgs),
+    /// The small HTTP client `telepresence curl` runs inside the connection's network.
+    #[command(name = "curl-client", hide = true)]
+    CurlClient(PassArgs),
     /// Remove a crashed agent's netfilter rules from the workload's network namespace.
     #[command(name = "agent-cleanup", hide = true)]
     AgentCleanup(AgentCleanupArgs),
@@ -104,6 +112,23 @@ pub struct ConnectArgs {
     /// are personal (`--http-header=auto`).
     #[arg(long)]
     pub team_mode: bool,
+    /// Also route these subnets (CIDR, comma-separated) to the cluster.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub also_proxy: Vec<String>,
+    /// Never route these subnets (CIDR, comma-separated) to the cluster.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub never_proxy: Vec<String>,
+    /// Route these subnets to the cluster even where they overlap a route the daemon container
+    /// already has.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub allow_conflicting_subnets: Vec<String>,
+}
+
+/// Arguments passed through as they are.
+#[derive(Debug, Args)]
+pub struct PassArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -82,12 +82,22 @@ pub async fn status(use_: Option<&str>) -> Result<CmdOutput> {
         if st.cluster_type == "docker" {
             rows.retain(|(k, _)| *k != "Kubernetes context" && *k != "Manager namespace");
         }
-        let block = kv_block("  ", &rows);
-        text.push_str(&block);
-        for i in &st.intercepts {
-            let s = i.spec.clone().unwrap_or_default();
-            text.push_str(&format!("    {}: {}\n", s.name, s.client));
+        let outbound = crate::outbound::status_rows(&st);
+        rows.extend(outbound.iter().map(|(k, v, _)| (*k, v.clone())));
+        let mut block = kv_block("  ", &rows);
+        let intercepts: String = st
+            .intercepts
+            .iter()
+            .map(|i| {
+                let s = i.spec.clone().unwrap_or_default();
+                format!("    {}: {}\n", s.name, s.client)
+            })
+            .collect();
+        block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
+        for (k, _, lines) in &outbound {
+            block = crate::outbound::insert_after(&block, &format!("  {k} "), lines);
         }
+        text.push_str(&block);
         text.push_str(&format!(
             "Traffic Manager: {}\n",
             if st.manager_connected {
@@ -113,6 +123,8 @@ pub async fn status(use_: Option<&str>) -> Result<CmdOutput> {
             "server": st.server,
             "namespace": st.namespace,
             "container_network": st.container_network,
+            "subnets": st.subnets,
+            "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
             "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
             "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image},
         }));

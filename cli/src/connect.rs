@@ -71,6 +71,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     if cluster_type == ClusterType::Kubernetes {
         return crate::connect_kube::run(args, text).await;
     }
+    let subnet_env = crate::outbound::subnet_env(&args)?;
     let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
     let context = "docker".to_string();
     let name = args
@@ -118,11 +119,11 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
     .await?;
     eprintln!("Launching Telepresence Daemon");
-    let (grpc, tunnel) =
+    let (grpc, tunnel, started_manager) =
         ensure_manager(&docker, &namespace, &network, &image, args.team_mode).await?;
 
     let result = start_daemon(
-        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel,
+        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel, subnet_env,
     )
     .await;
     let (id, port) = match result {
@@ -130,6 +131,17 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         Err(e) => {
             let logs = crate::engine_logs(&docker, &container).await;
             let _ = engine::remove_container(&docker, &container, 1).await;
+            // A failed connect leaves nothing behind: a manager this call started goes too.
+            if started_manager {
+                let _ = engine::remove_container(&docker, &manager_container(&namespace), 2).await;
+            }
+            // A daemon that refused to start says why in one line: show that.
+            if let Some(reason) = logs
+                .lines()
+                .find_map(|l| l.split_once("daemon-foreground: error: ").map(|(_, r)| r))
+            {
+                bail!("{reason}");
+            }
             return Err(e.context(format!("the daemon did not start{logs}")));
         }
     };
@@ -171,7 +183,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Starts (or reuses) the namespace's traffic-manager container; returns the gRPC and tunnel
-/// addresses as the daemon reaches them.
+/// addresses as the daemon reaches them, and whether this call started it.
 ///
 /// The manager joins the project network (where agents reach it) and the default bridge
 /// network, where daemons reach it — like a cluster's API endpoint, and never the project
@@ -185,7 +197,7 @@ async fn ensure_manager(
     network: &str,
     image: &str,
     team_mode: bool,
-) -> Result<(String, String)> {
+) -> Result<(String, String, bool)> {
     let name = manager_container(namespace);
     let current_image = docker
         .inspect_container(
@@ -277,6 +289,7 @@ async fn ensure_manager(
     Ok((
         format!("{ip}:{MANAGER_GRPC_PORT}"),
         format!("{ip}:{MANAGER_TUNNEL_PORT}"),
+        !running_same,
     ))
 }
 
@@ -326,7 +339,9 @@ async fn start_daemon(
     image: &str,
     grpc: &str,
     tunnel: &str,
+    extra_env: Vec<String>,
 ) -> Result<(String, u16)> {
+    let (dns_env, dns, dns_search) = crate::outbound::dns_settings(namespace);
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
@@ -334,20 +349,26 @@ async fn start_daemon(
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["daemon-foreground".into()]),
-        env: Some(vec![
-            format!("TP_CONNECTION={name}"),
-            format!("TP_NAMESPACE={namespace}"),
-            format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
-            "TP_CONTEXT=docker".into(),
-            format!("TP_MANAGER_ADDR={grpc}"),
-            format!("TP_TUNNEL_ADDR={tunnel}"),
-            format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
-            format!("TP_CLIENT_NAME={user}@{host}"),
-            format!(
-                "RUST_LOG={}",
-                std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
-            ),
-        ]),
+        env: Some(
+            [
+                format!("TP_CONNECTION={name}"),
+                format!("TP_NAMESPACE={namespace}"),
+                format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
+                "TP_CONTEXT=docker".into(),
+                format!("TP_MANAGER_ADDR={grpc}"),
+                format!("TP_TUNNEL_ADDR={tunnel}"),
+                format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
+                format!("TP_CLIENT_NAME={user}@{host}"),
+                format!(
+                    "RUST_LOG={}",
+                    std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
+                ),
+            ]
+            .into_iter()
+            .chain(extra_env)
+            .chain(dns_env)
+            .collect(),
+        ),
         labels: Some(labels(
             "daemon",
             &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)],
@@ -361,7 +382,10 @@ async fn start_daemon(
                     host_port: Some(String::new()),
                 }]),
             )])),
-            // Reserved for the outbound path (TUN device): nothing more.
+            // The outbound path: the TUN device and its routes, and the DNS server every
+            // container joined to this one inherits through its resolv.conf.
+            dns: Some(dns),
+            dns_search: Some(dns_search),
             cap_add: Some(vec!["NET_ADMIN".into()]),
             devices: Some(vec![bollard::models::DeviceMapping {
                 path_on_host: Some("/dev/net/tun".into()),

@@ -32,11 +32,34 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::AgentCleanup(_) => "agent-cleanup",
         Command::AgentInit => "agent-init",
         Command::FsSync => "fs-sync",
+        Command::DockerRun(_) => "docker-run",
+        Command::Curl(_) => "curl",
+        Command::CurlClient(_) => "curl-client",
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    // Commands that hand the terminal to a container: their exit code is the container's.
+    if let Command::DockerRun(a) | Command::Curl(a) = &cli.command {
+        let curl = matches!(cli.command, Command::Curl(_));
+        init_logs(false);
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let code = rt.block_on(tp_cli::outbound::run_on_connection(
+            &a.args,
+            curl,
+            cli.use_.as_deref(),
+        ));
+        drop(rt);
+        std::process::exit(code);
+    }
+    if let Command::CurlClient(a) = &cli.command {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        std::process::exit(rt.block_on(tp_cli::curl::main(&a.args)));
+    }
     let role = matches!(
         cli.command,
         Command::DaemonForeground

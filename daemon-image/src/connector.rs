@@ -12,11 +12,17 @@ use tp_rpc::manager::*;
 pub struct ConnectorService {
     session: Arc<Session>,
     quit: mpsc::Sender<()>,
+    /// The outbound part of the status (subnets, DNS).
+    outbound: Arc<DaemonStatus>,
 }
 
 impl ConnectorService {
-    pub fn new(session: Arc<Session>, quit: mpsc::Sender<()>) -> Self {
-        ConnectorService { session, quit }
+    pub fn new(session: Arc<Session>, quit: mpsc::Sender<()>, outbound: Arc<DaemonStatus>) -> Self {
+        ConnectorService {
+            session,
+            quit,
+            outbound,
+        }
     }
 }
 
@@ -56,6 +62,8 @@ impl Connector for ConnectorService {
             manager_connected: manager.is_ok(),
             manager_version: manager.map(|m| m.into_inner().version).unwrap_or_default(),
             agent_image: s.cluster.agent_image.clone(),
+            dns: self.outbound.dns.clone(),
+            subnets: self.outbound.subnets.clone(),
         }))
     }
 

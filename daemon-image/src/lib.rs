@@ -4,9 +4,17 @@
 //! by dialing the handler inside its own network namespace (which the handler container shares).
 
 mod connector;
+pub mod dns;
 pub mod fs;
 pub mod portforward;
+pub mod netstack;
+#[cfg(test)]
+mod netstack_tests;
+pub mod outbound;
+pub mod packet;
 mod session;
+pub mod subnets;
+pub mod tun;
 
 pub use session::{DaemonConfig, DaemonError};
 
@@ -42,7 +50,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     tokio::spawn(session.clone().keep_alive());
     tokio::spawn(session.clone().watch_intercepts());
     tokio::spawn(session.clone().serve_dials());
-    let svc = connector::ConnectorService::new(session.clone(), quit_tx);
+    let outbound = start_outbound(session.clone()).await?;
+    let svc = connector::ConnectorService::new(session.clone(), quit_tx, outbound);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| DaemonError::Listen(cfg.listen.clone(), e))?;
@@ -68,4 +77,47 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     // Give the manager a chance to drop our intercepts at once rather than at lease expiry.
     let _ = tokio::time::timeout(Duration::from_secs(2), session.depart()).await;
     Ok(())
+}
+
+/// Starts the outbound path (routes, TUN, DNS); what `status` reports about it.
+async fn start_outbound(
+    session: Arc<session::Session>,
+) -> Result<Arc<tp_rpc::connector::DaemonStatus>, DaemonError> {
+    let bad = DaemonError::Outbound;
+    let ocfg = outbound::OutboundConfig::from_env().map_err(bad)?;
+    let dcfg = dns::DnsConfig::from_env().map_err(bad)?;
+    let routed = outbound::start(session.clone(), &ocfg).await.map_err(bad)?;
+    let dns = Arc::new(dns::Dns::new(session.clone(), dcfg.clone(), &routed));
+    let status = tp_rpc::connector::DaemonStatus {
+        subnets: routed,
+        dns: Some(tp_rpc::connector::DnsStatus {
+            local_ip: dcfg.listen.ip().to_string(),
+            remote_ip: dcfg
+                .upstream
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            exclude_suffixes: dns::EXCLUDE_SUFFIXES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            include_suffixes: Vec::new(),
+            timeout_seconds: dns::UPSTREAM_TIMEOUT.as_secs() as u32,
+            cluster_domain: dns.domain().to_string(),
+        }),
+        ..Default::default()
+    };
+    // Bind now so a taken port fails the start, then serve in the background.
+    let sock = dns
+        .bind()
+        .await
+        .map_err(|e| DaemonError::Outbound(format!("cannot serve DNS on {}: {e}", dcfg.listen)))?;
+    let server = dns.serve(sock);
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("DNS server stopped: {e}");
+        }
+    });
+    Ok(Arc::new(status))
 }

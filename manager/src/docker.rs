@@ -343,6 +343,44 @@ impl Provider for DockerProvider {
         results.into_iter().try_for_each(|r| r.map(|_| ()))
     }
 
+    async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
+        if namespace == DEFAULT_NAMESPACE {
+            // The `default` namespace is the engine's bridge network, which the daemon container
+            // is attached to itself: it reaches those containers directly, nothing to route.
+            return Ok(Vec::new());
+        }
+        let containers = self.list_all().await?;
+        let primary = namespace_network(namespace, &containers);
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| api_err("list networks", e))?;
+        let mut subnets: Vec<String> = Vec::new();
+        for n in networks {
+            let name = n.name.clone().unwrap_or_default();
+            let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
+            let ours =
+                Some(&name) == primary.as_ref() || project.map(String::as_str) == Some(namespace);
+            if !ours {
+                continue;
+            }
+            for c in n.ipam.and_then(|i| i.config).unwrap_or_default() {
+                if let Some(s) = c.subnet.filter(|s| !s.is_empty()) {
+                    if !subnets.contains(&s) {
+                        subnets.push(s);
+                    }
+                }
+            }
+        }
+        subnets.sort();
+        Ok(subnets)
+    }
+
+    fn cluster_domain(&self) -> String {
+        "cluster.local".to_string()
+    }
+
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError> {
         let _guard = self.agent_ops.lock().await;
         let containers = self.list_all().await?;

@@ -5,7 +5,9 @@
 pub mod docker;
 pub mod kubernetes;
 pub mod personal;
+pub mod outbound;
 pub mod provider;
+pub mod resolve;
 pub mod service;
 pub mod state;
 pub mod tunnel;

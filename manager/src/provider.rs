@@ -79,4 +79,9 @@ pub trait Provider: Send + Sync + 'static {
     async fn agent_problem(&self, _namespace: &str, _workload: &str) -> Option<String> {
         None
     }
+    /// The subnets (CIDR strings) that addresses of `namespace`'s services and pods come from:
+    /// what a client routes to the cluster (issue 3).
+    async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;
+    /// The cluster's DNS domain (`cluster.local` unless configured otherwise).
+    fn cluster_domain(&self) -> String;
 }

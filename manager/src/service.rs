@@ -183,6 +183,8 @@ impl ManagerApi for Manager {
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
+                subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
+                cluster_domain: p.cluster_domain(),
                 cluster_type: p.cluster_type().into(),
                 server: p.server(),
                 namespace: info.namespace,
@@ -217,6 +219,7 @@ impl ManagerApi for Manager {
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
+                ..Default::default()
             }),
         }))
     }
@@ -565,6 +568,16 @@ impl ManagerApi for Manager {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
         )))
+    }
+
+    // --- issue 3 ---
+    async fn resolve(
+        &self,
+        req: Request<ResolveRequest>,
+    ) -> Result<Response<ResolveResponse>, Status> {
+        let req = req.into_inner();
+        self.client_of(req.session.as_ref()).await?;
+        crate::resolve::resolve(self, &req).await.map(Response::new)
     }
 }
 

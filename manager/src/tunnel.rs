@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tp_rpc::manager::DialRequest;
-use tp_rpc::tunnel::{read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS};
+use tp_rpc::tunnel::{
+    read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS, KIND_OUT_TCP, KIND_OUT_UDP,
+};
 
 /// How long an agent-side connection waits for its client side.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +42,12 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     match role {
         Role::Client if header.kind == KIND_FS => from_client(mgr, sock, header).await,
+        Role::Client if header.kind == KIND_OUT_TCP => {
+            crate::outbound::tcp(&mgr, sock, header).await
+        }
+        Role::Client if header.kind == KIND_OUT_UDP => {
+            crate::outbound::udp(&mgr, sock, header).await
+        }
         Role::Agent if header.kind.is_empty() => from_agent(mgr, sock, header).await,
         // The answering side of any stream: hand it to the originator waiting for it.
         Role::Agent | Role::Client => {

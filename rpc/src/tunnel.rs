@@ -42,10 +42,53 @@ pub struct TunnelHeader {
     /// [`KIND_FS`] for a file-sync stream (opened by the client).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
+    /// Outbound streams ([`KIND_OUT_TCP`], [`KIND_OUT_UDP`]): the `host:port` in the cluster the
+    /// manager dials.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
 }
 
 /// [`TunnelHeader::kind`] of a file-sync stream.
 pub const KIND_FS: &str = "fs";
+/// [`TunnelHeader::kind`] of an outbound TCP connection opened by a client: the manager dials
+/// [`TunnelHeader::target`], answers with a header whose `error` is empty on success, then
+/// splices.
+pub const KIND_OUT_TCP: &str = "out-tcp";
+/// [`TunnelHeader::kind`] of an outbound UDP flow opened by a client: like [`KIND_OUT_TCP`],
+/// then datagrams travel both ways framed by [`write_datagram`]/[`read_datagram`].
+pub const KIND_OUT_UDP: &str = "out-udp";
+/// The largest datagram a UDP flow carries.
+pub const MAX_DATAGRAM: usize = 65535;
+
+/// Writes one datagram of a UDP flow: a big-endian u16 length, then the bytes.
+pub async fn write_datagram<W: AsyncWrite + Unpin>(w: &mut W, d: &[u8]) -> std::io::Result<()> {
+    if d.len() > MAX_DATAGRAM {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "datagram too large",
+        ));
+    }
+    let mut buf = Vec::with_capacity(2 + d.len());
+    buf.extend_from_slice(&(d.len() as u16).to_be_bytes());
+    buf.extend_from_slice(d);
+    w.write_all(&buf).await
+}
+
+/// Reads one datagram of a UDP flow into `buf`; `Ok(None)` at a clean end of the stream.
+pub async fn read_datagram<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<()>> {
+    let mut len = [0u8; 2];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    buf.resize(u16::from_be_bytes(len) as usize, 0);
+    r.read_exact(buf).await?;
+    Ok(Some(()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -253,6 +296,31 @@ mod tests {
         let (role, got) = read_header(&mut r).await.unwrap();
         assert_eq!(role, Role::Client);
         assert_eq!(got, h);
+    }
+
+    #[tokio::test]
+    async fn outbound_header_and_datagrams_round_trip() {
+        let h = TunnelHeader {
+            conn_id: "c2".into(),
+            kind: KIND_OUT_UDP.into(),
+            target: "10.0.0.1:53".into(),
+            ..Default::default()
+        };
+        let mut bytes = encode_header(Role::Client, &h);
+        write_datagram(&mut bytes, b"hello").await.unwrap();
+        write_datagram(&mut bytes, b"").await.unwrap();
+        let mut r = &bytes[..];
+        assert_eq!(read_header(&mut r).await.unwrap().1, h);
+        let mut buf = Vec::new();
+        assert!(read_datagram(&mut r, &mut buf).await.unwrap().is_some());
+        assert_eq!(buf, b"hello");
+        assert!(read_datagram(&mut r, &mut buf).await.unwrap().is_some());
+        assert!(buf.is_empty());
+        assert!(read_datagram(&mut r, &mut buf).await.unwrap().is_none());
+        // Old peers that know no target still parse.
+        let old = br#"{"conn_id":"x"}"#;
+        let parsed: TunnelHeader = serde_json::from_slice(old).unwrap();
+        assert!(parsed.target.is_empty());
     }
 
     #[tokio::test]

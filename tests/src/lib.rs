@@ -3,9 +3,12 @@
 //! `telepresence` CLI, making requests from inside a project network, and checking that nothing
 //! of ours is left behind.
 
+pub mod bench_outbound;
 pub mod kube_standin;
 pub mod testapp;
 pub mod testapp_h2;
+pub mod testapp_load;
+pub mod testapp_udp;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@
 //! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
 //! Personal intercepts (issue 6): see `../bench_personal.rs`.
+//! Outbound (issue 3, `bench_outbound`): cluster DNS lookup, TCP connect, a large download and
+//! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -36,6 +38,15 @@ struct Args {
     /// Skip the personal-intercept benchmark.
     #[arg(long)]
     no_personal: bool,
+    /// Skip the intercept-path benchmark.
+    #[arg(long)]
+    no_intercept: bool,
+    /// Skip the outbound (TUN/DNS) benchmark.
+    #[arg(long)]
+    no_outbound: bool,
+    /// Parallel downloads in the outbound benchmark.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
 }
 
 /// One table row: metric, intercepted, direct, target, met.
@@ -338,7 +349,7 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
-    let (mut rows, path) = if a.only_personal {
+    let (mut rows, path) = if a.only_personal || a.no_intercept {
         (Vec::new(), Value::Null)
     } else {
         intercept_path(&a)?
@@ -347,6 +358,13 @@ fn main() -> Result<()> {
         Value::Null
     } else {
         let (r, v) = bench_personal::personal(a.requests)?;
+        rows.extend(r);
+        v
+    };
+    let outbound = if a.no_outbound || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = tp_tests::bench_outbound::outbound(a.mib, a.connections)?;
         rows.extend(r);
         v
     };
@@ -371,6 +389,7 @@ fn main() -> Result<()> {
         "intercept_path": path,
         "volumes": vols,
         "personal_intercepts": personal,
+        "outbound": outbound,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -120,6 +120,33 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Send one UDP datagram to HOST:PORT and print the reply.
+    UdpSend {
+        target: String,
+        message: String,
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Print the IPv4 addresses DNS gives for NAME, one per line; exit 1 when there are none.
+    Lookup { name: String },
+    /// DNS lookup latency of NAME (JSON).
+    LookupBench {
+        name: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+    /// TCP connect latency to HOST:PORT (JSON).
+    ConnectBench {
+        target: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Aggregate throughput of parallel GETs of URL (JSON).
+    DownloadMany {
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -202,6 +229,64 @@ async fn run(command: Command) -> ExitCode {
             personal_tools(command).await
         }
         Command::Relay { listen, to } => relay(listen, to).await,
+        Command::UdpSend {
+            target,
+            message,
+            timeout,
+        } => {
+            let Some((host, port)) = target
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+            else {
+                return fail(&format!("bad target {target:?}: use HOST:PORT"));
+            };
+            let limit = std::time::Duration::from_secs_f64(timeout.max(0.01));
+            match tp_tests::testapp_udp::udp_request(host, port, &message, limit).await {
+                Ok(reply) => {
+                    println!("{reply}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("udp-send {target}: {e}")),
+            }
+        }
+        Command::Lookup { name } => match tp_tests::testapp_udp::lookup(&name).await {
+            Ok(ips) if !ips.is_empty() => {
+                for ip in ips {
+                    println!("{ip}");
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(_) => fail(&format!("{name}: no address")),
+            Err(e) => fail(&format!("lookup {name}: {e}")),
+        },
+        Command::LookupBench { name, count } => {
+            match tp_tests::testapp_load::lookup_bench(&name, count).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("lookup-bench: {e}")),
+            }
+        }
+        Command::ConnectBench { target, count } => {
+            let Some((host, port)) = target
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+            else {
+                return fail(&format!("bad target {target:?}: use HOST:PORT"));
+            };
+            match tp_tests::testapp_load::connect_bench(host, port, count).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("connect-bench: {e}")),
+            }
+        }
+        Command::DownloadMany { url, connections } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            match tp_tests::testapp_load::download_many(&url, connections).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("download-many: {e}")),
+            }
+        }
         Command::Download { url } => {
             let url = match parse_url(&url) {
                 Ok(u) => u,

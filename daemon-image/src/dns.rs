@@ -1,0 +1,389 @@
+//! The daemon's DNS server (issue 3). It listens where the daemon container's resolv.conf points
+//! (`--dns`, so every container joined to the daemon's network inherits it). Cluster names —
+//! `svc`, `svc.ns`, `svc.ns.svc.<domain>`, `pod.svc.ns.svc.<domain>`, reverse lookups of cluster
+//! addresses — are answered by the manager's resolver through the `Resolve` rpc; everything else
+//! goes to the upstream resolver the container would otherwise have had. Answers are cached for
+//! their TTL (capped), negative ones briefly, so search-path misses are fast.
+
+use crate::session::Session;
+use crate::subnets::Cidr;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tp_rpc::manager::ResolveRequest;
+
+/// Names with these suffixes are never looked up in the cluster.
+pub const EXCLUDE_SUFFIXES: [&str; 5] = [".com", ".io", ".net", ".org", ".ru"];
+/// How long upstream may take.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest time a positive answer is cached (shorter when its TTL is).
+const MAX_TTL: u32 = 30;
+/// How long a negative cluster answer is cached.
+const NEGATIVE_TTL: u32 = 5;
+const MAX_CACHE: usize = 4096;
+
+/// Where a question goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Ask the cluster for `name` in `namespace` (empty for reverse lookups).
+    Cluster {
+        name: String,
+        namespace: String,
+    },
+    /// A name under the cluster domain that cannot exist.
+    NxDomain,
+    Upstream,
+}
+
+/// Decides where the question for `qname` goes.
+pub fn classify(qname: &str, namespace: &str, domain: &str, subnets: &[Cidr]) -> Route {
+    let q = qname.trim_end_matches('.').to_ascii_lowercase();
+    if q.is_empty() {
+        return Route::Upstream;
+    }
+    if let Some(rev) = q.strip_suffix(".in-addr.arpa") {
+        let octets: Vec<u8> = rev
+            .split('.')
+            .rev()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        if let [a, b, c, d] = octets[..] {
+            if subnets
+                .iter()
+                .any(|s| s.contains_ip(Ipv4Addr::new(a, b, c, d)))
+            {
+                return Route::Cluster {
+                    name: q,
+                    namespace: String::new(),
+                };
+            }
+        }
+        return Route::Upstream;
+    }
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
+    if q == domain {
+        return Route::NxDomain;
+    }
+    if let Some(rest) = q.strip_suffix(&format!(".{domain}")) {
+        // <name...>.<ns>.svc
+        let labels: Vec<&str> = rest.split('.').collect();
+        return match labels.as_slice() {
+            [name @ .., ns, "svc"] if !name.is_empty() && *ns == namespace => Route::Cluster {
+                name: name.join("."),
+                namespace: namespace.to_string(),
+            },
+            _ => Route::NxDomain,
+        };
+    }
+    if EXCLUDE_SUFFIXES.iter().any(|s| q.ends_with(s)) {
+        return Route::Upstream;
+    }
+    let labels: Vec<&str> = q.split('.').collect();
+    match labels.as_slice() {
+        [single] => Route::Cluster {
+            name: single.to_string(),
+            namespace: namespace.to_string(),
+        },
+        [name @ .., ns, "svc"] if *ns == namespace => Route::Cluster {
+            name: name.join("."),
+            namespace: namespace.to_string(),
+        },
+        [name @ .., ns] if *ns == namespace => Route::Cluster {
+            name: name.join("."),
+            namespace: namespace.to_string(),
+        },
+        _ => Route::Upstream,
+    }
+}
+
+/// DNS settings from the environment the CLI gives the daemon container.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// `TP_DNS_LISTEN` (default 127.0.0.1:53).
+    pub listen: SocketAddr,
+    /// `TP_DNS_UPSTREAM`: comma-separated resolver IPs.
+    pub upstream: Vec<SocketAddr>,
+}
+
+impl DnsConfig {
+    pub fn from_env() -> Result<Self, String> {
+        let listen = std::env::var("TP_DNS_LISTEN").unwrap_or_else(|_| "127.0.0.1:53".into());
+        let listen = listen
+            .parse()
+            .map_err(|_| format!("TP_DNS_LISTEN={listen:?} is not an address"))?;
+        let upstream = std::env::var("TP_DNS_UPSTREAM").unwrap_or_default();
+        let mut up = Vec::new();
+        for s in upstream.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let addr = s
+                .parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("TP_DNS_UPSTREAM: {s:?} is not an address"))?;
+            up.push(addr);
+        }
+        Ok(DnsConfig {
+            listen,
+            upstream: up,
+        })
+    }
+}
+
+struct Cached {
+    msg: Message,
+    expires: Instant,
+}
+
+/// The server's shared state.
+pub struct Dns {
+    session: Arc<Session>,
+    cfg: DnsConfig,
+    domain: String,
+    subnets: Vec<Cidr>,
+    cache: Mutex<HashMap<(String, u16), Cached>>,
+}
+
+impl Dns {
+    pub fn new(session: Arc<Session>, cfg: DnsConfig, routed: &[String]) -> Dns {
+        let domain = if session.cluster.cluster_domain.is_empty() {
+            "cluster.local".to_string()
+        } else {
+            session.cluster.cluster_domain.clone()
+        };
+        Dns {
+            session,
+            cfg,
+            domain,
+            subnets: routed.iter().filter_map(|s| s.parse().ok()).collect(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Binds the listening socket.
+    pub async fn bind(&self) -> std::io::Result<UdpSocket> {
+        UdpSocket::bind(self.cfg.listen).await
+    }
+
+    /// Serves DNS over UDP on `sock`.
+    pub async fn serve(self: Arc<Self>, sock: UdpSocket) -> std::io::Result<()> {
+        let sock = Arc::new(sock);
+        tracing::info!(listen = %self.cfg.listen, upstream = ?self.cfg.upstream, "DNS ready");
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!("DNS recv: {e}");
+                    continue;
+                }
+            };
+            let query = buf[..n].to_vec();
+            let me = self.clone();
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                if let Some(answer) = me.answer(&query).await {
+                    let _ = sock.send_to(&answer, from).await;
+                }
+            });
+        }
+    }
+
+    /// The response to one raw query (`None`: drop it).
+    pub async fn answer(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let q = Message::from_vec(raw).ok()?;
+        if q.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let Some(question) = q.queries.first().cloned() else {
+            return error(&q, ResponseCode::FormErr);
+        };
+        if q.metadata.op_code != OpCode::Query || q.queries.len() != 1 {
+            return error(&q, ResponseCode::NotImp);
+        }
+        let qname = question.name().to_ascii().to_ascii_lowercase();
+        let qtype = question.query_type();
+        let route = classify(
+            &qname,
+            &self.session.cfg.namespace,
+            &self.domain,
+            &self.subnets,
+        );
+        if route == Route::Upstream {
+            return self
+                .upstream(raw)
+                .await
+                .or_else(|| error(&q, ResponseCode::ServFail));
+        }
+        let key = (qname.clone(), u16::from(qtype));
+        if let Some(c) = self.cache.lock().unwrap().get(&key) {
+            if c.expires > Instant::now() {
+                return respond(&q, &c.msg);
+            }
+        }
+        let msg = match route {
+            Route::Cluster { name, namespace } => {
+                match self
+                    .ask_cluster(&name, &namespace, qtype, question.name())
+                    .await
+                {
+                    Some(m) => m,
+                    None => return error(&q, ResponseCode::ServFail),
+                }
+            }
+            _ => Message::error_msg(0, OpCode::Query, ResponseCode::NXDomain),
+        };
+        let ttl = if msg.answers.is_empty() {
+            NEGATIVE_TTL
+        } else {
+            msg.answers
+                .iter()
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(0)
+                .min(MAX_TTL)
+        };
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= MAX_CACHE {
+            let now = Instant::now();
+            cache.retain(|_, c| c.expires > now);
+            if cache.len() >= MAX_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            key,
+            Cached {
+                msg: msg.clone(),
+                expires: Instant::now() + Duration::from_secs(ttl as u64),
+            },
+        );
+        drop(cache);
+        respond(&q, &msg)
+    }
+
+    /// Asks the manager; the answer's records for the looked-up name are renamed to `qname`.
+    async fn ask_cluster(
+        &self,
+        name: &str,
+        namespace: &str,
+        qtype: RecordType,
+        qname: &Name,
+    ) -> Option<Message> {
+        let r = self
+            .session
+            .client
+            .clone()
+            .resolve(ResolveRequest {
+                session: Some(self.session.session()),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+                qtype: u16::from(qtype) as u32,
+            })
+            .await;
+        let bytes = match r {
+            Ok(r) => r.into_inner().message,
+            Err(e) => {
+                tracing::debug!(%name, "cluster DNS: {}", e.message());
+                return None;
+            }
+        };
+        let mut m = Message::from_vec(&bytes).ok()?;
+        let asked = m.queries.first().map(|q| q.name().clone());
+        for r in m.answers.iter_mut() {
+            if Some(&r.name) == asked.as_ref() {
+                r.name = qname.clone();
+            }
+        }
+        // Only what answers the question (the engine may add unrelated sections).
+        m.authorities.clear();
+        m.additionals.clear();
+        Some(m)
+    }
+
+    async fn upstream(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        for server in &self.cfg.upstream {
+            let bind: SocketAddr = if server.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(sock) = UdpSocket::bind(bind).await else {
+                continue;
+            };
+            if sock.connect(server).await.is_err() || sock.send(raw).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok(n)) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv(&mut buf)).await {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        None
+    }
+}
+
+fn error(q: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut m = Message::error_msg(q.metadata.id, q.metadata.op_code, code);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.add_queries(q.queries.clone());
+    m.to_vec().ok()
+}
+
+/// The response to `q` with the records and code of `from`.
+fn respond(q: &Message, from: &Message) -> Option<Vec<u8>> {
+    let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m.metadata.authoritative = true;
+    m.metadata.response_code = from.metadata.response_code;
+    m.add_queries(q.queries.clone());
+    m.add_answers(from.answers.clone());
+    m.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cl(name: &str, ns: &str) -> Route {
+        Route::Cluster {
+            name: name.into(),
+            namespace: ns.into(),
+        }
+    }
+
+    #[test]
+    fn names_are_routed() {
+        let subnets = ["172.20.0.0/16".parse().unwrap()];
+        let c = |q: &str| classify(q, "shop", "cluster.local", &subnets);
+        assert_eq!(c("web"), cl("web", "shop"));
+        assert_eq!(c("Web."), cl("web", "shop"));
+        assert_eq!(c("web.shop"), cl("web", "shop"));
+        assert_eq!(c("web.shop.svc"), cl("web", "shop"));
+        assert_eq!(c("web.shop.svc.cluster.local."), cl("web", "shop"));
+        assert_eq!(
+            c("web-1.web.shop.svc.cluster.local"),
+            cl("web-1.web", "shop")
+        );
+        assert_eq!(c("web.other.svc.cluster.local"), Route::NxDomain);
+        assert_eq!(c("shop.svc.cluster.local"), Route::NxDomain);
+        assert_eq!(c("cluster.local"), Route::NxDomain);
+        assert_eq!(c("web.other"), Route::Upstream);
+        assert_eq!(c("example.com"), Route::Upstream);
+        assert_eq!(c("shop.com"), Route::Upstream);
+        assert_eq!(
+            c("5.0.20.172.in-addr.arpa"),
+            cl("5.0.20.172.in-addr.arpa", "")
+        );
+        assert_eq!(c("1.1.168.192.in-addr.arpa"), Route::Upstream);
+        assert_eq!(c(""), Route::Upstream);
+    }
+}

@@ -1,0 +1,148 @@
+//! The outbound path (issue 3) as the daemon runs it: reads its settings from the environment the
+//! CLI gives the daemon container, decides and installs the routes, starts the TUN device with the
+//! packet → stream layer, and dials cluster targets through the manager's tunnel.
+
+use crate::netstack::{Dialer, Proto, Smoltcp};
+use crate::session::Session;
+use crate::subnets::{self, Cidr};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tp_rpc::tunnel::{
+    dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
+};
+
+/// How long the manager may take to dial a target and answer (its own dial timeout is 5 s).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Outbound settings (env `TP_ALSO_PROXY`, `TP_NEVER_PROXY`, `TP_ALLOW_CONFLICTING_SUBNETS`:
+/// comma-separated CIDRs; `TP_TUN_MTU`; `TP_TCP_BUFFER`).
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    pub also: Vec<Cidr>,
+    pub never: Vec<Cidr>,
+    pub allow: Vec<Cidr>,
+    pub mtu: u16,
+    pub tcp_buffer: u32,
+}
+
+impl OutboundConfig {
+    pub fn from_env() -> Result<Self, String> {
+        let list = |k: &str| subnets::parse_list(&std::env::var(k).unwrap_or_default());
+        let num = |k: &str, d: u32| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Ok(OutboundConfig {
+            also: list("TP_ALSO_PROXY")?,
+            never: list("TP_NEVER_PROXY")?,
+            allow: list("TP_ALLOW_CONFLICTING_SUBNETS")?,
+            mtu: num("TP_TUN_MTU", 16000).clamp(1280, 65000) as u16,
+            tcp_buffer: num("TP_TCP_BUFFER", 128 * 1024).clamp(16 * 1024, 4 << 20),
+        })
+    }
+}
+
+/// Dials cluster targets through the manager's tunnel listener.
+pub struct TunnelDialer {
+    pub session: Arc<Session>,
+}
+
+impl Dialer for TunnelDialer {
+    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, String> {
+        let mut s = dial(&self.session.cfg.tunnel_addr)
+            .await
+            .map_err(|e| format!("tunnel: {e}"))?;
+        let header = TunnelHeader {
+            conn_id: uuid::Uuid::new_v4().to_string(),
+            session_id: self.session.session().session_id,
+            kind: match proto {
+                Proto::Tcp => KIND_OUT_TCP,
+                Proto::Udp => KIND_OUT_UDP,
+            }
+            .into(),
+            target: dst.to_string(),
+            ..Default::default()
+        };
+        write_header(&mut s, Role::Client, &header)
+            .await
+            .map_err(|e| format!("tunnel: {e}"))?;
+        let (_, answer) = read_header_timeout(&mut s, ANSWER_TIMEOUT)
+            .await
+            .map_err(|e| format!("tunnel: {e}"))?;
+        if answer.error.is_empty() {
+            Ok(s)
+        } else {
+            Err(answer.error)
+        }
+    }
+}
+
+/// Installs the routes and starts the TUN pump; returns the routed subnets.
+pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Vec<String>, String> {
+    let existing = crate::tun::existing_routes();
+    let manager_ip = session
+        .cfg
+        .tunnel_addr
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .into_iter()
+        .chain(
+            session
+                .cfg
+                .manager_addr
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| a.ip()),
+        )
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect::<Vec<_>>();
+    let plan = subnets::plan(
+        &session.cluster.subnets,
+        &cfg.also,
+        &cfg.never,
+        &cfg.allow,
+        &existing,
+        &manager_ip,
+    )?;
+    for s in &plan.skipped {
+        tracing::warn!("subnet {s} is not routed: only IPv4 subnets are supported");
+    }
+    if plan.routes.is_empty() {
+        tracing::info!("no subnets to route");
+        return Ok(Vec::new());
+    }
+    let dev = crate::tun::create(cfg.mtu).map_err(|e| {
+        format!(
+            "cannot create the TUN device {} (the daemon container needs NET_ADMIN and /dev/net/tun): {e}",
+            crate::tun::DEVICE
+        )
+    })?;
+    for b in &plan.bypass {
+        crate::tun::add_route(b.net, &b.dev, b.gateway).map_err(|e| e.to_string())?;
+    }
+    for r in &plan.routes {
+        crate::tun::add_route(*r, crate::tun::DEVICE, None).map_err(|e| e.to_string())?;
+    }
+    let routed: Vec<String> = plan.routes.iter().map(|r| r.to_string()).collect();
+    tracing::info!(subnets = ?routed, "routing the cluster's subnets through {}", crate::tun::DEVICE);
+    let stack = Smoltcp {
+        mtu: cfg.mtu as usize,
+        tcp_buffer: cfg.tcp_buffer,
+    };
+    let dialer = Arc::new(TunnelDialer { session });
+    let mtu = cfg.mtu as usize;
+    tokio::spawn(async move {
+        if let Err(e) = crate::netstack::run(stack, Arc::new(dev), dialer, mtu).await {
+            tracing::error!("the outbound packet path stopped: {e}");
+        }
+    });
+    Ok(routed)
+}

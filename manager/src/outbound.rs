@@ -1,0 +1,164 @@
+//! Outbound streams (issue 3): a client's TCP connection or UDP flow into the cluster arrives on
+//! the tunnel listener with kind `out-tcp`/`out-udp` and a `target`; the manager dials the target
+//! from where it runs (the project network on a Docker engine, the cluster network in
+//! Kubernetes), answers with a header whose `error` says whether that worked — so a refused or
+//! unreachable target fails fast at the client — and then relays. TCP is spliced (kernel flow
+//! control both ways); UDP datagrams are framed on the stream, one flow per stream, ended after
+//! an idle period.
+
+use crate::Manager;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpStream, UdpSocket};
+use tp_rpc::tunnel::{
+    read_datagram, splice, tune, write_datagram, write_header, Role, TunnelHeader, MAX_DATAGRAM,
+};
+
+/// How long dialing a cluster target may take before the client is told it is unreachable.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A UDP flow with no datagram either way for this long is closed.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+
+async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, String> {
+    if !mgr
+        .inner
+        .state
+        .lock()
+        .await
+        .clients
+        .contains_key(&h.session_id)
+    {
+        return Err("outbound stream from an unknown session".into());
+    }
+    h.target
+        .parse()
+        .map_err(|_| format!("bad outbound target {:?}", h.target))
+}
+
+/// The reply header: empty `error` = connected.
+fn reply(h: &TunnelHeader, error: String) -> TunnelHeader {
+    TunnelHeader {
+        conn_id: h.conn_id.clone(),
+        kind: h.kind.clone(),
+        error,
+        ..Default::default()
+    }
+}
+
+/// A client's TCP connection to `h.target`.
+pub async fn tcp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+    let target = match check(mgr, &h).await {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
+            return Err(e);
+        }
+    };
+    let dialed = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("{target}: {e}")),
+        Err(_) => Err(format!("{target}: timed out after {DIAL_TIMEOUT:?}")),
+    };
+    match dialed {
+        Ok(mut up) => {
+            tune(&up);
+            write_header(&mut client, Role::Agent, &reply(&h, String::new()))
+                .await
+                .map_err(|e| e.to_string())?;
+            splice(&mut client, &mut up)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => {
+            tracing::debug!("outbound dial failed: {e}");
+            write_header(&mut client, Role::Agent, &reply(&h, e.clone()))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// A client's UDP flow to `h.target`.
+pub async fn udp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+    let target = match check(mgr, &h).await {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
+            return Err(e);
+        }
+    };
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = match UdpSocket::bind(bind).await {
+        Ok(s) => match s.connect(target).await {
+            Ok(()) => Ok(s),
+            Err(e) => Err(format!("{target}: {e}")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
+            return Err(e);
+        }
+    };
+    write_header(&mut client, Role::Agent, &reply(&h, String::new()))
+        .await
+        .map_err(|e| e.to_string())?;
+    relay_udp(client, sock, UDP_IDLE)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Relays framed datagrams between a stream and a connected UDP socket until either side ends
+/// or nothing moves for `idle`. Each direction runs as its own future so no read is ever cut
+/// in half.
+pub async fn relay_udp(stream: TcpStream, sock: UdpSocket, idle: Duration) -> std::io::Result<()> {
+    let start = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (mut r, mut w) = stream.into_split();
+    let up = async {
+        let mut buf = Vec::with_capacity(2048);
+        while read_datagram(&mut r, &mut buf).await?.is_some() {
+            touch();
+            // A send error (e.g. ICMP port unreachable of an earlier datagram) is what UDP does:
+            // the datagram is lost, the flow goes on.
+            let _ = sock.send(&buf).await;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let down = async {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            match sock.recv(&mut buf).await {
+                Ok(n) => {
+                    touch();
+                    write_datagram(&mut w, &buf[..n]).await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err::<(), _>(e),
+            }
+        }
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let quiet = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+            if quiet >= idle.as_millis() as u64 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = up => r,
+        r = down => r,
+        _ = watchdog => Ok(()),
+    }
+}

@@ -1,0 +1,247 @@
+//! End-to-end tests of the outbound path (issue 3) on the real Docker engine: a handler container
+//! started with `telepresence docker-run` on a connection reaches the connected namespace's
+//! services by every name form and by IP over TCP and UDP, through the daemon's TUN device,
+//! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).
+
+use std::time::Duration;
+use tp_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn assert_clean(context: &str) {
+    let left = leftovers();
+    assert!(left.is_empty(), "{context}: left behind: {left:?}");
+}
+
+/// `telepresence [--use conn] docker-run --rm <test app> <args>` as `user`.
+fn handler(user: &User, conn: Option<&str>, args: &[&str]) -> Run {
+    let (app, _) = images();
+    let mut a: Vec<&str> = Vec::new();
+    if let Some(c) = conn {
+        a.extend(["--use", c]);
+    }
+    a.extend(["docker-run", "--rm", app.as_str()]);
+    a.extend_from_slice(args);
+    user.tp(&a)
+}
+
+/// The test app's answer to `GET url` from a handler on the connection.
+fn get(user: &User, conn: Option<&str>, url: &str) -> Run {
+    handler(user, conn, &["get", url, "--timeout", "20"])
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, container]).unwrap()
+}
+
+/// The subnet of a project's default network.
+fn project_subnet(p: &Project) -> String {
+    docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        &format!("{}_default", p.name),
+    ])
+    .unwrap()
+}
+
+fn containers_of(p: &Project, service: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", p.name),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])
+    .unwrap();
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
+    if !engine_available() {
+        return;
+    }
+    let services = "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--udp\", \"9000\", \"--name\", \"web\"]\n    expose: [\"8080\", \"9000/udp\"]\n    networks:\n      default:\n        aliases: [shop-api]\n  multi:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--name\", \"multi\"]\n    expose: [\"8080\"]\n";
+    let p = Project::up_with(services, "").unwrap();
+    p.compose(&["up", "-d", "--scale", "multi=2"]).unwrap();
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    let user = User::new();
+    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+        .ok();
+
+    // status shows what is routed and the DNS server.
+    let st = user.tp(&["status"]).ok();
+    let subnet = project_subnet(&p);
+    let line = |key: &str| {
+        st.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("  {key} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("Subnets").ends_with(": (1 subnet)"), "{}", st.stdout);
+    assert!(
+        st.stdout.contains(&format!("    - {subnet}\n")),
+        "{}",
+        st.stdout
+    );
+    assert!(line("DNS").ends_with(':'), "{}", st.stdout);
+    assert!(
+        st.stdout.contains("    Remote IP       : "),
+        "{}",
+        st.stdout
+    );
+
+    // Every name form of a compose service, its alias, and its IP.
+    let ns = p.name.as_str();
+    for host in [
+        "web".to_string(),
+        format!("web.{ns}"),
+        format!("web.{ns}.svc.cluster.local"),
+        "shop-api".to_string(),
+    ] {
+        let r = get(&user, None, &format!("http://{host}:8080/"));
+        assert_eq!((r.code, r.stdout.trim()), (0, "web"), "{host}: {r:?}");
+    }
+    let web_ip = inspect(
+        &p.container("web").unwrap(),
+        &format!("{{{{(index .NetworkSettings.Networks \"{ns}_default\").IPAddress}}}}"),
+    );
+    let r = get(&user, None, &format!("http://{web_ip}:8080/"));
+    assert_eq!((r.code, r.stdout.trim()), (0, "web"), "{r:?}");
+
+    // A multi-replica service: its name gives every replica; each replica answers by IP and by
+    // its own (container) name.
+    let replicas = containers_of(&p, "multi");
+    assert_eq!(replicas.len(), 2);
+    let r = handler(&user, None, &["lookup", "multi"]).ok();
+    let mut ips: Vec<&str> = r.stdout.lines().collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 2, "{}", r.stdout);
+    for id in &replicas {
+        let name = inspect(id, "{{.Name}}").trim_start_matches('/').to_string();
+        let hostname = inspect(id, "{{.Config.Hostname}}");
+        let r = get(&user, None, &format!("http://{name}:8080/env/HOSTNAME"));
+        assert_eq!(
+            (r.code, r.stdout.trim()),
+            (0, hostname.as_str()),
+            "{name}: {r:?}"
+        );
+    }
+
+    // UDP by name.
+    let r = handler(&user, None, &["udp-send", "web:9000", "hello"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "web:hello"), "{r:?}");
+
+    // A closed port in the cluster is refused (a RST from the daemon), not left hanging.
+    let r = get(&user, None, "http://web:8081/");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("refused"), "{r:?}");
+
+    // Names that are not in the cluster get no cluster answer.
+    let r = handler(&user, None, &["lookup", "no-such-service"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let r = handler(
+        &user,
+        None,
+        &["lookup", &format!("web.not-{ns}.svc.cluster.local")],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+
+    // telepresence curl: our own client when no curl image exists here.
+    let r = user.tp(&["curl", "-s", "http://web:8080/"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "web"), "{r:?}");
+
+    user.tp(&["quit", "-s"]).ok();
+    drop(user);
+    drop(p);
+    assert_clean("after quit");
+}
+
+#[test]
+fn second_connection_resolves_its_own_namespace_only() {
+    if !engine_available() {
+        return;
+    }
+    let a = Project::up(&[("alpha", 8080)]).unwrap();
+    let b = Project::up(&[("beta", 8080)]).unwrap();
+    let user = User::new();
+    user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &a.name,
+        "--name",
+        "conn-a",
+    ])
+    .ok();
+
+    // A subnet that overlaps the daemon container's own network is refused, and nothing stays.
+    let before = leftovers();
+    let r = user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &b.name,
+        "--name",
+        "conn-bad",
+        "--also-proxy",
+        "172.17.0.0/16",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("--allow-conflicting-subnets 172.17.0.0/16"),
+        "{r:?}"
+    );
+    assert_eq!(leftovers(), before);
+    let r = user.tp(&["connect", "-n", &b.name, "--never-proxy", "10.0.0.0/33"]);
+    assert!(r.stderr.contains("--never-proxy: invalid subnet"), "{r:?}");
+
+    user.tp(&[
+        "connect",
+        "--cluster-type",
+        "docker",
+        "-n",
+        &b.name,
+        "--name",
+        "conn-b",
+    ])
+    .ok();
+    let r = get(&user, Some("conn-a"), "http://alpha:8080/");
+    assert_eq!((r.code, r.stdout.trim()), (0, "alpha"), "{r:?}");
+    let r = get(&user, Some("conn-b"), "http://beta:8080/");
+    assert_eq!((r.code, r.stdout.trim()), (0, "beta"), "{r:?}");
+    let r = get(
+        &user,
+        Some("conn-b"),
+        &format!("http://beta.{}:8080/", b.name),
+    );
+    assert_eq!((r.code, r.stdout.trim()), (0, "beta"), "{r:?}");
+    // Each connection knows its own namespace's names only.
+    for (conn, other) in [("conn-a", "beta"), ("conn-b", "alpha")] {
+        let r = handler(&user, Some(conn), &["lookup", other]);
+        assert_ne!(r.code, 0, "{conn} resolved {other}: {r:?}");
+    }
+    let r = handler(
+        &user,
+        Some("conn-a"),
+        &["lookup", &format!("beta.{}", b.name)],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    // docker-run keeps the handler on the connection's network.
+    let r = user.tp(&["--use", "conn-a", "docker-run", "--network", "host", "img"]);
+    assert!(r.stderr.contains("remove --network"), "{r:?}");
+
+    user.tp(&["quit", "-s"]).ok();
+    drop(user);
+    drop(a);
+    drop(b);
+    assert_clean("after quit");
+}
