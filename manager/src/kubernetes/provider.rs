@@ -529,6 +529,14 @@ impl Provider for KubeProvider {
         "kubernetes"
     }
 
+    async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
+        KubeProvider::cluster_subnets(self, namespace).await
+    }
+
+    fn cluster_domain(&self) -> String {
+        KubeProvider::cluster_domain(self)
+    }
+
     fn server(&self) -> String {
         self.cfg.server.clone()
     }
