@@ -115,6 +115,12 @@ impl Manager for Stub {
     async fn watch_dials(&self, _: Request<SessionInfo>) -> Result<Response<DialStream>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn resolve(
+        &self,
+        _: Request<tp_rpc::manager::ResolveRequest>,
+    ) -> Result<Response<tp_rpc::manager::ResolveResponse>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 /// The stub manager, tunnel and app.
