@@ -6,12 +6,12 @@
 mod connector;
 pub mod dns;
 pub mod fs;
-pub mod portforward;
 pub mod netstack;
 #[cfg(test)]
 mod netstack_tests;
 pub mod outbound;
 pub mod packet;
+pub mod portforward;
 mod session;
 pub mod subnets;
 pub mod tun;

@@ -4,8 +4,8 @@
 
 pub mod docker;
 pub mod kubernetes;
-pub mod personal;
 pub mod outbound;
+pub mod personal;
 pub mod provider;
 pub mod resolve;
 pub mod service;
