@@ -132,6 +132,8 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         .unwrap_or_else(|| format!("{}-{namespace}-cn", safe_name(&context)));
     crate::connect::validate_name(&name)?;
     let container = format!("tp-{name}");
+    // The outbound flags are checked before anything is created.
+    let subnet_env = crate::outbound::subnet_env(&args)?;
     let docker = engine::connect().await?;
 
     if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
@@ -186,6 +188,7 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         image: &image,
         network: network.as_deref(),
         kubeconfig: &yaml,
+        subnet_env,
     };
     let (id, port) = match start_daemon(&docker, &spec).await {
         Ok(v) => v,
@@ -296,6 +299,8 @@ pub struct DaemonSpec<'a> {
     /// The network of a local cluster's control-plane container, joined by the daemon.
     pub network: Option<&'a str>,
     pub kubeconfig: &'a str,
+    /// `--also-proxy`/`--never-proxy`/`--allow-conflicting-subnets` for the daemon's routes.
+    pub subnet_env: Vec<String>,
 }
 
 /// The daemon's environment (no secrets: the kubeconfig goes in as a file).
@@ -304,7 +309,8 @@ pub fn daemon_env(s: &DaemonSpec) -> Vec<String> {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    vec![
+    let (dns_env, _, _) = crate::outbound::dns_settings(s.namespace);
+    let mut env = vec![
         format!("TP_CONNECTION={}", s.name),
         format!("TP_NAMESPACE={}", s.namespace),
         format!("TP_MANAGER_NAMESPACE={}", s.manager_namespace),
@@ -319,10 +325,16 @@ pub fn daemon_env(s: &DaemonSpec) -> Vec<String> {
             "RUST_LOG={}",
             std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
         ),
-    ]
+    ];
+    env.extend(dns_env);
+    env.extend(s.subnet_env.iter().cloned());
+    env
 }
 
 async fn start_daemon(docker: &Docker, s: &DaemonSpec<'_>) -> Result<(String, u16)> {
+    // The daemon's resolver answers cluster names (through the manager) for every container
+    // that joins its network namespace.
+    let (_, dns, dns_search) = crate::outbound::dns_settings(s.namespace);
     let body = ContainerCreateBody {
         image: Some(s.image.to_string()),
         cmd: Some(vec!["daemon-foreground".into()]),
@@ -341,6 +353,8 @@ async fn start_daemon(docker: &Docker, s: &DaemonSpec<'_>) -> Result<(String, u1
                     host_port: Some(String::new()),
                 }]),
             )])),
+            dns: Some(dns),
+            dns_search: Some(dns_search),
             cap_add: Some(vec!["NET_ADMIN".into()]),
             devices: Some(vec![bollard::models::DeviceMapping {
                 path_on_host: Some("/dev/net/tun".into()),
