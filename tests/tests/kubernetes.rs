@@ -207,6 +207,13 @@ fn connect_through_the_api_port_forward() {
         st.stdout
     );
 
+    let js = user.tp(&["status", "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
+    let d = &v["daemons"][0];
+    assert_eq!(d["cluster_type"], "kubernetes", "{v}");
+    assert_eq!(d["context"], "standin", "{v}");
+    assert_eq!(d["manager_namespace"], "ambassador", "{v}");
+    assert_eq!(d["server"], server.as_str(), "{v}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
