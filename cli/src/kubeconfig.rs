@@ -7,7 +7,6 @@
 use base64::Engine as _;
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use secrecy::{ExposeSecret, SecretString};
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
@@ -405,17 +404,10 @@ pub fn token(kc: &Kubeconfig) -> Option<String> {
         .map(|t| t.expose_secret().to_string())
 }
 
-/// Whether a path looks like a kubeconfig with a current context (cheap check for defaults).
-pub fn has_context(path: &Path) -> bool {
-    Kubeconfig::read_from(path)
-        .ok()
-        .and_then(|k| k.current_context)
-        .is_some_and(|c| !c.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// A kubeconfig as kind and cloud CLIs write them: three contexts, file-referenced
     /// certificates (relative paths), an exec plugin.

@@ -410,6 +410,21 @@ fn connect_refusals_create_nothing() {
         "{}",
         r.stderr
     );
+    // An explicit --kubeconfig that cannot be read is an error, not a fall-back to Docker mode.
+    let r = user.tp(&[
+        "connect",
+        "--docker",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot read the kubeconfig /nonexistent/kubeconfig"),
+        "{}",
+        r.stderr
+    );
+
     // A reachable API server without a traffic-manager: refused before any container exists.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
