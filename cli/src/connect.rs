@@ -41,28 +41,26 @@ pub fn labels(role: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
     l
 }
 
-/// Whether a kubeconfig with a current context exists (then Kubernetes is the default).
+/// Whether a kubeconfig with a current context exists (then Kubernetes is the default):
+/// `--kubeconfig`, else every file of `KUBECONFIG`, else `~/.kube/config`.
 fn kube_context_exists(kubeconfig: Option<&str>) -> bool {
-    let path = kubeconfig
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("KUBECONFIG").map(Into::into))
-        .or_else(|| dirs::home_dir().map(|h| h.join(".kube/config")));
-    path.and_then(|p| std::fs::read_to_string(p).ok())
-        .is_some_and(|s| {
-            s.lines().any(|l| {
-                l.trim_start().starts_with("current-context:")
-                    && l.split(':')
-                        .nth(1)
-                        .is_some_and(|v| !v.trim().is_empty() && v.trim() != "\"\"")
-            })
-        })
+    crate::kubeconfig::load(kubeconfig)
+        .ok()
+        .and_then(|k| k.current_context)
+        .is_some_and(|c| !c.is_empty())
 }
 
 pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     let mut text = String::new();
     let cluster_type = match args.cluster_type {
         Some(t) => t,
-        None if kube_context_exists(args.kubeconfig.as_deref()) => ClusterType::Kubernetes,
+        // An explicit --kubeconfig or --context means Kubernetes (their errors are reported).
+        None if args.kubeconfig.is_some()
+            || args.context.is_some()
+            || kube_context_exists(None) =>
+        {
+            ClusterType::Kubernetes
+        }
         None => {
             text.push_str("No Kubernetes context found: using this Docker engine as the cluster (--cluster-type docker)\n");
             ClusterType::Docker

@@ -7,7 +7,6 @@
 use base64::Engine as _;
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use secrecy::{ExposeSecret, SecretString};
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
@@ -214,7 +213,12 @@ pub struct ExecStatus {
 }
 
 /// Runs an exec credential plugin as kubectl would (non-interactive) and returns its status.
-pub fn run_exec(exec: &kube::config::ExecConfig) -> Result<ExecStatus, KubeconfigError> {
+/// `cluster` is what the plugin gets in `spec.cluster` when it asks for it
+/// (`provideClusterInfo: true`).
+pub fn run_exec(
+    exec: &kube::config::ExecConfig,
+    cluster: Option<&kube::config::Cluster>,
+) -> Result<ExecStatus, KubeconfigError> {
     let command = exec.command.clone().unwrap_or_default();
     if command.is_empty() {
         return Err(KubeconfigError::Exec(command, "no command".into()));
@@ -233,11 +237,24 @@ pub fn run_exec(exec: &kube::config::ExecConfig) -> Result<ExecStatus, Kubeconfi
     for k in exec.drop_env.clone().unwrap_or_default() {
         cmd.env_remove(k);
     }
-    let info = serde_json::json!({
+    let mut info = serde_json::json!({
         "apiVersion": api_version,
         "kind": "ExecCredential",
         "spec": {"interactive": false},
     });
+    if let (true, Some(c)) = (exec.provide_cluster_info, cluster) {
+        let mut spec_cluster = serde_json::json!({"server": c.server});
+        if let Some(ca) = &c.certificate_authority_data {
+            spec_cluster["certificate-authority-data"] = serde_json::json!(ca);
+        }
+        if let Some(name) = &c.tls_server_name {
+            spec_cluster["tls-server-name"] = serde_json::json!(name);
+        }
+        if c.insecure_skip_tls_verify == Some(true) {
+            spec_cluster["insecure-skip-tls-verify"] = serde_json::json!(true);
+        }
+        info["spec"]["cluster"] = spec_cluster;
+    }
     cmd.env("KUBERNETES_EXEC_INFO", info.to_string());
     cmd.stdin(std::process::Stdio::null());
     let out = cmd.output().map_err(|e| {
@@ -282,6 +299,7 @@ pub fn run_exec(exec: &kube::config::ExecConfig) -> Result<ExecStatus, Kubeconfi
 /// the plugin and its own configuration live). Returns the earliest expiry any plugin announced.
 pub fn resolve_exec(kc: &mut Kubeconfig) -> Result<Option<String>, KubeconfigError> {
     let mut expiry: Option<String> = None;
+    let cluster = kc.clusters.first().and_then(|c| c.cluster.clone());
     for named in kc.auth_infos.iter_mut() {
         let Some(a) = named.auth_info.as_mut() else {
             continue;
@@ -293,7 +311,7 @@ pub fn resolve_exec(kc: &mut Kubeconfig) -> Result<Option<String>, KubeconfigErr
             ));
         }
         let Some(exec) = a.exec.take() else { continue };
-        let st = run_exec(&exec)?;
+        let st = run_exec(&exec, cluster.as_ref())?;
         apply_exec_status(a, &st);
         if let Some(e) = st.expiration_timestamp {
             // RFC 3339 timestamps in UTC compare correctly as strings.
@@ -386,17 +404,10 @@ pub fn token(kc: &Kubeconfig) -> Option<String> {
         .map(|t| t.expose_secret().to_string())
 }
 
-/// Whether a path looks like a kubeconfig with a current context (cheap check for defaults).
-pub fn has_context(path: &Path) -> bool {
-    Kubeconfig::read_from(path)
-        .ok()
-        .and_then(|k| k.current_context)
-        .is_some_and(|c| !c.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// A kubeconfig as kind and cloud CLIs write them: three contexts, file-referenced
     /// certificates (relative paths), an exec plugin.
@@ -522,6 +533,46 @@ users:
         // Only the chosen context's cluster is left (the kind CA is not handed over).
         assert_eq!(back.clusters.len(), 1);
         assert_eq!(back.clusters[0].name, "prod");
+    }
+
+    #[test]
+    fn plugins_asking_for_cluster_info_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = load(Some(fixture(dir.path()).to_str().unwrap())).unwrap();
+        let mut r = reduce(&kc, Some("prod")).unwrap();
+        let exec = r.config.auth_infos[0]
+            .auth_info
+            .as_mut()
+            .unwrap()
+            .exec
+            .as_mut()
+            .unwrap();
+        let script = dir.path().join("needs-cluster.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"$KUBERNETES_EXEC_INFO\" | grep -q '\"server\":\"https://prod.example.com:6443\"' || exit 5\necho \"$KUBERNETES_EXEC_INFO\" | grep -q 'UFJPRC1DQQ==' || exit 6\necho '{\"status\":{\"token\":\"with-cluster\"}}'\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exec.command = Some(script.display().to_string());
+        exec.args = None;
+        exec.provide_cluster_info = true;
+        resolve_exec(&mut r.config).unwrap();
+        assert_eq!(token(&r.config).as_deref(), Some("with-cluster"));
+        // Without provideClusterInfo the plugin gets no cluster (and this one refuses).
+        let mut r = reduce(&kc, Some("prod")).unwrap();
+        let exec = r.config.auth_infos[0]
+            .auth_info
+            .as_mut()
+            .unwrap()
+            .exec
+            .as_mut()
+            .unwrap();
+        exec.command = Some(script.display().to_string());
+        exec.args = None;
+        let e = resolve_exec(&mut r.config).unwrap_err().to_string();
+        assert!(e.contains("exit status: 5"), "{e}");
     }
 
     #[test]

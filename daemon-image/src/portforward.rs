@@ -199,8 +199,14 @@ impl Forwarder {
         let addr = l.local_addr().map_err(ForwardError::Listen)?;
         tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = l.accept().await else {
-                    continue;
+                let conn = match l.accept().await {
+                    Ok((c, _)) => c,
+                    Err(e) => {
+                        // E.g. out of file descriptors: don't spin.
+                        tracing::warn!("accepting a connection for the manager: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let me = self.clone();
                 tokio::spawn(async move {

@@ -207,6 +207,13 @@ fn connect_through_the_api_port_forward() {
         st.stdout
     );
 
+    let js = user.tp(&["status", "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();
+    let d = &v["daemons"][0];
+    assert_eq!(d["cluster_type"], "kubernetes", "{v}");
+    assert_eq!(d["context"], "standin", "{v}");
+    assert_eq!(d["manager_namespace"], "ambassador", "{v}");
+    assert_eq!(d["server"], server.as_str(), "{v}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
@@ -403,6 +410,21 @@ fn connect_refusals_create_nothing() {
         "{}",
         r.stderr
     );
+    // An explicit --kubeconfig that cannot be read is an error, not a fall-back to Docker mode.
+    let r = user.tp(&[
+        "connect",
+        "--docker",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot read the kubeconfig /nonexistent/kubeconfig"),
+        "{}",
+        r.stderr
+    );
+
     // A reachable API server without a traffic-manager: refused before any container exists.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
