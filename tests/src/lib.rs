@@ -72,8 +72,25 @@ pub fn engine_available() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but no Docker engine answers `docker info`: end-to-end tests need a running engine");
     }
-    eprintln!("SKIPPED: no Docker engine answers `docker info`; end-to-end tests need one");
+    skip("no Docker engine answers `docker info`; end-to-end tests need one");
     false
+}
+
+/// Reports a test that returns without checking anything: `SKIPPED: <reason>` on stderr, and a
+/// line in the file `TP_SKIP_LOG` names (scripts/test.sh lists those after the run, because a
+/// returning test shows as "ok" in cargo's summary).
+pub fn skip(reason: &str) {
+    eprintln!("SKIPPED: {reason}");
+    if let Ok(path) = std::env::var("TP_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{reason}");
+        }
+    }
 }
 
 /// Runs `docker <args>` and returns its output; fails with its stderr when it fails.

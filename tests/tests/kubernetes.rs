@@ -457,7 +457,7 @@ fn real_cluster(test: &str) -> Option<String> {
     match std::env::var("KUBECONFIG") {
         Ok(k) if !k.is_empty() => Some(k),
         _ => {
-            println!("SKIPPED: {test}: KUBECONFIG is not set; this test needs a real Kubernetes cluster (e.g. kind, see README \"Kubernetes\")");
+            skip(&format!("{test}: KUBECONFIG is not set; this test needs a real Kubernetes cluster (e.g. kind, see README \"Kubernetes\")"));
             None
         }
     }
