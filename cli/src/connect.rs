@@ -214,6 +214,8 @@ async fn ensure_manager(
         );
     }
     if !running_same {
+        // A manager replaced (e.g. by a newer build) keeps the namespace's team mode.
+        let team_mode = team_mode || has_team_mode(current_image.as_ref());
         if current_image.is_some() {
             engine::remove_container(docker, &name, 5).await?;
         }
