@@ -63,7 +63,7 @@ pub fn dns_settings(namespace: &str) -> (Vec<String>, Vec<String>, Vec<String>) 
         format!("TP_DNS_UPSTREAM={}", upstream_resolvers(&host).join(",")),
     ];
     // Tuning knobs of the outbound stack, passed on when set (for benchmarking).
-    for k in ["TP_TUN_MTU", "TP_TCP_BUFFER"] {
+    for k in ["TP_TUN_MTU", "TP_TCP_BUFFER", "TP_STACK_THREAD"] {
         if let Ok(v) = std::env::var(k) {
             env.push(format!("{k}={v}"));
         }
