@@ -58,10 +58,16 @@ pub fn upstream_resolvers(resolv_conf: &str) -> Vec<String> {
 /// DNS settings of the daemon container: (environment, dns servers, search domains).
 pub fn dns_settings(namespace: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let env = vec![
+    let mut env = vec![
         format!("TP_DNS_LISTEN={DNS_IP}:53"),
         format!("TP_DNS_UPSTREAM={}", upstream_resolvers(&host).join(",")),
     ];
+    // Tuning knobs of the outbound stack, passed on when set (for benchmarking).
+    for k in ["TP_TUN_MTU", "TP_TCP_BUFFER", "TP_STACK_THREAD"] {
+        if let Ok(v) = std::env::var(k) {
+            env.push(format!("{k}={v}"));
+        }
+    }
     let search = vec![
         format!("{namespace}.svc.cluster.local"),
         "svc.cluster.local".into(),

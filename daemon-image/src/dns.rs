@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tp_rpc::manager::ResolveRequest;
 
 /// Names with these suffixes are never looked up in the cluster.
@@ -25,6 +26,8 @@ const MAX_TTL: u32 = 30;
 /// How long a negative cluster answer is cached.
 const NEGATIVE_TTL: u32 = 5;
 const MAX_CACHE: usize = 4096;
+/// A DNS-over-TCP connection with no query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Where a question goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,9 +168,44 @@ impl Dns {
         &self.domain
     }
 
-    /// Binds the listening socket.
-    pub async fn bind(&self) -> std::io::Result<UdpSocket> {
-        UdpSocket::bind(self.cfg.listen).await
+    /// Binds the listening sockets (UDP and TCP).
+    pub async fn bind(&self) -> std::io::Result<(UdpSocket, TcpListener)> {
+        Ok((
+            UdpSocket::bind(self.cfg.listen).await?,
+            TcpListener::bind(self.cfg.listen).await?,
+        ))
+    }
+
+    /// Serves DNS over TCP (length-prefixed messages, several per connection).
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                let mut buf = Vec::new();
+                while tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    buf.resize(u16::from_be_bytes(len) as usize, 0);
+                    if s.read_exact(&mut buf).await.is_err() {
+                        return;
+                    }
+                    let Some(answer) = me.answer(&buf).await else {
+                        return;
+                    };
+                    let mut out = (answer.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&answer);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
     }
 
     /// Serves DNS over UDP on `sock`.
@@ -358,6 +396,105 @@ mod tests {
             name: name.into(),
             namespace: ns.into(),
         }
+    }
+
+    fn dns(upstream: Vec<SocketAddr>) -> Arc<Dns> {
+        let cfg = crate::session::DaemonConfig {
+            connection: "c".into(),
+            namespace: "shop".into(),
+            manager_namespace: String::new(),
+            context: String::new(),
+            // Nothing listens there: cluster questions fail at once.
+            manager_addr: "127.0.0.1:1".into(),
+            tunnel_addr: "127.0.0.1:1".into(),
+            listen: String::new(),
+            client_name: String::new(),
+        };
+        let session = Arc::new(Session::for_test(cfg, Default::default()));
+        let dcfg = DnsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+        };
+        Arc::new(Dns::new(session, dcfg, &["172.20.0.0/16".to_string()]))
+    }
+
+    fn query(id: u16, name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            t,
+        ));
+        m.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_locally_forwards_upstream_and_fails_fast() {
+        // A fake upstream answering every A question with 1.2.3.4.
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            while let Ok((n, from)) = up.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.add_queries(q.queries.clone());
+                r.add_answer(hickory_proto::rr::Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(1, 2, 3, 4)),
+                ));
+                up.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        let d = dns(vec![up_addr]);
+        let r = Message::from_vec(
+            &d.answer(&query(7, "example.com.", RecordType::A))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.metadata.id, 7);
+        assert_eq!(
+            r.answers[0].data.ip_addr(),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        // Another namespace under the cluster domain: NXDOMAIN without asking anyone.
+        let r = Message::from_vec(
+            &d.answer(&query(8, "web.other.svc.cluster.local.", RecordType::A))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.metadata.id, r.metadata.response_code),
+            (8, ResponseCode::NXDomain)
+        );
+        // The cluster cannot be asked (no manager): SERVFAIL, not silence.
+        let r =
+            Message::from_vec(&d.answer(&query(9, "web.", RecordType::A)).await.unwrap()).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+        // Garbage is dropped.
+        assert!(d.answer(b"\x01\x02garbage").await.is_none());
+
+        // The same over TCP.
+        let (_, tcp) = d.bind().await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(d.clone().serve_tcp(tcp));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let q = query(10, "web.other.svc.cluster.local.", RecordType::AAAA);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).await.unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        let r = Message::from_vec(&body).unwrap();
+        assert_eq!(
+            (r.metadata.id, r.metadata.response_code),
+            (10, ResponseCode::NXDomain)
+        );
     }
 
     #[test]

@@ -109,10 +109,11 @@ async fn start_outbound(
         ..Default::default()
     };
     // Bind now so a taken port fails the start, then serve in the background.
-    let sock = dns
+    let (sock, tcp) = dns
         .bind()
         .await
         .map_err(|e| DaemonError::Outbound(format!("cannot serve DNS on {}: {e}", dcfg.listen)))?;
+    tokio::spawn(dns.clone().serve_tcp(tcp));
     let server = dns.serve(sock);
     tokio::spawn(async move {
         if let Err(e) = server.await {

@@ -124,6 +124,25 @@ impl Session {
         })
     }
 
+    /// A session that never arrived, with a manager client that connects lazily (for tests of
+    /// the parts that hold a session).
+    #[cfg(test)]
+    pub fn for_test(cfg: DaemonConfig, cluster: ClusterInfo) -> Self {
+        let channel = Endpoint::from_shared(format!("http://{}", cfg.manager_addr))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        let (intercepts, _) = watch::channel(Vec::new());
+        Session {
+            cfg,
+            client: ManagerClient::new(channel),
+            cluster,
+            session: Mutex::new(SessionInfo::default()),
+            intercepts,
+            specs: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn session(&self) -> SessionInfo {
         self.session.lock().unwrap().clone()
     }
