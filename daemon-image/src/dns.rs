@@ -409,6 +409,8 @@ mod tests {
             tunnel_addr: "127.0.0.1:1".into(),
             listen: String::new(),
             client_name: String::new(),
+            kubeconfig: None,
+            server: String::new(),
         };
         let session = Arc::new(Session::for_test(cfg, Default::default()));
         let dcfg = DnsConfig {
