@@ -2,6 +2,7 @@
 //! (`charts/traffic-manager`, no `helm` binary needed), applies it with server-side apply,
 //! records the release in ConfigMap `telepresence-release`, and waits for the manager.
 
+pub mod agents;
 pub mod apply;
 pub mod chart;
 pub mod template;
@@ -356,6 +357,13 @@ pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result
             apply::RELEASE_CONFIGMAP
         ));
     };
+    // The agents first, while the manager's webhook still answers (the new pods of the rollouts
+    // get no agent: their entries are gone). Nothing is deleted when this fails.
+    let agents = agents::remove_all(client, ns, agents::served_namespaces(&release.values))
+        .await
+        .with_context(|| {
+            format!("the traffic-manager in namespace {ns} was not uninstalled; remove the agents with `telepresence uninstall --all-agents` per namespace, or fix the error and retry")
+        })?;
     // The webhook first, so no pod is sent to a manager that is going away.
     let mut objs = release.objects.clone();
     objs.sort_by_key(|o| std::cmp::Reverse(chart::kind_order(&o.kind)));
@@ -365,8 +373,8 @@ pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result
     apply::delete_release(client, ns).await?;
     Ok(CmdOutput {
         text: format!(
-            "Traffic Manager uninstalled successfully (context {context}, namespace {ns})\n"
+            "Traffic Manager uninstalled successfully (context {context}, namespace {ns}; agents removed from {agents} workloads)\n"
         ),
-        data: Some(json!({"namespace": ns, "context": context, "deleted": objs})),
+        data: Some(json!({"namespace": ns, "context": context, "deleted": objs, "agentsRemoved": agents})),
     })
 }
