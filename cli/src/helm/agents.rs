@@ -1,7 +1,10 @@
 //! Before `telepresence helm uninstall` deletes the manager: every traffic-agent the manager
 //! installed is removed (its `telepresence-agents` entry dropped, its workload rolled out), with
 //! the manager's own provider code ([`tp_manager::kubernetes::KubeProvider`]) run here with the
-//! user's credentials, so workloads are not left with agents whose manager is gone.
+//! user's credentials, so workloads are not left with agents whose manager is gone. The
+//! webhook configuration is deleted before (see `uninstall`): the rollouts' new pods must not be
+//! injected again (a pod annotated `enabled` would be, and the manager's own watch may not yet
+//! show the removed entry).
 
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -15,13 +18,13 @@ pub fn served_namespaces(release_values: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes every agent in the served namespaces; returns how many workloads were rolled out.
-pub async fn remove_all(
+/// The manager's provider over the served namespaces, its watches synced.
+pub async fn watch(
     client: &kube::Client,
     manager_namespace: &str,
     namespaces: Vec<String>,
-) -> Result<usize> {
-    let provider = KubeProvider::start(
+) -> Result<KubeProvider> {
+    KubeProvider::start(
         client.clone(),
         KubeConfig {
             manager_namespace: manager_namespace.into(),
@@ -37,7 +40,11 @@ pub async fn remove_all(
         },
     )
     .await
-    .context("cannot read the cluster's workloads to remove the traffic-agents")?;
+    .context("cannot read the cluster's workloads to remove the traffic-agents")
+}
+
+/// Removes every agent the provider's watches show; returns how many workloads were rolled out.
+pub async fn remove_all(provider: &KubeProvider) -> Result<usize> {
     provider
         .remove_all_agents_everywhere()
         .await

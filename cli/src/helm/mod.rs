@@ -357,17 +357,30 @@ pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result
             apply::RELEASE_CONFIGMAP
         ));
     };
-    // The agents first, while the manager's webhook still answers (the new pods of the rollouts
-    // get no agent: their entries are gone). Nothing is deleted when this fails.
-    let agents = agents::remove_all(client, ns, agents::served_namespaces(&release.values))
+    let retry = |what: &str| {
+        format!("the traffic-manager in namespace {ns} is not fully uninstalled: {what}; fix the error and run `telepresence helm uninstall` again")
+    };
+    // Everything the agents' removal reads is watched before anything is deleted.
+    let provider = agents::watch(client, ns, agents::served_namespaces(&release.values))
         .await
-        .with_context(|| {
-            format!("the traffic-manager in namespace {ns} was not uninstalled; remove the agents with `telepresence uninstall --all-agents` per namespace, or fix the error and retry")
-        })?;
-    // The webhook first, so no pod is sent to a manager that is going away.
+        .with_context(|| format!("nothing was uninstalled from namespace {ns}"))?;
     let mut objs = release.objects.clone();
     objs.sort_by_key(|o| std::cmp::Reverse(chart::kind_order(&o.kind)));
-    for o in &objs {
+    // The webhook configuration first: no new pod (the rollouts' ones included) gets an agent
+    // or is sent to a manager that is going away.
+    let (webhooks, rest): (Vec<ObjectRef>, Vec<ObjectRef>) = objs
+        .iter()
+        .cloned()
+        .partition(|o| o.kind == "MutatingWebhookConfiguration");
+    for o in &webhooks {
+        apply::delete(client, o).await?;
+    }
+    // Then the agents: their entries go and their workloads roll out.
+    let agents = agents::remove_all(&provider)
+        .await
+        .with_context(|| retry("the agent injector is removed but some traffic-agents are not"))?;
+    drop(provider);
+    for o in &rest {
         apply::delete(client, o).await?;
     }
     apply::delete_release(client, ns).await?;
