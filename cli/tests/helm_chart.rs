@@ -572,7 +572,20 @@ fn chart_environment_is_what_the_manager_reads() {
             .tcp_socket
             .as_ref()
             .unwrap();
-        container_port(&d, &live.port);
+        assert_eq!(container_port(&d, &live.port), i32::from(s.grpc_port));
+        // That port opens only after the watches synced: the startup probe waits longer than
+        // the manager may take, so a slow first list never gets the manager restarted.
+        let startup = c.startup_probe.as_ref().expect("a startup probe");
+        assert_eq!(
+            container_port(&d, &startup.tcp_socket.as_ref().unwrap().port),
+            i32::from(s.grpc_port)
+        );
+        let window = startup.initial_delay_seconds.unwrap_or(0)
+            + startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+        assert!(
+            u64::try_from(window).unwrap() > contract::SYNC_TIMEOUT.as_secs(),
+            "startup probe window {window}s <= the manager's sync timeout"
+        );
 
         // The certificate and key files are in the mounted Secret, which has them.
         let mount = c

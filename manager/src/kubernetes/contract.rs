@@ -10,6 +10,10 @@
 /// calls (the Service maps it to the container's `TP_WEBHOOK_PORT`).
 pub const WEBHOOK_SERVICE_PORT: u16 = 443;
 
+/// How long the manager waits for the first list of every watched kind at start; its gRPC port
+/// (the chart's readiness and liveness port) opens only afterwards, so a probe must allow it.
+pub const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// An environment variable the Kubernetes manager process reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvVar {
