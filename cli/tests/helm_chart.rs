@@ -893,3 +893,35 @@ fn webhook_configuration_reaches_the_manager_webhook() {
         }
     }
 }
+
+/// The certificate and key `telepresence helm install` puts in the Secret are a pair the
+/// manager's webhook server loads (PEM formats, key type), from the paths the chart mounts.
+#[tokio::test]
+async fn manager_webhook_loads_the_charts_certificate() {
+    let objs = render(json!({}), "ambassador");
+    let d = deployment(&objs);
+    let s = settings(&d, "ambassador");
+    let secret: Secret = serde_json::from_value(find(&objs, "Secret")[0].clone()).unwrap();
+    let data = secret.data.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |p: &std::path::Path| {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        let f = dir.path().join(name);
+        std::fs::write(&f, &data[name].0).unwrap();
+        f
+    };
+    let files = tp_manager::kubernetes::webhook::TlsFiles {
+        cert: file(&s.tls.cert),
+        key: file(&s.tls.key),
+    };
+    tp_manager::kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+        .await
+        .unwrap_or_else(|e| panic!("the manager does not load the chart's TLS pair: {e}"));
+    // A pair that does not belong together is refused, so the check above means something.
+    std::fs::write(&files.key, helm::generate_tls("other").unwrap().key).unwrap();
+    assert!(
+        tp_manager::kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+            .await
+            .is_err()
+    );
+}
