@@ -264,6 +264,15 @@ fn bad_values_are_refused_with_the_reason() {
     let values = helm::effective_values(&json!({"rbac": {"clusterWide": false}}), "", "t", &tls());
     let e = chart::render(&values, "tm").unwrap_err().to_string();
     assert!(e.contains("managedNamespaces"), "{e}");
+    // An injection policy the manager would refuse at start is refused at render.
+    let values = helm::effective_values(
+        &json!({"agentInjector": {"injectPolicy": "Always"}}),
+        "",
+        "t",
+        &tls(),
+    );
+    let e = chart::render(&values, "tm").unwrap_err().to_string();
+    assert!(e.contains("OnDemand or WhenEnabled"), "{e}");
     let e = chart::parse_set("a[0]=x").unwrap_err().to_string();
     assert!(e.contains("values file"), "{e}");
     assert!(chart::parse_set("novalue").is_err());
