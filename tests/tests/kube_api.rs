@@ -110,7 +110,6 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
         [
             "/api/v1/namespaces/tm/serviceaccounts/traffic-manager",
             "/api/v1/namespaces/tm/secrets/traffic-manager-tls",
-            "/api/v1/namespaces/tm/configmaps/traffic-manager-agent-defaults",
             "/apis/rbac.authorization.k8s.io/v1/clusterroles/traffic-manager-tm",
             "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/traffic-manager-tm",
             "/api/v1/namespaces/tm/services/traffic-manager",
@@ -148,7 +147,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     assert!(!rec.to_string().contains("PRIVATE KEY"));
     let objects: Vec<Value> =
         serde_json::from_str(rec["data"]["objects"].as_str().unwrap()).unwrap();
-    assert_eq!(objects.len(), 8);
+    assert_eq!(objects.len(), 7);
     let ca1 = k
         .get("/api/v1/namespaces/tm/secrets", "traffic-manager-tls")
         .unwrap()["data"]["ca.crt"]

@@ -23,18 +23,22 @@ telepresence.io/managed-by: telepresence
 {{- end -}}
 {{- end }}
 
-{{/* The rules the manager needs in a namespace it serves. */}}
+{{/* The rules the manager needs in a namespace it serves (manager/src/kubernetes/contract.rs,
+     Scope::Served; cli/tests/helm_chart.rs checks them against that table). */}}
 {{- define "tm.namespacedRules" -}}
-- apiGroups: [""]
-  resources: [pods, services, endpoints, configmaps, events]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [get, list, watch, patch]
+- apiGroups: [apps]
+  resources: [replicasets]
   verbs: [get, list, watch]
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [create, update, patch, delete]
-- apiGroups: [""]
   resources: [pods]
-  verbs: [delete]
-- apiGroups: [apps]
-  resources: [deployments, replicasets, statefulsets]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
 {{- end }}

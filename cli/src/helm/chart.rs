@@ -28,10 +28,6 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../charts/traffic-manager/templates/rbac.yaml"),
     ),
     (
-        "templates/configmap-agent-defaults.yaml",
-        include_str!("../../../charts/traffic-manager/templates/configmap-agent-defaults.yaml"),
-    ),
-    (
         "templates/service.yaml",
         include_str!("../../../charts/traffic-manager/templates/service.yaml"),
     ),

@@ -2,6 +2,7 @@
 //! (`charts/traffic-manager`, no `helm` binary needed), applies it with server-side apply,
 //! records the release in ConfigMap `telepresence-release`, and waits for the manager.
 
+pub mod agents;
 pub mod apply;
 pub mod chart;
 pub mod template;
@@ -356,17 +357,37 @@ pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result
             apply::RELEASE_CONFIGMAP
         ));
     };
-    // The webhook first, so no pod is sent to a manager that is going away.
+    let retry = |what: &str| {
+        format!("the traffic-manager in namespace {ns} is not fully uninstalled: {what}; fix the error and run `telepresence helm uninstall` again")
+    };
+    // Everything the agents' removal reads is watched before anything is deleted.
+    let provider = agents::watch(client, ns, agents::served_namespaces(&release.values))
+        .await
+        .with_context(|| format!("nothing was uninstalled from namespace {ns}"))?;
     let mut objs = release.objects.clone();
     objs.sort_by_key(|o| std::cmp::Reverse(chart::kind_order(&o.kind)));
-    for o in &objs {
+    // The webhook configuration first: no new pod (the rollouts' ones included) gets an agent
+    // or is sent to a manager that is going away.
+    let (webhooks, rest): (Vec<ObjectRef>, Vec<ObjectRef>) = objs
+        .iter()
+        .cloned()
+        .partition(|o| o.kind == "MutatingWebhookConfiguration");
+    for o in &webhooks {
+        apply::delete(client, o).await?;
+    }
+    // Then the agents: their entries go and their workloads roll out.
+    let agents = agents::remove_all(&provider)
+        .await
+        .with_context(|| retry("the agent injector is removed but some traffic-agents are not"))?;
+    drop(provider);
+    for o in &rest {
         apply::delete(client, o).await?;
     }
     apply::delete_release(client, ns).await?;
     Ok(CmdOutput {
         text: format!(
-            "Traffic Manager uninstalled successfully (context {context}, namespace {ns})\n"
+            "Traffic Manager uninstalled successfully (context {context}, namespace {ns}; agents removed from {agents} workloads)\n"
         ),
-        data: Some(json!({"namespace": ns, "context": context, "deleted": objs})),
+        data: Some(json!({"namespace": ns, "context": context, "deleted": objs, "agentsRemoved": agents})),
     })
 }

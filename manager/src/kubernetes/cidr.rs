@@ -88,9 +88,12 @@ pub fn domain_from_resolv(text: &str) -> Option<String> {
         .filter(|d| !d.is_empty())
 }
 
+/// The variable that overrides the cluster domain.
+pub const ENV_CLUSTER_DOMAIN: &str = "TP_CLUSTER_DOMAIN";
+
 /// The cluster domain (see the module doc).
 pub fn cluster_domain() -> String {
-    if let Ok(d) = std::env::var("TP_CLUSTER_DOMAIN") {
+    if let Ok(d) = std::env::var(ENV_CLUSTER_DOMAIN) {
         if !d.trim().is_empty() {
             return d.trim().trim_end_matches('.').to_string();
         }

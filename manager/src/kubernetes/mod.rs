@@ -8,10 +8,12 @@
 //! mutation: agent sidecar, port takeover, init container), [`webhook`] (the HTTPS admission
 //! endpoint), [`cidr`] (subnets and cluster domain), [`diagnose`] (why an agent did not arrive),
 //! `stores` (the reflectors), [`provider`] (the [`crate::provider::Provider`] implementation over
-//! them), [`startup`] (the manager process on Kubernetes).
+//! them), [`startup`] (the manager process on Kubernetes), [`contract`] (the environment,
+//! RBAC and webhook endpoint an installation must provide, as tables the chart is tested against).
 
 pub mod cidr;
 pub mod configmap;
+pub mod contract;
 pub mod diagnose;
 pub mod patch;
 pub mod ports;

@@ -145,7 +145,7 @@ pub async fn run_with(
                 policy: s.policy,
                 namespaces: s.namespaces.clone(),
                 server,
-                sync_timeout: Duration::from_secs(60),
+                sync_timeout: super::contract::SYNC_TIMEOUT,
                 rollout_timeout: s.rollout_timeout,
             },
         )
