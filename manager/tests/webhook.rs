@@ -196,14 +196,21 @@ fn decode(out: &[u8]) -> (bool, Option<json_patch::Patch>, Vec<String>) {
         raw["response"]["uid"],
         "705ab4f5-6393-11e8-b7cc-42010a800002"
     );
-    let r: AdmissionReview<DynamicObject> = serde_json::from_slice(out).unwrap();
+    // The patch is a base64 string on the wire, as the API server's Go `[]byte` expects.
+    let mut typed = raw.clone();
+    let wire = typed["response"]
+        .as_object_mut()
+        .unwrap()
+        .remove("patch")
+        .map(|p| {
+            use base64::Engine;
+            let s = p.as_str().expect("patch is a base64 string");
+            base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+        });
+    let r: AdmissionReview<DynamicObject> = serde_json::from_value(typed).unwrap();
     let resp = r.response.unwrap();
-    let patch = resp.patch.map(|bytes| {
+    let patch = wire.map(|bytes| {
         assert_eq!(raw["response"]["patchType"], "JSONPatch");
-        // On the wire kube writes the bytes as a JSON array of numbers, which Go decodes into
-        // the API server's `[]byte` like a base64 string.
-        let wire: Vec<u8> = serde_json::from_value(raw["response"]["patch"].clone()).unwrap();
-        assert_eq!(wire, bytes);
         serde_json::from_slice::<json_patch::Patch>(&bytes).unwrap()
     });
     (resp.allowed, patch, resp.warnings.unwrap_or_default())

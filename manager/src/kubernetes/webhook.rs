@@ -81,7 +81,20 @@ pub async fn review(src: &dyn ConfigSource, settings: &InjectSettings, body: &[u
             Ok(req) => respond(src, settings, &req).await,
         },
     };
-    serde_json::to_vec(&response.into_review()).expect("review serializes")
+    wire_review(&response)
+}
+
+/// The review as the API server expects it: kube-core writes `response.patch` (Go `[]byte`) as
+/// an array of numbers; every Go webhook sends it base64-encoded, so we do too.
+fn wire_review(response: &AdmissionResponse) -> Vec<u8> {
+    use base64::Engine;
+    let mut v = serde_json::to_value(response.clone().into_review()).expect("review serializes");
+    if let Some(p) = v.pointer_mut("/response/patch") {
+        if let Ok(bytes) = serde_json::from_value::<Vec<u8>>(p.clone()) {
+            *p = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    serde_json::to_vec(&v).expect("review serializes")
 }
 
 async fn respond(
