@@ -346,35 +346,64 @@ async fn start_daemon(
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    let body = ContainerCreateBody {
+    let env = [
+        format!("TP_CONNECTION={name}"),
+        format!("TP_NAMESPACE={namespace}"),
+        format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
+        "TP_CONTEXT=docker".into(),
+        format!("TP_MANAGER_ADDR={grpc}"),
+        format!("TP_TUNNEL_ADDR={tunnel}"),
+        format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
+        format!("TP_CLIENT_NAME={user}@{host}"),
+        format!(
+            "RUST_LOG={}",
+            std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
+        ),
+    ]
+    .into_iter()
+    .chain(extra_env)
+    .chain(dns_env)
+    .collect();
+    let body = daemon_container_body(image, env, name, namespace, None, dns, dns_search);
+    let id = create_daemon_container(docker, container, body).await?;
+    let port = start_daemon_container(docker, container).await?;
+    // Ready = its gRPC answers, which it only does once it holds a manager session.
+    wait_daemon_ready(
+        docker,
+        container,
+        port,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || "the daemon did not become ready within 30s".to_string(),
+    )
+    .await?;
+    Ok((id, port))
+}
+
+/// The daemon container (Docker and Kubernetes connections alike): the multi-call image run
+/// as `daemon-foreground` with `env`, its gRPC port published on 127.0.0.1, and the outbound
+/// path: the TUN device and its routes, and the DNS server every container joined to this
+/// one inherits through its resolv.conf. `network`: the network it joins, if not the default.
+pub(crate) fn daemon_container_body(
+    image: &str,
+    env: Vec<String>,
+    name: &str,
+    namespace: &str,
+    network: Option<&str>,
+    dns: Vec<String>,
+    dns_search: Vec<String>,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec!["daemon-foreground".into()]),
-        env: Some(
-            [
-                format!("TP_CONNECTION={name}"),
-                format!("TP_NAMESPACE={namespace}"),
-                format!("TP_MANAGER_NAMESPACE={}", args.manager_namespace),
-                "TP_CONTEXT=docker".into(),
-                format!("TP_MANAGER_ADDR={grpc}"),
-                format!("TP_TUNNEL_ADDR={tunnel}"),
-                format!("TP_LISTEN=0.0.0.0:{DAEMON_PORT}"),
-                format!("TP_CLIENT_NAME={user}@{host}"),
-                format!(
-                    "RUST_LOG={}",
-                    std::env::var("TP_DAEMON_LOG").unwrap_or_else(|_| "info".into())
-                ),
-            ]
-            .into_iter()
-            .chain(extra_env)
-            .chain(dns_env)
-            .collect(),
-        ),
+        env: Some(env),
         labels: Some(labels(
             "daemon",
             &[(CONNECTION_LABEL, name), (NAMESPACE_LABEL, namespace)],
         )),
         exposed_ports: Some(vec![format!("{DAEMON_PORT}/tcp")]),
         host_config: Some(HostConfig {
+            network_mode: network.map(str::to_string),
             port_bindings: Some(HashMap::from([(
                 format!("{DAEMON_PORT}/tcp"),
                 Some(vec![PortBinding {
@@ -382,8 +411,6 @@ async fn start_daemon(
                     host_port: Some(String::new()),
                 }]),
             )])),
-            // The outbound path: the TUN device and its routes, and the DNS server every
-            // container joined to this one inherits through its resolv.conf.
             dns: Some(dns),
             dns_search: Some(dns_search),
             cap_add: Some(vec!["NET_ADMIN".into()]),
@@ -395,7 +422,15 @@ async fn start_daemon(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+/// Creates the daemon container `container` from `body`; returns its id.
+pub(crate) async fn create_daemon_container(
+    docker: &Docker,
+    container: &str,
+    body: ContainerCreateBody,
+) -> Result<String> {
     let created = docker
         .create_container(
             Some(CreateContainerOptions {
@@ -406,6 +441,11 @@ async fn start_daemon(
         )
         .await
         .with_context(|| format!("creating the daemon container {container}"))?;
+    Ok(created.id)
+}
+
+/// Starts the created daemon container; returns the host port its gRPC is published on.
+pub(crate) async fn start_daemon_container(docker: &Docker, container: &str) -> Result<u16> {
     docker
         .start_container(
             container,
@@ -415,21 +455,33 @@ async fn start_daemon(
         .with_context(|| format!("starting the daemon container {container}"))?;
     let (_, port) =
         engine::published_port(docker, container, &format!("{DAEMON_PORT}/tcp")).await?;
-    // Ready = its gRPC answers, which it only does once it holds a manager session.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    Ok(port)
+}
+
+/// Waits, polling every `poll`, until the daemon's gRPC on `port` answers (it only does once
+/// it holds a manager session). Fails if the container exits, or with `timed_out()` after
+/// `timeout`.
+pub(crate) async fn wait_daemon_ready(
+    docker: &Docker,
+    container: &str,
+    port: u16,
+    timeout: Duration,
+    poll: Duration,
+    timed_out: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Ok(mut c) = rpc::connector(port).await {
             if c.status(tp_rpc::manager::Empty {}).await.is_ok() {
-                break;
+                return Ok(());
             }
         }
         if !engine::is_running(docker, container).await {
             bail!("the daemon container exited");
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the daemon did not become ready within 30s");
+            bail!(timed_out());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll).await;
     }
-    Ok((created.id, port))
 }

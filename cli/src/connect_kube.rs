@@ -5,17 +5,14 @@
 //! and the daemon reaches the traffic-manager through the API port-forward.
 
 use crate::args::ConnectArgs;
-use crate::connect::{labels, DAEMON_PORT, IMAGE_REPO};
-use crate::engine::{self, CONNECTION_LABEL, NAMESPACE_LABEL};
+use crate::connect::{self, DAEMON_PORT, IMAGE_REPO};
+use crate::engine;
 use crate::info::{self, DaemonInfo};
 use crate::kubeconfig;
 use crate::output::CmdOutput;
-use crate::rpc;
 use anyhow::{anyhow, bail, Context, Result};
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
-use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
+use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// Where the daemon finds its kubeconfig inside its container.
@@ -335,76 +332,34 @@ async fn start_daemon(docker: &Docker, s: &DaemonSpec<'_>) -> Result<(String, u1
     // The daemon's resolver answers cluster names (through the manager) for every container
     // that joins its network namespace.
     let (_, dns, dns_search) = crate::outbound::dns_settings(s.namespace);
-    let body = ContainerCreateBody {
-        image: Some(s.image.to_string()),
-        cmd: Some(vec!["daemon-foreground".into()]),
-        env: Some(daemon_env(s)),
-        labels: Some(labels(
-            "daemon",
-            &[(CONNECTION_LABEL, s.name), (NAMESPACE_LABEL, s.namespace)],
-        )),
-        exposed_ports: Some(vec![format!("{DAEMON_PORT}/tcp")]),
-        host_config: Some(HostConfig {
-            network_mode: s.network.map(str::to_string),
-            port_bindings: Some(HashMap::from([(
-                format!("{DAEMON_PORT}/tcp"),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
-                }]),
-            )])),
-            dns: Some(dns),
-            dns_search: Some(dns_search),
-            cap_add: Some(vec!["NET_ADMIN".into()]),
-            devices: Some(vec![bollard::models::DeviceMapping {
-                path_on_host: Some("/dev/net/tun".into()),
-                path_in_container: Some("/dev/net/tun".into()),
-                cgroup_permissions: Some("rwm".into()),
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(s.container.to_string()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .with_context(|| format!("creating the daemon container {}", s.container))?;
+    let body = connect::daemon_container_body(
+        s.image,
+        daemon_env(s),
+        s.name,
+        s.namespace,
+        s.network,
+        dns,
+        dns_search,
+    );
+    let id = connect::create_daemon_container(docker, s.container, body).await?;
     upload_kubeconfig(docker, s.container, s.kubeconfig).await?;
-    docker
-        .start_container(
-            s.container,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .with_context(|| format!("starting the daemon container {}", s.container))?;
-    let (_, port) =
-        engine::published_port(docker, s.container, &format!("{DAEMON_PORT}/tcp")).await?;
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(mut c) = rpc::connector(port).await {
-            if c.status(tp_rpc::manager::Empty {}).await.is_ok() {
-                break;
-            }
-        }
-        if !engine::is_running(docker, s.container).await {
-            return Err(anyhow!("the daemon container exited"));
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
+    let port = connect::start_daemon_container(docker, s.container).await?;
+    connect::wait_daemon_ready(
+        docker,
+        s.container,
+        port,
+        READY_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            format!(
                 "the daemon did not reach the traffic-manager in namespace {} within {}s",
                 s.manager_namespace,
                 READY_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((created.id, port))
+            )
+        },
+    )
+    .await?;
+    Ok((id, port))
 }
 
 #[cfg(test)]

@@ -409,6 +409,17 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// The exec plugin of the first user in `config`.
+    fn first_exec(config: &mut Kubeconfig) -> &mut kube::config::ExecConfig {
+        config.auth_infos[0]
+            .auth_info
+            .as_mut()
+            .unwrap()
+            .exec
+            .as_mut()
+            .unwrap()
+    }
+
     /// A kubeconfig as kind and cloud CLIs write them: three contexts, file-referenced
     /// certificates (relative paths), an exec plugin.
     fn fixture(dir: &Path) -> std::path::PathBuf {
@@ -540,13 +551,7 @@ users:
         let dir = tempfile::tempdir().unwrap();
         let kc = load(Some(fixture(dir.path()).to_str().unwrap())).unwrap();
         let mut r = reduce(&kc, Some("prod")).unwrap();
-        let exec = r.config.auth_infos[0]
-            .auth_info
-            .as_mut()
-            .unwrap()
-            .exec
-            .as_mut()
-            .unwrap();
+        let exec = first_exec(&mut r.config);
         let script = dir.path().join("needs-cluster.sh");
         std::fs::write(
             &script,
@@ -562,13 +567,7 @@ users:
         assert_eq!(token(&r.config).as_deref(), Some("with-cluster"));
         // Without provideClusterInfo the plugin gets no cluster (and this one refuses).
         let mut r = reduce(&kc, Some("prod")).unwrap();
-        let exec = r.config.auth_infos[0]
-            .auth_info
-            .as_mut()
-            .unwrap()
-            .exec
-            .as_mut()
-            .unwrap();
+        let exec = first_exec(&mut r.config);
         exec.command = Some(script.display().to_string());
         exec.args = None;
         let e = resolve_exec(&mut r.config).unwrap_err().to_string();

@@ -124,6 +124,15 @@ fn fold(mut acc: u32) -> u16 {
     acc as u16
 }
 
+/// Fills in the checksum of the TCP segment `tcp` (header + payload) sent from address `src`
+/// to `dst` (both IPv4 or both IPv6 octets), over the pseudo header and the segment.
+fn set_tcp_checksum(tcp: &mut [u8], src: &[u8], dst: &[u8]) {
+    let mut pseudo = sum(sum(0, src), dst);
+    pseudo += PROTO_TCP as u32 + tcp.len() as u32;
+    let c = !fold(sum(pseudo, tcp));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+}
+
 /// The RST+ACK that refuses the connection a SYN (`flow`) asked for, as the target itself would
 /// answer: from the SYN's destination to its source, acknowledging the SYN.
 pub fn rst_for_syn(flow: &Flow) -> Option<Vec<u8>> {
@@ -146,11 +155,7 @@ pub fn rst_for_syn(flow: &Flow) -> Option<Vec<u8>> {
             ip[16..20].copy_from_slice(&d.octets());
             let c = checksum(&ip);
             ip[10..12].copy_from_slice(&c.to_be_bytes());
-            let mut pseudo = sum(0, &s.octets());
-            pseudo = sum(pseudo, &d.octets());
-            pseudo += PROTO_TCP as u32 + 20;
-            let c = !fold(sum(pseudo, &tcp));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            set_tcp_checksum(&mut tcp, &s.octets(), &d.octets());
             Some([&ip[..], &tcp[..]].concat())
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -161,11 +166,7 @@ pub fn rst_for_syn(flow: &Flow) -> Option<Vec<u8>> {
             ip[7] = 64;
             ip[8..24].copy_from_slice(&s.octets());
             ip[24..40].copy_from_slice(&d.octets());
-            let mut pseudo = sum(0, &s.octets());
-            pseudo = sum(pseudo, &d.octets());
-            pseudo += PROTO_TCP as u32 + 20;
-            let c = !fold(sum(pseudo, &tcp));
-            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            set_tcp_checksum(&mut tcp, &s.octets(), &d.octets());
             Some([&ip[..], &tcp[..]].concat())
         }
         _ => None,
