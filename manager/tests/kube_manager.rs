@@ -22,6 +22,17 @@ use tp_manager::kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONF
 use tp_rpc::manager::manager_server::Manager as _;
 use tp_rpc::manager::*;
 
+/// An intercept of workload `web` to 127.0.0.1:8080.
+fn web_spec() -> InterceptSpec {
+    InterceptSpec {
+        name: "web".into(),
+        workload: "web".into(),
+        target_host: "127.0.0.1".into(),
+        target_port: 8080,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     let s = StandIn::start().await;
@@ -148,13 +159,7 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     let e = mgr
         .create_intercept(Request::new(CreateInterceptRequest {
             session: session.clone(),
-            spec: Some(InterceptSpec {
-                name: "web".into(),
-                workload: "web".into(),
-                target_host: "127.0.0.1".into(),
-                target_port: 8080,
-                ..Default::default()
-            }),
+            spec: Some(web_spec()),
         }))
         .await
         .unwrap_err();
@@ -274,13 +279,7 @@ async fn manager_startup_serves_grpc_and_the_webhook() {
     let e = client
         .create_intercept(CreateInterceptRequest {
             session: arrived.session.clone(),
-            spec: Some(InterceptSpec {
-                name: "web".into(),
-                workload: "web".into(),
-                target_host: "127.0.0.1".into(),
-                target_port: 8080,
-                ..Default::default()
-            }),
+            spec: Some(web_spec()),
         })
         .await
         .unwrap_err();

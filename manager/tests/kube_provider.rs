@@ -413,18 +413,15 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
         &[("", 7000, num(7000))],
         false,
     ));
-    let mut solo_pod = deployment_pod(
+    s.put(&owned_pod(
         "shop",
-        "x",
-        "y",
-        "z",
+        "solo-abcde",
+        "solo",
+        "ReplicaSet",
+        "solo",
         vec![container("c", &[(None, 7000)])],
         "10.42.0.9",
-    );
-    solo_pod.metadata.name = Some("solo-abcde".into());
-    solo_pod.metadata.labels = Some(labels(&[("app", "solo")]));
-    solo_pod.metadata.owner_references.as_mut().unwrap()[0].name = "solo".into();
-    s.put(&solo_pod);
+    ));
     eventually("solo is interceptable", || {
         futures::executor::block_on(p.get_workload("shop", "solo"))
             .unwrap()
@@ -663,20 +660,15 @@ async fn own_workloads_dry_runs_and_on_delete_statefulsets() {
         ..Default::default()
     });
     s.put(&db);
-    let mut pod = deployment_pod(
+    s.put(&owned_pod(
         "shop",
-        "x",
-        "y",
-        "z",
+        "db-0",
+        "db",
+        "StatefulSet",
+        "db",
         vec![container("pg", &[(None, 5432)])],
         "10.42.0.8",
-    );
-    pod.metadata.name = Some("db-0".into());
-    pod.metadata.labels = Some(labels(&[("app", "db")]));
-    let owner = &mut pod.metadata.owner_references.as_mut().unwrap()[0];
-    owner.kind = "StatefulSet".into();
-    owner.name = "db".into();
-    s.put(&pod);
+    ));
     let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();

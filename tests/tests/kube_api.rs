@@ -25,6 +25,20 @@ fn install_args(ns: &str, create: bool) -> InstallArgs {
     }
 }
 
+/// The error of `helm install` into namespace `tm` without `--create-namespace`, which must fail.
+async fn refused_install(client: &kube::Client) -> String {
+    helm::install(
+        client,
+        "test",
+        install_args("tm", false),
+        false,
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string()
+}
+
 fn applies(k: &KubeStandIn) -> Vec<tp_tests::kube_standin::Seen> {
     k.seen()
         .into_iter()
@@ -38,16 +52,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     let client = k.client();
 
     // No namespace and no --create-namespace: refused before anything is applied.
-    let e = helm::install(
-        &client,
-        "test",
-        install_args("tm", false),
-        false,
-        &mut |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = refused_install(&client).await;
     assert!(
         e.contains("namespace tm does not exist") && e.contains("--create-namespace"),
         "{e}"
@@ -155,16 +160,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
 
     // A second install is refused; upgrade re-applies, keeps the CA, bumps the revision and
     // prunes what the new values no longer render.
-    let e = helm::install(
-        &client,
-        "test",
-        install_args("tm", false),
-        false,
-        &mut |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = refused_install(&client).await;
     assert!(
         e.contains("already installed") && e.contains("helm upgrade"),
         "{e}"

@@ -95,6 +95,24 @@ fn owner(kind: &str, api_version: &str, name: &str) -> OwnerReference {
     }
 }
 
+/// A running pod named `name`, labelled `app=<app>`, whose controller is the `kind` (an `apps/v1`
+/// kind: ReplicaSet, StatefulSet) named `owner_name`.
+pub fn owned_pod(
+    ns: &str,
+    name: &str,
+    app: &str,
+    kind: &str,
+    owner_name: &str,
+    containers: Vec<Container>,
+    ip: &str,
+) -> Pod {
+    let mut pod = deployment_pod(ns, app, "x", "y", containers, ip);
+    pod.metadata.name = Some(name.into());
+    pod.metadata.labels = Some(labels(&[("app", app)]));
+    pod.metadata.owner_references = Some(vec![owner(kind, "apps/v1", owner_name)]);
+    pod
+}
+
 /// A ReplicaSet: owned by `deployment` (named `<deployment>-<hash>`) or bare.
 pub fn replicaset(
     ns: &str,
