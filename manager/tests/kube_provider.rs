@@ -308,15 +308,8 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     );
     let d: Deployment = s.get("apps/v1", "Deployment", "shop", "web").unwrap();
     let stamp = d.spec.template.metadata.unwrap().annotations.unwrap()[RESTART_ANNOTATION].clone();
-    let patches: Vec<_> = s
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.method == "PATCH"
-                && r.uri
-                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
-        })
-        .collect();
+    let patches: Vec<_> =
+        s.requests_matching("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web");
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0].content_type, "application/merge-patch+json");
     assert!(p.get_workload("shop", "web").await.unwrap().agent_installed);
@@ -365,28 +358,16 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
     assert!(!cm.data.unwrap_or_default().contains_key("web"));
     let patches = s
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.method == "PATCH"
-                && r.uri
-                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
-        })
-        .count();
+        .requests_matching("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web")
+        .len();
     assert_eq!(patches, 2);
     assert!(!p.get_workload("shop", "web").await.unwrap().agent_installed);
     // Removing again: no entry, but a pod with the agent still runs (the stand-in has no
     // controller to replace it), so it rolls out again.
     p.remove_agent("shop", "web").await.unwrap();
     let patches = s
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.method == "PATCH"
-                && r.uri
-                    .starts_with("/apis/apps/v1/namespaces/shop/deployments/web")
-        })
-        .count();
+        .requests_matching("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web")
+        .len();
     assert_eq!(patches, 3);
 
     // Everywhere (before uninstalling the manager): entries of live and deleted workloads go.

@@ -396,6 +396,14 @@ impl StandIn {
         self.st.lock().unwrap().requests.clone()
     }
 
+    /// The requests made with `method` on a path starting with `uri_prefix`, in order.
+    pub fn requests_matching(&self, method: &str, uri_prefix: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.uri.starts_with(uri_prefix))
+            .collect()
+    }
+
     /// List calls made on a collection ("apps/v1/deployments").
     pub fn list_count(&self, coll: &str) -> usize {
         self.st
