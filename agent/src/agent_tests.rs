@@ -4,15 +4,15 @@
 //! and (as root) the whole agent capturing real traffic in a pair of network namespaces.
 
 use super::*;
+use protocol::manager::manager_server::{Manager, ManagerServer};
+use protocol::manager::*;
+use protocol::tunnel::{Role, TunnelHeader};
 use std::pin::Pin;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_stream::{wrappers::WatchStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
-use tp_rpc::manager::manager_server::{Manager, ManagerServer};
-use tp_rpc::manager::*;
-use tp_rpc::tunnel::{Role, TunnelHeader};
 
 #[derive(Default)]
 struct Recorded {
@@ -117,8 +117,8 @@ impl Manager for Stub {
     }
     async fn resolve(
         &self,
-        _: Request<tp_rpc::manager::ResolveRequest>,
-    ) -> Result<Response<tp_rpc::manager::ResolveResponse>, Status> {
+        _: Request<protocol::manager::ResolveRequest>,
+    ) -> Result<Response<protocol::manager::ResolveResponse>, Status> {
         Err(Status::unimplemented("stub"))
     }
 }
@@ -166,7 +166,7 @@ async fn world(app_bind: &str) -> World {
             let (mut s, _) = tunnel.accept().await.unwrap();
             let th = th.clone();
             tokio::spawn(async move {
-                let h = tp_rpc::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
+                let h = protocol::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
                     .await
                     .unwrap();
                 th.lock().unwrap().push(h);
@@ -303,7 +303,7 @@ async fn routes_each_connection_by_the_snapshot_at_accept_time() {
         assert_eq!((a.name.as_str(), a.namespace.as_str()), ("web", "shop"));
         assert_eq!(a.ports, [u32::from(w.app_port)]);
         assert_eq!(a.pod_ip, "10.1.2.3");
-        assert_eq!(a.version, tp_rpc::VERSION);
+        assert_eq!(a.version, protocol::VERSION);
         assert_eq!(
             rec.sessions.as_slice(),
             std::slice::from_ref(&first_session)
@@ -586,7 +586,7 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
                 ..Default::default()
             }),
             id: "s:web".into(),
-            state: tp_rpc::state::ACTIVE.into(),
+            state: protocol::state::ACTIVE.into(),
             service_port: 80,
             ..Default::default()
         }],

@@ -5,13 +5,13 @@
 //! personal intercepts are handed to [`crate::http_route`], which routes each HTTP request.
 
 use crate::routes::{Route, Routes};
+use protocol::tunnel::{self, Role, TunnelHeader};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tp_rpc::tunnel::{self, Role, TunnelHeader};
 use tracing::{debug, warn};
 
 /// How long dialing the tunnel may take before the connection falls back to the app.

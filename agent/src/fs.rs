@@ -1,20 +1,20 @@
-//! Agent end of the volume sync (protocol in [`tp_rpc::fssync`]): the agent container sees the
+//! Agent end of the volume sync (protocol in [`fssync`]): the agent container sees the
 //! workload's mounts at their real paths; [`serve`] offers them to the client's sync container
 //! over one byte stream, sends a tar of each subscribed mount, then keeps both sides in sync
 //! until the stream closes. Only directories are offered (single-file bind mounts and missing
 //! paths are left out of `Hello`). Changes the client sends for a read-only mount (read-only in
 //! the workload, or asked read-only by the client) are refused, never applied.
 
+use fssync::{
+    self, nested_excludes, read_frame, readlinkat, run_live, walk, Frame, FsSyncError, Kind,
+    LiveMount, LiveOptions, Meta, Mount, Msg, Outbox, Root, CHUNK, PROTO_VERSION,
+};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tp_rpc::fssync::{
-    self, nested_excludes, read_frame, readlinkat, run_live, walk, Frame, FsSyncError, Kind,
-    LiveMount, LiveOptions, Meta, Mount, Msg, Outbox, Root, CHUNK, PROTO_VERSION,
-};
 use tracing::{info, warn};
 
 /// Tuning of [`serve_with`].
@@ -328,9 +328,9 @@ impl Write for ChanWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fssync::{encode_frame, Attrs, Change, Op};
     use std::os::unix::fs::{symlink, PermissionsExt};
     use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-    use tp_rpc::fssync::{encode_frame, Attrs, Change, Op};
 
     type Reader = tokio::io::BufReader<ReadHalf<DuplexStream>>;
 

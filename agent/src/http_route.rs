@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use protocol::tunnel;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
@@ -31,7 +32,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tp_rpc::tunnel;
 use tracing::debug;
 
 /// Largest request head (request line + headers) accepted.

@@ -60,7 +60,7 @@ fn request_line(buf: &[u8]) -> Sniff {
     const VERSION: &[u8] = b"HTTP/1.";
     let mut i = 0;
     // method
-    while i < buf.len() && tp_rpc::filters::is_tchar(buf[i]) {
+    while i < buf.len() && protocol::filters::is_tchar(buf[i]) {
         i += 1;
         if i > MAX_METHOD {
             return Sniff::Other;

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::manager::{InterceptInfo, InterceptSnapshot, InterceptSpec};
 use std::convert::Infallible;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tp_rpc::manager::{InterceptInfo, InterceptSnapshot, InterceptSpec};
 
 /// An HTTP/1+2 server answering `<name> <path>` (or echoing a POST body prefixed by `<name>:`).
 async fn http_server(
@@ -111,7 +111,7 @@ async fn setup() -> Setup {
         while let Ok((mut s, _)) = tunnel.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let (_, h) = tp_rpc::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
+                let (_, h) = protocol::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
                     .await
                     .unwrap();
                 seen.lock().unwrap().push(h.intercept_id.clone());

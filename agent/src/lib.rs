@@ -30,6 +30,7 @@ pub use config::{AgentConfig, MANAGER_TIMEOUT};
 pub use nft::NftError;
 pub use routes::{Route, Routes};
 
+use protocol::manager::{AgentInfo, SessionInfo};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,7 +39,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tp_rpc::manager::{AgentInfo, SessionInfo};
 use tracing::{info, warn};
 
 /// Name of the agent's nf_tables table (`table ip telepresence_agent`).
@@ -222,7 +222,7 @@ impl Agent {
             name: self.cfg.workload.clone(),
             namespace: self.cfg.namespace.clone(),
             pod_ip: self.cfg.pod_ip.clone().unwrap_or_default(),
-            version: tp_rpc::VERSION.to_string(),
+            version: protocol::VERSION.to_string(),
             ports: self.cfg.ports.iter().map(|p| u32::from(*p)).collect(),
             container: self.cfg.container.clone(),
             environment: self.cfg.environment.clone().into_iter().collect(),
@@ -230,7 +230,7 @@ impl Agent {
                 .cfg
                 .mounts
                 .iter()
-                .map(|m| tp_rpc::manager::MountInfo {
+                .map(|m| protocol::manager::MountInfo {
                     path: m.path.clone(),
                     read_only: m.read_only,
                 })
@@ -260,7 +260,7 @@ impl Agent {
             self.cfg
                 .mounts
                 .iter()
-                .map(|m| tp_rpc::fssync::Mount {
+                .map(|m| fssync::Mount {
                     path: m.path.clone(),
                     read_only: m.read_only,
                 })

@@ -3,10 +3,10 @@
 //! accepted connection; a port with personal intercepts (HTTP filters) is routed once per
 //! request ([`Routes::route_request`]).
 
+use protocol::filters::HttpFilter;
+use protocol::manager::InterceptSnapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tp_rpc::filters::HttpFilter;
-use tp_rpc::manager::InterceptSnapshot;
 use tracing::warn;
 
 /// Where one accepted connection (or one HTTP request) goes.
@@ -67,7 +67,7 @@ impl Routes {
             let Ok(port) = u16::try_from(ic.service_port) else {
                 continue;
             };
-            if ic.state != tp_rpc::state::ACTIVE
+            if ic.state != protocol::state::ACTIVE
                 || spec.workload != workload
                 || (!spec.namespace.is_empty() && spec.namespace != namespace)
                 || port == 0
@@ -173,7 +173,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tp_rpc::manager::{InterceptInfo, InterceptSpec};
+    use protocol::manager::{InterceptInfo, InterceptSpec};
 
     fn ic(id: &str, ns: &str, workload: &str, port: u32, state: &str) -> InterceptInfo {
         InterceptInfo {

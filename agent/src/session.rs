@@ -4,12 +4,12 @@
 
 use crate::routes::Routes;
 use crate::AgentError;
+use protocol::manager::{manager_client::ManagerClient, AgentInfo, SessionInfo};
 use std::error::Error as _;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-use tp_rpc::manager::{manager_client::ManagerClient, AgentInfo, SessionInfo};
 use tracing::{debug, info, warn};
 
 pub(crate) type Client = ManagerClient<Channel>;
@@ -188,7 +188,7 @@ enum StreamEnd {
 
 async fn build_routes(
     ctx: &WatchCtx,
-    snap: &tp_rpc::manager::InterceptSnapshot,
+    snap: &protocol::manager::InterceptSnapshot,
     session: &str,
 ) -> Routes {
     let routes = Routes::from_snapshot(snap, &ctx.namespace, &ctx.workload, session);
@@ -279,7 +279,7 @@ pub(crate) async fn watch_loop(
 pub(crate) async fn dials_loop(
     mut client: Client,
     tunnel_addr: String,
-    mounts: Vec<tp_rpc::fssync::Mount>,
+    mounts: Vec<fssync::Mount>,
     mut session_rx: watch::Receiver<SessionInfo>,
 ) {
     let mut backoff = RETRY;
@@ -290,7 +290,7 @@ pub(crate) async fn dials_loop(
             loop {
                 tokio::select! {
                     msg = stream.message() => match msg {
-                        Ok(Some(req)) if req.kind == tp_rpc::tunnel::KIND_FS => {
+                        Ok(Some(req)) if req.kind == protocol::tunnel::KIND_FS => {
                             backoff = RETRY;
                             let (tunnel, mounts) = (tunnel_addr.clone(), mounts.clone());
                             tokio::spawn(async move {
@@ -318,17 +318,17 @@ pub(crate) async fn dials_loop(
 
 async fn serve_fs(
     tunnel: &str,
-    req: tp_rpc::manager::DialRequest,
-    mounts: Vec<tp_rpc::fssync::Mount>,
+    req: protocol::manager::DialRequest,
+    mounts: Vec<fssync::Mount>,
 ) -> std::io::Result<()> {
-    let mut s = tp_rpc::tunnel::dial(tunnel).await?;
-    let header = tp_rpc::tunnel::TunnelHeader {
+    let mut s = protocol::tunnel::dial(tunnel).await?;
+    let header = protocol::tunnel::TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,
-        kind: tp_rpc::tunnel::KIND_FS.into(),
+        kind: protocol::tunnel::KIND_FS.into(),
         ..Default::default()
     };
-    tp_rpc::tunnel::write_header(&mut s, tp_rpc::tunnel::Role::Agent, &header).await?;
+    protocol::tunnel::write_header(&mut s, protocol::tunnel::Role::Agent, &header).await?;
     crate::fs::serve(s, mounts).await
 }
 

@@ -2,14 +2,14 @@
 //! and `version`.
 
 use crate::args::{ListArgs, QuitArgs, UninstallArgs};
-use crate::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use crate::info::{self, DaemonInfo};
 use crate::output::{kv_block, CmdOutput};
 use crate::rpc::{connector, status_err};
 use anyhow::{bail, Result};
+use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
+use protocol::connector::{LeaveRequest, ListRequest};
+use protocol::manager::{Empty, InterceptInfo, UninstallRequest, Workload};
 use serde_json::json;
-use tp_rpc::connector::{LeaveRequest, ListRequest};
-use tp_rpc::manager::{Empty, InterceptInfo, UninstallRequest, Workload};
 
 /// The daemons whose containers still run; info files of dead ones are removed.
 pub async fn live_daemons(docker: &bollard::Docker) -> Vec<DaemonInfo> {
@@ -165,7 +165,7 @@ pub fn workload_line(w: &Workload) -> String {
         let mut s = format!("{}: intercepted\n", w.name);
         for i in &w.intercepts {
             let spec = i.spec.clone().unwrap_or_default();
-            let state = if i.state == tp_rpc::state::ACTIVE {
+            let state = if i.state == protocol::state::ACTIVE {
                 i.state.clone()
             } else {
                 format!("error: {}: {}", i.state, i.message)
@@ -327,12 +327,12 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         )
         .await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
-        tp_manager::docker::sweep_agents(&docker, None).await?;
+        docker::provider::sweep_agents(&docker, None).await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;
         // Images of earlier builds of this binary are never used again.
         if let Ok(exe) = std::env::current_exe() {
-            if let Ok(current) = crate::image::image_tag(crate::connect::IMAGE_REPO, &exe) {
-                let _ = crate::image::remove_images(
+            if let Ok(current) = docker::image::image_tag(crate::connect::IMAGE_REPO, &exe) {
+                let _ = docker::image::remove_images(
                     &docker,
                     crate::connect::IMAGE_REPO,
                     Some(&current),
@@ -355,7 +355,7 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
 }
 
 pub async fn version(use_: Option<&str>) -> Result<CmdOutput> {
-    let mut rows = vec![("Client".to_string(), format!("v{}", tp_rpc::VERSION))];
+    let mut rows = vec![("Client".to_string(), format!("v{}", protocol::VERSION))];
     if let Ok(docker) = engine::connect().await {
         let all = live_daemons(&docker).await;
         if let Ok(d) = info::select(&all, use_, None) {

@@ -3,7 +3,6 @@
 //! until it holds a session, and records it for discovery.
 
 use crate::args::{ClusterType, ConnectArgs};
-use crate::engine::{self, CONNECTION_LABEL, NAMESPACE_LABEL, ROLE_LABEL};
 use crate::info::{self, DaemonInfo};
 use crate::output::CmdOutput;
 use crate::rpc;
@@ -11,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::CreateContainerOptions;
 use bollard::Docker;
+use docker::engine::{self, CONNECTION_LABEL, NAMESPACE_LABEL, ROLE_LABEL};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ pub fn labels(role: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
 /// Whether a kubeconfig with a current context exists (then Kubernetes is the default):
 /// `--kubeconfig`, else every file of `KUBECONFIG`, else `~/.kube/config`.
 fn kube_context_exists(kubeconfig: Option<&str>) -> bool {
-    crate::kubeconfig::load(kubeconfig)
+    kubernetes::kubeconfig::load(kubeconfig)
         .ok()
         .and_then(|k| k.current_context)
         .is_some_and(|c| !c.is_empty())
@@ -102,17 +102,17 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     }
 
     // Validate the namespace before anything is created.
-    let network = tp_manager::docker::network_of_namespace(&docker, &namespace)
+    let network = docker::provider::network_of_namespace(&docker, &namespace)
         .await
         .map_err(|e| match e {
-            tp_manager::provider::ProviderError::NamespaceNotFound(_) => anyhow!(
+            manager::provider::ProviderError::NamespaceNotFound(_) => anyhow!(
                 "namespace \"{namespace}\" not found: no compose project of that name runs on this Docker engine (see `docker compose ls`), and `default` means standalone containers"
             ),
             other => anyhow!(other),
         })?;
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
-    let image = crate::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
+    let image = docker::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
         eprintln!("{line}");
     })
     .await?;
@@ -127,7 +127,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     let (id, port) = match result {
         Ok(v) => v,
         Err(e) => {
-            let logs = crate::engine_logs(&docker, &container).await;
+            let logs = docker::engine::engine_logs(&docker, &container).await;
             let _ = engine::remove_container(&docker, &container, 1).await;
             // A failed connect leaves nothing behind: a manager this call started goes too.
             if started_manager {
@@ -143,7 +143,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
             return Err(e.context(format!("the daemon did not start{logs}")));
         }
     };
-    let server = tp_manager::docker::engine_address();
+    let server = docker::provider::engine_address();
     let info = DaemonInfo {
         name: name.clone(),
         namespace: namespace.clone(),
@@ -231,7 +231,7 @@ async fn ensure_manager(
                 format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
                 format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
                 "DOCKER_HOST=unix:///var/run/docker.sock".into(),
-                format!("{}={team_mode}", tp_manager::personal::ENV_TEAM_MODE),
+                format!("{}={team_mode}", manager::personal::ENV_TEAM_MODE),
                 format!(
                     "RUST_LOG={}",
                     std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
@@ -295,7 +295,7 @@ async fn ensure_manager(
 
 /// Whether a manager container was started in team mode.
 fn has_team_mode(c: Option<&bollard::models::ContainerInspectResponse>) -> bool {
-    let want = format!("{}=true", tp_manager::personal::ENV_TEAM_MODE);
+    let want = format!("{}=true", manager::personal::ENV_TEAM_MODE);
     c.and_then(|c| c.config.as_ref())
         .and_then(|c| c.env.as_ref())
         .is_some_and(|env| env.contains(&want))
@@ -472,7 +472,7 @@ pub(crate) async fn wait_daemon_ready(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Ok(mut c) = rpc::connector(port).await {
-            if c.status(tp_rpc::manager::Empty {}).await.is_ok() {
+            if c.status(protocol::manager::Empty {}).await.is_ok() {
                 return Ok(());
             }
         }

@@ -6,13 +6,13 @@
 
 use crate::args::ConnectArgs;
 use crate::connect::{self, DAEMON_PORT, IMAGE_REPO};
-use crate::engine;
 use crate::info::{self, DaemonInfo};
-use crate::kubeconfig;
 use crate::output::CmdOutput;
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
+use docker::engine;
+use kubernetes::kubeconfig;
 use std::time::Duration;
 
 /// Where the daemon finds its kubeconfig inside its container.
@@ -170,7 +170,7 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     manager_present(user_config, &context, &server, &args.manager_namespace).await?;
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
-    let image = crate::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
+    let image = docker::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
         eprintln!("{line}");
     })
     .await?;
@@ -190,7 +190,7 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     let (id, port) = match start_daemon(&docker, &spec).await {
         Ok(v) => v,
         Err(e) => {
-            let logs = crate::engine_logs(&docker, &container).await;
+            let logs = docker::engine::engine_logs(&docker, &container).await;
             let _ = engine::remove_container(&docker, &container, 1).await;
             return Err(e.context(format!("the daemon did not start{logs}")));
         }
@@ -259,10 +259,10 @@ async fn manager_present(
             .await
             .with_context(|| format!("cannot use context {context}"))?;
     let client = kube::Client::try_from(cfg)?;
-    let f = tp_daemon::portforward::Forwarder::new(client, manager_namespace);
+    let f = kubernetes::portforward::Forwarder::new(client, manager_namespace);
     match f.pod().await {
         Ok(_) => Ok(()),
-        Err(tp_daemon::portforward::ForwardError::NoPod(_)) => bail!(
+        Err(kubernetes::portforward::ForwardError::NoPod(_)) => bail!(
             "no ready traffic-manager in namespace {manager_namespace} of context {context}; install it with `telepresence helm install --manager-namespace {manager_namespace} --create-namespace`, or pass --manager-namespace"
         ),
         Err(e) => Err(anyhow!(e).context(format!("cannot reach the API server {server} of context {context}"))),

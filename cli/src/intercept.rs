@@ -5,17 +5,17 @@
 use crate::args::{parse_port, InterceptArgs};
 use crate::commands::{selected, stop_handlers};
 use crate::dockerrun::{assemble, HandlerOpts};
-use crate::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use crate::envfile::{self, EnvSyntax};
 use crate::mounts::{self, HandlerMount};
 use crate::output::{kv_block, CmdOutput};
 use crate::rpc::{connector, status_err};
 use anyhow::{anyhow, bail, Context, Result};
+use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use futures::StreamExt;
+use protocol::connector::LeaveRequest;
+use protocol::manager::{InterceptInfo, InterceptSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tp_rpc::connector::LeaveRequest;
-use tp_rpc::manager::{InterceptInfo, InterceptSpec};
 
 /// The intercept block printed after creation (3-space indent, padded keys), with the volume
 /// mount point and env file when there are.
@@ -26,7 +26,7 @@ pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&
     } else {
         i.service_port_name.clone()
     };
-    let state = if i.state == tp_rpc::state::ACTIVE {
+    let state = if i.state == protocol::state::ACTIVE {
         i.state.clone()
     } else {
         format!("error: {}: {}", i.state, i.message)
@@ -161,7 +161,7 @@ pub async fn run(
         http_path_regex: args.http_path_regex.clone().unwrap_or_default(),
     };
     // Filters are checked before anything is created (the manager resolves `auto`).
-    tp_rpc::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
+    protocol::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
     let mut c = connector(d.port).await?;
     let info = c
         .create_intercept(spec)

@@ -2,9 +2,9 @@
 //! the traffic-manager and the traffic-agent.
 
 use clap::Parser;
+use cli::args::{Cli, Command, OutputFormat};
+use cli::output::{render, CmdOutput};
 use std::io::Write;
-use tp_cli::args::{Cli, Command, OutputFormat};
-use tp_cli::output::{render, CmdOutput};
 
 fn init_logs(role: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,7 +45,7 @@ fn main() {
         let curl = matches!(cli.command, Command::Curl(_));
         init_logs(false);
         let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-        let code = rt.block_on(tp_cli::outbound::run_on_connection(
+        let code = rt.block_on(cli::outbound::run_on_connection(
             &a.args,
             curl,
             cli.use_.as_deref(),
@@ -58,7 +58,7 @@ fn main() {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        std::process::exit(rt.block_on(tp_cli::curl::main(&a.args)));
+        std::process::exit(rt.block_on(cli::curl::main(&a.args)));
     }
     let role = matches!(
         cli.command,
@@ -86,12 +86,12 @@ fn main() {
     if role {
         let r = rt.block_on(async {
             match cli.command {
-                Command::DaemonForeground => tp_cli::roles::daemon().await,
-                Command::TrafficManager => tp_cli::roles::traffic_manager().await,
-                Command::Agent => tp_cli::roles::agent().await,
-                Command::AgentCleanup(a) => tp_cli::roles::agent_cleanup(a.check),
-                Command::AgentInit => tp_cli::roles::agent_init(),
-                Command::FsSync => tp_cli::roles::fs_sync().await,
+                Command::DaemonForeground => cli::roles::daemon().await,
+                Command::TrafficManager => cli::roles::traffic_manager().await,
+                Command::Agent => cli::roles::agent().await,
+                Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
+                Command::AgentInit => cli::roles::agent_init(),
+                Command::FsSync => cli::roles::fs_sync().await,
                 _ => unreachable!("not a role"),
             }
         });
@@ -109,17 +109,17 @@ fn main() {
         .block_on(async {
             let u = use_.as_deref();
             match cli.command {
-                Command::Connect(a) => tp_cli::connect::run(a).await,
-                Command::Status => tp_cli::commands::status(u).await,
-                Command::Quit(a) => tp_cli::commands::quit(a, u).await,
-                Command::List(a) => tp_cli::commands::list(a, u).await,
-                Command::Leave(a) => tp_cli::commands::leave(&a.name, u).await,
-                Command::Uninstall(a) => tp_cli::commands::uninstall(a, u).await,
-                Command::Version => tp_cli::commands::version(u).await,
-                Command::Helm(a) => tp_cli::helm::run(a).await,
+                Command::Connect(a) => cli::connect::run(a).await,
+                Command::Status => cli::commands::status(u).await,
+                Command::Quit(a) => cli::commands::quit(a, u).await,
+                Command::List(a) => cli::commands::list(a, u).await,
+                Command::Leave(a) => cli::commands::leave(&a.name, u).await,
+                Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
+                Command::Version => cli::commands::version(u).await,
+                Command::Helm(a) => cli::helm::run(a).await,
                 Command::Intercept(a) => {
                     let (out, code) =
-                        tp_cli::intercept::run(a, u, format == OutputFormat::Default).await?;
+                        cli::intercept::run(a, u, format == OutputFormat::Default).await?;
                     exit_code = code;
                     Ok(out)
                 }

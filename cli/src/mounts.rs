@@ -4,15 +4,15 @@
 //! handler mounts the same volumes under `TELEPRESENCE_ROOT`. Everything is labelled with the
 //! connection and intercept, and removed when the handler exits (or on `leave`/`quit`).
 
-use crate::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StartContainerOptions};
 use bollard::Docker;
+use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use futures::StreamExt;
+use protocol::manager::MountInfo;
 use std::collections::HashMap;
 use std::time::Duration;
-use tp_rpc::manager::MountInfo;
 
 /// Role label of sync containers.
 pub const ROLE_FS_SYNC: &str = "fs-sync";

@@ -5,10 +5,10 @@
 //! network.
 
 use crate::args::ConnectArgs;
-use crate::engine::{self, CONNECTION_LABEL, ROLE_LABEL};
 use crate::output::kv_block;
 use anyhow::{anyhow, bail, Result};
-use tp_rpc::connector::DaemonStatus;
+use docker::engine::{self, CONNECTION_LABEL, ROLE_LABEL};
+use protocol::connector::DaemonStatus;
 
 /// Where the daemon serves DNS inside its network namespace (what `--dns` names).
 pub const DNS_IP: &str = "127.0.0.1";
@@ -28,7 +28,7 @@ pub fn subnet_env(args: &ConnectArgs) -> Result<Vec<String>> {
         ),
     ] {
         let joined = list.join(",");
-        tp_daemon::subnets::parse_list(&joined).map_err(|e| anyhow!("{flag}: {e}"))?;
+        daemon_image::subnets::parse_list(&joined).map_err(|e| anyhow!("{flag}: {e}"))?;
         if !joined.is_empty() {
             env.push(format!("{key}={joined}"));
         }
@@ -180,7 +180,7 @@ async fn prepare(args: &[String], curl: bool, use_: Option<&str>) -> Result<Vec<
             argv.push(CURL_IMAGE.into());
         } else {
             let exe = std::env::current_exe()?;
-            let image = crate::image::ensure_image(
+            let image = docker::image::ensure_image(
                 &docker,
                 crate::connect::IMAGE_REPO,
                 &exe,
@@ -232,7 +232,7 @@ mod tests {
     fn status_blocks() {
         let st = DaemonStatus {
             subnets: vec!["172.20.0.0/16".into()],
-            dns: Some(tp_rpc::connector::DnsStatus {
+            dns: Some(protocol::connector::DnsStatus {
                 remote_ip: "10.0.0.2".into(),
                 exclude_suffixes: vec![".com".into(), ".io".into()],
                 timeout_seconds: 4,

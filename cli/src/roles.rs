@@ -15,15 +15,15 @@ fn env_port(key: &str, default: u16) -> Result<u16> {
 }
 
 pub async fn daemon() -> Result<()> {
-    let cfg = tp_daemon::DaemonConfig::from_env()?;
-    tp_daemon::run(cfg).await?;
+    let cfg = daemon_image::DaemonConfig::from_env()?;
+    daemon_image::run(cfg).await?;
     Ok(())
 }
 
 pub async fn traffic_manager() -> Result<()> {
     let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
     if cluster == "kubernetes" {
-        return tp_manager::kubernetes::startup::run(shutdown_signal())
+        return kubernetes::startup::run(shutdown_signal())
             .await
             .map_err(|e| anyhow::anyhow!(e));
     }
@@ -35,14 +35,14 @@ pub async fn traffic_manager() -> Result<()> {
     let agent_image = std::env::var("TP_AGENT_IMAGE").context("TP_AGENT_IMAGE is required")?;
     let grpc_port = env_port("TP_GRPC_PORT", crate::connect::MANAGER_GRPC_PORT)?;
     let tunnel_port = env_port("TP_TUNNEL_PORT", crate::connect::MANAGER_TUNNEL_PORT)?;
-    let docker = tp_manager::docker::connect_engine().await?;
+    let docker = docker::provider::connect_engine().await?;
     let manager_host = match std::env::var("TP_MANAGER_HOST") {
         Ok(h) => h,
-        Err(_) => tp_manager::docker::DockerProvider::own_address(&docker, &network).await?,
+        Err(_) => docker::provider::DockerProvider::own_address(&docker, &network).await?,
     };
-    let provider = tp_manager::docker::DockerProvider::new(
+    let provider = docker::provider::DockerProvider::new(
         docker,
-        tp_manager::docker::DockerConfig {
+        docker::provider::DockerConfig {
             namespace,
             manager_host,
             grpc_port,
@@ -50,7 +50,7 @@ pub async fn traffic_manager() -> Result<()> {
             agent_image,
         },
     );
-    let cfg = tp_manager::ManagerConfig {
+    let cfg = manager::ManagerConfig {
         grpc_addr: ([0, 0, 0, 0], grpc_port).into(),
         tunnel_addr: ([0, 0, 0, 0], tunnel_port).into(),
         agent_timeout: Duration::from_secs(30),
@@ -63,7 +63,7 @@ pub async fn traffic_manager() -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    tp_manager::run(cfg, Arc::new(provider), shutdown)
+    manager::run(cfg, Arc::new(provider), shutdown)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
@@ -82,7 +82,7 @@ async fn shutdown_signal() {
 /// The init container of a Kubernetes pod whose numeric target ports need a redirect to the
 /// agent (`TP_REDIRECTS`); needs NET_ADMIN.
 pub fn agent_init() -> Result<()> {
-    let pairs = tp_agent::portmap::init_redirects()?;
+    let pairs = agent::portmap::init_redirects()?;
     for (app, agent) in pairs {
         eprintln!("redirecting port {app} to the traffic-agent on {agent}");
     }
@@ -90,20 +90,20 @@ pub fn agent_init() -> Result<()> {
 }
 
 pub async fn agent() -> Result<()> {
-    let cfg = tp_agent::AgentConfig::from_env()?;
-    tp_agent::run(cfg).await?;
+    let cfg = agent::AgentConfig::from_env()?;
+    agent::run(cfg).await?;
     Ok(())
 }
 
 /// Removes the agent's netfilter table; with `check`, only reports it (exit 3 when present).
 pub fn agent_cleanup(check: bool) -> Result<()> {
     if check {
-        if tp_agent::nft::table_exists(tp_agent::TABLE)? {
+        if agent::nft::table_exists(agent::TABLE)? {
             std::process::exit(3);
         }
         return Ok(());
     }
-    let removed = tp_agent::cleanup()?;
+    let removed = agent::cleanup()?;
     eprintln!(
         "{}",
         if removed {
@@ -132,22 +132,22 @@ pub async fn fs_sync() -> Result<()> {
             .context("TP_MOUNTS is not a JSON list of {remote, local, read_only}")?;
     let mounts = specs
         .into_iter()
-        .map(|s| tp_daemon::fs::LocalMount {
+        .map(|s| daemon_image::fs::LocalMount {
             remote_path: s.remote,
             local_dir: s.local.into(),
             read_only: s.read_only,
         })
         .collect();
-    let mut stream = tp_rpc::tunnel::dial(&tunnel)
+    let mut stream = protocol::tunnel::dial(&tunnel)
         .await
         .with_context(|| format!("cannot reach the traffic-manager tunnel at {tunnel}"))?;
-    let header = tp_rpc::tunnel::TunnelHeader {
+    let header = protocol::tunnel::TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id,
-        kind: tp_rpc::tunnel::KIND_FS.into(),
+        kind: protocol::tunnel::KIND_FS.into(),
         ..Default::default()
     };
-    tp_rpc::tunnel::write_header(&mut stream, tp_rpc::tunnel::Role::Client, &header).await?;
+    protocol::tunnel::write_header(&mut stream, protocol::tunnel::Role::Client, &header).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -157,7 +157,7 @@ pub async fn fs_sync() -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let sync = tokio::spawn(tp_daemon::fs::sync(stream, mounts, ready_tx, shutdown));
+    let sync = tokio::spawn(daemon_image::fs::sync(stream, mounts, ready_tx, shutdown));
     if let Ok(st) = ready_rx.await {
         if !st.unavailable.is_empty() {
             eprintln!(

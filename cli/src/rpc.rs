@@ -1,9 +1,9 @@
 //! gRPC clients of the CLI: the daemon's connector service on its published localhost port.
 
 use anyhow::{anyhow, Result};
+use protocol::connector::connector_client::ConnectorClient;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
-use tp_rpc::connector::connector_client::ConnectorClient;
 
 /// Connects to a daemon's connector service on 127.0.0.1:`port`.
 pub async fn connector(port: u16) -> Result<ConnectorClient<Channel>> {

@@ -1,12 +1,13 @@
 //! The shipped chart rendered with default and non-default values: every object deserializes
 //! into its k8s-openapi type, and the values change what they are documented to change.
 
+use cli::helm::{self, InstallArgs, WebhookTls};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kubernetes::helm::chart;
 use serde_json::{json, Value};
-use tp_cli::helm::{self, chart, InstallArgs, WebhookTls};
 
 fn tls() -> WebhookTls {
     helm::generate_tls("ambassador").unwrap()
@@ -387,17 +388,17 @@ fn renderer_agrees_with_go_text_template_and_sprig() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The chart against the manager (`tp_manager::kubernetes::contract`, `startup::Settings`,
+// The chart against the manager (`kubernetes::contract`, `startup::Settings`,
 // `webhook::PATH`): what the chart sets is what the manager reads, what the manager's API calls
 // need is what the chart grants, and the webhook configuration reaches the manager's endpoint.
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kubernetes::contract::{self, Scope};
+use kubernetes::startup::{Settings, MANAGER_SERVICE};
+use kubernetes::InjectPolicy;
 use std::collections::{BTreeMap, BTreeSet};
-use tp_manager::kubernetes::contract::{self, Scope};
-use tp_manager::kubernetes::startup::{Settings, MANAGER_SERVICE};
-use tp_manager::kubernetes::InjectPolicy;
 
 /// The value sets every contract test renders: (user values, manager namespace).
 fn contract_cases() -> Vec<(Value, &'static str)> {
@@ -823,10 +824,7 @@ fn webhook_configuration_reaches_the_manager_webhook() {
         let svc_ref = w.client_config.service.as_ref().unwrap();
         assert_eq!(svc_ref.name, MANAGER_SERVICE);
         assert_eq!(svc_ref.namespace, ns);
-        assert_eq!(
-            svc_ref.path.as_deref(),
-            Some(tp_manager::kubernetes::webhook::PATH)
-        );
+        assert_eq!(svc_ref.path.as_deref(), Some(kubernetes::webhook::PATH));
         let port = svc_ref.port.unwrap();
         assert_eq!(port, i32::from(contract::WEBHOOK_SERVICE_PORT));
         // That Service port leads to the port the manager's webhook listens on.
@@ -919,17 +917,17 @@ async fn manager_webhook_loads_the_charts_certificate() {
         std::fs::write(&f, &data[name].0).unwrap();
         f
     };
-    let files = tp_manager::kubernetes::webhook::TlsFiles {
+    let files = kubernetes::webhook::TlsFiles {
         cert: file(&s.tls.cert),
         key: file(&s.tls.key),
     };
-    tp_manager::kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+    kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
         .await
         .unwrap_or_else(|e| panic!("the manager does not load the chart's TLS pair: {e}"));
     // A pair that does not belong together is refused, so the check above means something.
     std::fs::write(&files.key, helm::generate_tls("other").unwrap().key).unwrap();
     assert!(
-        tp_manager::kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
+        kubernetes::webhook::bind(([127, 0, 0, 1], 0).into(), &files)
             .await
             .is_err()
     );

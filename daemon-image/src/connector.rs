@@ -2,12 +2,12 @@
 //! and quit, each forwarded to the manager with this daemon's session.
 
 use crate::session::Session;
+use protocol::connector::connector_server::Connector;
+use protocol::connector::*;
+use protocol::manager::*;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-use tp_rpc::connector::connector_server::Connector;
-use tp_rpc::connector::*;
-use tp_rpc::manager::*;
 
 pub struct ConnectorService {
     session: Arc<Session>,
@@ -30,7 +30,7 @@ impl ConnectorService {
 impl Connector for ConnectorService {
     async fn version(&self, _: Request<Empty>) -> Result<Response<VersionInfo>, Status> {
         Ok(Response::new(VersionInfo {
-            version: tp_rpc::VERSION.into(),
+            version: protocol::VERSION.into(),
             name: "daemon".into(),
         }))
     }
@@ -39,7 +39,7 @@ impl Connector for ConnectorService {
         let s = &self.session;
         let manager = s.client.clone().version(Empty {}).await;
         Ok(Response::new(DaemonStatus {
-            version: tp_rpc::VERSION.into(),
+            version: protocol::VERSION.into(),
             connection: s.cfg.connection.clone(),
             status: "Connected".into(),
             // A connection made through a kubeconfig is a Kubernetes connection, whatever

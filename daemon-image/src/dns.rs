@@ -9,13 +9,13 @@ use crate::session::Session;
 use crate::subnets::Cidr;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
+use protocol::manager::ResolveRequest;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tp_rpc::manager::ResolveRequest;
 
 /// Names with these suffixes are never looked up in the cluster.
 pub const EXCLUDE_SUFFIXES: [&str; 5] = [".com", ".io", ".net", ".org", ".ru"];

@@ -1,4 +1,4 @@
-//! Client end of the volume sync (protocol in [`tp_rpc::fssync`]): [`sync`] runs in our sync
+//! Client end of the volume sync (protocol in [`fssync`]): [`sync`] runs in our sync
 //! container, where each remote mount of the intercepted container has a local directory (a
 //! Docker volume that the handler container also mounts). It subscribes to the agent's mounts,
 //! unpacks the initial tar of each into its directory — confined: absolute paths and `..` are
@@ -6,6 +6,11 @@
 //! written through a symlink — makes the directory an exact mirror, reports `ready`, then keeps
 //! both sides in sync. Read-only mounts are never sent back.
 
+use fssync::{
+    self, check_rel, cstring, excluded, has_temp_component, nested_excludes, read_frame, run_live,
+    split_rel, symlink_stays_inside, Attrs, Frame, FsSyncError, Kind, LiveMount, LiveOptions,
+    Mount, Msg, Outbox, Root, CHUNK, PROTO_VERSION,
+};
 use std::collections::HashSet;
 use std::fs::File;
 use std::future::Future;
@@ -15,11 +20,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tp_rpc::fssync::{
-    self, check_rel, cstring, excluded, has_temp_component, nested_excludes, read_frame, run_live,
-    split_rel, symlink_stays_inside, Attrs, Frame, FsSyncError, Kind, LiveMount, LiveOptions,
-    Mount, Msg, Outbox, Root, CHUNK, PROTO_VERSION,
-};
 use tracing::{info, warn};
 
 /// One remote mount and where it is mirrored locally. The remote path must be a directory;
@@ -639,12 +639,12 @@ fn remove_extras(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent::fs::{serve_with, ServeOptions};
+    use fssync::encode_frame;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
     use std::path::Path;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
-    use tp_agent::fs::{serve_with, ServeOptions};
-    use tp_rpc::fssync::encode_frame;
 
     const POLL: Duration = Duration::from_millis(100);
 
@@ -1147,7 +1147,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(64);
         let (ready, _) = oneshot::channel();
         assert_send(sync(a, vec![], ready, async {}));
-        assert_send(tp_agent::fs::serve(b, vec![]));
+        assert_send(agent::fs::serve(b, vec![]));
     }
 
     #[test]

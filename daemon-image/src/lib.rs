@@ -11,7 +11,6 @@ pub mod netstack;
 mod netstack_tests;
 pub mod outbound;
 pub mod packet;
-pub mod portforward;
 mod session;
 pub mod subnets;
 pub mod tun;
@@ -28,7 +27,7 @@ use std::time::Duration;
 /// Runs the daemon until `Quit` is called or the process is signalled.
 pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     if let Some(kubeconfig) = cfg.kubeconfig.clone() {
-        let (grpc, tunnel) = portforward::start(
+        let (grpc, tunnel) = kubernetes::portforward::start(
             &kubeconfig,
             &cfg.manager_namespace,
             (&cfg.manager_addr, MANAGER_GRPC_PORT),
@@ -68,7 +67,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(tp_rpc::connector::connector_server::ConnectorServer::new(
+        .add_service(protocol::connector::connector_server::ConnectorServer::new(
             svc,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -82,15 +81,15 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
 /// Starts the outbound path (routes, TUN, DNS); what `status` reports about it.
 async fn start_outbound(
     session: Arc<session::Session>,
-) -> Result<Arc<tp_rpc::connector::DaemonStatus>, DaemonError> {
+) -> Result<Arc<protocol::connector::DaemonStatus>, DaemonError> {
     let bad = DaemonError::Outbound;
     let ocfg = outbound::OutboundConfig::from_env().map_err(bad)?;
     let dcfg = dns::DnsConfig::from_env().map_err(bad)?;
     let routed = outbound::start(session.clone(), &ocfg).await.map_err(bad)?;
     let dns = Arc::new(dns::Dns::new(session.clone(), dcfg.clone(), &routed));
-    let status = tp_rpc::connector::DaemonStatus {
+    let status = protocol::connector::DaemonStatus {
         subnets: routed,
-        dns: Some(tp_rpc::connector::DnsStatus {
+        dns: Some(protocol::connector::DnsStatus {
             local_ip: dcfg.listen.ip().to_string(),
             remote_ip: dcfg
                 .upstream

@@ -11,6 +11,7 @@
 
 use crate::packet::{self, Flow, PROTO_TCP};
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use protocol::tunnel::{read_datagram, write_datagram};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tp_rpc::tunnel::{read_datagram, write_datagram};
 
 /// A UDP datagram: (payload, source, destination).
 pub type Datagram = (Vec<u8>, SocketAddr, SocketAddr);

@@ -5,13 +5,13 @@
 use crate::netstack::{Dialer, Proto, Smoltcp};
 use crate::session::Session;
 use crate::subnets::{self, Cidr};
+use protocol::tunnel::{
+    dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tp_rpc::tunnel::{
-    dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
-};
 
 /// How long the manager may take to dial a target and answer (its own dial timeout is 5 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);

@@ -2,14 +2,14 @@
 //! re-creating its intercepts when the manager forgot it), the intercept snapshot, and delivery
 //! of intercepted connections to the local handler.
 
+use protocol::manager::manager_client::ManagerClient;
+use protocol::manager::*;
+use protocol::tunnel::{dial, splice, write_header, Role, TunnelHeader};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-use tp_rpc::manager::manager_client::ManagerClient;
-use tp_rpc::manager::*;
-use tp_rpc::tunnel::{dial, splice, write_header, Role, TunnelHeader};
 
 /// Daemon settings, from the environment the CLI gives the daemon container.
 #[derive(Debug, Clone)]
@@ -233,7 +233,7 @@ fn client_info(cfg: &DaemonConfig) -> ClientInfo {
         name: cfg.client_name.clone(),
         connection: cfg.connection.clone(),
         namespace: cfg.namespace.clone(),
-        version: tp_rpc::VERSION.into(),
+        version: protocol::VERSION.into(),
     }
 }
 

@@ -2,8 +2,6 @@
 //! watch), the cluster reached through a [`provider::Provider`], and the pairing of agent-side and
 //! client-side tunnel connections.
 
-pub mod docker;
-pub mod kubernetes;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
@@ -113,7 +111,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(tp_rpc::manager::manager_server::ManagerServer::new(mgr))
+        .add_service(protocol::manager::manager_server::ManagerServer::new(mgr))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -7,13 +7,13 @@
 //! an idle period.
 
 use crate::Manager;
+use protocol::tunnel::{
+    read_datagram, splice, tune, write_datagram, write_header, Role, TunnelHeader, MAX_DATAGRAM,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
-use tp_rpc::tunnel::{
-    read_datagram, splice, tune, write_datagram, write_header, Role, TunnelHeader, MAX_DATAGRAM,
-};
 
 /// How long dialing a cluster target may take before the client is told it is unreachable.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);

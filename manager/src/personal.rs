@@ -2,8 +2,8 @@
 //! and team mode. A global intercept (no filter) owns its port alone; personal intercepts
 //! (HTTP header/path filters) share a port as long as no two have identical filters.
 
-use tp_rpc::filters::HttpFilter;
-use tp_rpc::manager::{InterceptInfo, InterceptSpec};
+use protocol::filters::HttpFilter;
+use protocol::manager::{InterceptInfo, InterceptSpec};
 
 /// Environment variable that turns team mode on (`true`/`1`/`yes`).
 pub const ENV_TEAM_MODE: &str = "TP_TEAM_MODE";

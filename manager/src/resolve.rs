@@ -9,12 +9,12 @@ use crate::provider::Provider;
 use crate::Manager;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
+use protocol::manager::{ResolveRequest, ResolveResponse};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tonic::Status;
-use tp_rpc::manager::{ResolveRequest, ResolveResponse};
 
 /// How long one question to the resolver may take (two tries).
 const TRY_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -4,14 +4,14 @@
 use crate::provider::{AgentRequest, ProviderError, WorkloadInfo};
 use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
+use protocol::manager::manager_server::Manager as ManagerApi;
+use protocol::manager::*;
+use protocol::state;
 use std::pin::Pin;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tp_rpc::manager::manager_server::Manager as ManagerApi;
-use tp_rpc::manager::*;
-use tp_rpc::state;
 
 type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -147,7 +147,7 @@ impl Manager {
 impl ManagerApi for Manager {
     async fn version(&self, _: Request<Empty>) -> Result<Response<VersionInfo>, Status> {
         Ok(Response::new(VersionInfo {
-            version: tp_rpc::VERSION.into(),
+            version: protocol::VERSION.into(),
             name: "traffic-manager".into(),
         }))
     }
@@ -309,7 +309,7 @@ impl ManagerApi for Manager {
             session.strip_prefix("client-").unwrap_or(&session),
             spec.name
         );
-        tp_rpc::filters::resolve(&mut spec, &id, self.team_mode())
+        protocol::filters::resolve(&mut spec, &id, self.team_mode())
             .map_err(Status::invalid_argument)?;
         let p = self.inner.provider.clone();
         if !p
@@ -376,7 +376,7 @@ impl ManagerApi for Manager {
                 service_port: port as u32,
                 service_port_name: port_name,
                 workload_kind: w.kind.clone(),
-                disposition: tp_rpc::filters::disposition(&spec),
+                disposition: protocol::filters::disposition(&spec),
                 spec: Some(spec.clone()),
                 ..Default::default()
             };

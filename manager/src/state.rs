@@ -1,11 +1,11 @@
 //! The manager's bookkeeping: client and agent sessions with leases, intercepts and their
 //! states, and a generation counter that wakes every watcher when anything changes.
 
+use protocol::manager::{AgentInfo, ClientInfo, DialRequest, InterceptInfo};
+use protocol::state;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tp_rpc::manager::{AgentInfo, ClientInfo, DialRequest, InterceptInfo};
-use tp_rpc::state;
 
 /// How long a session lives without `Remain`.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -138,7 +138,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tp_rpc::manager::InterceptSpec;
+    use protocol::manager::InterceptSpec;
 
     fn intercept(name: &str, session: &str) -> InterceptInfo {
         InterceptInfo {

@@ -3,13 +3,13 @@
 //! dial in with the same connection id over its `WatchDials` stream, then splices the two.
 
 use crate::Manager;
+use protocol::manager::DialRequest;
+use protocol::tunnel::{
+    read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS, KIND_OUT_TCP, KIND_OUT_UDP,
+};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tp_rpc::manager::DialRequest;
-use tp_rpc::tunnel::{
-    read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS, KIND_OUT_TCP, KIND_OUT_UDP,
-};
 
 /// How long an agent-side connection waits for its client side.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);

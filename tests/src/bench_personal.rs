@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
-use tp_tests::*;
+use tests::*;
 
 /// Requests of the 100-client throughput runs.
 const RPS_REQUESTS: &str = "50000";

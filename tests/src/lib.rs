@@ -116,13 +116,13 @@ pub fn images() -> &'static (String, String) {
     IMAGES.get_or_init(|| {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
-            let d = tp_cli::engine::connect().await.expect("engine");
+            let d = docker::engine::connect().await.expect("engine");
             let mut quiet = |_: &str| {};
-            let app = tp_cli::image::ensure_image(&d, "tp-testapp", &testapp_bin(), &mut quiet)
+            let app = docker::image::ensure_image(&d, "tp-testapp", &testapp_bin(), &mut quiet)
                 .await
                 .expect("test app image");
             let tp =
-                tp_cli::image::ensure_image(&d, tp_cli::connect::IMAGE_REPO, &tp_bin(), &mut quiet)
+                docker::image::ensure_image(&d, cli::connect::IMAGE_REPO, &tp_bin(), &mut quiet)
                     .await
                     .expect("telepresence image");
             (app, tp)
@@ -226,8 +226,7 @@ impl Drop for User {
 
 /// The compose command of this machine.
 pub fn compose_cmd() -> Vec<String> {
-    tp_compose::compose_command()
-        .expect("neither `docker compose` nor `docker-compose` is installed")
+    compose::compose_command().expect("neither `docker compose` nor `docker-compose` is installed")
 }
 
 /// A compose project of our test app: every service given runs `serve --http <port> --name

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use tp_tests::*;
+use tests::*;
 
 const T: Duration = Duration::from_secs(30);
 

@@ -1,16 +1,16 @@
-//! The Kubernetes client side against the API stand-in (`tp_tests::kube_standin`): the real
+//! The Kubernetes client side against the API stand-in (`tests::kube_standin`): the real
 //! `kube` client, real Kubernetes JSON, the real port-forward channel protocol.
 //! - `telepresence helm install|upgrade|uninstall`: server-side apply requests, the release
 //!   record, the rollout wait, refusals that change nothing.
-//! - The daemon's port-forward (`tp_daemon::portforward`): bytes both ways through the
+//! - The daemon's port-forward (`kubernetes::portforward`): bytes both ways through the
 //!   WebSocket to a real TCP server, the choice of a ready pod, and moving to another
 //!   pod when the remembered one is gone.
 
+use cli::helm::{self, InstallArgs, TargetArgs};
 use serde_json::Value;
 use std::time::Duration;
+use tests::kube_standin::KubeStandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tp_cli::helm::{self, InstallArgs, TargetArgs};
-use tp_tests::kube_standin::KubeStandIn;
 
 fn install_args(ns: &str, create: bool) -> InstallArgs {
     InstallArgs {
@@ -39,7 +39,7 @@ async fn refused_install(client: &kube::Client) -> String {
     .to_string()
 }
 
-fn applies(k: &KubeStandIn) -> Vec<tp_tests::kube_standin::Seen> {
+fn applies(k: &KubeStandIn) -> Vec<tests::kube_standin::Seen> {
     k.seen()
         .into_iter()
         .filter(|s| s.method == "PATCH")
@@ -298,7 +298,7 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
     let server = reverse_server().await;
     k.forward_port(8081, server);
 
-    let f = std::sync::Arc::new(tp_daemon::portforward::Forwarder::new(
+    let f = std::sync::Arc::new(kubernetes::portforward::Forwarder::new(
         k.client(),
         "ambassador",
     ));
@@ -355,7 +355,7 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
 
     // No ready pod at all: a clear error that says what to do.
     k.remove("/api/v1/namespaces/ambassador/pods", "traffic-manager-b");
-    let f2 = tp_daemon::portforward::Forwarder::new(k.client(), "ambassador");
+    let f2 = kubernetes::portforward::Forwarder::new(k.client(), "ambassador");
     let e = f2.pod().await.unwrap_err().to_string();
     assert!(
         e.contains("no ready traffic-manager pod in namespace ambassador")
@@ -376,7 +376,7 @@ async fn port_forward_error_channel_is_reported_and_the_pod_forgotten() {
     );
     // Nothing listens behind port 8082 in the "pod": the API server reports it on the error
     // channel, and the connection is closed.
-    let f = std::sync::Arc::new(tp_daemon::portforward::Forwarder::new(
+    let f = std::sync::Arc::new(kubernetes::portforward::Forwarder::new(
         k.client(),
         "ambassador",
     ));
@@ -425,7 +425,7 @@ async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
     };
     write("first", 1_000_000);
     let f = std::sync::Arc::new(
-        tp_daemon::portforward::Forwarder::from_kubeconfig(path.to_str().unwrap(), "ambassador")
+        kubernetes::portforward::Forwarder::from_kubeconfig(path.to_str().unwrap(), "ambassador")
             .await
             .unwrap(),
     );
@@ -466,11 +466,14 @@ async fn tls_server_name_keeps_verification_valid_at_another_address() {
         .unwrap();
         let path = path.clone();
         async move {
-            tp_daemon::portforward::Forwarder::from_kubeconfig(path.to_str().unwrap(), "ambassador")
-                .await
-                .unwrap()
-                .pod()
-                .await
+            kubernetes::portforward::Forwarder::from_kubeconfig(
+                path.to_str().unwrap(),
+                "ambassador",
+            )
+            .await
+            .unwrap()
+            .pod()
+            .await
         }
     };
     let e = pod("").await.unwrap_err().to_string();

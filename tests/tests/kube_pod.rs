@@ -11,13 +11,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kubernetes::configmap;
+use kubernetes::patch::{inject, InjectSettings};
+use kubernetes::ports::{self, Workload};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
-use tp_manager::kubernetes::configmap;
-use tp_manager::kubernetes::patch::{inject, InjectSettings};
-use tp_manager::kubernetes::ports::{self, Workload};
-use tp_tests::*;
+use tests::*;
 
 fn app_container() -> Container {
     Container {

@@ -1,7 +1,7 @@
 //! Kubernetes connections end to end.
 //!
 //! - `connect_through_the_api_port_forward` (Docker engine): the real CLI connects with a
-//!   kubeconfig whose API server is our stand-in (`tp_tests::kube_standin`), with an exec
+//!   kubeconfig whose API server is our stand-in (`tests::kube_standin`), with an exec
 //!   credential plugin; the daemon container gets the reduced, flattened kubeconfig and reaches
 //!   the traffic-manager only through the stand-in's `pods/portforward` WebSockets, which lead
 //!   to a real traffic-manager (the Docker-engine one, serving a compose project). `status`,
@@ -12,8 +12,8 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tp_tests::kube_standin::KubeStandIn;
-use tp_tests::*;
+use tests::kube_standin::KubeStandIn;
+use tests::*;
 
 const T: Duration = Duration::from_secs(60);
 

@@ -4,7 +4,7 @@
 //! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).
 
 use std::time::Duration;
-use tp_tests::*;
+use tests::*;
 
 const T: Duration = Duration::from_secs(30);
 

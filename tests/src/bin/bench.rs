@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tp_tests::*;
+use tests::*;
 
 #[path = "../bench_personal.rs"]
 mod bench_personal;
@@ -364,7 +364,7 @@ fn main() -> Result<()> {
     let outbound = if a.no_outbound || a.only_personal {
         Value::Null
     } else {
-        let (r, v) = tp_tests::bench_outbound::outbound(a.mib, a.connections)?;
+        let (r, v) = tests::bench_outbound::outbound(a.mib, a.connections)?;
         rows.extend(r);
         v
     };

@@ -4,7 +4,7 @@
 
 use std::process::Stdio;
 use std::time::Duration;
-use tp_tests::*;
+use tests::*;
 
 fn step(s: &str) {
     println!("\n\x1b[1m$ {s}\x1b[0m");

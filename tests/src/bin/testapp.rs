@@ -17,9 +17,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tests::testapp::{self, App, Url};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
-use tp_tests::testapp::{self, App, Url};
 
 #[derive(Parser)]
 #[command(name = "tp-testapp", about = "Telepresence test application")]
@@ -241,7 +241,7 @@ async fn run(command: Command) -> ExitCode {
                 return fail(&format!("bad target {target:?}: use HOST:PORT"));
             };
             let limit = std::time::Duration::from_secs_f64(timeout.max(0.01));
-            match tp_tests::testapp_udp::udp_request(host, port, &message, limit).await {
+            match tests::testapp_udp::udp_request(host, port, &message, limit).await {
                 Ok(reply) => {
                     println!("{reply}");
                     ExitCode::SUCCESS
@@ -249,7 +249,7 @@ async fn run(command: Command) -> ExitCode {
                 Err(e) => fail(&format!("udp-send {target}: {e}")),
             }
         }
-        Command::Lookup { name } => match tp_tests::testapp_udp::lookup(&name).await {
+        Command::Lookup { name } => match tests::testapp_udp::lookup(&name).await {
             Ok(ips) if !ips.is_empty() => {
                 for ip in ips {
                     println!("{ip}");
@@ -260,7 +260,7 @@ async fn run(command: Command) -> ExitCode {
             Err(e) => fail(&format!("lookup {name}: {e}")),
         },
         Command::LookupBench { name, count } => {
-            match tp_tests::testapp_load::lookup_bench(&name, count).await {
+            match tests::testapp_load::lookup_bench(&name, count).await {
                 Ok(r) => print_json(&r),
                 Err(e) => fail(&format!("lookup-bench: {e}")),
             }
@@ -272,7 +272,7 @@ async fn run(command: Command) -> ExitCode {
             else {
                 return fail(&format!("bad target {target:?}: use HOST:PORT"));
             };
-            match tp_tests::testapp_load::connect_bench(host, port, count).await {
+            match tests::testapp_load::connect_bench(host, port, count).await {
                 Ok(r) => print_json(&r),
                 Err(e) => fail(&format!("connect-bench: {e}")),
             }
@@ -282,7 +282,7 @@ async fn run(command: Command) -> ExitCode {
                 Ok(u) => u,
                 Err(code) => return code,
             };
-            match tp_tests::testapp_load::download_many(&url, connections).await {
+            match tests::testapp_load::download_many(&url, connections).await {
                 Ok(r) => print_json(&r),
                 Err(e) => fail(&format!("download-many: {e}")),
             }
@@ -412,7 +412,7 @@ fn fail(msg: &str) -> ExitCode {
 
 /// `seq`, `raw` and `bench-headers` (tests of personal intercepts).
 async fn personal_tools(command: Command) -> ExitCode {
-    use tp_tests::testapp_h2 as h2;
+    use tests::testapp_h2 as h2;
     match command {
         Command::Seq {
             url,

@@ -1,0 +1,8 @@
+//! Everything that talks to a Docker engine, used by the CLI and by the traffic-manager alike:
+//! [`engine`] (connecting, labels, containers and networks of ours), [`image`] (the
+//! `FROM scratch` image built from our own executable) and [`provider`] (the traffic-manager's
+//! Docker-engine provider: compose project = namespace, compose service = workload).
+
+pub mod engine;
+pub mod image;
+pub mod provider;

@@ -1,0 +1,250 @@
+//! The pod mutation the webhook applies: the traffic-agent sidecar (the app container's env,
+//! envFrom and volume mounts, readiness probe, resources, its `TP_*` configuration), the
+//! named-port takeover (app port renamed `tm-<name>`, probes that named it updated, the agent
+//! container takes the name) and, for numeric or headless ports, the init container with
+//! NET_ADMIN that installs the redirect. Pure functions over `k8s-openapi` types; the JSONPatch
+//! is the difference between the pod before and after.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SecurityContext, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+use super::configmap::{takeover_name, AgentConfig, PortMode};
+use super::{AGENT_CONTAINER, INIT_CONTAINER};
+
+/// Pod annotation recording the config the agent was injected with (the workload's name).
+pub const INJECTED_ANNOTATION: &str = "telepresence.io/agent-injected";
+
+/// What the injected containers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectSettings {
+    pub agent_image: String,
+    pub image_pull_policy: Option<String>,
+}
+
+/// Whether the pod already carries the agent.
+pub fn has_agent(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == AGENT_CONTAINER))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Replaces a probe's port named `from` by `to`.
+fn rename_probe_port(probe: &mut Option<Probe>, from: &str, to: &str) {
+    let Some(p) = probe else { return };
+    let named = |port: &mut IntOrString| {
+        if matches!(port, IntOrString::String(s) if s == from) {
+            *port = IntOrString::String(to.into());
+        }
+    };
+    if let Some(h) = &mut p.http_get {
+        named(&mut h.port);
+    }
+    if let Some(t) = &mut p.tcp_socket {
+        named(&mut t.port);
+    }
+}
+
+/// The pod with the agent injected per `cfg`. A pod that already has the agent is returned
+/// unchanged (the webhook is idempotent).
+pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, String> {
+    let mut pod = pod.clone();
+    if has_agent(&pod) {
+        return Ok(pod);
+    }
+    let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
+    let app = spec
+        .containers
+        .iter()
+        .find(|c| c.name == cfg.container)
+        .cloned()
+        .ok_or_else(|| format!("the pod has no container \"{}\"", cfg.container))?;
+    for p in &cfg.ports {
+        if !spec.containers.iter().any(|c| c.name == p.container) {
+            return Err(format!("the pod has no container \"{}\"", p.container));
+        }
+    }
+
+    // Named-port takeover: the app's port gets another name; the agent takes the original.
+    let mut agent_ports = Vec::new();
+    for p in cfg.ports.iter().filter(|p| p.mode == PortMode::Takeover) {
+        let new = takeover_name(&p.container_port_name);
+        let c = spec
+            .containers
+            .iter_mut()
+            .find(|c| c.name == p.container)
+            .expect("checked above");
+        let cp = c
+            .ports
+            .iter_mut()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(p.container_port_name.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "container \"{}\" has no port named \"{}\"",
+                    p.container, p.container_port_name
+                )
+            })?;
+        cp.name = Some(new.clone());
+        rename_probe_port(&mut c.readiness_probe, &p.container_port_name, &new);
+        rename_probe_port(&mut c.liveness_probe, &p.container_port_name, &new);
+        rename_probe_port(&mut c.startup_probe, &p.container_port_name, &new);
+        agent_ports.push(ContainerPort {
+            name: Some(p.container_port_name.clone()),
+            container_port: i32::from(p.agent_port),
+            protocol: Some(p.protocol.clone()),
+            ..Default::default()
+        });
+    }
+
+    let port_map: Vec<serde_json::Value> = cfg
+        .ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "servicePort": p.service_port,
+                "agentPort": p.agent_port,
+                "appPort": p.app_port,
+            })
+        })
+        .collect();
+    let mounts: Vec<serde_json::Value> = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| serde_json::json!({"path": m.mount_path, "read_only": m.read_only.unwrap_or(false)}))
+        .collect();
+    let service_ports: Vec<String> = cfg
+        .ports
+        .iter()
+        .map(|p| p.service_port.to_string())
+        .collect();
+    // The app's environment first: later entries win, so ours cannot be overridden.
+    let mut agent_env = app.env.clone().unwrap_or_default();
+    agent_env.extend([
+        env(tp_agent_env::MANAGER_ADDR, &cfg.manager_addr),
+        env(tp_agent_env::TUNNEL_ADDR, &cfg.tunnel_addr),
+        env(tp_agent_env::NAMESPACE, &cfg.namespace),
+        env(tp_agent_env::WORKLOAD, &cfg.workload_name),
+        env(tp_agent_env::PORTS, service_ports.join(",")),
+        env(
+            tp_agent_env::PORT_MAP,
+            serde_json::Value::from(port_map).to_string(),
+        ),
+        env(tp_agent_env::APP_HOST, "127.0.0.1"),
+        env(tp_agent_env::APP_CONTAINER, &cfg.container),
+        env(
+            tp_agent_env::APP_MOUNTS,
+            serde_json::Value::from(mounts).to_string(),
+        ),
+        env(tp_agent_env::APP_ENV_INHERIT, "true"),
+        EnvVar {
+            name: tp_agent_env::POD_IP.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    let q = |s: &str| Quantity(s.into());
+    let agent = Container {
+        name: AGENT_CONTAINER.into(),
+        image: Some(s.agent_image.clone()),
+        image_pull_policy: s.image_pull_policy.clone(),
+        args: Some(vec!["agent".into()]),
+        env: Some(agent_env),
+        env_from: app.env_from.clone(),
+        volume_mounts: app.volume_mounts.clone(),
+        ports: (!agent_ports.is_empty()).then_some(agent_ports),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(cfg.ports[0].agent_port)),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), q("10m")),
+                ("memory".into(), q("32Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    spec.containers.push(agent);
+
+    let redirects: Vec<String> = cfg
+        .ports
+        .iter()
+        .filter(|p| p.mode == PortMode::Redirect)
+        .map(|p| format!("{}:{}", p.app_port, p.agent_port))
+        .collect();
+    if !redirects.is_empty() {
+        let init = Container {
+            name: INIT_CONTAINER.into(),
+            image: Some(s.agent_image.clone()),
+            image_pull_policy: s.image_pull_policy.clone(),
+            args: Some(vec!["agent-init".into()]),
+            env: Some(vec![env(tp_agent_env::REDIRECTS, redirects.join(","))]),
+            security_context: Some(SecurityContext {
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["NET_ADMIN".into()]),
+                    ..Default::default()
+                }),
+                run_as_user: Some(0),
+                run_as_non_root: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        spec.init_containers.get_or_insert_with(Vec::new).push(init);
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_ANNOTATION.into(), cfg.workload_name.clone());
+    Ok(pod)
+}
+
+/// The JSONPatch turning `before` into `after`.
+pub fn diff(before: &Pod, after: &Pod) -> json_patch::Patch {
+    let a = serde_json::to_value(before).expect("pod serializes");
+    let b = serde_json::to_value(after).expect("pod serializes");
+    json_patch::diff(&a, &b)
+}
+
+/// Names of the agent's environment variables (mirrors `agent::config`; the manager does not
+/// link the agent crate).
+pub mod tp_agent_env {
+    pub const MANAGER_ADDR: &str = "TP_MANAGER_ADDR";
+    pub const TUNNEL_ADDR: &str = "TP_TUNNEL_ADDR";
+    pub const NAMESPACE: &str = "TP_NAMESPACE";
+    pub const WORKLOAD: &str = "TP_WORKLOAD";
+    pub const PORTS: &str = "TP_PORTS";
+    pub const PORT_MAP: &str = "TP_PORT_MAP";
+    pub const APP_HOST: &str = "TP_APP_HOST";
+    pub const APP_CONTAINER: &str = "TP_APP_CONTAINER";
+    pub const APP_MOUNTS: &str = "TP_APP_MOUNTS";
+    pub const APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
+    pub const POD_IP: &str = "TP_POD_IP";
+    pub const REDIRECTS: &str = "TP_REDIRECTS";
+}

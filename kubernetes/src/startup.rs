@@ -1,0 +1,245 @@
+//! The traffic-manager on Kubernetes (`TP_CLUSTER_TYPE=kubernetes`): reads its environment
+//! (set by the chart), connects with the in-cluster config, starts the provider's watches, the
+//! webhook (HTTPS) and then the gRPC and tunnel listeners.
+//!
+//! Environment: `TP_MANAGER_NAMESPACE` (required), `TP_AGENT_IMAGE` (required),
+//! `TP_GRPC_PORT` (8081), `TP_TUNNEL_PORT` (8082), `TP_WEBHOOK_PORT` (8443),
+//! `TP_WEBHOOK_CERT`/`TP_WEBHOOK_KEY`, `TP_MANAGER_HOST` (default: the ClusterIP of the
+//! `traffic-manager` Service, else its DNS name), `TP_AGENT_INJECT_POLICY` (OnDemand |
+//! WhenEnabled), `TP_MANAGED_NAMESPACES` (comma separated; empty: cluster-wide),
+//! `TP_ROLLOUT_TIMEOUT` (seconds installing an agent waits until every pod has it, 120),
+//! `TP_AGENT_TIMEOUT` (seconds an intercept then waits for its agent to connect, 120),
+//! `TP_AGENT_IMAGE_PULL_POLICY`.
+
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, Client};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::patch::InjectSettings;
+use super::webhook::{self, TlsFiles};
+use super::{InjectPolicy, KubeConfig, KubeProvider};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The manager's Service name (chart).
+pub const MANAGER_SERVICE: &str = "traffic-manager";
+
+/// The manager's settings, from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manager_namespace: String,
+    pub agent_image: String,
+    pub grpc_port: u16,
+    pub tunnel_port: u16,
+    pub webhook_port: u16,
+    pub policy: InjectPolicy,
+    pub agent_timeout: Duration,
+    /// How long installing an agent waits for the workload's rollout.
+    pub rollout_timeout: Duration,
+    pub namespaces: Vec<String>,
+    /// `None`: look up the manager Service.
+    pub manager_host: Option<String>,
+    pub tls: TlsFiles,
+    pub image_pull_policy: Option<String>,
+}
+
+impl Settings {
+    /// Reads the variables listed in the module doc through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let port = |k: &str, default: u16| match var(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{k}={v:?} is not a port")),
+        };
+        Ok(Settings {
+            manager_namespace: var("TP_MANAGER_NAMESPACE")
+                .ok_or("TP_MANAGER_NAMESPACE is required")?,
+            agent_image: var("TP_AGENT_IMAGE").ok_or("TP_AGENT_IMAGE is required")?,
+            grpc_port: port("TP_GRPC_PORT", 8081)?,
+            tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
+            webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
+            policy: var("TP_AGENT_INJECT_POLICY")
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: String| format!("TP_AGENT_INJECT_POLICY: {e}"))?,
+            agent_timeout: match var("TP_AGENT_TIMEOUT") {
+                None => Duration::from_secs(120),
+                Some(v) => {
+                    Duration::from_secs(v.parse().map_err(|_| {
+                        format!("TP_AGENT_TIMEOUT={v:?} is not a number of seconds")
+                    })?)
+                }
+            },
+            rollout_timeout: match var("TP_ROLLOUT_TIMEOUT") {
+                None => Duration::from_secs(120),
+                Some(v) => {
+                    Duration::from_secs(v.parse().map_err(|_| {
+                        format!("TP_ROLLOUT_TIMEOUT={v:?} is not a number of seconds")
+                    })?)
+                }
+            },
+            namespaces: var("TP_MANAGED_NAMESPACES")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            manager_host: var("TP_MANAGER_HOST"),
+            tls: TlsFiles {
+                cert: var("TP_WEBHOOK_CERT")
+                    .unwrap_or_else(|| webhook::DEFAULT_CERT.into())
+                    .into(),
+                key: var("TP_WEBHOOK_KEY")
+                    .unwrap_or_else(|| webhook::DEFAULT_KEY.into())
+                    .into(),
+            },
+            image_pull_policy: var("TP_AGENT_IMAGE_PULL_POLICY"),
+        })
+    }
+}
+
+/// Runs the Kubernetes traffic-manager from its environment until `shutdown` resolves.
+pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BoxError> {
+    let settings = Settings::from_lookup(|k| std::env::var(k).ok())?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}"))?;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)?;
+    run_with(settings, client, server, shutdown).await
+}
+
+/// Runs the manager with a given client: provider watches, webhook, gRPC and tunnel.
+pub async fn run_with(
+    s: Settings,
+    client: Client,
+    server: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let manager_host = match s.manager_host.clone() {
+        Some(h) => h,
+        None => manager_service_host(&client, &s.manager_namespace).await,
+    };
+    let (listener, acceptor) = webhook::bind(([0, 0, 0, 0], s.webhook_port).into(), &s.tls).await?;
+    let provider = Arc::new(
+        KubeProvider::start(
+            client,
+            KubeConfig {
+                manager_namespace: s.manager_namespace.clone(),
+                manager_host,
+                grpc_port: s.grpc_port,
+                tunnel_port: s.tunnel_port,
+                agent_image: s.agent_image.clone(),
+                policy: s.policy,
+                namespaces: s.namespaces.clone(),
+                server,
+                sync_timeout: super::contract::SYNC_TIMEOUT,
+                rollout_timeout: s.rollout_timeout,
+            },
+        )
+        .await?,
+    );
+    tracing::info!(
+        port = s.webhook_port,
+        path = webhook::PATH,
+        "agent-injector webhook listening"
+    );
+    tokio::spawn(webhook::serve(
+        listener,
+        acceptor,
+        provider.clone(),
+        InjectSettings {
+            agent_image: s.agent_image,
+            image_pull_policy: s.image_pull_policy,
+        },
+    ));
+    manager::run(
+        manager::ManagerConfig {
+            grpc_addr: ([0, 0, 0, 0], s.grpc_port).into(),
+            tunnel_addr: ([0, 0, 0, 0], s.tunnel_port).into(),
+            agent_timeout: s.agent_timeout,
+        },
+        provider,
+        shutdown,
+    )
+    .await
+}
+
+/// The ClusterIP of the manager's Service (agents then need no DNS), else its DNS name.
+pub async fn manager_service_host(client: &Client, namespace: &str) -> String {
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    match api.get(MANAGER_SERVICE).await {
+        Ok(s) => s
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .unwrap_or_else(|| format!("{MANAGER_SERVICE}.{namespace}")),
+        Err(e) => {
+            tracing::warn!("cannot read Service {MANAGER_SERVICE}: {e}; agents use its DNS name");
+            format!("{MANAGER_SERVICE}.{namespace}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let base = [
+            ("TP_MANAGER_NAMESPACE", "ambassador"),
+            ("TP_AGENT_IMAGE", "r/tp:1"),
+        ];
+        let s = Settings::from_lookup(lookup(&base)).unwrap();
+        assert_eq!(
+            (s.grpc_port, s.tunnel_port, s.webhook_port),
+            (8081, 8082, 8443)
+        );
+        assert_eq!(s.policy, InjectPolicy::OnDemand);
+        assert_eq!(s.agent_timeout, Duration::from_secs(120));
+        assert!(s.namespaces.is_empty() && s.manager_host.is_none());
+        assert_eq!(s.tls.cert, std::path::Path::new(webhook::DEFAULT_CERT));
+        let mut more = base.to_vec();
+        more.extend([
+            ("TP_MANAGED_NAMESPACES", "shop, dev,"),
+            ("TP_AGENT_INJECT_POLICY", "WhenEnabled"),
+            ("TP_WEBHOOK_KEY", "/k"),
+        ]);
+        let s = Settings::from_lookup(lookup(&more)).unwrap();
+        assert_eq!(s.namespaces, ["shop", "dev"]);
+        assert_eq!(s.policy, InjectPolicy::WhenEnabled);
+        assert_eq!(s.tls.key, std::path::Path::new("/k"));
+        let err = |pairs: &[(&str, &str)]| Settings::from_lookup(lookup(pairs)).unwrap_err();
+        assert_eq!(
+            err(&[("TP_AGENT_IMAGE", "x")]),
+            "TP_MANAGER_NAMESPACE is required"
+        );
+        let mut bad = base.to_vec();
+        bad.push(("TP_WEBHOOK_PORT", "0"));
+        assert_eq!(err(&bad), "TP_WEBHOOK_PORT=\"0\" is not a port");
+        let mut bad = base.to_vec();
+        bad.push(("TP_AGENT_INJECT_POLICY", "Always"));
+        assert!(err(&bad).contains("is not OnDemand or WhenEnabled"));
+    }
+}

@@ -1,0 +1,285 @@
+//! An intercept end to end over the Kubernetes provider, in one process: the API stand-in, the
+//! manager (gRPC + tunnel) with the Kubernetes provider, a client that serves dials like the
+//! daemon, and a real traffic-agent started from exactly the environment the webhook gives the
+//! injected container (port takeover: it listens on its own port and forwards to the app).
+//! Intercepting triggers the ConfigMap entry and the rollout; the "kubelet" (this test) starts
+//! the agent from the entry; the intercept becomes active; a caller's connection reaches the
+//! client; leaving restores the app.
+
+#[path = "support/fixtures.rs"]
+mod fixtures;
+#[path = "support/standin.rs"]
+mod standin;
+
+use fixtures::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kubernetes::configmap::AgentConfig;
+use kubernetes::patch::{inject, InjectSettings};
+use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
+use protocol::manager::manager_client::ManagerClient;
+use protocol::manager::*;
+use protocol::tunnel::{write_header, Role, TunnelHeader};
+use standin::StandIn;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Answers every connection with `hello` then echoes.
+async fn greeter(listener: TcpListener, hello: &'static [u8]) {
+    loop {
+        let (mut s, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            s.write_all(hello).await.unwrap();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn greeting(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut hello = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hello))
+        .await
+        .expect("greeting in time")
+        .unwrap();
+    String::from_utf8_lossy(&hello).into_owned()
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercept_through_an_injected_agent() {
+    // The app of the pod, and the client's local handler.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    tokio::spawn(greeter(app, b"app:"));
+    let handler = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handler_port = handler.local_addr().unwrap().port();
+    tokio::spawn(greeter(handler, b"dev:"));
+
+    let s = StandIn::start().await;
+    s.put(&namespace("shop"));
+    let c = container("app", &[(Some("http"), i32::from(app_port))]);
+    s.put(&deployment("shop", "web", vec![c.clone()]));
+    s.put(&service(
+        "shop",
+        "web",
+        "web",
+        &[("http", 80, named("http"))],
+        false,
+    ));
+
+    let (grpc, tunnel) = (free_port().await, free_port().await);
+    let provider = Arc::new(
+        KubeProvider::start(
+            s.client(),
+            KubeConfig {
+                manager_namespace: "ambassador".into(),
+                manager_host: "127.0.0.1".into(),
+                grpc_port: grpc,
+                tunnel_port: tunnel,
+                agent_image: "registry.example/telepresence:0.1.0".into(),
+                policy: InjectPolicy::OnDemand,
+                namespaces: vec![],
+                server: s.url.clone(),
+                sync_timeout: Duration::from_secs(10),
+                rollout_timeout: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let manager = tokio::spawn(manager::run(
+        manager::ManagerConfig {
+            grpc_addr: ([127, 0, 0, 1], grpc).into(),
+            tunnel_addr: ([127, 0, 0, 1], tunnel).into(),
+            agent_timeout: Duration::from_secs(30),
+        },
+        provider.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The client: arrive, serve dials like the daemon (dial the tunnel, then the handler).
+    let url = format!("http://127.0.0.1:{grpc}");
+    let mut client = loop {
+        match ManagerClient::connect(url.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let session = client
+        .arrive_as_client(ClientInfo {
+            name: "dev@laptop".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session;
+    let mut dials = client
+        .watch_dials(session.clone().unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let dial_task = tokio::spawn(async move {
+        while let Some(Ok(d)) = dials.message().await.transpose() {
+            tokio::spawn(async move {
+                let mut t = TcpStream::connect(("127.0.0.1", tunnel)).await.unwrap();
+                let mut local = TcpStream::connect((d.target_host.as_str(), d.target_port as u16))
+                    .await
+                    .unwrap();
+                let h = TunnelHeader {
+                    conn_id: d.conn_id,
+                    intercept_id: d.intercept_id,
+                    ..Default::default()
+                };
+                write_header(&mut t, Role::Client, &h).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut t, &mut local).await;
+            });
+        }
+    });
+
+    // Intercept: the manager writes the agent's entry, rolls out, and waits for the agent.
+    let mut c2 = client.clone();
+    let owner = session.clone();
+    let spec = InterceptSpec {
+        name: "web".into(),
+        workload: "web".into(),
+        target_host: "127.0.0.1".into(),
+        target_port: u32::from(handler_port),
+        ..Default::default()
+    };
+    let create = tokio::spawn(async move {
+        c2.create_intercept(CreateInterceptRequest {
+            session,
+            spec: Some(spec),
+        })
+        .await
+    });
+
+    // The kubelet's part: once the rollout's new pod is admitted, start its agent container.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let entry = loop {
+        let cm: Option<ConfigMap> = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP);
+        if let Some(y) = cm.and_then(|c| c.data?.get("web").cloned()) {
+            break AgentConfig::from_yaml(&y).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no agent entry");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pod = deployment_pod("shop", "web", "77aa1", "n1", vec![c], "10.42.0.9");
+    let injected = inject(
+        &pod,
+        &entry,
+        &InjectSettings {
+            agent_image: "registry.example/telepresence:0.1.0".into(),
+            image_pull_policy: None,
+        },
+    )
+    .unwrap();
+    let agent_container = injected
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == "traffic-agent")
+        .unwrap()
+        .clone();
+    let mut env: HashMap<String, String> = agent_container
+        .env
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let v = e.value.unwrap_or_else(|| "10.42.0.9".into()); // downward API: pod IP
+            (e.name, v)
+        })
+        .collect();
+    assert!(env["TP_MANAGER_ADDR"].ends_with(&format!(":{grpc}")));
+    // The agent port is fixed by the plan (9900); on this shared host take a free one instead.
+    let agent_port = free_port().await;
+    env.insert(
+        "TP_PORT_MAP".into(),
+        env["TP_PORT_MAP"].replace("\"agentPort\":9900", &format!("\"agentPort\":{agent_port}")),
+    );
+    let cfg = agent::AgentConfig::from_lookup(|k| env.get(k).cloned()).unwrap();
+    assert_eq!(cfg.ports, [80], "routed by the service port");
+    assert_eq!(cfg.listen_and_app(80), (agent_port, app_port));
+    let agent = agent::Agent::start(cfg).await.unwrap();
+
+    let info = create
+        .await
+        .unwrap()
+        .expect("intercept created")
+        .into_inner();
+    assert_eq!(info.service_port, 80);
+    assert_eq!(info.workload_kind, "Deployment");
+    // A caller reaching the Service (endpoint: the agent's port) lands at the client.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while greeting(agent_port).await != "dev:" {
+        assert!(tokio::time::Instant::now() < deadline, "never intercepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only the session that made it can remove it; leaving restores the app.
+    let other = arrived_session(&mut client).await;
+    let e = client
+        .remove_intercept(RemoveInterceptRequest {
+            session: other,
+            name: "web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    client
+        .remove_intercept(RemoveInterceptRequest {
+            session: owner,
+            name: "web".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while greeting(agent_port).await != "app:" {
+        assert!(tokio::time::Instant::now() < deadline, "never restored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.shutdown().await.unwrap();
+    // The manager's graceful stop waits for open streams: end the client's.
+    dial_task.abort();
+    drop(client);
+    stop_tx.send(()).unwrap();
+    manager.await.unwrap().unwrap();
+}
+
+/// A fresh client session (to show intercepts belong to the session that made them).
+async fn arrived_session(
+    client: &mut ManagerClient<tonic::transport::Channel>,
+) -> Option<SessionInfo> {
+    client
+        .arrive_as_client(ClientInfo {
+            name: "other@laptop".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+}

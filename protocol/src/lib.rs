@@ -1,0 +1,36 @@
+//! Protocol shared by every role of the `telepresence` binary: the generated gRPC code for the
+//! manager and connector (CLI↔daemon) services, and the TCP tunnel that carries intercepted
+//! connections between agent, manager and daemon.
+
+pub mod filters;
+pub mod tunnel;
+
+/// Generated code for `proto/manager.proto`.
+pub mod manager {
+    tonic::include_proto!("telepresence.manager");
+}
+
+/// Generated code for `proto/connector.proto`.
+pub mod connector {
+    tonic::include_proto!("telepresence.connector");
+}
+
+/// The version every role reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Label put on every resource the project creates.
+pub const MANAGED_BY_LABEL: &str = "telepresence.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "telepresence";
+
+/// Intercept states, as shown by the CLI.
+pub mod state {
+    pub const ACTIVE: &str = "ACTIVE";
+    pub const WAITING: &str = "WAITING";
+    pub const NO_CLIENT: &str = "NO_CLIENT";
+    pub const NO_AGENT: &str = "NO_AGENT";
+    pub const NO_PORTS: &str = "NO_PORTS";
+    pub const AGENT_ERROR: &str = "AGENT_ERROR";
+    pub const BAD_ARGS: &str = "BAD_ARGS";
+    pub const REMOVED: &str = "REMOVED";
+}
