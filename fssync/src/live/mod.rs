@@ -289,7 +289,27 @@ mod tests {
         std::fs::write(a.path().join("d/f"), "v1").unwrap();
         std::fs::write(a.path().join("c"), "base").unwrap();
         copy_tree(a.path(), b.path());
+        let (agent, client, stop_tx) = start_pair(a.path(), b.path());
+        let (a, b) = (a.path(), b.path());
 
+        propagates_both_ways(a, b).await;
+        no_echo(a, b).await;
+        conflict_goes_to_later_mtime(a, b).await;
+        delete_and_rename(a, b).await;
+
+        // A file written just before shutdown still goes out with the final flush.
+        std::fs::write(b.join("last"), "bye").unwrap();
+        stop_tx.send(()).unwrap();
+        client.await.unwrap().unwrap();
+        agent.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(a.join("last")).unwrap(), b"bye");
+    }
+
+    type Engine = JoinHandle<Result<(), FsSyncError>>;
+
+    /// Both engines over an in-memory stream: the agent on `a`, the client on `b`, which stops
+    /// when the returned sender fires.
+    fn start_pair(a: &Path, b: &Path) -> (Engine, Engine, tokio::sync::oneshot::Sender<()>) {
         let (sa, sb) = tokio::io::duplex(1 << 20);
         let opts = |is_agent| LiveOptions {
             is_agent,
@@ -304,7 +324,7 @@ mod tests {
             ra,
             oa,
             ta,
-            vec![live_mount(a.path())],
+            vec![live_mount(a)],
             opts(true),
             std::future::pending(),
         ));
@@ -312,74 +332,69 @@ mod tests {
             rb,
             ob,
             tb,
-            vec![live_mount(b.path())],
+            vec![live_mount(b)],
             opts(false),
             async move {
                 let _ = stop_rx.await;
             },
         ));
+        (agent, client, stop_tx)
+    }
 
-        std::fs::write(a.path().join("d/new"), "from a").unwrap();
+    async fn propagates_both_ways(a: &Path, b: &Path) {
+        std::fs::write(a.join("d/new"), "from a").unwrap();
         eventually("a → b", || {
-            std::fs::read(b.path().join("d/new")).ok().as_deref() == Some(&b"from a"[..])
+            std::fs::read(b.join("d/new")).ok().as_deref() == Some(&b"from a"[..])
         })
         .await;
-        std::fs::write(b.path().join("d/f"), "v2 from b").unwrap();
+        std::fs::write(b.join("d/f"), "v2 from b").unwrap();
         eventually("b → a", || {
-            std::fs::read(a.path().join("d/f")).ok().as_deref() == Some(&b"v2 from b"[..])
+            std::fs::read(a.join("d/f")).ok().as_deref() == Some(&b"v2 from b"[..])
         })
         .await;
-        std::fs::create_dir_all(b.path().join("x/y")).unwrap();
-        symlink("../../d/f", b.path().join("x/y/l")).unwrap();
+        std::fs::create_dir_all(b.join("x/y")).unwrap();
+        symlink("../../d/f", b.join("x/y/l")).unwrap();
         eventually("symlink b → a", || {
-            std::fs::read_link(a.path().join("x/y/l")).ok() == Some(PathBuf::from("../../d/f"))
+            std::fs::read_link(a.join("x/y/l")).ok() == Some(PathBuf::from("../../d/f"))
         })
         .await;
+    }
 
+    async fn no_echo(a: &Path, b: &Path) {
         // No echo: the originals keep their inode (an applied echo would rename over them).
-        let ino_a = std::fs::metadata(a.path().join("d/new")).unwrap().ino();
-        let ino_b = std::fs::metadata(b.path().join("d/f")).unwrap().ino();
+        let ino_a = std::fs::metadata(a.join("d/new")).unwrap().ino();
+        let ino_b = std::fs::metadata(b.join("d/f")).unwrap().ino();
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            std::fs::metadata(a.path().join("d/new")).unwrap().ino(),
-            ino_a
-        );
-        assert_eq!(
-            std::fs::metadata(b.path().join("d/f")).unwrap().ino(),
-            ino_b
-        );
+        assert_eq!(std::fs::metadata(a.join("d/new")).unwrap().ino(), ino_a);
+        assert_eq!(std::fs::metadata(b.join("d/f")).unwrap().ino(), ino_b);
+    }
 
+    async fn conflict_goes_to_later_mtime(a: &Path, b: &Path) {
         // Conflict: both change `c` before either sees the other's; the later mtime wins.
-        std::fs::write(a.path().join("c"), "a wins").unwrap();
-        set_mtime(&a.path().join("c"), 2_000_000_000);
-        std::fs::write(b.path().join("c"), "b loses").unwrap();
-        set_mtime(&b.path().join("c"), 1_900_000_000);
+        std::fs::write(a.join("c"), "a wins").unwrap();
+        set_mtime(&a.join("c"), 2_000_000_000);
+        std::fs::write(b.join("c"), "b loses").unwrap();
+        set_mtime(&b.join("c"), 1_900_000_000);
         eventually("conflict settled", || {
-            std::fs::read(a.path().join("c")).ok().as_deref() == Some(&b"a wins"[..])
-                && std::fs::read(b.path().join("c")).ok().as_deref() == Some(&b"a wins"[..])
+            std::fs::read(a.join("c")).ok().as_deref() == Some(&b"a wins"[..])
+                && std::fs::read(b.join("c")).ok().as_deref() == Some(&b"a wins"[..])
         })
         .await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(std::fs::read(b.path().join("c")).unwrap(), b"a wins");
+        assert_eq!(std::fs::read(b.join("c")).unwrap(), b"a wins");
+    }
 
-        // Delete and rename.
-        std::fs::rename(a.path().join("d/new"), a.path().join("renamed")).unwrap();
-        std::fs::remove_file(b.path().join("x/y/l")).unwrap();
+    async fn delete_and_rename(a: &Path, b: &Path) {
+        std::fs::rename(a.join("d/new"), a.join("renamed")).unwrap();
+        std::fs::remove_file(b.join("x/y/l")).unwrap();
         eventually("rename a → b", || {
-            !b.path().join("d/new").exists()
-                && std::fs::read(b.path().join("renamed")).ok().as_deref() == Some(&b"from a"[..])
+            !b.join("d/new").exists()
+                && std::fs::read(b.join("renamed")).ok().as_deref() == Some(&b"from a"[..])
         })
         .await;
         eventually("delete b → a", || {
-            std::fs::symlink_metadata(a.path().join("x/y/l")).is_err()
+            std::fs::symlink_metadata(a.join("x/y/l")).is_err()
         })
         .await;
-
-        // A file written just before shutdown still goes out with the final flush.
-        std::fs::write(b.path().join("last"), "bye").unwrap();
-        stop_tx.send(()).unwrap();
-        client.await.unwrap().unwrap();
-        agent.await.unwrap().unwrap();
-        assert_eq!(std::fs::read(a.path().join("last")).unwrap(), b"bye");
     }
 }

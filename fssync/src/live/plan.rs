@@ -220,26 +220,70 @@ mod tests {
         State::new(vec![MountState::synced(baseline)])
     }
 
+    /// A mount tree, its root, the synced state and the baseline walk report.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        root: Root,
+        none: HashSet<String>,
+        rep: WalkReport,
+        st: State,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path();
+            std::fs::create_dir(p.join("old")).unwrap();
+            std::fs::write(p.join("old/f"), "1").unwrap();
+            let root = Root::open(p).unwrap();
+            let none = HashSet::new();
+            let (base, rep) = scan(&root, &none).unwrap();
+            let st = state_with(base);
+            Fixture {
+                dir,
+                root,
+                none,
+                rep,
+                st,
+            }
+        }
+
+        fn path(&self, rel: &str) -> std::path::PathBuf {
+            self.dir.path().join(rel)
+        }
+
+        /// Plans a fresh scan against `report`, as a scan that started at epoch `start`.
+        fn plan_with(&mut self, report: &WalkReport, start: u64, force: bool) -> Vec<Planned> {
+            let found = scan(&self.root, &self.none).unwrap().0;
+            plan_changes(&mut self.st, 0, found, report, start, force)
+        }
+
+        fn plan(&mut self, force: bool) -> Vec<Planned> {
+            let rep = self.rep.clone();
+            self.plan_with(&rep, 0, force)
+        }
+    }
+
     #[test]
     fn plan_waits_for_stable_files_orders_and_skips_touched() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        std::fs::create_dir(p.join("old")).unwrap();
-        std::fs::write(p.join("old/f"), "1").unwrap();
-        let root = Root::open(p).unwrap();
-        let none = HashSet::new();
-        let (base, rep) = scan(&root, &none).unwrap();
-        let mut st = state_with(base);
-        assert!(plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false).is_empty());
+        let mut fx = Fixture::new();
+        assert!(fx.plan(false).is_empty());
+        new_entries_wait_until_stable(&mut fx);
+        small_files_go_after_max_defer(&mut fx);
+        large_files_wait_until_settled(&mut fx);
+        deletions_come_first_children_first(&mut fx);
+        touched_paths_are_left_alone(&mut fx);
+    }
 
+    fn new_entries_wait_until_stable(fx: &mut Fixture) {
         // A new directory goes at once; a new file only once it looked the same twice.
-        std::fs::create_dir(p.join("new")).unwrap();
-        std::fs::write(p.join("new/g"), "22").unwrap();
-        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+        std::fs::create_dir(fx.path("new")).unwrap();
+        std::fs::write(fx.path("new/g"), "22").unwrap();
+        let plan = fx.plan(false);
         let what: Vec<(&str, &PlanOp)> = plan.iter().map(|x| (x.path.as_str(), &x.what)).collect();
         assert_eq!(what.len(), 1);
         assert_eq!(what[0].0, "new");
-        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+        let plan = fx.plan(false);
         assert_eq!(plan.len(), 1);
         assert_eq!(
             (plan[0].path.as_str(), &plan[0].what),
@@ -247,22 +291,24 @@ mod tests {
         );
         assert_eq!(plan[0].seq, 2);
         // Nothing more once sent.
-        assert!(plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false).is_empty());
+        assert!(fx.plan(false).is_empty());
 
         // A file that keeps growing is not sent; force (final flush) sends it anyway.
-        std::fs::write(p.join("new/g"), "333").unwrap();
-        assert!(plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false).is_empty());
-        std::fs::write(p.join("new/g"), "4444").unwrap();
-        assert!(plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false).is_empty());
-        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, true);
+        std::fs::write(fx.path("new/g"), "333").unwrap();
+        assert!(fx.plan(false).is_empty());
+        std::fs::write(fx.path("new/g"), "4444").unwrap();
+        assert!(fx.plan(false).is_empty());
+        let plan = fx.plan(true);
         assert_eq!(plan.len(), 1);
+    }
 
+    fn small_files_go_after_max_defer(fx: &mut Fixture) {
         // A small file that changes at every poll still goes out after MAX_DEFER.
         let t = std::time::Instant::now();
         let mut sent = false;
         for n in 0.. {
-            std::fs::write(p.join("new/log"), "x".repeat(n + 1)).unwrap();
-            let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+            std::fs::write(fx.path("new/log"), "x".repeat(n + 1)).unwrap();
+            let plan = fx.plan(false);
             if plan.iter().any(|x| x.path == "new/log") {
                 sent = true;
                 break;
@@ -273,14 +319,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(sent && t.elapsed() >= MAX_DEFER, "{:?}", t.elapsed());
+    }
+
+    fn large_files_wait_until_settled(fx: &mut Fixture) {
         // A large file that keeps changing waits until it settles, however long that takes.
         let big = vec![7u8; SMALL_FILE as usize];
         let t = std::time::Instant::now();
         for n in 0.. {
             let mut body = big.clone();
             body.extend(std::iter::repeat_n(1u8, n));
-            std::fs::write(p.join("new/big"), body).unwrap();
-            let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+            std::fs::write(fx.path("new/big"), body).unwrap();
+            let plan = fx.plan(false);
             assert!(
                 plan.iter().all(|x| x.path != "new/big"),
                 "sent while changing"
@@ -290,41 +339,37 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+        let plan = fx.plan(false);
         assert!(
             plan.iter().any(|x| x.path == "new/big"),
             "sent once settled"
         );
+    }
 
+    fn deletions_come_first_children_first(fx: &mut Fixture) {
         // Deletions: children before parents, before creations.
-        std::fs::remove_dir_all(p.join("old")).unwrap();
-        std::fs::create_dir(p.join("z")).unwrap();
-        let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 0, false);
+        std::fs::remove_dir_all(fx.path("old")).unwrap();
+        std::fs::create_dir(fx.path("z")).unwrap();
+        let plan = fx.plan(false);
         let what: Vec<(&str, &PlanOp)> = plan.iter().map(|x| (x.path.as_str(), &x.what)).collect();
         assert_eq!(what[0], ("old/f", &PlanOp::Delete));
         assert_eq!(what[1], ("old", &PlanOp::Delete));
         assert_eq!(what[2].0, "z");
 
         // No deletions inferred below a subtree the walk could not read.
-        std::fs::remove_dir_all(p.join("new")).unwrap();
+        std::fs::remove_dir_all(fx.path("new")).unwrap();
         let partial = WalkReport {
             incomplete: vec!["new".into()],
             skipped: 0,
         };
-        assert!(plan_changes(
-            &mut st,
-            0,
-            scan(&root, &none).unwrap().0,
-            &partial,
-            0,
-            false
-        )
-        .is_empty());
+        assert!(fx.plan_with(&partial, 0, false).is_empty());
+    }
 
+    fn touched_paths_are_left_alone(fx: &mut Fixture) {
         // Paths the applier touched after the scan started are left alone.
-        std::fs::write(p.join("t"), "t").unwrap();
-        st.epoch = 5;
-        st.mounts[0].entries.insert(
+        std::fs::write(fx.path("t"), "t").unwrap();
+        fx.st.epoch = 5;
+        fx.st.mounts[0].entries.insert(
             "t".into(),
             Entry {
                 meta: None,
@@ -334,7 +379,7 @@ mod tests {
             },
         );
         for _ in 0..3 {
-            let plan = plan_changes(&mut st, 0, scan(&root, &none).unwrap().0, &rep, 4, false);
+            let plan = fx.plan_with(&fx.rep.clone(), 4, false);
             assert!(plan.iter().all(|x| x.path != "t"), "{plan:?}");
         }
     }
