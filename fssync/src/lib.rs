@@ -34,7 +34,8 @@
 //! sent over and over (a file under [`SMALL_FILE`] that keeps changing, like a log, still goes
 //! out every [`MAX_DEFER`]). Applied changes update the recorded state (no echo); files are
 //! written to a temporary name in the same directory and renamed into place, so readers never
-//! see half a file. Renames travel as delete + create.//!
+//! see half a file. Renames travel as delete + create.
+//!
 //! # Layout
 //! - `wire.rs`: frames, message types, encoding and the stream's writer task.
 //! - `error.rs`: [`FsSyncError`].
