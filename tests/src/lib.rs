@@ -4,7 +4,7 @@
 //! of ours is left behind.
 
 pub mod bench_outbound;
-pub mod kube_standin;
+pub mod kube;
 pub mod testapp;
 pub mod testapp_h2;
 pub mod testapp_load;

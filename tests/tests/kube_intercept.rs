@@ -6,12 +6,6 @@
 //! the agent from the entry; the intercept becomes active; a caller's connection reaches the
 //! client; leaving restores the app.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kubernetes::configmap::AgentConfig;
 use kubernetes::patch::{inject, InjectSettings};
@@ -19,10 +13,11 @@ use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use protocol::manager::manager_client::ManagerClient;
 use protocol::manager::*;
 use protocol::tunnel::{write_header, Role, TunnelHeader};
-use standin::StandIn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tests::kube::fixtures::*;
+use tests::kube::standin::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

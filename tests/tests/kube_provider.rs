@@ -3,12 +3,6 @@
 //! mapping and "not interceptable" reasons, agent install/removal (ConfigMap entry, rollout
 //! patch), injection policy, CIDR and cluster facts.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Pod};
 use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
@@ -17,8 +11,9 @@ use kubernetes::ports::NO_SERVICE_REASON;
 use kubernetes::webhook::ConfigSource;
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP, RESTART_ANNOTATION};
 use manager::provider::{AgentRequest, Provider, ProviderError};
-use standin::StandIn;
 use std::time::Duration;
+use tests::kube::fixtures::*;
+use tests::kube::standin::StandIn;
 
 fn cfg(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
     KubeConfig {

@@ -3,12 +3,6 @@
 //! nothing; pods without config, other operations and uninjectable pods are admitted as they
 //! are. Also end to end over HTTPS with a generated certificate.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/https.rs"]
-mod https;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
@@ -25,6 +19,9 @@ use kubernetes::webhook::{self, BoxFuture, ConfigSource};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tests::kube::fixtures;
+use tests::kube::fixtures::*;
+use tests::kube::https;
 
 /// Configs by workload name.
 struct Fixed(HashMap<String, AgentConfig>);

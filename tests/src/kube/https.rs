@@ -1,8 +1,6 @@
 //! A self-signed certificate for `localhost` in a temp dir, and a one-request HTTPS client
 //! trusting it (rustls + hyper).
 
-#![allow(dead_code)]
-
 use http_body_util::BodyExt;
 use kubernetes::webhook::TlsFiles;
 use std::net::SocketAddr;

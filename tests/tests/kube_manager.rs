@@ -2,14 +2,6 @@
 //! an intercept whose agent cannot start (the timeout says why, from the pods' state), and
 //! `uninstall --all-agents` removing the ConfigMap entries.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/https.rs"]
-mod https;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
 };
@@ -17,9 +9,11 @@ use kubernetes::patch::{inject, InjectSettings};
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use protocol::manager::manager_server::Manager as _;
 use protocol::manager::*;
-use standin::StandIn;
 use std::sync::Arc;
 use std::time::Duration;
+use tests::kube::fixtures::*;
+use tests::kube::https;
+use tests::kube::standin::StandIn;
 use tonic::Request;
 
 /// An intercept of workload `web` to 127.0.0.1:8080.

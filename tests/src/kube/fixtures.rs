@@ -1,8 +1,6 @@
 //! Kubernetes objects for tests, typed with `k8s-openapi`: namespaces, Deployments with their
 //! ReplicaSets and pods, bare ReplicaSets, StatefulSets, Services.
 
-#![allow(dead_code)]
-
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec,
 };
