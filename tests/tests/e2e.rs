@@ -2,27 +2,11 @@
 //! `telepresence` binary driven as a user would, real containers for daemon, manager, agent
 //! and handler. Run serially (`--test-threads=1`): `quit -s` is engine-wide.
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 use tests::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// The value of `key` in a padded `key : value` block.
-fn kv(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-/// Asserts that nothing of ours is left on the engine (containers, networks, volumes).
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
 
 /// Starts `telepresence intercept ... --docker-run -- <app image> serve --http <port> --name <name>`.
 fn intercept_with_handler(
@@ -33,33 +17,7 @@ fn intercept_with_handler(
     remote: u16,
     name: &str,
 ) -> Child {
-    user.intercept_cmd(p, workload, local, remote, &[], &[], name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn intercept")
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "intercept process did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn output_of(child: Child) -> (String, String) {
-    let o = child.wait_with_output().expect("output");
-    (
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    spawn_piped(user.intercept_cmd(p, workload, local, remote, &[], &[], name))
 }
 
 #[test]
@@ -71,16 +29,7 @@ fn intercept_docker_run_routes_and_restores() {
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--cluster-type",
-            "docker",
-            "-n",
-            &p.name,
-        ])
-        .ok();
+    let c = user.connect_docker(&p, &[]).ok();
     assert!(
         c.stdout.contains(&format!(
             "Connected to context docker, namespace {}",
@@ -634,14 +583,7 @@ fn in_flight_connections_are_not_cut() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    let web = p.container("web").unwrap();
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &web,
-    ])
-    .unwrap();
+    let ip = p.ip("web").unwrap();
     let addr = format!("{ip}:8080");
     user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
         .ok();

@@ -90,16 +90,6 @@ fn stop(p: &Project, user: &User, mut child: Child) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Polls until `f` is true.
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
-
 #[test]
 fn handler_sees_env_and_live_volumes() {
     if !engine_available() {

@@ -1,5 +1,5 @@
 //! The Kubernetes provider against a real cluster, read-only, when `KUBECONFIG` names one (e.g.
-//! a kind cluster: `kind create cluster && KUBECONFIG=~/.kube/config cargo test -p tp-manager
+//! a kind cluster: `kind create cluster && KUBECONFIG=~/.kube/config cargo test -p tests
 //! --test kube_cluster`). Without it the test prints SKIPPED with the reason.
 
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider};

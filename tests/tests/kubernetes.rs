@@ -17,20 +17,6 @@ use tests::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn kv(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
-
 /// A kubeconfig for the stand-in at `server`, with an exec plugin that hands out `token`, and
 /// a second context that must not reach the daemon.
 fn write_kubeconfig(home: &std::path::Path, server: &str, ns: &str, token: &str) -> String {

@@ -8,11 +8,6 @@ use tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
-
 /// `telepresence [--use conn] docker-run --rm <test app> <args>` as `user`.
 fn handler(user: &User, conn: Option<&str>, args: &[&str]) -> Run {
     let (app, _) = images();
@@ -44,19 +39,6 @@ fn project_subnet(p: &Project) -> String {
         &format!("{}_default", p.name),
     ])
     .unwrap()
-}
-
-fn containers_of(p: &Project, service: &str) -> Vec<String> {
-    let out = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", p.name),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-    ])
-    .unwrap();
-    out.lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -115,7 +97,7 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
 
     // A multi-replica service: its name gives every replica; each replica answers by IP and by
     // its own (container) name.
-    let replicas = containers_of(&p, "multi");
+    let replicas = p.containers("multi").unwrap();
     assert_eq!(replicas.len(), 2);
     let r = handler(&user, None, &["lookup", "multi"]).ok();
     let mut ips: Vec<&str> = r.stdout.lines().collect();

@@ -87,15 +87,7 @@ fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
     let direct_dl = exec_json(&p, &["download", &dl])?;
 
     let start = Instant::now();
-    user.tp(&[
-        "connect",
-        "--docker",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &p.name,
-    ])
-    .ok();
+    user.connect_docker(&p, &[]).ok();
     let connect_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
