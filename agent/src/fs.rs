@@ -328,8 +328,9 @@ impl Write for ChanWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::tests::fs::{chmod, write_file};
     use fssync::{encode_frame, Attrs, Change, Op};
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::symlink;
     use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
     type Reader = tokio::io::BufReader<ReadHalf<DuplexStream>>;
@@ -480,16 +481,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let long_dir = "d".repeat(120);
-        std::fs::create_dir_all(p.join(&long_dir).join("sub")).unwrap();
-        std::fs::write(p.join(&long_dir).join("sub/file"), "content").unwrap();
-        std::fs::write(p.join("exec"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(p.join("exec"), std::fs::Permissions::from_mode(0o750)).unwrap();
-        std::fs::write(p.join("empty"), "").unwrap();
+        write_file(p, &format!("{long_dir}/sub/file"), "content");
+        write_file(p, "exec", "#!/bin/sh\n");
+        chmod(&p.join("exec"), 0o750);
+        write_file(p, "empty", "");
         let long_target = format!("{long_dir}/sub/file");
         symlink(&long_target, p.join("link")).unwrap();
         symlink("/etc/passwd", p.join("abs")).unwrap();
-        std::fs::create_dir(p.join("nested")).unwrap();
-        std::fs::write(p.join("nested/x"), "x").unwrap();
+        write_file(p, "nested/x", "x");
 
         let root = Root::open(p).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
