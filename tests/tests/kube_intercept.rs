@@ -83,16 +83,12 @@ async fn intercept_through_an_injected_agent() {
         KubeProvider::start(
             s.client(),
             KubeConfig {
-                manager_namespace: "ambassador".into(),
                 manager_host: "127.0.0.1".into(),
                 grpc_port: grpc,
                 tunnel_port: tunnel,
                 agent_image: "registry.example/telepresence:0.1.0".into(),
-                policy: InjectPolicy::OnDemand,
-                namespaces: vec![],
                 server: s.url.clone(),
-                sync_timeout: Duration::from_secs(10),
-                rollout_timeout: Duration::ZERO,
+                ..kube_config(InjectPolicy::OnDemand, &[])
             },
         )
         .await
@@ -112,23 +108,8 @@ async fn intercept_through_an_injected_agent() {
     ));
 
     // The client: arrive, serve dials like the daemon (dial the tunnel, then the handler).
-    let url = format!("http://127.0.0.1:{grpc}");
-    let mut client = loop {
-        match ManagerClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let session = client
-        .arrive_as_client(ClientInfo {
-            name: "dev@laptop".into(),
-            namespace: "shop".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session;
+    let mut client = manager_client(grpc).await;
+    let session = arrive(&mut client).await.session;
     let mut dials = client
         .watch_dials(session.clone().unwrap())
         .await
