@@ -621,17 +621,7 @@ async fn rotated_certificates_are_picked_up() {
         settings(),
     ));
     let second = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first.der.clone()).unwrap();
-    roots.add(second.cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = https::connector(&[first.der.clone(), second.cert.der().clone()]);
     let served = || async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
