@@ -199,6 +199,12 @@ impl User {
         self.command(&args)
     }
 
+    /// `telepresence connect --cluster-type docker -n <project>`, to completion, which must succeed.
+    pub fn connect(&self, p: &Project) -> Run {
+        self.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
+            .ok()
+    }
+
     /// `telepresence connect --docker --cluster-type docker -n <project> <extra…>`, to completion.
     pub fn connect_docker(&self, p: &Project, extra: &[&str]) -> Run {
         let mut args = vec![

@@ -103,8 +103,7 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
     }
     let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
     let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
     p.wait_for("http://web:8080/", "web-handler", T).unwrap();
@@ -138,8 +137,7 @@ fn ctrl_c_ends_the_intercept() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     unsafe {
@@ -169,8 +167,7 @@ fn crashed_agent_leaves_no_netfilter_rules() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
@@ -231,8 +228,7 @@ fn bad_input_fails_cleanly() {
     let r = user.tp(&["list"]);
     assert!(err_line(&r).contains("Not connected"), "{r:?}");
 
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let baseline = leftovers();
     // Already connected elsewhere under the same name.
     let r = user.tp(&[
@@ -377,9 +373,7 @@ fn connect_builds_its_image_when_missing() {
     let p = Project::up(&[("web", 8080)]).unwrap();
     docker(&["rmi", tp]).unwrap();
     let user = User::new();
-    let c = user
-        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    let c = user.connect(&p);
     assert!(
         c.stderr.contains(&format!("Building image {tp}")),
         "{}",
@@ -404,9 +398,7 @@ fn connect_builds_its_image_when_missing() {
     );
     // Present now: the next connect does not build.
     user.tp(&["quit"]).ok();
-    let c = user
-        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    let c = user.connect(&p);
     assert!(!c.stderr.contains("Building image"), "{}", c.stderr);
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
@@ -419,8 +411,7 @@ fn dead_client_lease_expires_and_restores_the_path() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let name = format!("docker-{}-cn", p.name);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
@@ -449,8 +440,7 @@ fn garbage_on_sockets_is_harmless() {
     use std::io::{Read, Write};
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let name = format!("docker-{}-cn", p.name);
     let port_of = |c: &str, port: &str| {
         let s = docker(&["port", c, port]).unwrap();
@@ -509,8 +499,7 @@ fn uninstall_removes_the_agent_and_its_redirect() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
         .ok();
     user.tp(&["leave", "web"]).ok();
@@ -585,8 +574,7 @@ fn in_flight_connections_are_not_cut() {
     let user = User::new();
     let ip = p.ip("web").unwrap();
     let addr = format!("{ip}:8080");
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     // The agent is installed by a first intercept; the redirect only affects new connections.
     user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
         .ok();

@@ -97,8 +97,7 @@ fn handler_sees_env_and_live_volumes() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let envfile = user.home.join("web.env");
     let child = handler(
         &user,
@@ -218,8 +217,7 @@ fn mount_false_creates_no_volume() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let child = handler(&user, &p, &["--mount=false"]);
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let vols = docker(&[
@@ -250,8 +248,7 @@ fn env_json_and_docker_mount_root() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let json = user.home.join("env.json");
     let child = handler_with(
         &user,
@@ -303,8 +300,7 @@ fn large_tree_mounts_completely() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let child = handler(&user, &p, &["--docker-mount", "/remote"]);
     p.wait_for("http://web:8080/", "handler", Duration::from_secs(120))
         .unwrap();

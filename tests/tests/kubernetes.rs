@@ -82,8 +82,7 @@ fn standin_with_manager(
     p: &Project,
     tls: bool,
 ) -> (tokio::runtime::Runtime, StandIn, String, Option<String>) {
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(p);
     user.tp(&["quit"]).ok();
     let mgr = format!("tp-traffic-manager-{}", p.name);
     let mgr_ip = docker(&[
