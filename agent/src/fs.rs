@@ -328,7 +328,7 @@ impl Write for ChanWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ::tests::fs::{chmod, write_file};
+    use ::tests::fs::{chmod, write_file, Rng};
     use fssync::{encode_frame, Attrs, Change, Op};
     use std::os::unix::fs::symlink;
     use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -546,16 +546,6 @@ mod tests {
         assert_eq!(seen[&long_dir].0, tar::EntryType::Directory);
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn garbage_from_the_client_is_an_error_and_writes_nothing() {
         let outside = tempfile::tempdir().unwrap();
@@ -579,8 +569,8 @@ mod tests {
             if round % 2 == 1 {
                 subscribe(&mut r, &mut w, mounts.clone()).await;
             }
-            let n = 1 + rng.next() as usize % 2000;
-            let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let n = 1 + rng.next_u64() as usize % 2000;
+            let junk: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             w.write_all(&junk).await.unwrap();
             w.shutdown().await.unwrap();
             let drain = tokio::spawn(async move {

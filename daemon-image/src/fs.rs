@@ -639,7 +639,7 @@ fn remove_extras(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ::tests::fs::{chmod, read, same_content, set_mtime, tree_diff, within};
+    use ::tests::fs::{chmod, read, same_content, set_mtime, tree_diff, within, Rng};
 
     const TWO_S: Duration = Duration::from_secs(2);
     const EVERY_5MS: Duration = Duration::from_millis(5);
@@ -1096,19 +1096,6 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_bytes_from_the_agent_are_errors() {
         let base = tempfile::tempdir().unwrap();
@@ -1123,14 +1110,14 @@ mod tests {
             let script = match round % 3 {
                 // Random bytes instead of the protocol.
                 0 => {
-                    let n = 1 + rng.next() as usize % 3000;
+                    let n = 1 + rng.next_u64() as usize % 3000;
                     rng.bytes(n)
                 }
                 // A valid start, then random bytes as tar data.
                 1 => {
                     let mut v = agent_prelude();
-                    for _ in 0..1 + rng.next() % 4 {
-                        let n = 1 + rng.next() as usize % 4000;
+                    for _ in 0..1 + rng.next_u64() % 4 {
+                        let n = 1 + rng.next_u64() as usize % 4000;
                         v.extend(encode_frame(&Frame::Data(rng.bytes(n))));
                     }
                     v.extend(encode_frame(&Frame::Msg(Msg::TarEnd { mount: 0 })));
@@ -1139,9 +1126,9 @@ mod tests {
                 // A valid session with a few flipped bytes.
                 _ => {
                     let mut v = valid.clone();
-                    for _ in 0..1 + rng.next() % 3 {
-                        let i = rng.next() as usize % v.len();
-                        v[i] ^= (rng.next() as u8) | 1;
+                    for _ in 0..1 + rng.next_u64() % 3 {
+                        let i = rng.next_u64() as usize % v.len();
+                        v[i] ^= (rng.next_u64() as u8) | 1;
                     }
                     v
                 }
@@ -1170,7 +1157,7 @@ mod tests {
         let mut left = len;
         while left > 0 {
             for c in buf.chunks_mut(8) {
-                c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]);
+                c.copy_from_slice(&rng.next_u64().to_le_bytes()[..c.len()]);
             }
             let n = left.min(buf.len());
             f.write_all(&buf[..n]).unwrap();

@@ -1,6 +1,7 @@
 //! File-tree helpers for tests: building trees of files to sync or serve (`make_tree`,
 //! `write_file`), reading and changing their metadata (`read`, `chmod`, `set_mtime`), comparing
-//! two trees (`tree_diff`, `same_content`) and waiting for a condition on them (`within`).
+//! two trees (`tree_diff`, `same_content`), waiting for a condition on them (`within`) and
+//! deterministic random bytes (`Rng`).
 
 use anyhow::Result;
 use std::fs::File;
@@ -139,4 +140,22 @@ pub fn make_tree(dir: &Path, files: usize, big: u64) -> Result<(u64, u64)> {
         bytes += big;
     }
     Ok((files as u64 + n, bytes))
+}
+
+/// Deterministic xorshift PRNG for the fuzz-ish tests: the same seed gives the same bytes.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
 }
