@@ -328,8 +328,9 @@ impl Write for ChanWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::tests::fs::{chmod, write_file, Rng};
     use fssync::{encode_frame, Attrs, Change, Op};
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::symlink;
     use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
     type Reader = tokio::io::BufReader<ReadHalf<DuplexStream>>;
@@ -480,16 +481,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let long_dir = "d".repeat(120);
-        std::fs::create_dir_all(p.join(&long_dir).join("sub")).unwrap();
-        std::fs::write(p.join(&long_dir).join("sub/file"), "content").unwrap();
-        std::fs::write(p.join("exec"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(p.join("exec"), std::fs::Permissions::from_mode(0o750)).unwrap();
-        std::fs::write(p.join("empty"), "").unwrap();
+        write_file(p, &format!("{long_dir}/sub/file"), "content");
+        write_file(p, "exec", "#!/bin/sh\n");
+        chmod(&p.join("exec"), 0o750);
+        write_file(p, "empty", "");
         let long_target = format!("{long_dir}/sub/file");
         symlink(&long_target, p.join("link")).unwrap();
         symlink("/etc/passwd", p.join("abs")).unwrap();
-        std::fs::create_dir(p.join("nested")).unwrap();
-        std::fs::write(p.join("nested/x"), "x").unwrap();
+        write_file(p, "nested/x", "x");
 
         let root = Root::open(p).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
@@ -547,16 +546,6 @@ mod tests {
         assert_eq!(seen[&long_dir].0, tar::EntryType::Directory);
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn garbage_from_the_client_is_an_error_and_writes_nothing() {
         let outside = tempfile::tempdir().unwrap();
@@ -580,8 +569,8 @@ mod tests {
             if round % 2 == 1 {
                 subscribe(&mut r, &mut w, mounts.clone()).await;
             }
-            let n = 1 + rng.next() as usize % 2000;
-            let junk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let n = 1 + rng.next_u64() as usize % 2000;
+            let junk: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             w.write_all(&junk).await.unwrap();
             w.shutdown().await.unwrap();
             let drain = tokio::spawn(async move {

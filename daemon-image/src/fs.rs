@@ -639,9 +639,13 @@ fn remove_extras(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::tests::fs::{chmod, read, same_content, set_mtime, tree_diff, within, Rng};
+
+    const TWO_S: Duration = Duration::from_secs(2);
+    const EVERY_5MS: Duration = Duration::from_millis(5);
     use agent::fs::{serve_with, ServeOptions};
     use fssync::encode_frame;
-    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{symlink, MetadataExt};
     use std::path::Path;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -728,87 +732,6 @@ mod tests {
         }
     }
 
-    /// Differences between two trees (type, content, mode, mtime seconds, symlink target).
-    fn tree_diff(a: &Path, b: &Path, rel: &str, out: &mut Vec<String>) {
-        let mut names: Vec<_> = std::fs::read_dir(a.join(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        let mut other: Vec<_> = std::fs::read_dir(b.join(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        other.sort();
-        if names != other {
-            out.push(format!("{rel}: {names:?} vs {other:?}"));
-            return;
-        }
-        for n in names {
-            let r = Path::new(rel).join(&n);
-            let (ma, mb) = (
-                std::fs::symlink_metadata(a.join(&r)).unwrap(),
-                std::fs::symlink_metadata(b.join(&r)).unwrap(),
-            );
-            if ma.file_type() != mb.file_type() || ma.mode() != mb.mode() {
-                out.push(format!("{r:?}: mode {:o} vs {:o}", ma.mode(), mb.mode()));
-            } else if ma.is_symlink() {
-                if std::fs::read_link(a.join(&r)).unwrap()
-                    != std::fs::read_link(b.join(&r)).unwrap()
-                {
-                    out.push(format!("{r:?}: link target"));
-                }
-            } else if ma.is_dir() {
-                if ma.mtime() != mb.mtime() {
-                    out.push(format!("{r:?}: dir mtime {} vs {}", ma.mtime(), mb.mtime()));
-                }
-                tree_diff(a, b, r.to_str().unwrap(), out);
-            } else if ma.mtime() != mb.mtime() || !same_content(&a.join(&r), &b.join(&r)) {
-                out.push(format!("{r:?}: content or mtime"));
-            }
-        }
-    }
-
-    fn same_content(a: &Path, b: &Path) -> bool {
-        let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-        let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-        loop {
-            let n = fa.read(&mut ba).unwrap();
-            if n == 0 {
-                return fb.read(&mut bb).unwrap() == 0;
-            }
-            if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
-                return false;
-            }
-        }
-    }
-
-    async fn within_2s(what: &str, mut f: impl FnMut() -> bool) -> Duration {
-        let t = Instant::now();
-        while !f() {
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "not within 2 s: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        t.elapsed()
-    }
-
-    fn read(p: &Path) -> Option<Vec<u8>> {
-        std::fs::read(p).ok()
-    }
-
-    fn chmod(p: &Path, mode: u32) {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    fn set_mtime(p: &Path, secs: u64) {
-        let f = File::open(p).unwrap();
-        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-            .unwrap();
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn initial_mirror_then_live_sync_both_ways() {
         let remote = tempfile::tempdir().unwrap();
@@ -868,22 +791,22 @@ mod tests {
 
         // Live: agent → client, client → agent.
         std::fs::write(r.join("d1/from-agent"), "a1").unwrap();
-        let t1 = within_2s("new file agent → client", || {
+        let t1 = within("new file agent → client", TWO_S, EVERY_5MS, || {
             read(&lp.join("d1/from-agent")).as_deref() == Some(&b"a1"[..])
         })
         .await;
         std::fs::write(lp.join("from-client"), "c1").unwrap();
-        let t2 = within_2s("new file client → agent", || {
+        let t2 = within("new file client → agent", TWO_S, EVERY_5MS, || {
             read(&r.join("from-client")).as_deref() == Some(&b"c1"[..])
         })
         .await;
         std::fs::write(lp.join("d1/d2/d3/deep.txt"), "changed by client").unwrap();
-        let t3 = within_2s("modification client → agent", || {
+        let t3 = within("modification client → agent", TWO_S, EVERY_5MS, || {
             read(&r.join("d1/d2/d3/deep.txt")).as_deref() == Some(&b"changed by client"[..])
         })
         .await;
         std::fs::write(r.join("exec.sh"), "#!/bin/sh\necho v2\n").unwrap();
-        let t4 = within_2s("modification agent → client", || {
+        let t4 = within("modification agent → client", TWO_S, EVERY_5MS, || {
             read(&lp.join("exec.sh")).as_deref() == Some(&b"#!/bin/sh\necho v2\n"[..])
         })
         .await;
@@ -896,19 +819,19 @@ mod tests {
         std::fs::write(lp.join("n1/n2/f"), "nested").unwrap();
         std::fs::remove_file(r.join("link")).unwrap();
         symlink("exec.sh", r.join("link")).unwrap();
-        within_2s("delete a → c", || {
+        within("delete a → c", TWO_S, EVERY_5MS, || {
             std::fs::symlink_metadata(lp.join("empty")).is_err()
         })
         .await;
-        within_2s("rename c → a", || {
+        within("rename c → a", TWO_S, EVERY_5MS, || {
             !r.join("private").exists() && read(&r.join("secret/key")).as_deref() == Some(&b"k"[..])
         })
         .await;
-        within_2s("new tree c → a", || {
+        within("new tree c → a", TWO_S, EVERY_5MS, || {
             read(&r.join("n1/n2/f")).as_deref() == Some(&b"nested"[..])
         })
         .await;
-        within_2s("retargeted symlink a → c", || {
+        within("retargeted symlink a → c", TWO_S, EVERY_5MS, || {
             std::fs::read_link(lp.join("link")).ok() == Some("exec.sh".into())
         })
         .await;
@@ -950,7 +873,7 @@ mod tests {
             std::fs::write(l.join("f"), "local edit").unwrap();
             std::fs::write(l.join("new"), "local").unwrap();
         }
-        within_2s("rw mount still syncs", || {
+        within("rw mount still syncs", TWO_S, EVERY_5MS, || {
             read(&rw.path().join("new")).as_deref() == Some(&b"local"[..])
         })
         .await;
@@ -961,7 +884,7 @@ mod tests {
         }
         // Remote changes of read-only mounts still arrive.
         std::fs::write(ro.path().join("g"), "from the workload").unwrap();
-        within_2s("ro mount agent → client", || {
+        within("ro mount agent → client", TWO_S, EVERY_5MS, || {
             read(&l1.join("g")).as_deref() == Some(&b"from the workload"[..])
         })
         .await;
@@ -998,7 +921,10 @@ mod tests {
         );
         assert_eq!(read(&locals.path().join("b/f")).unwrap(), b"f");
         std::fs::write(locals.path().join("b/g"), "g").unwrap();
-        within_2s("the served mount syncs", || read(&dir.join("g")).is_some()).await;
+        within("the served mount syncs", TWO_S, EVERY_5MS, || {
+            read(&dir.join("g")).is_some()
+        })
+        .await;
         s.end().await;
     }
 
@@ -1170,19 +1096,6 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn random_bytes_from_the_agent_are_errors() {
         let base = tempfile::tempdir().unwrap();
@@ -1197,14 +1110,14 @@ mod tests {
             let script = match round % 3 {
                 // Random bytes instead of the protocol.
                 0 => {
-                    let n = 1 + rng.next() as usize % 3000;
+                    let n = 1 + rng.next_u64() as usize % 3000;
                     rng.bytes(n)
                 }
                 // A valid start, then random bytes as tar data.
                 1 => {
                     let mut v = agent_prelude();
-                    for _ in 0..1 + rng.next() % 4 {
-                        let n = 1 + rng.next() as usize % 4000;
+                    for _ in 0..1 + rng.next_u64() % 4 {
+                        let n = 1 + rng.next_u64() as usize % 4000;
                         v.extend(encode_frame(&Frame::Data(rng.bytes(n))));
                     }
                     v.extend(encode_frame(&Frame::Msg(Msg::TarEnd { mount: 0 })));
@@ -1213,9 +1126,9 @@ mod tests {
                 // A valid session with a few flipped bytes.
                 _ => {
                     let mut v = valid.clone();
-                    for _ in 0..1 + rng.next() % 3 {
-                        let i = rng.next() as usize % v.len();
-                        v[i] ^= (rng.next() as u8) | 1;
+                    for _ in 0..1 + rng.next_u64() % 3 {
+                        let i = rng.next_u64() as usize % v.len();
+                        v[i] ^= (rng.next_u64() as u8) | 1;
                     }
                     v
                 }
@@ -1244,7 +1157,7 @@ mod tests {
         let mut left = len;
         while left > 0 {
             for c in buf.chunks_mut(8) {
-                c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]);
+                c.copy_from_slice(&rng.next_u64().to_le_bytes()[..c.len()]);
             }
             let n = left.min(buf.len());
             f.write_all(&buf[..n]).unwrap();
@@ -1326,9 +1239,12 @@ mod tests {
 
         // Live latency with a 10,000-file tree being polled on both sides, default interval.
         std::fs::write(small.path().join("dir050/live"), "agent").unwrap();
-        let a2c = within_2s("a → c", || read(&ls.join("dir050/live")).is_some()).await;
+        let a2c = within("a → c", TWO_S, EVERY_5MS, || {
+            read(&ls.join("dir050/live")).is_some()
+        })
+        .await;
         std::fs::write(ls.join("dir051/live"), "client").unwrap();
-        let c2a = within_2s("c → a", || {
+        let c2a = within("c → a", TWO_S, EVERY_5MS, || {
             read(&small.path().join("dir051/live")).is_some()
         })
         .await;

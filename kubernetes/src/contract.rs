@@ -2,7 +2,7 @@
 //! traffic-manager, as data: the environment variables it reads ([`ENV`]), the RBAC rules its
 //! API calls need ([`RBAC`]), and where its webhook listens ([`WEBHOOK_SERVICE_PORT`] with
 //! [`super::webhook::PATH`] and [`super::startup::MANAGER_SERVICE`]). The chart's tests
-//! (`cli/tests/helm_chart.rs`) render the chart and check it against these tables, and this
+//! (`tests/tests/helm_chart.rs`) render the chart and check it against these tables, and this
 //! module's tests check the tables against the code that reads the environment, so neither side
 //! can drift alone.
 

@@ -64,8 +64,7 @@ pub fn outbound(mib: u64, conns: usize) -> Result<(Vec<Row>, Value)> {
     let p = Project::up(&[("web", 8080)])?;
     let user = User::new();
     p.wait_for("http://web:8080/", "web", Duration::from_secs(30))?;
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let daemon = format!("tp-docker-{}-cn", p.name);
     // Warm up the path (image, first dial; another name, so the first lookup of `web` below is
     // not cached), then let the daemon settle.

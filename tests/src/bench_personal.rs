@@ -57,15 +57,7 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
     let per_round = (requests as usize / ROUNDS).max(100).to_string();
     let (other, mine) = ("x-dev=someone-else", "x-dev=me");
 
-    user.tp(&[
-        "connect",
-        "--docker",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &p.name,
-    ])
-    .ok();
+    user.connect_docker(&p, &[]).ok();
     let mut child = user
         .intercept_cmd(
             &p,

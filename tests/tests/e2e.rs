@@ -2,27 +2,11 @@
 //! `telepresence` binary driven as a user would, real containers for daemon, manager, agent
 //! and handler. Run serially (`--test-threads=1`): `quit -s` is engine-wide.
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 use tests::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// The value of `key` in a padded `key : value` block.
-fn kv(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-/// Asserts that nothing of ours is left on the engine (containers, networks, volumes).
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
 
 /// Starts `telepresence intercept ... --docker-run -- <app image> serve --http <port> --name <name>`.
 fn intercept_with_handler(
@@ -33,33 +17,7 @@ fn intercept_with_handler(
     remote: u16,
     name: &str,
 ) -> Child {
-    user.intercept_cmd(p, workload, local, remote, &[], &[], name)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn intercept")
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return s;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "intercept process did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn output_of(child: Child) -> (String, String) {
-    let o = child.wait_with_output().expect("output");
-    (
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    spawn_piped(user.intercept_cmd(p, workload, local, remote, &[], &[], name))
 }
 
 #[test]
@@ -71,16 +29,7 @@ fn intercept_docker_run_routes_and_restores() {
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--cluster-type",
-            "docker",
-            "-n",
-            &p.name,
-        ])
-        .ok();
+    let c = user.connect_docker(&p, &[]).ok();
     assert!(
         c.stdout.contains(&format!(
             "Connected to context docker, namespace {}",
@@ -154,8 +103,7 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
     }
     let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
     let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
     p.wait_for("http://web:8080/", "web-handler", T).unwrap();
@@ -189,8 +137,7 @@ fn ctrl_c_ends_the_intercept() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     unsafe {
@@ -220,8 +167,7 @@ fn crashed_agent_leaves_no_netfilter_rules() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
@@ -282,8 +228,7 @@ fn bad_input_fails_cleanly() {
     let r = user.tp(&["list"]);
     assert!(err_line(&r).contains("Not connected"), "{r:?}");
 
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let baseline = leftovers();
     // Already connected elsewhere under the same name.
     let r = user.tp(&[
@@ -428,9 +373,7 @@ fn connect_builds_its_image_when_missing() {
     let p = Project::up(&[("web", 8080)]).unwrap();
     docker(&["rmi", tp]).unwrap();
     let user = User::new();
-    let c = user
-        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    let c = user.connect(&p);
     assert!(
         c.stderr.contains(&format!("Building image {tp}")),
         "{}",
@@ -455,9 +398,7 @@ fn connect_builds_its_image_when_missing() {
     );
     // Present now: the next connect does not build.
     user.tp(&["quit"]).ok();
-    let c = user
-        .tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    let c = user.connect(&p);
     assert!(!c.stderr.contains("Building image"), "{}", c.stderr);
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
@@ -470,8 +411,7 @@ fn dead_client_lease_expires_and_restores_the_path() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let name = format!("docker-{}-cn", p.name);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
@@ -500,8 +440,7 @@ fn garbage_on_sockets_is_harmless() {
     use std::io::{Read, Write};
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let name = format!("docker-{}-cn", p.name);
     let port_of = |c: &str, port: &str| {
         let s = docker(&["port", c, port]).unwrap();
@@ -560,8 +499,7 @@ fn uninstall_removes_the_agent_and_its_redirect() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
         .ok();
     user.tp(&["leave", "web"]).ok();
@@ -634,17 +572,9 @@ fn in_flight_connections_are_not_cut() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    let web = p.container("web").unwrap();
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &web,
-    ])
-    .unwrap();
+    let ip = p.ip("web").unwrap();
     let addr = format!("{ip}:8080");
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     // The agent is installed by a first intercept; the redirect only affects new connections.
     user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
         .ok();

@@ -90,16 +90,6 @@ fn stop(p: &Project, user: &User, mut child: Child) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Polls until `f` is true.
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
-}
-
 #[test]
 fn handler_sees_env_and_live_volumes() {
     if !engine_available() {
@@ -107,8 +97,7 @@ fn handler_sees_env_and_live_volumes() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let envfile = user.home.join("web.env");
     let child = handler(
         &user,
@@ -228,8 +217,7 @@ fn mount_false_creates_no_volume() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let child = handler(&user, &p, &["--mount=false"]);
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let vols = docker(&[
@@ -260,8 +248,7 @@ fn env_json_and_docker_mount_root() {
     }
     let p = project();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let json = user.home.join("env.json");
     let child = handler_with(
         &user,
@@ -313,8 +300,7 @@ fn large_tree_mounts_completely() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let child = handler(&user, &p, &["--docker-mount", "/remote"]);
     p.wait_for("http://web:8080/", "handler", Duration::from_secs(120))
         .unwrap();

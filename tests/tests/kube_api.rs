@@ -1,4 +1,4 @@
-//! The Kubernetes client side against the API stand-in (`tests::kube_standin`): the real
+//! The Kubernetes client side against the API stand-in (`tests::kube::standin`): the real
 //! `kube` client, real Kubernetes JSON, the real port-forward channel protocol.
 //! - `telepresence helm install|upgrade|uninstall`: server-side apply requests, the release
 //!   record, the rollout wait, refusals that change nothing.
@@ -9,7 +9,7 @@
 use cli::helm::{self, InstallArgs, TargetArgs};
 use serde_json::Value;
 use std::time::Duration;
-use tests::kube_standin::KubeStandIn;
+use tests::kube::standin::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn install_args(ns: &str, create: bool) -> InstallArgs {
@@ -39,8 +39,8 @@ async fn refused_install(client: &kube::Client) -> String {
     .to_string()
 }
 
-fn applies(k: &KubeStandIn) -> Vec<tests::kube_standin::Seen> {
-    k.seen()
+fn applies(k: &StandIn) -> Vec<tests::kube::standin::Req> {
+    k.requests()
         .into_iter()
         .filter(|s| s.method == "PATCH")
         .collect()
@@ -48,7 +48,7 @@ fn applies(k: &KubeStandIn) -> Vec<tests::kube_standin::Seen> {
 
 #[tokio::test]
 async fn helm_install_upgrade_uninstall_against_the_api() {
-    let k = KubeStandIn::start().await;
+    let k = StandIn::start().await;
     let client = k.client();
 
     // No namespace and no --create-namespace: refused before anything is applied.
@@ -62,8 +62,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
 
     // A manager pod that cannot pull its image: the wait says so.
     k.put(
-        "/api/v1/namespaces/tm/pods",
-        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        &serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "traffic-manager-x1", "namespace": "tm", "labels": {"app": "traffic-manager"}},
             "status": {"phase": "Pending", "containerStatuses": [{"name": "traffic-manager", "image": "telepresence:t",
                 "imageID": "", "ready": false, "restartCount": 0,
@@ -125,7 +124,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     );
     // What was applied is the typed object the API server stores.
     let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
-        k.get("/apis/apps/v1/namespaces/tm/deployments", "traffic-manager")
+        k.get::<Value>("apps/v1", "Deployment", "tm", "traffic-manager")
             .unwrap(),
     )
     .unwrap();
@@ -141,7 +140,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
         .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("debug")));
     // The release record: visible by label, holds the user's values but never the TLS key.
     let rec = k
-        .get("/api/v1/namespaces/tm/configmaps", "telepresence-release")
+        .get::<Value>("v1", "ConfigMap", "tm", "telepresence-release")
         .unwrap();
     assert_eq!(rec["metadata"]["labels"]["owner"], "telepresence");
     assert_eq!(rec["data"]["revision"], "1");
@@ -154,7 +153,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
         serde_json::from_str(rec["data"]["objects"].as_str().unwrap()).unwrap();
     assert_eq!(objects.len(), 7);
     let ca1 = k
-        .get("/api/v1/namespaces/tm/secrets", "traffic-manager-tls")
+        .get::<Value>("v1", "Secret", "tm", "traffic-manager-tls")
         .unwrap()["data"]["ca.crt"]
         .clone();
 
@@ -178,24 +177,28 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
         out.text
     );
     assert_eq!(
-        k.get("/api/v1/namespaces/tm/secrets", "traffic-manager-tls")
+        k.get::<Value>("v1", "Secret", "tm", "traffic-manager-tls")
             .unwrap()["data"]["ca.crt"],
         ca1
     );
     assert!(k
-        .get(
-            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        .get::<Value>(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            "",
             "traffic-manager-tm"
         )
         .is_none());
     assert!(k
-        .get(
-            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles",
+        .get::<Value>(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            "shop",
             "traffic-manager-tm"
         )
         .is_some());
     let d = k
-        .get("/apis/apps/v1/namespaces/tm/deployments", "traffic-manager")
+        .get::<Value>("apps/v1", "Deployment", "tm", "traffic-manager")
         .unwrap();
     assert!(
         d.to_string()
@@ -280,7 +283,7 @@ async fn roundtrip(addr: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone() {
-    let k = KubeStandIn::start().await;
+    let k = StandIn::start().await;
     k.add_namespace("ambassador");
     // An older not-ready pod, and a ready one.
     k.add_manager_pod(
@@ -313,7 +316,7 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
     assert_eq!(got.len(), payload.len());
     assert!(got.iter().eq(payload.iter().rev()));
     let forwards: Vec<String> = k
-        .seen()
+        .requests()
         .into_iter()
         .filter(|s| s.uri.contains("/portforward"))
         .map(|s| s.uri)
@@ -327,20 +330,20 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
     assert!(query.split('&').any(|kv| kv == "ports=8081"), "{query}");
 
     // The pod goes away (rollout): the next connection fails over to the new ready pod.
-    k.remove("/api/v1/namespaces/ambassador/pods", "traffic-manager-a");
+    k.delete("v1", "Pod", "ambassador", "traffic-manager-a");
     k.add_manager_pod(
         "ambassador",
         "traffic-manager-b",
         true,
         "2026-01-03T00:00:00Z",
     );
-    k.clear_seen();
+    k.clear_requests();
     let got = tokio::time::timeout(Duration::from_secs(30), roundtrip(local, b"hello again"))
         .await
         .unwrap();
     assert_eq!(got, b"niaga olleh");
     let forwards: Vec<String> = k
-        .seen()
+        .requests()
         .into_iter()
         .filter(|s| s.uri.contains("/portforward"))
         .map(|s| s.uri.split('?').next().unwrap().to_string())
@@ -354,7 +357,7 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
     );
 
     // No ready pod at all: a clear error that says what to do.
-    k.remove("/api/v1/namespaces/ambassador/pods", "traffic-manager-b");
+    k.delete("v1", "Pod", "ambassador", "traffic-manager-b");
     let f2 = kubernetes::portforward::Forwarder::new(k.client(), "ambassador");
     let e = f2.pod().await.unwrap_err().to_string();
     assert!(
@@ -366,7 +369,7 @@ async fn port_forward_reaches_a_ready_manager_pod_and_moves_on_when_it_is_gone()
 
 #[tokio::test]
 async fn port_forward_error_channel_is_reported_and_the_pod_forgotten() {
-    let k = KubeStandIn::start().await;
+    let k = StandIn::start().await;
     k.add_namespace("ambassador");
     k.add_manager_pod(
         "ambassador",
@@ -386,20 +389,20 @@ async fn port_forward_error_channel_is_reported_and_the_pod_forgotten() {
         .unwrap();
     assert!(got.is_empty());
     // The failed pod is forgotten: the next forward lists pods again.
-    k.clear_seen();
+    k.clear_requests();
     let _ = tokio::time::timeout(Duration::from_secs(30), roundtrip(local, b"x")).await;
     assert!(
-        k.seen()
+        k.requests()
             .iter()
             .any(|s| s.method == "GET" && s.uri.contains("/pods?")),
         "{:?}",
-        k.seen()
+        k.requests()
     );
 }
 
 #[tokio::test]
 async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
-    let k = KubeStandIn::start().await;
+    let k = StandIn::start().await;
     k.add_namespace("ambassador");
     k.add_manager_pod(
         "ambassador",
@@ -432,10 +435,10 @@ async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
     let local = f.clone().listen("", 8081).await.unwrap();
     assert_eq!(roundtrip(local, b"ab").await, b"ba");
     write("second", 2_000_000);
-    k.clear_seen();
+    k.clear_requests();
     assert_eq!(roundtrip(local, b"cd").await, b"dc");
     let auth: Vec<String> = k
-        .seen()
+        .requests()
         .into_iter()
         .filter(|s| s.uri.contains("/portforward"))
         .map(|s| s.authorization)
@@ -446,7 +449,7 @@ async fn a_changed_kubeconfig_file_is_used_for_the_next_forward() {
 #[tokio::test]
 async fn tls_server_name_keeps_verification_valid_at_another_address() {
     // Like kind: a certificate for 127.0.0.1 only, reached under another name.
-    let (k, ca) = KubeStandIn::start_tls_on("127.0.0.1:0", &["127.0.0.1"]).await;
+    let (k, ca) = StandIn::start_tls_on("127.0.0.1:0", &["127.0.0.1"]).await;
     k.add_namespace("ambassador");
     k.add_manager_pod(
         "ambassador",

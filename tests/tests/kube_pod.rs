@@ -97,13 +97,7 @@ fn injected_agent_takes_over_named_and_redirected_ports() {
     )
     .unwrap();
     let web = p.container("web").unwrap();
-    let ip = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &web,
-    ])
-    .unwrap();
+    let ip = p.ip("web").unwrap();
     p.wait_for(
         &format!("http://{ip}:8080/"),
         "web",

@@ -1,7 +1,7 @@
 //! Kubernetes connections end to end.
 //!
 //! - `connect_through_the_api_port_forward` (Docker engine): the real CLI connects with a
-//!   kubeconfig whose API server is our stand-in (`tests::kube_standin`), with an exec
+//!   kubeconfig whose API server is our stand-in (`tests::kube::standin`), with an exec
 //!   credential plugin; the daemon container gets the reduced, flattened kubeconfig and reaches
 //!   the traffic-manager only through the stand-in's `pods/portforward` WebSockets, which lead
 //!   to a real traffic-manager (the Docker-engine one, serving a compose project). `status`,
@@ -12,24 +12,10 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tests::kube_standin::KubeStandIn;
+use tests::kube::standin::StandIn;
 use tests::*;
 
 const T: Duration = Duration::from_secs(60);
-
-fn kv(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
 
 /// A kubeconfig for the stand-in at `server`, with an exec plugin that hands out `token`, and
 /// a second context that must not reach the daemon.
@@ -95,9 +81,8 @@ fn standin_with_manager(
     user: &User,
     p: &Project,
     tls: bool,
-) -> (tokio::runtime::Runtime, KubeStandIn, String, Option<String>) {
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+) -> (tokio::runtime::Runtime, StandIn, String, Option<String>) {
+    user.connect(p);
     user.tp(&["quit"]).ok();
     let mgr = format!("tp-traffic-manager-{}", p.name);
     let mgr_ip = docker(&[
@@ -109,13 +94,13 @@ fn standin_with_manager(
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (k, ca) = if tls {
-        let (k, ca) = rt.block_on(KubeStandIn::start_tls_on(
+        let (k, ca) = rt.block_on(StandIn::start_tls_on(
             "0.0.0.0:0",
             &["127.0.0.1", "localhost"],
         ));
         (k, Some(ca))
     } else {
-        (rt.block_on(KubeStandIn::start_on("0.0.0.0:0")), None)
+        (rt.block_on(StandIn::start_on("0.0.0.0:0")), None)
     };
     k.add_namespace("ambassador");
     k.add_manager_pod(
@@ -164,7 +149,7 @@ fn connect_through_the_api_port_forward() {
     );
     // The daemon used the plugin's token (run here on the host) for every API request.
     let forwards: Vec<_> = k
-        .seen()
+        .requests()
         .into_iter()
         .filter(|s| s.uri.contains("/portforward"))
         .collect();
@@ -244,7 +229,7 @@ fn connect_through_the_api_port_forward() {
     );
     let inside = docker(&["cp", "tp-kc:/tp/kubeconfig", "-"]).unwrap();
     assert!(inside.contains("tok-refreshed"), "{inside}");
-    k.clear_seen();
+    k.clear_requests();
 
     // An intercept: the manager reaches the daemon's handler through the forwarded tunnel port.
     let mut child = user
@@ -255,7 +240,7 @@ fn connect_through_the_api_port_forward() {
         .unwrap();
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let tunnels: Vec<_> = k
-        .seen()
+        .requests()
         .into_iter()
         .filter(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082"))
         .collect();
@@ -427,7 +412,7 @@ fn connect_refusals_create_nothing() {
 
     // A reachable API server without a traffic-manager: refused before any container exists.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let k = rt.block_on(KubeStandIn::start_on("0.0.0.0:0"));
+    let k = rt.block_on(StandIn::start_on("0.0.0.0:0"));
     k.add_namespace("ambassador");
     let host_ip = {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

@@ -8,11 +8,6 @@ use tests::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
-
 /// `telepresence [--use conn] docker-run --rm <test app> <args>` as `user`.
 fn handler(user: &User, conn: Option<&str>, args: &[&str]) -> Run {
     let (app, _) = images();
@@ -46,19 +41,6 @@ fn project_subnet(p: &Project) -> String {
     .unwrap()
 }
 
-fn containers_of(p: &Project, service: &str) -> Vec<String> {
-    let out = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", p.name),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-    ])
-    .unwrap();
-    out.lines().map(str::to_string).collect()
-}
-
 #[test]
 fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     if !engine_available() {
@@ -69,8 +51,7 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     p.compose(&["up", "-d", "--scale", "multi=2"]).unwrap();
     p.wait_for("http://web:8080/", "web", T).unwrap();
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
 
     // status shows what is routed and the DNS server.
     let st = user.tp(&["status"]).ok();
@@ -115,7 +96,7 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
 
     // A multi-replica service: its name gives every replica; each replica answers by IP and by
     // its own (container) name.
-    let replicas = containers_of(&p, "multi");
+    let replicas = p.containers("multi").unwrap();
     assert_eq!(replicas.len(), 2);
     let r = handler(&user, None, &["lookup", "multi"]).ok();
     let mut ips: Vec<&str> = r.stdout.lines().collect();

@@ -12,11 +12,6 @@ use tests::*;
 const T: Duration = Duration::from_secs(30);
 const ID_HEADER: &str = "x-telepresence-intercept-id";
 
-fn assert_clean(context: &str) {
-    let left = leftovers();
-    assert!(left.is_empty(), "{context}: left behind: {left:?}");
-}
-
 fn err_line(r: &Run) -> String {
     assert_ne!(r.code, 0, "should fail: {r:?}");
     r.stderr.trim().to_string()
@@ -91,25 +86,9 @@ fn own_intercept_id(user: &User) -> String {
 }
 
 fn connect(user: &User, p: &Project, name: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "connect",
-        "--docker",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &p.name,
-        "--name",
-        name,
-    ];
+    let mut args = vec!["--name", name];
     args.extend_from_slice(extra);
-    user.tp(&args)
-}
-
-fn spawn(mut c: std::process::Command) -> Child {
-    c.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn intercept")
+    user.connect_docker(p, &args)
 }
 
 /// Stops a handler container and returns the intercept command's stdout.
@@ -143,7 +122,7 @@ fn two_developers_share_one_workload_by_http_filters() {
     connect(&bob, &p, "bob", &[]).ok();
 
     // Alice: the generated header. Bob: his own header. Both call their intercept "web".
-    let a_child = spawn(alice.intercept_cmd(
+    let a_child = spawn_piped(alice.intercept_cmd(
         &p,
         "web",
         9090,
@@ -156,7 +135,7 @@ fn two_developers_share_one_workload_by_http_filters() {
     assert!(a_id.ends_with(":web"), "{a_id}");
     let a = format!("{ID_HEADER}={a_id}");
     wait_req(&p, &format!("/ {a}"), "200 alice");
-    let b_child = spawn(bob.intercept_cmd(
+    let b_child = spawn_piped(bob.intercept_cmd(
         &p,
         "web",
         9091,
@@ -342,7 +321,7 @@ fn two_developers_share_one_workload_by_http_filters() {
     );
 
     // Bob again, by path: only requests for /env/TELEPRESENCE_* reach his handler.
-    let b_child = spawn(bob.intercept_cmd(
+    let b_child = spawn_piped(bob.intercept_cmd(
         &p,
         "web",
         9091,
@@ -394,7 +373,7 @@ fn team_mode_makes_intercepts_personal_by_default() {
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
     connect(&user, &p, "team", &["--team-mode"]).ok();
-    let child = spawn(user.intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler"));
+    let child = spawn_piped(user.intercept_cmd(&p, "web", 9090, 8080, &[], &[], "handler"));
     let id = own_intercept_id(&user);
     wait_req(&p, &format!("/ {ID_HEADER}={id}"), "200 handler");
     // everyone else still reaches the app

@@ -24,7 +24,7 @@ telepresence.io/managed-by: telepresence
 {{- end }}
 
 {{/* The rules the manager needs in a namespace it serves (manager/src/kubernetes/contract.rs,
-     Scope::Served; cli/tests/helm_chart.rs checks them against that table). */}}
+     Scope::Served; tests/tests/helm_chart.rs checks them against that table). */}}
 {{- define "tm.namespacedRules" -}}
 - apiGroups: [apps]
   resources: [deployments, statefulsets]

@@ -87,15 +87,7 @@ fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
     let direct_dl = exec_json(&p, &["download", &dl])?;
 
     let start = Instant::now();
-    user.tp(&[
-        "connect",
-        "--docker",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &p.name,
-    ])
-    .ok();
+    user.connect_docker(&p, &[]).ok();
     let connect_s = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
@@ -232,8 +224,7 @@ fn volumes() -> Result<(Vec<Row>, Value)> {
     // The 10,000-file tree.
     let p = volume_project(10_000, 0)?;
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let (tree_s, _, child) = mount(&p, &user)?;
     // Change propagation, both ways (each includes a `docker cp`/`docker exec` round of ~0.1 s).
     let web = p.container("web")?;
@@ -291,8 +282,7 @@ fn volumes() -> Result<(Vec<Row>, Value)> {
     // One 200 MiB file.
     let p = volume_project(0, 200 * 1024 * 1024)?;
     let user = User::new();
-    user.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-        .ok();
+    user.connect(&p);
     let (big_s, big_bytes, child) = mount(&p, &user)?;
     end(&p, &user, child)?;
     let mbps = big_bytes as f64 / 1e6 / big_s;

@@ -39,15 +39,7 @@ fn main() -> anyhow::Result<()> {
         "telepresence connect --docker --cluster-type docker -n {}",
         p.name
     ));
-    show(user.tp(&[
-        "connect",
-        "--docker",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &p.name,
-    ]))
-    .ok();
+    show(user.connect_docker(&p, &[])).ok();
     step(&format!("telepresence list -n {}", p.name));
     show(user.tp(&["list", "-n", &p.name])).ok();
 

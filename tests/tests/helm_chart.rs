@@ -317,14 +317,14 @@ fn renderer_agrees_with_go_text_template_and_sprig() {
         .output()
         .is_err()
     {
-        skipped("renderer_agrees_with_go_text_template_and_sprig: no `go` toolchain (apt-get install golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)");
+        tests::skip("renderer_agrees_with_go_text_template_and_sprig: no `go` toolchain (apt-get install golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)");
         return;
     }
     if !std::path::Path::new(gopath)
         .join("src/github.com/Masterminds/sprig")
         .exists()
     {
-        skipped(&format!("renderer_agrees_with_go_text_template_and_sprig: sprig is not installed under {gopath} (apt-get install golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)"));
+        tests::skip(&format!("renderer_agrees_with_go_text_template_and_sprig: sprig is not installed under {gopath} (apt-get install golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)"));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -931,18 +931,4 @@ async fn manager_webhook_loads_the_charts_certificate() {
             .await
             .is_err()
     );
-}
-
-/// A test that returns without checking: `SKIPPED: <reason>`, and a line in `TP_SKIP_LOG`
-/// (scripts/test.sh lists those after the run).
-fn skipped(reason: &str) {
-    eprintln!("SKIPPED: {reason}");
-    if let Some(log) = std::env::var_os("TP_SKIP_LOG") {
-        use std::io::Write;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log);
-        let _ = f.map(|mut f| writeln!(f, "{reason}"));
-    }
 }

@@ -3,37 +3,17 @@
 //! mapping and "not interceptable" reasons, agent install/removal (ConfigMap entry, rollout
 //! patch), injection policy, CIDR and cluster facts.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Pod};
 use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
 use kubernetes::configmap::{AgentConfig, PortMode};
 use kubernetes::ports::NO_SERVICE_REASON;
 use kubernetes::webhook::ConfigSource;
-use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP, RESTART_ANNOTATION};
+use kubernetes::{InjectPolicy, KubeProvider, AGENTS_CONFIGMAP, RESTART_ANNOTATION};
 use manager::provider::{AgentRequest, Provider, ProviderError};
-use standin::StandIn;
 use std::time::Duration;
-
-fn cfg(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
-    KubeConfig {
-        manager_namespace: "ambassador".into(),
-        manager_host: "10.96.0.50".into(),
-        grpc_port: 8081,
-        tunnel_port: 8082,
-        agent_image: "local/telepresence:test".into(),
-        policy,
-        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-        server: "https://cluster.example:6443".into(),
-        sync_timeout: Duration::from_secs(10),
-        rollout_timeout: Duration::ZERO,
-    }
-}
+use tests::kube::fixtures::*;
+use tests::kube::standin::StandIn;
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -134,7 +114,7 @@ fn seed(s: &StandIn) {
 async fn discovers_workloads_ports_and_reasons_and_follows_watch_events() {
     let s = StandIn::start().await;
     seed(&s);
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     assert!(p.namespace_exists("shop").await.unwrap());
@@ -223,7 +203,7 @@ async fn discovers_workloads_ports_and_reasons_and_follows_watch_events() {
 async fn a_compacted_resource_version_forces_a_relist() {
     let s = StandIn::start().await;
     seed(&s);
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     let lists_before = s.list_count("apps/v1/deployments");
@@ -264,7 +244,7 @@ async fn a_compacted_resource_version_forces_a_relist() {
 async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
     let s = StandIn::start().await;
     seed(&s);
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     let req = AgentRequest {
@@ -440,7 +420,7 @@ async fn injection_policy_when_enabled_needs_the_annotation() {
         &[("http", 80, named("http"))],
         false,
     ));
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::WhenEnabled, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::WhenEnabled, &[]))
         .await
         .unwrap();
     let w = p.get_workload("shop", "web").await.unwrap();
@@ -513,7 +493,7 @@ async fn namespaced_watches_when_limited_to_namespaces() {
         "elsewhere",
         vec![container("c", &[(None, 80)])],
     ));
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &["shop"]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &["shop"]))
         .await
         .unwrap();
     assert!(p.namespace_exists("shop").await.unwrap());
@@ -545,7 +525,7 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
     k.spec.as_mut().unwrap().selector = None;
     k.spec.as_mut().unwrap().cluster_ip = Some("10.43.0.1".into());
     s.put(&k);
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     // Fallback: the kubernetes Service's IP widened to /12; pods cover 10.42.0.0/16.
@@ -565,7 +545,7 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
         s.requests().iter().filter(|r| r.method == "POST").count(),
         posts
     );
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     assert_eq!(p.cluster_subnets("shop").await.unwrap()[0], "10.96.0.0/12");
@@ -596,7 +576,7 @@ async fn cluster_subnets_from_service_cidrs_api_message_or_fallback() {
         }),
         ..Default::default()
     });
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -648,7 +628,7 @@ async fn own_workloads_dry_runs_and_on_delete_statefulsets() {
         vec![container("pg", &[(None, 5432)])],
         "10.42.0.8",
     ));
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     let names: Vec<String> = p
@@ -714,7 +694,7 @@ async fn works_over_tls_with_the_clusters_ca() {
     let s = StandIn::start_tls(key.cert.der().to_vec(), &key.signing_key.serialize_pem()).await;
     assert!(s.url.starts_with("https://localhost:"));
     seed(&s);
-    let p = KubeProvider::start(s.client(), cfg(InjectPolicy::OnDemand, &[]))
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
     assert_eq!(p.list_workloads("shop").await.unwrap().len(), 5);
@@ -722,7 +702,7 @@ async fn works_over_tls_with_the_clusters_ca() {
     let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let mut c = kube::Config::new(s.url.parse().unwrap());
     c.root_cert = Some(vec![other.cert.der().to_vec()]);
-    let mut short = cfg(InjectPolicy::OnDemand, &[]);
+    let mut short = kube_config(InjectPolicy::OnDemand, &[]);
     short.sync_timeout = Duration::from_secs(2);
     let Err(e) = KubeProvider::start(kube::Client::try_from(c).unwrap(), short).await else {
         panic!("an untrusted API server was accepted");
@@ -737,7 +717,7 @@ async fn works_over_tls_with_the_clusters_ca() {
 async fn installing_waits_for_the_rollout() {
     let s = StandIn::start().await;
     seed(&s);
-    let mut c = cfg(InjectPolicy::OnDemand, &[]);
+    let mut c = kube_config(InjectPolicy::OnDemand, &[]);
     c.rollout_timeout = Duration::from_secs(10);
     let p = std::sync::Arc::new(KubeProvider::start(s.client(), c).await.unwrap());
     let (s2, p2) = (s.clone(), p.clone());
@@ -791,7 +771,7 @@ async fn installing_waits_for_the_rollout() {
     // No webhook: the rollout's pods come without the agent and installing says so.
     let s = StandIn::start().await;
     seed(&s);
-    let mut c = cfg(InjectPolicy::OnDemand, &[]);
+    let mut c = kube_config(InjectPolicy::OnDemand, &[]);
     c.rollout_timeout = Duration::from_secs(1);
     let p = KubeProvider::start(s.client(), c).await.unwrap();
     let e = p.ensure_agent(&req).await.unwrap_err().to_string();

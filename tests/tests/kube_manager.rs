@@ -2,14 +2,6 @@
 //! an intercept whose agent cannot start (the timeout says why, from the pods' state), and
 //! `uninstall --all-agents` removing the ConfigMap entries.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/https.rs"]
-mod https;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
 };
@@ -17,9 +9,11 @@ use kubernetes::patch::{inject, InjectSettings};
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use protocol::manager::manager_server::Manager as _;
 use protocol::manager::*;
-use standin::StandIn;
 use std::sync::Arc;
 use std::time::Duration;
+use tests::kube::fixtures::*;
+use tests::kube::https;
+use tests::kube::standin::StandIn;
 use tonic::Request;
 
 /// An intercept of workload `web` to 127.0.0.1:8080.
@@ -62,16 +56,10 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
         KubeProvider::start(
             s.client(),
             KubeConfig {
-                manager_namespace: "ambassador".into(),
                 manager_host: "traffic-manager.ambassador".into(),
-                grpc_port: 8081,
-                tunnel_port: 8082,
                 agent_image: "registry.example/telepresence:0.1.0".into(),
-                policy: InjectPolicy::OnDemand,
-                namespaces: vec![],
                 server: s.url.clone(),
-                sync_timeout: Duration::from_secs(10),
-                rollout_timeout: Duration::ZERO,
+                ..kube_config(InjectPolicy::OnDemand, &[])
             },
         )
         .await
@@ -260,22 +248,8 @@ async fn manager_startup_serves_grpc_and_the_webhook() {
     let server = tokio::spawn(run_with(settings, s.client(), s.url.clone(), async {
         let _ = stop_rx.await;
     }));
-    let addr = format!("http://127.0.0.1:{grpc}");
-    let mut client = loop {
-        match protocol::manager::manager_client::ManagerClient::connect(addr.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let arrived = client
-        .arrive_as_client(ClientInfo {
-            name: "dev@laptop".into(),
-            namespace: "shop".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = manager_client(grpc).await;
+    let arrived = arrive(&mut client).await;
     let e = client
         .create_intercept(CreateInterceptRequest {
             session: arrived.session.clone(),

@@ -3,12 +3,6 @@
 //! nothing; pods without config, other operations and uninjectable pods are admitted as they
 //! are. Also end to end over HTTPS with a generated certificate.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/https.rs"]
-mod https;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
@@ -25,6 +19,9 @@ use kubernetes::webhook::{self, BoxFuture, ConfigSource};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tests::kube::fixtures;
+use tests::kube::fixtures::*;
+use tests::kube::https;
 
 /// Configs by workload name.
 struct Fixed(HashMap<String, AgentConfig>);
@@ -624,17 +621,7 @@ async fn rotated_certificates_are_picked_up() {
         settings(),
     ));
     let second = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first.der.clone()).unwrap();
-    roots.add(second.cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = https::connector(&[first.der.clone(), second.cert.der().clone()]);
     let served = || async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

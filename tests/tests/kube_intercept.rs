@@ -6,12 +6,6 @@
 //! the agent from the entry; the intercept becomes active; a caller's connection reaches the
 //! client; leaving restores the app.
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-#[path = "support/standin.rs"]
-mod standin;
-
-use fixtures::*;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kubernetes::configmap::AgentConfig;
 use kubernetes::patch::{inject, InjectSettings};
@@ -19,10 +13,11 @@ use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use protocol::manager::manager_client::ManagerClient;
 use protocol::manager::*;
 use protocol::tunnel::{write_header, Role, TunnelHeader};
-use standin::StandIn;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tests::kube::fixtures::*;
+use tests::kube::standin::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -88,16 +83,12 @@ async fn intercept_through_an_injected_agent() {
         KubeProvider::start(
             s.client(),
             KubeConfig {
-                manager_namespace: "ambassador".into(),
                 manager_host: "127.0.0.1".into(),
                 grpc_port: grpc,
                 tunnel_port: tunnel,
                 agent_image: "registry.example/telepresence:0.1.0".into(),
-                policy: InjectPolicy::OnDemand,
-                namespaces: vec![],
                 server: s.url.clone(),
-                sync_timeout: Duration::from_secs(10),
-                rollout_timeout: Duration::ZERO,
+                ..kube_config(InjectPolicy::OnDemand, &[])
             },
         )
         .await
@@ -117,23 +108,8 @@ async fn intercept_through_an_injected_agent() {
     ));
 
     // The client: arrive, serve dials like the daemon (dial the tunnel, then the handler).
-    let url = format!("http://127.0.0.1:{grpc}");
-    let mut client = loop {
-        match ManagerClient::connect(url.clone()).await {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let session = client
-        .arrive_as_client(ClientInfo {
-            name: "dev@laptop".into(),
-            namespace: "shop".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session;
+    let mut client = manager_client(grpc).await;
+    let session = arrive(&mut client).await.session;
     let mut dials = client
         .watch_dials(session.clone().unwrap())
         .await

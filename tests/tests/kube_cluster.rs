@@ -1,5 +1,5 @@
 //! The Kubernetes provider against a real cluster, read-only, when `KUBECONFIG` names one (e.g.
-//! a kind cluster: `kind create cluster && KUBECONFIG=~/.kube/config cargo test -p tp-manager
+//! a kind cluster: `kind create cluster && KUBECONFIG=~/.kube/config cargo test -p tests
 //! --test kube_cluster`). Without it the test prints SKIPPED with the reason.
 
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider};
@@ -10,16 +10,7 @@ use std::time::Duration;
 async fn lists_a_real_cluster() {
     let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) else {
         let reason = "lists_a_real_cluster: KUBECONFIG is not set; this test reads a real cluster (see the module doc)";
-        eprintln!("SKIPPED: {reason}");
-        // scripts/test.sh lists the skipped tests from this file after the run.
-        if let Some(log) = std::env::var_os("TP_SKIP_LOG") {
-            use std::io::Write;
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log);
-            let _ = f.map(|mut f| writeln!(f, "{reason}"));
-        }
+        tests::skip(reason);
         return;
     };
     let config = kube::Config::infer()

@@ -1,7 +1,5 @@
 //! A self-signed certificate for `localhost` in a temp dir, and a one-request HTTPS client
-//! trusting it (rustls + hyper).
-
-#![allow(dead_code)]
+//! trusting it (rustls + hyper), and the TLS client (`connector`) behind it.
 
 use http_body_util::BodyExt;
 use kubernetes::webhook::TlsFiles;
@@ -31,6 +29,24 @@ pub fn cert() -> Cert {
     }
 }
 
+/// A TLS client trusting exactly these certificates.
+pub fn connector(
+    trusted: &[rustls::pki_types::CertificateDer<'static>],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trusted {
+        roots.add(c.clone()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+}
+
 /// Sends one request over TLS (server name `localhost`); returns (status, body).
 pub async fn request(
     cert: &Cert,
@@ -39,16 +55,7 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> (u16, Vec<u8>) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = connector(std::slice::from_ref(&cert.der));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();

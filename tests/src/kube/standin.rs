@@ -1,19 +1,22 @@
-//! A stand-in for the Kubernetes API server over plain HTTP, for tests of the real `kube::Client`
-//! (`kube::Config::new(url)`). In-memory objects (stored as the JSON of `k8s-openapi` types)
-//! served in the API's own shapes: lists with `metadata.resourceVersion` (items without
-//! apiVersion/kind, as the API server sends them), `?watch=true` streams of newline-delimited
-//! ADDED / MODIFIED / DELETED / BOOKMARK events from a resourceVersion, an `ERROR` event with a
-//! 410 `Status` when that version has been compacted away (the watcher must relist), GET, POST
-//! (with `dryRun`), DELETE and PATCH (JSON merge patch, JSON patch; strategic merge and
-//! server-side apply are applied as merge patches, which is exact for the maps this project
-//! patches), `labelSelector` equality and `fieldSelector` on `metadata.name`/`metadata.namespace`.
+//! The Kubernetes API server stand-in of every test (no API server can run here), for the real
+//! `kube::Client`. In-memory objects served in the API's own shapes: lists with
+//! `metadata.resourceVersion` (items without apiVersion/kind, as the API server sends them),
+//! `?watch=true` streams of newline-delimited ADDED / MODIFIED / DELETED / BOOKMARK events from a
+//! resourceVersion, an `ERROR` event with a 410 `Status` when that version has been compacted away
+//! (the watcher must relist), GET, POST (with `dryRun`), DELETE and PATCH (JSON merge patch, JSON
+//! patch; strategic merge is applied as a merge patch, which is exact for the maps this project
+//! patches; server-side apply needs a `fieldManager`, creates the object when it is missing, in an
+//! existing namespace, and merges it otherwise), `labelSelector` equality and `fieldSelector` on
+//! `metadata.name`/`metadata.namespace`. A Deployment applied by server-side apply rolls out: its
+//! first read after the apply shows it unavailable, the next ones available. The pod
+//! `portforward` subresource is served over WebSocket with the real `v4.channel.k8s.io` channel
+//! protocol (channel byte on every frame, the port as 2 little-endian bytes on the first frame of
+//! each channel), forwarding to a real local TCP server ([`StandIn::forward_port`]).
 //!
 //! Test controls: [`StandIn::put`] / [`StandIn::delete`] change objects as a controller would,
 //! [`StandIn::compact_and`] applies changes, forgets every event so far and ends all watches (so a
 //! resumed watch gets 410), [`StandIn::requests`] is the log of requests, [`StandIn::list_count`]
-//! counts list calls per collection.
-
-#![allow(dead_code)]
+//! counts list calls per collection, [`StandIn::keys`] names every stored object by its API path.
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -22,8 +25,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
+use tokio_rustls::rustls;
+use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -35,6 +42,8 @@ pub struct Req {
     pub uri: String,
     pub content_type: String,
     pub body: String,
+    /// The `Authorization` header, if any.
+    pub authorization: String,
 }
 
 #[derive(Clone)]
@@ -63,32 +72,72 @@ struct St {
     gone: HashMap<String, usize>,
     /// What a dry-run Service with an out-of-range clusterIP is told (None: accepted).
     service_range: Option<String>,
+    /// Pod port → where the port-forward of any known pod connects.
+    forward: HashMap<u16, SocketAddr>,
+    /// Deployments applied by server-side apply ("coll/ns/name") → reads since the apply.
+    rollouts: HashMap<String, u32>,
 }
 
 /// The stand-in server.
 #[derive(Clone)]
 pub struct StandIn {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://<addr>`, or `https://…` when served over TLS.
     pub url: String,
     root_cert: Option<Vec<u8>>,
     st: Arc<Mutex<St>>,
     changed: Arc<Notify>,
 }
 
+/// (kind, plural) of every kind served.
+const KINDS: &[(&str, &str)] = &[
+    ("Deployment", "deployments"),
+    ("ReplicaSet", "replicasets"),
+    ("StatefulSet", "statefulsets"),
+    ("Pod", "pods"),
+    ("Service", "services"),
+    ("ConfigMap", "configmaps"),
+    ("Secret", "secrets"),
+    ("ServiceAccount", "serviceaccounts"),
+    ("Namespace", "namespaces"),
+    ("Node", "nodes"),
+    ("ServiceCIDR", "servicecidrs"),
+    ("Role", "roles"),
+    ("RoleBinding", "rolebindings"),
+    ("ClusterRole", "clusterroles"),
+    ("ClusterRoleBinding", "clusterrolebindings"),
+    (
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+    ),
+];
+
 /// The collection of an object: `<group/version>/<plural>`.
 pub fn collection(api_version: &str, kind: &str) -> String {
-    let plural = match kind {
-        "Deployment" => "deployments",
-        "ReplicaSet" => "replicasets",
-        "StatefulSet" => "statefulsets",
-        "Pod" => "pods",
-        "Service" => "services",
-        "ConfigMap" => "configmaps",
-        "Namespace" => "namespaces",
-        "Node" => "nodes",
-        "ServiceCIDR" => "servicecidrs",
-        other => panic!("stand-in: unknown kind {other}"),
-    };
+    let plural = KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .unwrap_or_else(|| panic!("stand-in: unknown kind {kind}"))
+        .1;
     format!("{api_version}/{plural}")
+}
+
+/// The API path of a stored object: `/api/v1/…` or `/apis/<group>/<version>/…`, with
+/// `namespaces/<ns>/` for namespaced objects.
+fn api_path(coll: &str, ns: &str, name: &str) -> String {
+    let (gv, plural) = coll.rsplit_once('/').unwrap();
+    let root = if gv == "v1" {
+        "/api/v1".to_string()
+    } else {
+        format!("/apis/{gv}")
+    };
+    let ns = if ns.is_empty() {
+        String::new()
+    } else {
+        format!("/namespaces/{ns}")
+    };
+    format!("{root}{ns}/{plural}/{name}")
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -109,6 +158,8 @@ struct Target {
     coll: String,
     namespace: Option<String>,
     name: Option<String>,
+    /// The subresource (`portforward`).
+    sub: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -122,12 +173,17 @@ fn parse_path(path: &str) -> Option<Target> {
         coll: format!("{gv}/{res}"),
         namespace: ns.map(str::to_string),
         name: name.map(str::to_string),
+        sub: None,
     };
     Some(match rest {
         [res] => t(res, None, None),
         ["namespaces", name] => t("namespaces", None, Some(name)),
         ["namespaces", ns, res] => t(res, Some(ns), None),
         ["namespaces", ns, res, name] => t(res, Some(ns), Some(name)),
+        ["namespaces", ns, res, name, sub] => Target {
+            sub: Some(sub.to_string()),
+            ..t(res, Some(ns), Some(name))
+        },
         [res, name] => t(res, None, Some(name)),
         _ => return None,
     })
@@ -217,11 +273,7 @@ impl St {
         });
     }
 
-    fn put(&mut self, mut obj: Value) -> Value {
-        let coll = collection(
-            obj["apiVersion"].as_str().expect("apiVersion"),
-            obj["kind"].as_str().expect("kind"),
-        );
+    fn put(&mut self, coll: String, mut obj: Value) -> Value {
         let ns = obj["metadata"]["namespace"]
             .as_str()
             .unwrap_or("")
@@ -268,34 +320,56 @@ fn merge(target: &mut Value, patch: &Value) {
 impl StandIn {
     /// Starts the server on 127.0.0.1 (plain HTTP).
     pub async fn start() -> StandIn {
-        Self::serve(None).await
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the server on `bind` (plain HTTP; e.g. `0.0.0.0:0` to be reached from containers).
+    pub async fn start_on(bind: &str) -> StandIn {
+        Self::serve(bind, None).await
     }
 
     /// Starts the server on 127.0.0.1 over HTTPS with this certificate (DER) and key (PEM),
     /// as API servers are reached; [`StandIn::client`] then trusts exactly that certificate.
     pub async fn start_tls(cert_der: Vec<u8>, key_pem: &str) -> StandIn {
         use rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert_der.clone().into()], key)
-        .unwrap();
-        let mut s = Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await;
+        let mut s = Self::serve("127.0.0.1:0", Some(tls_acceptor(cert_der.clone(), key))).await;
         s.url = s.url.replace("http://127.0.0.1", "https://localhost");
         s.root_cert = Some(cert_der);
         s
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> StandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+    /// Starts the server on `bind` over HTTPS with a certificate for `names` (DNS names or IP
+    /// addresses) signed by a fresh CA; returns it and the CA certificate (PEM) for a
+    /// kubeconfig's `certificate-authority-data`.
+    pub async fn start_tls_on(bind: &str, names: &[&str]) -> (StandIn, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let acceptor = tls_acceptor(
+            leaf.der().to_vec(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        );
+        let mut s = Self::serve(bind, Some(acceptor)).await;
+        s.url = s.url.replace("http://", "https://");
+        s.root_cert = Some(ca_cert.der().to_vec());
+        (s, ca_cert.pem())
+    }
+
+    async fn serve(bind: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> StandIn {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let s = StandIn {
-            url,
+            addr,
+            url: format!("http://{addr}"),
             root_cert: None,
             st: Arc::new(Mutex::new(St {
                 rv: 100,
@@ -306,7 +380,9 @@ impl StandIn {
         let server = s.clone();
         tokio::spawn(async move {
             loop {
-                let (tcp, _) = listener.accept().await.unwrap();
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let server = server.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -318,6 +394,7 @@ impl StandIn {
                     let _ = match tls {
                         None => {
                             http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                                .with_upgrades()
                                 .await
                         }
                         Some(acceptor) => {
@@ -325,6 +402,7 @@ impl StandIn {
                                 return;
                             };
                             http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .with_upgrades()
                                 .await
                         }
                     };
@@ -341,10 +419,54 @@ impl StandIn {
         kube::Client::try_from(cfg).unwrap()
     }
 
+    /// Names of every stored object, as API paths (`/api/v1/namespaces/tm/pods/x`).
+    pub fn keys(&self) -> Vec<String> {
+        let st = self.st.lock().unwrap();
+        st.objects
+            .iter()
+            .flat_map(|(coll, m)| m.keys().map(move |(ns, name)| api_path(coll, ns, name)))
+            .collect()
+    }
+
+    /// Adds a namespace.
+    pub fn add_namespace(&self, ns: &str) {
+        self.put(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+
+    /// Adds a traffic-manager pod (ready or not) in `ns`.
+    pub fn add_manager_pod(&self, ns: &str, name: &str, ready: bool, created: &str) {
+        self.put(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": ns, "creationTimestamp": created,
+                "labels": {"app": "traffic-manager", "telepresence.io/managed-by": "telepresence"},
+            },
+            "spec": {"containers": [{"name": "traffic-manager", "image": "telepresence:t"}]},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            },
+        }));
+    }
+
+    /// Port-forwards of any known pod's `port` connect to `target`.
+    pub fn forward_port(&self, port: u16, target: SocketAddr) {
+        self.st.lock().unwrap().forward.insert(port, target);
+    }
+
+    /// Forgets the requests so far.
+    pub fn clear_requests(&self) {
+        self.st.lock().unwrap().requests.clear();
+    }
+
     /// Creates or replaces an object (any `k8s-openapi` resource), as a controller would.
     pub fn put<T: serde::Serialize>(&self, obj: &T) -> Value {
         let v = serde_json::to_value(obj).unwrap();
-        let out = self.st.lock().unwrap().put(v);
+        let coll = collection(
+            v["apiVersion"].as_str().expect("apiVersion"),
+            v["kind"].as_str().expect("kind"),
+        );
+        let out = self.st.lock().unwrap().put(coll, v);
         self.changed.notify_waiters();
         out
     }
@@ -429,12 +551,38 @@ impl StandIn {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let ct = req
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (ct, authorization) = (header("content-type"), header("authorization"));
+        let q = query(uri.query());
+        let not_found = || {
+            respond(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            )
+        };
+        if req.headers().contains_key("upgrade") {
+            self.st.lock().unwrap().requests.push(Req {
+                method: method.to_string(),
+                uri: uri.to_string(),
+                content_type: ct,
+                body: String::new(),
+                authorization,
+            });
+            return match parse_path(uri.path()) {
+                Some(t) => self.upgrade(req, t, &q),
+                None => not_found(),
+            };
+        }
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let body_s = String::from_utf8_lossy(&body).into_owned();
         self.st.lock().unwrap().requests.push(Req {
@@ -442,17 +590,10 @@ impl StandIn {
             uri: uri.to_string(),
             content_type: ct.clone(),
             body: body_s.clone(),
+            authorization,
         });
-        let q = query(uri.query());
-        let Some(t) = parse_path(uri.path()) else {
-            return respond(
-                404,
-                &status(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ),
-            );
+        let Some(t) = parse_path(uri.path()).filter(|t| t.sub.is_none()) else {
+            return not_found();
         };
         match method {
             Method::GET
@@ -464,6 +605,9 @@ impl StandIn {
             Method::GET if t.name.is_none() => self.list(&t, &q),
             Method::GET => self.get_one(&t),
             Method::POST => self.create(&t, &q, &body_s),
+            Method::PATCH if ct.starts_with("application/apply-patch+yaml") => {
+                self.apply(&t, &q, &body_s)
+            }
             Method::PATCH => self.patch(&t, &ct, &body_s),
             Method::DELETE => self.delete_one(&t),
             _ => respond(405, &status(405, "MethodNotAllowed", "method not allowed")),
@@ -490,30 +634,128 @@ impl StandIn {
             })
             .unwrap_or_default();
         let rv = st.rv;
+        let kind = format!("{}List", api_kind(&t.coll).1);
         respond(
             200,
-            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+            &json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
         )
     }
 
     fn get_one(&self, t: &Target) -> Response<Body> {
-        let st = self.st.lock().unwrap();
+        let mut st = self.st.lock().unwrap();
         let ns = t.namespace.clone().unwrap_or_default();
-        match st
+        let name = t.name.clone().unwrap();
+        let rollout = format!("{}/{ns}/{name}", t.coll);
+        let Some(obj) = st
             .objects
-            .get(&t.coll)
-            .and_then(|m| m.get(&(ns, t.name.clone().unwrap())))
-        {
-            Some(o) => respond(200, o),
-            None => respond(
+            .get_mut(&t.coll)
+            .and_then(|m| m.get_mut(&(ns, name.clone())))
+        else {
+            let plural = t.coll.rsplit_once('/').unwrap().1;
+            return respond(
                 404,
-                &status(
-                    404,
-                    "NotFound",
-                    &format!("{} \"{}\" not found", t.coll, t.name.as_deref().unwrap()),
-                ),
-            ),
+                &status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+            );
+        };
+        let mut obj = obj.clone();
+        if let Some(reads) = st.rollouts.get_mut(&rollout) {
+            // A rollout: unavailable at the first read after an apply, then available.
+            *reads += 1;
+            let gen = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+            let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+            obj["status"] = if *reads < 2 {
+                json!({"observedGeneration": gen, "replicas": want, "updatedReplicas": want, "availableReplicas": 0})
+            } else {
+                json!({"observedGeneration": gen, "replicas": want, "updatedReplicas": want, "readyReplicas": want, "availableReplicas": want})
+            };
+            let ns = t.namespace.clone().unwrap_or_default();
+            if let Some(stored) = st
+                .objects
+                .get_mut(&t.coll)
+                .and_then(|m| m.get_mut(&(ns, name)))
+            {
+                *stored = obj.clone();
+            }
         }
+        respond(200, &obj)
+    }
+
+    /// Server-side apply: creates the object (in an existing namespace) or merges into it.
+    fn apply(&self, t: &Target, q: &HashMap<String, String>, body: &str) -> Response<Body> {
+        if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
+            return respond(
+                422,
+                &status(422, "Invalid", "fieldManager is required for apply"),
+            );
+        }
+        let mut patch: Value =
+            match serde_json::from_str(body).or_else(|_| yaml_serde::from_str(body)) {
+                Ok(v) => v,
+                Err(e) => return respond(400, &status(400, "BadRequest", &e.to_string())),
+            };
+        let ns = t.namespace.clone().unwrap_or_default();
+        let name = t.name.clone().unwrap_or_default();
+        if patch["metadata"]["name"].as_str() != Some(name.as_str()) {
+            return respond(
+                400,
+                &status(
+                    400,
+                    "BadRequest",
+                    "the name of the object does not match the URL",
+                ),
+            );
+        }
+        if !ns.is_empty() {
+            if patch["metadata"]["namespace"]
+                .as_str()
+                .is_some_and(|x| x != ns)
+            {
+                return respond(
+                    400,
+                    &status(
+                        400,
+                        "BadRequest",
+                        "the namespace of the object does not match the URL",
+                    ),
+                );
+            }
+            patch["metadata"]["namespace"] = json!(ns);
+        }
+        let mut st = self.st.lock().unwrap();
+        let key = (ns.clone(), name.clone());
+        let existing = st.objects.get(&t.coll).and_then(|m| m.get(&key)).cloned();
+        if existing.is_none()
+            && !ns.is_empty()
+            && !st
+                .objects
+                .get("v1/namespaces")
+                .is_some_and(|m| m.contains_key(&(String::new(), ns.clone())))
+        {
+            return respond(
+                404,
+                &status(404, "NotFound", &format!("namespaces \"{ns}\" not found")),
+            );
+        }
+        let generation = existing
+            .as_ref()
+            .and_then(|o| o["metadata"]["generation"].as_i64())
+            .unwrap_or(0)
+            + 1;
+        let mut obj = match existing {
+            Some(mut o) => {
+                merge(&mut o, &patch);
+                o
+            }
+            None => patch,
+        };
+        obj["metadata"]["generation"] = json!(generation);
+        if obj["kind"] == "Deployment" {
+            st.rollouts.insert(format!("{}/{ns}/{name}", t.coll), 0);
+        }
+        let out = st.put(t.coll.clone(), obj);
+        drop(st);
+        self.changed.notify_waiters();
+        respond(200, &out)
     }
 
     fn create(&self, t: &Target, q: &HashMap<String, String>, body: &str) -> Response<Body> {
@@ -523,6 +765,12 @@ impl StandIn {
         };
         if let Some(ns) = &t.namespace {
             obj["metadata"]["namespace"] = json!(ns);
+        }
+        let (api_version, kind) = api_kind(&t.coll);
+        for (field, value) in [("apiVersion", api_version), ("kind", kind)] {
+            if obj[field].is_null() {
+                obj[field] = json!(value);
+            }
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         let mut st = self.st.lock().unwrap();
@@ -550,7 +798,7 @@ impl StandIn {
                 &status(409, "AlreadyExists", &format!("\"{name}\" already exists")),
             );
         }
-        let out = st.put(obj);
+        let out = st.put(t.coll.clone(), obj);
         drop(st);
         self.changed.notify_waiters();
         respond(201, &out)
@@ -586,9 +834,9 @@ impl StandIn {
                     return respond(422, &status(422, "Invalid", &e.to_string()));
                 }
             }
-            "application/merge-patch+json"
-            | "application/strategic-merge-patch+json"
-            | "application/apply-patch+yaml" => merge(&mut obj, &patch),
+            "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                merge(&mut obj, &patch)
+            }
             other => {
                 return respond(
                     415,
@@ -600,7 +848,7 @@ impl StandIn {
                 )
             }
         }
-        let out = st.put(obj);
+        let out = st.put(t.coll.clone(), obj);
         drop(st);
         self.changed.notify_waiters();
         respond(200, &out)
@@ -715,17 +963,167 @@ impl StandIn {
 
 fn api_kind(coll: &str) -> (String, String) {
     let (gv, plural) = coll.rsplit_once('/').unwrap();
-    let kind = match plural {
-        "deployments" => "Deployment",
-        "replicasets" => "ReplicaSet",
-        "statefulsets" => "StatefulSet",
-        "pods" => "Pod",
-        "services" => "Service",
-        "configmaps" => "ConfigMap",
-        "namespaces" => "Namespace",
-        "nodes" => "Node",
-        "servicecidrs" => "ServiceCIDR",
-        other => panic!("stand-in: unknown collection {other}"),
-    };
+    let kind = KINDS
+        .iter()
+        .find(|(_, p)| *p == plural)
+        .unwrap_or_else(|| panic!("stand-in: unknown collection {plural}"))
+        .0;
     (gv.to_string(), kind.to_string())
+}
+
+/// A TLS acceptor serving this certificate (DER) and key.
+fn tls_acceptor(
+    cert_der: Vec<u8>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der.into()], key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+impl StandIn {
+    /// The pod `portforward` subresource over WebSocket (`v4.channel.k8s.io`).
+    fn upgrade(
+        &self,
+        req: Request<Incoming>,
+        t: Target,
+        q: &HashMap<String, String>,
+    ) -> Response<Body> {
+        let (Some(pod), Some(sub)) = (&t.name, &t.sub) else {
+            return respond(404, &status(404, "NotFound", "not an upgradable resource"));
+        };
+        if t.coll != "v1/pods" || sub != "portforward" {
+            return respond(
+                404,
+                &status(404, "NotFound", "only pods/portforward upgrades"),
+            );
+        }
+        let ns = t.namespace.clone().unwrap_or_default();
+        if self.get::<Value>("v1", "Pod", &ns, pod).is_none() {
+            return respond(
+                404,
+                &status(404, "NotFound", &format!("pods \"{pod}\" not found")),
+            );
+        }
+        let protocols = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if !protocols
+            .split(',')
+            .any(|p| p.trim() == "v4.channel.k8s.io")
+        {
+            return respond(
+                400,
+                &status(400, "BadRequest", "v4.channel.k8s.io is required"),
+            );
+        }
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return respond(400, &status(400, "BadRequest", "no Sec-WebSocket-Key"));
+        };
+        let Ok(port) = q.get("ports").cloned().unwrap_or_default().parse::<u16>() else {
+            return respond(
+                400,
+                &status(400, "BadRequest", "one port is served per forward"),
+            );
+        };
+        let target = self.st.lock().unwrap().forward.get(&port).copied();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            relay(ws, port, target).await;
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-accept", accept)
+            .header("sec-websocket-protocol", "v4.channel.k8s.io")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap()
+    }
+}
+
+/// Relays one forwarded connection: channel 0 = data, channel 1 = error.
+async fn relay<S>(ws: tokio_tungstenite::WebSocketStream<S>, port: u16, target: Option<SocketAddr>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, mut stream) = ws.split();
+    let p = port.to_le_bytes();
+    // First frame of each channel: the port.
+    if sink
+        .send(Message::binary(vec![0, p[0], p[1]]))
+        .await
+        .is_err()
+        || sink
+            .send(Message::binary(vec![1, p[0], p[1]]))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let tcp = match target {
+        Some(t) => tokio::net::TcpStream::connect(t).await.ok(),
+        None => None,
+    };
+    let Some(tcp) = tcp else {
+        let mut msg = vec![1u8];
+        msg.extend_from_slice(
+            format!("error forwarding port {port} to pod: connection refused").as_bytes(),
+        );
+        let _ = sink.send(Message::binary(msg)).await;
+        let _ = sink.send(Message::Close(None)).await;
+        return;
+    };
+    let (mut rd, mut wr) = tcp.into_split();
+    let to_pod = async move {
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Binary(b)
+                    if b.len() > 1 && b[0] == 0 && wr.write_all(&b[1..]).await.is_err() =>
+                {
+                    break;
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let from_pod = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut frame = Vec::with_capacity(n + 1);
+                    frame.push(0);
+                    frame.extend_from_slice(&buf[..n]);
+                    if sink.send(Message::binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    };
+    tokio::join!(to_pod, from_pod);
 }

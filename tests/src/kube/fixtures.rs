@@ -1,7 +1,6 @@
 //! Kubernetes objects for tests, typed with `k8s-openapi`: namespaces, Deployments with their
-//! ReplicaSets and pods, bare ReplicaSets, StatefulSets, Services.
-
-#![allow(dead_code)]
+//! ReplicaSets and pods, bare ReplicaSets, StatefulSets, Services; the provider settings the
+//! tests start from, and a manager gRPC client arriving as a developer.
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec,
@@ -12,7 +11,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kubernetes::{InjectPolicy, KubeConfig};
+use protocol::manager::manager_client::ManagerClient;
+use protocol::manager::{ArriveResponse, ClientInfo};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -234,4 +237,45 @@ pub fn named(s: &str) -> IntOrString {
 
 pub fn num(n: i32) -> IntOrString {
     IntOrString::Int(n)
+}
+
+/// The provider settings the tests start from: manager in `ambassador` at `10.96.0.50`, ports
+/// 8081/8082, no rollout wait; tests override what they need with `..kube_config(…)`.
+pub fn kube_config(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
+    KubeConfig {
+        manager_namespace: "ambassador".into(),
+        manager_host: "10.96.0.50".into(),
+        grpc_port: 8081,
+        tunnel_port: 8082,
+        agent_image: "local/telepresence:test".into(),
+        policy,
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        server: "https://cluster.example:6443".into(),
+        sync_timeout: Duration::from_secs(10),
+        rollout_timeout: Duration::ZERO,
+    }
+}
+
+/// A gRPC client of the manager serving on 127.0.0.1:`grpc`, once it answers.
+pub async fn manager_client(grpc: u16) -> ManagerClient<tonic::transport::Channel> {
+    let url = format!("http://127.0.0.1:{grpc}");
+    loop {
+        match ManagerClient::connect(url.clone()).await {
+            Ok(c) => return c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Arrives as the client `dev@laptop` in namespace `shop`.
+pub async fn arrive(client: &mut ManagerClient<tonic::transport::Channel>) -> ArriveResponse {
+    client
+        .arrive_as_client(ClientInfo {
+            name: "dev@laptop".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
