@@ -24,7 +24,7 @@ pub fn bin_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"))
         .join("x86_64-unknown-linux-gnu");
-    for profile in ["release", "debug"] {
+    for profile in ["ci", "release", "debug"] {
         let d = target.join(profile);
         if d.join("telepresence").exists() && d.join("tp-testapp").exists() {
             return d;
