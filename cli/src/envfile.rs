@@ -606,10 +606,21 @@ mod tests {
             .collect()
     }
 
+    /// Why the docker CLI would reject an env file (its messages, or what it would do instead).
+    #[derive(Debug, thiserror::Error)]
+    enum DockerParseError {
+        #[error("bufio.Scanner: token too long")]
+        TooLong,
+        #[error("no '=' (would read the host env)")]
+        NoEquals,
+        #[error("bad variable {0:?}")]
+        BadVariable(String),
+    }
+
     /// The docker CLI's `--env-file` parser (`kvfile.Parse`), ported: lines split on `\n` with
     /// one trailing `\r` dropped, 64 KiB line limit, a BOM dropped on line 1, leading
     /// whitespace trimmed, `#` lines skipped, split at the first `=`, value kept literally.
-    fn read_docker_port(text: &str) -> Result<BTreeMap<String, String>, String> {
+    fn read_docker_port(text: &str) -> Result<BTreeMap<String, String>, DockerParseError> {
         let mut out = BTreeMap::new();
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.is_empty() {
@@ -617,7 +628,7 @@ mod tests {
         }
         for (i, raw) in body.split('\n').enumerate() {
             if raw.len() > DOCKER_MAX_LINE {
-                return Err("bufio.Scanner: token too long".into());
+                return Err(DockerParseError::TooLong);
             }
             let mut line = raw.strip_suffix('\r').unwrap_or(raw);
             if i == 0 {
@@ -627,12 +638,10 @@ mod tests {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or("no '=' (would read the host env)")?;
+            let (k, v) = line.split_once('=').ok_or(DockerParseError::NoEquals)?;
             let k = k.trim_start_matches([' ', '\t']);
             if k.contains([' ', '\t']) || k.is_empty() {
-                return Err(format!("bad variable {k:?}"));
+                return Err(DockerParseError::BadVariable(k.to_string()));
             }
             out.insert(k.to_string(), v.to_string());
         }

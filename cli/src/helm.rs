@@ -62,8 +62,18 @@ pub struct InstallArgs {
     pub timeout: Duration,
 }
 
+/// A `--timeout` value that does not parse (the value given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {0:?}: use e.g. 90s or 5m")]
+    Invalid(String),
+    #[error("invalid duration {0:?}: give a unit (s, m, h)")]
+    NoUnit(String),
+}
+
 /// Parses `90`, `90s`, `5m`, `1h`, `2m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let invalid = || DurationError::Invalid(s.to_string());
     if let Ok(n) = s.parse::<u64>() {
         return Ok(Duration::from_secs(n));
     }
@@ -74,19 +84,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             num.push(c);
             continue;
         }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: use e.g. 90s or 5m"))?;
+        let n: u64 = num.parse().map_err(|_| invalid())?;
         num.clear();
         total += n * match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
-            _ => return Err(format!("invalid duration {s:?}: use e.g. 90s or 5m")),
+            _ => return Err(invalid()),
         };
     }
     if !num.is_empty() {
-        return Err(format!("invalid duration {s:?}: give a unit (s, m, h)"));
+        return Err(DurationError::NoUnit(s.to_string()));
     }
     Ok(Duration::from_secs(total))
 }

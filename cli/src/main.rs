@@ -105,28 +105,26 @@ fn main() {
     let use_ = cli.use_.clone();
     let raw = matches!(cli.command, Command::Status | Command::List(_));
     let mut exit_code = None;
-    let result: Result<CmdOutput, String> = rt
-        .block_on(async {
-            let u = use_.as_deref();
-            match cli.command {
-                Command::Connect(a) => cli::connect::run(a).await,
-                Command::Status => cli::commands::status(u).await,
-                Command::Quit(a) => cli::commands::quit(a, u).await,
-                Command::List(a) => cli::commands::list(a, u).await,
-                Command::Leave(a) => cli::commands::leave(&a.name, u).await,
-                Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
-                Command::Version => cli::commands::version(u).await,
-                Command::Helm(a) => cli::helm::run(a).await,
-                Command::Intercept(a) => {
-                    let (out, code) =
-                        cli::intercept::run(a, u, format == OutputFormat::Default).await?;
-                    exit_code = code;
-                    Ok(out)
-                }
-                _ => unreachable!("roles handled above"),
+    let result: anyhow::Result<CmdOutput> = rt.block_on(async {
+        let u = use_.as_deref();
+        match cli.command {
+            Command::Connect(a) => cli::connect::run(a).await,
+            Command::Status => cli::commands::status(u).await,
+            Command::Quit(a) => cli::commands::quit(a, u).await,
+            Command::List(a) => cli::commands::list(a, u).await,
+            Command::Leave(a) => cli::commands::leave(&a.name, u).await,
+            Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
+            Command::Version => cli::commands::version(u).await,
+            Command::Helm(a) => cli::helm::run(a).await,
+            Command::Intercept(a) => {
+                let (out, code) =
+                    cli::intercept::run(a, u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
             }
-        })
-        .map_err(|e: anyhow::Error| format!("{e:#}"));
+            _ => unreachable!("roles handled above"),
+        }
+    });
     let text = render(format, name, raw, &result);
     let failed = result.is_err();
     if failed && format == OutputFormat::Default {

@@ -170,22 +170,59 @@ async fn initial<R: AsyncRead + Unpin>(
     mounts: &[LocalMount],
     opts: &SyncOptions,
 ) -> Result<(Vec<LiveMount>, SyncStats), FsSyncError> {
+    let offered = hello(r, opts).await?;
+    let mut stats = SyncStats::default();
+    let (chosen, wanted) = choose(mounts, &offered, &mut stats);
+    stats.mounts = wanted.len();
+    out.send(Frame::Msg(Msg::Subscribe {
+        mounts: wanted.clone(),
+    }))
+    .await
+    .map_err(|_| closed())?;
+    let chown = fssync::can_chown();
+    let mut live = Vec::with_capacity(chosen.len());
+    for (i, lm) in chosen.into_iter().enumerate() {
+        let (mount, counts) = receive_mount(r, i, lm, &wanted, chown).await?;
+        stats.files += counts.files;
+        stats.dirs += counts.dirs;
+        stats.symlinks += counts.symlinks;
+        stats.bytes += counts.bytes;
+        stats.refused += counts.refused;
+        stats.removed += counts.removed;
+        live.push(mount);
+    }
+    Ok((live, stats))
+}
+
+/// Waits for the agent's hello; the mounts it offers.
+async fn hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    opts: &SyncOptions,
+) -> Result<Vec<Mount>, FsSyncError> {
     let hello = tokio::time::timeout(opts.handshake_timeout, read_frame(r))
         .await
         .map_err(|_| FsSyncError::Protocol("the agent did not say hello in time".into()))??;
-    let offered = match hello {
+    match hello {
         Some(Frame::Msg(Msg::Hello { proto, mounts })) => {
             if proto != PROTO_VERSION {
                 return Err(FsSyncError::Protocol(format!(
                     "the agent speaks volume sync protocol {proto}, this client {PROTO_VERSION}"
                 )));
             }
-            mounts
+            Ok(mounts)
         }
-        Some(other) => return Err(unexpected(other, "hello")),
-        None => return Err(eof("the agent closed before saying hello")),
-    };
-    let mut stats = SyncStats::default();
+        Some(other) => Err(unexpected(other, "hello")),
+        None => Err(eof("the agent closed before saying hello")),
+    }
+}
+
+/// The requested mounts the agent offers, with what to subscribe to (read-only when either
+/// side says so); the others are recorded in `stats.unavailable`.
+fn choose<'a>(
+    mounts: &'a [LocalMount],
+    offered: &[Mount],
+    stats: &mut SyncStats,
+) -> (Vec<&'a LocalMount>, Vec<Mount>) {
     let mut chosen: Vec<&LocalMount> = Vec::with_capacity(mounts.len());
     let mut wanted: Vec<Mount> = Vec::with_capacity(mounts.len());
     for l in mounts {
@@ -206,76 +243,71 @@ async fn initial<R: AsyncRead + Unpin>(
             }
         }
     }
-    stats.mounts = wanted.len();
-    out.send(Frame::Msg(Msg::Subscribe {
-        mounts: wanted.clone(),
-    }))
-    .await
-    .map_err(|_| closed())?;
+    (chosen, wanted)
+}
 
-    let chown = fssync::can_chown();
-    let mut live = Vec::with_capacity(chosen.len());
-    for (i, lm) in chosen.into_iter().enumerate() {
-        std::fs::create_dir_all(&lm.local_dir)?;
-        let root = Root::open(&lm.local_dir)?;
-        let excludes = nested_excludes(&wanted, i);
-        let root_attrs = match read_frame(r).await? {
-            Some(Frame::Msg(Msg::TarBegin { mount, root })) if mount as usize == i => root,
-            Some(other) => return Err(unexpected(other, &format!("tar_begin of mount {i}"))),
-            None => return Err(eof("the agent closed before sending the mount")),
-        };
-        if let Some(a) = root_attrs {
-            if let Err(e) = root.set_root_attrs(a, chown) {
-                warn!("volume sync: attributes of {}: {e}", lm.local_dir.display());
-            }
+/// Receives mount `i`'s tar into `lm.local_dir` (removing what the agent does not have): the
+/// mount ready for live sync, and what was written.
+async fn receive_mount<R: AsyncRead + Unpin>(
+    r: &mut R,
+    i: usize,
+    lm: &LocalMount,
+    wanted: &[Mount],
+    chown: bool,
+) -> Result<(LiveMount, Counts), FsSyncError> {
+    std::fs::create_dir_all(&lm.local_dir)?;
+    let root = Root::open(&lm.local_dir)?;
+    let excludes = nested_excludes(wanted, i);
+    let root_attrs = match read_frame(r).await? {
+        Some(Frame::Msg(Msg::TarBegin { mount, root })) if mount as usize == i => root,
+        Some(other) => return Err(unexpected(other, &format!("tar_begin of mount {i}"))),
+        None => return Err(eof("the agent closed before sending the mount")),
+    };
+    if let Some(a) = root_attrs {
+        if let Err(e) = root.set_root_attrs(a, chown) {
+            warn!("volume sync: attributes of {}: {e}", lm.local_dir.display());
         }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
-        let ex = excludes.clone();
-        let mut unpack = tokio::task::spawn_blocking(move || {
-            let mut u = Unpacker::new(&root, chown, &ex);
-            u.unpack(ChanReader::new(rx))?;
-            u.finish_dirs();
-            let removed = remove_extras(&root, &u.paths, &ex)?;
-            let (baseline, _) = fssync::scan(&root, &ex)?;
-            let mut counts = u.counts;
-            counts.removed = removed;
-            Ok::<_, FsSyncError>((root, baseline, counts))
-        });
-        let mut finished = None;
-        loop {
-            match read_frame(r).await? {
-                Some(Frame::Data(d)) => {
-                    if finished.is_none() && tx.send(d).await.is_err() {
-                        // The unpacker stopped early: an error, or the end of the archive.
-                        let res = (&mut unpack).await.map_err(task_failed)?;
-                        finished = Some(res?);
-                    }
-                }
-                Some(Frame::Msg(Msg::TarEnd { mount })) if mount as usize == i => break,
-                Some(other) => return Err(unexpected(other, &format!("the tar of mount {i}"))),
-                None => return Err(eof("the agent closed in the middle of a mount")),
-            }
-        }
-        drop(tx);
-        let (root, baseline, counts) = match finished {
-            Some(x) => x,
-            None => unpack.await.map_err(task_failed)??,
-        };
-        stats.files += counts.files;
-        stats.dirs += counts.dirs;
-        stats.symlinks += counts.symlinks;
-        stats.bytes += counts.bytes;
-        stats.refused += counts.refused;
-        stats.removed += counts.removed;
-        live.push(LiveMount {
-            root,
-            send: !wanted[i].read_only,
-            accept: true,
-            excludes,
-            baseline,
-        });
     }
-    Ok((live, stats))
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+    let ex = excludes.clone();
+    let mut unpack = tokio::task::spawn_blocking(move || {
+        let mut u = Unpacker::new(&root, chown, &ex);
+        u.unpack(ChanReader::new(rx))?;
+        u.finish_dirs();
+        let removed = remove_extras(&root, &u.paths, &ex)?;
+        let (baseline, _) = fssync::scan(&root, &ex)?;
+        let mut counts = u.counts;
+        counts.removed = removed;
+        Ok::<_, FsSyncError>((root, baseline, counts))
+    });
+    let mut finished = None;
+    loop {
+        match read_frame(r).await? {
+            Some(Frame::Data(d)) => {
+                if finished.is_none() && tx.send(d).await.is_err() {
+                    // The unpacker stopped early: an error, or the end of the archive.
+                    let res = (&mut unpack).await.map_err(task_failed)?;
+                    finished = Some(res?);
+                }
+            }
+            Some(Frame::Msg(Msg::TarEnd { mount })) if mount as usize == i => break,
+            Some(other) => return Err(unexpected(other, &format!("the tar of mount {i}"))),
+            None => return Err(eof("the agent closed in the middle of a mount")),
+        }
+    }
+    drop(tx);
+    let (root, baseline, counts) = match finished {
+        Some(x) => x,
+        None => unpack.await.map_err(task_failed)??,
+    };
+    let mount = LiveMount {
+        root,
+        send: !wanted[i].read_only,
+        accept: true,
+        excludes,
+        baseline,
+    };
+    Ok((mount, counts))
 }
 
 /// Blocking `Read` over the data frames of one tar.

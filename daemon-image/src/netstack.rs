@@ -115,6 +115,23 @@ pub enum Proto {
     Udp,
 }
 
+/// Why the cluster side of a connection or flow could not be opened, or a flow ended.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Reaching the manager's tunnel listener or writing the header.
+    #[error("tunnel: {0}")]
+    Tunnel(io::Error),
+    /// Reading the manager's answer.
+    #[error("tunnel: {0}")]
+    Answer(protocol::tunnel::TunnelError),
+    /// The manager's answer: why the target cannot be reached.
+    #[error("{0}")]
+    Refused(String),
+    /// Relaying a flow's bytes.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
 /// Opens the cluster side of a connection or flow: a stream that, for TCP, carries the bytes,
 /// and for UDP, framed datagrams. Fails (with the reason) when the target cannot be reached.
 pub trait Dialer: Send + Sync + 'static {
@@ -122,7 +139,7 @@ pub trait Dialer: Send + Sync + 'static {
         &self,
         proto: Proto,
         dst: SocketAddr,
-    ) -> impl Future<Output = Result<TcpStream, String>> + Send;
+    ) -> impl Future<Output = Result<TcpStream, DialError>> + Send;
 }
 
 /// A UDP flow with nothing moving either way for this long is closed.
@@ -345,7 +362,7 @@ async fn udp_flow<X: Dialer>(
     dst: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     out: mpsc::Sender<Datagram>,
-) -> Result<(), String> {
+) -> Result<(), DialError> {
     let up = dialer.dial(Proto::Udp, dst).await?;
     let (mut r, mut w) = up.into_split();
     let start = tokio::time::Instant::now();
@@ -384,8 +401,8 @@ async fn udp_flow<X: Dialer>(
         }
     };
     tokio::select! {
-        r = send => r.map_err(|e| e.to_string()),
-        r = recv => r.map_err(|e| e.to_string()),
+        r = send => r.map_err(DialError::Io),
+        r = recv => r.map_err(DialError::Io),
         _ = watchdog => Ok(()),
     }
 }
