@@ -165,7 +165,6 @@ pub fn plan(
     let all = wanted.clone();
     wanted.retain(|c| !all.iter().any(|o| o != c && o.contains(c)));
     wanted.retain(|c| !never.iter().any(|n| n.contains(c)));
-    let default_route = existing.iter().find(|e| e.net.prefix == 0);
     for c in wanted {
         let clash: Vec<&Existing> = existing
             .iter()
@@ -193,10 +192,26 @@ pub fn plan(
             }
         }
     }
+    out.bypass = bypasses(&out.routes, never, existing, keep);
+    out.routes.sort();
+    out.routes.dedup();
+    Ok(out)
+}
+
+/// The routes that keep `never` subnets and `keep` addresses inside `routes` on the
+/// container's own path (through the default route, or the existing route to them).
+fn bypasses(
+    routes: &[Cidr],
+    never: &[Cidr],
+    existing: &[Existing],
+    keep: &[Ipv4Addr],
+) -> Vec<Existing> {
+    let mut out = Vec::new();
+    let default_route = existing.iter().find(|e| e.net.prefix == 0);
     for n in never {
-        if out.routes.iter().any(|r| r.contains(n) && r != n) {
+        if routes.iter().any(|r| r.contains(n) && r != n) {
             if let Some(d) = default_route.or_else(|| existing.iter().find(|e| e.net.contains(n))) {
-                out.bypass.push(Existing {
+                out.push(Existing {
                     net: *n,
                     dev: d.dev.clone(),
                     gateway: d.gateway,
@@ -205,14 +220,14 @@ pub fn plan(
         }
     }
     for ip in keep {
-        if out.routes.iter().any(|r| r.contains_ip(*ip)) {
+        if routes.iter().any(|r| r.contains_ip(*ip)) {
             // The most specific existing route to it, as it was before ours.
             if let Some(d) = existing
                 .iter()
                 .filter(|e| e.net.contains_ip(*ip))
                 .max_by_key(|e| e.net.prefix)
             {
-                out.bypass.push(Existing {
+                out.push(Existing {
                     net: Cidr::new(*ip, 32),
                     dev: d.dev.clone(),
                     gateway: d.gateway,
@@ -220,9 +235,7 @@ pub fn plan(
             }
         }
     }
-    out.routes.sort();
-    out.routes.dedup();
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
