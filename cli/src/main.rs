@@ -82,25 +82,37 @@ fn main() {
     .enable_all()
     .build()
     .expect("tokio runtime");
-    let name = cmd_name(&cli.command);
     if role {
-        let r = rt.block_on(async {
-            match cli.command {
-                Command::DaemonForeground => cli::roles::daemon().await,
-                Command::TrafficManager => cli::roles::traffic_manager().await,
-                Command::Agent => cli::roles::agent().await,
-                Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
-                Command::AgentInit => cli::roles::agent_init(),
-                Command::FsSync => cli::roles::fs_sync().await,
-                _ => unreachable!("not a role"),
-            }
-        });
-        if let Err(e) = r {
-            eprintln!("telepresence {name}: error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
+        run_role(rt, cli.command);
+    } else {
+        run_command(rt, cli);
     }
+}
+
+/// Runs a role (daemon, traffic-manager, agent, …) until it ends; exits 1 on error.
+fn run_role(rt: tokio::runtime::Runtime, command: Command) {
+    let name = cmd_name(&command);
+    let r = rt.block_on(async {
+        match command {
+            Command::DaemonForeground => cli::roles::daemon().await,
+            Command::TrafficManager => cli::roles::traffic_manager().await,
+            Command::Agent => cli::roles::agent().await,
+            Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
+            Command::AgentInit => cli::roles::agent_init(),
+            Command::FsSync => cli::roles::fs_sync().await,
+            _ => unreachable!("not a role"),
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("telepresence {name}: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs a user command and prints its result in the chosen output format; exits with the
+/// command's code.
+fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
+    let name = cmd_name(&cli.command);
     let format = cli.output;
     let use_ = cli.use_.clone();
     let raw = matches!(cli.command, Command::Status | Command::List(_));
