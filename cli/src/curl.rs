@@ -216,63 +216,13 @@ async fn query_a(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, QueryErr
     Err(QueryError::NoAnswer)
 }
 
-async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
+/// A failure as curl reports it: (exit code, message).
+type Failure = (i32, String);
+
+async fn fetch(o: &Opts) -> Result<i32, Failure> {
     let (host, port, path) = split_url(&o.url)?;
-    let ips = resolve(&host).await.ok_or_else(|| {
-        (
-            6,
-            format!("Could not resolve host: {}", host.trim_end_matches('.')),
-        )
-    })?;
-    let ct = Duration::from_secs_f64(o.connect_timeout.unwrap_or(10.0).max(0.001));
-    let mut last = String::new();
-    let mut stream = None;
-    for ip in ips {
-        let addr = SocketAddr::new(ip, port);
-        match tokio::time::timeout(ct, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = format!("Failed to connect to {host} port {port}: {e}"),
-            Err(_) => {
-                return Err((
-                    28,
-                    format!("Connection timed out after {} ms", ct.as_millis()),
-                ))
-            }
-        }
-    }
-    let mut s = stream.ok_or((7, last))?;
-    let method = o.method.clone().unwrap_or_else(|| {
-        if o.head {
-            "HEAD".into()
-        } else if o.data.is_some() {
-            "POST".into()
-        } else {
-            "GET".into()
-        }
-    });
-    let host_hdr = if port == 80 {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: telepresence-curl\r\nAccept: */*\r\nConnection: close\r\n");
-    for h in &o.headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    if let Some(d) = &o.data {
-        req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            d.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(d) = &o.data {
-        req.push_str(d);
-    }
+    let mut s = connect(o, &host, port).await?;
+    let req = request(o, &host, port, &path);
     let io_err = |e: std::io::Error| (56, format!("Recv failure: {e}"));
     s.write_all(req.as_bytes()).await.map_err(io_err)?;
     let mut resp = Vec::new();
@@ -310,6 +260,70 @@ async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
     }
     let _ = out.flush();
     Ok(0)
+}
+
+/// Resolves `host` and connects to the first address that answers.
+async fn connect(o: &Opts, host: &str, port: u16) -> Result<TcpStream, Failure> {
+    let ips = resolve(host).await.ok_or_else(|| {
+        (
+            6,
+            format!("Could not resolve host: {}", host.trim_end_matches('.')),
+        )
+    })?;
+    let ct = Duration::from_secs_f64(o.connect_timeout.unwrap_or(10.0).max(0.001));
+    let mut last = String::new();
+    let mut stream = None;
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        match tokio::time::timeout(ct, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = format!("Failed to connect to {host} port {port}: {e}"),
+            Err(_) => {
+                return Err((
+                    28,
+                    format!("Connection timed out after {} ms", ct.as_millis()),
+                ))
+            }
+        }
+    }
+    stream.ok_or((7, last))
+}
+
+/// The HTTP/1.1 request, headers and body.
+fn request(o: &Opts, host: &str, port: u16, path: &str) -> String {
+    let method = o.method.clone().unwrap_or_else(|| {
+        if o.head {
+            "HEAD".into()
+        } else if o.data.is_some() {
+            "POST".into()
+        } else {
+            "GET".into()
+        }
+    });
+    let host_hdr = if port == 80 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: telepresence-curl\r\nAccept: */*\r\nConnection: close\r\n");
+    for h in &o.headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if let Some(d) = &o.data {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            d.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(d) = &o.data {
+        req.push_str(d);
+    }
+    req
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
