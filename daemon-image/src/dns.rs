@@ -1,4 +1,4 @@
-//! The daemon's DNS server (issue 3). It listens where the daemon container's resolv.conf points
+//! The daemon's DNS server. It listens where the daemon container's resolv.conf points
 //! (`--dns`, so every container joined to the daemon's network inherits it). Cluster names —
 //! `svc`, `svc.ns`, `svc.ns.svc.<domain>`, `pod.svc.ns.svc.<domain>`, reverse lookups of cluster
 //! addresses — are answered by the manager's resolver through the `Resolve` rpc; everything else

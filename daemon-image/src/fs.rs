@@ -841,12 +841,10 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn initial_mirror_then_live_sync_both_ways() {
-        let remote = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let localp = tempfile::tempdir().unwrap();
-        let r = remote.path();
+    /// The agent-side tree of [`initial_mirror_then_live_sync_both_ways`]: files of every
+    /// kind (empty, executable, private, unicode and long names), symlinks inside the mount and
+    /// two leaving it, and fixed modification times.
+    fn populate_remote(r: &Path) {
         std::fs::create_dir_all(r.join("d1/d2/d3")).unwrap();
         std::fs::write(r.join("d1/d2/d3/deep.txt"), "deep").unwrap();
         std::fs::write(r.join("empty"), "").unwrap();
@@ -871,6 +869,15 @@ mod tests {
         for d in ["d1/d2/d3", "d1/d2", "private"] {
             set_mtime(&r.join(d), 1_600_000_000);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn initial_mirror_then_live_sync_both_ways() {
+        let remote = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let localp = tempfile::tempdir().unwrap();
+        let r = remote.path();
+        populate_remote(r);
 
         // The local directory has leftovers, one of them a symlink leading outside.
         let lp = localp.path().join("vol");
@@ -1302,36 +1309,47 @@ mod tests {
         }
     }
 
-    /// The size target of the issue: 10,000 small files and one 200 MiB file. Prints the
-    /// figures (no timing asserts; completeness is asserted).
+    /// 100 directories of 100 small files each under `root`; their total size.
+    fn ten_thousand_files(root: &Path) -> u64 {
+        let mut total = 0u64;
+        for d in 0..100 {
+            let dir = root.join(format!("dir{d:03}"));
+            std::fs::create_dir(&dir).unwrap();
+            for f in 0..100 {
+                let body = format!("file {d}/{f} ").repeat(1 + (d * 100 + f) % 40);
+                total += body.len() as u64;
+                std::fs::write(dir.join(format!("f{f:03}.txt")), body).unwrap();
+            }
+        }
+        total
+    }
+
+    /// How long a plain local copy of `tree` into `scratch` takes (the copy is removed). File
+    /// creation on this VM is several times slower while freshly generated data is still
+    /// dirty, so the page cache is flushed first (for the reference and for the measured runs
+    /// alike).
+    fn reference_copy(tree: &Path, scratch: &Path) -> Duration {
+        flush_page_cache();
+        let copy = scratch.join("reference-copy");
+        let t = Instant::now();
+        copy_tree(tree, &copy);
+        let reference = t.elapsed();
+        std::fs::remove_dir_all(&copy).unwrap();
+        flush_page_cache();
+        reference
+    }
+
+    /// The size target of the volume sync: 10,000 small files and one 200 MiB file. Prints
+    /// the figures (no timing asserts; completeness is asserted).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ten_thousand_files_and_a_200_mib_file() {
         let small = tempfile::tempdir().unwrap();
         let large = tempfile::tempdir().unwrap();
         let locals = tempfile::tempdir().unwrap();
-        let mut total_small = 0u64;
-        for d in 0..100 {
-            let dir = small.path().join(format!("dir{d:03}"));
-            std::fs::create_dir(&dir).unwrap();
-            for f in 0..100 {
-                let body = format!("file {d}/{f} ").repeat(1 + (d * 100 + f) % 40);
-                total_small += body.len() as u64;
-                std::fs::write(dir.join(format!("f{f:03}.txt")), body).unwrap();
-            }
-        }
+        let total_small = ten_thousand_files(small.path());
         const BIG: usize = 200 << 20;
         big_file(&large.path().join("big.bin"), BIG);
-
-        // Reference: a plain local copy of the same tree. File creation on this VM is several
-        // times slower while freshly generated data is still dirty, so flush it first (for the
-        // reference and for the measured runs alike).
-        flush_page_cache();
-        let copy = locals.path().join("reference-copy");
-        let t = Instant::now();
-        copy_tree(small.path(), &copy);
-        let reference = t.elapsed();
-        std::fs::remove_dir_all(&copy).unwrap();
-        flush_page_cache();
+        let reference = reference_copy(small.path(), locals.path());
 
         let (ls, ll) = (locals.path().join("small"), locals.path().join("large"));
         let t = Instant::now();

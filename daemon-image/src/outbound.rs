@@ -1,4 +1,4 @@
-//! The outbound path (issue 3) as the daemon runs it: reads its settings from the environment the
+//! The outbound path as the daemon runs it: reads its settings from the environment the
 //! CLI gives the daemon container, decides and installs the routes, starts the TUN device with the
 //! packet → stream layer, and dials cluster targets through the manager's tunnel.
 

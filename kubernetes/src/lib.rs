@@ -1,4 +1,4 @@
-//! The Kubernetes provider (DESIGN §2 "Kubernetes"): workloads (Deployments, ReplicaSets not
+//! The Kubernetes provider: workloads (Deployments, ReplicaSets not
 //! owned by a Deployment, StatefulSets) and the Services that select them, watched with
 //! `kube::runtime` reflectors; agents injected by the manager's mutating webhook from their
 //! config in the `telepresence-agents` ConfigMap; cluster facts (service/pod CIDRs, domain).
