@@ -592,6 +592,11 @@ mod tests {
             .collect()
     }
 
+    /// The docker CLI refused an env file: its error output.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct DockerRejected(String);
+
     /// Why the docker CLI would reject an env file (its messages, or what it would do instead).
     #[derive(Debug, thiserror::Error)]
     enum DockerParseError {
@@ -783,7 +788,7 @@ mod tests {
             Some(DockerProbe { image })
         }
 
-        fn read(&self, file: &Path) -> Result<BTreeMap<String, String>, String> {
+        fn read(&self, file: &Path) -> Result<BTreeMap<String, String>, DockerRejected> {
             let out = Command::new("docker")
                 .args(["create", "--env-file"])
                 .arg(file)
@@ -791,7 +796,9 @@ mod tests {
                 .output()
                 .unwrap();
             if !out.status.success() {
-                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                return Err(DockerRejected(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
             }
             let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
             let inspect = Command::new("docker")
@@ -934,7 +941,7 @@ mod tests {
         assert_eq!(probe.read(&file).unwrap(), env);
         // One byte more and the docker CLI fails, which is why the writer refuses it.
         std::fs::write(&file, format!("MAX={}\n", "m".repeat(DOCKER_MAX_LINE - 3))).unwrap();
-        let err = probe.read(&file).unwrap_err();
+        let err = probe.read(&file).unwrap_err().to_string();
         assert!(err.contains("too long"), "{err}");
     }
 
