@@ -84,7 +84,7 @@ impl AgentConfig {
 pub enum PlanError {
     /// A ConfigMap value that is not an agent config.
     #[error("invalid agent config: {0}")]
-    Invalid(#[from] yaml_serde::Error),
+    Invalid(yaml_serde::Error),
     /// The workload (named) has no TCP service port.
     #[error("{0} has no TCP service port to capture")]
     NoTcpPort(String),

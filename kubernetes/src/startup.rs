@@ -35,7 +35,7 @@ pub enum SettingsError {
     #[error("{0}={1:?} is not a number of seconds")]
     NotSeconds(&'static str, String),
     #[error("TP_AGENT_INJECT_POLICY: {0}")]
-    Policy(#[from] super::UnknownPolicy),
+    Policy(super::UnknownPolicy),
 }
 
 /// Why the Kubernetes traffic-manager stopped or could not start.
@@ -108,7 +108,10 @@ impl Settings {
             grpc_port: port("TP_GRPC_PORT", 8081)?,
             tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
             webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
-            policy: var("TP_AGENT_INJECT_POLICY").unwrap_or_default().parse()?,
+            policy: var("TP_AGENT_INJECT_POLICY")
+                .unwrap_or_default()
+                .parse()
+                .map_err(SettingsError::Policy)?,
             agent_timeout: seconds("TP_AGENT_TIMEOUT")?,
             rollout_timeout: seconds("TP_ROLLOUT_TIMEOUT")?,
             namespaces: var("TP_MANAGED_NAMESPACES")
