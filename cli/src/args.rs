@@ -239,23 +239,31 @@ pub struct PortSpec {
     pub remote: String,
 }
 
+/// A `--port` value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortSpecError {
+    /// The local port and the whole value.
+    #[error("invalid local port {0:?} in --port {1:?}: expected 1-65535")]
+    LocalPort(String, String),
+    /// The protocol and the whole value.
+    #[error("protocol {0:?} in --port {1:?} is not supported; only TCP can be intercepted")]
+    Protocol(String, String),
+}
+
 /// Parses `<local>[:<svcPortName|number>[/TCP|UDP]]`.
-pub fn parse_port(s: &str) -> Result<PortSpec, String> {
+pub fn parse_port(s: &str) -> Result<PortSpec, PortSpecError> {
     let (local, rest) = match s.split_once(':') {
         Some((l, r)) => (l, r),
         None => (s, ""),
     };
-    let local: u16 =
-        local.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-            format!("invalid local port {local:?} in --port {s:?}: expected 1-65535")
-        })?;
+    let local: u16 = local
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| PortSpecError::LocalPort(local.into(), s.into()))?;
     let remote = match rest.split_once('/') {
         Some((r, proto)) if proto.eq_ignore_ascii_case("tcp") => r,
-        Some((_, proto)) => {
-            return Err(format!(
-                "protocol {proto:?} in --port {s:?} is not supported; only TCP can be intercepted"
-            ))
-        }
+        Some((_, proto)) => return Err(PortSpecError::Protocol(proto.into(), s.into())),
         None => rest,
     };
     Ok(PortSpec {
@@ -282,7 +290,10 @@ mod tests {
         assert!(parse_port("0").is_err());
         assert!(parse_port("x:80").is_err());
         assert!(parse_port("70000").is_err());
-        assert!(parse_port("90:53/UDP").unwrap_err().contains("only TCP"));
+        assert!(parse_port("90:53/UDP")
+            .unwrap_err()
+            .to_string()
+            .contains("only TCP"));
     }
 
     #[test]

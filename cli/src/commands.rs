@@ -7,7 +7,7 @@ use crate::output::{kv_block, CmdOutput};
 use crate::rpc::{connector, status_err};
 use anyhow::{bail, Result};
 use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
-use protocol::connector::{LeaveRequest, ListRequest};
+use protocol::connector::{DaemonStatus, LeaveRequest, ListRequest};
 use protocol::manager::{Empty, InterceptInfo, UninstallRequest, Workload};
 use serde_json::json;
 
@@ -61,79 +61,90 @@ pub async fn status(use_: Option<&str>) -> Result<CmdOutput> {
             data.push(json!({"name": d.name, "running": false}));
             continue;
         };
-        text.push_str(&format!("Daemon in container {}: Running\n", d.name));
-        let mut rows = vec![
-            ("Version", Some(format!("v{}", st.version))),
-            ("Status", Some(st.status.clone())),
-            (
-                if st.cluster_type == "docker" {
-                    "Docker engine"
-                } else {
-                    "Kubernetes server"
-                },
-                Some(st.server.clone()),
-            ),
-            ("Kubernetes context", Some(st.context.clone())),
-            ("Namespace", Some(st.namespace.clone())),
-            ("Manager namespace", Some(st.manager_namespace.clone())),
-            ("Container network", Some(st.container_network.clone())),
-            ("Intercepts", Some(format!("{} total", st.intercepts.len()))),
-        ];
-        if st.cluster_type == "docker" {
-            rows.retain(|(k, _)| *k != "Kubernetes context" && *k != "Manager namespace");
-        }
-        let outbound = crate::outbound::status_rows(&st);
-        rows.extend(outbound.iter().map(|(k, v, _)| (*k, v.clone())));
-        let mut block = kv_block("  ", &rows);
-        let intercepts: String = st
-            .intercepts
-            .iter()
-            .map(|i| {
-                let s = i.spec.clone().unwrap_or_default();
-                format!("    {}: {}\n", s.name, s.client)
-            })
-            .collect();
-        block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
-        for (k, _, lines) in &outbound {
-            block = crate::outbound::insert_after(&block, &format!("  {k} "), lines);
-        }
-        text.push_str(&block);
-        text.push_str(&format!(
-            "Traffic Manager: {}\n",
-            if st.manager_connected {
-                "Connected"
-            } else {
-                "Not connected"
-            }
-        ));
-        text.push_str(&kv_block(
-            "  ",
-            &[
-                ("Version", Some(format!("v{}", st.manager_version))),
-                ("Traffic Agent", Some(st.agent_image.clone())),
-            ],
-        ));
-        data.push(json!({
-            "name": d.name,
-            "container": d.container,
-            "running": true,
-            "version": st.version,
-            "status": st.status,
-            "cluster_type": st.cluster_type,
-            "server": st.server,
-            "context": st.context,
-            "namespace": st.namespace,
-            "manager_namespace": st.manager_namespace,
-            "container_network": st.container_network,
-            "subnets": st.subnets,
-            "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
-            "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
-            "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image},
-        }));
+        text.push_str(&status_text(d, &st));
+        data.push(status_json(d, &st));
     }
     Ok(CmdOutput {
         text,
         data: Some(json!({ "daemons": data })),
+    })
+}
+
+/// The `status` block of one responding daemon.
+fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
+    let mut text = format!("Daemon in container {}: Running\n", d.name);
+    let mut rows = vec![
+        ("Version", Some(format!("v{}", st.version))),
+        ("Status", Some(st.status.clone())),
+        (
+            if st.cluster_type == "docker" {
+                "Docker engine"
+            } else {
+                "Kubernetes server"
+            },
+            Some(st.server.clone()),
+        ),
+        ("Kubernetes context", Some(st.context.clone())),
+        ("Namespace", Some(st.namespace.clone())),
+        ("Manager namespace", Some(st.manager_namespace.clone())),
+        ("Container network", Some(st.container_network.clone())),
+        ("Intercepts", Some(format!("{} total", st.intercepts.len()))),
+    ];
+    if st.cluster_type == "docker" {
+        rows.retain(|(k, _)| *k != "Kubernetes context" && *k != "Manager namespace");
+    }
+    let outbound = crate::outbound::status_rows(st);
+    rows.extend(outbound.iter().map(|(k, v, _)| (*k, v.clone())));
+    let mut block = kv_block("  ", &rows);
+    let intercepts: String = st
+        .intercepts
+        .iter()
+        .map(|i| {
+            let s = i.spec.clone().unwrap_or_default();
+            format!("    {}: {}\n", s.name, s.client)
+        })
+        .collect();
+    block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
+    for (k, _, lines) in &outbound {
+        block = crate::outbound::insert_after(&block, &format!("  {k} "), lines);
+    }
+    text.push_str(&block);
+    text.push_str(&format!(
+        "Traffic Manager: {}\n",
+        if st.manager_connected {
+            "Connected"
+        } else {
+            "Not connected"
+        }
+    ));
+    text.push_str(&kv_block(
+        "  ",
+        &[
+            ("Version", Some(format!("v{}", st.manager_version))),
+            ("Traffic Agent", Some(st.agent_image.clone())),
+        ],
+    ));
+    text
+}
+
+/// The `status` data of one responding daemon.
+fn status_json(d: &DaemonInfo, st: &DaemonStatus) -> serde_json::Value {
+    json!({
+        "name": d.name,
+        "container": d.container,
+        "running": true,
+        "version": st.version,
+        "status": st.status,
+        "cluster_type": st.cluster_type,
+        "server": st.server,
+        "context": st.context,
+        "namespace": st.namespace,
+        "manager_namespace": st.manager_namespace,
+        "container_network": st.container_network,
+        "subnets": st.subnets,
+        "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
+        "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
+        "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image},
     })
 }
 

@@ -50,9 +50,10 @@ fn kube_context_exists(kubeconfig: Option<&str>) -> bool {
         .is_some_and(|c| !c.is_empty())
 }
 
-pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
-    let mut text = String::new();
-    let cluster_type = match args.cluster_type {
+/// The cluster type asked for, else Kubernetes when a context exists, else this Docker engine
+/// (said in `text`).
+fn pick_cluster(args: &ConnectArgs, text: &mut String) -> ClusterType {
+    match args.cluster_type {
         Some(t) => t,
         // An explicit --kubeconfig or --context means Kubernetes (their errors are reported).
         None if args.kubeconfig.is_some()
@@ -65,8 +66,12 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
             text.push_str("No Kubernetes context found: using this Docker engine as the cluster (--cluster-type docker)\n");
             ClusterType::Docker
         }
-    };
-    if cluster_type == ClusterType::Kubernetes {
+    }
+}
+
+pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
+    let mut text = String::new();
+    if pick_cluster(&args, &mut text) == ClusterType::Kubernetes {
         return crate::connect_kube::run(args, text).await;
     }
     let subnet_env = crate::outbound::subnet_env(&args)?;
@@ -79,37 +84,12 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     validate_name(&name)?;
     let container = format!("tp-{name}");
     let docker = engine::connect().await?;
-
-    // Already connected?
-    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
-        if engine::is_running(&docker, &existing.container).await {
-            if existing.namespace == namespace {
-                text.push_str(&format!(
-                    "Already connected to context {}, namespace {} ({})\n",
-                    existing.context, existing.namespace, existing.server
-                ));
-                return Ok(CmdOutput::text(text));
-            }
-            bail!(
-                "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
-                existing.namespace
-            );
-        }
-        info::remove(&name);
+    if let Some(already) = already_connected(&docker, &name, &namespace, &container).await? {
+        text.push_str(&already);
+        return Ok(CmdOutput::text(text));
     }
-    if engine::is_running(&docker, &container).await {
-        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
-    }
-
     // Validate the namespace before anything is created.
-    let network = docker::provider::network_of_namespace(&docker, &namespace)
-        .await
-        .map_err(|e| match e {
-            manager::provider::ProviderError::NamespaceNotFound(_) => anyhow!(
-                "namespace \"{namespace}\" not found: no compose project of that name runs on this Docker engine (see `docker compose ls`), and `default` means standalone containers"
-            ),
-            other => anyhow!(other),
-        })?;
+    let network = namespace_network(&docker, &namespace).await?;
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
     let image = docker::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
@@ -127,20 +107,7 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     let (id, port) = match result {
         Ok(v) => v,
         Err(e) => {
-            let logs = docker::engine::engine_logs(&docker, &container).await;
-            let _ = engine::remove_container(&docker, &container, 1).await;
-            // A failed connect leaves nothing behind: a manager this call started goes too.
-            if started_manager {
-                let _ = engine::remove_container(&docker, &manager_container(&namespace), 2).await;
-            }
-            // A daemon that refused to start says why in one line: show that.
-            if let Some(reason) = logs
-                .lines()
-                .find_map(|l| l.split_once("daemon-foreground: error: ").map(|(_, r)| r))
-            {
-                bail!("{reason}");
-            }
-            return Err(e.context(format!("the daemon did not start{logs}")));
+            return Err(daemon_failed(&docker, &container, &namespace, started_manager, e).await)
         }
     };
     let server = docker::provider::engine_address();
@@ -163,6 +130,73 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
         text,
         data: Some(serde_json::to_value(&info)?),
     })
+}
+
+/// `Some(message)` when connection `name` already serves `namespace`; an error when it serves
+/// another one, or when its container name is taken by something else. A recorded connection
+/// whose daemon is gone is forgotten.
+async fn already_connected(
+    docker: &Docker,
+    name: &str,
+    namespace: &str,
+    container: &str,
+) -> Result<Option<String>> {
+    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
+        if engine::is_running(docker, &existing.container).await {
+            if existing.namespace == namespace {
+                return Ok(Some(format!(
+                    "Already connected to context {}, namespace {} ({})\n",
+                    existing.context, existing.namespace, existing.server
+                )));
+            }
+            bail!(
+                "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
+                existing.namespace
+            );
+        }
+        info::remove(name);
+    }
+    if engine::is_running(docker, container).await {
+        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
+    }
+    Ok(None)
+}
+
+/// The network of the compose project `namespace` (`default`: standalone containers).
+async fn namespace_network(docker: &Docker, namespace: &str) -> Result<String> {
+    docker::provider::network_of_namespace(docker, namespace)
+        .await
+        .map_err(|e| match e {
+            manager::provider::ProviderError::NamespaceNotFound(_) => anyhow!(
+                "namespace \"{namespace}\" not found: no compose project of that name runs on this Docker engine (see `docker compose ls`), and `default` means standalone containers"
+            ),
+            other => anyhow!(other),
+        })
+}
+
+/// Cleans up after a daemon that did not start (its container, and a manager this connect
+/// started); the error to show: the daemon's own one-line reason when it gave one.
+async fn daemon_failed(
+    docker: &Docker,
+    container: &str,
+    namespace: &str,
+    started_manager: bool,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let logs = docker::engine::engine_logs(docker, container).await;
+    let _ = engine::remove_container(docker, container, 1).await;
+    // A failed connect leaves nothing behind: a manager this call started goes too.
+    if started_manager {
+        let _ = engine::remove_container(docker, &manager_container(namespace), 2).await;
+    }
+    // A daemon that refused to start says why in one line: show that.
+    if let Some(reason) = logs
+        .lines()
+        .find_map(|l| l.split_once("daemon-foreground: error: ").map(|(_, r)| r))
+    {
+        return anyhow!("{reason}");
+    }
+    e.context(format!("the daemon did not start{logs}"))
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
@@ -219,71 +253,8 @@ async fn ensure_manager(
         if current_image.is_some() {
             engine::remove_container(docker, &name, 5).await?;
         }
-        let socket = docker_socket_path();
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            cmd: Some(vec!["traffic-manager".into()]),
-            env: Some(vec![
-                "TP_CLUSTER_TYPE=docker".into(),
-                format!("TP_NAMESPACE={namespace}"),
-                format!("TP_NETWORK={network}"),
-                format!("TP_AGENT_IMAGE={image}"),
-                format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
-                format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
-                "DOCKER_HOST=unix:///var/run/docker.sock".into(),
-                format!("{}={team_mode}", manager::personal::ENV_TEAM_MODE),
-                format!(
-                    "RUST_LOG={}",
-                    std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
-                ),
-            ]),
-            labels: Some(labels("traffic-manager", &[(NAMESPACE_LABEL, namespace)])),
-            host_config: Some(HostConfig {
-                network_mode: Some(network.to_string()),
-                binds: Some(vec![format!("{socket}:/var/run/docker.sock")]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .with_context(|| format!("creating the traffic-manager container {name}"))?;
-        let bridge = if network == "bridge" {
-            Ok(())
-        } else {
-            docker
-                .connect_network(
-                    "bridge",
-                    bollard::models::NetworkConnectRequest {
-                        container: name.clone(),
-                        endpoint_config: None,
-                    },
-                )
-                .await
-        };
-        if let Err(e) = match bridge {
-            Ok(()) => {
-                docker
-                    .start_container(
-                        &name,
-                        None::<bollard::query_parameters::StartContainerOptions>,
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        } {
-            let _ = engine::remove_container(docker, &name, 0).await;
-            return Err(
-                anyhow!(e).context(format!("starting the traffic-manager container {name}"))
-            );
-        }
+        let body = manager_body(namespace, network, image, team_mode);
+        start_manager(docker, &name, network, body).await?;
     }
     let ip = bridge_ip(docker, &name).await?;
     Ok((
@@ -291,6 +262,90 @@ async fn ensure_manager(
         format!("{ip}:{MANAGER_TUNNEL_PORT}"),
         !running_same,
     ))
+}
+
+/// The manager container of `namespace`: our image running `traffic-manager` (its settings in
+/// docker/src/startup.rs) on the project network, with the engine's socket.
+fn manager_body(
+    namespace: &str,
+    network: &str,
+    image: &str,
+    team_mode: bool,
+) -> ContainerCreateBody {
+    let socket = docker_socket_path();
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["traffic-manager".into()]),
+        env: Some(vec![
+            "TP_CLUSTER_TYPE=docker".into(),
+            format!("TP_NAMESPACE={namespace}"),
+            format!("TP_NETWORK={network}"),
+            format!("TP_AGENT_IMAGE={image}"),
+            format!("TP_GRPC_PORT={MANAGER_GRPC_PORT}"),
+            format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
+            "DOCKER_HOST=unix:///var/run/docker.sock".into(),
+            format!("{}={team_mode}", manager::personal::ENV_TEAM_MODE),
+            format!(
+                "RUST_LOG={}",
+                std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
+            ),
+        ]),
+        labels: Some(labels("traffic-manager", &[(NAMESPACE_LABEL, namespace)])),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_string()),
+            binds: Some(vec![format!("{socket}:/var/run/docker.sock")]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates the manager container `name`, joins it to the default bridge network too (where
+/// daemons reach it) and starts it; a container that does not start is removed.
+async fn start_manager(
+    docker: &Docker,
+    name: &str,
+    network: &str,
+    body: ContainerCreateBody,
+) -> Result<()> {
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .with_context(|| format!("creating the traffic-manager container {name}"))?;
+    let bridge = if network == "bridge" {
+        Ok(())
+    } else {
+        docker
+            .connect_network(
+                "bridge",
+                bollard::models::NetworkConnectRequest {
+                    container: name.to_string(),
+                    endpoint_config: None,
+                },
+            )
+            .await
+    };
+    if let Err(e) = match bridge {
+        Ok(()) => {
+            docker
+                .start_container(
+                    name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    } {
+        let _ = engine::remove_container(docker, name, 0).await;
+        return Err(anyhow!(e).context(format!("starting the traffic-manager container {name}")));
+    }
+    Ok(())
 }
 
 /// Whether a manager container was started in team mode.

@@ -132,32 +132,11 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     // The outbound flags are checked before anything is created.
     let subnet_env = crate::outbound::subnet_env(&args)?;
     let docker = engine::connect().await?;
-
-    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
-        if engine::is_running(&docker, &existing.container).await {
-            if existing.namespace == namespace && existing.context == context {
-                // Connecting again refreshes the credentials (exec plugins run again); the
-                // daemon picks the new file up for its next API request.
-                let (yaml, _, expiry) = prepare(&docker, &mut reduced, &context, &server).await?;
-                upload_kubeconfig(&docker, &existing.container, &yaml).await?;
-                text.push_str(&format!(
-                    "Already connected to context {}, namespace {} ({})\n",
-                    existing.context, existing.namespace, existing.server
-                ));
-                if let Some(note) = expiry {
-                    text.push_str(&note);
-                }
-                return Ok(CmdOutput::text(text));
-            }
-            bail!(
-                "connection {name} is already connected to context {}, namespace {}; run `telepresence quit` first, or connect with another --name",
-                existing.context, existing.namespace
-            );
-        }
-        info::remove(&name);
-    }
-    if engine::is_running(&docker, &container).await {
-        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
+    if let Some(already) =
+        already_connected(&docker, &mut reduced, &name, &namespace, &container).await?
+    {
+        text.push_str(&already);
+        return Ok(CmdOutput::text(text));
     }
 
     let user_config = reduced.config.clone();
@@ -214,6 +193,45 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         text,
         data: Some(serde_json::to_value(&info)?),
     })
+}
+
+/// `Some(message)` when connection `name` already serves this context and `namespace` (its
+/// credentials are refreshed: exec plugins run again, and the daemon picks the new file up for
+/// its next API request); an error when it serves another one, or when its container name is
+/// taken by something else. A recorded connection whose daemon is gone is forgotten.
+async fn already_connected(
+    docker: &Docker,
+    reduced: &mut kubeconfig::Reduced,
+    name: &str,
+    namespace: &str,
+    container: &str,
+) -> Result<Option<String>> {
+    let (context, server) = (reduced.context.clone(), reduced.server.clone());
+    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
+        if engine::is_running(docker, &existing.container).await {
+            if existing.namespace == namespace && existing.context == context {
+                let (yaml, _, expiry) = prepare(docker, reduced, &context, &server).await?;
+                upload_kubeconfig(docker, &existing.container, &yaml).await?;
+                let mut text = format!(
+                    "Already connected to context {}, namespace {} ({})\n",
+                    existing.context, existing.namespace, existing.server
+                );
+                if let Some(note) = expiry {
+                    text.push_str(&note);
+                }
+                return Ok(Some(text));
+            }
+            bail!(
+                "connection {name} is already connected to context {}, namespace {}; run `telepresence quit` first, or connect with another --name",
+                existing.context, existing.namespace
+            );
+        }
+        info::remove(name);
+    }
+    if engine::is_running(docker, container).await {
+        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
+    }
+    Ok(None)
 }
 
 /// The kubeconfig the daemon gets, as YAML: flattened, host CA roots for clusters naming no

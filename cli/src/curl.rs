@@ -29,14 +29,41 @@ struct Opts {
     connect_timeout: Option<f64>,
 }
 
-fn parse(args: &[String]) -> Result<Opts, String> {
+/// Command-line usage errors (curl's wording; exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum UsageError {
+    #[error("option {0}: requires parameter")]
+    MissingValue(String),
+    /// The option whose value is not a number.
+    #[error("bad {0}")]
+    NotANumber(&'static str),
+    #[error("option {0}: is unknown")]
+    Unknown(String),
+    #[error("no URL specified")]
+    NoUrl,
+}
+
+/// Why a DNS query got no usable answer.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error(transparent)]
+    Dns(#[from] hickory_proto::ProtoError),
+    #[error(transparent)]
+    Decode(#[from] hickory_proto::serialize::binary::DecodeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("no answer")]
+    NoAnswer,
+}
+
+fn parse(args: &[String]) -> Result<Opts, UsageError> {
     let mut o = Opts::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
             it.next()
                 .cloned()
-                .ok_or_else(|| format!("option {name}: requires parameter"))
+                .ok_or_else(|| UsageError::MissingValue(name.to_string()))
         };
         match a.as_str() {
             "-s" | "--silent" => o.silent = true,
@@ -47,24 +74,28 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "-I" | "--head" => o.head = true,
             "-v" | "--verbose" | "-L" | "--location" => {}
             "-m" | "--max-time" => {
-                o.max_time = Some(val(a)?.parse().map_err(|_| "bad --max-time".to_string())?)
+                o.max_time = Some(
+                    val(a)?
+                        .parse()
+                        .map_err(|_| UsageError::NotANumber("--max-time"))?,
+                )
             }
             "--connect-timeout" => {
                 o.connect_timeout = Some(
                     val(a)?
                         .parse()
-                        .map_err(|_| "bad --connect-timeout".to_string())?,
+                        .map_err(|_| UsageError::NotANumber("--connect-timeout"))?,
                 )
             }
             "-H" | "--header" => o.headers.push(val(a)?),
             "-X" | "--request" => o.method = Some(val(a)?),
             "-d" | "--data" | "--data-raw" => o.data = Some(val(a)?),
-            s if s.starts_with('-') => return Err(format!("option {s}: is unknown")),
+            s if s.starts_with('-') => return Err(UsageError::Unknown(s.to_string())),
             s => o.url = s.to_string(),
         }
     }
     if o.url.is_empty() {
-        return Err("no URL specified".into());
+        return Err(UsageError::NoUrl);
     }
     Ok(o)
 }
@@ -100,10 +131,11 @@ fn split_url(url: &str) -> Result<(String, u16, String), (i32, String)> {
     Ok((host.to_string(), port, path.to_string()))
 }
 
-/// Resolves `host` with the nameservers and search domains of resolv.conf.
-async fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
+/// Resolves `host` with the nameservers and search domains of resolv.conf; `None`: curl's
+/// "Could not resolve host".
+async fn resolve(host: &str) -> Option<Vec<IpAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![ip]);
+        return Some(vec![ip]);
     }
     let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut servers = Vec::new();
@@ -141,37 +173,36 @@ async fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
         for s in &servers {
             if let Ok(ips) = query_a(*s, &name).await {
                 if !ips.is_empty() {
-                    return Ok(ips);
+                    return Some(ips);
                 }
                 break; // a definite "no" from this server
             }
         }
     }
-    Err(format!("Could not resolve host: {host}"))
+    None
 }
 
-async fn query_a(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, String> {
-    let mut n = Name::from_ascii(name).map_err(|e| e.to_string())?;
+async fn query_a(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, QueryError> {
+    let mut n = Name::from_ascii(name)?;
     n.set_fqdn(true);
     let id = (std::process::id() as u16) ^ 0x5a5a;
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(n, RecordType::A));
-    let bytes = m.to_vec().map_err(|e| e.to_string())?;
+    let bytes = m.to_vec()?;
     let sock = UdpSocket::bind(if server.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    sock.connect(server).await.map_err(|e| e.to_string())?;
+    .await?;
+    sock.connect(server).await?;
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
-        sock.send(&bytes).await.map_err(|e| e.to_string())?;
+        sock.send(&bytes).await?;
         if let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await
         {
-            let r = Message::from_vec(&buf[..len]).map_err(|e| e.to_string())?;
+            let r = Message::from_vec(&buf[..len])?;
             return Ok(r
                 .answers
                 .iter()
@@ -182,61 +213,16 @@ async fn query_a(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, String> 
                 .collect());
         }
     }
-    Err("no answer".into())
+    Err(QueryError::NoAnswer)
 }
 
-async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
+/// A failure as curl reports it: (exit code, message).
+type Failure = (i32, String);
+
+async fn fetch(o: &Opts) -> Result<i32, Failure> {
     let (host, port, path) = split_url(&o.url)?;
-    let ips = resolve(&host).await.map_err(|e| (6, e))?;
-    let ct = Duration::from_secs_f64(o.connect_timeout.unwrap_or(10.0).max(0.001));
-    let mut last = String::new();
-    let mut stream = None;
-    for ip in ips {
-        let addr = SocketAddr::new(ip, port);
-        match tokio::time::timeout(ct, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = format!("Failed to connect to {host} port {port}: {e}"),
-            Err(_) => {
-                return Err((
-                    28,
-                    format!("Connection timed out after {} ms", ct.as_millis()),
-                ))
-            }
-        }
-    }
-    let mut s = stream.ok_or((7, last))?;
-    let method = o.method.clone().unwrap_or_else(|| {
-        if o.head {
-            "HEAD".into()
-        } else if o.data.is_some() {
-            "POST".into()
-        } else {
-            "GET".into()
-        }
-    });
-    let host_hdr = if port == 80 {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: telepresence-curl\r\nAccept: */*\r\nConnection: close\r\n");
-    for h in &o.headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    if let Some(d) = &o.data {
-        req.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            d.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(d) = &o.data {
-        req.push_str(d);
-    }
+    let mut s = connect(o, &host, port).await?;
+    let req = request(o, &host, port, &path);
     let io_err = |e: std::io::Error| (56, format!("Recv failure: {e}"));
     s.write_all(req.as_bytes()).await.map_err(io_err)?;
     let mut resp = Vec::new();
@@ -274,6 +260,70 @@ async fn fetch(o: &Opts) -> Result<i32, (i32, String)> {
     }
     let _ = out.flush();
     Ok(0)
+}
+
+/// Resolves `host` and connects to the first address that answers.
+async fn connect(o: &Opts, host: &str, port: u16) -> Result<TcpStream, Failure> {
+    let ips = resolve(host).await.ok_or_else(|| {
+        (
+            6,
+            format!("Could not resolve host: {}", host.trim_end_matches('.')),
+        )
+    })?;
+    let ct = Duration::from_secs_f64(o.connect_timeout.unwrap_or(10.0).max(0.001));
+    let mut last = String::new();
+    let mut stream = None;
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        match tokio::time::timeout(ct, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = format!("Failed to connect to {host} port {port}: {e}"),
+            Err(_) => {
+                return Err((
+                    28,
+                    format!("Connection timed out after {} ms", ct.as_millis()),
+                ))
+            }
+        }
+    }
+    stream.ok_or((7, last))
+}
+
+/// The HTTP/1.1 request, headers and body.
+fn request(o: &Opts, host: &str, port: u16, path: &str) -> String {
+    let method = o.method.clone().unwrap_or_else(|| {
+        if o.head {
+            "HEAD".into()
+        } else if o.data.is_some() {
+            "POST".into()
+        } else {
+            "GET".into()
+        }
+    });
+    let host_hdr = if port == 80 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUser-Agent: telepresence-curl\r\nAccept: */*\r\nConnection: close\r\n");
+    for h in &o.headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if let Some(d) = &o.data {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            d.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(d) = &o.data {
+        req.push_str(d);
+    }
+    req
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -342,8 +392,12 @@ mod tests {
         assert_eq!(o.headers, vec!["X-A: 1"]);
         assert!(parse(&a(&["--bogus", "x"]))
             .unwrap_err()
+            .to_string()
             .contains("unknown"));
-        assert!(parse(&a(&["-s"])).unwrap_err().contains("no URL"));
+        assert!(parse(&a(&["-s"]))
+            .unwrap_err()
+            .to_string()
+            .contains("no URL"));
         assert_eq!(
             split_url("http://web:8080/a?b").unwrap(),
             ("web".into(), 8080, "/a?b".into())

@@ -240,112 +240,138 @@ struct Parsed {
 }
 
 fn parse(user_args: &[String]) -> Result<Parsed, DockerRunError> {
-    let mut flags = Vec::new();
-    let mut given = Vec::new();
-    let mut i = 0;
-    while i < user_args.len() {
-        let arg = &user_args[i];
-        i += 1;
+    let mut r = FlagReader {
+        args: user_args,
+        i: 0,
+        flags: Vec::new(),
+        given: Vec::new(),
+    };
+    while r.i < user_args.len() {
+        let arg = &user_args[r.i];
+        r.i += 1;
         if arg == "--" {
             // End of flags; the image follows. It is not kept: we place IMAGE ourselves.
             break;
         }
         if let Some(rest) = arg.strip_prefix("--") {
-            let (name, inline) = match rest.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (rest, None),
-            };
-            let spelled = format!("--{name}");
-            let Some((long, arity)) = by_long(name) else {
-                if inline.is_some() {
-                    // Unknown, but self-contained: pass it through.
-                    flags.push(arg.clone());
-                    continue;
-                }
-                return Err(DockerRunError::UnknownFlag(spelled));
-            };
-            flags.push(arg.clone());
-            let value = match (arity, inline) {
-                (_, Some(v)) => Some(v),
-                (Arity::Bool, None) => None,
-                (Arity::Value, None) => {
-                    let v = user_args
-                        .get(i)
-                        .ok_or_else(|| DockerRunError::MissingValue(spelled.clone()))?;
-                    i += 1;
-                    flags.push(v.clone());
-                    Some(v.clone())
-                }
-            };
-            given.push(Given {
-                long,
-                spelled,
-                value,
-            });
+            r.long(arg, rest)?;
         } else if arg.len() > 1 && arg.starts_with('-') {
-            // A group of short flags: `-it`, `-e=X`, `-eX`, `-itp8080:80`, `-d=false`.
-            flags.push(arg.clone());
-            let chars: Vec<char> = arg[1..].chars().collect();
-            let mut j = 0;
-            while j < chars.len() {
-                let c = chars[j];
-                let spelled = format!("-{c}");
-                let (long, arity) =
-                    by_short(c).ok_or_else(|| DockerRunError::UnknownFlag(spelled.clone()))?;
-                let rest: String = chars[j + 1..].iter().collect();
-                let inline = rest.strip_prefix('=').map(str::to_string);
-                match arity {
-                    Arity::Bool => {
-                        let done = inline.is_some();
-                        given.push(Given {
-                            long,
-                            spelled,
-                            value: inline,
-                        });
-                        if done {
-                            break;
-                        }
-                        j += 1;
-                    }
-                    Arity::Value => {
-                        let value = if let Some(v) = inline {
-                            v
-                        } else if !rest.is_empty() {
-                            rest
-                        } else {
-                            let v = user_args
-                                .get(i)
-                                .ok_or_else(|| DockerRunError::MissingValue(spelled.clone()))?;
-                            i += 1;
-                            flags.push(v.clone());
-                            v.clone()
-                        };
-                        given.push(Given {
-                            long,
-                            spelled,
-                            value: Some(value),
-                        });
-                        break;
-                    }
-                }
-            }
+            r.short_group(arg)?;
         } else {
             // The first argument that is not a flag is the image.
-            i -= 1;
+            r.i -= 1;
             break;
         }
     }
+    let i = r.i;
     let image = user_args
         .get(i)
         .cloned()
         .filter(|s| !s.is_empty())
         .ok_or(DockerRunError::MissingImage)?;
     Ok(Parsed {
-        flags,
-        given,
+        flags: r.flags,
+        given: r.given,
         image,
         command: user_args[i + 1..].to_vec(),
     })
+}
+
+/// Reads the user's flags: `i` is the next argument; every flag argument is kept verbatim in
+/// `flags` and what it sets in `given`.
+struct FlagReader<'a> {
+    args: &'a [String],
+    i: usize,
+    flags: Vec<String>,
+    given: Vec<Given>,
+}
+
+impl FlagReader<'_> {
+    /// The next argument as the value of flag `spelled` (kept verbatim too).
+    fn value_of(&mut self, spelled: &str) -> Result<String, DockerRunError> {
+        let v = self
+            .args
+            .get(self.i)
+            .ok_or_else(|| DockerRunError::MissingValue(spelled.to_string()))?
+            .clone();
+        self.i += 1;
+        self.flags.push(v.clone());
+        Ok(v)
+    }
+
+    /// `--name`, `--name=value` or `--name value` (`rest`: `arg` without its dashes).
+    fn long(&mut self, arg: &str, rest: &str) -> Result<(), DockerRunError> {
+        let (name, inline) = match rest.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (rest, None),
+        };
+        let spelled = format!("--{name}");
+        let Some((long, arity)) = by_long(name) else {
+            if inline.is_some() {
+                // Unknown, but self-contained: pass it through.
+                self.flags.push(arg.to_string());
+                return Ok(());
+            }
+            return Err(DockerRunError::UnknownFlag(spelled));
+        };
+        self.flags.push(arg.to_string());
+        let value = match (arity, inline) {
+            (_, Some(v)) => Some(v),
+            (Arity::Bool, None) => None,
+            (Arity::Value, None) => Some(self.value_of(&spelled)?),
+        };
+        self.given.push(Given {
+            long,
+            spelled,
+            value,
+        });
+        Ok(())
+    }
+
+    /// A group of short flags: `-it`, `-e=X`, `-eX`, `-itp8080:80`, `-d=false`.
+    fn short_group(&mut self, arg: &str) -> Result<(), DockerRunError> {
+        self.flags.push(arg.to_string());
+        let chars: Vec<char> = arg[1..].chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            let spelled = format!("-{c}");
+            let (long, arity) =
+                by_short(c).ok_or_else(|| DockerRunError::UnknownFlag(spelled.clone()))?;
+            let rest: String = chars[j + 1..].iter().collect();
+            let inline = rest.strip_prefix('=').map(str::to_string);
+            match arity {
+                Arity::Bool => {
+                    let done = inline.is_some();
+                    self.given.push(Given {
+                        long,
+                        spelled,
+                        value: inline,
+                    });
+                    if done {
+                        break;
+                    }
+                    j += 1;
+                }
+                Arity::Value => {
+                    let value = if let Some(v) = inline {
+                        v
+                    } else if !rest.is_empty() {
+                        rest
+                    } else {
+                        self.value_of(&spelled)?
+                    };
+                    self.given.push(Given {
+                        long,
+                        spelled,
+                        value: Some(value),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Flags the engine rejects together with `--network container:…`, and what to do instead.
@@ -376,6 +402,57 @@ const NETWORK_CONFLICTS: &[(&str, &str)] = &[
     ("ip6", ""),
 ];
 
+/// The warning for a user's `--network` that is not the connection's.
+fn network_replaced(net: &Given, ours_network: &str) -> Option<String> {
+    (net.value.as_deref() != Some(ours_network)).then(|| {
+        format!(
+            "{} {} replaces --network {}: the handler will not receive the intercepted \
+             traffic nor reach the cluster",
+            net.spelled,
+            net.value.as_deref().unwrap_or_default(),
+            ours_network
+        )
+    })
+}
+
+/// We join the daemon's network namespace: flags the engine rejects with that mode get a clear
+/// error here instead of the engine's.
+fn check_network_conflicts(parsed: &Parsed, opts: &HandlerOpts) -> Result<(), DockerRunError> {
+    for (long, hint) in NETWORK_CONFLICTS {
+        if let Some(g) = parsed.given.iter().find(|g| g.long == *long) {
+            if g.long == "publish-all" && !g.is_on() {
+                continue;
+            }
+            return Err(DockerRunError::ConflictsWithNetwork {
+                flag: g.spelled.clone(),
+                connection: opts.connection.clone(),
+                hint: hint.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `--label k=v` for each of our labels whose key the user does not set.
+fn our_labels(parsed: &Parsed, opts: &HandlerOpts) -> Vec<String> {
+    let user_label_keys: HashSet<&str> = parsed
+        .given
+        .iter()
+        .filter(|g| g.long == "label")
+        .filter_map(|g| g.value.as_deref())
+        .map(|v| v.split_once('=').map_or(v, |(k, _)| k))
+        .collect();
+    let mut added = HashSet::new();
+    let mut args = Vec::new();
+    for (k, v) in &opts.labels {
+        if !user_label_keys.contains(k.as_str()) && added.insert(k.as_str()) {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+    }
+    args
+}
+
 /// The handler's `docker run` command line: our additions first, then the user's flags
 /// verbatim, then IMAGE and the command. Where the user set something we would add, theirs
 /// wins and ours is left out.
@@ -392,31 +469,9 @@ pub fn assemble(user_args: &[String], opts: &HandlerOpts) -> Result<RunArgs, Doc
     let mut warnings = Vec::new();
     let network = last("network").or_else(|| last("net"));
     let ours_network = format!("container:{}", opts.connection);
-    if let Some(net) = network {
-        if net.value.as_deref() != Some(ours_network.as_str()) {
-            warnings.push(format!(
-                "{} {} replaces --network {}: the handler will not receive the intercepted \
-                 traffic nor reach the cluster",
-                net.spelled,
-                net.value.as_deref().unwrap_or_default(),
-                ours_network
-            ));
-        }
-    } else {
-        // We join the daemon's network namespace: flags the engine rejects with that mode
-        // get a clear error here instead of the engine's.
-        for (long, hint) in NETWORK_CONFLICTS {
-            if let Some(g) = parsed.given.iter().find(|g| g.long == *long) {
-                if g.long == "publish-all" && !g.is_on() {
-                    continue;
-                }
-                return Err(DockerRunError::ConflictsWithNetwork {
-                    flag: g.spelled.clone(),
-                    connection: opts.connection.clone(),
-                    hint: hint.to_string(),
-                });
-            }
-        }
+    match network {
+        Some(net) => warnings.extend(network_replaced(net, &ours_network)),
+        None => check_network_conflicts(&parsed, opts)?,
     }
 
     let mut args = vec!["run".to_string()];
@@ -441,20 +496,7 @@ pub fn assemble(user_args: &[String], opts: &HandlerOpts) -> Result<RunArgs, Doc
         args.push("--env-file".into());
         args.push(env_file.to_string_lossy().into_owned());
     }
-    let user_label_keys: HashSet<&str> = parsed
-        .given
-        .iter()
-        .filter(|g| g.long == "label")
-        .filter_map(|g| g.value.as_deref())
-        .map(|v| v.split_once('=').map_or(v, |(k, _)| k))
-        .collect();
-    let mut added = HashSet::new();
-    for (k, v) in &opts.labels {
-        if !user_label_keys.contains(k.as_str()) && added.insert(k.as_str()) {
-            args.push("--label".into());
-            args.push(format!("{k}={v}"));
-        }
-    }
+    args.extend(our_labels(&parsed, opts));
     args.extend(parsed.flags.iter().cloned());
     args.push(parsed.image.clone());
     args.extend(parsed.command.iter().cloned());

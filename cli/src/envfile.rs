@@ -254,117 +254,103 @@ fn dir_of(path: &Path) -> &Path {
 /// One line (no line ending) for `key=value` in a line-based syntax.
 fn line(key: &str, value: &str, syntax: EnvSyntax) -> Result<String, EnvFileError> {
     check_common(key, value, syntax)?;
-    let key_err = |reason: &str| EnvFileError::InvalidKey {
-        key: key.to_string(),
-        syntax,
-        reason: reason.to_string(),
-    };
-    let value_err = |reason: String| EnvFileError::InvalidValue {
-        key: key.to_string(),
-        syntax,
-        reason,
-    };
+    if let Some(reason) = key_problem(key, syntax) {
+        return Err(EnvFileError::InvalidKey {
+            key: key.to_string(),
+            syntax,
+            reason: reason.to_string(),
+        });
+    }
+    if let Some(reason) = value_problem(key, value, syntax) {
+        return Err(EnvFileError::InvalidValue {
+            key: key.to_string(),
+            syntax,
+            reason,
+        });
+    }
+    Ok(format_line(key, value, syntax))
+}
+
+/// Why `syntax` cannot hold the name `key`, if it cannot.
+fn key_problem(key: &str, syntax: EnvSyntax) -> Option<&'static str> {
+    let ident = |extra: &[char], rule: &'static str| (!is_ident(key, extra)).then_some(rule);
     match syntax {
         EnvSyntax::Docker => {
             if key.chars().any(char::is_whitespace) {
-                return Err(key_err(
-                    "docker's --env-file cannot hold a name with whitespace",
-                ));
+                Some("docker's --env-file cannot hold a name with whitespace")
+            } else if key.starts_with('#') {
+                Some("docker's --env-file reads a line starting with '#' as a comment")
+            } else if key.contains('\u{feff}') {
+                Some("docker's --env-file strips a byte-order mark (U+FEFF)")
+            } else {
+                None
             }
-            if key.starts_with('#') {
-                return Err(key_err(
-                    "docker's --env-file reads a line starting with '#' as a comment",
-                ));
-            }
-            if key.contains('\u{feff}') {
-                return Err(key_err(
-                    "docker's --env-file strips a byte-order mark (U+FEFF)",
-                ));
-            }
+        }
+        EnvSyntax::Compose => ident(
+            &['.'],
+            "compose (dotenv) names must match [A-Za-z_][A-Za-z0-9_.]*",
+        ),
+        EnvSyntax::Sh | EnvSyntax::ShExport => ident(
+            &[],
+            "shell variable names must match [A-Za-z_][A-Za-z0-9_]*",
+        ),
+        EnvSyntax::Csh | EnvSyntax::CshExport => {
+            ident(&[], "csh variable names must match [A-Za-z_][A-Za-z0-9_]*")
+        }
+        EnvSyntax::Cmd => ident(
+            &['.', '-'],
+            "cmd variable names must match [A-Za-z_][A-Za-z0-9_.-]*",
+        ),
+        EnvSyntax::Ps => ident(
+            &[],
+            "PowerShell $Env: names must match [A-Za-z_][A-Za-z0-9_]*",
+        ),
+        EnvSyntax::PsExport => ident(
+            &['.', '-'],
+            "ps:export names must match [A-Za-z_][A-Za-z0-9_.-]*",
+        ),
+        EnvSyntax::Json => unreachable!("json is not line-based"),
+    }
+}
+
+/// Why `syntax` cannot hold `key`'s value, if it cannot.
+fn value_problem(key: &str, value: &str, syntax: EnvSyntax) -> Option<String> {
+    match syntax {
+        EnvSyntax::Docker => {
             if value.contains(['\n', '\r']) {
-                return Err(value_err(format!(
+                return Some(format!(
                     "its value contains a {}, and docker's --env-file reads values literally, one per line; use another --env-syntax (e.g. compose or json)",
                     if value.contains('\n') { "newline" } else { "carriage return" }
-                )));
+                ));
             }
             let len = key.len() + 1 + value.len();
-            if len > DOCKER_MAX_LINE {
-                return Err(value_err(format!(
-                    "its line would be {len} bytes and docker's --env-file reader stops at {DOCKER_MAX_LINE}; use another --env-syntax (e.g. compose or json)"
-                )));
-            }
-            Ok(format!("{key}={value}"))
-        }
-        EnvSyntax::Compose => {
-            if !is_ident(key, &['.']) {
-                return Err(key_err(
-                    "compose (dotenv) names must match [A-Za-z_][A-Za-z0-9_.]*",
-                ));
-            }
-            Ok(format!("{key}={}", compose_quote(value)))
-        }
-        EnvSyntax::Sh | EnvSyntax::ShExport => {
-            if !is_ident(key, &[]) {
-                return Err(key_err(
-                    "shell variable names must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
-            }
-            let prefix = if syntax == EnvSyntax::ShExport {
-                "export "
-            } else {
-                ""
-            };
-            Ok(format!("{prefix}{key}={}", sh_quote(value)))
-        }
-        EnvSyntax::Csh => {
-            if !is_ident(key, &[]) {
-                return Err(key_err(
-                    "csh variable names must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
-            }
-            Ok(format!("set {key}={}", csh_quote(value)))
-        }
-        EnvSyntax::CshExport => {
-            if !is_ident(key, &[]) {
-                return Err(key_err(
-                    "csh variable names must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
-            }
-            Ok(format!("setenv {key} {}", csh_quote(value)))
-        }
-        EnvSyntax::Cmd => {
-            if !is_ident(key, &['.', '-']) {
-                return Err(key_err(
-                    "cmd variable names must match [A-Za-z_][A-Za-z0-9_.-]*",
-                ));
-            }
-            if value.contains(['\n', '\r']) {
-                return Err(value_err(
-                    "its value contains a line break, which a cmd `set` line cannot hold; use another --env-syntax (e.g. ps or json)".into(),
-                ));
-            }
-            Ok(format!("set {key}={}", cmd_escape(value)))
-        }
-        EnvSyntax::Ps => {
-            if !is_ident(key, &[]) {
-                return Err(key_err(
-                    "PowerShell $Env: names must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
-            }
-            Ok(format!("$Env:{key}={}", ps_quote(value)))
-        }
-        EnvSyntax::PsExport => {
-            if !is_ident(key, &['.', '-']) {
-                return Err(key_err(
-                    "ps:export names must match [A-Za-z_][A-Za-z0-9_.-]*",
-                ));
-            }
-            Ok(format!(
-                "[Environment]::SetEnvironmentVariable({}, {}, 'User')",
-                ps_quote(key),
-                ps_quote(value)
+            (len > DOCKER_MAX_LINE).then(|| format!(
+                "its line would be {len} bytes and docker's --env-file reader stops at {DOCKER_MAX_LINE}; use another --env-syntax (e.g. compose or json)"
             ))
         }
+        EnvSyntax::Cmd => value.contains(['\n', '\r']).then(|| {
+            "its value contains a line break, which a cmd `set` line cannot hold; use another --env-syntax (e.g. ps or json)".into()
+        }),
+        _ => None,
+    }
+}
+
+/// The line, once `key` and `value` are known to fit `syntax`.
+fn format_line(key: &str, value: &str, syntax: EnvSyntax) -> String {
+    match syntax {
+        EnvSyntax::Docker => format!("{key}={value}"),
+        EnvSyntax::Compose => format!("{key}={}", compose_quote(value)),
+        EnvSyntax::Sh => format!("{key}={}", sh_quote(value)),
+        EnvSyntax::ShExport => format!("export {key}={}", sh_quote(value)),
+        EnvSyntax::Csh => format!("set {key}={}", csh_quote(value)),
+        EnvSyntax::CshExport => format!("setenv {key} {}", csh_quote(value)),
+        EnvSyntax::Cmd => format!("set {key}={}", cmd_escape(value)),
+        EnvSyntax::Ps => format!("$Env:{key}={}", ps_quote(value)),
+        EnvSyntax::PsExport => format!(
+            "[Environment]::SetEnvironmentVariable({}, {}, 'User')",
+            ps_quote(key),
+            ps_quote(value)
+        ),
         EnvSyntax::Json => unreachable!("json is not line-based"),
     }
 }
@@ -606,10 +592,26 @@ mod tests {
             .collect()
     }
 
+    /// The docker CLI refused an env file: its error output.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct DockerRejected(String);
+
+    /// Why the docker CLI would reject an env file (its messages, or what it would do instead).
+    #[derive(Debug, thiserror::Error)]
+    enum DockerParseError {
+        #[error("bufio.Scanner: token too long")]
+        TooLong,
+        #[error("no '=' (would read the host env)")]
+        NoEquals,
+        #[error("bad variable {0:?}")]
+        BadVariable(String),
+    }
+
     /// The docker CLI's `--env-file` parser (`kvfile.Parse`), ported: lines split on `\n` with
     /// one trailing `\r` dropped, 64 KiB line limit, a BOM dropped on line 1, leading
     /// whitespace trimmed, `#` lines skipped, split at the first `=`, value kept literally.
-    fn read_docker_port(text: &str) -> Result<BTreeMap<String, String>, String> {
+    fn read_docker_port(text: &str) -> Result<BTreeMap<String, String>, DockerParseError> {
         let mut out = BTreeMap::new();
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.is_empty() {
@@ -617,7 +619,7 @@ mod tests {
         }
         for (i, raw) in body.split('\n').enumerate() {
             if raw.len() > DOCKER_MAX_LINE {
-                return Err("bufio.Scanner: token too long".into());
+                return Err(DockerParseError::TooLong);
             }
             let mut line = raw.strip_suffix('\r').unwrap_or(raw);
             if i == 0 {
@@ -627,12 +629,10 @@ mod tests {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or("no '=' (would read the host env)")?;
+            let (k, v) = line.split_once('=').ok_or(DockerParseError::NoEquals)?;
             let k = k.trim_start_matches([' ', '\t']);
             if k.contains([' ', '\t']) || k.is_empty() {
-                return Err(format!("bad variable {k:?}"));
+                return Err(DockerParseError::BadVariable(k.to_string()));
             }
             out.insert(k.to_string(), v.to_string());
         }
@@ -788,7 +788,7 @@ mod tests {
             Some(DockerProbe { image })
         }
 
-        fn read(&self, file: &Path) -> Result<BTreeMap<String, String>, String> {
+        fn read(&self, file: &Path) -> Result<BTreeMap<String, String>, DockerRejected> {
             let out = Command::new("docker")
                 .args(["create", "--env-file"])
                 .arg(file)
@@ -796,7 +796,9 @@ mod tests {
                 .output()
                 .unwrap();
             if !out.status.success() {
-                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                return Err(DockerRejected(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
             }
             let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
             let inspect = Command::new("docker")
@@ -939,7 +941,7 @@ mod tests {
         assert_eq!(probe.read(&file).unwrap(), env);
         // One byte more and the docker CLI fails, which is why the writer refuses it.
         std::fs::write(&file, format!("MAX={}\n", "m".repeat(DOCKER_MAX_LINE - 3))).unwrap();
-        let err = probe.read(&file).unwrap_err();
+        let err = probe.read(&file).unwrap_err().to_string();
         assert!(err.contains("too long"), "{err}");
     }
 

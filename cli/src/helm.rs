@@ -62,8 +62,18 @@ pub struct InstallArgs {
     pub timeout: Duration,
 }
 
+/// A `--timeout` value that does not parse (the value given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {0:?}: use e.g. 90s or 5m")]
+    Invalid(String),
+    #[error("invalid duration {0:?}: give a unit (s, m, h)")]
+    NoUnit(String),
+}
+
 /// Parses `90`, `90s`, `5m`, `1h`, `2m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let invalid = || DurationError::Invalid(s.to_string());
     if let Ok(n) = s.parse::<u64>() {
         return Ok(Duration::from_secs(n));
     }
@@ -74,19 +84,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             num.push(c);
             continue;
         }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: use e.g. 90s or 5m"))?;
+        let n: u64 = num.parse().map_err(|_| invalid())?;
         num.clear();
         total += n * match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
-            _ => return Err(format!("invalid duration {s:?}: use e.g. 90s or 5m")),
+            _ => return Err(invalid()),
         };
     }
     if !num.is_empty() {
-        return Err(format!("invalid duration {s:?}: give a unit (s, m, h)"));
+        return Err(DurationError::NoUnit(s.to_string()));
     }
     Ok(Duration::from_secs(total))
 }
@@ -258,16 +266,7 @@ pub async fn install(
     let registry = configured_registry()?;
     let tag = own_tag()?;
     let previous = apply::read_release(client, &ns).await?;
-    match (&previous, upgrade) {
-        (Some(r), false) => bail!(
-            "the traffic-manager is already installed in namespace {ns} (revision {}); use `telepresence helm upgrade`",
-            r.revision
-        ),
-        (None, true) => bail!(
-            "the traffic-manager is not installed in namespace {ns}; use `telepresence helm install`"
-        ),
-        _ => {}
-    }
+    check_release(previous.as_ref(), upgrade, &ns)?;
     // Everything is rendered (and so validated) before anything is changed.
     let tls = match existing_tls(client, &ns).await {
         Some(t) if upgrade => t,
@@ -295,18 +294,7 @@ pub async fn install(
         apply::create_namespace(client, &ns).await?;
         progress(&format!("Created namespace {ns}"));
     }
-    let refs: Vec<ObjectRef> = objects.iter().map(ObjectRef::of).collect();
-    for (o, r) in objects.iter().zip(&refs) {
-        apply::apply(client, o).await?;
-        progress(&format!("Applied {} {}", r.kind, r.name));
-    }
-    // Objects of the previous revision that this one no longer renders.
-    if let Some(prev) = &previous {
-        for old in prev.objects.iter().filter(|o| !refs.contains(o)) {
-            apply::delete(client, old).await?;
-            progress(&format!("Deleted {} {}", old.kind, old.name));
-        }
-    }
+    let refs = apply_objects(client, &objects, previous.as_ref(), progress).await?;
     let release = Release {
         chart: format!("traffic-manager-{}", chart::chart_version()),
         revision: previous.as_ref().map(|r| r.revision + 1).unwrap_or(1),
@@ -315,20 +303,7 @@ pub async fn install(
     };
     apply::write_release(client, &ns, &release).await?;
     apply::wait_ready(client, &ns, args.timeout, progress).await?;
-    let image = values["agent"]["image"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            let reg = values["image"]["registry"].as_str().unwrap_or_default();
-            let name = values["image"]["name"].as_str().unwrap_or_default();
-            let tag = values["image"]["tag"].as_str().unwrap_or_default();
-            if reg.is_empty() {
-                format!("{name}:{tag}")
-            } else {
-                format!("{}/{name}:{tag}", reg.trim_end_matches('/'))
-            }
-        });
+    let image = agent_image(&values);
     let verb = if upgrade { "upgraded" } else { "installed" };
     Ok(CmdOutput {
         text: format!(
@@ -344,6 +319,60 @@ pub async fn install(
             "objects": release.objects,
         })),
     })
+}
+
+/// Install needs no release in `ns`, upgrade needs one.
+fn check_release(previous: Option<&Release>, upgrade: bool, ns: &str) -> Result<()> {
+    match (previous, upgrade) {
+        (Some(r), false) => bail!(
+            "the traffic-manager is already installed in namespace {ns} (revision {}); use `telepresence helm upgrade`",
+            r.revision
+        ),
+        (None, true) => bail!(
+            "the traffic-manager is not installed in namespace {ns}; use `telepresence helm install`"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Applies the rendered objects, then deletes those of the previous revision that this one no
+/// longer renders; the objects of the new revision.
+async fn apply_objects(
+    client: &kube::Client,
+    objects: &[serde_json::Value],
+    previous: Option<&Release>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<ObjectRef>> {
+    let refs: Vec<ObjectRef> = objects.iter().map(ObjectRef::of).collect();
+    for (o, r) in objects.iter().zip(&refs) {
+        apply::apply(client, o).await?;
+        progress(&format!("Applied {} {}", r.kind, r.name));
+    }
+    if let Some(prev) = previous {
+        for old in prev.objects.iter().filter(|o| !refs.contains(o)) {
+            apply::delete(client, old).await?;
+            progress(&format!("Deleted {} {}", old.kind, old.name));
+        }
+    }
+    Ok(refs)
+}
+
+/// The agent image the values select: `agent.image`, else the manager's own image.
+fn agent_image(values: &serde_json::Value) -> String {
+    values["agent"]["image"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let reg = values["image"]["registry"].as_str().unwrap_or_default();
+            let name = values["image"]["name"].as_str().unwrap_or_default();
+            let tag = values["image"]["tag"].as_str().unwrap_or_default();
+            if reg.is_empty() {
+                format!("{name}:{tag}")
+            } else {
+                format!("{}/{name}:{tag}", reg.trim_end_matches('/'))
+            }
+        })
 }
 
 pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result<CmdOutput> {

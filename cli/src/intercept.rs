@@ -190,15 +190,7 @@ async fn after_create(
     run_args: Option<crate::dockerrun::RunArgs>,
     print_now: bool,
 ) -> Result<(CmdOutput, Option<i32>)> {
-    if let Some(want) = &args.container {
-        let spec = info.spec.clone().unwrap_or_default();
-        if *want != info.container && *want != spec.workload {
-            bail!(
-                "{} has no container named {want:?} (its container is {:?}); drop --container or name that one",
-                spec.workload, info.container
-            );
-        }
-    }
+    check_container(args, info)?;
     // Volumes exist only in the handler container (there is no host mount in this build).
     let root = (run_args.is_some() && mount.enabled).then(|| {
         args.docker_mount
@@ -212,14 +204,7 @@ async fn after_create(
             })
     });
     let env = handler_env(info, root.as_deref());
-    if let Some(f) = &args.env_file {
-        envfile::write_file(f, &env, args.env_syntax)
-            .with_context(|| format!("writing --env-file {}", f.display()))?;
-    }
-    if let Some(f) = &args.env_json {
-        envfile::write_file(f, &env, EnvSyntax::Json)
-            .with_context(|| format!("writing --env-json {}", f.display()))?;
-    }
+    write_env_files(args, &env)?;
     let block = intercept_block(
         info,
         root.as_deref(),
@@ -269,6 +254,33 @@ async fn after_create(
         },
         Some(code),
     ))
+}
+
+/// `--container` must name the intercepted container (or the workload).
+fn check_container(args: &InterceptArgs, info: &InterceptInfo) -> Result<()> {
+    if let Some(want) = &args.container {
+        let spec = info.spec.clone().unwrap_or_default();
+        if *want != info.container && *want != spec.workload {
+            bail!(
+                "{} has no container named {want:?} (its container is {:?}); drop --container or name that one",
+                spec.workload, info.container
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the intercepted environment to `--env-file` and `--env-json`, when asked.
+fn write_env_files(args: &InterceptArgs, env: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(f) = &args.env_file {
+        envfile::write_file(f, env, args.env_syntax)
+            .with_context(|| format!("writing --env-file {}", f.display()))?;
+    }
+    if let Some(f) = &args.env_json {
+        envfile::write_file(f, env, EnvSyntax::Json)
+            .with_context(|| format!("writing --env-json {}", f.display()))?;
+    }
+    Ok(())
 }
 
 /// Starts the volumes (when any), then runs the handler with the intercepted environment and

@@ -82,51 +82,61 @@ fn main() {
     .enable_all()
     .build()
     .expect("tokio runtime");
-    let name = cmd_name(&cli.command);
     if role {
-        let r = rt.block_on(async {
-            match cli.command {
-                Command::DaemonForeground => cli::roles::daemon().await,
-                Command::TrafficManager => cli::roles::traffic_manager().await,
-                Command::Agent => cli::roles::agent().await,
-                Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
-                Command::AgentInit => cli::roles::agent_init(),
-                Command::FsSync => cli::roles::fs_sync().await,
-                _ => unreachable!("not a role"),
-            }
-        });
-        if let Err(e) = r {
-            eprintln!("telepresence {name}: error: {e:#}");
-            std::process::exit(1);
-        }
-        return;
+        run_role(rt, cli.command);
+    } else {
+        run_command(rt, cli);
     }
+}
+
+/// Runs a role (daemon, traffic-manager, agent, …) until it ends; exits 1 on error.
+fn run_role(rt: tokio::runtime::Runtime, command: Command) {
+    let name = cmd_name(&command);
+    let r = rt.block_on(async {
+        match command {
+            Command::DaemonForeground => cli::roles::daemon().await,
+            Command::TrafficManager => cli::roles::traffic_manager().await,
+            Command::Agent => cli::roles::agent().await,
+            Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
+            Command::AgentInit => cli::roles::agent_init(),
+            Command::FsSync => cli::roles::fs_sync().await,
+            _ => unreachable!("not a role"),
+        }
+    });
+    if let Err(e) = r {
+        eprintln!("telepresence {name}: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs a user command and prints its result in the chosen output format; exits with the
+/// command's code.
+fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
+    let name = cmd_name(&cli.command);
     let format = cli.output;
     let use_ = cli.use_.clone();
     let raw = matches!(cli.command, Command::Status | Command::List(_));
     let mut exit_code = None;
-    let result: Result<CmdOutput, String> = rt
-        .block_on(async {
-            let u = use_.as_deref();
-            match cli.command {
-                Command::Connect(a) => cli::connect::run(a).await,
-                Command::Status => cli::commands::status(u).await,
-                Command::Quit(a) => cli::commands::quit(a, u).await,
-                Command::List(a) => cli::commands::list(a, u).await,
-                Command::Leave(a) => cli::commands::leave(&a.name, u).await,
-                Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
-                Command::Version => cli::commands::version(u).await,
-                Command::Helm(a) => cli::helm::run(a).await,
-                Command::Intercept(a) => {
-                    let (out, code) =
-                        cli::intercept::run(a, u, format == OutputFormat::Default).await?;
-                    exit_code = code;
-                    Ok(out)
-                }
-                _ => unreachable!("roles handled above"),
+    let result: anyhow::Result<CmdOutput> = rt.block_on(async {
+        let u = use_.as_deref();
+        match cli.command {
+            Command::Connect(a) => cli::connect::run(a).await,
+            Command::Status => cli::commands::status(u).await,
+            Command::Quit(a) => cli::commands::quit(a, u).await,
+            Command::List(a) => cli::commands::list(a, u).await,
+            Command::Leave(a) => cli::commands::leave(&a.name, u).await,
+            Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
+            Command::Version => cli::commands::version(u).await,
+            Command::Helm(a) => cli::helm::run(a).await,
+            Command::Intercept(a) => {
+                let (out, code) =
+                    cli::intercept::run(a, u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
             }
-        })
-        .map_err(|e: anyhow::Error| format!("{e:#}"));
+            _ => unreachable!("roles handled above"),
+        }
+    });
     let text = render(format, name, raw, &result);
     let failed = result.is_err();
     if failed && format == OutputFormat::Default {

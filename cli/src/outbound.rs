@@ -1,4 +1,4 @@
-//! The CLI side of the outbound path (issue 3): validating `--also-proxy`/`--never-proxy`/
+//! The CLI side of the outbound path: validating `--also-proxy`/`--never-proxy`/
 //! `--allow-conflicting-subnets`, what the daemon container gets for DNS (`--dns`, search
 //! domains, the upstream resolver), the DNS and Subnets blocks of `status`, and
 //! `telepresence docker-run` / `telepresence curl`, which run a container on a connection's

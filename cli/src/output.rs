@@ -59,12 +59,13 @@ struct Envelope<'a> {
 }
 
 /// Renders a command's result in the chosen format. `raw_data` commands (`status`, `list`)
-/// print their data alone in machine formats; others are wrapped in the envelope.
+/// print their data alone in machine formats; others are wrapped in the envelope. An error is
+/// shown with its causes (`{:#}`).
 pub fn render(
     format: OutputFormat,
     cmd: &str,
     raw_data: bool,
-    result: &Result<CmdOutput, String>,
+    result: &Result<CmdOutput, anyhow::Error>,
 ) -> String {
     let machine = |v: &serde_json::Value| match format {
         OutputFormat::Yaml => yaml_serde::to_string(v).unwrap_or_default(),
@@ -72,13 +73,15 @@ pub fn render(
     };
     match (format, result) {
         (OutputFormat::Default, Ok(o)) => o.text.clone(),
-        (OutputFormat::Default, Err(e)) => format!("telepresence {cmd}: error: {e}\n"),
+        (OutputFormat::Default, Err(e)) => format!("telepresence {cmd}: error: {e:#}\n"),
         (_, Ok(o)) if raw_data && o.data.is_some() => machine(o.data.as_ref().expect("data")),
         (_, r) => {
-            let (stdout, err, data) = match r {
-                Ok(o) => (o.text.as_str(), None, o.data.as_ref()),
-                Err(e) => ("", Some(e.as_str()), None),
+            let message = r.as_ref().err().map(|e| format!("{e:#}"));
+            let (stdout, data) = match r {
+                Ok(o) => (o.text.as_str(), o.data.as_ref()),
+                Err(_) => ("", None),
             };
+            let err = message.as_deref();
             let env = Envelope {
                 cmd,
                 stdout,
@@ -137,7 +140,12 @@ mod tests {
         assert_eq!(v["cmd"], "leave");
         assert_eq!(v["stdout"], "bye\n");
         assert!(v.get("err").is_none());
-        let err = render(OutputFormat::Json, "leave", false, &Err("nope".into()));
+        let err = render(
+            OutputFormat::Json,
+            "leave",
+            false,
+            &Err(anyhow::anyhow!("nope")),
+        );
         let v: serde_json::Value = serde_json::from_str(&err).unwrap();
         assert_eq!(v["err"], "nope");
         let raw = render(

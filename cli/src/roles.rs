@@ -1,18 +1,7 @@
 //! Entry points of the roles that run inside containers from the same binary: the daemon, the
-//! traffic-manager (Docker-engine provider) and the traffic-agent.
+//! traffic-manager (Docker engine or Kubernetes, by `TP_CLUSTER_TYPE`) and the traffic-agent.
 
 use anyhow::{Context, Result};
-use std::sync::Arc;
-use std::time::Duration;
-
-fn env_port(key: &str, default: u16) -> Result<u16> {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{key}={v:?} is not a port")),
-        Err(_) => Ok(default),
-    }
-}
 
 pub async fn daemon() -> Result<()> {
     let cfg = daemon_image::DaemonConfig::from_env()?;
@@ -20,52 +9,16 @@ pub async fn daemon() -> Result<()> {
     Ok(())
 }
 
+/// The traffic-manager of the platform named by `TP_CLUSTER_TYPE` (default docker); each
+/// platform crate bootstraps its own from the environment (docker/src/startup.rs,
+/// kubernetes/src/startup.rs).
 pub async fn traffic_manager() -> Result<()> {
     let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
-    if cluster == "kubernetes" {
-        return kubernetes::startup::run(shutdown_signal())
-            .await
-            .map_err(|e| anyhow::anyhow!(e));
+    match cluster.as_str() {
+        "docker" => docker::startup::run(shutdown_signal()).await?,
+        "kubernetes" => kubernetes::startup::run(shutdown_signal()).await?,
+        _ => anyhow::bail!("TP_CLUSTER_TYPE={cluster:?} is not docker or kubernetes"),
     }
-    if cluster != "docker" {
-        anyhow::bail!("TP_CLUSTER_TYPE={cluster:?} is not docker or kubernetes");
-    }
-    let namespace = std::env::var("TP_NAMESPACE").context("TP_NAMESPACE is required")?;
-    let network = std::env::var("TP_NETWORK").context("TP_NETWORK is required")?;
-    let agent_image = std::env::var("TP_AGENT_IMAGE").context("TP_AGENT_IMAGE is required")?;
-    let grpc_port = env_port("TP_GRPC_PORT", crate::connect::MANAGER_GRPC_PORT)?;
-    let tunnel_port = env_port("TP_TUNNEL_PORT", crate::connect::MANAGER_TUNNEL_PORT)?;
-    let docker = docker::provider::connect_engine().await?;
-    let manager_host = match std::env::var("TP_MANAGER_HOST") {
-        Ok(h) => h,
-        Err(_) => docker::provider::DockerProvider::own_address(&docker, &network).await?,
-    };
-    let provider = docker::provider::DockerProvider::new(
-        docker,
-        docker::provider::DockerConfig {
-            namespace,
-            manager_host,
-            grpc_port,
-            tunnel_port,
-            agent_image,
-        },
-    );
-    let cfg = manager::ManagerConfig {
-        grpc_addr: ([0, 0, 0, 0], grpc_port).into(),
-        tunnel_addr: ([0, 0, 0, 0], tunnel_port).into(),
-        agent_timeout: Duration::from_secs(30),
-    };
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    manager::run(cfg, Arc::new(provider), shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
 }
 
@@ -149,15 +102,12 @@ pub async fn fs_sync() -> Result<()> {
     };
     protocol::tunnel::write_header(&mut stream, protocol::tunnel::Role::Client, &header).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    let sync = tokio::spawn(daemon_image::fs::sync(stream, mounts, ready_tx, shutdown));
+    let sync = tokio::spawn(daemon_image::fs::sync(
+        stream,
+        mounts,
+        ready_tx,
+        shutdown_signal(),
+    ));
     if let Ok(st) = ready_rx.await {
         if !st.unavailable.is_empty() {
             eprintln!(

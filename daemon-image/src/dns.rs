@@ -1,4 +1,4 @@
-//! The daemon's DNS server (issue 3). It listens where the daemon container's resolv.conf points
+//! The daemon's DNS server. It listens where the daemon container's resolv.conf points
 //! (`--dns`, so every container joined to the daemon's network inherits it). Cluster names —
 //! `svc`, `svc.ns`, `svc.ns.svc.<domain>`, `pod.svc.ns.svc.<domain>`, reverse lookups of cluster
 //! addresses — are answered by the manager's resolver through the `Resolve` rpc; everything else
@@ -112,19 +112,26 @@ pub struct DnsConfig {
     pub upstream: Vec<SocketAddr>,
 }
 
+/// A DNS setting that is not an address (the value given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsConfigError {
+    #[error("TP_DNS_LISTEN={0:?} is not an address")]
+    Listen(String),
+    #[error("TP_DNS_UPSTREAM: {0:?} is not an address")]
+    Upstream(String),
+}
+
 impl DnsConfig {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, DnsConfigError> {
         let listen = std::env::var("TP_DNS_LISTEN").unwrap_or_else(|_| "127.0.0.1:53".into());
-        let listen = listen
-            .parse()
-            .map_err(|_| format!("TP_DNS_LISTEN={listen:?} is not an address"))?;
+        let listen = listen.parse().map_err(|_| DnsConfigError::Listen(listen))?;
         let upstream = std::env::var("TP_DNS_UPSTREAM").unwrap_or_default();
         let mut up = Vec::new();
         for s in upstream.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let addr = s
                 .parse::<SocketAddr>()
                 .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| format!("TP_DNS_UPSTREAM: {s:?} is not an address"))?;
+                .map_err(|_| DnsConfigError::Upstream(s.to_string()))?;
             up.push(addr);
         }
         Ok(DnsConfig {

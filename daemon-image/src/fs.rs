@@ -170,22 +170,59 @@ async fn initial<R: AsyncRead + Unpin>(
     mounts: &[LocalMount],
     opts: &SyncOptions,
 ) -> Result<(Vec<LiveMount>, SyncStats), FsSyncError> {
+    let offered = hello(r, opts).await?;
+    let mut stats = SyncStats::default();
+    let (chosen, wanted) = choose(mounts, &offered, &mut stats);
+    stats.mounts = wanted.len();
+    out.send(Frame::Msg(Msg::Subscribe {
+        mounts: wanted.clone(),
+    }))
+    .await
+    .map_err(|_| closed())?;
+    let chown = fssync::can_chown();
+    let mut live = Vec::with_capacity(chosen.len());
+    for (i, lm) in chosen.into_iter().enumerate() {
+        let (mount, counts) = receive_mount(r, i, lm, &wanted, chown).await?;
+        stats.files += counts.files;
+        stats.dirs += counts.dirs;
+        stats.symlinks += counts.symlinks;
+        stats.bytes += counts.bytes;
+        stats.refused += counts.refused;
+        stats.removed += counts.removed;
+        live.push(mount);
+    }
+    Ok((live, stats))
+}
+
+/// Waits for the agent's hello; the mounts it offers.
+async fn hello<R: AsyncRead + Unpin>(
+    r: &mut R,
+    opts: &SyncOptions,
+) -> Result<Vec<Mount>, FsSyncError> {
     let hello = tokio::time::timeout(opts.handshake_timeout, read_frame(r))
         .await
         .map_err(|_| FsSyncError::Protocol("the agent did not say hello in time".into()))??;
-    let offered = match hello {
+    match hello {
         Some(Frame::Msg(Msg::Hello { proto, mounts })) => {
             if proto != PROTO_VERSION {
                 return Err(FsSyncError::Protocol(format!(
                     "the agent speaks volume sync protocol {proto}, this client {PROTO_VERSION}"
                 )));
             }
-            mounts
+            Ok(mounts)
         }
-        Some(other) => return Err(unexpected(other, "hello")),
-        None => return Err(eof("the agent closed before saying hello")),
-    };
-    let mut stats = SyncStats::default();
+        Some(other) => Err(unexpected(other, "hello")),
+        None => Err(eof("the agent closed before saying hello")),
+    }
+}
+
+/// The requested mounts the agent offers, with what to subscribe to (read-only when either
+/// side says so); the others are recorded in `stats.unavailable`.
+fn choose<'a>(
+    mounts: &'a [LocalMount],
+    offered: &[Mount],
+    stats: &mut SyncStats,
+) -> (Vec<&'a LocalMount>, Vec<Mount>) {
     let mut chosen: Vec<&LocalMount> = Vec::with_capacity(mounts.len());
     let mut wanted: Vec<Mount> = Vec::with_capacity(mounts.len());
     for l in mounts {
@@ -206,76 +243,71 @@ async fn initial<R: AsyncRead + Unpin>(
             }
         }
     }
-    stats.mounts = wanted.len();
-    out.send(Frame::Msg(Msg::Subscribe {
-        mounts: wanted.clone(),
-    }))
-    .await
-    .map_err(|_| closed())?;
+    (chosen, wanted)
+}
 
-    let chown = fssync::can_chown();
-    let mut live = Vec::with_capacity(chosen.len());
-    for (i, lm) in chosen.into_iter().enumerate() {
-        std::fs::create_dir_all(&lm.local_dir)?;
-        let root = Root::open(&lm.local_dir)?;
-        let excludes = nested_excludes(&wanted, i);
-        let root_attrs = match read_frame(r).await? {
-            Some(Frame::Msg(Msg::TarBegin { mount, root })) if mount as usize == i => root,
-            Some(other) => return Err(unexpected(other, &format!("tar_begin of mount {i}"))),
-            None => return Err(eof("the agent closed before sending the mount")),
-        };
-        if let Some(a) = root_attrs {
-            if let Err(e) = root.set_root_attrs(a, chown) {
-                warn!("volume sync: attributes of {}: {e}", lm.local_dir.display());
-            }
+/// Receives mount `i`'s tar into `lm.local_dir` (removing what the agent does not have): the
+/// mount ready for live sync, and what was written.
+async fn receive_mount<R: AsyncRead + Unpin>(
+    r: &mut R,
+    i: usize,
+    lm: &LocalMount,
+    wanted: &[Mount],
+    chown: bool,
+) -> Result<(LiveMount, Counts), FsSyncError> {
+    std::fs::create_dir_all(&lm.local_dir)?;
+    let root = Root::open(&lm.local_dir)?;
+    let excludes = nested_excludes(wanted, i);
+    let root_attrs = match read_frame(r).await? {
+        Some(Frame::Msg(Msg::TarBegin { mount, root })) if mount as usize == i => root,
+        Some(other) => return Err(unexpected(other, &format!("tar_begin of mount {i}"))),
+        None => return Err(eof("the agent closed before sending the mount")),
+    };
+    if let Some(a) = root_attrs {
+        if let Err(e) = root.set_root_attrs(a, chown) {
+            warn!("volume sync: attributes of {}: {e}", lm.local_dir.display());
         }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
-        let ex = excludes.clone();
-        let mut unpack = tokio::task::spawn_blocking(move || {
-            let mut u = Unpacker::new(&root, chown, &ex);
-            u.unpack(ChanReader::new(rx))?;
-            u.finish_dirs();
-            let removed = remove_extras(&root, &u.paths, &ex)?;
-            let (baseline, _) = fssync::scan(&root, &ex)?;
-            let mut counts = u.counts;
-            counts.removed = removed;
-            Ok::<_, FsSyncError>((root, baseline, counts))
-        });
-        let mut finished = None;
-        loop {
-            match read_frame(r).await? {
-                Some(Frame::Data(d)) => {
-                    if finished.is_none() && tx.send(d).await.is_err() {
-                        // The unpacker stopped early: an error, or the end of the archive.
-                        let res = (&mut unpack).await.map_err(task_failed)?;
-                        finished = Some(res?);
-                    }
-                }
-                Some(Frame::Msg(Msg::TarEnd { mount })) if mount as usize == i => break,
-                Some(other) => return Err(unexpected(other, &format!("the tar of mount {i}"))),
-                None => return Err(eof("the agent closed in the middle of a mount")),
-            }
-        }
-        drop(tx);
-        let (root, baseline, counts) = match finished {
-            Some(x) => x,
-            None => unpack.await.map_err(task_failed)??,
-        };
-        stats.files += counts.files;
-        stats.dirs += counts.dirs;
-        stats.symlinks += counts.symlinks;
-        stats.bytes += counts.bytes;
-        stats.refused += counts.refused;
-        stats.removed += counts.removed;
-        live.push(LiveMount {
-            root,
-            send: !wanted[i].read_only,
-            accept: true,
-            excludes,
-            baseline,
-        });
     }
-    Ok((live, stats))
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+    let ex = excludes.clone();
+    let mut unpack = tokio::task::spawn_blocking(move || {
+        let mut u = Unpacker::new(&root, chown, &ex);
+        u.unpack(ChanReader::new(rx))?;
+        u.finish_dirs();
+        let removed = remove_extras(&root, &u.paths, &ex)?;
+        let (baseline, _) = fssync::scan(&root, &ex)?;
+        let mut counts = u.counts;
+        counts.removed = removed;
+        Ok::<_, FsSyncError>((root, baseline, counts))
+    });
+    let mut finished = None;
+    loop {
+        match read_frame(r).await? {
+            Some(Frame::Data(d)) => {
+                if finished.is_none() && tx.send(d).await.is_err() {
+                    // The unpacker stopped early: an error, or the end of the archive.
+                    let res = (&mut unpack).await.map_err(task_failed)?;
+                    finished = Some(res?);
+                }
+            }
+            Some(Frame::Msg(Msg::TarEnd { mount })) if mount as usize == i => break,
+            Some(other) => return Err(unexpected(other, &format!("the tar of mount {i}"))),
+            None => return Err(eof("the agent closed in the middle of a mount")),
+        }
+    }
+    drop(tx);
+    let (root, baseline, counts) = match finished {
+        Some(x) => x,
+        None => unpack.await.map_err(task_failed)??,
+    };
+    let mount = LiveMount {
+        root,
+        send: !wanted[i].read_only,
+        accept: true,
+        excludes,
+        baseline,
+    };
+    Ok((mount, counts))
 }
 
 /// Blocking `Read` over the data frames of one tar.
@@ -732,12 +764,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn initial_mirror_then_live_sync_both_ways() {
-        let remote = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let localp = tempfile::tempdir().unwrap();
-        let r = remote.path();
+    /// The agent-side tree of [`initial_mirror_then_live_sync_both_ways`]: files of every
+    /// kind (empty, executable, private, unicode and long names), symlinks inside the mount and
+    /// two leaving it, and fixed modification times.
+    fn populate_remote(r: &Path) {
         std::fs::create_dir_all(r.join("d1/d2/d3")).unwrap();
         std::fs::write(r.join("d1/d2/d3/deep.txt"), "deep").unwrap();
         std::fs::write(r.join("empty"), "").unwrap();
@@ -762,6 +792,15 @@ mod tests {
         for d in ["d1/d2/d3", "d1/d2", "private"] {
             set_mtime(&r.join(d), 1_600_000_000);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn initial_mirror_then_live_sync_both_ways() {
+        let remote = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let localp = tempfile::tempdir().unwrap();
+        let r = remote.path();
+        populate_remote(r);
 
         // The local directory has leftovers, one of them a symlink leading outside.
         let lp = localp.path().join("vol");
@@ -1183,36 +1222,47 @@ mod tests {
         }
     }
 
-    /// The size target of the issue: 10,000 small files and one 200 MiB file. Prints the
-    /// figures (no timing asserts; completeness is asserted).
+    /// 100 directories of 100 small files each under `root`; their total size.
+    fn ten_thousand_files(root: &Path) -> u64 {
+        let mut total = 0u64;
+        for d in 0..100 {
+            let dir = root.join(format!("dir{d:03}"));
+            std::fs::create_dir(&dir).unwrap();
+            for f in 0..100 {
+                let body = format!("file {d}/{f} ").repeat(1 + (d * 100 + f) % 40);
+                total += body.len() as u64;
+                std::fs::write(dir.join(format!("f{f:03}.txt")), body).unwrap();
+            }
+        }
+        total
+    }
+
+    /// How long a plain local copy of `tree` into `scratch` takes (the copy is removed). File
+    /// creation on this VM is several times slower while freshly generated data is still
+    /// dirty, so the page cache is flushed first (for the reference and for the measured runs
+    /// alike).
+    fn reference_copy(tree: &Path, scratch: &Path) -> Duration {
+        flush_page_cache();
+        let copy = scratch.join("reference-copy");
+        let t = Instant::now();
+        copy_tree(tree, &copy);
+        let reference = t.elapsed();
+        std::fs::remove_dir_all(&copy).unwrap();
+        flush_page_cache();
+        reference
+    }
+
+    /// The size target of the volume sync: 10,000 small files and one 200 MiB file. Prints
+    /// the figures (no timing asserts; completeness is asserted).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ten_thousand_files_and_a_200_mib_file() {
         let small = tempfile::tempdir().unwrap();
         let large = tempfile::tempdir().unwrap();
         let locals = tempfile::tempdir().unwrap();
-        let mut total_small = 0u64;
-        for d in 0..100 {
-            let dir = small.path().join(format!("dir{d:03}"));
-            std::fs::create_dir(&dir).unwrap();
-            for f in 0..100 {
-                let body = format!("file {d}/{f} ").repeat(1 + (d * 100 + f) % 40);
-                total_small += body.len() as u64;
-                std::fs::write(dir.join(format!("f{f:03}.txt")), body).unwrap();
-            }
-        }
+        let total_small = ten_thousand_files(small.path());
         const BIG: usize = 200 << 20;
         big_file(&large.path().join("big.bin"), BIG);
-
-        // Reference: a plain local copy of the same tree. File creation on this VM is several
-        // times slower while freshly generated data is still dirty, so flush it first (for the
-        // reference and for the measured runs alike).
-        flush_page_cache();
-        let copy = locals.path().join("reference-copy");
-        let t = Instant::now();
-        copy_tree(small.path(), &copy);
-        let reference = t.elapsed();
-        std::fs::remove_dir_all(&copy).unwrap();
-        flush_page_cache();
+        let reference = reference_copy(small.path(), locals.path());
 
         let (ls, ll) = (locals.path().join("small"), locals.path().join("large"));
         let t = Instant::now();

@@ -82,10 +82,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
 async fn start_outbound(
     session: Arc<session::Session>,
 ) -> Result<Arc<protocol::connector::DaemonStatus>, DaemonError> {
-    let bad = DaemonError::Outbound;
-    let ocfg = outbound::OutboundConfig::from_env().map_err(bad)?;
-    let dcfg = dns::DnsConfig::from_env().map_err(bad)?;
-    let routed = outbound::start(session.clone(), &ocfg).await.map_err(bad)?;
+    let ocfg = outbound::OutboundConfig::from_env().map_err(outbound::OutboundError::from)?;
+    let dcfg = dns::DnsConfig::from_env().map_err(outbound::OutboundError::from)?;
+    let routed = outbound::start(session.clone(), &ocfg).await?;
     let dns = Arc::new(dns::Dns::new(session.clone(), dcfg.clone(), &routed));
     let status = protocol::connector::DaemonStatus {
         subnets: routed,
@@ -111,7 +110,7 @@ async fn start_outbound(
     let (sock, tcp) = dns
         .bind()
         .await
-        .map_err(|e| DaemonError::Outbound(format!("cannot serve DNS on {}: {e}", dcfg.listen)))?;
+        .map_err(|e| outbound::OutboundError::DnsListen(dcfg.listen, e))?;
     tokio::spawn(dns.clone().serve_tcp(tcp));
     let server = dns.serve(sock);
     tokio::spawn(async move {

@@ -40,7 +40,7 @@ pub struct Parts<T> {
     /// Datagrams to send: (payload, source, destination).
     pub udp_out: BoxSink<Datagram>,
     /// Work the stack needs driven, if any.
-    pub runner: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>,
+    pub runner: Option<StackWork>,
 }
 
 /// A userspace TCP/UDP stack.
@@ -115,6 +115,23 @@ pub enum Proto {
     Udp,
 }
 
+/// Why the cluster side of a connection or flow could not be opened, or a flow ended.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Reaching the manager's tunnel listener or writing the header.
+    #[error("tunnel: {0}")]
+    Tunnel(io::Error),
+    /// Reading the manager's answer.
+    #[error("tunnel: {0}")]
+    Answer(protocol::tunnel::TunnelError),
+    /// The manager's answer: why the target cannot be reached.
+    #[error("{0}")]
+    Refused(String),
+    /// Relaying a flow's bytes.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
 /// Opens the cluster side of a connection or flow: a stream that, for TCP, carries the bytes,
 /// and for UDP, framed datagrams. Fails (with the reason) when the target cannot be reached.
 pub trait Dialer: Send + Sync + 'static {
@@ -122,7 +139,7 @@ pub trait Dialer: Send + Sync + 'static {
         &self,
         proto: Proto,
         dst: SocketAddr,
-    ) -> impl Future<Output = Result<TcpStream, String>> + Send;
+    ) -> impl Future<Output = Result<TcpStream, DialError>> + Send;
 }
 
 /// A UDP flow with nothing moving either way for this long is closed.
@@ -137,6 +154,10 @@ const RELAY_BUF: usize = 64 * 1024;
 
 type FlowKey = (SocketAddr, SocketAddr);
 
+type StackWork = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+/// Cluster sides dialed for SYNs, waiting for the stack to accept the connection.
+type Ready = Arc<Mutex<HashMap<FlowKey, (TcpStream, Instant)>>>;
+
 /// Runs the packet → stream layer until the device fails.
 pub async fn run<S: UserStack, D: PacketDevice, X: Dialer>(
     stack: S,
@@ -145,13 +166,28 @@ pub async fn run<S: UserStack, D: PacketDevice, X: Dialer>(
     mtu: usize,
 ) -> io::Result<()> {
     let Parts {
-        mut packets_in,
-        mut packets_out,
-        mut tcp,
+        packets_in,
+        packets_out,
+        tcp,
         udp_in,
         udp_out,
         runner,
     } = stack.build()?;
+    let runner = drive_stack(runner)?;
+    let ready: Ready = Default::default();
+    let (inject_tx, inject_rx) = mpsc::channel::<Vec<u8>>(256);
+    tokio::select! {
+        r = runner => r,
+        r = packets_to_device(packets_out, dev.clone()) => r,
+        r = accept_tcp(tcp, ready.clone()) => r,
+        r = packets_from_device(dev, packets_in, (inject_tx, inject_rx), dialer.clone(), ready, mtu) => r,
+        r = udp_flows(udp_in, udp_out, dialer) => r,
+    }
+}
+
+/// The stack's own work, inline or (`TP_STACK_THREAD=1`) on a thread of its own; resolves when
+/// it ends.
+fn drive_stack(runner: Option<StackWork>) -> io::Result<impl Future<Output = io::Result<()>>> {
     // `TP_STACK_THREAD=1` runs the stack's own work (TCP state machines, segmentation) on a
     // thread of its own, overlapping with the TUN I/O and relays of this (single-threaded)
     // runtime. Off by default: on this 2-core machine the measurements were inconclusive
@@ -177,7 +213,7 @@ pub async fn run<S: UserStack, D: PacketDevice, X: Dialer>(
         }
         r => inline = r,
     }
-    let runner = async move {
+    Ok(async move {
         if let Some(r) = inline {
             return r.await;
         }
@@ -185,80 +221,80 @@ pub async fn run<S: UserStack, D: PacketDevice, X: Dialer>(
             Ok(r) => r,
             Err(_) => std::future::pending().await,
         }
-    };
-    let ready: Arc<Mutex<HashMap<FlowKey, (TcpStream, Instant)>>> = Default::default();
-    let (inject_tx, mut inject_rx) = mpsc::channel::<Vec<u8>>(256);
+    })
+}
 
-    let out_dev = dev.clone();
-    let out = async move {
-        while let Some(p) = packets_out.next().await {
-            match p {
-                Ok(p) => {
-                    if let Err(e) = out_dev.send(&p).await {
-                        tracing::debug!("TUN write: {e}");
-                    }
+/// Writes the packets the stack emits to the device.
+async fn packets_to_device<D: PacketDevice>(
+    mut packets_out: BoxStream<io::Result<Vec<u8>>>,
+    dev: Arc<D>,
+) -> io::Result<()> {
+    while let Some(p) = packets_out.next().await {
+        match p {
+            Ok(p) => {
+                if let Err(e) = dev.send(&p).await {
+                    tracing::debug!("TUN write: {e}");
                 }
-                Err(e) => tracing::debug!("stack output: {e}"),
             }
+            Err(e) => tracing::debug!("stack output: {e}"),
         }
-        Ok::<(), io::Error>(())
-    };
+    }
+    Ok(())
+}
 
-    let ready_a = ready.clone();
-    let accept = async move {
-        while let Some((s, src, dst)) = tcp.next().await {
-            let up = ready_a.lock().unwrap().remove(&(src, dst));
-            match up {
-                Some((up, _)) => {
-                    tokio::spawn(relay_tcp(s, up));
-                }
-                None => tracing::debug!(%src, %dst, "stack accepted a connection nobody dialed"),
+/// Relays each connection the stack accepts to the cluster side dialed for its SYN.
+async fn accept_tcp<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut tcp: BoxStream<(T, SocketAddr, SocketAddr)>,
+    ready: Ready,
+) -> io::Result<()> {
+    while let Some((s, src, dst)) = tcp.next().await {
+        let up = ready.lock().unwrap().remove(&(src, dst));
+        match up {
+            Some((up, _)) => {
+                tokio::spawn(relay_tcp(s, up));
             }
+            None => tracing::debug!(%src, %dst, "stack accepted a connection nobody dialed"),
         }
-        Ok::<(), io::Error>(())
-    };
+    }
+    Ok(())
+}
 
-    let udp = udp_flows(udp_in, udp_out, dialer.clone());
-
-    let in_dev = dev.clone();
-    let input = async move {
-        let mut buf = vec![0u8; mtu.max(1500) + 64];
-        let mut recent: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
-        loop {
-            tokio::select! {
-                n = in_dev.recv(&mut buf) => {
-                    let n = n?;
-                    let pkt = &buf[..n];
-                    match packet::parse(pkt) {
-                        None => continue,
-                        Some(f) if f.proto == PROTO_TCP && f.syn => {
-                            let key = (f.src, f.dst);
-                            if recent.get(&key).is_some_and(|(isn, _)| *isn == f.seq) {
-                                continue; // a retransmitted SYN
-                            }
-                            if recent.len() >= MAX_RECENT {
-                                recent.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
-                                ready.lock().unwrap().retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
-                            }
-                            recent.insert(key, (f.seq, Instant::now()));
-                            tokio::spawn(open_tcp(f, pkt.to_vec(), dialer.clone(), ready.clone(), inject_tx.clone(), in_dev.clone()));
+/// Reads packets from the device: a new TCP connection's SYN waits until its cluster side is
+/// dialed ([`open_tcp`] injects it then), everything else goes straight into the stack.
+async fn packets_from_device<D: PacketDevice, X: Dialer>(
+    dev: Arc<D>,
+    mut packets_in: BoxSink<Vec<u8>>,
+    (inject_tx, mut inject_rx): (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>),
+    dialer: Arc<X>,
+    ready: Ready,
+    mtu: usize,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; mtu.max(1500) + 64];
+    let mut recent: HashMap<FlowKey, (u32, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            n = dev.recv(&mut buf) => {
+                let n = n?;
+                let pkt = &buf[..n];
+                match packet::parse(pkt) {
+                    None => continue,
+                    Some(f) if f.proto == PROTO_TCP && f.syn => {
+                        let key = (f.src, f.dst);
+                        if recent.get(&key).is_some_and(|(isn, _)| *isn == f.seq) {
+                            continue; // a retransmitted SYN
                         }
-                        Some(_) => packets_in.send(pkt.to_vec()).await?,
+                        if recent.len() >= MAX_RECENT {
+                            recent.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
+                            ready.lock().unwrap().retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
+                        }
+                        recent.insert(key, (f.seq, Instant::now()));
+                        tokio::spawn(open_tcp(f, pkt.to_vec(), dialer.clone(), ready.clone(), inject_tx.clone(), dev.clone()));
                     }
+                    Some(_) => packets_in.send(pkt.to_vec()).await?,
                 }
-                Some(p) = inject_rx.recv() => packets_in.send(p).await?,
             }
+            Some(p) = inject_rx.recv() => packets_in.send(p).await?,
         }
-        #[allow(unreachable_code)]
-        Ok::<(), io::Error>(())
-    };
-
-    tokio::select! {
-        r = runner => r,
-        r = out => r,
-        r = accept => r,
-        r = input => r,
-        r = udp => r,
     }
 }
 
@@ -268,7 +304,7 @@ async fn open_tcp<D: PacketDevice, X: Dialer>(
     f: Flow,
     syn: Vec<u8>,
     dialer: Arc<X>,
-    ready: Arc<Mutex<HashMap<FlowKey, (TcpStream, Instant)>>>,
+    ready: Ready,
     inject: mpsc::Sender<Vec<u8>>,
     dev: Arc<D>,
 ) {
@@ -345,7 +381,7 @@ async fn udp_flow<X: Dialer>(
     dst: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     out: mpsc::Sender<Datagram>,
-) -> Result<(), String> {
+) -> Result<(), DialError> {
     let up = dialer.dial(Proto::Udp, dst).await?;
     let (mut r, mut w) = up.into_split();
     let start = tokio::time::Instant::now();
@@ -384,8 +420,8 @@ async fn udp_flow<X: Dialer>(
         }
     };
     tokio::select! {
-        r = send => r.map_err(|e| e.to_string()),
-        r = recv => r.map_err(|e| e.to_string()),
+        r = send => r.map_err(DialError::Io),
+        r = recv => r.map_err(DialError::Io),
         _ = watchdog => Ok(()),
     }
 }

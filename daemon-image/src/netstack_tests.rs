@@ -3,7 +3,7 @@
 //! the layer keeps running, and after each batch a real connection attempt still gets its
 //! answer (a RST for a refused target, a SYN-ACK for an accepted one).
 
-use crate::netstack::{run, Dialer, PacketDevice, Proto, Smoltcp};
+use crate::netstack::{run, DialError, Dialer, PacketDevice, Proto, Smoltcp};
 use crate::packet::{self, tests::syn_v4};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -42,11 +42,11 @@ impl PacketDevice for ChannelDevice {
 struct LocalDialer(SocketAddr);
 
 impl Dialer for LocalDialer {
-    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, String> {
+    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, DialError> {
         if proto == Proto::Udp || dst.port() == 1 {
-            return Err("connection refused".into());
+            return Err(DialError::Refused("connection refused".into()));
         }
-        TcpStream::connect(self.0).await.map_err(|e| e.to_string())
+        TcpStream::connect(self.0).await.map_err(DialError::Io)
     }
 }
 

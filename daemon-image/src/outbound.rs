@@ -1,10 +1,11 @@
-//! The outbound path (issue 3) as the daemon runs it: reads its settings from the environment the
+//! The outbound path as the daemon runs it: reads its settings from the environment the
 //! CLI gives the daemon container, decides and installs the routes, starts the TUN device with the
 //! packet → stream layer, and dials cluster targets through the manager's tunnel.
 
-use crate::netstack::{Dialer, Proto, Smoltcp};
+use crate::dns::DnsConfigError;
+use crate::netstack::{DialError, Dialer, Proto, Smoltcp};
 use crate::session::Session;
-use crate::subnets::{self, Cidr};
+use crate::subnets::{self, Cidr, SubnetError};
 use protocol::tunnel::{
     dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
 };
@@ -28,7 +29,7 @@ pub struct OutboundConfig {
 }
 
 impl OutboundConfig {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, SubnetError> {
         let list = |k: &str| subnets::parse_list(&std::env::var(k).unwrap_or_default());
         let num = |k: &str, d: u32| {
             std::env::var(k)
@@ -52,10 +53,10 @@ pub struct TunnelDialer {
 }
 
 impl Dialer for TunnelDialer {
-    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, String> {
+    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, DialError> {
         let mut s = dial(&self.session.cfg.tunnel_addr)
             .await
-            .map_err(|e| format!("tunnel: {e}"))?;
+            .map_err(DialError::Tunnel)?;
         let header = TunnelHeader {
             conn_id: uuid::Uuid::new_v4().to_string(),
             session_id: self.session.session().session_id,
@@ -69,20 +70,42 @@ impl Dialer for TunnelDialer {
         };
         write_header(&mut s, Role::Client, &header)
             .await
-            .map_err(|e| format!("tunnel: {e}"))?;
+            .map_err(DialError::Tunnel)?;
         let (_, answer) = read_header_timeout(&mut s, ANSWER_TIMEOUT)
             .await
-            .map_err(|e| format!("tunnel: {e}"))?;
+            .map_err(DialError::Answer)?;
         if answer.error.is_empty() {
             Ok(s)
         } else {
-            Err(answer.error)
+            Err(DialError::Refused(answer.error))
         }
     }
 }
 
 /// Installs the routes and starts the TUN pump; returns the routed subnets.
-pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Vec<String>, String> {
+/// Why the outbound path (routes, TUN device, DNS server) cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(transparent)]
+    Subnet(#[from] SubnetError),
+    #[error(transparent)]
+    Dns(#[from] DnsConfigError),
+    #[error(
+        "cannot create the TUN device {dev} (the daemon container needs NET_ADMIN and /dev/net/tun): {0}",
+        dev = crate::tun::DEVICE
+    )]
+    Tun(std::io::Error),
+    #[error("{0}")]
+    Route(std::io::Error),
+    /// The DNS server's address and why it cannot listen there.
+    #[error("cannot serve DNS on {0}: {1}")]
+    DnsListen(SocketAddr, std::io::Error),
+}
+
+pub async fn start(
+    session: Arc<Session>,
+    cfg: &OutboundConfig,
+) -> Result<Vec<String>, OutboundError> {
     let existing = crate::tun::existing_routes();
     let manager_ip = session
         .cfg
@@ -119,17 +142,12 @@ pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Vec<St
         tracing::info!("no subnets to route");
         return Ok(Vec::new());
     }
-    let dev = crate::tun::create(cfg.mtu).map_err(|e| {
-        format!(
-            "cannot create the TUN device {} (the daemon container needs NET_ADMIN and /dev/net/tun): {e}",
-            crate::tun::DEVICE
-        )
-    })?;
+    let dev = crate::tun::create(cfg.mtu).map_err(OutboundError::Tun)?;
     for b in &plan.bypass {
-        crate::tun::add_route(b.net, &b.dev, b.gateway).map_err(|e| e.to_string())?;
+        crate::tun::add_route(b.net, &b.dev, b.gateway).map_err(OutboundError::Route)?;
     }
     for r in &plan.routes {
-        crate::tun::add_route(*r, crate::tun::DEVICE, None).map_err(|e| e.to_string())?;
+        crate::tun::add_route(*r, crate::tun::DEVICE, None).map_err(OutboundError::Route)?;
     }
     let routed: Vec<String> = plan.routes.iter().map(|r| r.to_string()).collect();
     tracing::info!(subnets = ?routed, "routing the cluster's subnets through {}", crate::tun::DEVICE);

@@ -43,8 +43,8 @@ pub enum DaemonError {
     Listen(String, std::io::Error),
     #[error("gRPC server: {0}")]
     Serve(String),
-    #[error("{0}")]
-    Outbound(String),
+    #[error(transparent)]
+    Outbound(#[from] crate::outbound::OutboundError),
 }
 
 impl DaemonConfig {

@@ -59,10 +59,24 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// A subnet that does not parse, or cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    #[error("invalid subnet {0:?}: expected an IPv4 CIDR such as 10.96.0.0/12")]
+    Invalid(String),
+    /// A wanted subnet overlapping one of the container's own routes (network and device).
+    #[error("subnet {subnet} overlaps the daemon container's route {route} (dev {dev}): connect with --allow-conflicting-subnets {subnet} to route it to the cluster anyway, or --never-proxy {subnet} to leave it alone")]
+    Conflict {
+        subnet: Cidr,
+        route: Cidr,
+        dev: String,
+    },
+}
+
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let bad = || format!("invalid subnet {s:?}: expected an IPv4 CIDR such as 10.96.0.0/12");
+    type Err = SubnetError;
+    fn from_str(s: &str) -> Result<Cidr, SubnetError> {
+        let bad = || SubnetError::Invalid(s.to_string());
         let (a, p) = s.trim().split_once('/').unwrap_or((s.trim(), "32"));
         let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
         let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
@@ -71,7 +85,7 @@ impl FromStr for Cidr {
 }
 
 /// Parses a comma-separated CIDR list (empty = none).
-pub fn parse_list(s: &str) -> Result<Vec<Cidr>, String> {
+pub fn parse_list(s: &str) -> Result<Vec<Cidr>, SubnetError> {
     s.split(',')
         .map(str::trim)
         .filter(|x| !x.is_empty())
@@ -135,7 +149,7 @@ pub fn plan(
     allow: &[Cidr],
     existing: &[Existing],
     keep: &[Ipv4Addr],
-) -> Result<Plan, String> {
+) -> Result<Plan, SubnetError> {
     let mut out = Plan::default();
     let mut wanted: Vec<Cidr> = Vec::new();
     for s in cluster {
@@ -151,7 +165,6 @@ pub fn plan(
     let all = wanted.clone();
     wanted.retain(|c| !all.iter().any(|o| o != c && o.contains(c)));
     wanted.retain(|c| !never.iter().any(|n| n.contains(c)));
-    let default_route = existing.iter().find(|e| e.net.prefix == 0);
     for c in wanted {
         let clash: Vec<&Existing> = existing
             .iter()
@@ -163,10 +176,11 @@ pub fn plan(
         }
         if !allow.iter().any(|a| a.contains(&c) || c.contains(a)) {
             let e = clash[0];
-            return Err(format!(
-                "subnet {c} overlaps the daemon container's route {} (dev {}): connect with --allow-conflicting-subnets {c} to route it to the cluster anyway, or --never-proxy {c} to leave it alone",
-                e.net, e.dev
-            ));
+            return Err(SubnetError::Conflict {
+                subnet: c,
+                route: e.net,
+                dev: e.dev.clone(),
+            });
         }
         out.routes.push(c);
         // Beat an existing route that is as or more specific with two halves of it.
@@ -178,10 +192,26 @@ pub fn plan(
             }
         }
     }
+    out.bypass = bypasses(&out.routes, never, existing, keep);
+    out.routes.sort();
+    out.routes.dedup();
+    Ok(out)
+}
+
+/// The routes that keep `never` subnets and `keep` addresses inside `routes` on the
+/// container's own path (through the default route, or the existing route to them).
+fn bypasses(
+    routes: &[Cidr],
+    never: &[Cidr],
+    existing: &[Existing],
+    keep: &[Ipv4Addr],
+) -> Vec<Existing> {
+    let mut out = Vec::new();
+    let default_route = existing.iter().find(|e| e.net.prefix == 0);
     for n in never {
-        if out.routes.iter().any(|r| r.contains(n) && r != n) {
+        if routes.iter().any(|r| r.contains(n) && r != n) {
             if let Some(d) = default_route.or_else(|| existing.iter().find(|e| e.net.contains(n))) {
-                out.bypass.push(Existing {
+                out.push(Existing {
                     net: *n,
                     dev: d.dev.clone(),
                     gateway: d.gateway,
@@ -190,14 +220,14 @@ pub fn plan(
         }
     }
     for ip in keep {
-        if out.routes.iter().any(|r| r.contains_ip(*ip)) {
+        if routes.iter().any(|r| r.contains_ip(*ip)) {
             // The most specific existing route to it, as it was before ours.
             if let Some(d) = existing
                 .iter()
                 .filter(|e| e.net.contains_ip(*ip))
                 .max_by_key(|e| e.net.prefix)
             {
-                out.bypass.push(Existing {
+                out.push(Existing {
                     net: Cidr::new(*ip, 32),
                     dev: d.dev.clone(),
                     gateway: d.gateway,
@@ -205,9 +235,7 @@ pub fn plan(
             }
         }
     }
-    out.routes.sort();
-    out.routes.dedup();
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -231,7 +259,11 @@ mod tests {
         assert_eq!(c("172.20.1.7/16").to_string(), "172.20.0.0/16");
         assert_eq!(c("10.0.0.1").prefix, 32);
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("nope".parse::<Cidr>().unwrap_err().contains("IPv4 CIDR"));
+        assert!("nope"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .to_string()
+            .contains("IPv4 CIDR"));
         assert!(c("10.0.0.0/8").contains(&c("10.1.0.0/16")));
         assert!(!c("10.1.0.0/16").contains(&c("10.0.0.0/8")));
         assert!(c("10.1.0.0/16").overlaps(&c("10.0.0.0/8")));
@@ -284,12 +316,16 @@ mod tests {
     #[test]
     fn conflicts_are_refused_unless_allowed() {
         let ex = container_routes();
-        let e = plan(&[], &[c("172.17.0.0/16")], &[], &[], &ex, &[]).unwrap_err();
+        let e = plan(&[], &[c("172.17.0.0/16")], &[], &[], &ex, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--allow-conflicting-subnets 172.17.0.0/16"),
             "{e}"
         );
-        let e = plan(&["172.16.0.0/12".into()], &[], &[], &[], &ex, &[]).unwrap_err();
+        let e = plan(&["172.16.0.0/12".into()], &[], &[], &[], &ex, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("overlaps the daemon container's route 172.17.0.0/16"),
             "{e}"

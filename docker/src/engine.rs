@@ -1,7 +1,6 @@
 //! The CLI's Docker engine access: connecting with a clear error when the engine is down, and
 //! the few container operations the commands share (find by label, remove, published ports).
 
-use anyhow::{anyhow, Context, Result};
 use bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
@@ -18,17 +17,44 @@ pub const CONNECTION_LABEL: &str = "telepresence.io/connection";
 /// Label naming the intercept a handler serves.
 pub const INTERCEPT_LABEL: &str = "telepresence.io/intercept";
 
+/// What went wrong talking to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Connecting, negotiating the API version or the ping failed; the engine's error is the
+    /// source.
+    #[error(
+        "cannot reach the Docker engine at {address}: is it running? (check with `docker info`)"
+    )]
+    Unreachable {
+        address: String,
+        #[source]
+        err: bollard::errors::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] bollard::errors::Error),
+    #[error("removing container {id}: {err}")]
+    Remove {
+        id: String,
+        err: bollard::errors::Error,
+    },
+    /// Container name and port (like "8081/tcp").
+    #[error("container {0} does not publish {1}")]
+    NotPublished(String, String),
+    #[error("published port")]
+    BadPort(#[source] std::num::ParseIntError),
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
 /// Connects to the engine (DOCKER_HOST or the local socket) and checks that it answers.
 pub async fn connect() -> Result<Docker> {
-    let down = || {
-        format!(
-            "cannot reach the Docker engine at {}: is it running? (check with `docker info`)",
-            engine_address()
-        )
+    let down = |err| EngineError::Unreachable {
+        address: engine_address(),
+        err,
     };
-    let docker = Docker::connect_with_defaults().with_context(down)?;
-    let docker = docker.negotiate_version().await.with_context(down)?;
-    docker.ping().await.with_context(down)?;
+    let docker = Docker::connect_with_defaults().map_err(down)?;
+    let docker = docker.negotiate_version().await.map_err(down)?;
+    docker.ping().await.map_err(down)?;
     Ok(docker)
 }
 
@@ -89,7 +115,7 @@ pub async fn remove_container(docker: &Docker, id: &str, grace_secs: i32) -> Res
             status_code: 404 | 409,
             ..
         }) => Ok(()),
-        Err(e) => Err(anyhow!("removing container {id}: {e}")),
+        Err(err) => Err(EngineError::Remove { id: id.into(), err }),
     }
 }
 
@@ -133,13 +159,13 @@ pub async fn published_port(docker: &Docker, name: &str, port: &str) -> Result<(
         .and_then(|mut p| p.remove(port))
         .flatten()
         .and_then(|b| b.into_iter().next())
-        .ok_or_else(|| anyhow!("container {name} does not publish {port}"))?;
+        .ok_or_else(|| EngineError::NotPublished(name.into(), port.into()))?;
     let hp: u16 = binding
         .host_port
         .as_deref()
         .unwrap_or_default()
         .parse()
-        .context("published port")?;
+        .map_err(EngineError::BadPort)?;
     Ok((binding.host_ip.unwrap_or_default(), hp))
 }
 

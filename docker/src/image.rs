@@ -505,16 +505,72 @@ mod tests {
         }
     }
 
+    /// (mode, type, size, uid) of one path in an image.
+    type Header = (u32, tar::EntryType, u64, u64);
+
+    /// The headers of `paths` in image `tag`, read from a created-but-never-started container.
+    async fn headers_in_image<const N: usize>(
+        docker: &Docker,
+        tag: &str,
+        paths: [&str; N],
+    ) -> [Header; N] {
+        use bollard::models::ContainerCreateBody;
+        use bollard::query_parameters::{
+            CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+            RemoveContainerOptionsBuilder,
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().build()),
+                ContainerCreateBody {
+                    image: Some(tag.to_string()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for path in paths {
+            let stream = docker.download_from_container(
+                &created.id,
+                Some(
+                    DownloadFromContainerOptionsBuilder::new()
+                        .path(path)
+                        .build(),
+                ),
+            );
+            let chunks: Vec<_> = stream.collect().await;
+            let mut bytes = Vec::new();
+            for c in chunks {
+                bytes.extend_from_slice(&c.unwrap());
+            }
+            let mut archive = tar::Archive::new(bytes.as_slice());
+            let entry = archive.entries().unwrap().next().unwrap().unwrap();
+            let h = entry.header();
+            out.push((
+                h.mode().unwrap(),
+                h.entry_type(),
+                h.size().unwrap(),
+                h.uid().unwrap(),
+            ));
+        }
+        docker
+            .remove_container(
+                &created.id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+            .unwrap();
+        out.try_into()
+            .unwrap_or_else(|_| unreachable!("one header per path"))
+    }
+
     /// Builds a real image from this (statically linked) test executable, checks its
     /// contents through a created-but-never-started container, reuses it on a second call,
     /// and removes extra tags with `remove_images`.
     #[tokio::test]
     async fn builds_a_scratch_image_on_the_engine() {
-        use bollard::models::ContainerCreateBody;
-        use bollard::query_parameters::{
-            CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-            RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
-        };
+        use bollard::query_parameters::TagImageOptionsBuilder;
 
         let Some(docker) = engine().await else { return };
         let exe = std::env::current_exe().unwrap();
@@ -548,51 +604,8 @@ mod tests {
             assert!(again.is_empty(), "rebuilt: {again:?}");
 
             // Look inside without running anything.
-            let created = docker
-                .create_container(
-                    Some(CreateContainerOptionsBuilder::default().build()),
-                    ContainerCreateBody {
-                        image: Some(tag.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            let fetch = |path: &str| {
-                let stream = docker.download_from_container(
-                    &created.id,
-                    Some(
-                        DownloadFromContainerOptionsBuilder::new()
-                            .path(path)
-                            .build(),
-                    ),
-                );
-                async move {
-                    let chunks: Vec<_> = stream.collect().await;
-                    let mut bytes = Vec::new();
-                    for c in chunks {
-                        bytes.extend_from_slice(&c.unwrap());
-                    }
-                    let mut archive = tar::Archive::new(bytes.as_slice());
-                    let entry = archive.entries().unwrap().next().unwrap().unwrap();
-                    let h = entry.header();
-                    (
-                        h.mode().unwrap(),
-                        h.entry_type(),
-                        h.size().unwrap(),
-                        h.uid().unwrap(),
-                    )
-                }
-            };
-            let (tmp_mode, tmp_kind, _, tmp_uid) = fetch("/tmp").await;
-            let (bin_mode, bin_kind, bin_size, _) = fetch(&format!("/{file}")).await;
-            docker
-                .remove_container(
-                    &created.id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await
-                .unwrap();
+            let [(tmp_mode, tmp_kind, _, tmp_uid), (bin_mode, bin_kind, bin_size, _)] =
+                headers_in_image(&docker, &tag, ["/tmp", &format!("/{file}")]).await;
             assert_eq!(tmp_kind, tar::EntryType::Directory);
             assert_eq!(tmp_mode & 0o7777, 0o1777);
             assert_eq!(tmp_uid, 0);

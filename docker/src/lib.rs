@@ -1,8 +1,10 @@
 //! Everything that talks to a Docker engine, used by the CLI and by the traffic-manager alike:
 //! [`engine`] (connecting, labels, containers and networks of ours), [`image`] (the
-//! `FROM scratch` image built from our own executable) and [`provider`] (the traffic-manager's
-//! Docker-engine provider: compose project = namespace, compose service = workload).
+//! `FROM scratch` image built from our own executable), [`provider`] (the traffic-manager's
+//! Docker-engine provider: compose project = namespace, compose service = workload) and
+//! [`startup`] (the Docker traffic-manager's entry point, from its environment).
 
 pub mod engine;
 pub mod image;
 pub mod provider;
+pub mod startup;

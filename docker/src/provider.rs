@@ -1,4 +1,4 @@
-//! The Docker-engine provider (DESIGN §2 "Docker engine as a cluster"): namespaces are compose
+//! The Docker-engine provider: namespaces are compose
 //! projects (`default` = standalone containers), workloads are compose services (or named
 //! containers in `default`), and an agent is a sidecar container sharing the network namespace of
 //! each of the workload's containers. This module owns how containers map to workloads, how agent
@@ -1701,8 +1701,10 @@ mod tests {
         // network_mode container: rejects these.
         assert!(body.hostname.is_none() && body.exposed_ports.is_none());
         assert!(hc.port_bindings.is_none() && hc.dns.is_none());
+    }
 
-        // The cleanup container reuses the agent's image, target and labels.
+    #[test]
+    fn cleanup_container_reuses_the_agents_image_target_and_labels() {
         let agent = agents_in(Some("shop"), Some("stats"), &containers()).remove(0);
         let body = cleanup_container_body(&agent);
         assert_eq!(body.cmd, Some(vec!["agent-cleanup".to_string()]));

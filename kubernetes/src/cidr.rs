@@ -104,8 +104,18 @@ pub fn cluster_domain() -> String {
         .unwrap_or_else(|| "cluster.local".into())
 }
 
+/// Why the service CIDR cannot be found (after the ServiceCIDR API and the dry-run probe).
+#[derive(Debug, thiserror::Error)]
+pub enum CidrError {
+    /// Reading the `kubernetes` Service in `default` failed.
+    #[error("cannot find the service CIDR: {0}")]
+    NoKubernetesService(kube::Error),
+    #[error("the kubernetes Service has no cluster IP")]
+    NoClusterIp,
+}
+
 /// The service CIDRs (see the module doc). `namespace` is where the dry-run probe is made.
-pub async fn service_cidrs(client: &Client, namespace: &str) -> Result<Vec<String>, String> {
+pub async fn service_cidrs(client: &Client, namespace: &str) -> Result<Vec<String>, CidrError> {
     let cidrs: Api<ServiceCIDR> = Api::all(client.clone());
     if let Ok(list) = cidrs.list(&ListParams::default()).await {
         let v: BTreeSet<String> = list
@@ -149,12 +159,12 @@ pub async fn service_cidrs(client: &Client, namespace: &str) -> Result<Vec<Strin
     let k = default
         .get("kubernetes")
         .await
-        .map_err(|e| format!("cannot find the service CIDR: {e}"))?;
+        .map_err(CidrError::NoKubernetesService)?;
     let ip = k
         .spec
         .and_then(|s| s.cluster_ip)
         .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .ok_or("the kubernetes Service has no cluster IP")?;
+        .ok_or(CidrError::NoClusterIp)?;
     Ok(vec![match ip {
         IpAddr::V4(_) => network(ip, 12),
         IpAddr::V6(_) => network(ip, 108),

@@ -69,14 +69,27 @@ impl AgentConfig {
     }
 
     /// Parses a ConfigMap value.
-    pub fn from_yaml(s: &str) -> Result<AgentConfig, String> {
-        yaml_serde::from_str(s).map_err(|e| format!("invalid agent config: {e}"))
+    pub fn from_yaml(s: &str) -> Result<AgentConfig, PlanError> {
+        yaml_serde::from_str(s).map_err(PlanError::Invalid)
     }
 
     /// Whether any port needs the redirecting init container.
     pub fn needs_redirect(&self) -> bool {
         self.ports.iter().any(|p| p.mode == PortMode::Redirect)
     }
+}
+
+/// Why an agent config cannot be read or planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A ConfigMap value that is not an agent config.
+    #[error("invalid agent config: {0}")]
+    Invalid(yaml_serde::Error),
+    /// The workload (named) has no TCP service port.
+    #[error("{0} has no TCP service port to capture")]
+    NoTcpPort(String),
+    #[error("no free port for the traffic-agent")]
+    NoFreePort,
 }
 
 /// The renamed app port: `tm-<name>`, cut to 15 characters.
@@ -94,10 +107,10 @@ pub fn plan(
     matches: &[PortMatch],
     manager_addr: &str,
     tunnel_addr: &str,
-) -> Result<AgentConfig, String> {
+) -> Result<AgentConfig, PlanError> {
     let tcp: Vec<&PortMatch> = matches.iter().filter(|m| m.protocol == "TCP").collect();
     if tcp.is_empty() {
-        return Err(format!("{} has no TCP service port to capture", w.name));
+        return Err(PlanError::NoTcpPort(w.name.clone()));
     }
     let used: BTreeSet<u16> = w
         .template
@@ -131,9 +144,7 @@ pub fn plan(
                 .iter()
                 .all(|o| !o.headless && o.target_name.as_deref() == name.as_deref());
         while used.contains(&next) || ports.iter().any(|p| p.agent_port == next) {
-            next = next
-                .checked_add(1)
-                .ok_or_else(|| "no free port for the traffic-agent".to_string())?;
+            next = next.checked_add(1).ok_or(PlanError::NoFreePort)?;
         }
         ports.push(AgentPort {
             service_name: m.service.clone(),

@@ -1,4 +1,4 @@
-//! The Kubernetes provider (DESIGN §2 "Kubernetes"): workloads (Deployments, ReplicaSets not
+//! The Kubernetes provider: workloads (Deployments, ReplicaSets not
 //! owned by a Deployment, StatefulSets) and the Services that select them, watched with
 //! `kube::runtime` reflectors; agents injected by the manager's mutating webhook from their
 //! config in the `telepresence-agents` ConfigMap; cluster facts (service/pod CIDRs, domain).
@@ -51,15 +51,18 @@ pub enum InjectPolicy {
     WhenEnabled,
 }
 
+/// An agent injection policy that is neither `OnDemand` nor `WhenEnabled`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agent injection policy {0:?} is not OnDemand or WhenEnabled")]
+pub struct UnknownPolicy(pub String);
+
 impl std::str::FromStr for InjectPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPolicy;
+    fn from_str(s: &str) -> Result<Self, UnknownPolicy> {
         match s {
             "" | "OnDemand" => Ok(InjectPolicy::OnDemand),
             "WhenEnabled" => Ok(InjectPolicy::WhenEnabled),
-            _ => Err(format!(
-                "agent injection policy {s:?} is not OnDemand or WhenEnabled"
-            )),
+            _ => Err(UnknownPolicy(s.to_string())),
         }
     }
 }

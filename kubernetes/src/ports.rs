@@ -3,7 +3,7 @@
 //! `targetPort`), and why a workload cannot be intercepted. Pure functions, no I/O.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -142,21 +142,37 @@ pub struct PortMatch {
     pub target_name: Option<String>,
 }
 
+/// Why a workload's ports cannot be intercepted (shown to users as the workload's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInterceptable {
+    #[error("its pod template has no spec")]
+    NoPodSpec,
+    #[error("{}", HOST_NETWORK_REASON)]
+    HostNetwork,
+    #[error("{}", NO_SERVICE_REASON)]
+    NoService,
+    #[error("the services that select its pods have no ports")]
+    NoServicePorts,
+    /// Which service ports' targets were not found, `; `-separated.
+    #[error("no service port maps to a container port ({0})")]
+    NoTarget(String),
+}
+
 /// The service ports of `services` (already known to select the workload) and the container
 /// ports they reach, or why none can be intercepted. Service ports whose target is missing are
 /// left out; if none is left the error says which targets were not found.
 pub fn match_ports(
     template: &PodTemplateSpec,
     services: &[&Service],
-) -> Result<Vec<PortMatch>, String> {
+) -> Result<Vec<PortMatch>, NotInterceptable> {
     let Some(pod) = &template.spec else {
-        return Err("its pod template has no spec".into());
+        return Err(NotInterceptable::NoPodSpec);
     };
     if pod.host_network == Some(true) {
-        return Err(HOST_NETWORK_REASON.into());
+        return Err(NotInterceptable::HostNetwork);
     }
     if services.is_empty() {
-        return Err(NO_SERVICE_REASON.into());
+        return Err(NotInterceptable::NoService);
     }
     let mut out: Vec<PortMatch> = Vec::new();
     let mut missing = Vec::new();
@@ -172,28 +188,7 @@ pub fn match_ports(
                 continue;
             };
             let protocol = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
-            let found = match &sp.target_port {
-                Some(IntOrString::String(name)) => pod.containers.iter().find_map(|c| {
-                    c.ports.iter().flatten().find_map(|cp| {
-                        (cp.name.as_deref() == Some(name.as_str())
-                            && cp.protocol.as_deref().unwrap_or("TCP") == protocol)
-                            .then(|| (c.name.clone(), cp.container_port, Some(name.clone())))
-                    })
-                }),
-                other => {
-                    let n = match other {
-                        Some(IntOrString::Int(n)) => *n,
-                        _ => sp.port,
-                    };
-                    pod.containers
-                        .iter()
-                        .find(|c| c.ports.iter().flatten().any(|cp| cp.container_port == n))
-                        // A numeric target need not be declared: then it is the first container.
-                        .or(pod.containers.first())
-                        .map(|c| (c.name.clone(), n, None))
-                }
-            };
-            match found {
+            match target_of(pod, sp, &protocol) {
                 Some((container, cport, target_name)) => {
                     let Ok(container_port) = u16::try_from(cport) else {
                         continue;
@@ -219,29 +214,61 @@ pub fn match_ports(
                         target_name,
                     });
                 }
-                None => missing.push(format!(
-                    "service {sname} port {port}: targetPort {} matches no container port",
-                    match &sp.target_port {
-                        Some(IntOrString::String(s)) => format!("\"{s}\""),
-                        Some(IntOrString::Int(n)) => n.to_string(),
-                        None => port.to_string(),
-                    }
-                )),
+                None => missing.push(missing_target(&sname, port, sp)),
             }
         }
     }
     if out.is_empty() {
         return Err(if missing.is_empty() {
-            "the services that select its pods have no ports".into()
+            NotInterceptable::NoServicePorts
         } else {
-            format!(
-                "no service port maps to a container port ({})",
-                missing.join("; ")
-            )
+            NotInterceptable::NoTarget(missing.join("; "))
         });
     }
     out.sort_by_key(|m| (m.service_port, m.protocol.clone()));
     Ok(out)
+}
+
+/// The container (name, port, and the port's name when targeted by name) a service port
+/// reaches, if any.
+fn target_of(
+    pod: &PodSpec,
+    sp: &ServicePort,
+    protocol: &str,
+) -> Option<(String, i32, Option<String>)> {
+    match &sp.target_port {
+        Some(IntOrString::String(name)) => pod.containers.iter().find_map(|c| {
+            c.ports.iter().flatten().find_map(|cp| {
+                (cp.name.as_deref() == Some(name.as_str())
+                    && cp.protocol.as_deref().unwrap_or("TCP") == protocol)
+                    .then(|| (c.name.clone(), cp.container_port, Some(name.clone())))
+            })
+        }),
+        other => {
+            let n = match other {
+                Some(IntOrString::Int(n)) => *n,
+                _ => sp.port,
+            };
+            pod.containers
+                .iter()
+                .find(|c| c.ports.iter().flatten().any(|cp| cp.container_port == n))
+                // A numeric target need not be declared: then it is the first container.
+                .or(pod.containers.first())
+                .map(|c| (c.name.clone(), n, None))
+        }
+    }
+}
+
+/// Why service `sname`'s port `port` reaches no container (part of [`NotInterceptable::NoTarget`]).
+fn missing_target(sname: &str, port: u16, sp: &ServicePort) -> String {
+    format!(
+        "service {sname} port {port}: targetPort {} matches no container port",
+        match &sp.target_port {
+            Some(IntOrString::String(s)) => format!("\"{s}\""),
+            Some(IntOrString::Int(n)) => n.to_string(),
+            None => port.to_string(),
+        }
+    )
 }
 
 /// The ports shown to users for matched service ports.

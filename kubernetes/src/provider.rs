@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::configmap::{self, AgentConfig};
 use super::ports::{self, Workload, KIND_REPLICASET};
 use super::stores::{apis, Watched};
-use super::webhook::{BoxFuture, ConfigSource};
+use super::webhook::{BoxFuture, ConfigSource, SourceError};
 use super::{
     InjectPolicy, AGENTS_CONFIGMAP, AGENT_CONTAINER, INJECT_ANNOTATION, RESTART_ANNOTATION,
 };
@@ -203,7 +203,7 @@ impl KubeProvider {
             .collect()
     }
 
-    fn matches(&self, w: &Workload) -> Result<Vec<ports::PortMatch>, String> {
+    fn matches(&self, w: &Workload) -> Result<Vec<ports::PortMatch>, ports::NotInterceptable> {
         let svcs = self.services_of(w);
         ports::match_ports(
             &w.template,
@@ -246,7 +246,7 @@ impl KubeProvider {
     fn info(&self, w: &Workload) -> WorkloadInfo {
         let (ports, reason) = match self.matches(w) {
             Ok(m) => (ports::port_specs(&m), None),
-            Err(r) => (Vec::new(), Some(r)),
+            Err(r) => (Vec::new(), Some(r.to_string())),
         };
         let reason = reason.or_else(|| self.policy_refusal(w));
         WorkloadInfo {
@@ -297,14 +297,16 @@ impl KubeProvider {
 
     /// Plans the agent config of a workload.
     pub fn plan(&self, w: &Workload) -> Result<AgentConfig, ProviderError> {
-        let m = self.matches(w).map_err(ProviderError::Invalid)?;
+        let m = self
+            .matches(w)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
         configmap::plan(
             w,
             &m,
             &format!("{}:{}", self.cfg.manager_host, self.cfg.grpc_port),
             &format!("{}:{}", self.cfg.manager_host, self.cfg.tunnel_port),
         )
-        .map_err(ProviderError::Invalid)
+        .map_err(|e| ProviderError::Invalid(e.to_string()))
     }
 
     /// Sets (`Some`) or removes (`None`) the workload's ConfigMap entry, then waits until the
@@ -613,7 +615,7 @@ impl ConfigSource for KubeProvider {
         name: &'a str,
         pod: &'a Pod,
         dry_run: bool,
-    ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>> {
+    ) -> BoxFuture<'a, Result<Option<AgentConfig>, SourceError>> {
         Box::pin(async move {
             let annotation = pod
                 .metadata
@@ -637,14 +639,16 @@ impl ConfigSource for KubeProvider {
                 .workloads(namespace)
                 .into_iter()
                 .find(|w| w.name == name && w.kind == kind)
-                .ok_or_else(|| format!("{kind} {name} not found"))?;
-            let cfg = self.plan(&w).map_err(|e| e.to_string())?;
+                .ok_or_else(|| SourceError::NotFound {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                })?;
+            let cfg = self.plan(&w)?;
             if dry_run {
                 return Ok(Some(cfg));
             }
             self.write_entry(namespace, name, Some(cfg.to_yaml()))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             Ok(Some(cfg))
         })
     }

@@ -23,6 +23,39 @@ use super::{InjectPolicy, KubeConfig, KubeProvider};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A setting of the manager's environment that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0} is required")]
+    Required(&'static str),
+    /// Variable and value.
+    #[error("{0}={1:?} is not a port")]
+    NotAPort(String, String),
+    /// Variable and value.
+    #[error("{0}={1:?} is not a number of seconds")]
+    NotSeconds(&'static str, String),
+    #[error("TP_AGENT_INJECT_POLICY: {0}")]
+    Policy(super::UnknownPolicy),
+}
+
+/// Why the Kubernetes traffic-manager stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
+    NoConfig(kube::config::InferConfigError),
+    #[error(transparent)]
+    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Webhook(#[from] webhook::TlsError),
+    #[error(transparent)]
+    Provider(#[from] manager::provider::ProviderError),
+    /// The gRPC or tunnel listener.
+    #[error(transparent)]
+    Manager(BoxError),
+}
+
 /// The manager's Service name (chart).
 pub const MANAGER_SERVICE: &str = "traffic-manager";
 
@@ -47,7 +80,7 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the variables listed in the module doc through `get`.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingsError> {
         let var = |k: &str| {
             get(k)
                 .map(|v| v.trim().to_string())
@@ -59,35 +92,28 @@ impl Settings {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{k}={v:?} is not a port")),
+                .ok_or_else(|| SettingsError::NotAPort(k.to_string(), v)),
         };
+        let seconds = |k: &'static str| match var(k) {
+            None => Ok(Duration::from_secs(120)),
+            Some(v) => v
+                .parse()
+                .map(Duration::from_secs)
+                .map_err(|_| SettingsError::NotSeconds(k, v)),
+        };
+        let required = |k: &'static str| var(k).ok_or(SettingsError::Required(k));
         Ok(Settings {
-            manager_namespace: var("TP_MANAGER_NAMESPACE")
-                .ok_or("TP_MANAGER_NAMESPACE is required")?,
-            agent_image: var("TP_AGENT_IMAGE").ok_or("TP_AGENT_IMAGE is required")?,
+            manager_namespace: required("TP_MANAGER_NAMESPACE")?,
+            agent_image: required("TP_AGENT_IMAGE")?,
             grpc_port: port("TP_GRPC_PORT", 8081)?,
             tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
             webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
             policy: var("TP_AGENT_INJECT_POLICY")
                 .unwrap_or_default()
                 .parse()
-                .map_err(|e: String| format!("TP_AGENT_INJECT_POLICY: {e}"))?,
-            agent_timeout: match var("TP_AGENT_TIMEOUT") {
-                None => Duration::from_secs(120),
-                Some(v) => {
-                    Duration::from_secs(v.parse().map_err(|_| {
-                        format!("TP_AGENT_TIMEOUT={v:?} is not a number of seconds")
-                    })?)
-                }
-            },
-            rollout_timeout: match var("TP_ROLLOUT_TIMEOUT") {
-                None => Duration::from_secs(120),
-                Some(v) => {
-                    Duration::from_secs(v.parse().map_err(|_| {
-                        format!("TP_ROLLOUT_TIMEOUT={v:?} is not a number of seconds")
-                    })?)
-                }
-            },
+                .map_err(SettingsError::Policy)?,
+            agent_timeout: seconds("TP_AGENT_TIMEOUT")?,
+            rollout_timeout: seconds("TP_ROLLOUT_TIMEOUT")?,
             namespaces: var("TP_MANAGED_NAMESPACES")
                 .map(|v| {
                     v.split(',')
@@ -111,11 +137,11 @@ impl Settings {
 }
 
 /// Runs the Kubernetes traffic-manager from its environment until `shutdown` resolves.
-pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BoxError> {
+pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
     let settings = Settings::from_lookup(|k| std::env::var(k).ok())?;
     let config = kube::Config::infer()
         .await
-        .map_err(|e| format!("no Kubernetes configuration (in-cluster or kubeconfig): {e}"))?;
+        .map_err(StartupError::NoConfig)?;
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config)?;
     run_with(settings, client, server, shutdown).await
@@ -127,7 +153,7 @@ pub async fn run_with(
     client: Client,
     server: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BoxError> {
+) -> Result<(), StartupError> {
     let manager_host = match s.manager_host.clone() {
         Some(h) => h,
         None => manager_service_host(&client, &s.manager_namespace).await,
@@ -175,6 +201,7 @@ pub async fn run_with(
         shutdown,
     )
     .await
+    .map_err(StartupError::Manager)
 }
 
 /// The ClusterIP of the manager's Service (agents then need no DNS), else its DNS name.
@@ -230,7 +257,11 @@ mod tests {
         assert_eq!(s.namespaces, ["shop", "dev"]);
         assert_eq!(s.policy, InjectPolicy::WhenEnabled);
         assert_eq!(s.tls.key, std::path::Path::new("/k"));
-        let err = |pairs: &[(&str, &str)]| Settings::from_lookup(lookup(pairs)).unwrap_err();
+        let err = |pairs: &[(&str, &str)]| {
+            Settings::from_lookup(lookup(pairs))
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             err(&[("TP_AGENT_IMAGE", "x")]),
             "TP_MANAGER_NAMESPACE is required"

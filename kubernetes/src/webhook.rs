@@ -1,8 +1,9 @@
 //! The mutating admission webhook: `POST /traffic-agent` over HTTPS (rustls, cert and key read
 //! from PEM files) answers pod CREATE reviews with the JSONPatch that injects the traffic-agent
 //! (see [`super::patch`]). Which config a pod gets is asked of a [`ConfigSource`] (the provider,
-//! or a fixed map in tests). A rotated certificate is picked up without a restart. A pod that cannot be injected is admitted unchanged with a warning:
-//! the webhook never blocks a workload's rollout.
+//! or a fixed map in tests). A rotated certificate is picked up without a restart. A pod that
+//! cannot be injected is admitted unchanged with a warning: the webhook never blocks a
+//! workload's rollout.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_rustls::rustls;
 
-use super::configmap::AgentConfig;
+use super::configmap::{AgentConfig, PlanError};
 use super::patch::{self, InjectSettings};
 use super::ports::{KIND_DEPLOYMENT, KIND_REPLICASET, KIND_STATEFULSET};
 
@@ -43,7 +44,44 @@ pub trait ConfigSource: Send + Sync + 'static {
         name: &'a str,
         pod: &'a Pod,
         dry_run: bool,
-    ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>>;
+    ) -> BoxFuture<'a, Result<Option<AgentConfig>, SourceError>>;
+}
+
+/// Why a [`ConfigSource`] has no answer for a pod (the pod is then admitted with a warning).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{kind} {name} not found")]
+    NotFound { kind: String, name: String },
+    /// A stored config that does not parse.
+    #[error(transparent)]
+    Config(#[from] PlanError),
+    /// Planning or recording the config failed.
+    #[error(transparent)]
+    Provider(#[from] manager::provider::ProviderError),
+}
+
+/// Why the webhook's TLS listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read webhook TLS file {}: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
+    /// A PEM file that does not parse.
+    #[error("{}: {err}", path.display())]
+    Pem {
+        path: PathBuf,
+        err: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("webhook certificate/key: {0}")]
+    Key(rustls::Error),
+    #[error("{0}")]
+    Protocols(rustls::Error),
+    #[error("webhook: cannot listen on {addr}: {err}")]
+    Listen {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
 }
 
 /// The workload that controls a pod, from its owner reference: a ReplicaSet named
@@ -128,11 +166,11 @@ async fn respond(
     {
         Ok(Some(cfg)) => cfg,
         Ok(None) => return allow,
-        Err(e) => return warn(allow, e),
+        Err(e) => return warn(allow, e.to_string()),
     };
     let after = match patch::inject(pod, &cfg, settings) {
         Ok(p) => p,
-        Err(e) => return warn(allow, e),
+        Err(e) => return warn(allow, e.to_string()),
     };
     let ops = patch::diff(pod, &after);
     if ops.0.is_empty() {
@@ -167,22 +205,27 @@ impl TlsFiles {
 fn load_key(
     files: &TlsFiles,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<rustls::sign::CertifiedKey, String> {
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read webhook TLS file {}: {e}", p.display()))
+        std::fs::read(p).map_err(|err| TlsError::Read {
+            path: p.to_path_buf(),
+            err,
+        })
+    };
+    let pem = |path: &Path| {
+        let path = path.to_path_buf();
+        move |err| TlsError::Pem { path, err }
     };
     let certs = CertificateDer::pem_slice_iter(&read(&files.cert)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+        .map_err(pem(&files.cert))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate", files.cert.display()));
+        return Err(TlsError::NoCertificate(files.cert.clone()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
-    rustls::sign::CertifiedKey::from_der(certs, key, provider)
-        .map_err(|e| format!("webhook certificate/key: {e}"))
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(pem(&files.key))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, provider).map_err(TlsError::Key)
 }
 
 /// Modification times of the certificate and key files.
@@ -235,13 +278,13 @@ impl rustls::server::ResolvesServerCert for Reloading {
     }
 }
 
-fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let stamps = stamps(files);
     let key = load_key(files, &provider)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Reloading {
             files: files.clone(),
@@ -306,11 +349,11 @@ async fn handle(
 pub async fn bind(
     addr: SocketAddr,
     files: &TlsFiles,
-) -> Result<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor), String> {
+) -> Result<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor), TlsError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(files)?));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("webhook: cannot listen on {addr}: {e}"))?;
+        .map_err(|err| TlsError::Listen { addr, err })?;
     Ok((listener, acceptor))
 }
 

@@ -15,7 +15,7 @@ use kube::core::DynamicObject;
 use kubernetes::configmap::{self, AgentConfig};
 use kubernetes::patch::InjectSettings;
 use kubernetes::ports::{self, Workload};
-use kubernetes::webhook::{self, BoxFuture, ConfigSource};
+use kubernetes::webhook::{self, BoxFuture, ConfigSource, SourceError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ impl ConfigSource for Fixed {
         name: &'a str,
         _pod: &'a Pod,
         _dry_run: bool,
-    ) -> BoxFuture<'a, Result<Option<AgentConfig>, String>> {
+    ) -> BoxFuture<'a, Result<Option<AgentConfig>, SourceError>> {
         Box::pin(async move { Ok(self.0.get(name).cloned()) })
     }
 }
@@ -522,6 +522,7 @@ async fn serves_reviews_over_https() {
     let Err(e) = webhook::bind(([127, 0, 0, 1], 0).into(), &bad).await else {
         panic!("bind with a missing key succeeded");
     };
+    let e = e.to_string();
     assert!(
         e.contains("cannot read webhook TLS file") && e.contains("missing.key"),
         "{e}"
@@ -564,7 +565,7 @@ fn port_matching_edge_cases() {
     // A named target with another protocol does not match.
     let mut udp = service("shop", "dns", "web", &[("dns", 53, named("http"))], false);
     udp.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
-    let e = ports::match_ports(&tpl, &[&udp]).unwrap_err();
+    let e = ports::match_ports(&tpl, &[&udp]).unwrap_err().to_string();
     assert!(
         e.contains("targetPort \"http\" matches no container port"),
         "{e}"
@@ -573,7 +574,7 @@ fn port_matching_edge_cases() {
     let mut host = tpl.clone();
     host.spec.as_mut().unwrap().host_network = Some(true);
     assert_eq!(
-        ports::match_ports(&host, &[&svc]).unwrap_err(),
+        ports::match_ports(&host, &[&svc]).unwrap_err().to_string(),
         ports::HOST_NETWORK_REASON
     );
     // Selection: all selector labels must match; no selector selects nothing.

@@ -7,8 +7,17 @@
 //! show the removed entry).
 
 use crate::{InjectPolicy, KubeConfig, KubeProvider};
-use anyhow::{Context, Result};
+use manager::provider::ProviderError;
 use std::time::Duration;
+
+/// Why the traffic-agents could not be removed; the provider's error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    #[error("cannot read the cluster's workloads to remove the traffic-agents")]
+    Watch(#[source] ProviderError),
+    #[error("cannot remove the traffic-agents")]
+    Remove(#[source] ProviderError),
+}
 
 /// The namespaces the release serves (`managedNamespaces` of its values; empty: all).
 pub fn served_namespaces(release_values: &str) -> Vec<String> {
@@ -23,7 +32,7 @@ pub async fn watch(
     client: &kube::Client,
     manager_namespace: &str,
     namespaces: Vec<String>,
-) -> Result<KubeProvider> {
+) -> Result<KubeProvider, AgentsError> {
     KubeProvider::start(
         client.clone(),
         KubeConfig {
@@ -40,15 +49,15 @@ pub async fn watch(
         },
     )
     .await
-    .context("cannot read the cluster's workloads to remove the traffic-agents")
+    .map_err(AgentsError::Watch)
 }
 
 /// Removes every agent the provider's watches show; returns how many workloads were rolled out.
-pub async fn remove_all(provider: &KubeProvider) -> Result<usize> {
+pub async fn remove_all(provider: &KubeProvider) -> Result<usize, AgentsError> {
     provider
         .remove_all_agents_everywhere()
         .await
-        .context("cannot remove the traffic-agents")
+        .map_err(AgentsError::Remove)
 }
 
 #[cfg(test)]

@@ -154,108 +154,121 @@ fn chain(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn tokens(name: &str, s: &str) -> Result<Vec<Tok>, TemplateError> {
-    let c: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    let mut out = Vec::new();
-    let word_char = |ch: char| ch.is_alphanumeric() || ch == '_' || ch == '.';
-    while i < c.len() {
-        let ch = c[i];
-        if ch.is_whitespace() {
-            i += 1;
-        } else if ch == '"' {
-            let mut v = String::new();
-            i += 1;
-            while i < c.len() && c[i] != '"' {
-                if c[i] == '\\' && i + 1 < c.len() {
-                    i += 1;
-                    v.push(match c[i] {
-                        'n' => '\n',
-                        't' => '\t',
-                        other => other,
-                    });
-                } else {
-                    v.push(c[i]);
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push(Tok::Str(v));
-        } else if ch == '`' {
-            let start = i + 1;
-            i = start;
-            while i < c.len() && c[i] != '`' {
-                i += 1;
-            }
-            out.push(Tok::Str(c[start..i].iter().collect()));
-            i += 1;
-        } else if ch == '(' {
-            out.push(Tok::LParen);
-            i += 1;
-        } else if ch == ')' {
-            i += 1;
-            let start = i;
-            while i < c.len() && word_char(c[i]) {
-                i += 1;
-            }
-            out.push(Tok::RParen(chain(&c[start..i].iter().collect::<String>())));
-        } else if ch == '|' {
-            out.push(Tok::Pipe);
-            i += 1;
-        } else if ch == ',' {
-            out.push(Tok::Comma);
-            i += 1;
-        } else if ch == ':' && c.get(i + 1) == Some(&'=') {
-            out.push(Tok::Declare);
-            i += 2;
-        } else if ch == '.' {
-            let start = i;
-            i += 1;
-            while i < c.len() && word_char(c[i]) {
-                i += 1;
-            }
-            out.push(Tok::Field(chain(&c[start..i].iter().collect::<String>())));
-        } else if ch == '$' {
-            i += 1;
-            let start = i;
-            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
-                i += 1;
-            }
-            let var: String = c[start..i].iter().collect();
-            let cs = i;
-            while i < c.len() && word_char(c[i]) {
-                i += 1;
-            }
-            out.push(Tok::Var(var, chain(&c[cs..i].iter().collect::<String>())));
-        } else if ch.is_ascii_digit()
-            || (ch == '-' && c.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
-            let start = i;
-            i += 1;
-            while i < c.len() && (c[i].is_ascii_digit() || c[i] == '.') {
-                i += 1;
-            }
-            let t: String = c[start..i].iter().collect();
-            let v = if let Ok(n) = t.parse::<i64>() {
-                Value::from(n)
-            } else if let Ok(f) = t.parse::<f64>() {
-                Value::from(f)
-            } else {
-                return err(name, format!("bad number {t:?}"));
-            };
-            out.push(Tok::Num(v));
-        } else if ch.is_alphabetic() || ch == '_' {
-            let start = i;
-            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
-                i += 1;
-            }
-            out.push(Tok::Ident(c[start..i].iter().collect()));
-        } else {
-            return err(
-                name,
-                format!("unexpected character {ch:?} in {{{{ {s} }}}}"),
-            );
+/// A cursor over the characters of one action, for [`tokens`].
+struct Lexer {
+    c: Vec<char>,
+    i: usize,
+}
+
+impl Lexer {
+    fn peek(&self, ahead: usize) -> Option<char> {
+        self.c.get(self.i + ahead).copied()
+    }
+
+    /// Consumes the characters matching `keep`.
+    fn take_while(&mut self, keep: impl Fn(char) -> bool) -> String {
+        let start = self.i;
+        while self.i < self.c.len() && keep(self.c[self.i]) {
+            self.i += 1;
         }
+        self.c[start..self.i].iter().collect()
+    }
+
+    /// A `"…"` string (the opening quote consumed) with `\n`, `\t` and `\x` escapes.
+    fn quoted(&mut self) -> String {
+        let mut v = String::new();
+        while self.i < self.c.len() && self.c[self.i] != '"' {
+            if self.c[self.i] == '\\' && self.i + 1 < self.c.len() {
+                self.i += 1;
+                v.push(match self.c[self.i] {
+                    'n' => '\n',
+                    't' => '\t',
+                    other => other,
+                });
+            } else {
+                v.push(self.c[self.i]);
+            }
+            self.i += 1;
+        }
+        self.i += 1;
+        v
+    }
+
+    /// A `` `…` `` raw string (the opening backquote consumed).
+    fn raw(&mut self) -> String {
+        let v = self.take_while(|ch| ch != '`');
+        self.i += 1;
+        v
+    }
+
+    /// A number, possibly negative or decimal.
+    fn number(&mut self, name: &str) -> Result<Value, TemplateError> {
+        let start = self.i;
+        self.i += 1;
+        self.take_while(|ch| ch.is_ascii_digit() || ch == '.');
+        let t: String = self.c[start..self.i].iter().collect();
+        if let Ok(n) = t.parse::<i64>() {
+            Ok(Value::from(n))
+        } else if let Ok(f) = t.parse::<f64>() {
+            Ok(Value::from(f))
+        } else {
+            err(name, format!("bad number {t:?}"))
+        }
+    }
+}
+
+fn word_char(ch: char) -> bool {
+    ch.is_alphanumeric() || ch == '_' || ch == '.'
+}
+
+fn ident_char(ch: char) -> bool {
+    ch.is_alphanumeric() || ch == '_'
+}
+
+fn tokens(name: &str, s: &str) -> Result<Vec<Tok>, TemplateError> {
+    let mut l = Lexer {
+        c: s.chars().collect(),
+        i: 0,
+    };
+    let mut out = Vec::new();
+    while let Some(ch) = l.peek(0) {
+        if ch.is_whitespace() {
+            l.i += 1;
+            continue;
+        }
+        if ch == ':' && l.peek(1) == Some('=') {
+            out.push(Tok::Declare);
+            l.i += 2;
+            continue;
+        }
+        if ch.is_ascii_digit() || (ch == '-' && l.peek(1).is_some_and(|d| d.is_ascii_digit())) {
+            out.push(Tok::Num(l.number(name)?));
+            continue;
+        }
+        if ch.is_alphabetic() || ch == '_' {
+            out.push(Tok::Ident(l.take_while(ident_char)));
+            continue;
+        }
+        l.i += 1;
+        out.push(match ch {
+            '"' => Tok::Str(l.quoted()),
+            '`' => Tok::Str(l.raw()),
+            '(' => Tok::LParen,
+            ')' => Tok::RParen(chain(&l.take_while(word_char))),
+            '|' => Tok::Pipe,
+            ',' => Tok::Comma,
+            '.' => Tok::Field(chain(&format!(".{}", l.take_while(word_char)))),
+            '$' => {
+                let var = l.take_while(ident_char);
+                Tok::Var(var, chain(&l.take_while(word_char)))
+            }
+            _ => {
+                return err(
+                    name,
+                    format!("unexpected character {ch:?} in {{{{ {s} }}}}"),
+                )
+            }
+        });
     }
     Ok(out)
 }
@@ -362,79 +375,11 @@ impl Parser<'_> {
             };
             match keyword {
                 "end" => return Ok((nodes, Ending::End)),
-                "else" => {
-                    let rest = &toks[1..];
-                    return Ok((
-                        nodes,
-                        Ending::Else(match rest.first() {
-                            Some(Tok::Ident(k)) if k == "if" => Some(rest[1..].to_vec()),
-                            None => None,
-                            _ => return err(self.name, format!("unsupported {{{{ {action} }}}}")),
-                        }),
-                    ));
-                }
-                "if" => {
-                    let mut branches = vec![];
-                    let mut cond = parse_pipe(self.name, &toks[1..])?;
-                    let else_ = loop {
-                        let (body, end) = self.list()?;
-                        branches.push((cond, body));
-                        match end {
-                            Ending::End => break Vec::new(),
-                            Ending::Else(Some(t)) => cond = parse_pipe(self.name, &t)?,
-                            Ending::Else(None) => {
-                                let (body, end) = self.list()?;
-                                if !matches!(end, Ending::End) {
-                                    return err(self.name, "if/else without end");
-                                }
-                                break body;
-                            }
-                            Ending::Eof => return err(self.name, "if without end"),
-                        }
-                    };
-                    nodes.push(Node::If(branches, else_));
-                }
-                "range" | "with" => {
-                    let pipe = parse_pipe(self.name, &toks[1..])?;
-                    let (body, end) = self.list()?;
-                    let else_ = match end {
-                        Ending::End => Vec::new(),
-                        Ending::Else(None) => {
-                            let (b, e) = self.list()?;
-                            if !matches!(e, Ending::End) {
-                                return err(self.name, format!("{keyword} without end"));
-                            }
-                            b
-                        }
-                        _ => return err(self.name, format!("{keyword} without end")),
-                    };
-                    nodes.push(if keyword == "range" {
-                        Node::Range(pipe, body, else_)
-                    } else {
-                        Node::With(pipe, body, else_)
-                    });
-                }
-                "define" => {
-                    let Some(Tok::Str(n)) = toks.get(1) else {
-                        return err(self.name, "define needs a name");
-                    };
-                    let (body, end) = self.list()?;
-                    if !matches!(end, Ending::End) {
-                        return err(self.name, format!("define {n:?} without end"));
-                    }
-                    self.defines.insert(n.clone(), body);
-                }
-                "template" => {
-                    let Some(Tok::Str(n)) = toks.get(1) else {
-                        return err(self.name, "template needs a name");
-                    };
-                    let arg = if toks.len() > 2 {
-                        Some(parse_pipe(self.name, &toks[2..])?)
-                    } else {
-                        None
-                    };
-                    nodes.push(Node::Template(n.clone(), arg));
-                }
+                "else" => return Ok((nodes, self.else_ending(&action, &toks[1..])?)),
+                "if" => nodes.push(self.if_node(&toks[1..])?),
+                "range" | "with" => nodes.push(self.range_or_with(keyword, &toks[1..])?),
+                "define" => self.define(&toks)?,
+                "template" => nodes.push(self.template_node(&toks)?),
                 "block" | "break" | "continue" => {
                     return err(self.name, format!("{keyword} is not supported"))
                 }
@@ -442,6 +387,87 @@ impl Parser<'_> {
             }
         }
         Ok((nodes, Ending::Eof))
+    }
+
+    /// `{{ else }}` or `{{ else if … }}` (`rest`: the tokens after `else`).
+    fn else_ending(&self, action: &str, rest: &[Tok]) -> Result<Ending, TemplateError> {
+        Ok(Ending::Else(match rest.first() {
+            Some(Tok::Ident(k)) if k == "if" => Some(rest[1..].to_vec()),
+            None => None,
+            _ => return err(self.name, format!("unsupported {{{{ {action} }}}}")),
+        }))
+    }
+
+    /// `{{ if … }}` with its `else if` branches, `else` and `end` (`cond`: the tokens after
+    /// `if`).
+    fn if_node(&mut self, cond: &[Tok]) -> Result<Node, TemplateError> {
+        let mut branches = vec![];
+        let mut cond = parse_pipe(self.name, cond)?;
+        let else_ = loop {
+            let (body, end) = self.list()?;
+            branches.push((cond, body));
+            match end {
+                Ending::End => break Vec::new(),
+                Ending::Else(Some(t)) => cond = parse_pipe(self.name, &t)?,
+                Ending::Else(None) => {
+                    let (body, end) = self.list()?;
+                    if !matches!(end, Ending::End) {
+                        return err(self.name, "if/else without end");
+                    }
+                    break body;
+                }
+                Ending::Eof => return err(self.name, "if without end"),
+            }
+        };
+        Ok(Node::If(branches, else_))
+    }
+
+    /// `{{ range … }}` or `{{ with … }}`, with an optional `else`.
+    fn range_or_with(&mut self, keyword: &str, pipe: &[Tok]) -> Result<Node, TemplateError> {
+        let pipe = parse_pipe(self.name, pipe)?;
+        let (body, end) = self.list()?;
+        let else_ = match end {
+            Ending::End => Vec::new(),
+            Ending::Else(None) => {
+                let (b, e) = self.list()?;
+                if !matches!(e, Ending::End) {
+                    return err(self.name, format!("{keyword} without end"));
+                }
+                b
+            }
+            _ => return err(self.name, format!("{keyword} without end")),
+        };
+        Ok(if keyword == "range" {
+            Node::Range(pipe, body, else_)
+        } else {
+            Node::With(pipe, body, else_)
+        })
+    }
+
+    /// `{{ define "name" }}…{{ end }}`: recorded in `defines`, renders nothing here.
+    fn define(&mut self, toks: &[Tok]) -> Result<(), TemplateError> {
+        let Some(Tok::Str(n)) = toks.get(1) else {
+            return err(self.name, "define needs a name");
+        };
+        let (body, end) = self.list()?;
+        if !matches!(end, Ending::End) {
+            return err(self.name, format!("define {n:?} without end"));
+        }
+        self.defines.insert(n.clone(), body);
+        Ok(())
+    }
+
+    /// `{{ template "name" [pipeline] }}`.
+    fn template_node(&self, toks: &[Tok]) -> Result<Node, TemplateError> {
+        let Some(Tok::Str(n)) = toks.get(1) else {
+            return err(self.name, "template needs a name");
+        };
+        let arg = if toks.len() > 2 {
+            Some(parse_pipe(self.name, &toks[2..])?)
+        } else {
+            None
+        };
+        Ok(Node::Template(n.clone(), arg))
     }
 }
 
@@ -540,41 +566,7 @@ impl Templates {
                     }
                 }
                 Node::Range(p, body, else_) => {
-                    let bare = Pipe {
-                        decl: Vec::new(),
-                        cmds: p.cmds.clone(),
-                    };
-                    let v = self.pipe(t, &bare, dot, scope)?;
-                    let items: Vec<(Value, Value)> = match &v {
-                        Value::Array(a) => a
-                            .iter()
-                            .enumerate()
-                            .map(|(i, x)| (Value::from(i), x.clone()))
-                            .collect(),
-                        // Go ranges over maps in sorted key order; serde_json's map is sorted.
-                        Value::Object(m) => m
-                            .iter()
-                            .map(|(k, x)| (Value::from(k.clone()), x.clone()))
-                            .collect(),
-                        Value::Null => Vec::new(),
-                        other => return err(t, format!("cannot range over {other}")),
-                    };
-                    if items.is_empty() {
-                        self.exec(t, else_, dot, scope, out)?;
-                    }
-                    for (k, x) in items {
-                        let m = scope.vars.len();
-                        match p.decl.as_slice() {
-                            [v] => scope.vars.push((v.clone(), x.clone())),
-                            [kv, v] => {
-                                scope.vars.push((kv.clone(), k));
-                                scope.vars.push((v.clone(), x.clone()));
-                            }
-                            _ => {}
-                        }
-                        self.exec(t, body, &x, scope, out)?;
-                        scope.vars.truncate(m);
-                    }
+                    self.exec_range(t, (p, body, else_), dot, scope, out)?
                 }
                 Node::Template(name, arg) => {
                     let data = match arg {
@@ -586,6 +578,54 @@ impl Templates {
             }
         }
         scope.vars.truncate(mark);
+        Ok(())
+    }
+
+    /// `{{ range [$k, $v :=] … }}`: `body` once per item of the pipeline's list or map (in key
+    /// order), or `else_` when there is none.
+    fn exec_range(
+        &self,
+        t: &str,
+        (p, body, else_): (&Pipe, &[Node], &[Node]),
+        dot: &Value,
+        scope: &mut Scope,
+        out: &mut String,
+    ) -> Result<(), TemplateError> {
+        let bare = Pipe {
+            decl: Vec::new(),
+            cmds: p.cmds.clone(),
+        };
+        let v = self.pipe(t, &bare, dot, scope)?;
+        let items: Vec<(Value, Value)> = match &v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (Value::from(i), x.clone()))
+                .collect(),
+            // Go ranges over maps in sorted key order; serde_json's map is sorted.
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, x)| (Value::from(k.clone()), x.clone()))
+                .collect(),
+            Value::Null => Vec::new(),
+            other => return err(t, format!("cannot range over {other}")),
+        };
+        if items.is_empty() {
+            self.exec(t, else_, dot, scope, out)?;
+        }
+        for (k, x) in items {
+            let m = scope.vars.len();
+            match p.decl.as_slice() {
+                [v] => scope.vars.push((v.clone(), x.clone())),
+                [kv, v] => {
+                    scope.vars.push((kv.clone(), k));
+                    scope.vars.push((v.clone(), x.clone()));
+                }
+                _ => {}
+            }
+            self.exec(t, body, &x, scope, out)?;
+            scope.vars.truncate(m);
+        }
         Ok(())
     }
 
@@ -685,97 +725,72 @@ impl Templates {
         }
     }
 
+    /// Calls template function `f`: `include` here (it renders another template), the others
+    /// through the families of [`Call`].
     fn call(&self, t: &str, f: &str, a: Vec<Value>, scope: &Scope) -> Result<Value, TemplateError> {
-        let need = |n: usize| -> Result<(), TemplateError> {
-            if a.len() < n {
-                err(t, format!("{f} needs {n} argument(s), got {}", a.len()))
-            } else {
-                Ok(())
+        let c = Call { t, f, a };
+        if f == "include" {
+            c.need(2)?;
+            return Ok(Value::String(self.include(t, &c.s(0), &c.a[1], scope)?));
+        }
+        for family in [Call::logic, Call::format, Call::strings, Call::collections] {
+            if let Some(v) = family(&c)? {
+                return Ok(v);
             }
-        };
-        let s = |i: usize| print(&a[i]);
-        let int = |v: &Value| -> i64 {
-            match v {
-                Value::Number(n) => n.as_i64().unwrap_or(n.as_f64().unwrap_or(0.0) as i64),
-                Value::String(s) => s.parse().unwrap_or(0),
-                Value::Bool(b) => *b as i64,
-                _ => 0,
-            }
-        };
-        Ok(match f {
+        }
+        err(t, format!("function {f:?} is not supported"))
+    }
+}
+
+/// One call of a template function: the template (for errors), the function's name and its
+/// arguments (a piped value last). Each family answers `None` for a function it does not have.
+struct Call<'a> {
+    t: &'a str,
+    f: &'a str,
+    a: Vec<Value>,
+}
+
+type Answer = Result<Option<Value>, TemplateError>;
+
+impl Call<'_> {
+    /// Fails unless at least `n` arguments are given.
+    fn need(&self, n: usize) -> Result<(), TemplateError> {
+        if self.a.len() < n {
+            err(
+                self.t,
+                format!("{} needs {n} argument(s), got {}", self.f, self.a.len()),
+            )
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Argument `i` printed.
+    fn s(&self, i: usize) -> String {
+        print(&self.a[i])
+    }
+
+    /// Truth and comparison: default, eq, ne, not, and, or, empty, required, fail.
+    fn logic(&self) -> Answer {
+        let a = &self.a;
+        Ok(Some(match self.f {
             "default" => {
-                need(1)?;
+                self.need(1)?;
                 match a.get(1) {
                     Some(v) if truthy(v) => v.clone(),
                     _ => a[0].clone(),
                 }
             }
-            "quote" => Value::String(
-                a.iter()
-                    .map(|v| format!("{:?}", print(v)))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            "squote" => Value::String(
-                a.iter()
-                    .map(|v| format!("'{}'", print(v)))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            "toYaml" => {
-                need(1)?;
-                if a[0].is_null() {
-                    Value::String("null".into())
-                } else {
-                    let y = yaml_serde::to_string(&a[0]).map_err(|e| TemplateError {
-                        template: t.into(),
-                        message: e.to_string(),
-                    })?;
-                    Value::String(y.trim_end_matches('\n').to_string())
-                }
-            }
-            "toJson" => {
-                need(1)?;
-                Value::String(a[0].to_string())
-            }
-            "indent" | "nindent" => {
-                need(2)?;
-                let pad = " ".repeat(int(&a[0]).max(0) as usize);
-                let body = s(1)
-                    .split('\n')
-                    .map(|l| format!("{pad}{l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                Value::String(if f == "nindent" {
-                    format!("\n{body}")
-                } else {
-                    body
-                })
-            }
-            "b64enc" => {
-                need(1)?;
-                use base64::Engine as _;
-                Value::String(base64::engine::general_purpose::STANDARD.encode(s(0)))
-            }
-            "sha256sum" => {
-                need(1)?;
-                use sha2::Digest as _;
-                Value::String(hex::encode(sha2::Sha256::digest(s(0).as_bytes())))
-            }
-            "printf" => {
-                need(1)?;
-                Value::String(printf(&s(0), &a[1..]))
-            }
             "eq" => {
-                need(2)?;
+                self.need(2)?;
                 Value::Bool(a[1..].iter().any(|x| loose_eq(&a[0], x)))
             }
             "ne" => {
-                need(2)?;
+                self.need(2)?;
                 Value::Bool(!loose_eq(&a[0], &a[1]))
             }
-            "not" => {
-                need(1)?;
+            "not" | "empty" => {
+                self.need(1)?;
                 Value::Bool(!truthy(&a[0]))
             }
             "and" => a
@@ -790,62 +805,127 @@ impl Templates {
                 .or(a.last())
                 .cloned()
                 .unwrap_or(Value::Bool(false)),
-            "empty" => {
-                need(1)?;
-                Value::Bool(!truthy(&a[0]))
-            }
             "required" => {
-                need(2)?;
+                self.need(2)?;
                 if a[1].is_null() || a[1] == Value::String(String::new()) {
-                    return err(t, s(0));
+                    return err(self.t, self.s(0));
                 }
                 a[1].clone()
             }
             "fail" => {
-                need(1)?;
-                return err(t, s(0));
+                self.need(1)?;
+                return err(self.t, self.s(0));
             }
-            "hasKey" => {
-                need(2)?;
-                Value::Bool(a[0].as_object().is_some_and(|m| m.contains_key(&s(1))))
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Rendering values as text: quote, squote, toYaml, toJson, indent, nindent, b64enc,
+    /// sha256sum, printf, toString.
+    fn format(&self) -> Answer {
+        let a = &self.a;
+        let joined = |each: fn(String) -> String| {
+            Value::String(
+                a.iter()
+                    .map(|v| each(print(v)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        };
+        Ok(Some(match self.f {
+            "quote" => joined(|p| format!("{p:?}")),
+            "squote" => joined(|p| format!("'{p}'")),
+            "toYaml" => {
+                self.need(1)?;
+                if a[0].is_null() {
+                    Value::String("null".into())
+                } else {
+                    let y = yaml_serde::to_string(&a[0]).map_err(|e| TemplateError {
+                        template: self.t.into(),
+                        message: e.to_string(),
+                    })?;
+                    Value::String(y.trim_end_matches('\n').to_string())
+                }
             }
-            "trunc" => {
-                need(2)?;
-                let n = int(&a[0]).max(0) as usize;
-                Value::String(s(1).chars().take(n).collect())
+            "toJson" => {
+                self.need(1)?;
+                Value::String(a[0].to_string())
             }
-            "trimSuffix" => {
-                need(2)?;
-                let v = s(1);
-                Value::String(v.strip_suffix(s(0).as_str()).unwrap_or(&v).to_string())
+            "indent" | "nindent" => {
+                self.need(2)?;
+                let pad = " ".repeat(to_int(&a[0]).max(0) as usize);
+                let body = self
+                    .s(1)
+                    .split('\n')
+                    .map(|l| format!("{pad}{l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                Value::String(if self.f == "nindent" {
+                    format!("\n{body}")
+                } else {
+                    body
+                })
             }
-            "trimPrefix" => {
-                need(2)?;
-                let v = s(1);
-                Value::String(v.strip_prefix(s(0).as_str()).unwrap_or(&v).to_string())
+            "b64enc" => {
+                self.need(1)?;
+                use base64::Engine as _;
+                Value::String(base64::engine::general_purpose::STANDARD.encode(self.s(0)))
             }
-            "contains" => {
-                need(2)?;
-                Value::Bool(s(1).contains(&s(0)))
+            "sha256sum" => {
+                self.need(1)?;
+                use sha2::Digest as _;
+                Value::String(hex::encode(sha2::Sha256::digest(self.s(0).as_bytes())))
             }
-            "lower" => {
-                need(1)?;
-                Value::String(s(0).to_lowercase())
-            }
-            "upper" => {
-                need(1)?;
-                Value::String(s(0).to_uppercase())
+            "printf" => {
+                self.need(1)?;
+                Value::String(printf(&self.s(0), &a[1..]))
             }
             "toString" => {
-                need(1)?;
-                Value::String(s(0))
+                self.need(1)?;
+                Value::String(self.s(0))
             }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// String functions (the string operated on comes last, as piped): trunc, trimSuffix,
+    /// trimPrefix, contains, lower, upper.
+    fn strings(&self) -> Answer {
+        let n = match self.f {
+            "trunc" | "trimSuffix" | "trimPrefix" | "contains" => 2,
+            "lower" | "upper" => 1,
+            _ => return Ok(None),
+        };
+        self.need(n)?;
+        Ok(Some(match self.f {
+            "trunc" => {
+                let n = to_int(&self.a[0]).max(0) as usize;
+                Value::String(self.s(1).chars().take(n).collect())
+            }
+            "trimSuffix" => {
+                let v = self.s(1);
+                Value::String(v.strip_suffix(self.s(0).as_str()).unwrap_or(&v).to_string())
+            }
+            "trimPrefix" => {
+                let v = self.s(1);
+                Value::String(v.strip_prefix(self.s(0).as_str()).unwrap_or(&v).to_string())
+            }
+            "contains" => Value::Bool(self.s(1).contains(&self.s(0))),
+            "lower" => Value::String(self.s(0).to_lowercase()),
+            _ => Value::String(self.s(0).to_uppercase()),
+        }))
+    }
+
+    /// Numbers, lists and dicts: int, len, hasKey, join, list, dict.
+    fn collections(&self) -> Answer {
+        let a = &self.a;
+        Ok(Some(match self.f {
             "int" => {
-                need(1)?;
-                Value::from(int(&a[0]))
+                self.need(1)?;
+                Value::from(to_int(&a[0]))
             }
             "len" => {
-                need(1)?;
+                self.need(1)?;
                 Value::from(match &a[0] {
                     Value::Array(x) => x.len(),
                     Value::Object(m) => m.len(),
@@ -853,12 +933,16 @@ impl Templates {
                     _ => 0,
                 })
             }
-            "join" => {
-                need(2)?;
-                let items = a[1].as_array().cloned().unwrap_or_default();
-                Value::String(items.iter().map(print).collect::<Vec<_>>().join(&s(0)))
+            "hasKey" => {
+                self.need(2)?;
+                Value::Bool(a[0].as_object().is_some_and(|m| m.contains_key(&self.s(1))))
             }
-            "list" => Value::Array(a),
+            "join" => {
+                self.need(2)?;
+                let items = a[1].as_array().cloned().unwrap_or_default();
+                Value::String(items.iter().map(print).collect::<Vec<_>>().join(&self.s(0)))
+            }
+            "list" => Value::Array(a.clone()),
             "dict" => {
                 let mut m = Map::new();
                 for pair in a.chunks(2) {
@@ -866,12 +950,18 @@ impl Templates {
                 }
                 Value::Object(m)
             }
-            "include" => {
-                need(2)?;
-                Value::String(self.include(t, &s(0), &a[1], scope)?)
-            }
-            other => return err(t, format!("function {other:?} is not supported")),
-        })
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// A value as a template integer (numbers truncated, numeric strings parsed, else 0).
+fn to_int(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(n.as_f64().unwrap_or(0.0) as i64),
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Bool(b) => *b as i64,
+        _ => 0,
     }
 }
 

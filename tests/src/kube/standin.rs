@@ -868,6 +868,32 @@ impl StandIn {
         }
     }
 
+    /// The events of the watched collection after resource version `last` that the watch's
+    /// scope and selectors match, the current resource version, and whether the watch has
+    /// ended (the stand-in was reset since `epoch`, or is paused).
+    fn events_after(
+        &self,
+        t: &Target,
+        q: &HashMap<String, String>,
+        last: u64,
+        epoch: u64,
+    ) -> (Vec<Event>, u64, bool) {
+        let st = self.st.lock().unwrap();
+        let batch: Vec<Event> = st
+            .events
+            .iter()
+            .filter(|e| e.rv > last && e.coll == t.coll)
+            .filter(|e| {
+                in_scope(
+                    &t.namespace,
+                    e.obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                ) && selected(&e.obj, q)
+            })
+            .cloned()
+            .collect();
+        (batch, st.rv, st.epoch != epoch || st.paused)
+    }
+
     fn watch(&self, t: Target, q: HashMap<String, String>) -> Response<Body> {
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
         let from: u64 = q
@@ -911,22 +937,7 @@ impl StandIn {
                 let notified = me.changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let (batch, current_rv, ended) = {
-                    let st = me.st.lock().unwrap();
-                    let batch: Vec<Event> = st
-                        .events
-                        .iter()
-                        .filter(|e| e.rv > last && e.coll == t.coll)
-                        .filter(|e| {
-                            in_scope(
-                                &t.namespace,
-                                e.obj["metadata"]["namespace"].as_str().unwrap_or(""),
-                            ) && selected(&e.obj, &q)
-                        })
-                        .cloned()
-                        .collect();
-                    (batch, st.rv, st.epoch != epoch || st.paused)
-                };
+                let (batch, current_rv, ended) = me.events_after(&t, &q, last, epoch);
                 if ended {
                     return;
                 }
