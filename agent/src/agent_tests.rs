@@ -339,7 +339,7 @@ async fn routes_each_connection_by_the_snapshot_at_accept_time() {
         assert_eq!(h.intercept_id, "ic-1");
         assert_eq!(h.session_id, first_session);
         assert!(uuid::Uuid::parse_str(&h.conn_id).is_ok(), "{}", h.conn_id);
-        assert!(h.error.is_empty());
+        assert!(h.error.is_none());
     }
     // the connection opened before the intercept still reaches the app
     echo(&mut s, b"still direct").await;

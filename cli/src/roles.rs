@@ -144,7 +144,7 @@ pub async fn fs_sync() -> Result<()> {
     let header = protocol::tunnel::TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id,
-        kind: protocol::tunnel::KIND_FS.into(),
+        kind: protocol::tunnel::TunnelKind::Fs,
         ..Default::default()
     };
     protocol::tunnel::write_header(&mut stream, protocol::tunnel::Role::Client, &header).await?;

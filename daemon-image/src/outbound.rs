@@ -5,9 +5,7 @@
 use crate::netstack::{Dialer, Proto, Smoltcp};
 use crate::session::Session;
 use crate::subnets::{self, Cidr};
-use protocol::tunnel::{
-    dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
-};
+use protocol::tunnel::{dial, read_header_timeout, write_header, Role, TunnelHeader, TunnelKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,10 +58,9 @@ impl Dialer for TunnelDialer {
             conn_id: uuid::Uuid::new_v4().to_string(),
             session_id: self.session.session().session_id,
             kind: match proto {
-                Proto::Tcp => KIND_OUT_TCP,
-                Proto::Udp => KIND_OUT_UDP,
-            }
-            .into(),
+                Proto::Tcp => TunnelKind::OutTcp,
+                Proto::Udp => TunnelKind::OutUdp,
+            },
             target: dst.to_string(),
             ..Default::default()
         };
@@ -73,10 +70,9 @@ impl Dialer for TunnelDialer {
         let (_, answer) = read_header_timeout(&mut s, ANSWER_TIMEOUT)
             .await
             .map_err(|e| format!("tunnel: {e}"))?;
-        if answer.error.is_empty() {
-            Ok(s)
-        } else {
-            Err(answer.error)
+        match answer.error {
+            None => Ok(s),
+            Some(e) => Err(e.to_string()),
         }
     }
 }

@@ -252,7 +252,10 @@ async fn deliver(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
             splice(&mut t, &mut local).await.map(|_| ())
         }
         Err(e) => {
-            header.error = format!("{target}: {e}");
+            header.error = Some(protocol::tunnel::HeaderError::Unreachable {
+                target,
+                reason: e.to_string(),
+            });
             write_header(&mut t, Role::Client, &header).await
         }
     }
