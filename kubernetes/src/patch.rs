@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use protocol::agent_env::{self, AgentEnv, AppMount, PortMapping};
 use std::collections::BTreeMap;
 
 use super::configmap::{takeover_name, AgentConfig, PortMode};
@@ -109,59 +110,25 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
         });
     }
 
-    let port_map: Vec<serde_json::Value> = cfg
-        .ports
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "servicePort": p.service_port,
-                "agentPort": p.agent_port,
-                "appPort": p.app_port,
-            })
-        })
-        .collect();
-    let mounts: Vec<serde_json::Value> = app
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| serde_json::json!({"path": m.mount_path, "read_only": m.read_only.unwrap_or(false)}))
-        .collect();
-    let service_ports: Vec<String> = cfg
-        .ports
-        .iter()
-        .map(|p| p.service_port.to_string())
-        .collect();
     // The app's environment first: later entries win, so ours cannot be overridden.
     let mut agent_env = app.env.clone().unwrap_or_default();
-    agent_env.extend([
-        env(tp_agent_env::MANAGER_ADDR, &cfg.manager_addr),
-        env(tp_agent_env::TUNNEL_ADDR, &cfg.tunnel_addr),
-        env(tp_agent_env::NAMESPACE, &cfg.namespace),
-        env(tp_agent_env::WORKLOAD, &cfg.workload_name),
-        env(tp_agent_env::PORTS, service_ports.join(",")),
-        env(
-            tp_agent_env::PORT_MAP,
-            serde_json::Value::from(port_map).to_string(),
-        ),
-        env(tp_agent_env::APP_HOST, "127.0.0.1"),
-        env(tp_agent_env::APP_CONTAINER, &cfg.container),
-        env(
-            tp_agent_env::APP_MOUNTS,
-            serde_json::Value::from(mounts).to_string(),
-        ),
-        env(tp_agent_env::APP_ENV_INHERIT, "true"),
-        EnvVar {
-            name: tp_agent_env::POD_IP.into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
+    agent_env.extend(
+        agent_env_of(cfg, &app)
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| env(&k, v)),
+    );
+    agent_env.push(EnvVar {
+        name: agent_env::POD_IP.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
                 ..Default::default()
             }),
             ..Default::default()
-        },
-    ]);
+        }),
+        ..Default::default()
+    });
     let q = |s: &str| Quantity(s.into());
     let agent = Container {
         name: AGENT_CONTAINER.into(),
@@ -192,11 +159,11 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
     };
     spec.containers.push(agent);
 
-    let redirects: Vec<String> = cfg
+    let redirects: Vec<(u16, u16)> = cfg
         .ports
         .iter()
         .filter(|p| p.mode == PortMode::Redirect)
-        .map(|p| format!("{}:{}", p.app_port, p.agent_port))
+        .map(|p| (p.app_port, p.agent_port))
         .collect();
     if !redirects.is_empty() {
         let init = Container {
@@ -204,7 +171,10 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
             image: Some(s.agent_image.clone()),
             image_pull_policy: s.image_pull_policy.clone(),
             args: Some(vec!["agent-init".into()]),
-            env: Some(vec![env(tp_agent_env::REDIRECTS, redirects.join(","))]),
+            env: Some(vec![env(
+                agent_env::REDIRECTS,
+                agent_env::redirects_value(&redirects),
+            )]),
             security_context: Some(SecurityContext {
                 capabilities: Some(Capabilities {
                     add: Some(vec!["NET_ADMIN".into()]),
@@ -225,26 +195,45 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
     Ok(pod)
 }
 
+/// The agent's `TP_*` configuration for `cfg` (its pod IP comes from a field reference,
+/// added by [`inject`]).
+fn agent_env_of(cfg: &AgentConfig, app: &Container) -> AgentEnv {
+    AgentEnv {
+        manager_addr: cfg.manager_addr.clone(),
+        tunnel_addr: cfg.tunnel_addr.clone(),
+        namespace: cfg.namespace.clone(),
+        workload: cfg.workload_name.clone(),
+        ports: cfg.ports.iter().map(|p| p.service_port).collect(),
+        port_map: Some(
+            cfg.ports
+                .iter()
+                .map(|p| PortMapping {
+                    service_port: p.service_port,
+                    agent_port: p.agent_port,
+                    app_port: p.app_port,
+                })
+                .collect(),
+        ),
+        app_host: Some(agent_env::DEFAULT_APP_HOST.into()),
+        app_container: Some(cfg.container.clone()),
+        app_mounts: Some(
+            app.volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| AppMount {
+                    path: m.mount_path.clone(),
+                    read_only: m.read_only.unwrap_or(false),
+                })
+                .collect(),
+        ),
+        app_env_inherit: true,
+        ..Default::default()
+    }
+}
+
 /// The JSONPatch turning `before` into `after`.
 pub fn diff(before: &Pod, after: &Pod) -> json_patch::Patch {
     let a = serde_json::to_value(before).expect("pod serializes");
     let b = serde_json::to_value(after).expect("pod serializes");
     json_patch::diff(&a, &b)
-}
-
-/// Names of the agent's environment variables (mirrors `agent::config`; the manager does not
-/// link the agent crate).
-pub mod tp_agent_env {
-    pub const MANAGER_ADDR: &str = "TP_MANAGER_ADDR";
-    pub const TUNNEL_ADDR: &str = "TP_TUNNEL_ADDR";
-    pub const NAMESPACE: &str = "TP_NAMESPACE";
-    pub const WORKLOAD: &str = "TP_WORKLOAD";
-    pub const PORTS: &str = "TP_PORTS";
-    pub const PORT_MAP: &str = "TP_PORT_MAP";
-    pub const APP_HOST: &str = "TP_APP_HOST";
-    pub const APP_CONTAINER: &str = "TP_APP_CONTAINER";
-    pub const APP_MOUNTS: &str = "TP_APP_MOUNTS";
-    pub const APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
-    pub const POD_IP: &str = "TP_POD_IP";
-    pub const REDIRECTS: &str = "TP_REDIRECTS";
 }

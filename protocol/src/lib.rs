@@ -2,6 +2,7 @@
 //! manager and connector (CLI↔daemon) services, and the TCP tunnel that carries intercepted
 //! connections between agent, manager and daemon.
 
+pub mod agent_env;
 pub mod filters;
 pub mod tunnel;
 
