@@ -21,7 +21,8 @@ pub async fn daemon() -> Result<()> {
 }
 
 pub async fn traffic_manager() -> Result<()> {
-    let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
+    let cluster =
+        std::env::var(protocol::ports::env::CLUSTER_TYPE).unwrap_or_else(|_| "docker".into());
     if cluster == "kubernetes" {
         return kubernetes::startup::run(shutdown_signal())
             .await
@@ -32,11 +33,18 @@ pub async fn traffic_manager() -> Result<()> {
     }
     let namespace = std::env::var("TP_NAMESPACE").context("TP_NAMESPACE is required")?;
     let network = std::env::var("TP_NETWORK").context("TP_NETWORK is required")?;
-    let agent_image = std::env::var("TP_AGENT_IMAGE").context("TP_AGENT_IMAGE is required")?;
-    let grpc_port = env_port("TP_GRPC_PORT", crate::connect::MANAGER_GRPC_PORT)?;
-    let tunnel_port = env_port("TP_TUNNEL_PORT", crate::connect::MANAGER_TUNNEL_PORT)?;
+    let agent_image =
+        std::env::var(protocol::ports::env::AGENT_IMAGE).context("TP_AGENT_IMAGE is required")?;
+    let grpc_port = env_port(
+        protocol::ports::env::GRPC_PORT,
+        crate::connect::MANAGER_GRPC_PORT,
+    )?;
+    let tunnel_port = env_port(
+        protocol::ports::env::TUNNEL_PORT,
+        crate::connect::MANAGER_TUNNEL_PORT,
+    )?;
     let docker = docker::provider::connect_engine().await?;
-    let manager_host = match std::env::var("TP_MANAGER_HOST") {
+    let manager_host = match std::env::var(protocol::ports::env::MANAGER_HOST) {
         Ok(h) => h,
         Err(_) => docker::provider::DockerProvider::own_address(&docker, &network).await?,
     };

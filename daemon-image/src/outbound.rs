@@ -35,11 +35,11 @@ impl OutboundConfig {
                 .unwrap_or(d)
         };
         Ok(OutboundConfig {
-            also: list("TP_ALSO_PROXY")?,
-            never: list("TP_NEVER_PROXY")?,
-            allow: list("TP_ALLOW_CONFLICTING_SUBNETS")?,
-            mtu: num("TP_TUN_MTU", 16000).clamp(1280, 65000) as u16,
-            tcp_buffer: num("TP_TCP_BUFFER", 128 * 1024).clamp(16 * 1024, 4 << 20),
+            also: list(protocol::ports::env::ALSO_PROXY)?,
+            never: list(protocol::ports::env::NEVER_PROXY)?,
+            allow: list(protocol::ports::env::ALLOW_CONFLICTING_SUBNETS)?,
+            mtu: num(protocol::ports::env::TUN_MTU, 16000).clamp(1280, 65000) as u16,
+            tcp_buffer: num(protocol::ports::env::TCP_BUFFER, 128 * 1024).clamp(16 * 1024, 4 << 20),
         })
     }
 }

@@ -66,7 +66,7 @@ impl DaemonConfig {
             tunnel_addr: addr("TP_TUNNEL_ADDR")?,
             server: opt("TP_SERVER", ""),
             kubeconfig: kubeconfig.clone(),
-            manager_namespace: opt("TP_MANAGER_NAMESPACE", ""),
+            manager_namespace: opt(protocol::ports::env::MANAGER_NAMESPACE, ""),
             context: opt("TP_CONTEXT", ""),
             listen: opt("TP_LISTEN", "0.0.0.0:7777"),
             client_name: opt("TP_CLIENT_NAME", "user@host"),

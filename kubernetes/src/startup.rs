@@ -62,11 +62,18 @@ impl Settings {
                 .ok_or_else(|| format!("{k}={v:?} is not a port")),
         };
         Ok(Settings {
-            manager_namespace: var("TP_MANAGER_NAMESPACE")
+            manager_namespace: var(protocol::ports::env::MANAGER_NAMESPACE)
                 .ok_or("TP_MANAGER_NAMESPACE is required")?,
-            agent_image: var("TP_AGENT_IMAGE").ok_or("TP_AGENT_IMAGE is required")?,
-            grpc_port: port("TP_GRPC_PORT", 8081)?,
-            tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
+            agent_image: var(protocol::ports::env::AGENT_IMAGE)
+                .ok_or("TP_AGENT_IMAGE is required")?,
+            grpc_port: port(
+                protocol::ports::env::GRPC_PORT,
+                protocol::ports::MANAGER_GRPC_PORT,
+            )?,
+            tunnel_port: port(
+                protocol::ports::env::TUNNEL_PORT,
+                protocol::ports::MANAGER_TUNNEL_PORT,
+            )?,
             webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
             policy: var("TP_AGENT_INJECT_POLICY")
                 .unwrap_or_default()
@@ -96,7 +103,7 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            manager_host: var("TP_MANAGER_HOST"),
+            manager_host: var(protocol::ports::env::MANAGER_HOST),
             tls: TlsFiles {
                 cert: var("TP_WEBHOOK_CERT")
                     .unwrap_or_else(|| webhook::DEFAULT_CERT.into())

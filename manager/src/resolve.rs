@@ -58,21 +58,14 @@ pub fn lookup_name(
 fn nameserver() -> SocketAddr {
     static NS: OnceLock<SocketAddr> = OnceLock::new();
     *NS.get_or_init(|| {
-        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        first_nameserver(&conf)
+        first_nameserver(&protocol::resolv::ResolvConf::read())
             .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53))
     })
 }
 
-/// The first `nameserver` of resolv.conf text.
-pub fn first_nameserver(conf: &str) -> Option<SocketAddr> {
-    conf.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some("nameserver"))
-            .then(|| w.next()?.parse::<IpAddr>().ok())
-            .flatten()
-            .map(|ip| SocketAddr::new(ip, 53))
-    })
+/// The first `nameserver` of a parsed resolv.conf, on port 53.
+pub fn first_nameserver(conf: &protocol::resolv::ResolvConf) -> Option<SocketAddr> {
+    conf.nameservers.first().map(|ip| SocketAddr::new(*ip, 53))
 }
 
 /// Answers `Resolve`.
@@ -171,10 +164,13 @@ mod tests {
     fn nameserver_from_resolv_conf() {
         let conf = "# x\nsearch a.b\nnameserver 127.0.0.11\nnameserver 8.8.8.8\noptions ndots:0\n";
         assert_eq!(
-            first_nameserver(conf),
+            first_nameserver(&protocol::resolv::ResolvConf::parse(conf)),
             Some("127.0.0.11:53".parse().unwrap())
         );
-        assert_eq!(first_nameserver("search x\n"), None);
+        assert_eq!(
+            first_nameserver(&protocol::resolv::ResolvConf::parse("search x\n")),
+            None
+        );
     }
 
     #[tokio::test]

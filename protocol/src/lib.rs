@@ -4,6 +4,8 @@
 
 pub mod agent_env;
 pub mod filters;
+pub mod ports;
+pub mod resolv;
 pub mod tunnel;
 
 /// Generated code for `proto/manager.proto`.
