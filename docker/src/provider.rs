@@ -248,8 +248,8 @@ impl DockerProvider {
 
 #[async_trait]
 impl Provider for DockerProvider {
-    fn cluster_type(&self) -> &'static str {
-        "docker"
+    fn cluster_type(&self) -> protocol::ClusterType {
+        protocol::ClusterType::Docker
     }
 
     fn server(&self) -> String {

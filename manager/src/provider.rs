@@ -53,7 +53,7 @@ pub enum ProviderError {
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// "docker" or "kubernetes".
-    fn cluster_type(&self) -> &'static str;
+    fn cluster_type(&self) -> protocol::ClusterType;
     /// The API address users recognise (engine socket or API server URL).
     fn server(&self) -> String;
     /// The image agents run.

@@ -10,6 +10,7 @@ use crate::Manager;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use protocol::manager::{ResolveRequest, ResolveResponse};
+use protocol::ClusterType;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub async fn subnets_of(p: &dyn Provider, namespace: &str) -> Vec<String> {
 /// The name to ask the manager's resolver for a client's `(name, namespace)`; `None` when it
 /// cannot exist in the cluster.
 pub fn lookup_name(
-    cluster_type: &str,
+    cluster_type: ClusterType,
     domain: &str,
     name: &str,
     namespace: &str,
@@ -46,11 +47,10 @@ pub fn lookup_name(
     if name.ends_with(".in-addr.arpa") || name.ends_with(".ip6.arpa") || namespace.is_empty() {
         return Some(name);
     }
-    if cluster_type == "docker" {
+    match cluster_type {
         // The engine's DNS knows service names, aliases and container names of the network.
-        Some(name)
-    } else {
-        Some(format!("{name}.{namespace}.svc.{domain}"))
+        ClusterType::Docker => Some(name),
+        ClusterType::Kubernetes => Some(format!("{name}.{namespace}.svc.{domain}")),
     }
 }
 
@@ -142,22 +142,37 @@ mod tests {
     #[test]
     fn names_map_to_the_cluster_resolver() {
         assert_eq!(
-            lookup_name("docker", "cluster.local", "Web.", "shop").as_deref(),
+            lookup_name(ClusterType::Docker, "cluster.local", "Web.", "shop").as_deref(),
             Some("web")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "web", "shop").as_deref(),
+            lookup_name(ClusterType::Kubernetes, "cluster.local", "web", "shop").as_deref(),
             Some("web.shop.svc.cluster.local")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "web-0.web", "shop").as_deref(),
+            lookup_name(
+                ClusterType::Kubernetes,
+                "cluster.local",
+                "web-0.web",
+                "shop"
+            )
+            .as_deref(),
             Some("web-0.web.shop.svc.cluster.local")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "5.0.17.172.in-addr.arpa", "").as_deref(),
+            lookup_name(
+                ClusterType::Kubernetes,
+                "cluster.local",
+                "5.0.17.172.in-addr.arpa",
+                ""
+            )
+            .as_deref(),
             Some("5.0.17.172.in-addr.arpa")
         );
-        assert_eq!(lookup_name("docker", "cluster.local", "", "shop"), None);
+        assert_eq!(
+            lookup_name(ClusterType::Docker, "cluster.local", "", "shop"),
+            None
+        );
     }
 
     #[test]

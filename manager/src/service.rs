@@ -63,9 +63,40 @@ fn workload_msg(w: WorkloadInfo, intercepts: Vec<InterceptInfo>) -> Workload {
     }
 }
 
+/// Why an intercept's port identifier names no service port of its workload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// No port given and the workload has no TCP port.
+    #[error("{workload} exposes no TCP port")]
+    NoTcpPort {
+        /// The workload's name.
+        workload: String,
+    },
+    /// No port given and the workload has several TCP ports.
+    #[error("{workload} exposes several ports ({listing}); say which with --port <local>:<port>")]
+    Ambiguous {
+        /// The workload's name.
+        workload: String,
+        /// Its ports, as listed to the user.
+        listing: String,
+    },
+    /// The given port is not one of the workload's TCP ports.
+    #[error(
+        "{workload} does not expose port {ident} (it exposes {listing}); use --port <local>:<port>"
+    )]
+    NotExposed {
+        /// The workload's name.
+        workload: String,
+        /// The port as given.
+        ident: String,
+        /// Its ports, as listed to the user (or "no ports").
+        listing: String,
+    },
+}
+
 /// Picks the service port an intercept spec names: a number, a port name, or (empty) the only
 /// TCP port.
-pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), String> {
+pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), PortError> {
     let tcp: Vec<_> = w.ports.iter().filter(|p| p.protocol == "TCP").collect();
     let listing = || {
         w.ports
@@ -83,29 +114,30 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Stri
     if ident.is_empty() {
         return match tcp.as_slice() {
             [one] => Ok((one.port, one.name.clone())),
-            [] => Err(format!("{} exposes no TCP port", w.name)),
-            _ => Err(format!(
-                "{} exposes several ports ({}); say which with --port <local>:<port>",
-                w.name,
-                listing()
-            )),
+            [] => Err(PortError::NoTcpPort {
+                workload: w.name.clone(),
+            }),
+            _ => Err(PortError::Ambiguous {
+                workload: w.name.clone(),
+                listing: listing(),
+            }),
         };
     }
     let found = match ident.parse::<u16>() {
         Ok(n) => tcp.iter().find(|p| p.port == n),
         Err(_) => tcp.iter().find(|p| p.name == ident),
     };
-    found.map(|p| (p.port, p.name.clone())).ok_or_else(|| {
-        format!(
-            "{} does not expose port {ident} (it exposes {}); use --port <local>:<port>",
-            w.name,
-            if w.ports.is_empty() {
+    found
+        .map(|p| (p.port, p.name.clone()))
+        .ok_or_else(|| PortError::NotExposed {
+            workload: w.name.clone(),
+            ident: ident.to_string(),
+            listing: if w.ports.is_empty() {
                 "no ports".to_string()
             } else {
                 listing()
-            }
-        )
-    })
+            },
+        })
 }
 
 impl Manager {
@@ -185,7 +217,7 @@ impl ManagerApi for Manager {
             cluster: Some(ClusterInfo {
                 subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
                 cluster_domain: p.cluster_domain(),
-                cluster_type: p.cluster_type().into(),
+                cluster_type: p.cluster_type().as_str().into(),
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -215,7 +247,7 @@ impl ManagerApi for Manager {
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                cluster_type: p.cluster_type().into(),
+                cluster_type: p.cluster_type().as_str().into(),
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -332,8 +364,8 @@ impl ManagerApi for Manager {
                 w.name
             )));
         }
-        let (port, port_name) =
-            resolve_port(&w, &spec.port_identifier).map_err(Status::invalid_argument)?;
+        let (port, port_name) = resolve_port(&w, &spec.port_identifier)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let info = {
             let mut st = self.inner.state.lock().await;
             // One client delivers each intercept to its own local address.
@@ -611,7 +643,7 @@ mod tests {
         let one = w(&[("", 8080, "TCP"), ("", 53, "UDP")]);
         assert_eq!(resolve_port(&one, "").unwrap().0, 8080);
         assert_eq!(resolve_port(&one, "8080").unwrap().0, 8080);
-        let e = resolve_port(&one, "9999").unwrap_err();
+        let e = resolve_port(&one, "9999").unwrap_err().to_string();
         assert!(
             e.contains("does not expose port 9999") && e.contains("8080/TCP"),
             "{e}"
@@ -619,6 +651,7 @@ mod tests {
         let two = w(&[("http", 80, "TCP"), ("admin", 9000, "TCP")]);
         assert!(resolve_port(&two, "")
             .unwrap_err()
+            .to_string()
             .contains("several ports"));
         assert_eq!(resolve_port(&two, "admin").unwrap(), (9000, "admin".into()));
         assert!(resolve_port(&two, "nope").is_err());

@@ -37,3 +37,28 @@ pub mod state {
     pub const BAD_ARGS: &str = "BAD_ARGS";
     pub const REMOVED: &str = "REMOVED";
 }
+
+/// What kind of cluster a manager serves (`ClusterInfo.cluster_type` carries [`ClusterType::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterType {
+    /// A Docker engine: workloads are containers and compose services.
+    Docker,
+    /// A Kubernetes cluster.
+    Kubernetes,
+}
+
+impl ClusterType {
+    /// The wire and display text: `docker` or `kubernetes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterType::Docker => "docker",
+            ClusterType::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
