@@ -58,45 +58,83 @@ fn rename_probe_port(probe: &mut Option<Probe>, from: &str, to: &str) {
     }
 }
 
+/// Why a pod cannot carry the agent its config describes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The pod has no spec.
+    #[error("the pod has no spec")]
+    NoSpec,
+    /// The config names a container the pod does not have.
+    #[error("the pod has no container \"{0}\"")]
+    NoContainer(String),
+    /// A port to take over by name does not exist in its container.
+    #[error("container \"{container}\" has no port named \"{port}\"")]
+    NoNamedPort {
+        /// The container.
+        container: String,
+        /// The port name.
+        port: String,
+    },
+}
+
 /// The pod with the agent injected per `cfg`. A pod that already has the agent is returned
 /// unchanged (the webhook is idempotent).
-pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, String> {
+pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, InjectError> {
     let mut pod = pod.clone();
     if has_agent(&pod) {
         return Ok(pod);
     }
-    let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
-    let app = spec
-        .containers
+    let spec = pod.spec.as_mut().ok_or(InjectError::NoSpec)?;
+    let app = app_container(&spec.containers, cfg)?;
+    let agent_ports = take_over_named_ports(&mut spec.containers, cfg)?;
+    spec.containers
+        .push(agent_container(cfg, s, &app, agent_ports));
+    if let Some(init) = init_container(cfg, s) {
+        spec.init_containers.get_or_insert_with(Vec::new).push(init);
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_ANNOTATION.into(), cfg.workload_name.clone());
+    Ok(pod)
+}
+
+/// The intercepted container, after checking every container the config names exists.
+fn app_container(containers: &[Container], cfg: &AgentConfig) -> Result<Container, InjectError> {
+    let app = containers
         .iter()
         .find(|c| c.name == cfg.container)
         .cloned()
-        .ok_or_else(|| format!("the pod has no container \"{}\"", cfg.container))?;
+        .ok_or_else(|| InjectError::NoContainer(cfg.container.clone()))?;
     for p in &cfg.ports {
-        if !spec.containers.iter().any(|c| c.name == p.container) {
-            return Err(format!("the pod has no container \"{}\"", p.container));
+        if !containers.iter().any(|c| c.name == p.container) {
+            return Err(InjectError::NoContainer(p.container.clone()));
         }
     }
+    Ok(app)
+}
 
-    // Named-port takeover: the app's port gets another name; the agent takes the original.
+/// Named-port takeover: the app's port gets another name (and probes naming it follow); the
+/// returned ports, with the original names, are the agent's.
+fn take_over_named_ports(
+    containers: &mut [Container],
+    cfg: &AgentConfig,
+) -> Result<Vec<ContainerPort>, InjectError> {
     let mut agent_ports = Vec::new();
     for p in cfg.ports.iter().filter(|p| p.mode == PortMode::Takeover) {
         let new = takeover_name(&p.container_port_name);
-        let c = spec
-            .containers
+        let c = containers
             .iter_mut()
             .find(|c| c.name == p.container)
-            .expect("checked above");
+            .expect("checked by app_container");
         let cp = c
             .ports
             .iter_mut()
             .flatten()
             .find(|cp| cp.name.as_deref() == Some(p.container_port_name.as_str()))
-            .ok_or_else(|| {
-                format!(
-                    "container \"{}\" has no port named \"{}\"",
-                    p.container, p.container_port_name
-                )
+            .ok_or_else(|| InjectError::NoNamedPort {
+                container: p.container.clone(),
+                port: p.container_port_name.clone(),
             })?;
         cp.name = Some(new.clone());
         rename_probe_port(&mut c.readiness_probe, &p.container_port_name, &new);
@@ -109,11 +147,20 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
             ..Default::default()
         });
     }
+    Ok(agent_ports)
+}
 
-    // The app's environment first: later entries win, so ours cannot be overridden.
+/// The traffic-agent sidecar: the app's env (ours after it, so ours wins), envFrom and volume
+/// mounts, a readiness probe on its first port, and modest resources.
+fn agent_container(
+    cfg: &AgentConfig,
+    s: &InjectSettings,
+    app: &Container,
+    agent_ports: Vec<ContainerPort>,
+) -> Container {
     let mut agent_env = app.env.clone().unwrap_or_default();
     agent_env.extend(
-        agent_env_of(cfg, &app)
+        agent_env_of(cfg, app)
             .to_env()
             .into_iter()
             .map(|(k, v)| env(&k, v)),
@@ -130,7 +177,7 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
         ..Default::default()
     });
     let q = |s: &str| Quantity(s.into());
-    let agent = Container {
+    Container {
         name: AGENT_CONTAINER.into(),
         image: Some(s.agent_image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
@@ -156,43 +203,41 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
             ..Default::default()
         }),
         ..Default::default()
-    };
-    spec.containers.push(agent);
+    }
+}
 
+/// The init container with NET_ADMIN that installs the redirects of numeric or headless ports;
+/// `None` when every port is taken over by name.
+fn init_container(cfg: &AgentConfig, s: &InjectSettings) -> Option<Container> {
     let redirects: Vec<(u16, u16)> = cfg
         .ports
         .iter()
         .filter(|p| p.mode == PortMode::Redirect)
         .map(|p| (p.app_port, p.agent_port))
         .collect();
-    if !redirects.is_empty() {
-        let init = Container {
-            name: INIT_CONTAINER.into(),
-            image: Some(s.agent_image.clone()),
-            image_pull_policy: s.image_pull_policy.clone(),
-            args: Some(vec!["agent-init".into()]),
-            env: Some(vec![env(
-                agent_env::REDIRECTS,
-                agent_env::redirects_value(&redirects),
-            )]),
-            security_context: Some(SecurityContext {
-                capabilities: Some(Capabilities {
-                    add: Some(vec!["NET_ADMIN".into()]),
-                    ..Default::default()
-                }),
-                run_as_user: Some(0),
-                run_as_non_root: Some(false),
+    if redirects.is_empty() {
+        return None;
+    }
+    Some(Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(s.agent_image.clone()),
+        image_pull_policy: s.image_pull_policy.clone(),
+        args: Some(vec!["agent-init".into()]),
+        env: Some(vec![env(
+            agent_env::REDIRECTS,
+            agent_env::redirects_value(&redirects),
+        )]),
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
                 ..Default::default()
             }),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
             ..Default::default()
-        };
-        spec.init_containers.get_or_insert_with(Vec::new).push(init);
-    }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED_ANNOTATION.into(), cfg.workload_name.clone());
-    Ok(pod)
+        }),
+        ..Default::default()
+    })
 }
 
 /// The agent's `TP_*` configuration for `cfg` (its pod IP comes from a field reference,

@@ -132,7 +132,7 @@ async fn respond(
     };
     let after = match patch::inject(pod, &cfg, settings) {
         Ok(p) => p,
-        Err(e) => return warn(allow, e),
+        Err(e) => return warn(allow, e.to_string()),
     };
     let ops = patch::diff(pod, &after);
     if ops.0.is_empty() {
