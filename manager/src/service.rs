@@ -342,7 +342,7 @@ impl ManagerApi for Manager {
             spec.name
         );
         protocol::filters::resolve(&mut spec, &id, self.team_mode())
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let p = self.inner.provider.clone();
         if !p
             .namespace_exists(&spec.namespace)

@@ -2,6 +2,8 @@
 //! manager and connector (CLI↔daemon) services, and the TCP tunnel that carries intercepted
 //! connections between agent, manager and daemon.
 
+#![deny(missing_docs)]
+
 pub mod agent_env;
 pub mod filters;
 pub mod ports;
@@ -9,11 +11,13 @@ pub mod resolv;
 pub mod tunnel;
 
 /// Generated code for `proto/manager.proto`.
+#[allow(missing_docs)]
 pub mod manager {
     tonic::include_proto!("telepresence.manager");
 }
 
 /// Generated code for `proto/connector.proto`.
+#[allow(missing_docs)]
 pub mod connector {
     tonic::include_proto!("telepresence.connector");
 }
@@ -28,13 +32,21 @@ pub const MANAGED_BY_VALUE: &str = "telepresence";
 
 /// Intercept states, as shown by the CLI.
 pub mod state {
+    /// Connections are routed to the client.
     pub const ACTIVE: &str = "ACTIVE";
+    /// Waiting for the agent to arrive.
     pub const WAITING: &str = "WAITING";
+    /// The intercepting client is gone.
     pub const NO_CLIENT: &str = "NO_CLIENT";
+    /// No agent arrived in time.
     pub const NO_AGENT: &str = "NO_AGENT";
+    /// The agent does not capture the intercepted port.
     pub const NO_PORTS: &str = "NO_PORTS";
+    /// The agent reported an error.
     pub const AGENT_ERROR: &str = "AGENT_ERROR";
+    /// The intercept spec is invalid.
     pub const BAD_ARGS: &str = "BAD_ARGS";
+    /// The intercept was removed.
     pub const REMOVED: &str = "REMOVED";
 }
 
