@@ -237,7 +237,7 @@ impl World {
                     ..Default::default()
                 }),
                 id: id.into(),
-                state: state.into(),
+                state: protocol::manager::InterceptState::parse(state).unwrap() as i32,
                 service_port: u32::from(self.app_port),
                 ..Default::default()
             }],
@@ -586,7 +586,7 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
                 ..Default::default()
             }),
             id: "s:web".into(),
-            state: protocol::state::ACTIVE.into(),
+            state: protocol::manager::InterceptState::Active as i32,
             service_port: 80,
             ..Default::default()
         }],

@@ -6,7 +6,6 @@ use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
 use protocol::manager::manager_server::Manager as ManagerApi;
 use protocol::manager::*;
-use protocol::state;
 use std::pin::Pin;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -402,7 +401,7 @@ impl ManagerApi for Manager {
             }
             let info = InterceptInfo {
                 id: id.clone(),
-                state: state::WAITING.into(),
+                state: protocol::manager::InterceptState::Waiting as i32,
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
                 service_port: port as u32,

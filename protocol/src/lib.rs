@@ -30,24 +30,26 @@ pub const MANAGED_BY_LABEL: &str = "telepresence.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "telepresence";
 
-/// Intercept states, as shown by the CLI.
-pub mod state {
-    /// Connections are routed to the client.
-    pub const ACTIVE: &str = "ACTIVE";
-    /// Waiting for the agent to arrive.
-    pub const WAITING: &str = "WAITING";
-    /// The intercepting client is gone.
-    pub const NO_CLIENT: &str = "NO_CLIENT";
-    /// No agent arrived in time.
-    pub const NO_AGENT: &str = "NO_AGENT";
-    /// The agent does not capture the intercepted port.
-    pub const NO_PORTS: &str = "NO_PORTS";
-    /// The agent reported an error.
-    pub const AGENT_ERROR: &str = "AGENT_ERROR";
-    /// The intercept spec is invalid.
-    pub const BAD_ARGS: &str = "BAD_ARGS";
-    /// The intercept was removed.
-    pub const REMOVED: &str = "REMOVED";
+impl manager::InterceptState {
+    /// The text the CLI shows (and `--output json` carries): `ACTIVE`, `WAITING`, `NO_CLIENT`,
+    /// `NO_AGENT`, `NO_PORTS`, `AGENT_ERROR`, `BAD_ARGS`, `REMOVED`; empty when unspecified.
+    pub fn as_str(self) -> &'static str {
+        self.as_str_name()
+            .strip_prefix("INTERCEPT_STATE_")
+            .filter(|s| *s != "UNSPECIFIED")
+            .unwrap_or("")
+    }
+
+    /// The state [`Self::as_str`] prints as `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::from_str_name(&format!("INTERCEPT_STATE_{text}"))
+    }
+}
+
+impl std::fmt::Display for manager::InterceptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What kind of cluster a manager serves (`ClusterInfo.cluster_type` carries [`ClusterType::as_str`]).
