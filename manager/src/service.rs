@@ -174,6 +174,112 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Fills a client's spec (name, namespace, client) and resolves its HTTP filters; returns
+    /// it with the intercept id `<uuid>:<name>` (the value of the x-telepresence-intercept-id
+    /// header).
+    fn complete_spec(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        mut spec: InterceptSpec,
+    ) -> Result<(InterceptSpec, String), Status> {
+        if spec.name.is_empty() {
+            spec.name = spec.workload.clone();
+        }
+        if spec.namespace.is_empty() {
+            spec.namespace = client.namespace.clone();
+        }
+        spec.client = client.name.clone();
+        let id = format!(
+            "{}:{}",
+            session.strip_prefix("client-").unwrap_or(session),
+            spec.name
+        );
+        protocol::filters::resolve(&mut spec, &id, self.team_mode())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((spec, id))
+    }
+
+    /// The workload a spec names (which must exist and be interceptable) and the service port
+    /// (number, name) it intercepts.
+    async fn intercepted_port(
+        &self,
+        spec: &InterceptSpec,
+    ) -> Result<(WorkloadInfo, u16, String), Status> {
+        let p = &self.inner.provider;
+        if !p
+            .namespace_exists(&spec.namespace)
+            .await
+            .map_err(provider_status)?
+        {
+            return Err(Status::not_found(format!(
+                "namespace \"{}\" not found",
+                spec.namespace
+            )));
+        }
+        let w = p
+            .get_workload(&spec.namespace, &spec.workload)
+            .await
+            .map_err(provider_status)?;
+        if let Some(reason) = &w.not_interceptable {
+            return Err(Status::failed_precondition(format!(
+                "{} is not interceptable: {reason}",
+                w.name
+            )));
+        }
+        let (port, port_name) = resolve_port(&w, &spec.port_identifier)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((w, port, port_name))
+    }
+}
+
+/// Refuses an intercept whose local target, name or traffic clashes with an existing one.
+fn check_conflicts(
+    st: &crate::state::State,
+    session: &str,
+    spec: &InterceptSpec,
+    port: u16,
+) -> Result<(), Status> {
+    // One client delivers each intercept to its own local address.
+    if let Some(other) = st.intercepts.values().find(|i| {
+        i.client_session == session
+            && i.spec.as_ref().is_some_and(|s| {
+                s.target_port == spec.target_port && s.target_host == spec.target_host
+            })
+    }) {
+        return Err(Status::already_exists(format!(
+            "local port {} is already used by intercept \"{}\"; choose another --port",
+            spec.target_port,
+            other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
+        )));
+    }
+    if let Some(other) = st.intercepts.values().find(|i| {
+        i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == spec.name)
+    }) {
+        return Err(Status::already_exists(format!(
+            "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
+            spec.name,
+            other
+                .spec
+                .as_ref()
+                .map(|s| s.client.as_str())
+                .unwrap_or("?")
+        )));
+    }
+    for other in st.intercepts.values().filter(|i| {
+        let s = i.spec.as_ref().expect("spec");
+        s.namespace == spec.namespace
+            && s.workload == spec.workload
+            && i.service_port == port as u32
+    }) {
+        if let Some(why) = crate::personal::conflict(spec, other, port) {
+            return Err(Status::already_exists(why));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl ManagerApi for Manager {
     async fn version(&self, _: Request<Empty>) -> Result<Response<VersionInfo>, Status> {
@@ -324,81 +430,15 @@ impl ManagerApi for Manager {
     ) -> Result<Response<InterceptInfo>, Status> {
         let req = req.into_inner();
         let (session, client) = self.client_of(req.session.as_ref()).await?;
-        let mut spec = req
+        let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
-        if spec.name.is_empty() {
-            spec.name = spec.workload.clone();
-        }
-        if spec.namespace.is_empty() {
-            spec.namespace = client.namespace.clone();
-        }
-        spec.client = client.name.clone();
-        // `<uuid>:<name>`, the value of the x-telepresence-intercept-id header.
-        let id = format!(
-            "{}:{}",
-            session.strip_prefix("client-").unwrap_or(&session),
-            spec.name
-        );
-        protocol::filters::resolve(&mut spec, &id, self.team_mode())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (spec, id) = self.complete_spec(&session, &client, spec)?;
         let p = self.inner.provider.clone();
-        if !p
-            .namespace_exists(&spec.namespace)
-            .await
-            .map_err(provider_status)?
-        {
-            return Err(Status::not_found(format!(
-                "namespace \"{}\" not found",
-                spec.namespace
-            )));
-        }
-        let w = p
-            .get_workload(&spec.namespace, &spec.workload)
-            .await
-            .map_err(provider_status)?;
-        if let Some(reason) = &w.not_interceptable {
-            return Err(Status::failed_precondition(format!(
-                "{} is not interceptable: {reason}",
-                w.name
-            )));
-        }
-        let (port, port_name) = resolve_port(&w, &spec.port_identifier)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (w, port, port_name) = self.intercepted_port(&spec).await?;
         let info = {
             let mut st = self.inner.state.lock().await;
-            // One client delivers each intercept to its own local address.
-            if let Some(other) = st.intercepts.values().find(|i| {
-                i.client_session == session
-                    && i.spec.as_ref().is_some_and(|s| {
-                        s.target_port == spec.target_port && s.target_host == spec.target_host
-                    })
-            }) {
-                return Err(Status::already_exists(format!(
-                    "local port {} is already used by intercept \"{}\"; choose another --port",
-                    spec.target_port,
-                    other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
-                )));
-            }
-            if let Some(other) = st.intercepts.values().find(|i| {
-                i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == spec.name)
-            }) {
-                return Err(Status::already_exists(format!(
-                    "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
-                    spec.name,
-                    other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?")
-                )));
-            }
-            for other in st.intercepts.values().filter(|i| {
-                let s = i.spec.as_ref().expect("spec");
-                s.namespace == spec.namespace
-                    && s.workload == spec.workload
-                    && i.service_port == port as u32
-            }) {
-                if let Some(why) = crate::personal::conflict(&spec, other, port) {
-                    return Err(Status::already_exists(why));
-                }
-            }
+            check_conflicts(&st, &session, &spec, port)?;
             let info = InterceptInfo {
                 id: id.clone(),
                 state: protocol::manager::InterceptState::Waiting as i32,
