@@ -1,4 +1,4 @@
-//! Outbound streams (issue 3): a client's TCP connection or UDP flow into the cluster arrives on
+//! Outbound streams: a client's TCP connection or UDP flow into the cluster arrives on
 //! the tunnel listener with kind `out-tcp`/`out-udp` and a `target`; the manager dials the target
 //! from where it runs (the project network on a Docker engine, the cluster network in
 //! Kubernetes), answers with a header whose `error` says whether that worked — so a refused or

@@ -1,4 +1,4 @@
-//! Cluster DNS for clients (issue 3): the `Resolve` rpc answers a client's DNS question with the
+//! Cluster DNS for clients: the `Resolve` rpc answers a client's DNS question with the
 //! manager's own resolver (the first `nameserver` of its `/etc/resolv.conf`: on a Docker engine
 //! the engine's embedded DNS of the project network, which knows the compose service names,
 //! aliases and container names; in Kubernetes the pod's resolver, which knows services and pods).

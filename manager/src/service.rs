@@ -641,7 +641,7 @@ impl ManagerApi for Manager {
         )))
     }
 
-    // --- issue 3 ---
+    // The outbound path.
     async fn resolve(
         &self,
         req: Request<ResolveRequest>,

@@ -1,4 +1,4 @@
-//! Personal-intercept filters (issue 6): which HTTP requests of an intercepted port go to the
+//! Personal-intercept filters: which HTTP requests of an intercepted port go to the
 //! intercepting client. One place for the rules every role shares: the CLI validates the flags
 //! with them, the manager resolves `auto` and detects identical filters, and the agent matches
 //! each request against them.
