@@ -237,7 +237,7 @@ impl World {
                     ..Default::default()
                 }),
                 id: id.into(),
-                state: state.into(),
+                state: protocol::manager::InterceptState::parse(state).unwrap() as i32,
                 service_port: u32::from(self.app_port),
                 ..Default::default()
             }],
@@ -339,7 +339,7 @@ async fn routes_each_connection_by_the_snapshot_at_accept_time() {
         assert_eq!(h.intercept_id, "ic-1");
         assert_eq!(h.session_id, first_session);
         assert!(uuid::Uuid::parse_str(&h.conn_id).is_ok(), "{}", h.conn_id);
-        assert!(h.error.is_empty());
+        assert!(h.error.is_none());
     }
     // the connection opened before the intercept still reaches the app
     echo(&mut s, b"still direct").await;
@@ -586,7 +586,7 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
                 ..Default::default()
             }),
             id: "s:web".into(),
-            state: protocol::state::ACTIVE.into(),
+            state: protocol::manager::InterceptState::Active as i32,
             service_port: 80,
             ..Default::default()
         }],

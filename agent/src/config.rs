@@ -5,38 +5,16 @@ use crate::AgentError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Manager gRPC address (`host:port`).
-pub const ENV_MANAGER_ADDR: &str = "TP_MANAGER_ADDR";
-/// Manager tunnel listener (`host:port`).
-pub const ENV_TUNNEL_ADDR: &str = "TP_TUNNEL_ADDR";
-pub const ENV_NAMESPACE: &str = "TP_NAMESPACE";
-pub const ENV_WORKLOAD: &str = "TP_WORKLOAD";
-/// Comma-separated service ports to capture, e.g. `8080,9090`.
-pub const ENV_PORTS: &str = "TP_PORTS";
-/// Where the application listens (default `127.0.0.1`).
-pub const ENV_APP_HOST: &str = "TP_APP_HOST";
-/// Optional: the workload's IP as others see it (reported to the manager).
-pub const ENV_POD_IP: &str = "TP_POD_IP";
-/// Optional: the intercepted container's name.
-pub const ENV_APP_CONTAINER: &str = "TP_APP_CONTAINER";
-/// Optional: the intercepted container's environment, a JSON object of strings.
-pub const ENV_APP_ENV: &str = "TP_APP_ENV";
-/// Optional: the intercepted container's mounts, a JSON array of `{"path","read_only"}`, which
-/// the agent sees at the same paths.
-pub const ENV_APP_MOUNTS: &str = "TP_APP_MOUNTS";
-/// Optional: seconds shutdown waits for in-flight connections (default 2).
-pub const ENV_DRAIN_SECONDS: &str = "TP_DRAIN_SECONDS";
+use protocol::agent_env::{AgentEnv, DEFAULT_APP_HOST, DEFAULT_DRAIN};
+pub use protocol::agent_env::{
+    AppMount, APP_CONTAINER as ENV_APP_CONTAINER, APP_ENV as ENV_APP_ENV, APP_HOST as ENV_APP_HOST,
+    APP_MOUNTS as ENV_APP_MOUNTS, DRAIN_SECONDS as ENV_DRAIN_SECONDS,
+    MANAGER_ADDR as ENV_MANAGER_ADDR, NAMESPACE as ENV_NAMESPACE, POD_IP as ENV_POD_IP,
+    PORTS as ENV_PORTS, TUNNEL_ADDR as ENV_TUNNEL_ADDR, WORKLOAD as ENV_WORKLOAD,
+};
 
 /// How long the agent waits for the manager at startup.
 pub const MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A mount of the intercepted container (the agent sees it at the same path).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub struct AppMount {
-    pub path: String,
-    #[serde(default)]
-    pub read_only: bool,
-}
 
 /// Everything the agent needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +49,10 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Reads the `TP_*` environment variables.
     pub fn from_env() -> Result<AgentConfig, AgentError> {
-        let mut cfg = Self::from_lookup(|k| std::env::var(k).ok())?;
-        if std::env::var(crate::portmap::ENV_APP_ENV_INHERIT).is_ok_and(|v| v == "true") {
+        let env = AgentEnv::from_lookup(|k| std::env::var(k).ok())?;
+        let inherit = env.app_env_inherit;
+        let mut cfg = Self::from_agent_env(env);
+        if inherit {
             cfg.environment = crate::portmap::inherited_env(std::env::vars());
         }
         Ok(cfg)
@@ -90,35 +70,13 @@ impl AgentConfig {
 
     /// Same as [`AgentConfig::from_env`] with any variable source (tests use a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, AgentError> {
-        let opt = |k: &str| {
-            get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let req = |k: &str| {
-            opt(k).ok_or_else(|| AgentError::Config(format!("{k} is not set (required)")))
-        };
-        let manager_addr = host_port(ENV_MANAGER_ADDR, &req(ENV_MANAGER_ADDR)?)?;
-        let tunnel_addr = host_port(ENV_TUNNEL_ADDR, &req(ENV_TUNNEL_ADDR)?)?;
-        let namespace = req(ENV_NAMESPACE)?;
-        let workload = req(ENV_WORKLOAD)?;
-        let ports = parse_ports(&req(ENV_PORTS)?)?;
-        let drain_timeout = match opt(ENV_DRAIN_SECONDS) {
-            None => Duration::from_secs(2),
-            Some(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    AgentError::Config(format!(
-                        "{ENV_DRAIN_SECONDS}={v:?} is not a number of seconds (0-3600)"
-                    ))
-                })?,
-        };
-        let port_map =
-            crate::portmap::parse_port_map(get(crate::portmap::ENV_PORT_MAP).as_deref())?;
-        Ok(AgentConfig {
+        Ok(Self::from_agent_env(AgentEnv::from_lookup(get)?))
+    }
+
+    /// The configuration of a validated environment, defaults filled in.
+    fn from_agent_env(env: AgentEnv) -> AgentConfig {
+        let port_map = env.port_map.unwrap_or_default();
+        AgentConfig {
             // In a pod the agent owns the app's port: it keeps forwarding to the app while it
             // waits for the manager, much longer than a sidecar on a Docker engine would.
             manager_timeout: if port_map.is_empty() {
@@ -127,69 +85,25 @@ impl AgentConfig {
                 crate::portmap::POD_MANAGER_TIMEOUT
             },
             port_map,
-            manager_addr,
-            tunnel_addr,
-            namespace,
-            workload,
-            ports,
-            app_host: opt(ENV_APP_HOST).unwrap_or_else(|| "127.0.0.1".to_string()),
-            pod_ip: opt(ENV_POD_IP),
-            container: opt(ENV_APP_CONTAINER).unwrap_or_default(),
-            environment: json_var(ENV_APP_ENV, get(ENV_APP_ENV))?,
-            mounts: json_var(ENV_APP_MOUNTS, get(ENV_APP_MOUNTS))?,
+            manager_addr: env.manager_addr,
+            tunnel_addr: env.tunnel_addr,
+            namespace: env.namespace,
+            workload: env.workload,
+            ports: env.ports,
+            app_host: env.app_host.unwrap_or_else(|| DEFAULT_APP_HOST.to_string()),
+            pod_ip: env.pod_ip,
+            container: env.app_container.unwrap_or_default(),
+            environment: env.app_env.unwrap_or_default(),
+            mounts: env.app_mounts.unwrap_or_default(),
             redirect: true,
-            drain_timeout,
-        })
-    }
-}
-
-/// Parses an optional JSON variable; absent or empty gives the default.
-fn json_var<T: serde::de::DeserializeOwned + Default>(
-    key: &str,
-    value: Option<String>,
-) -> Result<T, AgentError> {
-    match value.filter(|v| !v.trim().is_empty()) {
-        None => Ok(T::default()),
-        Some(v) => serde_json::from_str(&v).map_err(|e| {
-            AgentError::Config(format!(
-                "{key} is not valid JSON of the expected shape: {e}"
-            ))
-        }),
+            drain_timeout: env.drain.unwrap_or(DEFAULT_DRAIN),
+        }
     }
 }
 
 /// Parses `8080, 9090` into ports; every entry must be 1-65535. Duplicates are dropped.
 pub fn parse_ports(list: &str) -> Result<Vec<u16>, AgentError> {
-    let mut out = Vec::new();
-    for item in list.split(',').map(str::trim) {
-        let p = item
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                AgentError::Config(format!(
-                    "{ENV_PORTS}: {item:?} is not a port number (1-65535) in {list:?}"
-                ))
-            })?;
-        if !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    Ok(out)
-}
-
-/// Checks a `host:port` address (an `http://` prefix is tolerated and removed).
-fn host_port(var: &str, v: &str) -> Result<String, AgentError> {
-    let bare = v.strip_prefix("http://").unwrap_or(v).trim_end_matches('/');
-    let bad = || AgentError::Config(format!("{var}={v:?} is not host:port"));
-    let (host, port) = bare.rsplit_once(':').ok_or_else(bad)?;
-    let host_ok = !host.is_empty()
-        && !host.contains('/')
-        && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 && host_ok => Ok(bare.to_string()),
-        _ => Err(bad()),
-    }
+    Ok(protocol::agent_env::parse_ports(list)?)
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ fn personal(id: &str, port: u16, header: &str) -> InterceptInfo {
             ..Default::default()
         }),
         id: id.into(),
-        state: "ACTIVE".into(),
+        state: protocol::manager::InterceptState::Active as i32,
         service_port: u32::from(port),
         ..Default::default()
     }

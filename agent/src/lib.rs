@@ -49,6 +49,8 @@ pub const TABLE: &str = "telepresence_agent";
 pub enum AgentError {
     #[error("agent configuration: {0}")]
     Config(String),
+    #[error("agent configuration: {0}")]
+    Env(#[from] protocol::agent_env::AgentEnvError),
     #[error(transparent)]
     Nft(#[from] NftError),
     #[error("cannot listen for service port {port}: {source}")]

@@ -7,27 +7,14 @@
 use crate::AgentError;
 use std::collections::BTreeMap;
 
-/// JSON list of [`PortMapping`].
-pub const ENV_PORT_MAP: &str = "TP_PORT_MAP";
-/// `true`: the app's environment is the agent's own minus `TP_*`.
-pub const ENV_APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
-/// `appPort:agentPort,...` for the init container.
-pub const ENV_REDIRECTS: &str = "TP_REDIRECTS";
+use protocol::agent_env::AgentEnvError;
+pub use protocol::agent_env::{
+    PortMapping, APP_ENV_INHERIT as ENV_APP_ENV_INHERIT, PORT_MAP as ENV_PORT_MAP,
+    REDIRECTS as ENV_REDIRECTS,
+};
 
 /// How long an agent in a pod (port map set) waits for the manager before exiting for a restart.
 pub const POD_MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// One captured service port in Kubernetes mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortMapping {
-    /// The service port (what intercepts are routed by).
-    pub service_port: u16,
-    /// The port the agent listens on (taken over by name, or the redirect's target).
-    pub agent_port: u16,
-    /// The port the app listens on.
-    pub app_port: u16,
-}
 
 /// A listener for a captured port: any port on 0.0.0.0 (the redirect's target), or a fixed port
 /// (the port map) on `[::]` — IPv4 and IPv6 callers, for dual-stack and IPv6 pods — falling back
@@ -43,46 +30,18 @@ pub(crate) async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> 
 
 /// Parses `TP_PORT_MAP`; absent or blank: empty.
 pub fn parse_port_map(v: Option<&str>) -> Result<Vec<PortMapping>, AgentError> {
-    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    let m: Vec<PortMapping> = serde_json::from_str(v).map_err(|e| {
-        AgentError::Config(format!(
-            "{ENV_PORT_MAP} is not a JSON list of {{servicePort, agentPort, appPort}}: {e}"
-        ))
-    })?;
-    if let Some(bad) = m.iter().find(|p| {
-        p.service_port == 0 || p.agent_port == 0 || p.app_port == 0 || p.agent_port == p.app_port
-    }) {
-        return Err(AgentError::Config(format!(
-            "{ENV_PORT_MAP}: invalid entry {bad:?} (ports must be 1-65535, agent and app ports differ)"
-        )));
-    }
-    Ok(m)
+    Ok(protocol::agent_env::parse_port_map(v)?)
 }
 
 /// Parses `8080:9900,8081:9901` into (app port, agent port) pairs.
 pub fn parse_redirects(v: &str) -> Result<Vec<(u16, u16)>, AgentError> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            item.split_once(':')
-                .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
-                .filter(|(a, b)| *a != 0 && *b != 0)
-                .ok_or_else(|| {
-                    AgentError::Config(format!(
-                        "{ENV_REDIRECTS}: {item:?} is not appPort:agentPort in {v:?}"
-                    ))
-                })
-        })
-        .collect()
+    Ok(protocol::agent_env::parse_redirects(v)?)
 }
 
 /// The app environment from the agent's own variables: everything but `TP_*`.
 pub fn inherited_env(vars: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
     vars.into_iter()
-        .filter(|(k, _)| !k.starts_with("TP_"))
+        .filter(|(k, _)| !k.starts_with(protocol::agent_env::PREFIX))
         .collect()
 }
 
@@ -94,13 +53,10 @@ pub fn init_redirects() -> Result<Vec<(u16, u16)>, AgentError> {
 
 /// [`init_redirects`] with the value of `TP_REDIRECTS` given.
 pub fn init_redirects_from(v: Option<String>) -> Result<Vec<(u16, u16)>, AgentError> {
-    let v =
-        v.ok_or_else(|| AgentError::Config(format!("{ENV_REDIRECTS} is not set (required)")))?;
+    let v = v.ok_or(AgentEnvError::Missing(ENV_REDIRECTS))?;
     let pairs = parse_redirects(&v)?;
     if pairs.is_empty() {
-        return Err(AgentError::Config(format!(
-            "{ENV_REDIRECTS} lists no ports"
-        )));
+        return Err(AgentEnvError::NoRedirects.into());
     }
     crate::nft::install_redirects(crate::TABLE, &pairs)?;
     Ok(pairs)

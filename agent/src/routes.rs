@@ -67,7 +67,7 @@ impl Routes {
             let Ok(port) = u16::try_from(ic.service_port) else {
                 continue;
             };
-            if ic.state != protocol::state::ACTIVE
+            if ic.state() != protocol::manager::InterceptState::Active
                 || spec.workload != workload
                 || (!spec.namespace.is_empty() && spec.namespace != namespace)
                 || port == 0
@@ -184,7 +184,7 @@ mod tests {
                 ..Default::default()
             }),
             id: id.into(),
-            state: state.into(),
+            state: protocol::manager::InterceptState::parse(state).unwrap() as i32,
             service_port: port,
             ..Default::default()
         }
@@ -202,7 +202,7 @@ mod tests {
                 ic("f", "shop", "web", 70000, "ACTIVE"),
                 InterceptInfo {
                     spec: None,
-                    state: "ACTIVE".into(),
+                    state: protocol::manager::InterceptState::Active as i32,
                     service_port: 5050,
                     id: "g".into(),
                     ..Default::default()

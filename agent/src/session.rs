@@ -290,7 +290,7 @@ pub(crate) async fn dials_loop(
             loop {
                 tokio::select! {
                     msg = stream.message() => match msg {
-                        Ok(Some(req)) if req.kind == protocol::tunnel::KIND_FS => {
+                        Ok(Some(req)) if req.kind() == protocol::manager::DialKind::Fs => {
                             backoff = RETRY;
                             let (tunnel, mounts) = (tunnel_addr.clone(), mounts.clone());
                             tokio::spawn(async move {
@@ -299,7 +299,7 @@ pub(crate) async fn dials_loop(
                                 }
                             });
                         }
-                        Ok(Some(req)) => debug!("ignoring dial request of kind {:?}", req.kind),
+                        Ok(Some(req)) => debug!("ignoring dial request of kind {:?}", req.kind()),
                         Ok(None) | Err(_) => break,
                     },
                     changed = session_rx.changed() => {
@@ -325,7 +325,7 @@ async fn serve_fs(
     let header = protocol::tunnel::TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,
-        kind: protocol::tunnel::KIND_FS.into(),
+        kind: protocol::tunnel::TunnelKind::Fs,
         ..Default::default()
     };
     protocol::tunnel::write_header(&mut s, protocol::tunnel::Role::Agent, &header).await?;

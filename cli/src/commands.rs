@@ -155,7 +155,7 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "id": i.id,
         "workload": s.workload,
         "namespace": s.namespace,
-        "state": i.state,
+        "state": i.state().as_str(),
         "message": i.message,
         "client": s.client,
         "destination": format!("{}:{}", s.target_host, s.target_port),
@@ -176,10 +176,10 @@ pub fn workload_line(w: &Workload) -> String {
         let mut s = format!("{}: intercepted\n", w.name);
         for i in &w.intercepts {
             let spec = i.spec.clone().unwrap_or_default();
-            let state = if i.state == protocol::state::ACTIVE {
-                i.state.clone()
+            let state = if i.state() == protocol::manager::InterceptState::Active {
+                i.state().to_string()
             } else {
-                format!("error: {}: {}", i.state, i.message)
+                format!("error: {}: {}", i.state(), i.message)
             };
             s.push_str(&kv_block(
                 "   ",

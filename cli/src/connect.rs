@@ -17,8 +17,7 @@ use std::time::Duration;
 /// The image repository of the telepresence binary.
 pub const IMAGE_REPO: &str = "telepresence";
 /// Container-side ports.
-pub const MANAGER_GRPC_PORT: u16 = 8081;
-pub const MANAGER_TUNNEL_PORT: u16 = 8082;
+pub use protocol::ports::{MANAGER_GRPC_PORT, MANAGER_TUNNEL_PORT};
 pub const DAEMON_PORT: u16 = 7777;
 
 /// The Docker-engine manager container of a namespace.

@@ -137,31 +137,14 @@ async fn resolve(host: &str) -> Option<Vec<IpAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(vec![ip]);
     }
-    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut servers = Vec::new();
-    let mut search = Vec::new();
-    let mut ndots = 1;
-    for l in conf.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        match w.as_slice() {
-            ["nameserver", ip, ..] => {
-                if let Ok(ip) = ip.parse::<IpAddr>() {
-                    servers.push(SocketAddr::new(ip, 53));
-                }
-            }
-            ["search", d @ ..] | ["domain", d @ ..] => {
-                search = d.iter().map(|s| s.to_string()).collect()
-            }
-            ["options", o @ ..] => {
-                for x in o {
-                    if let Some(n) = x.strip_prefix("ndots:").and_then(|n| n.parse().ok()) {
-                        ndots = n;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let conf = protocol::resolv::ResolvConf::read();
+    let servers: Vec<SocketAddr> = conf
+        .nameservers
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, 53))
+        .collect();
+    let search = conf.search;
+    let ndots = conf.ndots.unwrap_or(1);
     let host = host.trim_end_matches('.');
     let searched = search.iter().map(|d| format!("{host}.{d}"));
     let names: Vec<String> = if host.matches('.').count() >= ndots {

@@ -26,10 +26,10 @@ pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&
     } else {
         i.service_port_name.clone()
     };
-    let state = if i.state == protocol::state::ACTIVE {
-        i.state.clone()
+    let state = if i.state() == protocol::manager::InterceptState::Active {
+        i.state().to_string()
     } else {
-        format!("error: {}: {}", i.state, i.message)
+        format!("error: {}: {}", i.state(), i.message)
     };
     let mut out = format!("Using {} {}\n", i.workload_kind, s.workload);
     let mut rows = vec![

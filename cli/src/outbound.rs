@@ -19,11 +19,19 @@ pub const CURL_IMAGE: &str = "curlimages/curl:latest";
 pub fn subnet_env(args: &ConnectArgs) -> Result<Vec<String>> {
     let mut env = Vec::new();
     for (flag, key, list) in [
-        ("--also-proxy", "TP_ALSO_PROXY", &args.also_proxy),
-        ("--never-proxy", "TP_NEVER_PROXY", &args.never_proxy),
+        (
+            "--also-proxy",
+            protocol::ports::env::ALSO_PROXY,
+            &args.also_proxy,
+        ),
+        (
+            "--never-proxy",
+            protocol::ports::env::NEVER_PROXY,
+            &args.never_proxy,
+        ),
         (
             "--allow-conflicting-subnets",
-            "TP_ALLOW_CONFLICTING_SUBNETS",
+            protocol::ports::env::ALLOW_CONFLICTING_SUBNETS,
             &args.allow_conflicting_subnets,
         ),
     ] {
@@ -39,13 +47,9 @@ pub fn subnet_env(args: &ConnectArgs) -> Result<Vec<String>> {
 /// The resolvers a container on the default bridge would have had: the host's nameservers
 /// except loopback ones (which mean nothing inside a container), else Docker's fallback.
 pub fn upstream_resolvers(resolv_conf: &str) -> Vec<String> {
-    let mut out: Vec<String> = resolv_conf
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
-        })
-        .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+    let mut out: Vec<String> = protocol::resolv::ResolvConf::parse(resolv_conf)
+        .nameservers
+        .into_iter()
         .filter(|ip| !ip.is_loopback())
         .map(|ip| ip.to_string())
         .collect();
@@ -57,13 +61,17 @@ pub fn upstream_resolvers(resolv_conf: &str) -> Vec<String> {
 
 /// DNS settings of the daemon container: (environment, dns servers, search domains).
 pub fn dns_settings(namespace: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let host = std::fs::read_to_string(protocol::resolv::PATH).unwrap_or_default();
     let mut env = vec![
         format!("TP_DNS_LISTEN={DNS_IP}:53"),
         format!("TP_DNS_UPSTREAM={}", upstream_resolvers(&host).join(",")),
     ];
     // Tuning knobs of the outbound stack, passed on when set (for benchmarking).
-    for k in ["TP_TUN_MTU", "TP_TCP_BUFFER", "TP_STACK_THREAD"] {
+    for k in [
+        protocol::ports::env::TUN_MTU,
+        protocol::ports::env::TCP_BUFFER,
+        protocol::ports::env::STACK_THREAD,
+    ] {
         if let Ok(v) = std::env::var(k) {
             env.push(format!("{k}={v}"));
         }

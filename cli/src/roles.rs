@@ -13,7 +13,8 @@ pub async fn daemon() -> Result<()> {
 /// platform crate bootstraps its own from the environment (docker/src/startup.rs,
 /// kubernetes/src/startup.rs).
 pub async fn traffic_manager() -> Result<()> {
-    let cluster = std::env::var("TP_CLUSTER_TYPE").unwrap_or_else(|_| "docker".into());
+    let cluster =
+        std::env::var(protocol::ports::env::CLUSTER_TYPE).unwrap_or_else(|_| "docker".into());
     match cluster.as_str() {
         "docker" => docker::startup::run(shutdown_signal()).await?,
         "kubernetes" => kubernetes::startup::run(shutdown_signal()).await?,
@@ -97,7 +98,7 @@ pub async fn fs_sync() -> Result<()> {
     let header = protocol::tunnel::TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id,
-        kind: protocol::tunnel::KIND_FS.into(),
+        kind: protocol::tunnel::TunnelKind::Fs,
         ..Default::default()
     };
     protocol::tunnel::write_header(&mut stream, protocol::tunnel::Role::Client, &header).await?;

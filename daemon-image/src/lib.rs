@@ -20,8 +20,7 @@ pub use session::{DaemonConfig, DaemonError};
 use std::sync::Arc;
 
 /// The traffic-manager's gRPC and tunnel ports in its pod.
-pub const MANAGER_GRPC_PORT: u16 = 8081;
-pub const MANAGER_TUNNEL_PORT: u16 = 8082;
+pub use protocol::ports::{MANAGER_GRPC_PORT, MANAGER_TUNNEL_PORT};
 use std::time::Duration;
 
 /// Runs the daemon until `Quit` is called or the process is signalled.

@@ -194,7 +194,7 @@ fn drive_stack(runner: Option<StackWork>) -> io::Result<impl Future<Output = io:
     // (1.6-1.8 Gbit/s inline vs 0.6-3.2 Gbit/s on its own thread; the stack's poll loop yields
     // rather than sleeps under load, which a thread of its own turns into a busy core).
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
-    let own_thread = std::env::var("TP_STACK_THREAD").as_deref() == Ok("1");
+    let own_thread = std::env::var(protocol::ports::env::STACK_THREAD).as_deref() == Ok("1");
     let mut inline = None;
     match runner {
         Some(r) if own_thread => {

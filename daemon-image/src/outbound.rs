@@ -6,9 +6,7 @@ use crate::dns::DnsConfigError;
 use crate::netstack::{DialError, Dialer, Proto, Smoltcp};
 use crate::session::Session;
 use crate::subnets::{self, Cidr, SubnetError};
-use protocol::tunnel::{
-    dial, read_header_timeout, write_header, Role, TunnelHeader, KIND_OUT_TCP, KIND_OUT_UDP,
-};
+use protocol::tunnel::{dial, read_header_timeout, write_header, Role, TunnelHeader, TunnelKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,11 +36,11 @@ impl OutboundConfig {
                 .unwrap_or(d)
         };
         Ok(OutboundConfig {
-            also: list("TP_ALSO_PROXY")?,
-            never: list("TP_NEVER_PROXY")?,
-            allow: list("TP_ALLOW_CONFLICTING_SUBNETS")?,
-            mtu: num("TP_TUN_MTU", 16000).clamp(1280, 65000) as u16,
-            tcp_buffer: num("TP_TCP_BUFFER", 128 * 1024).clamp(16 * 1024, 4 << 20),
+            also: list(protocol::ports::env::ALSO_PROXY)?,
+            never: list(protocol::ports::env::NEVER_PROXY)?,
+            allow: list(protocol::ports::env::ALLOW_CONFLICTING_SUBNETS)?,
+            mtu: num(protocol::ports::env::TUN_MTU, 16000).clamp(1280, 65000) as u16,
+            tcp_buffer: num(protocol::ports::env::TCP_BUFFER, 128 * 1024).clamp(16 * 1024, 4 << 20),
         })
     }
 }
@@ -61,10 +59,9 @@ impl Dialer for TunnelDialer {
             conn_id: uuid::Uuid::new_v4().to_string(),
             session_id: self.session.session().session_id,
             kind: match proto {
-                Proto::Tcp => KIND_OUT_TCP,
-                Proto::Udp => KIND_OUT_UDP,
-            }
-            .into(),
+                Proto::Tcp => TunnelKind::OutTcp,
+                Proto::Udp => TunnelKind::OutUdp,
+            },
             target: dst.to_string(),
             ..Default::default()
         };
@@ -74,10 +71,9 @@ impl Dialer for TunnelDialer {
         let (_, answer) = read_header_timeout(&mut s, ANSWER_TIMEOUT)
             .await
             .map_err(DialError::Answer)?;
-        if answer.error.is_empty() {
-            Ok(s)
-        } else {
-            Err(DialError::Refused(answer.error))
+        match answer.error {
+            None => Ok(s),
+            Some(e) => Err(DialError::Refused(e.to_string())),
         }
     }
 }

@@ -66,7 +66,7 @@ impl DaemonConfig {
             tunnel_addr: addr("TP_TUNNEL_ADDR")?,
             server: opt("TP_SERVER", ""),
             kubeconfig: kubeconfig.clone(),
-            manager_namespace: opt("TP_MANAGER_NAMESPACE", ""),
+            manager_namespace: opt(protocol::ports::env::MANAGER_NAMESPACE, ""),
             context: opt("TP_CONTEXT", ""),
             listen: opt("TP_LISTEN", "0.0.0.0:7777"),
             client_name: opt("TP_CLIENT_NAME", "user@host"),
@@ -252,7 +252,10 @@ async fn deliver(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
             splice(&mut t, &mut local).await.map(|_| ())
         }
         Err(e) => {
-            header.error = format!("{target}: {e}");
+            header.error = Some(protocol::tunnel::HeaderError::Unreachable {
+                target,
+                reason: e.to_string(),
+            });
             write_header(&mut t, Role::Client, &header).await
         }
     }

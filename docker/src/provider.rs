@@ -25,6 +25,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use compose::{NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL};
 use futures::StreamExt;
+use protocol::agent_env::{AgentEnv, AppMount};
 use protocol::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 use manager::provider::{AgentRequest, PortSpec, Provider, ProviderError, WorkloadInfo};
@@ -247,8 +248,8 @@ impl DockerProvider {
 
 #[async_trait]
 impl Provider for DockerProvider {
-    fn cluster_type(&self) -> &'static str {
-        "docker"
+    fn cluster_type(&self) -> protocol::ClusterType {
+        protocol::ClusterType::Docker
     }
 
     fn server(&self) -> String {
@@ -869,13 +870,7 @@ fn normalize_ports(ports: &[u16]) -> Vec<u16> {
     set.into_iter().collect()
 }
 
-fn ports_csv(ports: &[u16]) -> String {
-    ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
+use protocol::agent_env::ports_csv;
 
 /// Refuses an agent for a workload that cannot be intercepted or for ports it does not serve.
 fn check_agent_ports(info: &WorkloadInfo, ports: &[u16]) -> Result<(), ProviderError> {
@@ -1045,20 +1040,19 @@ impl AppView {
         }
     }
 
-    fn env_vars(&self) -> Vec<String> {
-        let mounts: Vec<serde_json::Value> = self
-            .mounts
-            .iter()
-            .map(|(p, ro)| serde_json::json!({"path": p, "read_only": ro}))
-            .collect();
-        vec![
-            format!("TP_APP_CONTAINER={}", self.container),
-            format!(
-                "TP_APP_ENV={}",
-                serde_json::to_string(&self.env).expect("env serializes")
-            ),
-            format!("TP_APP_MOUNTS={}", serde_json::Value::Array(mounts)),
-        ]
+    /// The agent's `TP_APP_*` variables for this container.
+    fn fill(&self, env: &mut AgentEnv) {
+        env.app_container = Some(self.container.clone());
+        env.app_env = Some(self.env.clone());
+        env.app_mounts = Some(
+            self.mounts
+                .iter()
+                .map(|(path, read_only)| AppMount {
+                    path: path.clone(),
+                    read_only: *read_only,
+                })
+                .collect(),
+        );
     }
 }
 
@@ -1072,21 +1066,25 @@ fn agent_container_body(
     let mut host_config = sidecar_host_config(&spec.target_id);
     // The agent sees the workload's volumes at the same paths, to serve them to clients.
     host_config.volumes_from = Some(vec![spec.target_id.clone()]);
+    let mut agent_env = AgentEnv {
+        manager_addr: format!("{}:{}", cfg.manager_host, cfg.grpc_port),
+        tunnel_addr: format!("{}:{}", cfg.manager_host, cfg.tunnel_port),
+        namespace: spec.namespace.clone(),
+        workload: spec.workload.clone(),
+        ports: spec.ports.clone(),
+        pod_ip: Some(spec.target_ip.clone()),
+        ..Default::default()
+    };
+    app.fill(&mut agent_env);
     ContainerCreateBody {
         image: Some(cfg.agent_image.clone()),
         cmd: Some(vec!["agent".to_string()]),
         env: Some(
-            vec![
-                format!("TP_MANAGER_ADDR={}:{}", cfg.manager_host, cfg.grpc_port),
-                format!("TP_TUNNEL_ADDR={}:{}", cfg.manager_host, cfg.tunnel_port),
-                format!("TP_NAMESPACE={}", spec.namespace),
-                format!("TP_WORKLOAD={}", spec.workload),
-                format!("TP_PORTS={}", ports_csv(&spec.ports)),
-                format!("TP_POD_IP={}", spec.target_ip),
-            ]
-            .into_iter()
-            .chain(app.env_vars())
-            .collect(),
+            agent_env
+                .to_env()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
         ),
         labels: Some(labels),
         stop_signal: Some("SIGTERM".to_string()),

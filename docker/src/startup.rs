@@ -15,15 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manager::provider::ProviderError;
+use protocol::ports::env;
 
 use crate::provider::{connect_engine, DockerConfig, DockerProvider};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Default gRPC port (the one `telepresence connect` publishes).
-pub const DEFAULT_GRPC_PORT: u16 = 8081;
-/// Default tunnel port.
-pub const DEFAULT_TUNNEL_PORT: u16 = 8082;
 
 /// A setting of the manager's environment that is missing or malformed; the underlying error
 /// is the source.
@@ -91,10 +87,10 @@ impl Settings {
         Ok(Settings {
             namespace: required("TP_NAMESPACE")?,
             network: required("TP_NETWORK")?,
-            agent_image: required("TP_AGENT_IMAGE")?,
-            grpc_port: port("TP_GRPC_PORT", DEFAULT_GRPC_PORT)?,
-            tunnel_port: port("TP_TUNNEL_PORT", DEFAULT_TUNNEL_PORT)?,
-            manager_host: get("TP_MANAGER_HOST").ok(),
+            agent_image: required(env::AGENT_IMAGE)?,
+            grpc_port: port(env::GRPC_PORT, protocol::ports::MANAGER_GRPC_PORT)?,
+            tunnel_port: port(env::TUNNEL_PORT, protocol::ports::MANAGER_TUNNEL_PORT)?,
+            manager_host: get(env::MANAGER_HOST).ok(),
         })
     }
 }

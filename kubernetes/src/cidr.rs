@@ -77,15 +77,7 @@ pub fn covering(ips: impl IntoIterator<Item = IpAddr>) -> Vec<String> {
 
 /// The cluster domain from resolv.conf text: the first search entry `svc.<domain>`.
 pub fn domain_from_resolv(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("search"))
-        .flat_map(str::split_whitespace)
-        .find_map(|d| {
-            d.trim_end_matches('.')
-                .strip_prefix("svc.")
-                .map(str::to_string)
-        })
-        .filter(|d| !d.is_empty())
+    protocol::resolv::ResolvConf::parse(text).cluster_domain()
 }
 
 /// The variable that overrides the cluster domain.
@@ -98,9 +90,8 @@ pub fn cluster_domain() -> String {
             return d.trim().trim_end_matches('.').to_string();
         }
     }
-    std::fs::read_to_string("/etc/resolv.conf")
-        .ok()
-        .and_then(|t| domain_from_resolv(&t))
+    protocol::resolv::ResolvConf::read()
+        .cluster_domain()
         .unwrap_or_else(|| "cluster.local".into())
 }
 

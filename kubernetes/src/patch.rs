@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use protocol::agent_env::{self, AgentEnv, AppMount, PortMapping};
 use std::collections::BTreeMap;
 
 use super::configmap::{takeover_name, AgentConfig, PortMode};
@@ -57,45 +58,83 @@ fn rename_probe_port(probe: &mut Option<Probe>, from: &str, to: &str) {
     }
 }
 
+/// Why a pod cannot carry the agent its config describes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The pod has no spec.
+    #[error("the pod has no spec")]
+    NoSpec,
+    /// The config names a container the pod does not have.
+    #[error("the pod has no container \"{0}\"")]
+    NoContainer(String),
+    /// A port to take over by name does not exist in its container.
+    #[error("container \"{container}\" has no port named \"{port}\"")]
+    NoNamedPort {
+        /// The container.
+        container: String,
+        /// The port name.
+        port: String,
+    },
+}
+
 /// The pod with the agent injected per `cfg`. A pod that already has the agent is returned
 /// unchanged (the webhook is idempotent).
-pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, String> {
+pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, InjectError> {
     let mut pod = pod.clone();
     if has_agent(&pod) {
         return Ok(pod);
     }
-    let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
-    let app = spec
-        .containers
+    let spec = pod.spec.as_mut().ok_or(InjectError::NoSpec)?;
+    let app = app_container(&spec.containers, cfg)?;
+    let agent_ports = take_over_named_ports(&mut spec.containers, cfg)?;
+    spec.containers
+        .push(agent_container(cfg, s, &app, agent_ports));
+    if let Some(init) = init_container(cfg, s) {
+        spec.init_containers.get_or_insert_with(Vec::new).push(init);
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_ANNOTATION.into(), cfg.workload_name.clone());
+    Ok(pod)
+}
+
+/// The intercepted container, after checking every container the config names exists.
+fn app_container(containers: &[Container], cfg: &AgentConfig) -> Result<Container, InjectError> {
+    let app = containers
         .iter()
         .find(|c| c.name == cfg.container)
         .cloned()
-        .ok_or_else(|| format!("the pod has no container \"{}\"", cfg.container))?;
+        .ok_or_else(|| InjectError::NoContainer(cfg.container.clone()))?;
     for p in &cfg.ports {
-        if !spec.containers.iter().any(|c| c.name == p.container) {
-            return Err(format!("the pod has no container \"{}\"", p.container));
+        if !containers.iter().any(|c| c.name == p.container) {
+            return Err(InjectError::NoContainer(p.container.clone()));
         }
     }
+    Ok(app)
+}
 
-    // Named-port takeover: the app's port gets another name; the agent takes the original.
+/// Named-port takeover: the app's port gets another name (and probes naming it follow); the
+/// returned ports, with the original names, are the agent's.
+fn take_over_named_ports(
+    containers: &mut [Container],
+    cfg: &AgentConfig,
+) -> Result<Vec<ContainerPort>, InjectError> {
     let mut agent_ports = Vec::new();
     for p in cfg.ports.iter().filter(|p| p.mode == PortMode::Takeover) {
         let new = takeover_name(&p.container_port_name);
-        let c = spec
-            .containers
+        let c = containers
             .iter_mut()
             .find(|c| c.name == p.container)
-            .expect("checked above");
+            .expect("checked by app_container");
         let cp = c
             .ports
             .iter_mut()
             .flatten()
             .find(|cp| cp.name.as_deref() == Some(p.container_port_name.as_str()))
-            .ok_or_else(|| {
-                format!(
-                    "container \"{}\" has no port named \"{}\"",
-                    p.container, p.container_port_name
-                )
+            .ok_or_else(|| InjectError::NoNamedPort {
+                container: p.container.clone(),
+                port: p.container_port_name.clone(),
             })?;
         cp.name = Some(new.clone());
         rename_probe_port(&mut c.readiness_probe, &p.container_port_name, &new);
@@ -108,62 +147,37 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
             ..Default::default()
         });
     }
+    Ok(agent_ports)
+}
 
-    let port_map: Vec<serde_json::Value> = cfg
-        .ports
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "servicePort": p.service_port,
-                "agentPort": p.agent_port,
-                "appPort": p.app_port,
-            })
-        })
-        .collect();
-    let mounts: Vec<serde_json::Value> = app
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| serde_json::json!({"path": m.mount_path, "read_only": m.read_only.unwrap_or(false)}))
-        .collect();
-    let service_ports: Vec<String> = cfg
-        .ports
-        .iter()
-        .map(|p| p.service_port.to_string())
-        .collect();
-    // The app's environment first: later entries win, so ours cannot be overridden.
+/// The traffic-agent sidecar: the app's env (ours after it, so ours wins), envFrom and volume
+/// mounts, a readiness probe on its first port, and modest resources.
+fn agent_container(
+    cfg: &AgentConfig,
+    s: &InjectSettings,
+    app: &Container,
+    agent_ports: Vec<ContainerPort>,
+) -> Container {
     let mut agent_env = app.env.clone().unwrap_or_default();
-    agent_env.extend([
-        env(tp_agent_env::MANAGER_ADDR, &cfg.manager_addr),
-        env(tp_agent_env::TUNNEL_ADDR, &cfg.tunnel_addr),
-        env(tp_agent_env::NAMESPACE, &cfg.namespace),
-        env(tp_agent_env::WORKLOAD, &cfg.workload_name),
-        env(tp_agent_env::PORTS, service_ports.join(",")),
-        env(
-            tp_agent_env::PORT_MAP,
-            serde_json::Value::from(port_map).to_string(),
-        ),
-        env(tp_agent_env::APP_HOST, "127.0.0.1"),
-        env(tp_agent_env::APP_CONTAINER, &cfg.container),
-        env(
-            tp_agent_env::APP_MOUNTS,
-            serde_json::Value::from(mounts).to_string(),
-        ),
-        env(tp_agent_env::APP_ENV_INHERIT, "true"),
-        EnvVar {
-            name: tp_agent_env::POD_IP.into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
+    agent_env.extend(
+        agent_env_of(cfg, app)
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| env(&k, v)),
+    );
+    agent_env.push(EnvVar {
+        name: agent_env::POD_IP.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
                 ..Default::default()
             }),
             ..Default::default()
-        },
-    ]);
+        }),
+        ..Default::default()
+    });
     let q = |s: &str| Quantity(s.into());
-    let agent = Container {
+    Container {
         name: AGENT_CONTAINER.into(),
         image: Some(s.agent_image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
@@ -189,40 +203,77 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, S
             ..Default::default()
         }),
         ..Default::default()
-    };
-    spec.containers.push(agent);
+    }
+}
 
-    let redirects: Vec<String> = cfg
+/// The init container with NET_ADMIN that installs the redirects of numeric or headless ports;
+/// `None` when every port is taken over by name.
+fn init_container(cfg: &AgentConfig, s: &InjectSettings) -> Option<Container> {
+    let redirects: Vec<(u16, u16)> = cfg
         .ports
         .iter()
         .filter(|p| p.mode == PortMode::Redirect)
-        .map(|p| format!("{}:{}", p.app_port, p.agent_port))
+        .map(|p| (p.app_port, p.agent_port))
         .collect();
-    if !redirects.is_empty() {
-        let init = Container {
-            name: INIT_CONTAINER.into(),
-            image: Some(s.agent_image.clone()),
-            image_pull_policy: s.image_pull_policy.clone(),
-            args: Some(vec!["agent-init".into()]),
-            env: Some(vec![env(tp_agent_env::REDIRECTS, redirects.join(","))]),
-            security_context: Some(SecurityContext {
-                capabilities: Some(Capabilities {
-                    add: Some(vec!["NET_ADMIN".into()]),
-                    ..Default::default()
-                }),
-                run_as_user: Some(0),
-                run_as_non_root: Some(false),
+    if redirects.is_empty() {
+        return None;
+    }
+    Some(Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(s.agent_image.clone()),
+        image_pull_policy: s.image_pull_policy.clone(),
+        args: Some(vec!["agent-init".into()]),
+        env: Some(vec![env(
+            agent_env::REDIRECTS,
+            agent_env::redirects_value(&redirects),
+        )]),
+        security_context: Some(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
                 ..Default::default()
             }),
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
             ..Default::default()
-        };
-        spec.init_containers.get_or_insert_with(Vec::new).push(init);
+        }),
+        ..Default::default()
+    })
+}
+
+/// The agent's `TP_*` configuration for `cfg` (its pod IP comes from a field reference,
+/// added by [`inject`]).
+fn agent_env_of(cfg: &AgentConfig, app: &Container) -> AgentEnv {
+    AgentEnv {
+        manager_addr: cfg.manager_addr.clone(),
+        tunnel_addr: cfg.tunnel_addr.clone(),
+        namespace: cfg.namespace.clone(),
+        workload: cfg.workload_name.clone(),
+        ports: cfg.ports.iter().map(|p| p.service_port).collect(),
+        port_map: Some(
+            cfg.ports
+                .iter()
+                .map(|p| PortMapping {
+                    service_port: p.service_port,
+                    agent_port: p.agent_port,
+                    app_port: p.app_port,
+                })
+                .collect(),
+        ),
+        app_host: Some(agent_env::DEFAULT_APP_HOST.into()),
+        app_container: Some(cfg.container.clone()),
+        app_mounts: Some(
+            app.volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| AppMount {
+                    path: m.mount_path.clone(),
+                    read_only: m.read_only.unwrap_or(false),
+                })
+                .collect(),
+        ),
+        app_env_inherit: true,
+        ..Default::default()
     }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(INJECTED_ANNOTATION.into(), cfg.workload_name.clone());
-    Ok(pod)
 }
 
 /// The JSONPatch turning `before` into `after`.
@@ -230,21 +281,4 @@ pub fn diff(before: &Pod, after: &Pod) -> json_patch::Patch {
     let a = serde_json::to_value(before).expect("pod serializes");
     let b = serde_json::to_value(after).expect("pod serializes");
     json_patch::diff(&a, &b)
-}
-
-/// Names of the agent's environment variables (mirrors `agent::config`; the manager does not
-/// link the agent crate).
-pub mod tp_agent_env {
-    pub const MANAGER_ADDR: &str = "TP_MANAGER_ADDR";
-    pub const TUNNEL_ADDR: &str = "TP_TUNNEL_ADDR";
-    pub const NAMESPACE: &str = "TP_NAMESPACE";
-    pub const WORKLOAD: &str = "TP_WORKLOAD";
-    pub const PORTS: &str = "TP_PORTS";
-    pub const PORT_MAP: &str = "TP_PORT_MAP";
-    pub const APP_HOST: &str = "TP_APP_HOST";
-    pub const APP_CONTAINER: &str = "TP_APP_CONTAINER";
-    pub const APP_MOUNTS: &str = "TP_APP_MOUNTS";
-    pub const APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
-    pub const POD_IP: &str = "TP_POD_IP";
-    pub const REDIRECTS: &str = "TP_REDIRECTS";
 }

@@ -527,8 +527,8 @@ impl KubeProvider {
 
 #[async_trait]
 impl Provider for KubeProvider {
-    fn cluster_type(&self) -> &'static str {
-        "kubernetes"
+    fn cluster_type(&self) -> protocol::ClusterType {
+        protocol::ClusterType::Kubernetes
     }
 
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {

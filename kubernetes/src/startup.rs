@@ -103,10 +103,16 @@ impl Settings {
         };
         let required = |k: &'static str| var(k).ok_or(SettingsError::Required(k));
         Ok(Settings {
-            manager_namespace: required("TP_MANAGER_NAMESPACE")?,
-            agent_image: required("TP_AGENT_IMAGE")?,
-            grpc_port: port("TP_GRPC_PORT", 8081)?,
-            tunnel_port: port("TP_TUNNEL_PORT", 8082)?,
+            manager_namespace: required(protocol::ports::env::MANAGER_NAMESPACE)?,
+            agent_image: required(protocol::ports::env::AGENT_IMAGE)?,
+            grpc_port: port(
+                protocol::ports::env::GRPC_PORT,
+                protocol::ports::MANAGER_GRPC_PORT,
+            )?,
+            tunnel_port: port(
+                protocol::ports::env::TUNNEL_PORT,
+                protocol::ports::MANAGER_TUNNEL_PORT,
+            )?,
             webhook_port: port("TP_WEBHOOK_PORT", 8443)?,
             policy: var("TP_AGENT_INJECT_POLICY")
                 .unwrap_or_default()
@@ -122,7 +128,7 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            manager_host: var("TP_MANAGER_HOST"),
+            manager_host: var(protocol::ports::env::MANAGER_HOST),
             tls: TlsFiles {
                 cert: var("TP_WEBHOOK_CERT")
                     .unwrap_or_else(|| webhook::DEFAULT_CERT.into())

@@ -1,4 +1,4 @@
-//! Outbound streams (issue 3): a client's TCP connection or UDP flow into the cluster arrives on
+//! Outbound streams: a client's TCP connection or UDP flow into the cluster arrives on
 //! the tunnel listener with kind `out-tcp`/`out-udp` and a `target`; the manager dials the target
 //! from where it runs (the project network on a Docker engine, the cluster network in
 //! Kubernetes), answers with a header whose `error` says whether that worked — so a refused or
@@ -6,9 +6,11 @@
 //! control both ways); UDP datagrams are framed on the stream, one flow per stream, ended after
 //! an idle period.
 
+use crate::tunnel::TunnelDropped;
 use crate::Manager;
 use protocol::tunnel::{
-    read_datagram, splice, tune, write_datagram, write_header, Role, TunnelHeader, MAX_DATAGRAM,
+    read_datagram, splice, tune, write_datagram, write_header, HeaderError, Role, TunnelHeader,
+    MAX_DATAGRAM,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP flow with no datagram either way for this long is closed.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
-async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, String> {
+async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderError> {
     if !mgr
         .inner
         .state
@@ -29,65 +31,78 @@ async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, String> {
         .clients
         .contains_key(&h.session_id)
     {
-        return Err("outbound stream from an unknown session".into());
+        return Err(HeaderError::UnknownSession);
     }
     h.target
         .parse()
-        .map_err(|_| format!("bad outbound target {:?}", h.target))
+        .map_err(|_| HeaderError::BadTarget(h.target.clone()))
 }
 
-/// The reply header: empty `error` = connected.
-fn reply(h: &TunnelHeader, error: String) -> TunnelHeader {
+/// The reply header: no `error` = connected.
+fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
     TunnelHeader {
         conn_id: h.conn_id.clone(),
-        kind: h.kind.clone(),
+        kind: h.kind,
         error,
         ..Default::default()
     }
 }
 
+/// Tells the client why its stream cannot be carried, and returns that as the drop reason.
+async fn refuse(client: &mut TcpStream, h: &TunnelHeader, e: HeaderError) -> TunnelDropped {
+    let _ = write_header(client, Role::Agent, &reply(h, Some(e.clone()))).await;
+    TunnelDropped::Outbound(e)
+}
+
+fn unreachable(target: SocketAddr, reason: impl std::fmt::Display) -> HeaderError {
+    HeaderError::Unreachable {
+        target: target.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 /// A client's TCP connection to `h.target`.
-pub async fn tcp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+pub async fn tcp(
+    mgr: &Manager,
+    mut client: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
     let target = match check(mgr, &h).await {
         Ok(t) => t,
-        Err(e) => {
-            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
-            return Err(e);
-        }
+        Err(e) => return Err(refuse(&mut client, &h, e).await),
     };
     let dialed = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(format!("{target}: {e}")),
-        Err(_) => Err(format!("{target}: timed out after {DIAL_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(unreachable(target, e)),
+        Err(_) => Err(unreachable(
+            target,
+            format_args!("timed out after {DIAL_TIMEOUT:?}"),
+        )),
     };
     match dialed {
         Ok(mut up) => {
             tune(&up);
-            write_header(&mut client, Role::Agent, &reply(&h, String::new()))
-                .await
-                .map_err(|e| e.to_string())?;
-            splice(&mut client, &mut up)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            write_header(&mut client, Role::Agent, &reply(&h, None)).await?;
+            splice(&mut client, &mut up).await?;
+            Ok(())
         }
         Err(e) => {
             tracing::debug!("outbound dial failed: {e}");
-            write_header(&mut client, Role::Agent, &reply(&h, e.clone()))
-                .await
-                .map_err(|e| e.to_string())
+            write_header(&mut client, Role::Agent, &reply(&h, Some(e))).await?;
+            Ok(())
         }
     }
 }
 
 /// A client's UDP flow to `h.target`.
-pub async fn udp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+pub async fn udp(
+    mgr: &Manager,
+    mut client: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
     let target = match check(mgr, &h).await {
         Ok(t) => t,
-        Err(e) => {
-            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
-            return Err(e);
-        }
+        Err(e) => return Err(refuse(&mut client, &h, e).await),
     };
     let bind: SocketAddr = if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -97,23 +112,17 @@ pub async fn udp(mgr: &Manager, mut client: TcpStream, h: TunnelHeader) -> Resul
     let sock = match UdpSocket::bind(bind).await {
         Ok(s) => match s.connect(target).await {
             Ok(()) => Ok(s),
-            Err(e) => Err(format!("{target}: {e}")),
+            Err(e) => Err(unreachable(target, e)),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(HeaderError::Other(e.to_string())),
     };
     let sock = match sock {
         Ok(s) => s,
-        Err(e) => {
-            let _ = write_header(&mut client, Role::Agent, &reply(&h, e.clone())).await;
-            return Err(e);
-        }
+        Err(e) => return Err(refuse(&mut client, &h, e).await),
     };
-    write_header(&mut client, Role::Agent, &reply(&h, String::new()))
-        .await
-        .map_err(|e| e.to_string())?;
-    relay_udp(client, sock, UDP_IDLE)
-        .await
-        .map_err(|e| e.to_string())
+    write_header(&mut client, Role::Agent, &reply(&h, None)).await?;
+    relay_udp(client, sock, UDP_IDLE).await?;
+    Ok(())
 }
 
 /// Relays framed datagrams between a stream and a connected UDP socket until either side ends

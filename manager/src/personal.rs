@@ -1,4 +1,4 @@
-//! Personal intercepts in the manager (issue 6): which intercepts may share a workload port,
+//! Personal intercepts in the manager: which intercepts may share a workload port,
 //! and team mode. A global intercept (no filter) owns its port alone; personal intercepts
 //! (HTTP header/path filters) share a port as long as no two have identical filters.
 

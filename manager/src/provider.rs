@@ -53,7 +53,7 @@ pub enum ProviderError {
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// "docker" or "kubernetes".
-    fn cluster_type(&self) -> &'static str;
+    fn cluster_type(&self) -> protocol::ClusterType;
     /// The API address users recognise (engine socket or API server URL).
     fn server(&self) -> String;
     /// The image agents run.
@@ -80,7 +80,7 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
     /// The subnets (CIDR strings) that addresses of `namespace`'s services and pods come from:
-    /// what a client routes to the cluster (issue 3).
+    /// what a client routes to the cluster.
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;
     /// The cluster's DNS domain (`cluster.local` unless configured otherwise).
     fn cluster_domain(&self) -> String;

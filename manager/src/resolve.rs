@@ -1,4 +1,4 @@
-//! Cluster DNS for clients (issue 3): the `Resolve` rpc answers a client's DNS question with the
+//! Cluster DNS for clients: the `Resolve` rpc answers a client's DNS question with the
 //! manager's own resolver (the first `nameserver` of its `/etc/resolv.conf`: on a Docker engine
 //! the engine's embedded DNS of the project network, which knows the compose service names,
 //! aliases and container names; in Kubernetes the pod's resolver, which knows services and pods).
@@ -10,6 +10,7 @@ use crate::Manager;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use protocol::manager::{ResolveRequest, ResolveResponse};
+use protocol::ClusterType;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub async fn subnets_of(p: &dyn Provider, namespace: &str) -> Vec<String> {
 /// The name to ask the manager's resolver for a client's `(name, namespace)`; `None` when it
 /// cannot exist in the cluster.
 pub fn lookup_name(
-    cluster_type: &str,
+    cluster_type: ClusterType,
     domain: &str,
     name: &str,
     namespace: &str,
@@ -46,11 +47,10 @@ pub fn lookup_name(
     if name.ends_with(".in-addr.arpa") || name.ends_with(".ip6.arpa") || namespace.is_empty() {
         return Some(name);
     }
-    if cluster_type == "docker" {
+    match cluster_type {
         // The engine's DNS knows service names, aliases and container names of the network.
-        Some(name)
-    } else {
-        Some(format!("{name}.{namespace}.svc.{domain}"))
+        ClusterType::Docker => Some(name),
+        ClusterType::Kubernetes => Some(format!("{name}.{namespace}.svc.{domain}")),
     }
 }
 
@@ -58,21 +58,14 @@ pub fn lookup_name(
 fn nameserver() -> SocketAddr {
     static NS: OnceLock<SocketAddr> = OnceLock::new();
     *NS.get_or_init(|| {
-        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        first_nameserver(&conf)
+        first_nameserver(&protocol::resolv::ResolvConf::read())
             .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53))
     })
 }
 
-/// The first `nameserver` of resolv.conf text.
-pub fn first_nameserver(conf: &str) -> Option<SocketAddr> {
-    conf.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some("nameserver"))
-            .then(|| w.next()?.parse::<IpAddr>().ok())
-            .flatten()
-            .map(|ip| SocketAddr::new(ip, 53))
-    })
+/// The first `nameserver` of a parsed resolv.conf, on port 53.
+pub fn first_nameserver(conf: &protocol::resolv::ResolvConf) -> Option<SocketAddr> {
+    conf.nameservers.first().map(|ip| SocketAddr::new(*ip, 53))
 }
 
 /// Answers `Resolve`.
@@ -149,32 +142,50 @@ mod tests {
     #[test]
     fn names_map_to_the_cluster_resolver() {
         assert_eq!(
-            lookup_name("docker", "cluster.local", "Web.", "shop").as_deref(),
+            lookup_name(ClusterType::Docker, "cluster.local", "Web.", "shop").as_deref(),
             Some("web")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "web", "shop").as_deref(),
+            lookup_name(ClusterType::Kubernetes, "cluster.local", "web", "shop").as_deref(),
             Some("web.shop.svc.cluster.local")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "web-0.web", "shop").as_deref(),
+            lookup_name(
+                ClusterType::Kubernetes,
+                "cluster.local",
+                "web-0.web",
+                "shop"
+            )
+            .as_deref(),
             Some("web-0.web.shop.svc.cluster.local")
         );
         assert_eq!(
-            lookup_name("kubernetes", "cluster.local", "5.0.17.172.in-addr.arpa", "").as_deref(),
+            lookup_name(
+                ClusterType::Kubernetes,
+                "cluster.local",
+                "5.0.17.172.in-addr.arpa",
+                ""
+            )
+            .as_deref(),
             Some("5.0.17.172.in-addr.arpa")
         );
-        assert_eq!(lookup_name("docker", "cluster.local", "", "shop"), None);
+        assert_eq!(
+            lookup_name(ClusterType::Docker, "cluster.local", "", "shop"),
+            None
+        );
     }
 
     #[test]
     fn nameserver_from_resolv_conf() {
         let conf = "# x\nsearch a.b\nnameserver 127.0.0.11\nnameserver 8.8.8.8\noptions ndots:0\n";
         assert_eq!(
-            first_nameserver(conf),
+            first_nameserver(&protocol::resolv::ResolvConf::parse(conf)),
             Some("127.0.0.11:53".parse().unwrap())
         );
-        assert_eq!(first_nameserver("search x\n"), None);
+        assert_eq!(
+            first_nameserver(&protocol::resolv::ResolvConf::parse("search x\n")),
+            None
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,6 @@ use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
 use protocol::manager::manager_server::Manager as ManagerApi;
 use protocol::manager::*;
-use protocol::state;
 use std::pin::Pin;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -63,9 +62,40 @@ fn workload_msg(w: WorkloadInfo, intercepts: Vec<InterceptInfo>) -> Workload {
     }
 }
 
+/// Why an intercept's port identifier names no service port of its workload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// No port given and the workload has no TCP port.
+    #[error("{workload} exposes no TCP port")]
+    NoTcpPort {
+        /// The workload's name.
+        workload: String,
+    },
+    /// No port given and the workload has several TCP ports.
+    #[error("{workload} exposes several ports ({listing}); say which with --port <local>:<port>")]
+    Ambiguous {
+        /// The workload's name.
+        workload: String,
+        /// Its ports, as listed to the user.
+        listing: String,
+    },
+    /// The given port is not one of the workload's TCP ports.
+    #[error(
+        "{workload} does not expose port {ident} (it exposes {listing}); use --port <local>:<port>"
+    )]
+    NotExposed {
+        /// The workload's name.
+        workload: String,
+        /// The port as given.
+        ident: String,
+        /// Its ports, as listed to the user (or "no ports").
+        listing: String,
+    },
+}
+
 /// Picks the service port an intercept spec names: a number, a port name, or (empty) the only
 /// TCP port.
-pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), String> {
+pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), PortError> {
     let tcp: Vec<_> = w.ports.iter().filter(|p| p.protocol == "TCP").collect();
     let listing = || {
         w.ports
@@ -83,29 +113,30 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Stri
     if ident.is_empty() {
         return match tcp.as_slice() {
             [one] => Ok((one.port, one.name.clone())),
-            [] => Err(format!("{} exposes no TCP port", w.name)),
-            _ => Err(format!(
-                "{} exposes several ports ({}); say which with --port <local>:<port>",
-                w.name,
-                listing()
-            )),
+            [] => Err(PortError::NoTcpPort {
+                workload: w.name.clone(),
+            }),
+            _ => Err(PortError::Ambiguous {
+                workload: w.name.clone(),
+                listing: listing(),
+            }),
         };
     }
     let found = match ident.parse::<u16>() {
         Ok(n) => tcp.iter().find(|p| p.port == n),
         Err(_) => tcp.iter().find(|p| p.name == ident),
     };
-    found.map(|p| (p.port, p.name.clone())).ok_or_else(|| {
-        format!(
-            "{} does not expose port {ident} (it exposes {}); use --port <local>:<port>",
-            w.name,
-            if w.ports.is_empty() {
+    found
+        .map(|p| (p.port, p.name.clone()))
+        .ok_or_else(|| PortError::NotExposed {
+            workload: w.name.clone(),
+            ident: ident.to_string(),
+            listing: if w.ports.is_empty() {
                 "no ports".to_string()
             } else {
                 listing()
-            }
-        )
-    })
+            },
+        })
 }
 
 impl Manager {
@@ -141,6 +172,112 @@ impl Manager {
             }
         }
     }
+}
+
+impl Manager {
+    /// Fills a client's spec (name, namespace, client) and resolves its HTTP filters; returns
+    /// it with the intercept id `<uuid>:<name>` (the value of the x-telepresence-intercept-id
+    /// header).
+    fn complete_spec(
+        &self,
+        session: &str,
+        client: &ClientInfo,
+        mut spec: InterceptSpec,
+    ) -> Result<(InterceptSpec, String), Status> {
+        if spec.name.is_empty() {
+            spec.name = spec.workload.clone();
+        }
+        if spec.namespace.is_empty() {
+            spec.namespace = client.namespace.clone();
+        }
+        spec.client = client.name.clone();
+        let id = format!(
+            "{}:{}",
+            session.strip_prefix("client-").unwrap_or(session),
+            spec.name
+        );
+        protocol::filters::resolve(&mut spec, &id, self.team_mode())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((spec, id))
+    }
+
+    /// The workload a spec names (which must exist and be interceptable) and the service port
+    /// (number, name) it intercepts.
+    async fn intercepted_port(
+        &self,
+        spec: &InterceptSpec,
+    ) -> Result<(WorkloadInfo, u16, String), Status> {
+        let p = &self.inner.provider;
+        if !p
+            .namespace_exists(&spec.namespace)
+            .await
+            .map_err(provider_status)?
+        {
+            return Err(Status::not_found(format!(
+                "namespace \"{}\" not found",
+                spec.namespace
+            )));
+        }
+        let w = p
+            .get_workload(&spec.namespace, &spec.workload)
+            .await
+            .map_err(provider_status)?;
+        if let Some(reason) = &w.not_interceptable {
+            return Err(Status::failed_precondition(format!(
+                "{} is not interceptable: {reason}",
+                w.name
+            )));
+        }
+        let (port, port_name) = resolve_port(&w, &spec.port_identifier)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((w, port, port_name))
+    }
+}
+
+/// Refuses an intercept whose local target, name or traffic clashes with an existing one.
+fn check_conflicts(
+    st: &crate::state::State,
+    session: &str,
+    spec: &InterceptSpec,
+    port: u16,
+) -> Result<(), Status> {
+    // One client delivers each intercept to its own local address.
+    if let Some(other) = st.intercepts.values().find(|i| {
+        i.client_session == session
+            && i.spec.as_ref().is_some_and(|s| {
+                s.target_port == spec.target_port && s.target_host == spec.target_host
+            })
+    }) {
+        return Err(Status::already_exists(format!(
+            "local port {} is already used by intercept \"{}\"; choose another --port",
+            spec.target_port,
+            other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
+        )));
+    }
+    if let Some(other) = st.intercepts.values().find(|i| {
+        i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == spec.name)
+    }) {
+        return Err(Status::already_exists(format!(
+            "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
+            spec.name,
+            other
+                .spec
+                .as_ref()
+                .map(|s| s.client.as_str())
+                .unwrap_or("?")
+        )));
+    }
+    for other in st.intercepts.values().filter(|i| {
+        let s = i.spec.as_ref().expect("spec");
+        s.namespace == spec.namespace
+            && s.workload == spec.workload
+            && i.service_port == port as u32
+    }) {
+        if let Some(why) = crate::personal::conflict(spec, other, port) {
+            return Err(Status::already_exists(why));
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -185,7 +322,7 @@ impl ManagerApi for Manager {
             cluster: Some(ClusterInfo {
                 subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
                 cluster_domain: p.cluster_domain(),
-                cluster_type: p.cluster_type().into(),
+                cluster_type: p.cluster_type().as_str().into(),
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -215,7 +352,7 @@ impl ManagerApi for Manager {
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                cluster_type: p.cluster_type().into(),
+                cluster_type: p.cluster_type().as_str().into(),
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -293,84 +430,18 @@ impl ManagerApi for Manager {
     ) -> Result<Response<InterceptInfo>, Status> {
         let req = req.into_inner();
         let (session, client) = self.client_of(req.session.as_ref()).await?;
-        let mut spec = req
+        let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
-        if spec.name.is_empty() {
-            spec.name = spec.workload.clone();
-        }
-        if spec.namespace.is_empty() {
-            spec.namespace = client.namespace.clone();
-        }
-        spec.client = client.name.clone();
-        // `<uuid>:<name>`, the value of the x-telepresence-intercept-id header.
-        let id = format!(
-            "{}:{}",
-            session.strip_prefix("client-").unwrap_or(&session),
-            spec.name
-        );
-        protocol::filters::resolve(&mut spec, &id, self.team_mode())
-            .map_err(Status::invalid_argument)?;
+        let (spec, id) = self.complete_spec(&session, &client, spec)?;
         let p = self.inner.provider.clone();
-        if !p
-            .namespace_exists(&spec.namespace)
-            .await
-            .map_err(provider_status)?
-        {
-            return Err(Status::not_found(format!(
-                "namespace \"{}\" not found",
-                spec.namespace
-            )));
-        }
-        let w = p
-            .get_workload(&spec.namespace, &spec.workload)
-            .await
-            .map_err(provider_status)?;
-        if let Some(reason) = &w.not_interceptable {
-            return Err(Status::failed_precondition(format!(
-                "{} is not interceptable: {reason}",
-                w.name
-            )));
-        }
-        let (port, port_name) =
-            resolve_port(&w, &spec.port_identifier).map_err(Status::invalid_argument)?;
+        let (w, port, port_name) = self.intercepted_port(&spec).await?;
         let info = {
             let mut st = self.inner.state.lock().await;
-            // One client delivers each intercept to its own local address.
-            if let Some(other) = st.intercepts.values().find(|i| {
-                i.client_session == session
-                    && i.spec.as_ref().is_some_and(|s| {
-                        s.target_port == spec.target_port && s.target_host == spec.target_host
-                    })
-            }) {
-                return Err(Status::already_exists(format!(
-                    "local port {} is already used by intercept \"{}\"; choose another --port",
-                    spec.target_port,
-                    other.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("?")
-                )));
-            }
-            if let Some(other) = st.intercepts.values().find(|i| {
-                i.client_session == session && i.spec.as_ref().is_some_and(|s| s.name == spec.name)
-            }) {
-                return Err(Status::already_exists(format!(
-                    "intercept named \"{}\" already exists (by {}); leave it first or choose another name",
-                    spec.name,
-                    other.spec.as_ref().map(|s| s.client.as_str()).unwrap_or("?")
-                )));
-            }
-            for other in st.intercepts.values().filter(|i| {
-                let s = i.spec.as_ref().expect("spec");
-                s.namespace == spec.namespace
-                    && s.workload == spec.workload
-                    && i.service_port == port as u32
-            }) {
-                if let Some(why) = crate::personal::conflict(&spec, other, port) {
-                    return Err(Status::already_exists(why));
-                }
-            }
+            check_conflicts(&st, &session, &spec, port)?;
             let info = InterceptInfo {
                 id: id.clone(),
-                state: state::WAITING.into(),
+                state: protocol::manager::InterceptState::Waiting as i32,
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
                 service_port: port as u32,
@@ -570,7 +641,7 @@ impl ManagerApi for Manager {
         )))
     }
 
-    // --- issue 3 ---
+    // The outbound path.
     async fn resolve(
         &self,
         req: Request<ResolveRequest>,
@@ -611,7 +682,7 @@ mod tests {
         let one = w(&[("", 8080, "TCP"), ("", 53, "UDP")]);
         assert_eq!(resolve_port(&one, "").unwrap().0, 8080);
         assert_eq!(resolve_port(&one, "8080").unwrap().0, 8080);
-        let e = resolve_port(&one, "9999").unwrap_err();
+        let e = resolve_port(&one, "9999").unwrap_err().to_string();
         assert!(
             e.contains("does not expose port 9999") && e.contains("8080/TCP"),
             "{e}"
@@ -619,6 +690,7 @@ mod tests {
         let two = w(&[("http", 80, "TCP"), ("admin", 9000, "TCP")]);
         assert!(resolve_port(&two, "")
             .unwrap_err()
+            .to_string()
             .contains("several ports"));
         assert_eq!(resolve_port(&two, "admin").unwrap(), (9000, "admin".into()));
         assert!(resolve_port(&two, "nope").is_err());

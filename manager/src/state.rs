@@ -2,7 +2,6 @@
 //! states, and a generation counter that wakes every watcher when anything changes.
 
 use protocol::manager::{AgentInfo, ClientInfo, DialRequest, InterceptInfo};
-use protocol::state;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -53,16 +52,16 @@ impl State {
                 .values()
                 .find(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload);
             if let Some(agent) = agent {
-                if ic.state != state::ACTIVE {
-                    ic.state = state::ACTIVE.into();
+                if ic.state() != protocol::manager::InterceptState::Active {
+                    ic.set_state(protocol::manager::InterceptState::Active);
                     ic.message.clear();
                 }
                 // What the intercepted container sees, as its agent reported it.
                 ic.container = agent.info.container.clone();
                 ic.environment = agent.info.environment.clone();
                 ic.mounts = agent.info.mounts.clone();
-            } else if ic.state == state::ACTIVE {
-                ic.state = state::NO_AGENT.into();
+            } else if ic.state() == protocol::manager::InterceptState::Active {
+                ic.set_state(protocol::manager::InterceptState::NoAgent);
                 ic.message = "the traffic-agent is not connected".into();
             }
         }
@@ -149,7 +148,7 @@ mod tests {
                 ..Default::default()
             }),
             id: format!("{session}:{name}"),
-            state: state::WAITING.into(),
+            state: protocol::manager::InterceptState::Waiting as i32,
             client_session: session.into(),
             ..Default::default()
         }
@@ -197,10 +196,16 @@ mod tests {
             },
         );
         s.changed(&tx);
-        assert_eq!(s.intercepts["web"].state, state::ACTIVE);
+        assert_eq!(
+            s.intercepts["web"].state(),
+            protocol::manager::InterceptState::Active
+        );
         assert_eq!(*rx.borrow(), 1);
         s.agents.clear();
         s.changed(&tx);
-        assert_eq!(s.intercepts["web"].state, state::NO_AGENT);
+        assert_eq!(
+            s.intercepts["web"].state(),
+            protocol::manager::InterceptState::NoAgent
+        );
     }
 }

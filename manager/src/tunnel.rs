@@ -5,7 +5,7 @@
 use crate::Manager;
 use protocol::manager::DialRequest;
 use protocol::tunnel::{
-    read_header_timeout, splice, tune, Role, TunnelHeader, KIND_FS, KIND_OUT_TCP, KIND_OUT_UDP,
+    read_header_timeout, splice, tune, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,6 +14,55 @@ use tokio::sync::mpsc;
 /// How long an agent-side connection waits for its client side.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the manager dropped a tunnel connection (logged at debug level).
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelDropped {
+    /// The header could not be read.
+    #[error("{0}")]
+    Header(#[from] TunnelError),
+    /// Splicing or answering failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A role opened a stream of a kind only the other role may open.
+    #[error("a {role:?} may not open a {kind:?} stream")]
+    BadKind {
+        /// Who opened the connection.
+        role: Role,
+        /// The kind it asked for.
+        kind: TunnelKind,
+    },
+    /// The answering side said it could not deliver.
+    #[error("client could not deliver: {0}")]
+    NotDelivered(HeaderError),
+    /// An answering side named a connection nobody waits for.
+    #[error("no agent connection {0} is waiting")]
+    NotWaiting(String),
+    /// The intercept a connection names no longer exists.
+    #[error("intercept {0} is gone")]
+    InterceptGone(String),
+    /// The intercept's client session is gone.
+    #[error("intercepting client is gone")]
+    ClientGone,
+    /// The intercept's client is not watching dial requests.
+    #[error("client is not watching dials")]
+    ClientNotWatching,
+    /// No agent of the intercepted workload watches dial requests.
+    #[error("no traffic-agent of the workload is watching dials")]
+    NoAgentWatching,
+    /// The other side's dial stream ended before the request was sent.
+    #[error("the other side's dial stream closed")]
+    DialStreamClosed,
+    /// The other side's pending entry was dropped.
+    #[error("the other side refused the connection")]
+    Refused,
+    /// The other side did not dial in within the pairing timeout.
+    #[error("the other side did not answer in time")]
+    NoAnswer,
+    /// An outbound stream failed (the client was told why).
+    #[error("{0}")]
+    Outbound(HeaderError),
+}
 
 /// Accepts tunnel connections forever.
 pub async fn serve(mgr: Manager, listener: TcpListener) {
@@ -36,48 +85,55 @@ pub async fn serve(mgr: Manager, listener: TcpListener) {
     }
 }
 
-async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), String> {
-    let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    match role {
-        Role::Client if header.kind == KIND_FS => from_client(mgr, sock, header).await,
-        Role::Client if header.kind == KIND_OUT_TCP => {
-            crate::outbound::tcp(&mgr, sock, header).await
-        }
-        Role::Client if header.kind == KIND_OUT_UDP => {
-            crate::outbound::udp(&mgr, sock, header).await
-        }
-        Role::Agent if header.kind.is_empty() => from_agent(mgr, sock, header).await,
+async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> {
+    let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT).await?;
+    match (role, header.kind) {
+        // Originating sides.
+        (Role::Agent, TunnelKind::Intercept) => from_agent(mgr, sock, header).await,
+        (Role::Client, TunnelKind::Fs) => from_client(mgr, sock, header).await,
+        (Role::Client, TunnelKind::OutTcp) => crate::outbound::tcp(&mgr, sock, header).await,
+        (Role::Client, TunnelKind::OutUdp) => crate::outbound::udp(&mgr, sock, header).await,
         // The answering side of any stream: hand it to the originator waiting for it.
-        Role::Agent | Role::Client => {
-            let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
-            match waiting {
-                Some(tx) if header.error.is_empty() => {
-                    let _ = tx.send(sock);
-                    Ok(())
-                }
-                // Dropping the sender closes the agent side.
-                Some(_) => Err(format!("client could not deliver: {}", header.error)),
-                None => Err(format!("no agent connection {} is waiting", header.conn_id)),
-            }
+        (Role::Client, TunnelKind::Intercept) | (Role::Agent, TunnelKind::Fs) => {
+            answer(&mgr, sock, header)
+        }
+        // Outbound streams are only ever opened by clients.
+        (Role::Agent, kind @ (TunnelKind::OutTcp | TunnelKind::OutUdp)) => {
+            Err(TunnelDropped::BadKind { role, kind })
         }
     }
 }
 
+/// The answering side of a stream dialed in: hand it to the originator parked under its id.
+fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
+    let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
+    match (waiting, header.error) {
+        (Some(tx), None) => {
+            let _ = tx.send(sock);
+            Ok(())
+        }
+        // Dropping the sender closes the agent side.
+        (Some(_), Some(e)) => Err(TunnelDropped::NotDelivered(e)),
+        (None, _) => Err(TunnelDropped::NotWaiting(header.conn_id)),
+    }
+}
+
 /// An agent accepted an intercepted connection: ask the owning client to dial in.
-async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), String> {
+async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), TunnelDropped> {
     let (tx, req) = {
         let st = mgr.inner.state.lock().await;
         let ic = st
             .intercept_by_id(&h.intercept_id)
-            .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
+            .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
         let client = st
             .clients
             .get(&ic.client_session)
-            .ok_or("intercepting client is gone")?;
+            .ok_or(TunnelDropped::ClientGone)?;
         let spec = ic.spec.as_ref().expect("spec");
-        let tx = client.dials.clone().ok_or("client is not watching dials")?;
+        let tx = client
+            .dials
+            .clone()
+            .ok_or(TunnelDropped::ClientNotWatching)?;
         (
             tx,
             DialRequest {
@@ -85,7 +141,7 @@ async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(
                 intercept_id: h.intercept_id.clone(),
                 target_host: spec.target_host.clone(),
                 target_port: spec.target_port,
-                kind: String::new(),
+                kind: protocol::manager::DialKind::Intercept as i32,
             },
         )
     };
@@ -94,25 +150,29 @@ async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(
 
 /// A client opens a file-sync stream for one of its intercepts: ask an agent of the
 /// intercepted workload to dial in.
-async fn from_client(mgr: Manager, client: TcpStream, h: TunnelHeader) -> Result<(), String> {
+async fn from_client(
+    mgr: Manager,
+    client: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
     let (tx, req) = {
         let st = mgr.inner.state.lock().await;
         let ic = st
             .intercept_by_id(&h.intercept_id)
-            .ok_or_else(|| format!("intercept {} is gone", h.intercept_id))?;
+            .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
         let spec = ic.spec.as_ref().expect("spec");
         let tx = st
             .agents
             .values()
             .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
             .find_map(|a| a.dials.clone())
-            .ok_or("no traffic-agent of the workload is watching dials")?;
+            .ok_or(TunnelDropped::NoAgentWatching)?;
         (
             tx,
             DialRequest {
                 conn_id: h.conn_id.clone(),
                 intercept_id: h.intercept_id.clone(),
-                kind: KIND_FS.into(),
+                kind: protocol::manager::DialKind::Fs as i32,
                 ..Default::default()
             },
         )
@@ -127,7 +187,7 @@ async fn originate(
     mut origin: TcpStream,
     tx: mpsc::Sender<DialRequest>,
     req: DialRequest,
-) -> Result<(), String> {
+) -> Result<(), TunnelDropped> {
     let conn_id = req.conn_id.clone();
     let (ptx, rx) = tokio::sync::oneshot::channel();
     mgr.inner
@@ -137,18 +197,16 @@ async fn originate(
         .insert(conn_id.clone(), ptx);
     if tx.send(req).await.is_err() {
         mgr.inner.pending.lock().unwrap().remove(&conn_id);
-        return Err("the other side's dial stream closed".into());
+        return Err(TunnelDropped::DialStreamClosed);
     }
     let mut other = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
         Ok(Ok(c)) => c,
-        Ok(Err(_)) => return Err("the other side refused the connection".into()),
+        Ok(Err(_)) => return Err(TunnelDropped::Refused),
         Err(_) => {
             mgr.inner.pending.lock().unwrap().remove(&conn_id);
-            return Err("the other side did not answer in time".into());
+            return Err(TunnelDropped::NoAnswer);
         }
     };
-    splice(&mut origin, &mut other)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    splice(&mut origin, &mut other).await?;
+    Ok(())
 }

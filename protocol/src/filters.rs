@@ -1,4 +1,4 @@
-//! Personal-intercept filters (issue 6): which HTTP requests of an intercepted port go to the
+//! Personal-intercept filters: which HTTP requests of an intercepted port go to the
 //! intercepting client. One place for the rules every role shares: the CLI validates the flags
 //! with them, the manager resolves `auto` and detects identical filters, and the agent matches
 //! each request against them.
@@ -16,10 +16,66 @@ pub const AUTO: &str = "auto";
 /// `--http-header all`: all traffic (a global intercept, even in team mode).
 pub const ALL: &str = "all";
 
+/// Why an intercept's HTTP filter flags are invalid; the text is what the CLI prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// A `--http-header` value has no `=`/`:`.
+    #[error("invalid --http-header {0:?}: expected NAME=VALUE, \"auto\" or \"all\"")]
+    NoSeparator(String),
+    /// A `--http-header` name is not an HTTP token.
+    #[error("invalid --http-header {flag:?}: {name:?} is not a valid HTTP header name")]
+    BadName {
+        /// The flag value.
+        flag: String,
+        /// The name in it.
+        name: String,
+    },
+    /// A `--http-header` value has control characters.
+    #[error("invalid --http-header {0:?}: the value contains control characters")]
+    ControlInValue(String),
+    /// A path flag does not start with `/`.
+    #[error("invalid {flag} {path:?}: a path starts with '/'")]
+    RelativePath {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        path: String,
+    },
+    /// A path flag has spaces or control characters.
+    #[error(
+        "invalid {flag} {path:?}: spaces and control characters cannot appear in a request path"
+    )]
+    BadPathChars {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        path: String,
+    },
+    /// `--http-path-regex` does not compile.
+    #[error("invalid --http-path-regex {src:?}: {reason}")]
+    BadRegex {
+        /// The expression.
+        src: String,
+        /// What the regex crate said.
+        reason: String,
+    },
+    /// `all` combined with filters.
+    #[error("--http-header all (every request) cannot be combined with other --http-header or --http-path-* filters")]
+    AllWithFilters,
+    /// `auto` reached [`HttpFilter::from_spec`] unresolved.
+    #[error("--http-header auto was not resolved to the intercept id")]
+    UnresolvedAuto,
+    /// More than one path flag.
+    #[error("give at most one of --http-path-equal, --http-path-prefix and --http-path-regex")]
+    SeveralPaths,
+}
+
 /// How the request path must look.
 #[derive(Debug, Clone)]
 pub enum PathMatch {
+    /// `--http-path-equal`.
     Equal(String),
+    /// `--http-path-prefix`.
     Prefix(String),
     /// The source as given, and the compiled expression anchored at both ends.
     Regex(String, regex::Regex),
@@ -51,37 +107,38 @@ pub fn is_tchar(b: u8) -> bool {
 
 /// Parses one `--http-header` value: `name=value` (or `name: value`). The name is returned in
 /// lower case. `auto`/`all` are not accepted here (see [`resolve`]).
-pub fn parse_header(s: &str) -> Result<(String, String), String> {
+pub fn parse_header(s: &str) -> Result<(String, String), FilterError> {
     // The first of '=' and ':' separates (values may contain either).
     let (k, v) = s
         .find(['=', ':'])
         .map(|i| (&s[..i], &s[i + 1..]))
-        .ok_or_else(|| {
-            format!("invalid --http-header {s:?}: expected NAME=VALUE, \"auto\" or \"all\"")
-        })?;
+        .ok_or_else(|| FilterError::NoSeparator(s.to_string()))?;
     let k = k.trim();
     if k.is_empty() || !k.bytes().all(is_tchar) {
-        return Err(format!(
-            "invalid --http-header {s:?}: {k:?} is not a valid HTTP header name"
-        ));
+        return Err(FilterError::BadName {
+            flag: s.to_string(),
+            name: k.to_string(),
+        });
     }
     let v = v.trim();
     if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(format!(
-            "invalid --http-header {s:?}: the value contains control characters"
-        ));
+        return Err(FilterError::ControlInValue(s.to_string()));
     }
     Ok((k.to_ascii_lowercase(), v.to_string()))
 }
 
-fn check_path(flag: &str, p: &str) -> Result<(), String> {
+fn check_path(flag: &'static str, p: &str) -> Result<(), FilterError> {
     if !p.starts_with('/') {
-        return Err(format!("invalid {flag} {p:?}: a path starts with '/'"));
+        return Err(FilterError::RelativePath {
+            flag,
+            path: p.to_string(),
+        });
     }
     if p.bytes().any(|b| b <= 0x20 || b == 0x7f) {
-        return Err(format!(
-            "invalid {flag} {p:?}: spaces and control characters cannot appear in a request path"
-        ));
+        return Err(FilterError::BadPathChars {
+            flag,
+            path: p.to_string(),
+        });
     }
     Ok(())
 }
@@ -102,13 +159,10 @@ pub fn resolve(
     spec: &mut InterceptSpec,
     intercept_id: &str,
     team_mode: bool,
-) -> Result<(), String> {
+) -> Result<(), FilterError> {
     let all = spec.http_headers.iter().any(|h| h == ALL);
     if all && is_personal(spec) {
-        return Err(
-            "--http-header all (every request) cannot be combined with other --http-header or --http-path-* filters"
-                .into(),
-        );
+        return Err(FilterError::AllWithFilters);
     }
     if all {
         spec.http_headers.clear();
@@ -134,11 +188,11 @@ pub fn resolve(
 
 impl HttpFilter {
     /// The filter of a (resolved) spec; `None` when it has no condition (a global intercept).
-    pub fn from_spec(spec: &InterceptSpec) -> Result<Option<HttpFilter>, String> {
+    pub fn from_spec(spec: &InterceptSpec) -> Result<Option<HttpFilter>, FilterError> {
         let mut headers = Vec::new();
         for h in spec.http_headers.iter().filter(|h| *h != ALL) {
             if h == AUTO {
-                return Err("--http-header auto was not resolved to the intercept id".into());
+                return Err(FilterError::UnresolvedAuto);
             }
             headers.push(parse_header(h)?);
         }
@@ -155,15 +209,15 @@ impl HttpFilter {
         }
         if !spec.http_path_regex.is_empty() {
             let src = &spec.http_path_regex;
-            let re = regex::Regex::new(&format!("^(?:{src})$"))
-                .map_err(|e| format!("invalid --http-path-regex {src:?}: {e}"))?;
+            let re =
+                regex::Regex::new(&format!("^(?:{src})$")).map_err(|e| FilterError::BadRegex {
+                    src: src.clone(),
+                    reason: e.to_string(),
+                })?;
             paths.push(PathMatch::Regex(src.clone(), re));
         }
         if paths.len() > 1 {
-            return Err(
-                "give at most one of --http-path-equal, --http-path-prefix and --http-path-regex"
-                    .into(),
-            );
+            return Err(FilterError::SeveralPaths);
         }
         let path = paths.pop();
         if headers.is_empty() && path.is_none() {
@@ -272,6 +326,7 @@ mod tests {
         let mut s = spec(&["all", "a=b"], "", "", "");
         assert!(resolve(&mut s, "i", false)
             .unwrap_err()
+            .to_string()
             .contains("cannot be combined"));
         // a path filter alone makes a personal intercept: team mode adds nothing
         let mut s = spec(&[], "/x", "", "");
@@ -353,7 +408,7 @@ mod tests {
             (spec(&[], "/a", "/b", ""), "at most one"),
         ] {
             let mut s2 = s.clone();
-            let e = resolve(&mut s2, "i", false).unwrap_err();
+            let e = resolve(&mut s2, "i", false).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
         assert_eq!(disposition(&spec(&[], "", "", "")), "all TCP connections");

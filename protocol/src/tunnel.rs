@@ -30,33 +30,145 @@ pub enum Role {
 /// What a tunnel connection says about itself before the payload starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TunnelHeader {
+    /// The connection id both sides of a tunnel name, so the manager can pair them.
     pub conn_id: String,
+    /// The intercept the connection belongs to (intercepted and file-sync streams).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub intercept_id: String,
+    /// The session of the party that opened the connection (agents and outbound streams).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session_id: String,
-    /// Set by a client that could not reach its local target: the manager closes the agent side.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
-    /// What the connection carries: empty for an intercepted TCP connection (opened by the agent),
-    /// [`KIND_FS`] for a file-sync stream (opened by the client).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub kind: String,
-    /// Outbound streams ([`KIND_OUT_TCP`], [`KIND_OUT_UDP`]): the `host:port` in the cluster the
-    /// manager dials.
+    /// Set by a client that could not reach its local target (the manager closes the agent
+    /// side), or by the manager answering an outbound stream it could not connect.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "header_error"
+    )]
+    pub error: Option<HeaderError>,
+    /// What the connection carries: see [`TunnelKind`].
+    #[serde(default, skip_serializing_if = "TunnelKind::is_intercept")]
+    pub kind: TunnelKind,
+    /// Outbound streams ([`TunnelKind::OutTcp`], [`TunnelKind::OutUdp`]): the `host:port` in the
+    /// cluster the manager dials.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
 }
 
-/// [`TunnelHeader::kind`] of a file-sync stream.
-pub const KIND_FS: &str = "fs";
-/// [`TunnelHeader::kind`] of an outbound TCP connection opened by a client: the manager dials
-/// [`TunnelHeader::target`], answers with a header whose `error` is empty on success, then
-/// splices.
-pub const KIND_OUT_TCP: &str = "out-tcp";
-/// [`TunnelHeader::kind`] of an outbound UDP flow opened by a client: like [`KIND_OUT_TCP`],
-/// then datagrams travel both ways framed by [`write_datagram`]/[`read_datagram`].
-pub const KIND_OUT_UDP: &str = "out-udp";
+/// What a tunnel connection carries ([`TunnelHeader::kind`]); on the wire it is the string
+/// [`TunnelKind::as_str`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum TunnelKind {
+    /// An intercepted TCP connection (opened by the agent); the empty string on the wire.
+    #[default]
+    #[serde(rename = "")]
+    Intercept,
+    /// A file-sync stream (opened by the client), `"fs"`.
+    #[serde(rename = "fs")]
+    Fs,
+    /// An outbound TCP connection opened by a client, `"out-tcp"`: the manager dials
+    /// [`TunnelHeader::target`], answers with a header whose `error` is unset on success, then
+    /// splices.
+    #[serde(rename = "out-tcp")]
+    OutTcp,
+    /// An outbound UDP flow opened by a client, `"out-udp"`: like [`TunnelKind::OutTcp`], then
+    /// datagrams travel both ways framed by [`write_datagram`]/[`read_datagram`].
+    #[serde(rename = "out-udp")]
+    OutUdp,
+}
+
+impl TunnelKind {
+    /// The wire form: `""`, `"fs"`, `"out-tcp"` or `"out-udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Intercept => "",
+            TunnelKind::Fs => "fs",
+            TunnelKind::OutTcp => "out-tcp",
+            TunnelKind::OutUdp => "out-udp",
+        }
+    }
+
+    /// True for [`TunnelKind::Intercept`] (which is left out of the serialized header).
+    pub fn is_intercept(&self) -> bool {
+        *self == TunnelKind::Intercept
+    }
+}
+
+impl std::fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the side that answers a tunnel connection could not carry it ([`TunnelHeader::error`]).
+/// On the wire it is its `Display` text, as it always was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// An outbound stream named a session the manager does not know.
+    #[error("outbound stream from an unknown session")]
+    UnknownSession,
+    /// An outbound stream's target is not a socket address.
+    #[error("bad outbound target {0:?}")]
+    BadTarget(String),
+    /// Dialing `target` failed (or timed out) with `reason`.
+    #[error("{target}: {reason}")]
+    Unreachable {
+        /// The `host:port` that was dialed.
+        target: String,
+        /// What went wrong, as the operating system (or the timeout) said it.
+        reason: String,
+    },
+    /// Any other text a peer sent, kept as it was.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl HeaderError {
+    /// Parses the wire text back into the variant that prints it.
+    pub fn parse(text: &str) -> HeaderError {
+        if text == HeaderError::UnknownSession.to_string() {
+            return HeaderError::UnknownSession;
+        }
+        if let Some(quoted) = text.strip_prefix("bad outbound target ") {
+            if let Ok(t) = serde_json::from_str::<String>(quoted) {
+                if HeaderError::BadTarget(t.clone()).to_string() == text {
+                    return HeaderError::BadTarget(t);
+                }
+            }
+        }
+        if let Some((target, reason)) = text.split_once(": ") {
+            let is_host_port = target
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if is_host_port && !target.contains(' ') {
+                return HeaderError::Unreachable {
+                    target: target.to_string(),
+                    reason: reason.to_string(),
+                };
+            }
+        }
+        HeaderError::Other(text.to_string())
+    }
+}
+
+/// Serde for [`TunnelHeader::error`]: the error's text, an empty string meaning none.
+mod header_error {
+    use super::HeaderError;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(e: &Option<HeaderError>, s: S) -> Result<S::Ok, S::Error> {
+        match e {
+            Some(e) => s.collect_str(e),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderError>, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok((!text.is_empty()).then(|| HeaderError::parse(&text)))
+    }
+}
+
 /// The largest datagram a UDP flow carries.
 pub const MAX_DATAGRAM: usize = 65535;
 
@@ -90,18 +202,25 @@ pub async fn read_datagram<R: AsyncRead + Unpin>(
     Ok(Some(()))
 }
 
+/// Why a tunnel header could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
+    /// The connection does not start with [`MAGIC`].
     #[error("not a telepresence tunnel connection (bad magic)")]
     BadMagic,
+    /// The role byte is neither agent nor client.
     #[error("unknown tunnel role {0}")]
     BadRole(u8),
+    /// The header length is over [`MAX_HEADER`].
     #[error("tunnel header of {0} bytes exceeds the {MAX_HEADER} byte limit")]
     TooLong(usize),
+    /// The header body is not the expected JSON.
     #[error("malformed tunnel header: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// Reading failed.
     #[error("tunnel i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer sent no header in time.
     #[error("timed out waiting for the tunnel header")]
     Timeout,
 }
@@ -302,7 +421,7 @@ mod tests {
     async fn outbound_header_and_datagrams_round_trip() {
         let h = TunnelHeader {
             conn_id: "c2".into(),
-            kind: KIND_OUT_UDP.into(),
+            kind: TunnelKind::OutUdp,
             target: "10.0.0.1:53".into(),
             ..Default::default()
         };
@@ -321,6 +440,51 @@ mod tests {
         let old = br#"{"conn_id":"x"}"#;
         let parsed: TunnelHeader = serde_json::from_slice(old).unwrap();
         assert!(parsed.target.is_empty());
+    }
+
+    #[test]
+    fn kind_and_error_keep_their_wire_text() {
+        for (kind, text) in [
+            (TunnelKind::Intercept, ""),
+            (TunnelKind::Fs, "fs"),
+            (TunnelKind::OutTcp, "out-tcp"),
+            (TunnelKind::OutUdp, "out-udp"),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("{text:?}"));
+            assert_eq!(kind.as_str(), text);
+        }
+        let h = TunnelHeader {
+            conn_id: "c".into(),
+            kind: TunnelKind::Fs,
+            error: Some(HeaderError::Unreachable {
+                target: "127.0.0.1:8080".into(),
+                reason: "Connection refused (os error 111)".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"conn_id":"c","error":"127.0.0.1:8080: Connection refused (os error 111)","kind":"fs"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&TunnelHeader::default()).unwrap(),
+            r#"{"conn_id":""}"#
+        );
+        let empty: TunnelHeader =
+            serde_json::from_str(r#"{"conn_id":"x","error":"","kind":""}"#).unwrap();
+        assert_eq!(empty.error, None);
+        assert_eq!(empty.kind, TunnelKind::Intercept);
+        for e in [
+            HeaderError::UnknownSession,
+            HeaderError::BadTarget("nope \"x\"".into()),
+            HeaderError::Unreachable {
+                target: "[::1]:53".into(),
+                reason: "x: y".into(),
+            },
+            HeaderError::Other("Address family not supported (os error 97)".into()),
+        ] {
+            assert_eq!(HeaderError::parse(&e.to_string()), e);
+        }
     }
 
     #[tokio::test]
