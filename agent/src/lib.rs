@@ -18,12 +18,14 @@ mod forward;
 pub mod fs;
 mod http_route;
 pub mod http_sniff;
+#[allow(unsafe_code)] // raw netlink sockets (socket, bind, sendto, recv): each block says why it is sound
 mod netlink;
 pub mod nft;
 pub mod portmap;
 pub mod routes;
 mod session;
 #[cfg(test)]
+#[allow(unsafe_code)] // unshare(2) into a fresh network namespace for tests
 mod testns;
 
 pub use config::{AgentConfig, MANAGER_TIMEOUT};

@@ -586,4 +586,5 @@ impl fmt::Display for RuleInfo {
 
 #[cfg(test)]
 #[path = "nft_tests.rs"]
+#[allow(unsafe_code)] // capget/capset syscalls to drop capabilities in a test
 mod tests;

@@ -391,9 +391,11 @@ async fn run_handler(args: &[String], name: &str, env: &BTreeMap<String, String>
     }
 }
 
+#[allow(unsafe_code)]
 fn forward(pid: Option<i32>, sig: i32, deadline: &mut Option<tokio::time::Instant>) {
     if let Some(pid) = pid {
         // The docker CLI proxies the signal to the container.
+        // SAFETY: kill(2) takes plain integers; `pid` is our own child, the docker CLI.
         unsafe {
             libc::kill(pid, sig);
         }

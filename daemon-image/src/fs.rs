@@ -1205,6 +1205,7 @@ mod tests {
         f.flush().unwrap();
     }
 
+    #[allow(unsafe_code)]
     fn flush_page_cache() {
         // SAFETY: sync(2) has no preconditions.
         unsafe { libc::sync() };

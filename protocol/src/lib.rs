@@ -12,12 +12,14 @@ pub mod tunnel;
 
 /// Generated code for `proto/manager.proto`.
 #[allow(missing_docs)]
+#[allow(clippy::too_many_lines)] // generated code
 pub mod manager {
     tonic::include_proto!("telepresence.manager");
 }
 
 /// Generated code for `proto/connector.proto`.
 #[allow(missing_docs)]
+#[allow(clippy::too_many_lines)] // generated code
 pub mod connector {
     tonic::include_proto!("telepresence.connector");
 }

@@ -310,6 +310,7 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u6
 }
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // splice(2), pipe2(2), fcntl(2): each block says why it is sound
 mod zero_copy {
     //! One direction of a zero-copy relay: socket → pipe → socket with `splice(2)`, driven by
     //! tokio's readiness so it never blocks a worker thread.

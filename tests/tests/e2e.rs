@@ -140,6 +140,8 @@ fn ctrl_c_ends_the_intercept() {
     user.connect(&p);
     let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
     p.wait_for("http://web:8080/", "handler", T).unwrap();
+    // SAFETY: kill(2) takes plain integers; the pid is our own child.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
