@@ -2,6 +2,7 @@
 //! stub app: arrival, routing per connection, in-flight connections surviving snapshot changes,
 //! re-arrival after the manager forgets the session, fallback when the tunnel is down, depart;
 //! and (as root) the whole agent capturing real traffic in a pair of network namespaces.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 use super::*;
 use protocol::manager::manager_server::{Manager, ManagerServer};
@@ -346,7 +347,7 @@ async fn routes_each_connection_by_the_snapshot_at_accept_time() {
 
     // the intercept ends: new connections go to the app, the tunnelled one is not cut
     w.clear();
-    wait_routes(&agent, "intercept cleared", |r| r.is_empty()).await;
+    wait_routes(&agent, "intercept cleared", super::routes::Routes::is_empty).await;
     let (who, _) = open(addr).await;
     assert_eq!(who, "app:");
     echo(&mut via_tunnel, b"still intercepted").await;

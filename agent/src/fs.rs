@@ -374,7 +374,7 @@ mod tests {
                 match next(r).await {
                     Frame::Data(d) => tar.extend(d),
                     Frame::Msg(Msg::TarEnd { mount }) if mount as usize == i => break,
-                    other => panic!("unexpected {other:?}"),
+                    other @ Frame::Msg(_) => panic!("unexpected {other:?}"),
                 }
             }
             tars.push(tar);
@@ -450,7 +450,7 @@ mod tests {
                 match next(&mut r).await {
                     Frame::Msg(Msg::Refused { path, reason, .. }) => {
                         assert_eq!(reason, "read-only mount");
-                        refused.push(path)
+                        refused.push(path);
                     }
                     other => panic!("unexpected {other:?}"),
                 }

@@ -55,7 +55,7 @@ async fn http_server(
                     .into_body()
                     .collect()
                     .await
-                    .map(|c| c.to_bytes())
+                    .map(http_body_util::Collected::to_bytes)
                     .unwrap_or_default();
                 let mut v = format!("{name}:").into_bytes();
                 v.extend_from_slice(&b);

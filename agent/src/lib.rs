@@ -18,7 +18,8 @@ mod forward;
 pub mod fs;
 mod http_route;
 pub mod http_sniff;
-#[allow(unsafe_code)] // raw netlink sockets (socket, bind, sendto, recv): each block says why it is sound
+#[allow(unsafe_code)]
+// raw netlink sockets (socket, bind, sendto, recv): each block says why it is sound
 mod netlink;
 pub mod nft;
 pub mod portmap;

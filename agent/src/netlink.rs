@@ -66,7 +66,7 @@ impl Socket {
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::ptr::from_ref::<libc::sockaddr_nl>(&addr).cast::<libc::sockaddr>(),
                 std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };
@@ -83,7 +83,7 @@ impl Socket {
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
+                std::ptr::from_ref::<libc::timeval>(&tv).cast::<libc::c_void>(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
@@ -103,10 +103,10 @@ impl Socket {
             let n = unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
-                    buf.as_ptr() as *const libc::c_void,
+                    buf.as_ptr().cast::<libc::c_void>(),
                     buf.len(),
                     0,
-                    &dst as *const libc::sockaddr_nl as *const libc::sockaddr,
+                    std::ptr::from_ref::<libc::sockaddr_nl>(&dst).cast::<libc::sockaddr>(),
                     std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
                 )
             };
@@ -133,7 +133,7 @@ impl Socket {
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.as_mut_ptr().cast::<libc::c_void>(),
                     buf.len(),
                     flags,
                 )

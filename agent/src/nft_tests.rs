@@ -1,5 +1,6 @@
 //! Tests of the nf_tables encoding (no privileges needed) and of real installs in fresh network
 //! namespaces (root only; skipped with a message otherwise).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 use super::*;
 use crate::netlink::{messages, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};

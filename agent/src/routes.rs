@@ -246,7 +246,10 @@ mod tests {
     fn personal(id: &str, port: u32, headers: &[&str], prefix: &str) -> InterceptInfo {
         let mut i = ic(id, "shop", "web", port, "ACTIVE");
         let spec = i.spec.as_mut().unwrap();
-        spec.http_headers = headers.iter().map(|s| s.to_string()).collect();
+        spec.http_headers = headers
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         spec.http_path_prefix = prefix.into();
         i
     }

@@ -50,7 +50,11 @@ pub async fn status(use_: Option<&str>) -> Result<CmdOutput> {
     let mut data = Vec::new();
     for d in &all {
         let st = match connector(d.port).await {
-            Ok(mut c) => c.status(Empty {}).await.map(|r| r.into_inner()).ok(),
+            Ok(mut c) => c
+                .status(Empty {})
+                .await
+                .map(tonic::Response::into_inner)
+                .ok(),
             Err(_) => None,
         };
         let Some(st) = st else {

@@ -78,14 +78,14 @@ fn parse(args: &[String]) -> Result<Opts, UsageError> {
                     val(a)?
                         .parse()
                         .map_err(|_| UsageError::NotANumber("--max-time"))?,
-                )
+                );
             }
             "--connect-timeout" => {
                 o.connect_timeout = Some(
                     val(a)?
                         .parse()
                         .map_err(|_| UsageError::NotANumber("--connect-timeout"))?,
-                )
+                );
             }
             "-H" | "--header" => o.headers.push(val(a)?),
             "-X" | "--request" => o.method = Some(val(a)?),
@@ -364,7 +364,7 @@ mod tests {
     use super::*;
 
     fn a(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+        v.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

@@ -689,7 +689,7 @@ mod tests {
         locale: &str,
     ) -> BTreeMap<String, String> {
         let dir = file.parent().unwrap();
-        let dump = dir.join(format!("dump-{}-{}", export, interactive));
+        let dump = dir.join(format!("dump-{export}-{interactive}"));
         let _ = std::fs::remove_file(&dump);
         let q = |p: &Path| format!("'{}'", p.display());
         let mut script = format!("source {}\n", q(file));
@@ -844,7 +844,7 @@ mod tests {
             "ps:export",
             "json",
         ];
-        assert_eq!(EnvSyntax::ALL.map(|s| s.as_str()), names);
+        assert_eq!(EnvSyntax::ALL.map(super::EnvSyntax::as_str), names);
         for s in EnvSyntax::value_variants() {
             let name = s.to_possible_value().unwrap().get_name().to_string();
             assert_eq!(name, s.as_str());

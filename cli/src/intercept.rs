@@ -152,7 +152,7 @@ pub async fn run(
         port_identifier: port.remote.clone(),
         protocol: "TCP".into(),
         target_host: args.address.clone(),
-        target_port: port.local as u32,
+        target_port: u32::from(port.local),
         mechanism: "tcp".into(),
         client: String::new(),
         http_headers: args.http_header.clone(),

@@ -1,6 +1,7 @@
 //! Docker Compose conventions shared by the provider, the CLI and the tests: the labels compose
 //! puts on what it creates, the default network name of a project, and which compose command
 //! (`docker compose` v2 or `docker-compose` v1) this machine has.
+#![forbid(unsafe_code)]
 
 use std::process::Command;
 

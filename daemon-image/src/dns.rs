@@ -305,7 +305,7 @@ impl Dns {
             key,
             Cached {
                 msg: msg.clone(),
-                expires: Instant::now() + Duration::from_secs(ttl as u64),
+                expires: Instant::now() + Duration::from_secs(u64::from(ttl)),
             },
         );
         drop(cache);
@@ -328,7 +328,7 @@ impl Dns {
                 session: Some(self.session.session()),
                 name: name.to_string(),
                 namespace: namespace.to_string(),
-                qtype: u16::from(qtype) as u32,
+                qtype: u32::from(u16::from(qtype)),
             })
             .await;
         let bytes = match r {
@@ -340,7 +340,7 @@ impl Dns {
         };
         let mut m = Message::from_vec(&bytes).ok()?;
         let asked = m.queries.first().map(|q| q.name().clone());
-        for r in m.answers.iter_mut() {
+        for r in &mut m.answers {
             if Some(&r.name) == asked.as_ref() {
                 r.name = qname.clone();
             }

@@ -424,10 +424,12 @@ impl<'a> Unpacker<'a> {
                 .take()
                 .or(pax_path.take())
                 .unwrap_or_else(|| entry.header().path_bytes().into_owned());
-            let link = long_link
-                .take()
-                .or(pax_link.take())
-                .or_else(|| entry.header().link_name_bytes().map(|c| c.into_owned()));
+            let link = long_link.take().or(pax_link.take()).or_else(|| {
+                entry
+                    .header()
+                    .link_name_bytes()
+                    .map(std::borrow::Cow::into_owned)
+            });
             let Some(rel) = tar_rel(&path)? else {
                 continue; // the root itself
             };
@@ -444,7 +446,7 @@ impl<'a> Unpacker<'a> {
             let mtime_ns = (h.mtime()?.min(i64::MAX as u64 / 1_000_000_000) as i64) * 1_000_000_000;
             match et {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    self.file(&rel, &mut entry, attrs, mtime_ns)?
+                    self.file(&rel, &mut entry, attrs, mtime_ns)?;
                 }
                 tar::EntryType::Directory => self.dir(&rel, attrs, mtime_ns)?,
                 tar::EntryType::Symlink => self.symlink(&rel, link, attrs, mtime_ns)?,

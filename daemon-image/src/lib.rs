@@ -98,7 +98,7 @@ async fn start_outbound(
                 .join(","),
             exclude_suffixes: dns::EXCLUDE_SUFFIXES
                 .iter()
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .collect(),
             include_suffixes: Vec::new(),
             timeout_seconds: dns::UPSTREAM_TIMEOUT.as_secs() as u32,

@@ -390,7 +390,7 @@ async fn udp_flow<X: Dialer>(
         last.store(
             start.elapsed().as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
-        )
+        );
     };
     let send = async {
         while let Some(d) = rx.recv().await {

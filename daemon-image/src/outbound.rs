@@ -145,7 +145,11 @@ pub async fn start(
     for r in &plan.routes {
         crate::tun::add_route(*r, crate::tun::DEVICE, None).map_err(OutboundError::Route)?;
     }
-    let routed: Vec<String> = plan.routes.iter().map(|r| r.to_string()).collect();
+    let routed: Vec<String> = plan
+        .routes
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     tracing::info!(subnets = ?routed, "routing the cluster's subnets through {}", crate::tun::DEVICE);
     let stack = Smoltcp {
         mtu: cfg.mtu as usize,

@@ -109,10 +109,10 @@ pub fn checksum(data: &[u8]) -> u16 {
 fn sum(mut acc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
     }
     if let [last] = chunks.remainder() {
-        acc += (*last as u32) << 8;
+        acc += u32::from(*last) << 8;
     }
     acc
 }
@@ -128,7 +128,7 @@ fn fold(mut acc: u32) -> u16 {
 /// to `dst` (both IPv4 or both IPv6 octets), over the pseudo header and the segment.
 fn set_tcp_checksum(tcp: &mut [u8], src: &[u8], dst: &[u8]) {
     let mut pseudo = sum(sum(0, src), dst);
-    pseudo += PROTO_TCP as u32 + tcp.len() as u32;
+    pseudo += u32::from(PROTO_TCP) + tcp.len() as u32;
     let c = !fold(sum(pseudo, tcp));
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
 }
@@ -203,7 +203,7 @@ pub(crate) mod tests {
         // TCP checksum over the pseudo header.
         p[36..38].copy_from_slice(&[0, 0]);
         let mut pseudo = sum(0, &p[12..20]);
-        pseudo += PROTO_TCP as u32 + (p.len() - 20) as u32;
+        pseudo += u32::from(PROTO_TCP) + (p.len() - 20) as u32;
         let c = !fold(sum(pseudo, &p[20..]));
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
@@ -223,7 +223,7 @@ pub(crate) mod tests {
         assert_eq!(u32::from_be_bytes(rst[28..32].try_into().unwrap()), 1001);
         // TCP checksum over the pseudo header verifies.
         let mut pseudo = sum(0, &rst[12..20]);
-        pseudo += PROTO_TCP as u32 + 20;
+        pseudo += u32::from(PROTO_TCP) + 20;
         assert_eq!(!fold(sum(pseudo, &rst[20..])), 0);
     }
 

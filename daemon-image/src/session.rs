@@ -151,7 +151,7 @@ impl Session {
     pub async fn keep_alive(self: std::sync::Arc<Self>) {
         loop {
             let s = self.session();
-            let period = Duration::from_secs((s.lease_seconds.max(3) / 3) as u64);
+            let period = Duration::from_secs(u64::from(s.lease_seconds.max(3) / 3));
             tokio::time::sleep(period).await;
             match self.client.clone().remain(s).await {
                 Ok(_) => {}

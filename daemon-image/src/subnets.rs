@@ -39,7 +39,7 @@ impl Cidr {
     pub fn halves(&self) -> Option<[Cidr; 2]> {
         (self.prefix < 32).then(|| {
             let p = self.prefix + 1;
-            let hi = u32::from(self.addr) | (1 << (32 - p as u32));
+            let hi = u32::from(self.addr) | (1 << (32 - u32::from(p)));
             [Cidr::new(self.addr, p), Cidr::new(Ipv4Addr::from(hi), p)]
         })
     }
@@ -49,7 +49,7 @@ fn mask(prefix: u8) -> u32 {
     if prefix == 0 {
         0
     } else {
-        u32::MAX << (32 - prefix as u32)
+        u32::MAX << (32 - u32::from(prefix))
     }
 }
 

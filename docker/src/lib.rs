@@ -3,6 +3,7 @@
 //! `FROM scratch` image built from our own executable), [`provider`] (the traffic-manager's
 //! Docker-engine provider: compose project = namespace, compose service = workload) and
 //! [`startup`] (the Docker traffic-manager's entry point, from its environment).
+#![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod image;

@@ -558,7 +558,7 @@ async fn run_cleanup(docker: &Docker, agent: &AgentRef) -> Result<(), ProviderEr
                 "agent cleanup {name} did not finish within {}s",
                 CLEANUP_TIMEOUT.as_secs()
             ))),
-            Ok(None) | Ok(Some(Ok(_))) => Ok(()),
+            Ok(None | Some(Ok(_))) => Ok(()),
             Ok(Some(Err(BollardError::DockerContainerWaitError { code, error }))) => {
                 Err(ProviderError::Api(format!(
                     "agent cleanup {name} failed with exit code {code} {error}"
@@ -1088,7 +1088,7 @@ fn agent_container_body(
         ),
         labels: Some(labels),
         stop_signal: Some("SIGTERM".to_string()),
-        stop_timeout: Some(AGENT_STOP_TIMEOUT_SECS as i64),
+        stop_timeout: Some(i64::from(AGENT_STOP_TIMEOUT_SECS)),
         host_config: Some(host_config),
         ..Default::default()
     }

@@ -171,7 +171,13 @@ mod tests {
             m("/data/x/y/"),
         ];
         let ex = nested_excludes(&mounts, 0);
-        assert_eq!(ex, ["cache", "x/y"].iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            ex,
+            ["cache", "x/y"]
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect()
+        );
         assert!(nested_excludes(&mounts, 1).is_empty());
         assert!(nested_excludes(&mounts, 2).is_empty());
         assert!(excluded("cache/f", &ex) && !excluded("cachet", &ex));

@@ -51,7 +51,7 @@ pub fn install_at(dir: BorrowedFd<'_>, tmp: &CStr, name: &CStr) -> io::Result<()
         Err(e)
             if matches!(
                 e.raw_os_error(),
-                Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+                Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST)
             ) =>
         {
             remove_all_at(dir, name)?;

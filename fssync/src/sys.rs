@@ -64,7 +64,7 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Meta>> {
     if r < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
+            Some(libc::ENOENT | libc::ENOTDIR) => Ok(None),
             _ => Err(e),
         };
     }
@@ -247,6 +247,6 @@ pub(crate) fn open_dir_path(path: &CStr) -> io::Result<OwnedFd> {
 pub fn is_absent(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
     )
 }

@@ -165,7 +165,7 @@ mod tests {
         let root = Root::open(p).unwrap();
         let ex: HashSet<String> = ["nested".to_string()].into();
         let (m, report) = scan(&root, &ex).unwrap();
-        let mut keys: Vec<&str> = m.keys().map(|s| s.as_str()).collect();
+        let mut keys: Vec<&str> = m.keys().map(std::string::String::as_str).collect();
         keys.sort();
         assert_eq!(keys, ["d", "d/e", "d/e/f", "empty", "l"]);
         assert_eq!(m["d"].kind, Kind::Dir);

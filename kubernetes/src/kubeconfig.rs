@@ -300,7 +300,7 @@ pub fn run_exec(
 pub fn resolve_exec(kc: &mut Kubeconfig) -> Result<Option<String>, KubeconfigError> {
     let mut expiry: Option<String> = None;
     let cluster = kc.clusters.first().and_then(|c| c.cluster.clone());
-    for named in kc.auth_infos.iter_mut() {
+    for named in &mut kc.auth_infos {
         let Some(a) = named.auth_info.as_mut() else {
             continue;
         };

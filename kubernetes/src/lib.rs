@@ -10,6 +10,7 @@
 //! `stores` (the reflectors), [`provider`] (the [`manager::provider::Provider`] implementation over
 //! them), [`startup`] (the manager process on Kubernetes), [`contract`] (the environment,
 //! RBAC and webhook endpoint an installation must provide, as tables the chart is tested against).
+#![forbid(unsafe_code)]
 
 pub mod cidr;
 pub mod configmap;

@@ -184,9 +184,9 @@ impl KubeProvider {
         let s = self.statefulsets.in_namespace(namespace);
         let mut ws = ports::workloads(
             namespace,
-            &d.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-            &r.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
-            &s.iter().map(|x| x.as_ref()).collect::<Vec<_>>(),
+            &d.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &r.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &s.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
         );
         ws.retain(|w| {
             w.pod_labels().get(super::MANAGED_BY.0).map(String::as_str) != Some(super::MANAGED_BY.1)
@@ -207,7 +207,7 @@ impl KubeProvider {
         let svcs = self.services_of(w);
         ports::match_ports(
             &w.template,
-            &svcs.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+            &svcs.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
         )
     }
 
@@ -343,7 +343,7 @@ impl KubeProvider {
                     Ok(_) => {}
                     // Created meanwhile (by another manager): patch it below.
                     Err(kube::Error::Api(s)) if s.code == 409 => {
-                        self.patch_entry(&api, workload, &value).await?
+                        self.patch_entry(&api, workload, &value).await?;
                     }
                     Err(e) => return Err(api_err("create ConfigMap telepresence-agents", e)),
                 }

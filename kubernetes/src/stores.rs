@@ -53,7 +53,7 @@ where
                         }
                         futures::future::ready(())
                     })
-                    .await
+                    .await;
             }));
             stores.push(reader);
         }
@@ -65,7 +65,8 @@ where
     }
 
     pub(crate) async fn ready(&self, timeout: Duration) -> Result<(), ProviderError> {
-        let all = futures::future::join_all(self.stores.iter().map(|s| s.wait_until_ready()));
+        let all =
+            futures::future::join_all(self.stores.iter().map(reflector::Store::wait_until_ready));
         match tokio::time::timeout(timeout, all).await {
             Ok(_) => Ok(()),
             Err(_) => Err(ProviderError::Api(format!(
@@ -81,7 +82,10 @@ where
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<K>> {
-        self.stores.iter().flat_map(|s| s.state()).collect()
+        self.stores
+            .iter()
+            .flat_map(reflector::Store::state)
+            .collect()
     }
 
     pub(crate) fn in_namespace(&self, ns: &str) -> Vec<Arc<K>> {

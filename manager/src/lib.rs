@@ -1,6 +1,7 @@
 //! The traffic-manager: client and agent sessions with leases, intercepts (create, remove,
 //! watch), the cluster reached through a [`provider::Provider`], and the pairing of agent-side and
 //! client-side tunnel connections.
+#![forbid(unsafe_code)]
 
 pub mod outbound;
 pub mod personal;

@@ -59,7 +59,10 @@ mod tests {
         InterceptSpec {
             name: "mine".into(),
             workload: "web".into(),
-            http_headers: headers.iter().map(|s| s.to_string()).collect(),
+            http_headers: headers
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             http_path_prefix: prefix.into(),
             ..Default::default()
         }

@@ -52,7 +52,7 @@ fn workload_msg(w: WorkloadInfo, intercepts: Vec<InterceptInfo>) -> Workload {
             .into_iter()
             .map(|p| ServicePort {
                 name: p.name,
-                port: p.port as u32,
+                port: u32::from(p.port),
                 protocol: p.protocol,
             })
             .collect(),
@@ -271,7 +271,7 @@ fn check_conflicts(
         let s = i.spec.as_ref().expect("spec");
         s.namespace == spec.namespace
             && s.workload == spec.workload
-            && i.service_port == port as u32
+            && i.service_port == u32::from(port)
     }) {
         if let Some(why) = crate::personal::conflict(spec, other, port) {
             return Err(Status::already_exists(why));
@@ -444,7 +444,7 @@ impl ManagerApi for Manager {
                 state: protocol::manager::InterceptState::Waiting as i32,
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
-                service_port: port as u32,
+                service_port: u32::from(port),
                 service_port_name: port_name,
                 workload_kind: w.kind.clone(),
                 disposition: protocol::filters::disposition(&spec),

@@ -295,7 +295,10 @@ mod tests {
 
     fn spec(headers: &[&str], eq: &str, prefix: &str, re: &str) -> InterceptSpec {
         InterceptSpec {
-            http_headers: headers.iter().map(|s| s.to_string()).collect(),
+            http_headers: headers
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             http_path_equal: eq.into(),
             http_path_prefix: prefix.into(),
             http_path_regex: re.into(),

@@ -29,10 +29,12 @@ impl ResolvConf {
             match words.as_slice() {
                 ["nameserver", ip, ..] => out.nameservers.extend(ip.parse::<IpAddr>().ok()),
                 ["search", d @ ..] => {
-                    out.search = d.iter().map(|s| s.to_string()).collect();
+                    out.search = d.iter().map(std::string::ToString::to_string).collect();
                     out.all_search.extend(out.search.iter().cloned());
                 }
-                ["domain", d @ ..] => out.search = d.iter().map(|s| s.to_string()).collect(),
+                ["domain", d @ ..] => {
+                    out.search = d.iter().map(std::string::ToString::to_string).collect()
+                }
                 ["options", o @ ..] => {
                     for x in o {
                         if let Some(n) = x.strip_prefix("ndots:").and_then(|n| n.parse().ok()) {

@@ -681,7 +681,7 @@ impl ResolvConf {
                         conf.nameservers.push(SocketAddr::new(ip, 53));
                     }
                 }
-                Some("search") | Some("domain") => {
+                Some("search" | "domain") => {
                     conf.search = words.map(|w| w.trim_end_matches('.').to_string()).collect();
                 }
                 Some("options") => {

@@ -272,7 +272,7 @@ pub async fn raw(
     let mut buf = vec![0u8; 64 * 1024];
     let closed = loop {
         match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(0) | Err(_)) => break true,
             Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
             Err(_) => break false,
         }

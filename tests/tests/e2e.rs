@@ -1,6 +1,7 @@
 //! End-to-end tests on the real Docker engine: a compose project of our test app, the real
 //! `telepresence` binary driven as a user would, real containers for daemon, manager, agent
 //! and handler. Run serially (`--test-threads=1`): `quit -s` is engine-wide.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::process::Child;
 use std::time::Duration;

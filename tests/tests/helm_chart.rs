@@ -1,5 +1,6 @@
 //! The shipped chart rendered with default and non-default values: every object deserializes
 //! into its k8s-openapi type, and the values change what they are documented to change.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use cli::helm::{self, InstallArgs, WebhookTls};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;

@@ -5,6 +5,7 @@
 //! - The daemon's port-forward (`kubernetes::portforward`): bytes both ways through the
 //!   WebSocket to a real TCP server, the choice of a ready pod, and moving to another
 //!   pod when the remembered one is gone.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use cli::helm::{self, InstallArgs, TargetArgs};
 use serde_json::Value;
@@ -72,7 +73,7 @@ async fn helm_install_upgrade_uninstall_against_the_api() {
     // Install: every object server-side applied by field manager telepresence, forced.
     let mut progress = Vec::new();
     let out = helm::install(&client, "test", install_args("tm", true), false, &mut |l| {
-        progress.push(l.to_string())
+        progress.push(l.to_string());
     })
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 //! Intercepting triggers the ConfigMap entry and the rollout; the "kubelet" (this test) starts
 //! the agent from the entry; the intercept becomes active; a caller's connection reaches the
 //! client; leaving restores the app.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kubernetes::configmap::AgentConfig;

@@ -1,6 +1,7 @@
 //! The traffic-manager's gRPC service over the Kubernetes provider (API stand-in): listing,
 //! an intercept whose agent cannot start (the timeout says why, from the pods' state), and
 //! `uninstall --all-agents` removing the ConfigMap entries.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,

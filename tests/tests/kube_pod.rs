@@ -5,6 +5,7 @@
 //! redirect's target, and forwards both to the app. No manager is needed for that: the agent
 //! forwards to the app while it waits for one. Removing the agent proves the traffic went
 //! through it.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec,

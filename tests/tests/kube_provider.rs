@@ -2,6 +2,7 @@
 //! service discovery through reflectors (lists, watch events, bookmarks, 410 resync), port
 //! mapping and "not interceptable" reasons, agent install/removal (ConfigMap entry, rollout
 //! patch), injection policy, CIDR and cluster facts.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Pod};

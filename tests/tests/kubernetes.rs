@@ -9,6 +9,7 @@
 //! - `real_cluster_*`: against a real cluster when `KUBECONFIG` is set (kind: see README);
 //!   without it they print `SKIPPED: …` and return — never a pass of cluster behaviour.
 //!   Run serially (`--test-threads=1`): `quit -s` is engine-wide.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

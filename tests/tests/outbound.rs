@@ -2,6 +2,7 @@
 //! started with `telepresence docker-run` on a connection reaches the connected namespace's
 //! services by every name form and by IP over TCP and UDP, through the daemon's TUN device,
 //! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::time::Duration;
 use tests::*;

@@ -4,6 +4,7 @@
 //! HTTP/2, gRPC-style) and each reaches the right place; path filters; one developer leaves
 //! and only their traffic returns to the app; malformed, oversized, pipelined and slow
 //! requests don't break the others; team mode. Run serially (`--test-threads=1`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! the pod, gives the expected pod (typed with k8s-openapi); reviewing the patched pod changes
 //! nothing; pods without config, other operations and uninjectable pods are admitted as they
 //! are. Also end to end over HTTPS with a generated certificate.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,

@@ -566,7 +566,7 @@ impl Templates {
                     }
                 }
                 Node::Range(p, body, else_) => {
-                    self.exec_range(t, (p, body, else_), dot, scope, out)?
+                    self.exec_range(t, (p, body, else_), dot, scope, out)?;
                 }
                 Node::Template(name, arg) => {
                     let data = match arg {
@@ -960,7 +960,7 @@ fn to_int(v: &Value) -> i64 {
     match v {
         Value::Number(n) => n.as_i64().unwrap_or(n.as_f64().unwrap_or(0.0) as i64),
         Value::String(s) => s.parse().unwrap_or(0),
-        Value::Bool(b) => *b as i64,
+        Value::Bool(b) => i64::from(*b),
         _ => 0,
     }
 }

@@ -9,6 +9,7 @@
 //! Personal intercepts (issue 6): see `../bench_personal.rs`.
 //! Outbound (issue 3, `bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use anyhow::{Context, Result};
 use clap::Parser;

@@ -12,6 +12,7 @@
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! tp-testapp relay --listen PORT --to HOST:PORT
 //! ```
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -359,7 +360,7 @@ async fn get(url: &str, headers: &[String], timeout: f64, put: Option<String>) -
         let kv = h.split_once('=').or_else(|| h.split_once(':'));
         match kv {
             Some((k, v)) if !k.trim().is_empty() => {
-                parsed.push((k.trim().to_string(), v.trim().to_string()))
+                parsed.push((k.trim().to_string(), v.trim().to_string()));
             }
             _ => return fail(&format!("bad header {h:?}: use K=V")),
         }

@@ -249,7 +249,10 @@ pub fn kube_config(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
         tunnel_port: 8082,
         agent_image: "local/telepresence:test".into(),
         policy,
-        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        namespaces: namespaces
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect(),
         server: "https://cluster.example:6443".into(),
         sync_timeout: Duration::from_secs(10),
         rollout_timeout: Duration::ZERO,

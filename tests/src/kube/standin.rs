@@ -350,10 +350,15 @@ impl StandIn {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let leaf = CertificateParams::new(
+            names
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
         let acceptor = tls_acceptor(
             leaf.der().to_vec(),
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -682,7 +687,9 @@ impl StandIn {
 
     /// Server-side apply: creates the object (in an existing namespace) or merges into it.
     fn apply(&self, t: &Target, q: &HashMap<String, String>, body: &str) -> Response<Body> {
-        if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        if q.get("fieldManager")
+            .is_none_or(std::string::String::is_empty)
+        {
             return respond(
                 422,
                 &status(422, "Invalid", "fieldManager is required for apply"),
@@ -835,7 +842,7 @@ impl StandIn {
                 }
             }
             "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                merge(&mut obj, &patch)
+                merge(&mut obj, &patch);
             }
             other => {
                 return respond(
