@@ -173,10 +173,7 @@ mod tests {
         let ex = nested_excludes(&mounts, 0);
         assert_eq!(
             ex,
-            ["cache", "x/y"]
-                .iter()
-                .map(std::string::ToString::to_string)
-                .collect()
+            ["cache", "x/y"].iter().map(ToString::to_string).collect()
         );
         assert!(nested_excludes(&mounts, 1).is_empty());
         assert!(nested_excludes(&mounts, 2).is_empty());

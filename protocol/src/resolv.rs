@@ -29,11 +29,11 @@ impl ResolvConf {
             match words.as_slice() {
                 ["nameserver", ip, ..] => out.nameservers.extend(ip.parse::<IpAddr>().ok()),
                 ["search", d @ ..] => {
-                    out.search = d.iter().map(std::string::ToString::to_string).collect();
+                    out.search = d.iter().map(ToString::to_string).collect();
                     out.all_search.extend(out.search.iter().cloned());
                 }
                 ["domain", d @ ..] => {
-                    out.search = d.iter().map(std::string::ToString::to_string).collect()
+                    out.search = d.iter().map(ToString::to_string).collect();
                 }
                 ["options", o @ ..] => {
                     for x in o {
