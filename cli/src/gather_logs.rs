@@ -207,8 +207,8 @@ const NOT_IDENTIFYING: [&str; 5] = ["default", "ambassador", "kube-system", "doc
 
 /// Replaces known names (namespaces, workloads, pods, connections, contexts) and IP addresses
 /// with placeholders (`namespace-1`, `ip-2`, …), the same original always by the same one.
-/// Names match whole: not inside a longer word (`web` is replaced in `web-1` and `web.shop`,
-/// not in `webhook`). Loopback and unspecified addresses are kept.
+/// Names match whole: not inside a longer word (`web` is replaced in `web-1`, `web.shop` and
+/// `web_default`, not in `webhook`). Loopback and unspecified addresses are kept.
 #[derive(Debug, Default)]
 pub struct Anonymizer {
     names: HashMap<String, String>,
@@ -258,7 +258,8 @@ impl Anonymizer {
             self.pattern = Some(Regex::new(&alt.join("|")).expect("escaped names"));
         }
         let re = self.pattern.as_ref().expect("pattern");
-        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        // `_` separates too: compose names networks `<project>_default`.
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
         let mut out = String::with_capacity(text.len());
         let (mut copied, mut at) = (0, 0);
         while let Some(m) = re.find_at(text, at) {
@@ -878,11 +879,11 @@ mod tests {
         a.add("namespace", "default");
         a.add("workload", "shop"); // first kind wins
         let t = a.anonymize(
-            "pod web-5d9f-abcde of web in shop; web.shop.svc; webhook shopping default tp-agent-shop-web-1",
+            "pod web-5d9f-abcde of web in shop; web.shop.svc; webhook shopping default tp-agent-shop-web-1 shop_default",
         );
         assert_eq!(
             t,
-            "pod pod-1 of workload-1 in namespace-1; workload-1.namespace-1.svc; webhook shopping default tp-agent-namespace-1-workload-1-1"
+            "pod pod-1 of workload-1 in namespace-1; workload-1.namespace-1.svc; webhook shopping default tp-agent-namespace-1-workload-1-1 namespace-1_default"
         );
         assert_eq!(a.anonymize("shop"), "namespace-1");
     }
