@@ -324,9 +324,19 @@ struct Gathered {
 }
 
 impl Gathered {
+    /// Adds a log, without its terminal colour codes.
     fn add(&mut self, name: String, content: String) {
+        let content = strip_ansi(&content);
         self.entries.push(Entry { name, content });
     }
+}
+
+/// The text without ANSI escape sequences (the roles log in colour, also into `docker logs`;
+/// left in, they would glue names to the codes and hide them from the anonymizer).
+pub fn strip_ansi(text: &str) -> String {
+    static CSI: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let re = CSI.get_or_init(|| Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").expect("csi"));
+    re.replace_all(text, "").into_owned()
 }
 
 /// `gather-logs`.
@@ -886,6 +896,22 @@ mod tests {
             "pod pod-1 of workload-1 in namespace-1; workload-1.namespace-1.svc; webhook shopping default tp-agent-namespace-1-workload-1-1 namespace-1_default"
         );
         assert_eq!(a.anonymize("shop"), "namespace-1");
+    }
+
+    #[test]
+    fn colour_codes_are_stripped_before_anonymizing() {
+        let line = "\x1b[2m2026-01-01T00:00:00Z\x1b[0m \x1b[32m INFO\x1b[0m \x1b[2mmanager\x1b[0m\x1b[2m:\x1b[0m agent up \x1b[3mnamespace\x1b[0m\x1b[2m=\x1b[0mshop\n";
+        let plain = strip_ansi(line);
+        assert_eq!(
+            plain,
+            "2026-01-01T00:00:00Z  INFO manager: agent up namespace=shop\n"
+        );
+        let mut a = Anonymizer::default();
+        a.add("namespace", "shop");
+        assert!(a.anonymize(&plain).ends_with("namespace=namespace-1\n"));
+        let mut g = Gathered::default();
+        g.add("x.log".into(), line.into());
+        assert_eq!(g.entries[0].content, plain);
     }
 
     #[test]
