@@ -55,6 +55,14 @@ pub enum Command {
     Version,
     /// Install, upgrade or uninstall the traffic-manager in a Kubernetes cluster.
     Helm(crate::helm::HelmArgs),
+    /// Print a shell completion script (`source <(telepresence completion bash)`).
+    Completion(CompletionArgs),
+    /// Show the client configuration.
+    Config(ConfigArgs),
+    /// Write the logs of the CLI, the daemons, the traffic-managers and the agents into a zip
+    /// file to attach to a bug report.
+    #[command(name = "gather-logs")]
+    GatherLogs(GatherLogsArgs),
     /// Run the client daemon (inside its container).
     #[command(name = "daemon-foreground", hide = true)]
     DaemonForeground,
@@ -122,6 +130,58 @@ pub struct ConnectArgs {
     /// already has.
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
     pub allow_conflicting_subnets: Vec<String>,
+}
+
+/// The shells `completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective client configuration (`config.yml` over the defaults) as YAML.
+    View,
+}
+
+#[derive(Debug, Args)]
+pub struct GatherLogsArgs {
+    /// The zip file to write (default: telepresence_logs.zip in the current directory).
+    #[arg(short = 'o', long = "output-file", value_name = "FILE.zip")]
+    pub output_file: Option<std::path::PathBuf>,
+    /// The daemons whose logs to gather: all, none, or connection names (comma-separated or
+    /// repeated).
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "all", value_name = "all|none|NAME")]
+    pub daemons: Vec<String>,
+    /// Whether to gather the traffic-managers' logs.
+    #[arg(long = "traffic-manager", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), value_name = "true|false")]
+    pub traffic_manager: bool,
+    /// The traffic-agents whose logs to gather: all, none, or workload, container or pod names
+    /// (a name matches when it is part of one; comma-separated or repeated).
+    #[arg(long = "traffic-agents", value_delimiter = ',', num_args = 1.., default_value = "all", value_name = "all|none|NAME")]
+    pub traffic_agents: Vec<String>,
+    /// Replace namespace, workload, pod and connection names and IP addresses with stable
+    /// placeholders (`namespace-1`, `ip-1`, …).
+    #[arg(short = 'a', long)]
+    pub anonymize: bool,
 }
 
 /// Arguments passed through as they are.

@@ -4,11 +4,14 @@
 
 pub mod args;
 pub mod commands;
+pub mod completion;
+pub mod config;
 pub mod connect;
 pub mod connect_kube;
 pub mod curl;
 pub mod dockerrun;
 pub mod envfile;
+pub mod gather_logs;
 pub mod helm;
 pub mod info;
 pub mod intercept;

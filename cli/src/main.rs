@@ -26,6 +26,9 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Uninstall(_) => "uninstall",
         Command::Version => "version",
         Command::Helm(_) => "helm",
+        Command::Completion(_) => "completion",
+        Command::Config(_) => "config view",
+        Command::GatherLogs(_) => "gather-logs",
         Command::DaemonForeground => "daemon-foreground",
         Command::TrafficManager => "traffic-manager",
         Command::Agent => "agent",
@@ -128,6 +131,11 @@ fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
             Command::Uninstall(a) => cli::commands::uninstall(a, u).await,
             Command::Version => cli::commands::version(u).await,
             Command::Helm(a) => cli::helm::run(a).await,
+            Command::Completion(a) => Ok(CmdOutput::text(cli::completion::script(a.shell))),
+            Command::Config(a) => match a.command {
+                cli::args::ConfigCommand::View => cli::config::view(),
+            },
+            Command::GatherLogs(a) => cli::gather_logs::run(a).await,
             Command::Intercept(a) => {
                 let (out, code) =
                     cli::intercept::run(a, u, format == OutputFormat::Default).await?;

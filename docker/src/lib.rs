@@ -1,11 +1,13 @@
 //! Everything that talks to a Docker engine, used by the CLI and by the traffic-manager alike:
 //! [`engine`] (connecting, labels, containers and networks of ours), [`image`] (the
-//! `FROM scratch` image built from our own executable), [`provider`] (the traffic-manager's
+//! `FROM scratch` image built from our own executable), [`logs`] (our containers by role and
+//! their logs, for `gather-logs`), [`provider`] (the traffic-manager's
 //! Docker-engine provider: compose project = namespace, compose service = workload) and
 //! [`startup`] (the Docker traffic-manager's entry point, from its environment).
 #![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod image;
+pub mod logs;
 pub mod provider;
 pub mod startup;
