@@ -40,14 +40,14 @@ pub fn script(shell: Shell) -> String {
     let mut out = Vec::new();
     match shell {
         Shell::Bash => {
-            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, &mut out)
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, &mut out);
         }
         Shell::Zsh => clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, name, &mut out),
         Shell::Fish => {
-            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, &mut out)
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, &mut out);
         }
         Shell::Powershell => {
-            clap_complete::generate(clap_complete::Shell::PowerShell, &mut cmd, name, &mut out)
+            clap_complete::generate(clap_complete::Shell::PowerShell, &mut cmd, name, &mut out);
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn visible_command_has_no_hidden_subcommand() {
         let cmd = visible_command();
-        let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
         for hidden in [
             "daemon-foreground",
             "traffic-manager",

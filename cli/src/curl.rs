@@ -364,7 +364,7 @@ mod tests {
     use super::*;
 
     fn a(v: &[&str]) -> Vec<String> {
-        v.iter().map(std::string::ToString::to_string).collect()
+        v.iter().map(ToString::to_string).collect()
     }
 
     #[test]

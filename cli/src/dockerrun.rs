@@ -514,7 +514,7 @@ mod tests {
     use super::*;
 
     fn s(args: &[&str]) -> Vec<String> {
-        args.iter().map(std::string::ToString::to_string).collect()
+        args.iter().map(ToString::to_string).collect()
     }
 
     fn opts() -> HandlerOpts {

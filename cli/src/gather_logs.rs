@@ -84,7 +84,7 @@ pub fn parse_selection(flag: &'static str, values: &[String]) -> Result<Selectio
                 return Err(GatherError::Mixed(flag, k.to_string()));
             }
             Ok(Selection::Names(
-                many.iter().map(|s| s.to_string()).collect(),
+                many.iter().map(ToString::to_string).collect(),
             ))
         }
     }
@@ -367,7 +367,7 @@ pub async fn run(args: GatherLogsArgs) -> Result<CmdOutput> {
                 &mut g,
                 &mut agents_found,
             )
-            .await?
+            .await?;
         }
         Err(e) if daemons.names().is_empty() => g.notes.push(format!(
             "daemons, Docker-engine traffic-managers and agents: skipped ({e})"
@@ -751,7 +751,7 @@ mod tests {
     fn sel(v: &[&str]) -> Result<Selection, GatherError> {
         parse_selection(
             "daemons",
-            &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &v.iter().map(ToString::to_string).collect::<Vec<_>>(),
         )
     }
 
