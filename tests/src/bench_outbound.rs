@@ -1,4 +1,4 @@
-//! The outbound section of the benchmark (issue 3): the same clients run directly on the project
+//! The outbound section of the benchmark: the same clients run directly on the project
 //! network (the `caller` service) and through the outbound path (a handler started with
 //! `telepresence docker-run` on a connection: TUN, userspace stack, tunnel, manager), in one run.
 //! DNS lookup latency, TCP connect latency, a large download, 100 parallel downloads, and the

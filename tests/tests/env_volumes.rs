@@ -1,4 +1,4 @@
-//! End-to-end tests of the intercepted environment and remote volumes (issue 4): the handler
+//! End-to-end tests of the intercepted environment and remote volumes: the handler
 //! container sees the workload's env and its volumes under `TELEPRESENCE_ROOT`, live, both ways.
 //! Run serially (`--test-threads=1`), like every end-to-end test.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another

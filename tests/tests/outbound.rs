@@ -1,4 +1,4 @@
-//! End-to-end tests of the outbound path (issue 3) on the real Docker engine: a handler container
+//! End-to-end tests of the outbound path on the real Docker engine: a handler container
 //! started with `telepresence docker-run` on a connection reaches the connected namespace's
 //! services by every name form and by IP over TCP and UDP, through the daemon's TUN device,
 //! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).

@@ -1,4 +1,4 @@
-//! End-to-end tests of personal intercepts (issue 6) on the real Docker engine: two developers
+//! End-to-end tests of personal intercepts on the real Docker engine: two developers
 //! (two CLI users, two daemon containers) intercept one workload with different HTTP filters;
 //! a caller in the project network sends requests over one keep-alive connection (HTTP/1.1 and
 //! HTTP/2, gRPC-style) and each reaches the right place; path filters; one developer leaves

@@ -1,13 +1,13 @@
 //! The benchmark: the intercept path against the direct path in one run, on this Docker
-//! engine. Prints a table and a JSON document with the figures and the issues' targets.
+//! engine. Prints a table and a JSON document with the figures and the targets.
 //!
-//! Intercept path (issue 2): `connect` time with the image present; intercept → first routed
+//! Intercept path: `connect` time with the image present; intercept → first routed
 //! request; latency of 1 KiB keep-alive requests (p50/p99) direct vs intercepted; throughput of
 //! a 256 MiB download direct vs intercepted.
-//! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
+//! Volumes: time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
-//! Personal intercepts (issue 6): see `../bench_personal.rs`.
-//! Outbound (issue 3, `bench_outbound`): cluster DNS lookup, TCP connect, a large download and
+//! Personal intercepts: see `../bench_personal.rs`.
+//! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
