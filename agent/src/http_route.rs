@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use protocol::tunnel;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
@@ -129,11 +128,11 @@ async fn splice_to_app(
             return;
         }
     };
-    tunnel::tune(&out);
+    relay::tune(&out);
     if out.write_all(first).await.is_err() {
         return;
     }
-    if let Err(e) = tunnel::splice(&mut inbound, &mut out).await {
+    if let Err(e) = relay::splice(&mut inbound, &mut out).await {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }
@@ -224,7 +223,7 @@ impl Ctx {
                 let s = TcpStream::connect(self.app)
                     .await
                     .map_err(|e| format!("app at {}: {e}", self.app))?;
-                tunnel::tune(&s);
+                relay::tune(&s);
                 s
             }
         };
