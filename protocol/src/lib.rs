@@ -1,6 +1,7 @@
 //! Protocol shared by every role of the `telepresence` binary: the generated gRPC code for the
-//! manager and connector (CLI↔daemon) services, and the TCP tunnel that carries intercepted
-//! connections between agent, manager and daemon.
+//! manager and connector (CLI↔daemon) services, and the header of the TCP tunnel that carries
+//! intercepted connections between agent, manager and daemon (the bytes after it are moved by
+//! the `relay` crate). Contracts only: no I/O engine and no `unsafe` here.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
