@@ -264,7 +264,7 @@ fn ne_u32(b: &[u8]) -> u32 {
 }
 
 /// Splits a datagram into messages.
-pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, String>> {
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, Malformed>> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDRLEN {
             return None;
@@ -272,7 +272,7 @@ pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, S
         let len = ne_u32(&buf[0..4]) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
             buf = &[];
-            return Some(Err(format!("bad netlink message length {len}")));
+            return Some(Err(Malformed::Length(len)));
         }
         let msg = Msg {
             ty: ne_u16(&buf[4..6]),
@@ -330,6 +330,20 @@ pub(crate) fn parse_error(payload: &[u8]) -> Option<(i32, u32)> {
     Some((-code, seq))
 }
 
+/// Why a netlink reply could not be understood (the text is what `nf_tables` errors show).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// A message header names a length outside the datagram.
+    #[error("bad netlink message length {0}")]
+    Length(usize),
+    /// An `NLMSG_ERROR` too short to hold an errno and the request's header.
+    #[error("short NLMSG_ERROR")]
+    ShortError,
+    /// An nf_tables message without its `nfgenmsg` header.
+    #[error("nf_tables message without nfgenmsg")]
+    NoNfgenmsg,
+}
+
 /// How an exchange failed.
 #[derive(Debug)]
 pub(crate) enum ExchangeError {
@@ -340,7 +354,7 @@ pub(crate) enum ExchangeError {
         errno: i32,
     },
     Timeout,
-    Malformed(String),
+    Malformed(Malformed),
 }
 
 /// Sends `buf` and reads the replies until every sequence number in `expect` has been answered
@@ -351,7 +365,7 @@ pub(crate) fn exchange(
     sock: &Socket,
     buf: &[u8],
     expect: &[u32],
-    mut on_data: impl FnMut(&Msg<'_>) -> Result<(), String>,
+    mut on_data: impl FnMut(&Msg<'_>) -> Result<(), Malformed>,
 ) -> Result<(), ExchangeError> {
     sock.send(buf).map_err(ExchangeError::Io)?;
     let mut pending: Vec<u32> = expect.to_vec();
@@ -386,8 +400,7 @@ pub(crate) fn exchange(
                 NLMSG_NOOP | NLMSG_OVERRUN => {}
                 NLMSG_ERROR => {
                     let Some((errno, seq)) = parse_error(msg.payload) else {
-                        first_err
-                            .get_or_insert(ExchangeError::Malformed("short NLMSG_ERROR".into()));
+                        first_err.get_or_insert(ExchangeError::Malformed(Malformed::ShortError));
                         continue;
                     };
                     pending.retain(|s| *s != seq);

@@ -26,6 +26,7 @@ use bollard::Docker;
 use compose::{NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL};
 use futures::StreamExt;
 use protocol::agent_env::{AgentEnv, AppMount};
+use protocol::ports::Protocol;
 use protocol::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 use manager::provider::{AgentRequest, PortSpec, Provider, ProviderError, WorkloadInfo};
@@ -656,14 +657,14 @@ fn workload_of(namespace: &str, c: &ContainerSummary) -> Option<(String, &'stati
 
 /// The TCP/UDP ports a container serves, container side: its exposed ports and the container
 /// side of its published bindings (`/containers/json` lists both in `Ports`).
-fn container_ports(c: &ContainerSummary) -> BTreeSet<(u16, &'static str)> {
+fn container_ports(c: &ContainerSummary) -> BTreeSet<(u16, Protocol)> {
     c.ports
         .iter()
         .flatten()
         .filter(|p| p.private_port != 0)
         .filter_map(|p| match p.typ {
-            Some(PortSummaryTypeEnum::TCP) | None => Some((p.private_port, "TCP")),
-            Some(PortSummaryTypeEnum::UDP) => Some((p.private_port, "UDP")),
+            Some(PortSummaryTypeEnum::TCP) | None => Some((p.private_port, Protocol::Tcp)),
+            Some(PortSummaryTypeEnum::UDP) => Some((p.private_port, Protocol::Udp)),
             _ => None,
         })
         .collect()
@@ -681,7 +682,7 @@ pub fn workloads_from_containers(
 ) -> Vec<WorkloadInfo> {
     struct Acc {
         kind: &'static str,
-        ports: BTreeSet<(u16, &'static str)>,
+        ports: BTreeSet<(u16, Protocol)>,
         host_network: bool,
     }
     let mut by_name: BTreeMap<String, Acc> = BTreeMap::new();
@@ -722,7 +723,7 @@ pub fn workloads_from_containers(
                     .map(|(port, protocol)| PortSpec {
                         name: String::new(),
                         port,
-                        protocol: protocol.to_string(),
+                        protocol,
                     })
                     .collect(),
                 not_interceptable,
@@ -1389,7 +1390,7 @@ mod tests {
         PortSpec {
             name: String::new(),
             port,
-            protocol: "TCP".into(),
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -1397,7 +1398,7 @@ mod tests {
         PortSpec {
             name: String::new(),
             port,
-            protocol: "UDP".into(),
+            protocol: Protocol::Udp,
         }
     }
 

@@ -9,9 +9,9 @@
 use crate::tunnel::TunnelDropped;
 use crate::Manager;
 use protocol::tunnel::{
-    read_datagram, splice, tune, write_datagram, write_header, HeaderError, Role, TunnelHeader,
-    MAX_DATAGRAM,
+    read_datagram, write_datagram, write_header, HeaderError, Role, TunnelHeader, MAX_DATAGRAM,
 };
+use relay::{splice, tune};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
