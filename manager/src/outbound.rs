@@ -38,6 +38,18 @@ async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderErro
         .map_err(|_| HeaderError::BadTarget(h.target.clone()))
 }
 
+/// The checked target of `h`; a stream that cannot be carried is refused (`refuse`).
+async fn admit(
+    mgr: &Manager,
+    client: &mut TcpStream,
+    h: &TunnelHeader,
+) -> Result<SocketAddr, TunnelDropped> {
+    match check(mgr, h).await {
+        Ok(t) => Ok(t),
+        Err(e) => Err(refuse(client, h, e).await),
+    }
+}
+
 /// The reply header: no `error` = connected.
 fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
     TunnelHeader {
@@ -67,10 +79,7 @@ pub async fn tcp(
     mut client: TcpStream,
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
-    let target = match check(mgr, &h).await {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(&mut client, &h, e).await),
-    };
+    let target = admit(mgr, &mut client, &h).await?;
     let dialed = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(unreachable(target, e)),
@@ -100,10 +109,7 @@ pub async fn udp(
     mut client: TcpStream,
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
-    let target = match check(mgr, &h).await {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(&mut client, &h, e).await),
-    };
+    let target = admit(mgr, &mut client, &h).await?;
     let bind: SocketAddr = if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

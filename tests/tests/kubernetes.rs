@@ -260,8 +260,7 @@ fn connect_through_the_api_port_forward() {
     }
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 /// kind and minikube publish their API server on 127.0.0.1 of the host, which the daemon

@@ -51,8 +51,7 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     let p = Project::up_with(services, "").unwrap();
     p.compose(&["up", "-d", "--scale", "multi=2"]).unwrap();
     p.wait_for("http://web:8080/", "web", T).unwrap();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
 
     // status shows what is routed and the DNS server.
     let st = user.tp(&["status"]).ok();
