@@ -209,8 +209,14 @@ impl User {
 
     /// `telepresence connect --cluster-type docker -n <project>`, to completion, which must succeed.
     pub fn connect(&self, p: &Project) -> Run {
-        self.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-            .ok()
+        self.connect_with(p, &[]).ok()
+    }
+
+    /// `telepresence connect --cluster-type docker -n <project> <extra…>`, to completion.
+    pub fn connect_with(&self, p: &Project, extra: &[&str]) -> Run {
+        let mut args = vec!["connect", "--cluster-type", "docker", "-n", &p.name];
+        args.extend_from_slice(extra);
+        self.tp(&args)
     }
 
     /// `telepresence connect --docker --cluster-type docker -n <project> <extra…>`, to completion.

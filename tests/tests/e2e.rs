@@ -317,17 +317,7 @@ fn json_output() {
     }
     let p = Project::up(&[("web", 8080)]).unwrap();
     let user = User::new();
-    let c = user
-        .tp(&[
-            "connect",
-            "--cluster-type",
-            "docker",
-            "-n",
-            &p.name,
-            "--output",
-            "json",
-        ])
-        .ok();
+    let c = user.connect_with(&p, &["--output", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
     assert_eq!(v["cmd"], "connect");
     assert!(v["stdout"]

@@ -58,6 +58,18 @@ fn write_kubeconfig_ca(
     path.display().to_string()
 }
 
+/// `telepresence connect --docker --kubeconfig <kubeconfig> --name <name>`, to completion.
+fn connect_kubeconfig(user: &User, kubeconfig: &str, name: &str) -> Run {
+    user.tp(&[
+        "connect",
+        "--docker",
+        "--kubeconfig",
+        kubeconfig,
+        "--name",
+        name,
+    ])
+}
+
 /// The gateway of a container on the default bridge: where containers reach a server of
 /// this host.
 fn bridge_gateway(container: &str) -> String {
@@ -129,16 +141,7 @@ fn connect_through_the_api_port_forward() {
     let server = format!("http://{gateway}:{}", k.addr.port());
     let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kc",
-        ])
-        .ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, "kc").ok();
     assert!(
         c.stdout.contains(&format!(
             "Connected to context standin, namespace {} ({server})",
@@ -211,16 +214,7 @@ fn connect_through_the_api_port_forward() {
     // wait for the next second so the daemon sees a newer file.)
     write_kubeconfig(&user.home, &server, &p.name, "tok-refreshed");
     std::thread::sleep(Duration::from_millis(1100));
-    let again = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kc",
-        ])
-        .ok();
+    let again = connect_kubeconfig(&user, &kubeconfig, "kc").ok();
     assert!(
         again
             .stdout
@@ -324,16 +318,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     let server = format!("https://127.0.0.1:{port}");
     let kubeconfig = write_kubeconfig_ca(&user.home, &server, &p.name, "tok", ca.as_deref());
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kl",
-        ])
-        .ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, "kl").ok();
     assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
     let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
     assert!(

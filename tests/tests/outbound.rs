@@ -151,30 +151,11 @@ fn second_connection_resolves_its_own_namespace_only() {
     let a = Project::up(&[("alpha", 8080)]).unwrap();
     let b = Project::up(&[("beta", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &a.name,
-        "--name",
-        "conn-a",
-    ])
-    .ok();
+    user.connect_with(&a, &["--name", "conn-a"]).ok();
 
     // A subnet that overlaps the daemon container's own network is refused, and nothing stays.
     let before = leftovers();
-    let r = user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &b.name,
-        "--name",
-        "conn-bad",
-        "--also-proxy",
-        "172.17.0.0/16",
-    ]);
+    let r = user.connect_with(&b, &["--name", "conn-bad", "--also-proxy", "172.17.0.0/16"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
@@ -185,16 +166,7 @@ fn second_connection_resolves_its_own_namespace_only() {
     let r = user.tp(&["connect", "-n", &b.name, "--never-proxy", "10.0.0.0/33"]);
     assert!(r.stderr.contains("--never-proxy: invalid subnet"), "{r:?}");
 
-    user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &b.name,
-        "--name",
-        "conn-b",
-    ])
-    .ok();
+    user.connect_with(&b, &["--name", "conn-b"]).ok();
     let r = get(&user, Some("conn-a"), "http://alpha:8080/");
     assert_eq!((r.code, r.stdout.trim()), (0, "alpha"), "{r:?}");
     let r = get(&user, Some("conn-b"), "http://beta:8080/");
