@@ -31,10 +31,9 @@ fn intercept_web(user: &User, p: &Project) -> Child {
 
 #[test]
 fn intercept_docker_run_routes_and_restores() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
@@ -106,10 +105,9 @@ fn intercept_docker_run_routes_and_restores() {
 
 #[test]
 fn two_workloads_intercepted_at_once_and_leave_one() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080), ("api", 8000)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
+    };
     let user = User::connected(&p);
     let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
     let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
@@ -138,10 +136,9 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
 
 #[test]
 fn ctrl_c_ends_the_intercept() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::connected(&p);
     let mut child = intercept_web(&user, &p);
     // SAFETY: kill(2) takes plain integers; the pid is our own child.
@@ -167,10 +164,9 @@ fn ctrl_c_ends_the_intercept() {
 
 #[test]
 fn crashed_agent_leaves_no_netfilter_rules() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::connected(&p);
     let mut child = intercept_web(&user, &p);
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
@@ -194,10 +190,9 @@ fn crashed_agent_leaves_no_netfilter_rules() {
 /// Every bad input: one clear line, non-zero exit, nothing left behind.
 #[test]
 fn bad_input_fails_cleanly() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let err_line = |r: &Run| {
         assert_ne!(r.code, 0, "should fail: {r:?}");
@@ -312,10 +307,9 @@ fn bad_input_fails_cleanly() {
 
 #[test]
 fn json_output() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let c = user.connect_with(&p, &["--output", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
@@ -376,10 +370,9 @@ fn connect_builds_its_image_when_missing() {
 
 #[test]
 fn dead_client_lease_expires_and_restores_the_path() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::connected(&p);
     let name = format!("docker-{}-cn", p.name);
     let mut child = intercept_web(&user, &p);
@@ -458,10 +451,9 @@ fn garbage_on_sockets_is_harmless() {
 
 #[test]
 fn uninstall_removes_the_agent_and_its_redirect() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::connected(&p);
     user.intercept(&p, "web", &["--port", "9090:8080"]).ok();
     user.tp(&["leave", "web"]).ok();
@@ -528,10 +520,9 @@ impl KeepAlive {
 /// during the intercept keep reaching the handler after it ends; only new ones switch.
 #[test]
 fn in_flight_connections_are_not_cut() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let ip = p.ip("web").unwrap();
     let addr = format!("{ip}:8080");

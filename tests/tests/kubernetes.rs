@@ -130,10 +130,9 @@ fn standin_with_manager(
 
 #[test]
 fn connect_through_the_api_port_forward() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
@@ -264,10 +263,9 @@ fn connect_through_the_api_port_forward() {
 /// plane, publishing the (HTTPS) stand-in on 127.0.0.1.
 #[test]
 fn connect_to_a_loopback_api_server_through_its_container() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let (_rt, k, gateway, ca) = standin_with_manager(&user, &p, true);
     let (app, _) = images();

@@ -145,10 +145,9 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
 
 #[test]
 fn second_connection_resolves_its_own_namespace_only() {
-    if !engine_available() {
+    let Some(a) = Project::up_if_engine(&[("alpha", 8080)]) else {
         return;
-    }
-    let a = Project::up(&[("alpha", 8080)]).unwrap();
+    };
     let b = Project::up(&[("beta", 8080)]).unwrap();
     let user = User::new();
     user.connect_with(&a, &["--name", "conn-a"]).ok();

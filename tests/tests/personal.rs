@@ -107,10 +107,9 @@ fn stop_handler(container: &str, child: Child) -> String {
 
 #[test]
 fn two_developers_share_one_workload_by_http_filters() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let (alice, bob) = (User::new(), User::new());
     p.wait_for("http://web:8080/", "web", T).unwrap();
     connect(&alice, &p, "alice", &[]).ok();
@@ -348,10 +347,9 @@ fn two_developers_share_one_workload_by_http_filters() {
 
 #[test]
 fn team_mode_makes_intercepts_personal_by_default() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
     connect(&user, &p, "team", &["--team-mode"]).ok();
