@@ -15,8 +15,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tests::bench_outbound::{exec_caller, f, Row};
 use tests::*;
 
 #[path = "../bench_personal.rs"]
@@ -50,15 +51,8 @@ struct Args {
     connections: usize,
 }
 
-/// One table row: metric, intercepted, direct, target, met.
-type Row = (String, String, String, &'static str, bool);
-
 fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
-    let caller = p.container("caller")?;
-    let out = Command::new("docker")
-        .args(["exec", &caller, "/tp-testapp"])
-        .args(args)
-        .output()?;
+    let out = exec_caller(p, args)?;
     anyhow::ensure!(
         out.status.success(),
         "{args:?}: {}",
@@ -66,10 +60,6 @@ fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
     );
     serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn f(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or(f64::NAN)
 }
 
 fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
