@@ -98,9 +98,9 @@ impl Socket {
         // SAFETY: see `open`.
         let mut dst: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         dst.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
+        let n = retry_interrupted(|| {
             // SAFETY: buf and dst are valid for the given lengths.
-            let n = unsafe {
+            unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
                     buf.as_ptr().cast::<libc::c_void>(),
@@ -109,50 +109,50 @@ impl Socket {
                     std::ptr::from_ref::<libc::sockaddr_nl>(&dst).cast::<libc::sockaddr>(),
                     std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
                 )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
             }
-            if n as usize != buf.len() {
-                return Err(io::Error::other("short netlink send"));
-            }
-            return Ok(());
+        })?;
+        if n != buf.len() {
+            return Err(io::Error::other("short netlink send"));
         }
+        Ok(())
     }
 
     /// Receives one datagram. `nonblocking` returns `WouldBlock` at once when nothing is queued;
     /// otherwise the socket's receive timeout applies.
     pub(crate) fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<usize> {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 } | libc::MSG_TRUNC;
-        loop {
+        let n = retry_interrupted(|| {
             // SAFETY: buf is valid for writes of buf.len() bytes.
-            let n = unsafe {
+            unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast::<libc::c_void>(),
                     buf.len(),
                     flags,
                 )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
             }
-            let n = n as usize;
-            if n > buf.len() {
-                return Err(io::Error::other(format!(
-                    "netlink reply of {n} bytes truncated to {}",
-                    buf.len()
-                )));
-            }
-            return Ok(n);
+        })?;
+        if n > buf.len() {
+            return Err(io::Error::other(format!(
+                "netlink reply of {n} bytes truncated to {}",
+                buf.len()
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Runs a system call that returns a byte count (negative: failed, reason in `errno`) again
+/// while it is interrupted by a signal (`EINTR`).
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
