@@ -13,7 +13,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tests::kube::standin::StandIn;
+use tests::kube::standin::{Req, StandIn};
 use tests::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -56,6 +56,23 @@ fn write_kubeconfig_ca(
     let path = home.join("kubeconfig");
     std::fs::write(&path, kc).unwrap();
     path.display().to_string()
+}
+
+/// The port-forward requests the stand-in `k` got whose URI also holds `also`; there must be
+/// some, and every one must carry `Bearer <token>`.
+fn portforwards_with_token(k: &StandIn, also: &str, token: &str) -> Vec<Req> {
+    let forwards: Vec<_> = k
+        .requests()
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward") && s.uri.contains(also))
+        .collect();
+    assert!(!forwards.is_empty());
+    let bearer = format!("Bearer {token}");
+    assert!(
+        forwards.iter().all(|s| s.authorization == bearer),
+        "{forwards:?}"
+    );
+    forwards
 }
 
 /// `telepresence connect --docker --kubeconfig <kubeconfig> --name <name>`, to completion.
@@ -151,18 +168,7 @@ fn connect_through_the_api_port_forward() {
         c.stderr
     );
     // The daemon used the plugin's token (run here on the host) for every API request.
-    let forwards: Vec<_> = k
-        .requests()
-        .into_iter()
-        .filter(|s| s.uri.contains("/portforward"))
-        .collect();
-    assert!(!forwards.is_empty());
-    assert!(
-        forwards
-            .iter()
-            .all(|s| s.authorization == "Bearer tok-from-plugin"),
-        "{forwards:?}"
-    );
+    let forwards = portforwards_with_token(&k, "/portforward", "tok-from-plugin");
     assert!(forwards.iter().all(|s| s
         .uri
         .starts_with("/api/v1/namespaces/ambassador/pods/traffic-manager-5f7d9/portforward")));
@@ -233,18 +239,7 @@ fn connect_through_the_api_port_forward() {
         .spawn()
         .unwrap();
     p.wait_for("http://web:8080/", "handler", T).unwrap();
-    let tunnels: Vec<_> = k
-        .requests()
-        .into_iter()
-        .filter(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082"))
-        .collect();
-    assert!(!tunnels.is_empty());
-    assert!(
-        tunnels
-            .iter()
-            .all(|s| s.authorization == "Bearer tok-refreshed"),
-        "{tunnels:?}"
-    );
+    portforwards_with_token(&k, "ports=8082", "tok-refreshed");
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
