@@ -75,16 +75,11 @@ fn portforwards_with_token(k: &StandIn, also: &str, token: &str) -> Vec<Req> {
     forwards
 }
 
-/// `telepresence connect --docker --kubeconfig <kubeconfig> --name <name>`, to completion.
-fn connect_kubeconfig(user: &User, kubeconfig: &str, name: &str) -> Run {
-    user.tp(&[
-        "connect",
-        "--docker",
-        "--kubeconfig",
-        kubeconfig,
-        "--name",
-        name,
-    ])
+/// `telepresence connect --docker --kubeconfig <kubeconfig> <extra…>`, to completion.
+fn connect_kubeconfig(user: &User, kubeconfig: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["connect", "--docker", "--kubeconfig", kubeconfig];
+    args.extend_from_slice(extra);
+    user.tp(&args)
 }
 
 /// The gateway of a container on the default bridge: where containers reach a server of
@@ -157,7 +152,7 @@ fn connect_through_the_api_port_forward() {
     let server = format!("http://{gateway}:{}", k.addr.port());
     let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
 
-    let c = connect_kubeconfig(&user, &kubeconfig, "kc").ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, &["--name", "kc"]).ok();
     assert!(
         c.stdout.contains(&format!(
             "Connected to context standin, namespace {} ({server})",
@@ -219,7 +214,7 @@ fn connect_through_the_api_port_forward() {
     // wait for the next second so the daemon sees a newer file.)
     write_kubeconfig(&user.home, &server, &p.name, "tok-refreshed");
     std::thread::sleep(Duration::from_millis(1100));
-    let again = connect_kubeconfig(&user, &kubeconfig, "kc").ok();
+    let again = connect_kubeconfig(&user, &kubeconfig, &["--name", "kc"]).ok();
     assert!(
         again
             .stdout
@@ -311,7 +306,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     let server = format!("https://127.0.0.1:{port}");
     let kubeconfig = write_kubeconfig_ca(&user.home, &server, &p.name, "tok", ca.as_deref());
 
-    let c = connect_kubeconfig(&user, &kubeconfig, "kl").ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, &["--name", "kl"]).ok();
     assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
     let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
     assert!(
@@ -351,7 +346,7 @@ fn connect_refusals_create_nothing() {
     let user = User::new();
     // Port 1 is never published by a container.
     let kubeconfig = write_kubeconfig(&user.home, "https://127.0.0.1:1", "default", "t");
-    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr.contains("loopback address")
@@ -360,26 +355,14 @@ fn connect_refusals_create_nothing() {
         "{}",
         r.stderr
     );
-    let r = user.tp(&[
-        "connect",
-        "--docker",
-        "--kubeconfig",
-        &kubeconfig,
-        "--context",
-        "nope",
-    ]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &["--context", "nope"]);
     assert!(
         r.stderr.contains("context \"nope\" not found") && r.stderr.contains("standin, other"),
         "{}",
         r.stderr
     );
     // An explicit --kubeconfig that cannot be read is an error, not a fall-back to Docker mode.
-    let r = user.tp(&[
-        "connect",
-        "--docker",
-        "--kubeconfig",
-        "/nonexistent/kubeconfig",
-    ]);
+    let r = connect_kubeconfig(&user, "/nonexistent/kubeconfig", &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
@@ -403,7 +386,7 @@ fn connect_refusals_create_nothing() {
         "default",
         "t",
     );
-    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
