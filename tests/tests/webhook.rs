@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -310,6 +310,22 @@ fn expected_pod() -> Pod {
             limits: Some(BTreeMap::from([("memory".to_string(), q("256Mi"))])),
             ..Default::default()
         }),
+        // Least privilege: what Pod Security `restricted` asks of every container.
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     spec.init_containers = Some(vec![Container {
@@ -321,10 +337,16 @@ fn expected_pod() -> Pod {
         security_context: Some(SecurityContext {
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into()]),
-                ..Default::default()
+                drop: Some(vec!["ALL".into()]),
             }),
             run_as_user: Some(0),
             run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
