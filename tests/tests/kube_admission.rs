@@ -393,7 +393,7 @@ fn pod_security_violations(pod: &Value, restricted: bool) -> Vec<String> {
     let mut bad = Vec::new();
     for k in ["hostNetwork", "hostPID", "hostIPC"] {
         if spec[k] == true {
-            bad.push(format!("{k}"));
+            bad.push(k.to_string());
         }
     }
     for v in arr(&spec["volumes"]) {
@@ -421,7 +421,7 @@ fn pod_security_violations(pod: &Value, restricted: bool) -> Vec<String> {
             }
         }
     }
-    if psc["seccompProfile"]["type"] == "Unconfined" || psc["runAsUser"] == 0 && restricted {
+    if psc["seccompProfile"]["type"] == "Unconfined" || (restricted && psc["runAsUser"] == 0) {
         bad.push("pod securityContext".into());
     }
     for c in all_containers(pod) {
