@@ -785,3 +785,129 @@ async fn patched_pods_pass_the_kubernetes_schemas_and_python_jsonpatch() {
         &[],
     );
 }
+
+/// Runs the `sh` program of [`runs_with_the_injected_security_context`] in new mount and
+/// network namespaces (root filesystem read-only, as `readOnlyRootFilesystem` asks).
+const POD_SCRIPT: &str = r#"
+set -eu
+mount --make-rprivate /
+for m in / /tmp /work /root /home; do
+  [ -d "$m" ] || continue
+  mount -o remount,bind,ro "$m" 2>/dev/null || mount --bind -o ro "$m" "$m"
+done
+ip link set lo up 2>/dev/null || true
+timeout 30 python3 -c '
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(s):
+        s.send_response(200); s.end_headers(); s.wfile.write(b"app")
+    def log_message(*a): pass
+socketserver.TCPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()' "$APP_PORT" &
+APP=$!
+sleep 0.5
+if touch /tmp/.tp-rofs-probe 2>/dev/null; then echo "root filesystem is writable"; exit 1; fi
+env TP_REDIRECTS="$INIT_REDIRECTS" setpriv $INIT_PRIV "$TP_BIN" agent-init
+setpriv $AGENT_PRIV "$TP_BIN" agent &
+AGENT=$!
+ok=""
+for i in $(seq 1 50); do
+  if python3 -c 'import urllib.request, sys; sys.exit(urllib.request.urlopen("http://127.0.0.1:%s/" % sys.argv[1], timeout=1).read() != b"app")' "$AGENT_PORT" 2>/dev/null; then ok=1; break; fi
+  sleep 0.2
+done
+grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/$AGENT/status
+kill $AGENT $APP
+[ -n "$ok" ] || { echo "the agent did not forward"; exit 1; }
+echo "agent forwarded"
+"#;
+
+/// The injected containers run with exactly the securityContext the webhook wrote: the init
+/// container as root with only NET_ADMIN installs its redirect, the agent as the non-root user
+/// with no capability, no privilege escalation and a read-only root filesystem starts and
+/// forwards to the app. Needs root, `unshare`, `setpriv`, python3 and the built binary; without
+/// them it is skipped with the reason.
+#[tokio::test]
+async fn runs_with_the_injected_security_context() {
+    let what = "runs_with_the_injected_security_context";
+    let tp = tests::tp_bin();
+    let usable = |c: &[&str]| {
+        std::process::Command::new(c[0])
+            .args(&c[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing = if !tp.exists() {
+        Some(format!("no telepresence binary at {}", tp.display()))
+    } else if !usable(&["unshare", "-mn", "true"]) {
+        Some("cannot create mount and network namespaces (unshare -mn; needs root)".into())
+    } else if !usable(&["setpriv", "--version"]) || !usable(&["python3", "--version"]) {
+        Some("setpriv or python3 missing".into())
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        if std::env::var("CI").as_deref() == Ok("true") && !tp.exists() {
+            panic!("CI=true but {what}: {why}");
+        }
+        tests::skip(&format!("{what}: {why}"));
+        return;
+    }
+    let all = cases().await;
+    let o = all.iter().find(|o| o.name == "root-app-redirect").unwrap();
+    let agent = agent(o);
+    let init = arr(&o.patched["spec"]["initContainers"])
+        .into_iter()
+        .find(|c| c["name"] == "tel-agent-init")
+        .unwrap();
+    let priv_args = |c: &Value| {
+        let sc = &c["securityContext"];
+        let mut a = Vec::new();
+        if let Some(u) = sc["runAsUser"].as_i64().filter(|u| *u != 0) {
+            a.push(format!("--reuid {u} --regid {u} --clear-groups"));
+        }
+        if sc["allowPrivilegeEscalation"] == false {
+            a.push("--no-new-privs".into());
+        }
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        let caps: String = arr(&sc["capabilities"]["add"])
+            .iter()
+            .map(|c| format!(",+{}", c.as_str().unwrap().to_lowercase()))
+            .collect();
+        a.push(format!("--bounding-set -all{caps} --inh-caps -all{caps}"));
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        a.join(" ")
+    };
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-mn", "sh", "-c", POD_SCRIPT])
+        .env("TP_BIN", &tp)
+        .env("APP_PORT", o.cfg.ports[0].app_port.to_string())
+        .env("AGENT_PORT", o.cfg.ports[0].agent_port.to_string())
+        .env("INIT_PRIV", priv_args(&init))
+        .env("AGENT_PRIV", priv_args(&agent))
+        .env(
+            "INIT_REDIRECTS",
+            arr(&init["env"])
+                .iter()
+                .find(|e| e["name"] == "TP_REDIRECTS")
+                .unwrap()["value"]
+                .as_str()
+                .unwrap(),
+        );
+    for e in arr(&agent["env"]) {
+        let v = e["value"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| "127.0.0.1".into()); // TP_POD_IP
+        cmd.env(e["name"].as_str().unwrap(), v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("agent forwarded"), "{text}");
+    assert!(text.contains("Uid:\t65532"), "{text}");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+}
