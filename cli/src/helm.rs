@@ -1,6 +1,7 @@
-//! `telepresence helm install|upgrade|uninstall`: renders the chart shipped in this binary
-//! (`charts/traffic-manager`, no `helm` binary needed), applies it with server-side apply,
-//! records the release in ConfigMap `telepresence-release`, and waits for the manager.
+//! `telepresence helm install|upgrade|uninstall|template`: renders the chart shipped in this
+//! binary (`charts/traffic-manager`, no `helm` binary needed), applies it with server-side apply,
+//! records the release in ConfigMap `telepresence-release`, and waits for the manager;
+//! `template` prints the objects `install` would apply, for GitOps tools to commit.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -26,6 +27,29 @@ pub enum HelmCommand {
     Upgrade(InstallArgs),
     /// Remove the traffic-manager and everything its release applied.
     Uninstall(TargetArgs),
+    /// Print the manifests `helm install` would apply (for Argo CD, Flux and other GitOps
+    /// tools); nothing is sent to a cluster.
+    Template(TemplateArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct TemplateArgs {
+    /// Namespace the traffic-manager is rendered for.
+    #[arg(short = 'n', long = "namespace", default_value = "ambassador")]
+    pub namespace: String,
+    /// Set a chart value (`a.b=v`, several separated by commas, `{x,y}` for lists); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Set a chart value to a file's content (`agentInjector.certificate.crt=tls.crt`);
+    /// repeatable.
+    #[arg(long = "set-file", value_name = "KEY=FILE")]
+    pub set_file: Vec<String>,
+    /// A values file (YAML); repeatable, later files win.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Make personal intercepts (`--http-header=auto`) the default.
+    #[arg(long)]
+    pub team_mode: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -51,6 +75,10 @@ pub struct InstallArgs {
     /// A values file (YAML); repeatable, later files win.
     #[arg(short = 'f', long = "values", value_name = "FILE")]
     pub values: Vec<PathBuf>,
+    /// Set a chart value to a file's content (`agentInjector.certificate.crt=tls.crt`);
+    /// repeatable.
+    #[arg(long = "set-file", value_name = "KEY=FILE")]
+    pub set_file: Vec<String>,
     /// Create the manager namespace when it does not exist.
     #[arg(long)]
     pub create_namespace: bool,
@@ -183,7 +211,7 @@ async fn existing_tls(client: &kube::Client, namespace: &str) -> Option<WebhookT
     })
 }
 
-/// The user's values: `-f` files then `--set`, then `--team-mode`.
+/// The user's values: `-f` files then `--set`, then `--set-file`, then `--team-mode`.
 pub fn user_values(args: &InstallArgs) -> Result<Value> {
     let mut v = json!({});
     for f in &args.values {
@@ -194,10 +222,41 @@ pub fn user_values(args: &InstallArgs) -> Result<Value> {
     for s in &args.set {
         chart::merge(&mut v, chart::parse_set(s)?);
     }
+    for s in &args.set_file {
+        let Some((key, file)) = s
+            .split_once('=')
+            .filter(|(k, f)| !k.is_empty() && !f.is_empty())
+        else {
+            bail!("--set-file {s:?}: use KEY=FILE");
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --set-file file {file}"))?;
+        let mut one = Value::String(text);
+        for part in key.rsplit('.') {
+            one = json!({ part: one });
+        }
+        chart::merge(&mut v, one);
+    }
     if args.team_mode {
         chart::merge(&mut v, json!({"teamMode": true}));
     }
     Ok(v)
+}
+
+/// The webhook TLS the user gives in `agentInjector.certificate` (`caCrt`, `crt`, `key`, all
+/// three), for GitOps users who keep their own: then neither `install` nor `template` makes one.
+pub fn given_tls(user: &Value) -> Option<WebhookTls> {
+    let c = &user["agentInjector"]["certificate"];
+    let get = |k: &str| {
+        c[k].as_str()
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    };
+    Some(WebhookTls {
+        ca_crt: get("caCrt")?,
+        crt: get("crt")?,
+        key: get("key")?,
+    })
 }
 
 /// All values: chart defaults ← user values ← what the CLI fills in when left empty (image
@@ -250,7 +309,46 @@ pub async fn run(args: HelmArgs) -> Result<CmdOutput> {
             let (c, ctx) = client(&t).await?;
             uninstall(&c, &ctx, &t.manager_namespace).await
         }
+        HelmCommand::Template(t) => template(&t),
     }
+}
+
+/// The objects `install` with the same values would apply, in its order: rendered with the same
+/// effective values (registry from config, this binary's image tag) and a webhook certificate
+/// generated as `install` generates it, unless the values carry one.
+pub fn template_objects(args: &TemplateArgs) -> Result<Vec<Value>> {
+    let install = InstallArgs {
+        target: TargetArgs {
+            manager_namespace: args.namespace.clone(),
+            ..Default::default()
+        },
+        set: args.set.clone(),
+        set_file: args.set_file.clone(),
+        values: args.values.clone(),
+        team_mode: args.team_mode,
+        ..Default::default()
+    };
+    let user = user_values(&install)?;
+    let tls = match given_tls(&user) {
+        Some(t) => t,
+        None => generate_tls(&args.namespace)?,
+    };
+    let values = effective_values(&user, &configured_registry()?, &own_tag()?, &tls);
+    Ok(chart::render(&values, &args.namespace)?)
+}
+
+/// `helm template`: the objects as YAML documents (`---`-separated), or as JSON with `--output`.
+pub fn template(args: &TemplateArgs) -> Result<CmdOutput> {
+    let objects = template_objects(args)?;
+    let mut text = String::new();
+    for o in &objects {
+        text.push_str("---\n");
+        text.push_str(&yaml_serde::to_string(o).context("objects serialize as YAML")?);
+    }
+    Ok(CmdOutput {
+        text,
+        data: Some(Value::Array(objects)),
+    })
 }
 
 /// Install (or, with `upgrade`, re-apply) the chart.
@@ -268,8 +366,9 @@ pub async fn install(
     let previous = apply::read_release(client, &ns).await?;
     check_release(previous.as_ref(), upgrade, &ns)?;
     // Everything is rendered (and so validated) before anything is changed.
-    let tls = match existing_tls(client, &ns).await {
-        Some(t) if upgrade => t,
+    let tls = match (given_tls(&user), existing_tls(client, &ns).await) {
+        (Some(t), _) => t,
+        (None, Some(t)) if upgrade => t,
         _ => generate_tls(&ns)?,
     };
     let values = effective_values(&user, &registry, &tag, &tls);
@@ -415,4 +514,49 @@ pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result
         ),
         data: Some(json!({"namespace": ns, "context": context, "deleted": objs, "agentsRemoved": agents})),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn template_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "telepresence",
+            "helm",
+            "template",
+            "-n",
+            "tm",
+            "--set",
+            "logLevel=debug",
+            "--set-file",
+            "agentInjector.certificate.crt=tls.crt",
+            "-f",
+            "a.yaml",
+            "--values",
+            "b.yaml",
+        ])
+        .unwrap();
+        let Command::Helm(HelmArgs {
+            command: HelmCommand::Template(t),
+        }) = cli.command
+        else {
+            panic!("not helm template")
+        };
+        assert_eq!(t.namespace, "tm");
+        assert_eq!(t.set, ["logLevel=debug"]);
+        assert_eq!(t.set_file, ["agentInjector.certificate.crt=tls.crt"]);
+        assert_eq!(t.values, [PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]);
+        let cli = Cli::try_parse_from(["telepresence", "helm", "template"]).unwrap();
+        let Command::Helm(HelmArgs {
+            command: HelmCommand::Template(t),
+        }) = cli.command
+        else {
+            panic!("not helm template")
+        };
+        assert_eq!(t.namespace, "ambassador");
+    }
 }

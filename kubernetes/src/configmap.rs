@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-use super::ports::{PortMatch, Workload};
+use super::ports::{PortMatch, Reach, Workload};
 
 /// First port the agent listens on; later ports count up, skipping ports the pod uses.
 pub const FIRST_AGENT_PORT: u16 = 9900;
@@ -99,9 +99,45 @@ pub fn takeover_name(name: &str) -> String {
     n.trim_end_matches('-').to_string()
 }
 
+/// The renamed app port, unique among the names `taken` says are in use in the pod:
+/// [`takeover_name`], or when that is taken (two long names cut to the same prefix, or a port
+/// already called so) the prefix shortened to make room for `-2`, `-3`, … Always a valid
+/// IANA_SVC_NAME (see [`is_port_name`]).
+pub fn unique_takeover_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    let first = takeover_name(name);
+    if !taken(&first) {
+        return first;
+    }
+    let base = format!("tm-{name}");
+    (2u32..)
+        .map(|i| {
+            let suffix = format!("-{i}");
+            let mut n = base.clone();
+            n.truncate(MAX_PORT_NAME - suffix.len());
+            format!("{}{suffix}", n.trim_end_matches('-'))
+        })
+        .find(|n| !taken(n))
+        .expect("some suffix is free")
+}
+
+/// Whether `s` is a valid container port name (IANA_SVC_NAME): 1–15 characters, lowercase
+/// letters, digits and '-', at least one letter, no '-' at either end or next to another.
+pub fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_PORT_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
 /// Plans the agent of `w` from its port matches (TCP only: the agent forwards TCP). One agent
 /// port per app container port; a container port is taken over by name only when every
-/// Service reaching it names it and none is headless.
+/// service port reaching it ([`PortMatch::reached_by`], of every selecting Service) names it and
+/// none is headless: otherwise a caller of the service port that does not name it would reach
+/// the app directly, past the agent.
 pub fn plan(
     w: &Workload,
     matches: &[PortMatch],
@@ -134,9 +170,21 @@ pub fn plan(
         {
             continue;
         }
-        let same: Vec<&&PortMatch> = tcp
+        let same: Vec<Reach> = tcp
             .iter()
             .filter(|o| o.container == m.container && o.container_port == m.container_port)
+            .flat_map(|o| {
+                if o.reached_by.is_empty() {
+                    vec![Reach {
+                        service: o.service.clone(),
+                        headless: o.headless,
+                        service_port: o.service_port,
+                        target_name: o.target_name.clone(),
+                    }]
+                } else {
+                    o.reached_by.clone()
+                }
+            })
             .collect();
         let name = same.iter().find_map(|o| o.target_name.clone());
         let takeover = name.is_some()

@@ -4,21 +4,31 @@
 //! container takes the name) and, for numeric or headless ports, the init container with
 //! NET_ADMIN that installs the redirect. Pure functions over `k8s-openapi` types; the JSONPatch
 //! is the difference between the pod before and after.
+//!
+//! Least privilege: the agent container runs non-root with a read-only root filesystem, no
+//! privilege escalation, every capability dropped and the `RuntimeDefault` seccomp profile
+//! ([`agent_security_context`]), so a pod meeting the Pod Security `restricted` profile still
+//! meets it after a takeover-only injection. Only the redirect's init container needs root and
+//! NET_ADMIN ([`init_container`]): no Pod Security level above `privileged` admits it.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, Probe,
-    ResourceRequirements, SecurityContext, TCPSocketAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use protocol::agent_env::{self, AgentEnv, AppMount, PortMapping};
 use std::collections::BTreeMap;
 
-use super::configmap::{takeover_name, AgentConfig, PortMode};
+use super::configmap::{unique_takeover_name, AgentConfig, PortMode};
 use super::{AGENT_CONTAINER, INIT_CONTAINER};
 
 /// Pod annotation recording the config the agent was injected with (the workload's name).
 pub const INJECTED_ANNOTATION: &str = "telepresence.io/agent-injected";
+/// The user the agent runs as when neither the app container nor the pod names a non-root one
+/// (the agent image is `FROM scratch` without a `USER`, so `runAsNonRoot` needs a number).
+pub const AGENT_UID: i64 = 65532;
 
 /// What the injected containers run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +96,18 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, I
     }
     let spec = pod.spec.as_mut().ok_or(InjectError::NoSpec)?;
     let app = app_container(&spec.containers, cfg)?;
-    let agent_ports = take_over_named_ports(&mut spec.containers, cfg)?;
-    spec.containers
-        .push(agent_container(cfg, s, &app, agent_ports));
+    let mut taken: std::collections::BTreeSet<String> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| p.name.clone())
+        .collect();
+    let agent_ports = take_over_named_ports(&mut spec.containers, cfg, &mut taken)?;
+    let security = agent_security_context(spec.security_context.as_ref(), &app);
+    let mut agent = agent_container(cfg, s, &app, agent_ports);
+    agent.security_context = Some(security);
+    spec.containers.push(agent);
     if let Some(init) = init_container(cfg, s) {
         spec.init_containers.get_or_insert_with(Vec::new).push(init);
     }
@@ -114,15 +133,18 @@ fn app_container(containers: &[Container], cfg: &AgentConfig) -> Result<Containe
     Ok(app)
 }
 
-/// Named-port takeover: the app's port gets another name (and probes naming it follow); the
-/// returned ports, with the original names, are the agent's.
+/// Named-port takeover: the app's port gets another name, unique among the pod's port names in
+/// `taken` (and probes naming it follow); the returned ports, with the original names, are the
+/// agent's.
 fn take_over_named_ports(
     containers: &mut [Container],
     cfg: &AgentConfig,
+    taken: &mut std::collections::BTreeSet<String>,
 ) -> Result<Vec<ContainerPort>, InjectError> {
     let mut agent_ports = Vec::new();
     for p in cfg.ports.iter().filter(|p| p.mode == PortMode::Takeover) {
-        let new = takeover_name(&p.container_port_name);
+        let new = unique_takeover_name(&p.container_port_name, |n| taken.contains(n));
+        taken.insert(new.clone());
         let c = containers
             .iter_mut()
             .find(|c| c.name == p.container)
@@ -206,6 +228,43 @@ fn agent_container(
     }
 }
 
+/// The agent container's securityContext: non-root, no privilege escalation, no capabilities,
+/// read-only root filesystem (the agent writes nothing outside the app's mounts it shares),
+/// seccomp `RuntimeDefault`. It runs as the app container's user and group when that sets a
+/// non-root one (so it can read and write the app's files), inherits the pod's when the pod sets
+/// a non-root user, else runs as [`AGENT_UID`].
+pub fn agent_security_context(
+    pod: Option<&PodSecurityContext>,
+    app: &Container,
+) -> SecurityContext {
+    let app_sc = app.security_context.as_ref();
+    let non_root = |u: Option<i64>| u.filter(|u| *u != 0);
+    let run_as_user = match (
+        non_root(app_sc.and_then(|c| c.run_as_user)),
+        non_root(pod.and_then(|p| p.run_as_user)),
+    ) {
+        (Some(u), _) => Some(u),
+        (None, Some(_)) if app_sc.and_then(|c| c.run_as_user).is_none() => None,
+        _ => Some(AGENT_UID),
+    };
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user,
+        run_as_group: app_sc.and_then(|c| c.run_as_group),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The init container with NET_ADMIN that installs the redirects of numeric or headless ports;
 /// `None` when every port is taken over by name.
 fn init_container(cfg: &AgentConfig, s: &InjectSettings) -> Option<Container> {
@@ -227,13 +286,21 @@ fn init_container(cfg: &AgentConfig, s: &InjectSettings) -> Option<Container> {
             agent_env::REDIRECTS,
             agent_env::redirects_value(&redirects),
         )]),
+        // Root with NET_ADMIN only: every other capability dropped, no escalation, nothing
+        // written (the rules go to the kernel over netlink).
         security_context: Some(SecurityContext {
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into()]),
-                ..Default::default()
+                drop: Some(vec!["ALL".into()]),
             }),
             run_as_user: Some(0),
             run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -141,6 +141,20 @@ pub struct PortMatch {
     pub container_port: u16,
     /// The container port's name when the Service's `targetPort` names it.
     pub target_name: Option<String>,
+    /// Every service port (of every selecting Service, this one included) that reaches the
+    /// same container port with the same protocol: all of them must go through the agent, so
+    /// [`super::configmap::plan`] takes the port over by name only when each of them names it.
+    pub reached_by: Vec<Reach>,
+}
+
+/// One service port reaching a container port (see [`PortMatch::reached_by`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub service: String,
+    pub headless: bool,
+    pub service_port: u16,
+    /// The container port's name when this service port's `targetPort` names it.
+    pub target_name: Option<String>,
 }
 
 /// Why a workload's ports cannot be intercepted (shown to users as the workload's reason).
@@ -175,7 +189,10 @@ pub fn match_ports(
     if services.is_empty() {
         return Err(NotInterceptable::NoService);
     }
-    let mut out: Vec<PortMatch> = Vec::new();
+    // Every (service port, container port) pair first; then one intercept port per service
+    // port number, and per container port (the agent has one listener for a container port,
+    // routed by one service port), each remembering every service port that reaches it.
+    let mut all: Vec<PortMatch> = Vec::new();
     let mut missing = Vec::new();
     for svc in services {
         let sname = svc.metadata.name.clone().unwrap_or_default();
@@ -194,17 +211,7 @@ pub fn match_ports(
                     let Ok(container_port) = u16::try_from(cport) else {
                         continue;
                     };
-                    // One intercept port per service port number, and per container port:
-                    // the agent has one listener for a container port, routed by one service
-                    // port.
-                    if out.iter().any(|m| {
-                        m.protocol == protocol
-                            && (m.service_port == port
-                                || (m.container == container && m.container_port == container_port))
-                    }) {
-                        continue;
-                    }
-                    out.push(PortMatch {
+                    all.push(PortMatch {
                         service: sname.clone(),
                         headless: is_headless(svc),
                         service_port: port,
@@ -213,11 +220,37 @@ pub fn match_ports(
                         container,
                         container_port,
                         target_name,
+                        reached_by: Vec::new(),
                     });
                 }
                 None => missing.push(missing_target(&sname, port, sp)),
             }
         }
+    }
+    let same_target = |a: &PortMatch, b: &PortMatch| {
+        a.protocol == b.protocol
+            && a.container == b.container
+            && a.container_port == b.container_port
+    };
+    let mut out: Vec<PortMatch> = Vec::new();
+    for m in &all {
+        if out.iter().any(|o| {
+            o.protocol == m.protocol && o.service_port == m.service_port || same_target(o, m)
+        }) {
+            continue;
+        }
+        let mut m = m.clone();
+        m.reached_by = all
+            .iter()
+            .filter(|o| same_target(o, &m))
+            .map(|o| Reach {
+                service: o.service.clone(),
+                headless: o.headless,
+                service_port: o.service_port,
+                target_name: o.target_name.clone(),
+            })
+            .collect();
+        out.push(m);
     }
     if out.is_empty() {
         return Err(if missing.is_empty() {

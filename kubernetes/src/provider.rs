@@ -25,6 +25,9 @@ use super::{
 };
 use manager::provider::{AgentRequest, Provider, ProviderError, WorkloadInfo};
 
+/// The namespace label naming the Pod Security level the API server enforces there.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
 /// How the Kubernetes manager is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeConfig {
@@ -248,7 +251,11 @@ impl KubeProvider {
             Ok(m) => (ports::port_specs(&m), None),
             Err(r) => (Vec::new(), Some(r.to_string())),
         };
-        let reason = reason.or_else(|| self.policy_refusal(w));
+        let reason = reason.or_else(|| self.policy_refusal(w)).or_else(|| {
+            self.plan(w)
+                .ok()
+                .and_then(|c| self.pod_security_refusal(w, &c))
+        });
         WorkloadInfo {
             name: w.name.clone(),
             namespace: w.namespace.clone(),
@@ -270,6 +277,48 @@ impl KubeProvider {
                 "the injection policy is WhenEnabled: annotate its pod template with {INJECT_ANNOTATION}=enabled"
             )),
         }
+    }
+
+    /// The Pod Security level enforced on `namespace` (its `pod-security.kubernetes.io/enforce`
+    /// label), when the namespaces are watched (a manager limited to some namespaces may not
+    /// read them: then nothing is known and nothing refused ahead of the API server).
+    fn enforced_level(&self, namespace: &str) -> Option<String> {
+        self.namespaces
+            .as_ref()?
+            .all()
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(namespace))?
+            .metadata
+            .labels
+            .as_ref()?
+            .get(POD_SECURITY_ENFORCE)
+            .cloned()
+    }
+
+    /// Why the agent `cfg` cannot be admitted in the workload's namespace: its redirect needs the
+    /// init container with root and NET_ADMIN ([`super::patch`]), which Pod Security levels
+    /// `baseline` and `restricted` reject; refused here instead of by the API server at rollout
+    /// (where the controller would create no pod at all).
+    fn pod_security_refusal(&self, w: &Workload, cfg: &AgentConfig) -> Option<String> {
+        if !cfg.needs_redirect() {
+            return None;
+        }
+        let level = self.enforced_level(&w.namespace)?;
+        if level != "baseline" && level != "restricted" {
+            return None;
+        }
+        let ports: Vec<String> = cfg
+            .ports
+            .iter()
+            .filter(|p| p.mode == configmap::PortMode::Redirect)
+            .map(|p| p.service_port.to_string())
+            .collect();
+        Some(format!(
+            "service port {} needs the {} init container with NET_ADMIN (its targetPort is numeric, shared with a port that does not name it, or its Service is headless), which Pod Security level {level:?} enforced on namespace {} forbids: target the container port by name from every Service port that is not headless, or label the namespace {POD_SECURITY_ENFORCE}=privileged",
+            ports.join(", "),
+            super::INIT_CONTAINER,
+            w.namespace,
+        ))
     }
 
     fn find(&self, namespace: &str, name: &str) -> Result<Workload, ProviderError> {
@@ -574,6 +623,9 @@ impl Provider for KubeProvider {
             return Err(ProviderError::Invalid(r));
         }
         let cfg = self.plan(&w)?;
+        if let Some(r) = self.pod_security_refusal(&w, &cfg) {
+            return Err(ProviderError::Invalid(r));
+        }
         let yaml = cfg.to_yaml();
         let changed = self.stored_config(&w.namespace, &w.name).as_deref() != Some(&yaml);
         if changed {
@@ -626,9 +678,23 @@ impl ConfigSource for KubeProvider {
             if annotation == Some("disabled") {
                 return Ok(None);
             }
+            // An agent the namespace's Pod Security level rejects would keep the controller
+            // from creating the pod at all: admit the pod without it (with a warning).
+            let admissible = |cfg: AgentConfig| match self
+                .workloads(namespace)
+                .into_iter()
+                .find(|w| w.name == name && w.kind == kind)
+                .and_then(|w| self.pod_security_refusal(&w, &cfg))
+            {
+                Some(r) => Err(SourceError::Provider(ProviderError::Invalid(r))),
+                None => Ok(Some(cfg)),
+            };
             if let Some(y) = self.stored_config(namespace, name) {
                 let cfg = AgentConfig::from_yaml(&y)?;
-                return Ok((cfg.workload_kind == kind).then_some(cfg));
+                if cfg.workload_kind != kind {
+                    return Ok(None);
+                }
+                return admissible(cfg);
             }
             if annotation != Some("enabled") {
                 return Ok(None);
@@ -644,6 +710,9 @@ impl ConfigSource for KubeProvider {
                     name: name.to_string(),
                 })?;
             let cfg = self.plan(&w)?;
+            if let Some(r) = self.pod_security_refusal(&w, &cfg) {
+                return Err(SourceError::Provider(ProviderError::Invalid(r)));
+            }
             if dry_run {
                 return Ok(Some(cfg));
             }

@@ -933,3 +933,125 @@ async fn manager_webhook_loads_the_charts_certificate() {
             .is_err()
     );
 }
+
+/// Every object the chart renders, for every value set the other chart tests use (and a few
+/// more: pull secrets, scheduling, injector off), validated against the strict Kubernetes JSON
+/// schemas of 1.25 to 1.37 by `tests/python/k8s_validate.py` (see `tests::kube::schemas`).
+#[test]
+fn rendered_objects_pass_the_kubernetes_schemas() {
+    let mut sets = contract_cases();
+    sets.extend([
+        (
+            json!({"image": {"registry": "ghcr.io/me/", "pullSecrets": ["regcred"]},
+                   "podAnnotations": {"a": "b"}, "podLabels": {"x": "y"},
+                   "tolerations": [{"key": "k", "operator": "Exists"}],
+                   "nodeSelector": {"disk": "ssd"}, "replicaCount": 2}),
+            "tm",
+        ),
+        (json!({"agentInjector": {"enabled": false}}), "ambassador"),
+    ]);
+    let mut objects = Vec::new();
+    for (i, (user, ns)) in sets.iter().enumerate() {
+        for o in render(user.clone(), ns) {
+            objects.push(tests::kube::schemas::Object {
+                name: format!(
+                    "values #{i} {user}: {} {}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                object: o,
+            });
+        }
+    }
+    assert!(objects.len() > 40, "{}", objects.len());
+    tests::kube::schemas::check(
+        "rendered_objects_pass_the_kubernetes_schemas",
+        &[],
+        &objects,
+    );
+}
+
+/// Cross-check of the renderer against Helm's own engine (`helm-python-sdk`, which bundles
+/// Helm's Go SDK; `tests/python/helm_render.py`): the same chart with the same effective values
+/// gives the same objects. Skipped with the reason when the module is missing (a failure under
+/// `CI=true`: `.ci/run` installs it).
+#[test]
+fn renderer_agrees_with_helms_engine() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cases = [
+        (json!({}), "ambassador"),
+        (
+            json!({"rbac": {"clusterWide": false}, "managedNamespaces": ["shop", "blog"], "teamMode": true,
+                   "image": {"registry": "ghcr.io/me/", "pullSecrets": ["regcred"]},
+                   "podAnnotations": {"a": "b"}, "podLabels": {"x": "y"},
+                   "tolerations": [{"key": "k", "operator": "Exists"}],
+                   "agent": {"image": "other/agent:1"}}),
+            "tm",
+        ),
+        (
+            json!({"agentInjector": {"enabled": false}, "nodeSelector": {"disk": "ssd"}, "replicaCount": 2}),
+            "tm",
+        ),
+    ];
+    for (user, ns) in cases {
+        let values = helm::effective_values(&user, "", "0.1.0-abc", &tls());
+        let mut ours = chart::render(&values, ns).unwrap();
+        let mut child = match std::process::Command::new("python3")
+            .arg(root.join("tests/python/helm_render.py"))
+            .arg(root.join("charts/traffic-manager"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => return helm_engine_missing(&format!("no python3 ({e})")),
+        };
+        use std::io::Write;
+        let req = json!({"values": values, "name": chart::RELEASE_NAME, "namespace": ns});
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(3) {
+            return helm_engine_missing(stderr.trim());
+        }
+        assert!(
+            out.status.success(),
+            "helm render failed for {user}: {stderr}"
+        );
+        let manifests: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut theirs: Vec<Value> = Vec::new();
+        for (path, text) in &manifests {
+            if path.ends_with("NOTES.txt") {
+                continue;
+            }
+            for doc in text.split("\n---") {
+                let v: Value =
+                    yaml_serde::from_str(doc).unwrap_or_else(|e| panic!("{path}: {e}\n{doc}"));
+                if !v.is_null() {
+                    theirs.push(v);
+                }
+            }
+        }
+        let key = |v: &Value| v.to_string();
+        ours.sort_by_key(key);
+        theirs.sort_by_key(key);
+        assert_eq!(ours.len(), theirs.len(), "{user}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(a, b, "values {user}");
+        }
+    }
+}
+
+fn helm_engine_missing(why: &str) {
+    let msg = format!("renderer_agrees_with_helms_engine: {why} (python3 -m pip install helm-python-sdk; .ci/run does)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {msg}");
+    }
+    tests::skip(&msg);
+}

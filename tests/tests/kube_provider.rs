@@ -781,3 +781,96 @@ async fn installing_waits_for_the_rollout() {
         "{e}"
     );
 }
+
+/// A namespace enforcing Pod Security `baseline` or `restricted`: a workload whose agent needs
+/// the redirect's NET_ADMIN init container says so in `list` and refuses `ensure_agent` (instead
+/// of a rollout the API server rejects); one taken over by name only is fine; the webhook admits
+/// such a pod without the agent, with the reason as a warning.
+#[tokio::test]
+async fn pod_security_levels_refuse_the_redirect_ahead_of_the_api_server() {
+    let s = StandIn::start().await;
+    for (ns, level) in [
+        ("locked", "baseline"),
+        ("tight", "restricted"),
+        ("open", "privileged"),
+    ] {
+        let mut n = namespace(ns);
+        n.metadata.labels = Some(labels(&[("pod-security.kubernetes.io/enforce", level)]));
+        s.put(&n);
+        for (name, target) in [("byname", named("http")), ("bynumber", num(8080))] {
+            s.put(&deployment(ns, name, vec![web_container()]));
+            s.put(&service(ns, name, name, &[("http", 80, target)], false));
+        }
+    }
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    for (ns, refused) in [
+        ("locked", Some("baseline")),
+        ("tight", Some("restricted")),
+        ("open", None),
+    ] {
+        let ws = p.list_workloads(ns).await.unwrap();
+        let reason = |n: &str| {
+            ws.iter()
+                .find(|w| w.name == n)
+                .unwrap()
+                .not_interceptable
+                .clone()
+        };
+        assert_eq!(reason("byname"), None, "{ns}: takeover needs no privilege");
+        let req = AgentRequest {
+            namespace: ns.into(),
+            workload: "bynumber".into(),
+            ports: vec![80],
+        };
+        match refused {
+            Some(level) => {
+                let want = format!(
+                    "service port 80 needs the tel-agent-init init container with NET_ADMIN (its targetPort is numeric, shared with a port that does not name it, or its Service is headless), which Pod Security level \"{level}\" enforced on namespace {ns} forbids: target the container port by name from every Service port that is not headless, or label the namespace pod-security.kubernetes.io/enforce=privileged"
+                );
+                assert_eq!(reason("bynumber").as_deref(), Some(want.as_str()));
+                match p.ensure_agent(&req).await {
+                    Err(ProviderError::Invalid(m)) => assert_eq!(m, want),
+                    other => panic!("{ns}: {other:?}"),
+                }
+                assert!(s
+                    .get::<ConfigMap>("v1", "ConfigMap", ns, AGENTS_CONFIGMAP)
+                    .is_none());
+            }
+            None => {
+                assert_eq!(reason("bynumber"), None);
+                p.ensure_agent(&req).await.unwrap();
+            }
+        }
+        p.ensure_agent(&AgentRequest {
+            namespace: ns.into(),
+            workload: "byname".into(),
+            ports: vec![80],
+        })
+        .await
+        .unwrap();
+    }
+    // A pod annotated `enabled` in a baseline namespace: admitted without the agent, with why.
+    let mut pod = deployment_pod(
+        "locked",
+        "bynumber",
+        "5d9f8",
+        "x1",
+        vec![web_container()],
+        "",
+    );
+    pod.metadata.annotations = Some(
+        [(
+            "telepresence.io/inject-traffic-agent".to_string(),
+            "enabled".to_string(),
+        )]
+        .into(),
+    );
+    let e = p
+        .agent_config("locked", "Deployment", "bynumber", &pod, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Pod Security level \"baseline\""), "{e}");
+}

@@ -7,7 +7,7 @@
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -311,6 +311,22 @@ fn expected_pod() -> Pod {
             limits: Some(BTreeMap::from([("memory".to_string(), q("256Mi"))])),
             ..Default::default()
         }),
+        // Least privilege: what Pod Security `restricted` asks of every container.
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     spec.init_containers = Some(vec![Container {
@@ -322,10 +338,16 @@ fn expected_pod() -> Pod {
         security_context: Some(SecurityContext {
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into()]),
-                ..Default::default()
+                drop: Some(vec!["ALL".into()]),
             }),
             run_as_user: Some(0),
             run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -681,4 +703,50 @@ fn pods_are_traced_to_their_workload() {
     let mut not_controller = new_pod();
     not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
     assert_eq!(webhook::pod_workload(&not_controller), None);
+}
+
+/// The pods the tests above patch, re-patched with python's `jsonpatch` and validated against
+/// the strict Kubernetes schemas (`tests::kube::schemas`).
+#[tokio::test]
+async fn patched_pods_pass_the_kubernetes_schemas() {
+    let mut pods = Vec::new();
+    let mut add = |name: &str, pod: &Pod, patch: json_patch::Patch| {
+        let original = serde_json::to_value(pod).unwrap();
+        let expected = serde_json::to_value(apply(pod, &patch)).unwrap();
+        pods.push(tests::kube::schemas::PatchedPod {
+            name: name.into(),
+            original,
+            patch: serde_json::to_value(&patch).unwrap(),
+            expected,
+            min_version: None,
+        });
+    };
+    let (_, patch, _) = review(&src(), &new_pod(), "CREATE").await;
+    add("web (takeover and redirect)", &new_pod(), patch.unwrap());
+    let w = Workload {
+        kind: ports::KIND_DEPLOYMENT,
+        name: "web".into(),
+        namespace: "shop".into(),
+        template: template("web", vec![app(), sidecar()]),
+    };
+    let svc = service(
+        "shop",
+        "web",
+        "web",
+        &[
+            ("http", 80, named("http")),
+            ("metrics", 9102, named("metrics")),
+        ],
+        false,
+    );
+    let m = ports::match_ports(&w.template, &[&svc]).unwrap();
+    let cfg = configmap::plan(&w, &m, "m:1", "m:2").unwrap();
+    let named_only = Fixed(HashMap::from([("web".to_string(), cfg)]));
+    let (_, patch, _) = review(&named_only, &new_pod(), "CREATE").await;
+    add("web (takeover only)", &new_pod(), patch.unwrap());
+    tests::kube::schemas::check(
+        "webhook::patched_pods_pass_the_kubernetes_schemas",
+        &pods,
+        &[],
+    );
 }
