@@ -2,6 +2,7 @@
 //! same values applies (against the API stand-in), when the webhook certificate is the user's
 //! own (`--set-file` / values); without one it generates a certificate as `install` does; its
 //! YAML output parses back to the same objects.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use cli::helm::{self, InstallArgs, TargetArgs, TemplateArgs};
 use serde_json::Value;

@@ -7,6 +7,7 @@
 //! ([`pod_security_violations`], the rules of the Pod Security Standards), and the patched pods
 //! re-checked independently (python `jsonpatch` and `kubernetes-validate`, see
 //! `tests/src/kube/schemas.rs`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::admission::AdmissionReview;
@@ -701,14 +702,14 @@ async fn every_service_port_reaching_an_intercepted_port_goes_through_the_agent(
             // A numeric service port shares the named one's container port: redirect, whichever
             // is numbered lower.
             "shared-port" | "shared-port-rev" => {
-                assert_eq!(mode(8080), Some(PortMode::Redirect), "{}", o.name)
+                assert_eq!(mode(8080), Some(PortMode::Redirect), "{}", o.name);
             }
             "several-services" => {
                 assert_eq!(mode(8080), Some(PortMode::Redirect));
                 assert_eq!(mode(9090), Some(PortMode::Redirect), "headless peers");
             }
             "restricted-takeover" | "port-name-collision" => {
-                assert!(!o.cfg.needs_redirect(), "{}", o.name)
+                assert!(!o.cfg.needs_redirect(), "{}", o.name);
             }
             _ => {}
         }
