@@ -217,9 +217,15 @@ impl Ctx {
                 intercept_id,
                 session_id,
                 tunnel,
-            } => open_tunnel(*tunnel, &self.shared.tunnel_addr, intercept_id, session_id)
-                .await
-                .map_err(|e| format!("intercept {intercept_id}: tunnel unreachable: {e}"))?,
+            } => open_tunnel(
+                *tunnel,
+                &self.shared.tunnel_addr,
+                intercept_id,
+                session_id,
+                self.service_port,
+            )
+            .await
+            .map_err(|e| format!("intercept {intercept_id}: tunnel unreachable: {e}"))?,
             _ => {
                 let s = TcpStream::connect(self.app)
                     .await
