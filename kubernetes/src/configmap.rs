@@ -60,6 +60,10 @@ pub struct AgentConfig {
     /// The container whose env and mounts the agent shares (the first captured port's).
     pub container: String,
     pub ports: Vec<AgentPort>,
+    /// A replace engagement holds the workload: the agent takes the place of `container` in
+    /// its pods (`patch.rs` `inject` leaves the container out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 impl AgentConfig {
@@ -175,5 +179,6 @@ pub fn plan(
         tunnel_addr: tunnel_addr.into(),
         container: ports[0].container.clone(),
         ports,
+        replace: false,
     })
 }

@@ -455,6 +455,10 @@ impl ManagerApi for Manager {
         let (w, pairs) = self.engaged_pairs(&spec).await?;
         spec.target_port = pairs.target_port;
         let kind = crate::engage::kind_of(&spec);
+        if kind == EngagementKind::Replace && spec.port_identifier.is_empty() && pairs.port != 0 {
+            // Named, so that the daemon re-creating the spec after a new session gets the same pairs.
+            spec.port_identifier = pairs.port.to_string();
+        }
         let info = {
             let mut st = self.inner.state.lock().await;
             check_conflicts(&st, &session, &spec, pairs.port)?;
@@ -522,6 +526,8 @@ impl ManagerApi for Manager {
             if let Err(e) = p.set_replaced(&spec.namespace, &spec.workload, true).await {
                 return fail(provider_status(e)).await;
             }
+            // On Kubernetes the replaced pods bring a new agent: answer once it is routing.
+            self.await_agent(&spec.namespace, &spec.workload).await;
         }
         let st = self.inner.state.lock().await;
         let current = st.intercepts.get(&id).cloned().unwrap_or(info);
