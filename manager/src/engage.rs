@@ -231,6 +231,15 @@ pub fn check(
     Ok(())
 }
 
+/// What an engagement routes, as `list` shows it: the filters' disposition, or no traffic.
+pub fn disposition(spec: &InterceptSpec) -> String {
+    if kind_of(spec) == EngagementKind::Ingest {
+        "no traffic (environment and volumes only)".into()
+    } else {
+        protocol::filters::disposition(spec)
+    }
+}
+
 /// The workloads (namespace, name) whose replace engagements are active.
 fn replaced(st: &crate::state::State) -> BTreeSet<(String, String)> {
     st.intercepts
@@ -243,6 +252,22 @@ fn replaced(st: &crate::state::State) -> BTreeSet<(String, String)> {
 }
 
 impl Manager {
+    /// For a replace engagement whose agent is routing: stops the original container (the
+    /// provider's `set_replaced`), then waits for the agent again (on Kubernetes the replaced
+    /// pods bring a new one). Nothing for other kinds.
+    pub(crate) async fn start_replace(&self, spec: &InterceptSpec) -> Result<(), Status> {
+        if kind_of(spec) != EngagementKind::Replace {
+            return Ok(());
+        }
+        self.inner
+            .provider
+            .set_replaced(&spec.namespace, &spec.workload, true)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.await_agent(&spec.namespace, &spec.workload).await;
+        Ok(())
+    }
+
     /// Keeps the provider's replaced workloads equal to the active replace engagements: when a
     /// replace ends (leave, lease expiry, uninstall, agent gone) its workload runs again.
     pub(crate) async fn keep_replaced(self) {

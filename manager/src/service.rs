@@ -149,7 +149,7 @@ impl Manager {
 
     /// Waits until an agent of the workload is present and has been handed the snapshot that
     /// contains generation `gen` (so its next accepted connection is routed by it).
-    async fn await_agent(&self, namespace: &str, workload: &str) -> bool {
+    pub(crate) async fn await_agent(&self, namespace: &str, workload: &str) -> bool {
         let deadline = tokio::time::Instant::now() + self.inner.agent_timeout;
         let mut rx = self.inner.sent.subscribe();
         loop {
@@ -471,11 +471,7 @@ impl ManagerApi for Manager {
                 service_port: u32::from(pairs.port),
                 service_port_name: pairs.port_name.clone(),
                 workload_kind: w.kind.clone(),
-                disposition: if kind == EngagementKind::Ingest {
-                    "no traffic (environment and volumes only)".into()
-                } else {
-                    protocol::filters::disposition(&spec)
-                },
+                disposition: crate::engage::disposition(&spec),
                 extra_ports: pairs.extra.clone(),
                 spec: Some(spec.clone()),
                 ..Default::default()
@@ -522,12 +518,8 @@ impl ManagerApi for Manager {
             )))
             .await;
         }
-        if kind == EngagementKind::Replace {
-            if let Err(e) = p.set_replaced(&spec.namespace, &spec.workload, true).await {
-                return fail(provider_status(e)).await;
-            }
-            // On Kubernetes the replaced pods bring a new agent: answer once it is routing.
-            self.await_agent(&spec.namespace, &spec.workload).await;
+        if let Err(e) = self.start_replace(&spec).await {
+            return fail(e).await;
         }
         let st = self.inner.state.lock().await;
         let current = st.intercepts.get(&id).cloned().unwrap_or(info);
