@@ -461,8 +461,8 @@ impl ManagerApi for Manager {
         }
         let info = {
             let mut st = self.inner.state.lock().await;
-            check_conflicts(&st, &session, &spec, pairs.port)?;
             crate::engage::check(&st, &session, &spec, &pairs)?;
+            check_conflicts(&st, &session, &spec, pairs.port)?;
             let info = InterceptInfo {
                 id: id.clone(),
                 state: protocol::manager::InterceptState::Waiting as i32,
