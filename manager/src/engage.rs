@@ -240,11 +240,11 @@ pub fn disposition(spec: &InterceptSpec) -> String {
     }
 }
 
-/// The workloads (namespace, name) whose replace engagements are active.
+/// The workloads (namespace, name) that replace engagements hold, whatever their state (on
+/// Kubernetes the replacing rollout brings a new agent: the engagement waits for it meanwhile).
 fn replaced(st: &crate::state::State) -> BTreeSet<(String, String)> {
     st.intercepts
         .values()
-        .filter(|i| i.state() == protocol::manager::InterceptState::Active)
         .filter_map(|i| i.spec.as_ref())
         .filter(|s| kind_of(s) == EngagementKind::Replace)
         .map(|s| (s.namespace.clone(), s.workload.clone()))
@@ -268,8 +268,8 @@ impl Manager {
         Ok(())
     }
 
-    /// Keeps the provider's replaced workloads equal to the active replace engagements: when a
-    /// replace ends (leave, lease expiry, uninstall, agent gone) its workload runs again.
+    /// Restores the workloads of replace engagements that ended (leave, lease expiry, handler
+    /// exit, uninstall): their original containers run again.
     pub(crate) async fn keep_replaced(self) {
         let mut gen_rx = self.inner.generation.subscribe();
         let mut current: BTreeSet<(String, String)> = BTreeSet::new();
@@ -280,11 +280,8 @@ impl Manager {
                     tracing::warn!(namespace = %ns, workload = %w, error = %e, "cannot restore replaced workload");
                 }
             }
-            for (ns, w) in want.difference(&current) {
-                if let Err(e) = self.inner.provider.set_replaced(ns, w, true).await {
-                    tracing::warn!(namespace = %ns, workload = %w, error = %e, "cannot replace workload");
-                }
-            }
+            // Replacing is `start_replace`'s, once the agent routes every port: pausing earlier
+            // would leave callers hanging on a frozen app.
             current = want;
             if gen_rx.changed().await.is_err() {
                 return;
@@ -296,6 +293,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::ProviderError;
     use protocol::manager::PortPair;
 
     fn w() -> WorkloadInfo {
@@ -407,6 +405,91 @@ mod tests {
         let p = resolve_pairs(&w, &w.ports, &spec(EngagementKind::Ingest, ("", 0), &[])).unwrap();
         assert_eq!(p, Pairs::default());
         assert!(p.service_ports().is_empty());
+    }
+
+    /// A provider that only records `set_replaced` calls.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, bool)>>);
+
+    #[async_trait::async_trait]
+    impl crate::provider::Provider for Recorder {
+        fn cluster_type(&self) -> protocol::ClusterType {
+            protocol::ClusterType::Docker
+        }
+        fn server(&self) -> String {
+            String::new()
+        }
+        fn agent_image(&self) -> String {
+            String::new()
+        }
+        async fn namespace_exists(&self, _: &str) -> Result<bool, ProviderError> {
+            Ok(true)
+        }
+        async fn list_workloads(&self, _: &str) -> Result<Vec<WorkloadInfo>, ProviderError> {
+            Ok(vec![w()])
+        }
+        async fn get_workload(&self, _: &str, _: &str) -> Result<WorkloadInfo, ProviderError> {
+            Ok(w())
+        }
+        async fn ensure_agent(
+            &self,
+            _: &crate::provider::AgentRequest,
+        ) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn remove_agent(&self, _: &str, _: &str) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        async fn cluster_subnets(&self, _: &str) -> Result<Vec<String>, ProviderError> {
+            Ok(Vec::new())
+        }
+        fn cluster_domain(&self) -> String {
+            String::new()
+        }
+        async fn set_replaced(&self, _: &str, w: &str, on: bool) -> Result<(), ProviderError> {
+            self.0.lock().unwrap().push((w.to_string(), on));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_replace_gives_the_workload_back() {
+        let rec = std::sync::Arc::new(Recorder::default());
+        let mgr = Manager::new(rec.clone(), std::time::Duration::from_secs(1));
+        tokio::spawn(mgr.clone().keep_replaced());
+        let mut rep = spec(EngagementKind::Replace, ("", 0), &[]);
+        rep.namespace = "shop".into();
+        {
+            let mut st = mgr.inner.state.lock().await;
+            st.intercepts.insert(
+                "a:web".into(),
+                InterceptInfo {
+                    spec: Some(rep.clone()),
+                    id: "a:web".into(),
+                    ..Default::default()
+                },
+            );
+            st.changed(&mgr.inner.generation);
+        }
+        mgr.start_replace(&rep).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(*rec.0.lock().unwrap(), [("web".to_string(), true)]);
+        {
+            let mut st = mgr.inner.state.lock().await;
+            st.intercepts.clear();
+            st.changed(&mgr.inner.generation);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while rec.0.lock().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "not restored");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(rec.0.lock().unwrap()[1], ("web".to_string(), false));
+        // Ingests and intercepts never pause anything.
+        mgr.start_replace(&spec(EngagementKind::Ingest, ("", 0), &[]))
+            .await
+            .unwrap();
+        assert_eq!(rec.0.lock().unwrap().len(), 2);
     }
 
     #[test]

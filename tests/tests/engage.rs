@@ -6,7 +6,9 @@
 //! behind. Run serially (`--test-threads=1`), like every end-to-end test.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tests::*;
 
@@ -73,6 +75,34 @@ fn handler_cmd(user: &User, p: &Project, kind: &str, flags: &[&str], serve: &[&s
     user.command(&args)
 }
 
+/// The lines a child prints on stdout and stderr, each with when it came (since `start`);
+/// join the handles once the child exited.
+type Lines = JoinHandle<Vec<(Duration, String)>>;
+fn timed_lines(child: &mut Child, start: Instant) -> (Lines, Lines) {
+    fn read(r: impl std::io::Read + Send + 'static, start: Instant) -> Lines {
+        std::thread::spawn(move || {
+            BufReader::new(r)
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| (start.elapsed(), l))
+                .collect()
+        })
+    }
+    (
+        read(child.stdout.take().unwrap(), start),
+        read(child.stderr.take().unwrap(), start),
+    )
+}
+
+/// Joins the lines and reports when the first line containing `what` came.
+fn report(lines: Lines, what: &str) -> String {
+    let lines = lines.join().unwrap();
+    if let Some((t, l)) = lines.iter().find(|(_, l)| l.contains(what)) {
+        eprintln!("  after {t:?}: {l}");
+    }
+    lines.into_iter().map(|(_, l)| l + "\n").collect()
+}
+
 /// Our containers of this test, by name (handlers and daemons).
 fn handlers() -> String {
     docker(&[
@@ -104,6 +134,7 @@ fn replace_stops_the_original_and_restores_it() {
         &[],
         &["--http", "8080", "--http", "8081", "--name", "handler"],
     ));
+    let (out, err) = timed_lines(&mut child, start);
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let first_answer = start.elapsed();
     eprintln!("replace: first request answered by the handler after {first_answer:?}");
@@ -120,7 +151,8 @@ fn replace_stops_the_original_and_restores_it() {
     let r = user.tp(&["leave", "web"]).ok();
     assert_eq!(r.stdout, "");
     wait_exit(&mut child, T);
-    let (out, err) = output_of(child);
+    let out = report(out, "Using");
+    let err = report(err, "Remote volumes ready");
     assert!(out.contains("Using ComposeService web"), "{out}\n{err}");
     assert!(out.contains("\n       8080 -> 8080 TCP\n"), "{out}");
     assert!(out.contains("\n       8081 -> 8081 TCP\n"), "{out}");
@@ -138,6 +170,7 @@ fn replace_stops_the_original_and_restores_it() {
         &["--mount", "false"],
         &["--http", "8080", "--http", "8081", "--name", "handler2"],
     ));
+    let (out, err) = timed_lines(&mut child, start);
     p.wait_for("http://web:8080/", "handler2", T).unwrap();
     eprintln!(
         "replace --mount false: first request answered by the handler after {:?}",
@@ -146,6 +179,8 @@ fn replace_stops_the_original_and_restores_it() {
     assert!(paused(&p));
     user.tp(&["quit", "-s"]).ok();
     wait_exit(&mut child, T);
+    report(out, "Using");
+    report(err, "~");
     assert!(!paused(&p), "quit -s unpauses a replaced workload");
     p.wait_for("http://web:8080/", "web", T).unwrap();
     assert!(ticking(&p));
