@@ -56,7 +56,7 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        tunnel::tune(&conn);
+        relay::tune(&conn);
         let route = routes.borrow().route(service_port);
         shared.active.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(shared.clone());
@@ -113,7 +113,7 @@ async fn serve(
         Some(s) => s,
         None => match TcpStream::connect(app).await {
             Ok(s) => {
-                tunnel::tune(&s);
+                relay::tune(&s);
                 s
             }
             Err(e) => {
@@ -124,7 +124,7 @@ async fn serve(
             }
         },
     };
-    if let Err(e) = tunnel::splice(&mut inbound, &mut outbound).await {
+    if let Err(e) = relay::splice(&mut inbound, &mut outbound).await {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }
@@ -150,7 +150,7 @@ pub(crate) async fn open_tunnel(
     let mut s = tokio::time::timeout(TUNNEL_DIAL_TIMEOUT, dial)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    tunnel::tune(&s);
+    relay::tune(&s);
     let header = TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),

@@ -83,8 +83,31 @@ async fn initial<R: AsyncRead + Unpin>(
     mounts: &[Mount],
     opts: &ServeOptions,
 ) -> Result<Vec<LiveMount>, FsSyncError> {
-    // Only directories are offered (a single-file bind mount cannot be mirrored as a volume).
-    let offered: Vec<Mount> = mounts
+    let offered = offered_mounts(mounts);
+    out.send(Frame::Msg(Msg::Hello {
+        proto: PROTO_VERSION,
+        mounts: offered.clone(),
+    }))
+    .await
+    .map_err(|_| closed())?;
+    let wanted = await_subscribe(r, opts).await?;
+    let mut live = Vec::with_capacity(wanted.len());
+    for (i, w) in wanted.iter().enumerate() {
+        let Some(ours) = offered.iter().find(|m| m.path == w.path) else {
+            return Err(FsSyncError::Protocol(format!(
+                "mount {:?} is not served here",
+                w.path
+            )));
+        };
+        live.push(send_mount(out, &wanted, i, ours.read_only || w.read_only).await?);
+    }
+    Ok(live)
+}
+
+/// The mounts offered to the client: only directories (a single-file bind mount cannot be
+/// mirrored as a volume).
+fn offered_mounts(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
         .iter()
         .filter(|m| match std::fs::metadata(&m.path) {
             Ok(md) if md.is_dir() => true,
@@ -98,82 +121,77 @@ async fn initial<R: AsyncRead + Unpin>(
             }
         })
         .cloned()
-        .collect();
-    out.send(Frame::Msg(Msg::Hello {
-        proto: PROTO_VERSION,
-        mounts: offered.clone(),
-    }))
-    .await
-    .map_err(|_| closed())?;
+        .collect()
+}
+
+/// Waits for the client's `Subscribe` (within the handshake timeout); returns the mounts it wants.
+async fn await_subscribe<R: AsyncRead + Unpin>(
+    r: &mut R,
+    opts: &ServeOptions,
+) -> Result<Vec<Mount>, FsSyncError> {
     let first = tokio::time::timeout(opts.handshake_timeout, read_frame(r))
         .await
         .map_err(|_| FsSyncError::Protocol("the client did not subscribe in time".into()))??;
-    let wanted = match first {
-        Some(Frame::Msg(Msg::Subscribe { mounts })) => mounts,
-        Some(Frame::Msg(Msg::Error { message })) => return Err(FsSyncError::Remote(message)),
-        Some(Frame::Msg(m)) => {
-            return Err(FsSyncError::Protocol(format!(
-                "expected subscribe, got {}",
-                m.name()
-            )))
-        }
-        Some(Frame::Data(_)) => return Err(FsSyncError::Protocol("expected subscribe".into())),
-        None => {
-            return Err(FsSyncError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the client closed before subscribing",
-            )))
-        }
-    };
-    let mut live = Vec::with_capacity(wanted.len());
-    for (i, w) in wanted.iter().enumerate() {
-        let Some(ours) = offered.iter().find(|m| m.path == w.path) else {
-            return Err(FsSyncError::Protocol(format!(
-                "mount {:?} is not served here",
-                w.path
-            )));
-        };
-        let read_only = ours.read_only || w.read_only;
-        let root = Root::open(Path::new(&w.path))
-            .map_err(|e| io::Error::new(e.kind(), format!("mount {}: {e}", w.path)))?;
-        let excludes = nested_excludes(&wanted, i);
-        let root_attrs = fssync::fstat(root.fd()).ok().map(|m| m.attrs());
-        out.send(Frame::Msg(Msg::TarBegin {
-            mount: i as u32,
-            root: root_attrs,
-        }))
+    match first {
+        Some(Frame::Msg(Msg::Subscribe { mounts })) => Ok(mounts),
+        Some(Frame::Msg(Msg::Error { message })) => Err(FsSyncError::Remote(message)),
+        Some(Frame::Msg(m)) => Err(FsSyncError::Protocol(format!(
+            "expected subscribe, got {}",
+            m.name()
+        ))),
+        Some(Frame::Data(_)) => Err(FsSyncError::Protocol("expected subscribe".into())),
+        None => Err(FsSyncError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the client closed before subscribing",
+        ))),
+    }
+}
+
+/// Sends the tar of subscribed mount `i` of `wanted`; returns it ready for live sync.
+async fn send_mount(
+    out: &Outbox,
+    wanted: &[Mount],
+    i: usize,
+    read_only: bool,
+) -> Result<LiveMount, FsSyncError> {
+    let w = &wanted[i];
+    let root = Root::open(Path::new(&w.path))
+        .map_err(|e| io::Error::new(e.kind(), format!("mount {}: {e}", w.path)))?;
+    let excludes = nested_excludes(wanted, i);
+    let root_attrs = fssync::fstat(root.fd()).ok().map(|m| m.attrs());
+    out.send(Frame::Msg(Msg::TarBegin {
+        mount: i as u32,
+        root: root_attrs,
+    }))
+    .await
+    .map_err(|_| closed())?;
+    let started = Instant::now();
+    let tx = out.clone();
+    let ex = excludes.clone();
+    let (root, baseline, stats) =
+        tokio::task::spawn_blocking(move || build_tar(&root, &ex, tx).map(|(b, s)| (root, b, s)))
+            .await
+            .map_err(|e| FsSyncError::Io(io::Error::other(format!("tar task failed: {e}"))))??;
+    out.send(Frame::Msg(Msg::TarEnd { mount: i as u32 }))
         .await
         .map_err(|_| closed())?;
-        let started = Instant::now();
-        let tx = out.clone();
-        let ex = excludes.clone();
-        let (root, baseline, stats) = tokio::task::spawn_blocking(move || {
-            build_tar(&root, &ex, tx).map(|(b, s)| (root, b, s))
-        })
-        .await
-        .map_err(|e| FsSyncError::Io(io::Error::other(format!("tar task failed: {e}"))))??;
-        out.send(Frame::Msg(Msg::TarEnd { mount: i as u32 }))
-            .await
-            .map_err(|_| closed())?;
-        let secs = started.elapsed().as_secs_f64();
-        info!(
-            "volume sync: sent {} ({} entries, {} bytes, {} skipped) in {:.3}s{}",
-            w.path,
-            stats.entries,
-            stats.bytes,
-            stats.skipped,
-            secs,
-            if read_only { ", read-only" } else { "" }
-        );
-        live.push(LiveMount {
-            root,
-            send: true,
-            accept: !read_only,
-            excludes,
-            baseline,
-        });
-    }
-    Ok(live)
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        "volume sync: sent {} ({} entries, {} bytes, {} skipped) in {:.3}s{}",
+        w.path,
+        stats.entries,
+        stats.bytes,
+        stats.skipped,
+        secs,
+        if read_only { ", read-only" } else { "" }
+    );
+    Ok(LiveMount {
+        root,
+        send: true,
+        accept: !read_only,
+        excludes,
+        baseline,
+    })
 }
 
 /// What went into one mount's tar.

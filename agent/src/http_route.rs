@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use protocol::tunnel;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
@@ -129,11 +128,11 @@ async fn splice_to_app(
             return;
         }
     };
-    tunnel::tune(&out);
+    relay::tune(&out);
     if out.write_all(first).await.is_err() {
         return;
     }
-    if let Err(e) = tunnel::splice(&mut inbound, &mut out).await {
+    if let Err(e) = relay::splice(&mut inbound, &mut out).await {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }
@@ -211,7 +210,7 @@ impl Ctx {
 
     /// Opens a new upstream for a route: the app, or a tunnel connection for the intercept
     /// (the manager pairs it with the client, which dials its handler).
-    async fn connect(&self, route: &Route) -> Result<Upstream, String> {
+    async fn connect(&self, route: &Route) -> Result<Upstream, ConnectError> {
         let stream = match route {
             Route::Intercept {
                 intercept_id,
@@ -225,12 +224,18 @@ impl Ctx {
                 self.service_port,
             )
             .await
-            .map_err(|e| format!("intercept {intercept_id}: tunnel unreachable: {e}"))?,
+            .map_err(|cause| ConnectError::Tunnel {
+                intercept_id: intercept_id.clone(),
+                cause,
+            })?,
             _ => {
                 let s = TcpStream::connect(self.app)
                     .await
-                    .map_err(|e| format!("app at {}: {e}", self.app))?;
-                tunnel::tune(&s);
+                    .map_err(|cause| ConnectError::App {
+                        app: self.app,
+                        cause,
+                    })?;
+                relay::tune(&s);
                 s
             }
         };
@@ -240,7 +245,7 @@ impl Ctx {
                 .timer(TokioTimer::new())
                 .handshake(io)
                 .await
-                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+                .map_err(ConnectError::H2Handshake)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!("HTTP/2 upstream ended: {e}");
@@ -250,7 +255,7 @@ impl Ctx {
         } else {
             let (send, conn) = hyper::client::conn::http1::handshake(io)
                 .await
-                .map_err(|e| format!("HTTP/1 handshake: {e}"))?;
+                .map_err(ConnectError::H1Handshake)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     debug!("HTTP/1 upstream ended: {e}");
@@ -275,7 +280,7 @@ impl Ctx {
             Some(u) => (u, false),
             None => match self.connect(&route).await {
                 Ok(u) => (u, true),
-                Err(e) => return bad_gateway(&e),
+                Err(e) => return bad_gateway(&e.to_string()),
             },
         };
         let mut resp = loop {
@@ -286,7 +291,7 @@ impl Ctx {
                     req = r;
                     up = match self.connect(&route).await {
                         Ok(u) => u,
-                        Err(e) => return bad_gateway(&e),
+                        Err(e) => return bad_gateway(&e.to_string()),
                     };
                     fresh = true;
                 }
@@ -494,6 +499,29 @@ fn decline_h2c(req: &mut Request<Incoming>) {
             h.insert(CONNECTION, v);
         }
     }
+}
+
+/// Why an upstream could not be opened; the caller answers 502 with its text.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The tunnel to the intercept's client could not be opened.
+    #[error("intercept {intercept_id}: tunnel unreachable: {cause}")]
+    Tunnel {
+        intercept_id: std::sync::Arc<str>,
+        cause: std::io::Error,
+    },
+    /// The app did not accept the connection.
+    #[error("app at {app}: {cause}")]
+    App {
+        app: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
+    /// The HTTP/2 handshake with the upstream failed.
+    #[error("HTTP/2 handshake: {0}")]
+    H2Handshake(hyper::Error),
+    /// The HTTP/1 handshake with the upstream failed.
+    #[error("HTTP/1 handshake: {0}")]
+    H1Handshake(hyper::Error),
 }
 
 fn bad_gateway(why: &str) -> Response<Body> {

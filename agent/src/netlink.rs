@@ -98,9 +98,9 @@ impl Socket {
         // SAFETY: see `open`.
         let mut dst: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         dst.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
+        let n = retry_interrupted(|| {
             // SAFETY: buf and dst are valid for the given lengths.
-            let n = unsafe {
+            unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
                     buf.as_ptr().cast::<libc::c_void>(),
@@ -109,50 +109,50 @@ impl Socket {
                     std::ptr::from_ref::<libc::sockaddr_nl>(&dst).cast::<libc::sockaddr>(),
                     std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
                 )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
             }
-            if n as usize != buf.len() {
-                return Err(io::Error::other("short netlink send"));
-            }
-            return Ok(());
+        })?;
+        if n != buf.len() {
+            return Err(io::Error::other("short netlink send"));
         }
+        Ok(())
     }
 
     /// Receives one datagram. `nonblocking` returns `WouldBlock` at once when nothing is queued;
     /// otherwise the socket's receive timeout applies.
     pub(crate) fn recv(&self, buf: &mut [u8], nonblocking: bool) -> io::Result<usize> {
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 } | libc::MSG_TRUNC;
-        loop {
+        let n = retry_interrupted(|| {
             // SAFETY: buf is valid for writes of buf.len() bytes.
-            let n = unsafe {
+            unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast::<libc::c_void>(),
                     buf.len(),
                     flags,
                 )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
             }
-            let n = n as usize;
-            if n > buf.len() {
-                return Err(io::Error::other(format!(
-                    "netlink reply of {n} bytes truncated to {}",
-                    buf.len()
-                )));
-            }
-            return Ok(n);
+        })?;
+        if n > buf.len() {
+            return Err(io::Error::other(format!(
+                "netlink reply of {n} bytes truncated to {}",
+                buf.len()
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Runs a system call that returns a byte count (negative: failed, reason in `errno`) again
+/// while it is interrupted by a signal (`EINTR`).
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -264,7 +264,7 @@ fn ne_u32(b: &[u8]) -> u32 {
 }
 
 /// Splits a datagram into messages.
-pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, String>> {
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, Malformed>> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDRLEN {
             return None;
@@ -272,7 +272,7 @@ pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, S
         let len = ne_u32(&buf[0..4]) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
             buf = &[];
-            return Some(Err(format!("bad netlink message length {len}")));
+            return Some(Err(Malformed::Length(len)));
         }
         let msg = Msg {
             ty: ne_u16(&buf[4..6]),
@@ -330,6 +330,20 @@ pub(crate) fn parse_error(payload: &[u8]) -> Option<(i32, u32)> {
     Some((-code, seq))
 }
 
+/// Why a netlink reply could not be understood (the text is what `nf_tables` errors show).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// A message header names a length outside the datagram.
+    #[error("bad netlink message length {0}")]
+    Length(usize),
+    /// An `NLMSG_ERROR` too short to hold an errno and the request's header.
+    #[error("short NLMSG_ERROR")]
+    ShortError,
+    /// An nf_tables message without its `nfgenmsg` header.
+    #[error("nf_tables message without nfgenmsg")]
+    NoNfgenmsg,
+}
+
 /// How an exchange failed.
 #[derive(Debug)]
 pub(crate) enum ExchangeError {
@@ -340,7 +354,7 @@ pub(crate) enum ExchangeError {
         errno: i32,
     },
     Timeout,
-    Malformed(String),
+    Malformed(Malformed),
 }
 
 /// Sends `buf` and reads the replies until every sequence number in `expect` has been answered
@@ -351,7 +365,7 @@ pub(crate) fn exchange(
     sock: &Socket,
     buf: &[u8],
     expect: &[u32],
-    mut on_data: impl FnMut(&Msg<'_>) -> Result<(), String>,
+    mut on_data: impl FnMut(&Msg<'_>) -> Result<(), Malformed>,
 ) -> Result<(), ExchangeError> {
     sock.send(buf).map_err(ExchangeError::Io)?;
     let mut pending: Vec<u32> = expect.to_vec();
@@ -386,8 +400,7 @@ pub(crate) fn exchange(
                 NLMSG_NOOP | NLMSG_OVERRUN => {}
                 NLMSG_ERROR => {
                     let Some((errno, seq)) = parse_error(msg.payload) else {
-                        first_err
-                            .get_or_insert(ExchangeError::Malformed("short NLMSG_ERROR".into()));
+                        first_err.get_or_insert(ExchangeError::Malformed(Malformed::ShortError));
                         continue;
                     };
                     pending.retain(|s| *s != seq);

@@ -10,8 +10,8 @@
 //! asks for an acknowledgement and kernel errors come back as [`NftError`].
 
 use crate::netlink::{
-    self, attr_string, attrs, be32, find_attr, Builder, ExchangeError, Msg, Socket, NLM_F_ACK,
-    NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+    self, attr_string, attrs, be32, find_attr, Builder, ExchangeError, Malformed, Msg, Socket,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -98,7 +98,7 @@ pub enum NftError {
     )]
     Timeout,
     #[error("nf_tables: malformed netlink reply: {0}")]
-    Protocol(String),
+    Protocol(Malformed),
 }
 
 impl NftError {
@@ -432,10 +432,8 @@ pub fn table_exists(table: &str) -> Result<bool, NftError> {
 }
 
 /// The attributes of an nf_tables message (after its `nfgenmsg`).
-fn nft_attrs<'a>(m: &Msg<'a>) -> Result<&'a [u8], String> {
-    m.payload
-        .get(4..)
-        .ok_or_else(|| "nf_tables message without nfgenmsg".to_string())
+fn nft_attrs<'a>(m: &Msg<'a>) -> Result<&'a [u8], Malformed> {
+    m.payload.get(4..).ok_or(Malformed::NoNfgenmsg)
 }
 
 fn dump(
@@ -443,7 +441,7 @@ fn dump(
     table_attr: u16,
     table: &str,
     what: &str,
-    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+    mut each: impl FnMut(&[u8]) -> Result<(), Malformed>,
 ) -> Result<(), NftError> {
     validate_table(table)?;
     let sock = open()?;

@@ -321,7 +321,7 @@ async fn serve_fs(
     req: protocol::manager::DialRequest,
     mounts: Vec<fssync::Mount>,
 ) -> std::io::Result<()> {
-    let mut s = protocol::tunnel::dial(tunnel).await?;
+    let mut s = relay::dial(tunnel).await?;
     let header = protocol::tunnel::TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,

@@ -8,7 +8,7 @@ use crate::rpc::{connector, status_err};
 use anyhow::{bail, Result};
 use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use protocol::connector::{DaemonStatus, LeaveRequest, ListRequest};
-use protocol::manager::{Empty, InterceptInfo, UninstallRequest, Workload};
+use protocol::manager::{ClusterType, Empty, InterceptInfo, UninstallRequest, Workload};
 use serde_json::json;
 
 /// The daemons whose containers still run; info files of dead ones are removed.
@@ -81,7 +81,7 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         ("Version", Some(format!("v{}", st.version))),
         ("Status", Some(st.status.clone())),
         (
-            if st.cluster_type == "docker" {
+            if st.cluster_type() == ClusterType::Docker {
                 "Docker engine"
             } else {
                 "Kubernetes server"
@@ -94,7 +94,7 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         ("Container network", Some(st.container_network.clone())),
         ("Intercepts", Some(format!("{} total", st.intercepts.len()))),
     ];
-    if st.cluster_type == "docker" {
+    if st.cluster_type() == ClusterType::Docker {
         rows.retain(|(k, _)| *k != "Kubernetes context" && *k != "Manager namespace");
     }
     let outbound = crate::outbound::status_rows(st);
@@ -139,7 +139,7 @@ fn status_json(d: &DaemonInfo, st: &DaemonStatus) -> serde_json::Value {
         "running": true,
         "version": st.version,
         "status": st.status,
-        "cluster_type": st.cluster_type,
+        "cluster_type": st.cluster_type().as_str(),
         "server": st.server,
         "context": st.context,
         "namespace": st.namespace,
@@ -254,7 +254,7 @@ pub async fn list(args: ListArgs, use_: Option<&str>) -> Result<CmdOutput> {
                 "name": w.name,
                 "namespace": w.namespace,
                 "kind": w.kind,
-                "ports": w.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
+                "ports": w.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol().as_str()})).collect::<Vec<_>>(),
                 "agent_installed": w.agent_installed,
                 "not_interceptable_reason": w.not_interceptable_reason,
                 "intercepts": w.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),

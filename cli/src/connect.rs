@@ -109,25 +109,30 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
             return Err(daemon_failed(&docker, &container, &namespace, started_manager, e).await)
         }
     };
-    let server = docker::provider::engine_address();
     let info = DaemonInfo {
-        name: name.clone(),
-        namespace: namespace.clone(),
-        context: context.clone(),
+        name,
+        namespace,
+        context,
         cluster_type: "docker".into(),
-        server: server.clone(),
-        manager_namespace: args.manager_namespace.clone(),
-        container: container.clone(),
+        server: docker::provider::engine_address(),
+        manager_namespace: args.manager_namespace,
+        container,
         container_id: id,
         port,
     };
-    info::save(&info)?;
+    record(text, &info)
+}
+
+/// Records the started connection `info` for discovery and says so after `text`.
+pub(crate) fn record(mut text: String, info: &DaemonInfo) -> Result<CmdOutput> {
+    info::save(info)?;
     text.push_str(&format!(
-        "Connected to context {context}, namespace {namespace} ({server})\n"
+        "Connected to context {}, namespace {} ({})\n",
+        info.context, info.namespace, info.server
     ));
     Ok(CmdOutput {
         text,
-        data: Some(serde_json::to_value(&info)?),
+        data: Some(serde_json::to_value(info)?),
     })
 }
 
@@ -140,18 +145,28 @@ async fn already_connected(
     namespace: &str,
     container: &str,
 ) -> Result<Option<String>> {
+    let Some(existing) = live_connection(docker, name, container).await? else {
+        return Ok(None);
+    };
+    if existing.namespace == namespace {
+        return Ok(Some(already_message(&existing)));
+    }
+    bail!(
+        "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
+        existing.namespace
+    );
+}
+
+/// The recorded connection `name` when its daemon still runs. A recorded connection whose
+/// daemon is gone is forgotten; an error when `container` runs without being a known connection.
+pub(crate) async fn live_connection(
+    docker: &Docker,
+    name: &str,
+    container: &str,
+) -> Result<Option<DaemonInfo>> {
     if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
         if engine::is_running(docker, &existing.container).await {
-            if existing.namespace == namespace {
-                return Ok(Some(format!(
-                    "Already connected to context {}, namespace {} ({})\n",
-                    existing.context, existing.namespace, existing.server
-                )));
-            }
-            bail!(
-                "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
-                existing.namespace
-            );
+            return Ok(Some(existing));
         }
         info::remove(name);
     }
@@ -159,6 +174,14 @@ async fn already_connected(
         bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
     }
     Ok(None)
+}
+
+/// What `connect` says when the connection it was asked for already runs.
+pub(crate) fn already_message(existing: &DaemonInfo) -> String {
+    format!(
+        "Already connected to context {}, namespace {} ({})\n",
+        existing.context, existing.namespace, existing.server
+    )
 }
 
 /// The network of the compose project `namespace` (`default`: standalone containers).
@@ -307,16 +330,7 @@ async fn start_manager(
     network: &str,
     body: ContainerCreateBody,
 ) -> Result<()> {
-    docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.to_string()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-        .with_context(|| format!("creating the traffic-manager container {name}"))?;
+    create_named_container(docker, name, body, "traffic-manager").await?;
     let bridge = if network == "bridge" {
         Ok(())
     } else {
@@ -419,7 +433,7 @@ async fn start_daemon(
     .chain(dns_env)
     .collect();
     let body = daemon_container_body(image, env, name, namespace, None, dns, dns_search);
-    let id = create_daemon_container(docker, container, body).await?;
+    let id = create_named_container(docker, container, body, "daemon").await?;
     let port = start_daemon_container(docker, container).await?;
     // Ready = its gRPC answers, which it only does once it holds a manager session.
     wait_daemon_ready(
@@ -479,11 +493,13 @@ pub(crate) fn daemon_container_body(
     }
 }
 
-/// Creates the daemon container `container` from `body`; returns its id.
-pub(crate) async fn create_daemon_container(
+/// Creates the container `container` from `body`; returns its id. `what` names it in the error
+/// ("creating the {what} container {container}").
+pub(crate) async fn create_named_container(
     docker: &Docker,
     container: &str,
     body: ContainerCreateBody,
+    what: &str,
 ) -> Result<String> {
     let created = docker
         .create_container(
@@ -494,7 +510,7 @@ pub(crate) async fn create_daemon_container(
             body,
         )
         .await
-        .with_context(|| format!("creating the daemon container {container}"))?;
+        .with_context(|| format!("creating the {what} container {container}"))?;
     Ok(created.id)
 }
 

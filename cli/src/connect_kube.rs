@@ -6,7 +6,7 @@
 
 use crate::args::ConnectArgs;
 use crate::connect::{self, DAEMON_PORT, IMAGE_REPO};
-use crate::info::{self, DaemonInfo};
+use crate::info::DaemonInfo;
 use crate::output::CmdOutput;
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::query_parameters::ListContainersOptions;
@@ -175,24 +175,17 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
         }
     };
     let info = DaemonInfo {
-        name: name.clone(),
-        namespace: namespace.clone(),
-        context: context.clone(),
+        name,
+        namespace,
+        context,
         cluster_type: "kubernetes".into(),
-        server: server.clone(),
-        manager_namespace: args.manager_namespace.clone(),
-        container: container.clone(),
+        server,
+        manager_namespace: args.manager_namespace,
+        container,
         container_id: id,
         port,
     };
-    info::save(&info)?;
-    text.push_str(&format!(
-        "Connected to context {context}, namespace {namespace} ({server})\n"
-    ));
-    Ok(CmdOutput {
-        text,
-        data: Some(serde_json::to_value(&info)?),
-    })
+    connect::record(text, &info)
 }
 
 /// `Some(message)` when connection `name` already serves this context and `namespace` (its
@@ -207,31 +200,22 @@ async fn already_connected(
     container: &str,
 ) -> Result<Option<String>> {
     let (context, server) = (reduced.context.clone(), reduced.server.clone());
-    if let Some(existing) = info::load_all().into_iter().find(|d| d.name == name) {
-        if engine::is_running(docker, &existing.container).await {
-            if existing.namespace == namespace && existing.context == context {
-                let (yaml, _, expiry) = prepare(docker, reduced, &context, &server).await?;
-                upload_kubeconfig(docker, &existing.container, &yaml).await?;
-                let mut text = format!(
-                    "Already connected to context {}, namespace {} ({})\n",
-                    existing.context, existing.namespace, existing.server
-                );
-                if let Some(note) = expiry {
-                    text.push_str(&note);
-                }
-                return Ok(Some(text));
-            }
-            bail!(
-                "connection {name} is already connected to context {}, namespace {}; run `telepresence quit` first, or connect with another --name",
-                existing.context, existing.namespace
-            );
+    let Some(existing) = connect::live_connection(docker, name, container).await? else {
+        return Ok(None);
+    };
+    if existing.namespace == namespace && existing.context == context {
+        let (yaml, _, expiry) = prepare(docker, reduced, &context, &server).await?;
+        upload_kubeconfig(docker, &existing.container, &yaml).await?;
+        let mut text = connect::already_message(&existing);
+        if let Some(note) = expiry {
+            text.push_str(&note);
         }
-        info::remove(name);
+        return Ok(Some(text));
     }
-    if engine::is_running(docker, container).await {
-        bail!("container {container} already runs but is not a known connection; remove it with `telepresence quit -s` or `docker rm -f {container}`");
-    }
-    Ok(None)
+    bail!(
+        "connection {name} is already connected to context {}, namespace {}; run `telepresence quit` first, or connect with another --name",
+        existing.context, existing.namespace
+    );
 }
 
 /// The kubeconfig the daemon gets, as YAML: flattened, host CA roots for clusters naming no
@@ -359,7 +343,7 @@ async fn start_daemon(docker: &Docker, s: &DaemonSpec<'_>) -> Result<(String, u1
         dns,
         dns_search,
     );
-    let id = connect::create_daemon_container(docker, s.container, body).await?;
+    let id = connect::create_named_container(docker, s.container, body, "daemon").await?;
     upload_kubeconfig(docker, s.container, s.kubeconfig).await?;
     let port = connect::start_daemon_container(docker, s.container).await?;
     connect::wait_daemon_ready(

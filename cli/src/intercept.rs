@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use futures::StreamExt;
 use protocol::connector::LeaveRequest;
-use protocol::manager::{InterceptInfo, InterceptSpec};
+use protocol::manager::{InterceptInfo, InterceptMechanism, InterceptSpec, PortProtocol};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -179,10 +179,10 @@ pub async fn run(
         workload,
         namespace: args.namespace.clone().unwrap_or_default(),
         port_identifier: first.as_ref().map(|p| p.remote.clone()).unwrap_or_default(),
-        protocol: "TCP".into(),
+        protocol: PortProtocol::Tcp as i32,
         target_host: args.address.clone(),
         target_port: first.as_ref().map_or(0, |p| u32::from(p.local)),
-        mechanism: "tcp".into(),
+        mechanism: InterceptMechanism::Tcp as i32,
         client: String::new(),
         http_headers: args.http_header.clone(),
         http_path_equal: args.http_path_equal.clone().unwrap_or_default(),

@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptions, LogsOptions, StartContainerOptions};
+use bollard::query_parameters::{LogsOptions, StartContainerOptions};
 use bollard::Docker;
 use docker::engine::{self, CONNECTION_LABEL, INTERCEPT_LABEL, ROLE_LABEL};
 use futures::StreamExt;
@@ -153,16 +153,7 @@ pub async fn start(
             }),
             ..Default::default()
         };
-        docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.to_string()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .with_context(|| format!("creating the volume sync container {name}"))?;
+        crate::connect::create_named_container(docker, name, body, "volume sync").await?;
         docker
             .start_container(name, None::<StartContainerOptions>)
             .await

@@ -92,7 +92,7 @@ pub async fn fs_sync() -> Result<()> {
             read_only: s.read_only,
         })
         .collect();
-    let mut stream = protocol::tunnel::dial(&tunnel)
+    let mut stream = relay::dial(&tunnel)
         .await
         .with_context(|| format!("cannot reach the traffic-manager tunnel at {tunnel}"))?;
     let header = protocol::tunnel::TunnelHeader {

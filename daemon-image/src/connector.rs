@@ -45,9 +45,9 @@ impl Connector for ConnectorService {
             // A connection made through a kubeconfig is a Kubernetes connection, whatever
             // provider the manager behind the port-forward uses.
             cluster_type: if s.cfg.kubeconfig.is_some() {
-                "kubernetes".into()
+                ClusterType::Kubernetes as i32
             } else {
-                s.cluster.cluster_type.clone()
+                s.cluster.cluster_type
             },
             server: if s.cfg.server.is_empty() {
                 s.cluster.server.clone()

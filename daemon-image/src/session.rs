@@ -4,7 +4,8 @@
 
 use protocol::manager::manager_client::ManagerClient;
 use protocol::manager::*;
-use protocol::tunnel::{dial, splice, write_header, Role, TunnelHeader};
+use protocol::tunnel::{write_header, Role, TunnelHeader};
+use relay::{dial, splice};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;

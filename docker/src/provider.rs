@@ -26,6 +26,7 @@ use bollard::Docker;
 use compose::{NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL};
 use futures::StreamExt;
 use protocol::agent_env::{AgentEnv, AppMount};
+use protocol::ports::Protocol;
 use protocol::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 use manager::provider::{AgentRequest, PortSpec, Provider, ProviderError, WorkloadInfo};
@@ -678,14 +679,14 @@ fn workload_of(namespace: &str, c: &ContainerSummary) -> Option<(String, &'stati
 
 /// The TCP/UDP ports a container serves, container side: its exposed ports and the container
 /// side of its published bindings (`/containers/json` lists both in `Ports`).
-fn container_ports(c: &ContainerSummary) -> BTreeSet<(u16, &'static str)> {
+fn container_ports(c: &ContainerSummary) -> BTreeSet<(u16, Protocol)> {
     c.ports
         .iter()
         .flatten()
         .filter(|p| p.private_port != 0)
         .filter_map(|p| match p.typ {
-            Some(PortSummaryTypeEnum::TCP) | None => Some((p.private_port, "TCP")),
-            Some(PortSummaryTypeEnum::UDP) => Some((p.private_port, "UDP")),
+            Some(PortSummaryTypeEnum::TCP) | None => Some((p.private_port, Protocol::Tcp)),
+            Some(PortSummaryTypeEnum::UDP) => Some((p.private_port, Protocol::Udp)),
             _ => None,
         })
         .collect()
@@ -703,7 +704,7 @@ pub fn workloads_from_containers(
 ) -> Vec<WorkloadInfo> {
     struct Acc {
         kind: &'static str,
-        ports: BTreeSet<(u16, &'static str)>,
+        ports: BTreeSet<(u16, Protocol)>,
         host_network: bool,
     }
     let mut by_name: BTreeMap<String, Acc> = BTreeMap::new();
@@ -744,7 +745,7 @@ pub fn workloads_from_containers(
                     .map(|(port, protocol)| PortSpec {
                         name: String::new(),
                         port,
-                        protocol: protocol.to_string(),
+                        protocol,
                     })
                     .collect(),
                 not_interceptable,
@@ -1139,269 +1140,8 @@ mod tests {
     /// project `shop` (web ×2 with an exposed and a published port, a UDP `stats` service, a `db`
     /// with no ports, a stopped `migrate`, a `compose run` one-off), standalone containers, and
     /// our own manager and agent containers.
-    const CONTAINERS_JSON: &str = r#"[
-  {
-    "Id": "aaa1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/shop_web_1"],
-    "Image": "shop-web:latest",
-    "ImageID": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
-    "Command": "/app serve 8080",
-    "Created": 1732450000,
-    "Ports": [
-      {"PrivatePort": 8080, "Type": "tcp"},
-      {"IP": "0.0.0.0", "PrivatePort": 9000, "PublicPort": 49153, "Type": "tcp"},
-      {"IP": "::", "PrivatePort": 9000, "PublicPort": 49153, "Type": "tcp"}
-    ],
-    "Labels": {
-      "com.docker.compose.config-hash": "5f0a0c1c8e2b",
-      "com.docker.compose.container-number": "1",
-      "com.docker.compose.oneoff": "False",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.project.config_files": "/home/dev/shop/docker-compose.yml",
-      "com.docker.compose.project.working_dir": "/home/dev/shop",
-      "com.docker.compose.service": "web",
-      "com.docker.compose.version": "1.29.2"
-    },
-    "State": "running",
-    "Status": "Up 5 minutes",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {
-      "Networks": {
-        "shop_default": {
-          "IPAMConfig": null, "Links": null, "Aliases": null,
-          "NetworkID": "9c1e2d3f4a5b", "EndpointID": "e1", "Gateway": "172.20.0.1",
-          "IPAddress": "172.20.0.3", "IPPrefixLen": 16, "IPv6Gateway": "",
-          "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-          "MacAddress": "02:42:ac:14:00:03", "DriverOpts": null
-        }
-      }
-    },
-    "Mounts": [
-      {"Type": "volume", "Name": "shop_data", "Source": "/var/lib/docker/volumes/shop_data/_data",
-       "Destination": "/data", "Driver": "local", "Mode": "rw", "RW": true, "Propagation": ""}
-    ]
-  },
-  {
-    "Id": "aaa2222222222222222222222222222222222222222222222222222222222222",
-    "Names": ["/shop_web_2"],
-    "Image": "shop-web:latest",
-    "ImageID": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
-    "Command": "/app serve 8080",
-    "Created": 1732450001,
-    "Ports": [{"PrivatePort": 8080, "Type": "tcp"}, {"PrivatePort": 9000, "Type": "tcp"}],
-    "Labels": {
-      "com.docker.compose.container-number": "2",
-      "com.docker.compose.oneoff": "False",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.service": "web",
-      "com.docker.compose.version": "1.29.2"
-    },
-    "State": "running",
-    "Status": "Up 5 minutes",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {
-      "Networks": {
-        "shop_backend": {"NetworkID": "77aa", "EndpointID": "e2b", "Gateway": "172.21.0.1",
-          "IPAddress": "172.21.0.2", "IPPrefixLen": 16, "MacAddress": "02:42:ac:15:00:02"},
-        "shop_default": {"NetworkID": "9c1e2d3f4a5b", "EndpointID": "e2", "Gateway": "172.20.0.1",
-          "IPAddress": "172.20.0.4", "IPPrefixLen": 16, "MacAddress": "02:42:ac:14:00:04"}
-      }
-    },
-    "Mounts": []
-  },
-  {
-    "Id": "bbb1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/shop_stats_1"],
-    "Image": "statsd:1",
-    "ImageID": "sha256:2222222222222222222222222222222222222222222222222222222222222222",
-    "Command": "/statsd",
-    "Created": 1732450002,
-    "Ports": [{"PrivatePort": 8125, "Type": "udp"}, {"PrivatePort": 8126, "Type": "tcp"}],
-    "Labels": {
-      "com.docker.compose.container-number": "1",
-      "com.docker.compose.oneoff": "False",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.service": "stats"
-    },
-    "State": "running",
-    "Status": "Up 5 minutes",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {"Networks": {"shop_default": {"IPAddress": "172.20.0.5", "IPPrefixLen": 16}}},
-    "Mounts": []
-  },
-  {
-    "Id": "ccc1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/shop_db_1"],
-    "Image": "db:1",
-    "ImageID": "sha256:3333333333333333333333333333333333333333333333333333333333333333",
-    "Command": "/db",
-    "Created": 1732450003,
-    "Ports": [],
-    "Labels": {
-      "com.docker.compose.container-number": "1",
-      "com.docker.compose.oneoff": "False",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.service": "db"
-    },
-    "State": "running",
-    "Status": "Up 5 minutes",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {"Networks": {"shop_default": {"IPAddress": "172.20.0.2", "IPPrefixLen": 16}}},
-    "Mounts": []
-  },
-  {
-    "Id": "ddd1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/shop_migrate_1"],
-    "Image": "migrate:1",
-    "ImageID": "sha256:4444444444444444444444444444444444444444444444444444444444444444",
-    "Command": "/migrate",
-    "Created": 1732449990,
-    "Ports": [],
-    "Labels": {
-      "com.docker.compose.container-number": "1",
-      "com.docker.compose.oneoff": "False",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.service": "migrate"
-    },
-    "State": "exited",
-    "Status": "Exited (0) 4 minutes ago",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {"Networks": {"shop_default": {"IPAddress": "", "IPPrefixLen": 0}}},
-    "Mounts": []
-  },
-  {
-    "Id": "eee1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/shop_web_run_3f2a1b"],
-    "Image": "shop-web:latest",
-    "ImageID": "sha256:1111111111111111111111111111111111111111111111111111111111111111",
-    "Command": "sh",
-    "Created": 1732450100,
-    "Ports": [{"PrivatePort": 8080, "Type": "tcp"}],
-    "Labels": {
-      "com.docker.compose.oneoff": "True",
-      "com.docker.compose.project": "shop",
-      "com.docker.compose.service": "web"
-    },
-    "State": "running",
-    "Status": "Up 1 minute",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {"Networks": {"shop_default": {"IPAddress": "172.20.0.9", "IPPrefixLen": 16}}},
-    "Mounts": []
-  },
-  {
-    "Id": "fff1111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/tp-agent-shop-web-1"],
-    "Image": "telepresence:0.1.0-abc123",
-    "ImageID": "sha256:5555555555555555555555555555555555555555555555555555555555555555",
-    "Command": "/telepresence agent",
-    "Created": 1732450200,
-    "Ports": [],
-    "Labels": {
-      "telepresence.io/managed-by": "telepresence",
-      "telepresence.io/role": "agent",
-      "telepresence.io/namespace": "shop",
-      "telepresence.io/workload": "web",
-      "telepresence.io/ports": "8080",
-      "telepresence.io/target": "aaa1111111111111111111111111111111111111111111111111111111111111"
-    },
-    "State": "running",
-    "Status": "Up 30 seconds",
-    "HostConfig": {"NetworkMode": "container:aaa1111111111111111111111111111111111111111111111111111111111111"},
-    "NetworkSettings": {"Networks": {}},
-    "Mounts": []
-  },
-  {
-    "Id": "fff2222222222222222222222222222222222222222222222222222222222222",
-    "Names": ["/tp-agent-shop-stats-1"],
-    "Image": "telepresence:0.1.0-abc123",
-    "ImageID": "sha256:5555555555555555555555555555555555555555555555555555555555555555",
-    "Command": "/telepresence agent",
-    "Created": 1732450100,
-    "Ports": [],
-    "Labels": {
-      "telepresence.io/managed-by": "telepresence",
-      "telepresence.io/role": "agent",
-      "telepresence.io/namespace": "shop",
-      "telepresence.io/workload": "stats",
-      "telepresence.io/ports": "8126",
-      "telepresence.io/target": "bbb1111111111111111111111111111111111111111111111111111111111111"
-    },
-    "State": "exited",
-    "Status": "Exited (137) 10 seconds ago",
-    "HostConfig": {"NetworkMode": "container:bbb1111111111111111111111111111111111111111111111111111111111111"},
-    "NetworkSettings": {"Networks": {}},
-    "Mounts": []
-  },
-  {
-    "Id": "9991111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/tp-manager-shop"],
-    "Image": "telepresence:0.1.0-abc123",
-    "ImageID": "sha256:5555555555555555555555555555555555555555555555555555555555555555",
-    "Command": "/telepresence traffic-manager",
-    "Created": 1732450150,
-    "Ports": [{"PrivatePort": 8081, "Type": "tcp"},
-              {"IP": "127.0.0.1", "PrivatePort": 8081, "PublicPort": 49160, "Type": "tcp"}],
-    "Labels": {
-      "telepresence.io/managed-by": "telepresence",
-      "telepresence.io/role": "manager",
-      "telepresence.io/namespace": "shop"
-    },
-    "State": "running",
-    "Status": "Up 1 minute",
-    "HostConfig": {"NetworkMode": "shop_default"},
-    "NetworkSettings": {"Networks": {"shop_default": {"IPAddress": "172.20.0.10", "IPPrefixLen": 16}}},
-    "Mounts": []
-  },
-  {
-    "Id": "1231111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/nginx-test", "/other/nginx"],
-    "Image": "nginx:alpine",
-    "ImageID": "sha256:6666666666666666666666666666666666666666666666666666666666666666",
-    "Command": "/docker-entrypoint.sh nginx -g 'daemon off;'",
-    "Created": 1732440000,
-    "Ports": [
-      {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8081, "Type": "tcp"},
-      {"IP": "::", "PrivatePort": 80, "PublicPort": 8081, "Type": "tcp"}
-    ],
-    "Labels": {"maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>"},
-    "State": "running",
-    "Status": "Up 2 hours",
-    "HostConfig": {"NetworkMode": "default"},
-    "NetworkSettings": {"Networks": {"bridge": {"NetworkID": "ccca2906d39e", "Gateway": "172.17.0.1",
-      "IPAddress": "172.17.0.2", "IPPrefixLen": 16, "MacAddress": "02:42:ac:11:00:02"}}},
-    "Mounts": []
-  },
-  {
-    "Id": "1241111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/hostnet"],
-    "Image": "tool:1",
-    "ImageID": "sha256:7777777777777777777777777777777777777777777777777777777777777777",
-    "Command": "/tool",
-    "Created": 1732440001,
-    "Ports": [],
-    "Labels": {},
-    "State": "running",
-    "Status": "Up 2 hours",
-    "HostConfig": {"NetworkMode": "host"},
-    "NetworkSettings": {"Networks": {"host": {"IPAddress": "", "IPPrefixLen": 0}}},
-    "Mounts": []
-  },
-  {
-    "Id": "1251111111111111111111111111111111111111111111111111111111111111",
-    "Names": ["/old-job"],
-    "Image": "tool:1",
-    "ImageID": "sha256:7777777777777777777777777777777777777777777777777777777777777777",
-    "Command": "/tool",
-    "Created": 1732430000,
-    "Ports": [],
-    "Labels": {},
-    "State": "exited",
-    "Status": "Exited (1) 3 hours ago",
-    "HostConfig": {"NetworkMode": "default"},
-    "NetworkSettings": {"Networks": {"bridge": {"IPAddress": "", "IPPrefixLen": 0}}},
-    "Mounts": []
-  }
-]"#;
+    /// (Kept in `docker/src/testdata/containers.json`.)
+    const CONTAINERS_JSON: &str = include_str!("testdata/containers.json");
 
     fn containers() -> Vec<ContainerSummary> {
         serde_json::from_str(CONTAINERS_JSON).expect("Engine API 1.41 /containers/json parses")
@@ -1411,7 +1151,7 @@ mod tests {
         PortSpec {
             name: String::new(),
             port,
-            protocol: "TCP".into(),
+            protocol: Protocol::Tcp,
         }
     }
 
@@ -1419,7 +1159,7 @@ mod tests {
         PortSpec {
             name: String::new(),
             port,
-            protocol: "UDP".into(),
+            protocol: Protocol::Udp,
         }
     }
 

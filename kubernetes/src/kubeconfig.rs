@@ -586,14 +586,7 @@ users:
         let e = reduce(&kc, Some("broken")).unwrap_err().to_string();
         assert!(e.contains("cluster \"nowhere\""), "{e}");
         let mut r = reduce(&kc, Some("prod")).unwrap();
-        r.config.auth_infos[0]
-            .auth_info
-            .as_mut()
-            .unwrap()
-            .exec
-            .as_mut()
-            .unwrap()
-            .args = Some(vec!["wrong".into()]);
+        first_exec(&mut r.config).args = Some(vec!["wrong".into()]);
         let e = resolve_exec(&mut r.config).unwrap_err().to_string();
         assert!(
             e.contains("plugin.sh") && e.contains("exit status: 7"),

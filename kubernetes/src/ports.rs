@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
 use manager::provider::PortSpec;
+use protocol::ports::Protocol;
 
 /// Workload kinds, as shown to users.
 pub const KIND_DEPLOYMENT: &str = "Deployment";
@@ -275,10 +276,12 @@ fn missing_target(sname: &str, port: u16, sp: &ServicePort) -> String {
 pub fn port_specs(matches: &[PortMatch]) -> Vec<PortSpec> {
     matches
         .iter()
-        .map(|m| PortSpec {
-            name: m.service_port_name.clone(),
-            port: m.service_port,
-            protocol: m.protocol.clone(),
+        .filter_map(|m| {
+            Some(PortSpec {
+                name: m.service_port_name.clone(),
+                port: m.service_port,
+                protocol: Protocol::parse(&m.protocol)?,
+            })
         })
         .collect()
 }

@@ -117,7 +117,10 @@ pub fn resolve_pairs(
         pairs.push((p, n, extra.target_port));
     }
     if kind == EngagementKind::Replace {
-        for p in ports.iter().filter(|p| p.protocol == "TCP") {
+        for p in ports
+            .iter()
+            .filter(|p| p.protocol == protocol::ports::Protocol::Tcp)
+        {
             if !pairs.iter().any(|(sp, _, _)| *sp == p.port) {
                 pairs.push((p.port, p.name.clone(), u32::from(p.port)));
             }
@@ -306,7 +309,7 @@ mod tests {
                 .map(|(n, p)| PortSpec {
                     name: n.to_string(),
                     port: *p,
-                    protocol: "TCP".into(),
+                    protocol: protocol::ports::Protocol::Tcp,
                 })
                 .collect(),
             not_interceptable: None,

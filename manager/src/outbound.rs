@@ -9,9 +9,9 @@
 use crate::tunnel::TunnelDropped;
 use crate::Manager;
 use protocol::tunnel::{
-    read_datagram, splice, tune, write_datagram, write_header, HeaderError, Role, TunnelHeader,
-    MAX_DATAGRAM,
+    read_datagram, write_datagram, write_header, HeaderError, Role, TunnelHeader, MAX_DATAGRAM,
 };
+use relay::{splice, tune};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,6 +36,18 @@ async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderErro
     h.target
         .parse()
         .map_err(|_| HeaderError::BadTarget(h.target.clone()))
+}
+
+/// The checked target of `h`; a stream that cannot be carried is refused (`refuse`).
+async fn admit(
+    mgr: &Manager,
+    client: &mut TcpStream,
+    h: &TunnelHeader,
+) -> Result<SocketAddr, TunnelDropped> {
+    match check(mgr, h).await {
+        Ok(t) => Ok(t),
+        Err(e) => Err(refuse(client, h, e).await),
+    }
 }
 
 /// The reply header: no `error` = connected.
@@ -67,10 +79,7 @@ pub async fn tcp(
     mut client: TcpStream,
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
-    let target = match check(mgr, &h).await {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(&mut client, &h, e).await),
-    };
+    let target = admit(mgr, &mut client, &h).await?;
     let dialed = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(unreachable(target, e)),
@@ -100,10 +109,7 @@ pub async fn udp(
     mut client: TcpStream,
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
-    let target = match check(mgr, &h).await {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(&mut client, &h, e).await),
-    };
+    let target = admit(mgr, &mut client, &h).await?;
     let bind: SocketAddr = if target.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -10,8 +10,8 @@ pub struct PortSpec {
     /// Port name (Kubernetes service port name; empty on a Docker engine).
     pub name: String,
     pub port: u16,
-    /// "TCP" or "UDP".
-    pub protocol: String,
+    /// TCP or UDP (SCTP on Kubernetes).
+    pub protocol: protocol::ports::Protocol,
 }
 
 /// A workload as the manager sees it.

@@ -84,7 +84,7 @@ pub async fn resolve(mgr: &Manager, req: &ResolveRequest) -> Result<ResolveRespo
     };
     let message = query(nameserver(), &name, qtype)
         .await
-        .map_err(Status::unavailable)?;
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     Ok(ResolveResponse { message })
 }
 
@@ -96,30 +96,67 @@ fn nxdomain(name: &str, qtype: RecordType) -> Result<Vec<u8>, Status> {
     m.to_vec().map_err(|e| Status::internal(e.to_string()))
 }
 
+/// Why [`query`] got no answer; the `Resolve` rpc returns its text as `UNAVAILABLE`.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The name is not a DNS name.
+    #[error("bad name {name:?}: {cause}")]
+    BadName {
+        /// The name as the client sent it.
+        name: String,
+        /// What the DNS library said about it.
+        cause: hickory_proto::ProtoError,
+    },
+    /// The question could not be encoded.
+    #[error("{0}")]
+    Encode(hickory_proto::ProtoError),
+    /// The UDP socket could not be opened, connected or written.
+    #[error("{0}")]
+    Socket(std::io::Error),
+    /// Reading the answer from `server` failed.
+    #[error("{server}: {cause}")]
+    Recv {
+        /// The resolver asked.
+        server: SocketAddr,
+        /// The socket error.
+        cause: std::io::Error,
+    },
+    /// Neither try got an answer in time.
+    #[error("the cluster's resolver {0} did not answer")]
+    NoAnswer(SocketAddr),
+}
+
 /// Asks `server` one question over UDP (retrying once); returns the response message.
-pub async fn query(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Vec<u8>, String> {
-    let mut fqdn = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
+pub async fn query(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+) -> Result<Vec<u8>, QueryError> {
+    let mut fqdn = Name::from_ascii(name).map_err(|cause| QueryError::BadName {
+        name: name.to_string(),
+        cause,
+    })?;
     fqdn.set_fqdn(true);
     let id: u16 = rand_id();
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(fqdn, qtype));
-    let bytes = m.to_vec().map_err(|e| e.to_string())?;
+    let bytes = m.to_vec().map_err(QueryError::Encode)?;
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
-    sock.connect(server).await.map_err(|e| e.to_string())?;
+    let sock = UdpSocket::bind(bind).await.map_err(QueryError::Socket)?;
+    sock.connect(server).await.map_err(QueryError::Socket)?;
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
-        sock.send(&bytes).await.map_err(|e| e.to_string())?;
+        sock.send(&bytes).await.map_err(QueryError::Socket)?;
         let deadline = tokio::time::Instant::now() + TRY_TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(format!("{server}: {e}")),
+                Ok(Err(cause)) => return Err(QueryError::Recv { server, cause }),
                 Ok(Ok(n)) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => {
                     return Ok(buf[..n].to_vec())
                 }
@@ -127,7 +164,7 @@ pub async fn query(server: SocketAddr, name: &str, qtype: RecordType) -> Result<
             }
         }
     }
-    Err(format!("the cluster's resolver {server} did not answer"))
+    Err(QueryError::NoAnswer(server))
 }
 
 fn rand_id() -> u16 {

@@ -6,6 +6,7 @@ use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
 use protocol::manager::manager_server::Manager as ManagerApi;
 use protocol::manager::*;
+use protocol::ports::Protocol;
 use std::pin::Pin;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -53,7 +54,7 @@ fn workload_msg(w: WorkloadInfo, intercepts: Vec<InterceptInfo>) -> Workload {
             .map(|p| ServicePort {
                 name: p.name,
                 port: u32::from(p.port),
-                protocol: p.protocol,
+                protocol: PortProtocol::from(p.protocol) as i32,
             })
             .collect(),
         not_interceptable_reason: w.not_interceptable.unwrap_or_default(),
@@ -96,7 +97,11 @@ pub enum PortError {
 /// Picks the service port an intercept spec names: a number, a port name, or (empty) the only
 /// TCP port.
 pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), PortError> {
-    let tcp: Vec<_> = w.ports.iter().filter(|p| p.protocol == "TCP").collect();
+    let tcp: Vec<_> = w
+        .ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .collect();
     let listing = || {
         w.ports
             .iter()
@@ -339,7 +344,7 @@ impl ManagerApi for Manager {
             cluster: Some(ClusterInfo {
                 subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
                 cluster_domain: p.cluster_domain(),
-                cluster_type: p.cluster_type().as_str().into(),
+                cluster_type: ClusterType::from(p.cluster_type()) as i32,
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -369,7 +374,7 @@ impl ManagerApi for Manager {
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                cluster_type: p.cluster_type().as_str().into(),
+                cluster_type: ClusterType::from(p.cluster_type()) as i32,
                 server: p.server(),
                 namespace: info.namespace,
                 agent_image: p.agent_image(),
@@ -483,7 +488,7 @@ impl ManagerApi for Manager {
         let ports: Vec<u16> = w
             .ports
             .iter()
-            .filter(|p| p.protocol == "TCP")
+            .filter(|p| p.protocol == Protocol::Tcp)
             .map(|p| p.port)
             .collect();
         let fail = |status: Status| async {
@@ -697,7 +702,7 @@ mod tests {
                 .map(|(n, p, proto)| PortSpec {
                     name: n.to_string(),
                     port: *p,
-                    protocol: proto.to_string(),
+                    protocol: Protocol::parse(proto).unwrap(),
                 })
                 .collect(),
             not_interceptable: None,

@@ -5,8 +5,9 @@
 use crate::Manager;
 use protocol::manager::DialRequest;
 use protocol::tunnel::{
-    read_header_timeout, splice, tune, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
+    read_header_timeout, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
+use relay::{splice, tune};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

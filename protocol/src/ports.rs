@@ -1,11 +1,64 @@
 //! The ports and shared `TP_*` variable names more than one role agrees on: the manager's
 //! listeners (set by the CLI, cli/src/connect.rs, and dialed by the daemon,
-//! daemon-image/src/lib.rs) and the names of the variables one crate writes and another reads.
+//! daemon-image/src/lib.rs), the transport of a workload's ports ([`Protocol`]) and the names
+//! of the variables one crate writes and another reads.
+
+use crate::manager::PortProtocol;
 
 /// The traffic-manager's gRPC port.
 pub const MANAGER_GRPC_PORT: u16 = 8081;
 /// The traffic-manager's tunnel port.
 pub const MANAGER_TUNNEL_PORT: u16 = 8082;
+
+/// The transport a workload's port serves (`manager::provider::PortSpec::protocol`); on the
+/// wire it is the proto enum [`PortProtocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// `TCP`: the only transport an intercept captures.
+    Tcp,
+    /// `UDP`.
+    Udp,
+    /// `SCTP` (Kubernetes services only).
+    Sctp,
+}
+
+impl Protocol {
+    /// The text users see: `TCP`, `UDP` or `SCTP` (as Kubernetes spells it).
+    pub fn as_str(self) -> &'static str {
+        PortProtocol::from(self).as_str()
+    }
+
+    /// The transport Kubernetes (or [`Self::as_str`]) spells `text`.
+    pub fn parse(text: &str) -> Option<Protocol> {
+        PortProtocol::parse(text).and_then(Protocol::from_proto)
+    }
+
+    /// The transport a proto field names; `None` when unspecified.
+    pub fn from_proto(p: PortProtocol) -> Option<Protocol> {
+        match p {
+            PortProtocol::Tcp => Some(Protocol::Tcp),
+            PortProtocol::Udp => Some(Protocol::Udp),
+            PortProtocol::Sctp => Some(Protocol::Sctp),
+            PortProtocol::Unspecified => None,
+        }
+    }
+}
+
+impl From<Protocol> for PortProtocol {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Tcp => PortProtocol::Tcp,
+            Protocol::Udp => PortProtocol::Udp,
+            Protocol::Sctp => PortProtocol::Sctp,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Names of `TP_*` variables read by more than one crate (the traffic-agent's own are in
 /// [`crate::agent_env`]).

@@ -1,7 +1,8 @@
 //! The data tunnel: every intercepted TCP connection travels over its own TCP connection
 //! (agent → manager ← daemon), so the kernel gives each one flow control, half-close and
 //! back-pressure, and no connection can stall another. Each side opens with a small header
-//! naming the connection id; the manager pairs the two sides and splices them.
+//! naming the connection id; the manager pairs the two sides and splices them (the relay
+//! itself, dialing and socket tuning live in the `relay` crate, relay/src/lib.rs).
 //!
 //! Header layout: `TPT1` magic, one role byte, a big-endian u16 length, then that many bytes of
 //! JSON ([`TunnelHeader`]).
@@ -9,14 +10,11 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// First bytes of every tunnel connection.
 pub const MAGIC: &[u8; 4] = b"TPT1";
 /// Largest accepted header body; anything longer is garbage.
 pub const MAX_HEADER: usize = 4096;
-/// Buffer size used when splicing two sockets.
-pub const SPLICE_BUF: usize = 256 * 1024;
 
 /// Which end of a tunnel a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,128 +276,6 @@ pub async fn read_header_timeout<R: AsyncRead + Unpin>(
         .map_err(|_| TunnelError::Timeout)?
 }
 
-/// Applies the socket options every tunnel and proxy socket needs: `TCP_NODELAY` and keepalive.
-pub fn tune(s: &TcpStream) {
-    let _ = s.set_nodelay(true);
-    let sock = socket2::SockRef::from(s);
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    let _ = sock.set_tcp_keepalive(&ka);
-}
-
-/// Connects to `addr` and tunes the socket.
-pub async fn dial(addr: &str) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect(addr).await?;
-    tune(&s);
-    Ok(s)
-}
-
-/// Copies both directions until both are done, propagating half-close (a FIN on one side
-/// becomes a shutdown of the other's write half). Returns bytes (a→b, b→a).
-///
-/// On Linux the bytes move with `splice(2)` through a pipe per direction, so they never enter
-/// user space; elsewhere (or if a pipe cannot be made) it falls back to buffered copying.
-pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
-    #[cfg(target_os = "linux")]
-    if let (Ok(p1), Ok(p2)) = (zero_copy::Pipe::new(), zero_copy::Pipe::new()) {
-        let (a, b) = (&*a, &*b);
-        return tokio::try_join!(zero_copy::one_way(a, b, p1), zero_copy::one_way(b, a, p2));
-    }
-    tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
-}
-
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // splice(2), pipe2(2), fcntl(2): each block says why it is sound
-mod zero_copy {
-    //! One direction of a zero-copy relay: socket → pipe → socket with `splice(2)`, driven by
-    //! tokio's readiness so it never blocks a worker thread.
-    use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use tokio::io::Interest;
-    use tokio::net::TcpStream;
-
-    /// The most a pipe holds per direction (the kernel caps it at `fs.pipe-max-size`).
-    const PIPE_SIZE: i32 = 1 << 20;
-
-    pub struct Pipe {
-        r: OwnedFd,
-        w: OwnedFd,
-    }
-
-    impl Pipe {
-        pub fn new() -> io::Result<Pipe> {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two fds into the array on success.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: both fds were just created and are owned by nobody else.
-            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            // A bigger pipe means fewer splice calls; failure (a lower limit) is harmless.
-            // SAFETY: plain fcntl on an fd we own.
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-            Ok(Pipe { r, w })
-        }
-    }
-
-    fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
-        // SAFETY: splice between two fds we hold; null offsets (both are streams).
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write half down.
-    pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> io::Result<u64> {
-        let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-        let mut in_pipe = 0usize;
-        let mut total = 0u64;
-        loop {
-            if in_pipe == 0 {
-                from.readable().await?;
-                match from.try_io(Interest::READABLE, || {
-                    splice(src, pipe.w.as_raw_fd(), PIPE_SIZE as usize)
-                }) {
-                    Ok(0) => {
-                        // EOF: pass the half-close on.
-                        let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                        return Ok(total);
-                    }
-                    Ok(n) => in_pipe = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            while in_pipe > 0 {
-                to.writable().await?;
-                match to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), dst, in_pipe)
-                }) {
-                    Ok(n) => {
-                        in_pipe -= n;
-                        total += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,70 +387,5 @@ mod tests {
         let mut trunc = encode_header(Role::Agent, &TunnelHeader::default());
         trunc.truncate(9);
         assert!(read_header(&mut &trunc[..]).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn splice_propagates_half_close() {
-        use tokio::net::TcpListener;
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a1 = l1.local_addr().unwrap();
-        let a2 = l2.local_addr().unwrap();
-        // client -> [proxy] -> server
-        let proxy = tokio::spawn(async move {
-            let (mut inbound, _) = l1.accept().await.unwrap();
-            let mut outbound = dial(&a2.to_string()).await.unwrap();
-            splice(&mut inbound, &mut outbound).await.unwrap()
-        });
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l2.accept().await.unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).await.unwrap(); // ends only if the FIN crossed the proxy
-            s.write_all(&got).await.unwrap();
-            s.write_all(b"!").await.unwrap();
-        });
-        let mut c = dial(&a1.to_string()).await.unwrap();
-        c.write_all(b"hello").await.unwrap();
-        c.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        c.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"hello!");
-        server.await.unwrap();
-        assert_eq!(proxy.await.unwrap(), (5, 6));
-    }
-
-    #[tokio::test]
-    async fn splice_moves_bulk_data_intact() {
-        use tokio::net::TcpListener;
-        const N: usize = 8 * 1024 * 1024 + 123;
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-        let proxy = tokio::spawn(async move {
-            let (mut inbound, _) = l1.accept().await.unwrap();
-            let mut outbound = dial(&a2.to_string()).await.unwrap();
-            splice(&mut inbound, &mut outbound).await.unwrap()
-        });
-        // The server echoes everything back, so both directions carry N bytes at once.
-        let server = tokio::spawn(async move {
-            let (s, _) = l2.accept().await.unwrap();
-            let (mut r, mut w) = s.into_split();
-            tokio::io::copy(&mut r, &mut w).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let c = dial(&a1.to_string()).await.unwrap();
-        let (mut r, mut w) = c.into_split();
-        let data: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
-        let expect = data.clone();
-        let writer = tokio::spawn(async move {
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let mut back = Vec::with_capacity(N);
-        r.read_to_end(&mut back).await.unwrap();
-        writer.await.unwrap();
-        server.await.unwrap();
-        assert!(back == expect, "bytes changed in transit");
-        assert_eq!(proxy.await.unwrap(), (N as u64, N as u64));
     }
 }

@@ -1,4 +1,4 @@
-//! The outbound section of the benchmark (issue 3): the same clients run directly on the project
+//! The outbound section of the benchmark: the same clients run directly on the project
 //! network (the `caller` service) and through the outbound path (a handler started with
 //! `telepresence docker-run` on a connection: TUN, userspace stack, tunnel, manager), in one run.
 //! DNS lookup latency, TCP connect latency, a large download, 100 parallel downloads, and the
@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One table row: metric, through the TUN, direct, target, met.
+/// One table row: metric, the measured path (through the TUN; intercepted in `bin/bench.rs`),
+/// direct, target, met.
 pub type Row = (String, String, String, &'static str, bool);
 
 fn parse_json(out: std::process::Output, what: &str) -> Result<Value> {
@@ -25,13 +26,17 @@ fn parse_json(out: std::process::Output, what: &str) -> Result<Value> {
         .with_context(|| format!("{what}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn direct(p: &Project, args: &[&str]) -> Result<Value> {
+/// `docker exec <caller> /tp-testapp <args…>` in project `p`, to completion.
+pub fn exec_caller(p: &Project, args: &[&str]) -> Result<std::process::Output> {
     let caller = p.container("caller")?;
-    let out = Command::new("docker")
+    Ok(Command::new("docker")
         .args(["exec", &caller, "/tp-testapp"])
         .args(args)
-        .output()?;
-    parse_json(out, &format!("direct {args:?}"))
+        .output()?)
+}
+
+fn direct(p: &Project, args: &[&str]) -> Result<Value> {
+    parse_json(exec_caller(p, args)?, &format!("direct {args:?}"))
 }
 
 fn through_tun(user: &User, args: &[&str]) -> Result<Value> {
@@ -55,7 +60,8 @@ fn rss_mib(container: &str) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn f(v: &Value, k: &str) -> f64 {
+/// The number `k` of a benchmark's JSON answer (NaN when missing).
+pub fn f(v: &Value, k: &str) -> f64 {
     v[k].as_f64().unwrap_or(f64::NAN)
 }
 

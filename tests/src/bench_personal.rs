@@ -1,4 +1,4 @@
-//! Benchmark section of personal intercepts (issue 6): on a port with a personal intercept, the
+//! Benchmark section of personal intercepts: on a port with a personal intercept, the
 //! added p50 latency of a request that the filter sends to the app and of one that it sends to
 //! the handler, and requests/s through the filtered port with 100 keep-alive clients.
 //!

@@ -3,6 +3,7 @@
 //! per process, a sandboxed CLI user (`User`) and its runs (`Run`), and waiting on processes and
 //! conditions.
 
+use crate::leftovers::assert_clean;
 use crate::stack::Project;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -164,6 +165,13 @@ impl User {
         User { home }
     }
 
+    /// A new user connected to project `p` (`connect`).
+    pub fn connected(p: &Project) -> User {
+        let user = User::new();
+        user.connect(p);
+        user
+    }
+
     /// The command, with this user's environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(tp_bin());
@@ -201,8 +209,14 @@ impl User {
 
     /// `telepresence connect --cluster-type docker -n <project>`, to completion, which must succeed.
     pub fn connect(&self, p: &Project) -> Run {
-        self.tp(&["connect", "--cluster-type", "docker", "-n", &p.name])
-            .ok()
+        self.connect_with(p, &[]).ok()
+    }
+
+    /// `telepresence connect --cluster-type docker -n <project> <extra…>`, to completion.
+    pub fn connect_with(&self, p: &Project, extra: &[&str]) -> Run {
+        let mut args = vec!["connect", "--cluster-type", "docker", "-n", &p.name];
+        args.extend_from_slice(extra);
+        self.tp(&args)
     }
 
     /// `telepresence connect --docker --cluster-type docker -n <project> <extra…>`, to completion.
@@ -217,6 +231,20 @@ impl User {
         ];
         args.extend_from_slice(extra);
         self.tp(&args)
+    }
+
+    /// `telepresence intercept <name> -n <project> <flags…>`, to completion.
+    pub fn intercept(&self, p: &Project, name: &str, flags: &[&str]) -> Run {
+        let mut args = vec!["intercept", name, "-n", &p.name];
+        args.extend_from_slice(flags);
+        self.tp(&args)
+    }
+
+    /// `telepresence quit -s`, which must succeed, then nothing of ours may be left
+    /// (`assert_clean`, saying `after`).
+    pub fn quit_clean(&self, after: &str) {
+        self.tp(&["quit", "-s"]).ok();
+        assert_clean(after);
     }
 
     /// Runs `telepresence <args>` to completion.

@@ -1,7 +1,7 @@
 //! Compose projects of our test app: bringing a stack up (`Project::up`, `Project::up_with`) and
 //! down (on drop), finding its containers, and making requests from inside its network.
 
-use crate::harness::{docker, images};
+use crate::harness::{docker, engine_available, images};
 use anyhow::{anyhow, bail, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,6 +29,15 @@ impl Project {
             ));
         }
         Self::up_with(&yaml, "")
+    }
+
+    /// `up(services)` when this engine can run end-to-end tests (`engine_available`), else
+    /// `None` (the test then does nothing).
+    pub fn up_if_engine(services: &[(&str, u16)]) -> Option<Project> {
+        if !engine_available() {
+            return None;
+        }
+        Some(Self::up(services).unwrap())
     }
 
     /// Starts a project from the YAML of its services (indented under `services:`, `@APP@`

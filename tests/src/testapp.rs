@@ -473,12 +473,7 @@ fn route(req: &Request, app: &App) -> Route {
             };
         }
         if let Some(d) = path.strip_prefix("/tree/") {
-            return match tree_size(std::path::Path::new(&format!("/{d}"))) {
-                Ok((files, bytes)) => {
-                    Route::Small("200 OK", format!("{files} {bytes}").into_bytes())
-                }
-                Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
-            };
+            return tree_route(d);
         }
         if let Some(f) = path.strip_prefix("/file/") {
             return match std::fs::read(format!("/{f}")) {
@@ -498,18 +493,21 @@ fn route(req: &Request, app: &App) -> Route {
     }
     if req.method == "PUT" {
         if let Some(d) = path.strip_prefix("/tree/") {
-            return match tree_size(std::path::Path::new(&format!("/{d}"))) {
-                Ok((files, bytes)) => {
-                    Route::Small("200 OK", format!("{files} {bytes}").into_bytes())
-                }
-                Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
-            };
+            return tree_route(d);
         }
         if let Some(f) = path.strip_prefix("/file/") {
             return Route::WriteFile(format!("/{f}"));
         }
     }
     not_found()
+}
+
+/// `GET`/`PUT /tree/<d>`: "<files> <bytes>" under `/<d>` (`tree_size`), or 404 with the error.
+fn tree_route(d: &str) -> Route {
+    match tree_size(std::path::Path::new(&format!("/{d}"))) {
+        Ok((files, bytes)) => Route::Small("200 OK", format!("{files} {bytes}").into_bytes()),
+        Err(e) => Route::Small("404 Not Found", format!("{e}\n").into_bytes()),
+    }
 }
 
 /// Regular files and their total size under `dir`, recursively (symlinks not followed).

@@ -1,4 +1,4 @@
-//! The test app's personal-intercept tools (issue 6): its server also speaks HTTP/2 with prior
+//! The test app's personal-intercept tools: its server also speaks HTTP/2 with prior
 //! knowledge (gRPC-style: `POST` answered with the echoed body and a `grpc-status` trailer);
 //! [`sequence`] sends several requests over ONE connection (HTTP/1.1 keep-alive or HTTP/2);
 //! [`raw`] sends raw bytes (malformed, pipelined, oversized or slowloris requests); and

@@ -1,4 +1,4 @@
-//! Load clients of the test app for the outbound benchmark (issue 3): DNS lookup latency
+//! Load clients of the test app for the outbound benchmark: DNS lookup latency
 //! (`lookup-bench`), TCP connect latency (`connect-bench`) and the aggregate throughput of many
 //! parallel downloads (`download-many`). Each prints one JSON object.
 

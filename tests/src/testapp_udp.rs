@@ -1,4 +1,4 @@
-//! The test app's UDP client and name lookup (issue 3): `udp-send HOST:PORT MESSAGE` sends one
+//! The test app's UDP client and name lookup: `udp-send HOST:PORT MESSAGE` sends one
 //! datagram and prints the reply (the echo server answers `<name>:<message>`), and
 //! `lookup NAME` prints the IPv4 addresses DNS gives for a name, one per line, asking the
 //! resolv.conf nameservers directly (with its search domains).

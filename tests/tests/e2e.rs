@@ -21,12 +21,19 @@ fn intercept_with_handler(
     spawn_piped(user.intercept_cmd(p, workload, local, remote, &[], &[], name))
 }
 
+/// Intercepts `web` (port 8080) with a handler on 9090 that answers `handler`, and waits until
+/// the project's requests reach it.
+fn intercept_web(user: &User, p: &Project) -> Child {
+    let child = intercept_with_handler(user, p, "web", 9090, 8080, "handler");
+    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    child
+}
+
 #[test]
 fn intercept_docker_run_routes_and_restores() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
@@ -45,8 +52,7 @@ fn intercept_docker_run_routes_and_restores() {
         "web: ready to intercept (traffic-agent not yet installed)"
     );
 
-    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
-    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    let mut child = intercept_web(&user, &p);
     let st = user.tp(&["status"]).ok();
     assert_eq!(kv(&st.stdout, "Intercepts"), "1 total", "{}", st.stdout);
     let l = user.tp(&["list", "-n", &p.name]).ok();
@@ -99,12 +105,10 @@ fn intercept_docker_run_routes_and_restores() {
 
 #[test]
 fn two_workloads_intercepted_at_once_and_leave_one() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080), ("api", 8000)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080), ("api", 8000)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
+    };
+    let user = User::connected(&p);
     let mut web = intercept_with_handler(&user, &p, "web", 9090, 8080, "web-handler");
     let mut api = intercept_with_handler(&user, &p, "api", 9091, 8000, "api-handler");
     p.wait_for("http://web:8080/", "web-handler", T).unwrap();
@@ -127,20 +131,16 @@ fn two_workloads_intercepted_at_once_and_leave_one() {
     assert_eq!(q.stdout.trim(), "Disconnected");
     wait_exit(&mut web, T);
     p.wait_for("http://web:8080/", "web", T).unwrap();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
 fn ctrl_c_ends_the_intercept() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
-    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
-    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    };
+    let user = User::connected(&p);
+    let mut child = intercept_web(&user, &p);
     // SAFETY: kill(2) takes plain integers; the pid is our own child.
     #[allow(unsafe_code)]
     unsafe {
@@ -159,20 +159,16 @@ fn ctrl_c_ends_the_intercept() {
             .unwrap()
             .is_empty()
     );
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
 fn crashed_agent_leaves_no_netfilter_rules() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
-    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
-    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    };
+    let user = User::connected(&p);
+    let mut child = intercept_web(&user, &p);
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
     assert!(!agent.is_empty(), "an agent container runs");
     docker(&["kill", "-s", "KILL", &agent]).unwrap();
@@ -194,10 +190,9 @@ fn crashed_agent_leaves_no_netfilter_rules() {
 /// Every bad input: one clear line, non-zero exit, nothing left behind.
 #[test]
 fn bad_input_fails_cleanly() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let err_line = |r: &Run| {
         assert_ne!(r.code, 0, "should fail: {r:?}");
@@ -248,26 +243,26 @@ fn bad_input_fails_cleanly() {
         "{r:?}"
     );
     // Unknown workload.
-    let r = user.tp(&["intercept", "nope", "-n", &p.name, "--port", "9090:8080"]);
+    let r = user.intercept(&p, "nope", &["--port", "9090:8080"]);
     assert!(
         err_line(&r).contains("workload \"nope\" not found"),
         "{r:?}"
     );
     // A port the workload doesn't expose.
-    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:9999"]);
+    let r = user.intercept(&p, "web", &["--port", "9090:9999"]);
     assert!(err_line(&r).contains("does not expose port 9999"), "{r:?}");
     // Handler image missing.
-    let r = user.tp(&[
-        "intercept",
+    let r = user.intercept(
+        &p,
         "web",
-        "-n",
-        &p.name,
-        "--port",
-        "9090:8080",
-        "--docker-run",
-        "--",
-        "tp-no-such-image:dev",
-    ]);
+        &[
+            "--port",
+            "9090:8080",
+            "--docker-run",
+            "--",
+            "tp-no-such-image:dev",
+        ],
+    );
     assert!(err_line(&r).contains("tp-no-such-image:dev"), "{r:?}");
     assert!(r.stderr.contains("docker build"), "{r:?}");
     // Leave of an unknown intercept.
@@ -277,7 +272,7 @@ fn bad_input_fails_cleanly() {
         "{r:?}"
     );
     // Bad --port syntax.
-    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "x:8080"]);
+    let r = user.intercept(&p, "web", &["--port", "x:8080"]);
     assert!(err_line(&r).contains("invalid local port"), "{r:?}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
@@ -288,67 +283,35 @@ fn bad_input_fails_cleanly() {
     assert_eq!(leftovers(), baseline, "failed commands created nothing");
 
     // Already intercepted: a second intercept of the same port fails and leaves the first alone.
-    let ok = user
-        .tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
-        .ok();
+    let ok = user.intercept(&p, "web", &["--port", "9090:8080"]).ok();
     assert!(
         ok.stdout.contains("State                  : ACTIVE"),
         "{}",
         ok.stdout
     );
-    let r = user.tp(&[
-        "intercept",
-        "web2",
-        "-w",
-        "web",
-        "-n",
-        &p.name,
-        "--port",
-        "9091:8080",
-    ]);
+    let r = user.intercept(&p, "web2", &["-w", "web", "--port", "9091:8080"]);
     assert!(err_line(&r).contains("already intercepted"), "{r:?}");
     // The local port is this client's too: a second intercept can't deliver to it.
-    let r = user.tp(&[
-        "intercept",
-        "web3",
-        "-w",
-        "web",
-        "-n",
-        &p.name,
-        "--port",
-        "9090:8080",
-    ]);
+    let r = user.intercept(&p, "web3", &["-w", "web", "--port", "9090:8080"]);
     assert!(
         err_line(&r).contains("local port 9090 is already used by intercept \"web\""),
         "{r:?}"
     );
-    let r = user.tp(&["intercept", "web", "-n", &p.name, "--port", "9092:8080"]);
+    let r = user.intercept(&p, "web", &["--port", "9092:8080"]);
     assert!(err_line(&r).contains("already exists"), "{r:?}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert!(l.stdout.contains("Intercept name: web\n"), "{}", l.stdout);
     user.tp(&["leave", "web"]).ok();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
 fn json_output() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
-    let c = user
-        .tp(&[
-            "connect",
-            "--cluster-type",
-            "docker",
-            "-n",
-            &p.name,
-            "--output",
-            "json",
-        ])
-        .ok();
+    let c = user.connect_with(&p, &["--output", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
     assert_eq!(v["cmd"], "connect");
     assert!(v["stdout"]
@@ -363,8 +326,7 @@ fn json_output() {
     assert_ne!(r.code, 0);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["err"], "Intercept named \"ghost\" not found");
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
@@ -403,21 +365,17 @@ fn connect_builds_its_image_when_missing() {
     user.tp(&["quit"]).ok();
     let c = user.connect(&p);
     assert!(!c.stderr.contains("Building image"), "{}", c.stderr);
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
 fn dead_client_lease_expires_and_restores_the_path() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
+    };
+    let user = User::connected(&p);
     let name = format!("docker-{}-cn", p.name);
-    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
-    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    let mut child = intercept_web(&user, &p);
     // The daemon dies without a word: its lease runs out and the intercept with it.
     docker(&["kill", &format!("tp-{name}")]).unwrap();
     let took = p
@@ -429,8 +387,7 @@ fn dead_client_lease_expires_and_restores_the_path() {
     );
     let _ = child.kill();
     let _ = child.wait();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 /// Garbage on every socket we publish (daemon gRPC, manager gRPC and tunnel) is refused
@@ -442,8 +399,7 @@ fn garbage_on_sockets_is_harmless() {
     }
     use std::io::{Read, Write};
     let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
     let name = format!("docker-{}-cn", p.name);
     let port_of = |c: &str, port: &str| {
         let s = docker(&["port", c, port]).unwrap();
@@ -487,24 +443,19 @@ fn garbage_on_sockets_is_harmless() {
         "{}",
         st.stdout
     );
-    let mut child = intercept_with_handler(&user, &p, "web", 9090, 8080, "handler");
-    p.wait_for("http://web:8080/", "handler", T).unwrap();
+    let mut child = intercept_web(&user, &p);
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     wait_exit(&mut child, T);
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 #[test]
 fn uninstall_removes_the_agent_and_its_redirect() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
-    let user = User::new();
-    user.connect(&p);
-    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
-        .ok();
+    };
+    let user = User::connected(&p);
+    user.intercept(&p, "web", &["--port", "9090:8080"]).ok();
     user.tp(&["leave", "web"]).ok();
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
@@ -526,8 +477,7 @@ fn uninstall_removes_the_agent_and_its_redirect() {
         "the redirect goes with the agent"
     );
     p.wait_for("http://web:8080/", "web", T).unwrap();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 /// A keep-alive HTTP/1.1 connection from this process, for in-flight checks.
@@ -570,24 +520,21 @@ impl KeepAlive {
 /// during the intercept keep reaching the handler after it ends; only new ones switch.
 #[test]
 fn in_flight_connections_are_not_cut() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let ip = p.ip("web").unwrap();
     let addr = format!("{ip}:8080");
     user.connect(&p);
     // The agent is installed by a first intercept; the redirect only affects new connections.
-    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
-        .ok();
+    user.intercept(&p, "web", &["--port", "9090:8080"]).ok();
     user.tp(&["leave", "web"]).ok();
     let mut before = KeepAlive::open(&addr);
     assert_eq!(before.get(), "web");
 
     // Intercept with a handler of our own in the daemon's network namespace.
-    user.tp(&["intercept", "web", "-n", &p.name, "--port", "9090:8080"])
-        .ok();
+    user.intercept(&p, "web", &["--port", "9090:8080"]).ok();
     let (app, _) = images();
     let handler = format!("{}-handler", p.name);
     docker(&[
@@ -628,6 +575,5 @@ fn in_flight_connections_are_not_cut() {
     assert_eq!(KeepAlive::open(&addr).get(), "web");
     drop((before, during));
     docker(&["rm", "-f", &handler]).unwrap();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }

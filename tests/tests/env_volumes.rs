@@ -1,4 +1,4 @@
-//! End-to-end tests of the intercepted environment and remote volumes (issue 4): the handler
+//! End-to-end tests of the intercepted environment and remote volumes: the handler
 //! container sees the workload's env and its volumes under `TELEPRESENCE_ROOT`, live, both ways.
 //! Run serially (`--test-threads=1`), like every end-to-end test.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
@@ -97,8 +97,7 @@ fn handler_sees_env_and_live_volumes() {
         return;
     }
     let p = project();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
     let envfile = user.home.join("web.env");
     let child = handler(
         &user,
@@ -217,8 +216,7 @@ fn mount_false_creates_no_volume() {
         return;
     }
     let p = project();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
     let child = handler(&user, &p, &["--mount=false"]);
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let vols = docker(&[
@@ -248,8 +246,7 @@ fn env_json_and_docker_mount_root() {
         return;
     }
     let p = project();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
     let json = user.home.join("env.json");
     let child = handler_with(
         &user,
@@ -300,8 +297,7 @@ fn large_tree_mounts_completely() {
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
     let child = handler(&user, &p, &["--docker-mount", "/remote"]);
     p.wait_for("http://web:8080/", "handler", Duration::from_secs(120))
         .unwrap();

@@ -76,7 +76,10 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(arrived.cluster.as_ref().unwrap().cluster_type, "kubernetes");
+    assert_eq!(
+        arrived.cluster.as_ref().unwrap().cluster_type().as_str(),
+        "kubernetes"
+    );
     let session = arrived.session;
     let list = mgr
         .list_workloads(Request::new(ListWorkloadsRequest {

@@ -13,7 +13,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tests::kube::standin::StandIn;
+use tests::kube::standin::{Req, StandIn};
 use tests::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -56,6 +56,30 @@ fn write_kubeconfig_ca(
     let path = home.join("kubeconfig");
     std::fs::write(&path, kc).unwrap();
     path.display().to_string()
+}
+
+/// The port-forward requests the stand-in `k` got whose URI also holds `also`; there must be
+/// some, and every one must carry `Bearer <token>`.
+fn portforwards_with_token(k: &StandIn, also: &str, token: &str) -> Vec<Req> {
+    let forwards: Vec<_> = k
+        .requests()
+        .into_iter()
+        .filter(|s| s.uri.contains("/portforward") && s.uri.contains(also))
+        .collect();
+    assert!(!forwards.is_empty());
+    let bearer = format!("Bearer {token}");
+    assert!(
+        forwards.iter().all(|s| s.authorization == bearer),
+        "{forwards:?}"
+    );
+    forwards
+}
+
+/// `telepresence connect --docker --kubeconfig <kubeconfig> <extra…>`, to completion.
+fn connect_kubeconfig(user: &User, kubeconfig: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["connect", "--docker", "--kubeconfig", kubeconfig];
+    args.extend_from_slice(extra);
+    user.tp(&args)
 }
 
 /// The gateway of a container on the default bridge: where containers reach a server of
@@ -118,10 +142,9 @@ fn standin_with_manager(
 
 #[test]
 fn connect_through_the_api_port_forward() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
@@ -129,16 +152,7 @@ fn connect_through_the_api_port_forward() {
     let server = format!("http://{gateway}:{}", k.addr.port());
     let kubeconfig = write_kubeconfig(&user.home, &server, &p.name, "tok-from-plugin");
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kc",
-        ])
-        .ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, &["--name", "kc"]).ok();
     assert!(
         c.stdout.contains(&format!(
             "Connected to context standin, namespace {} ({server})",
@@ -149,18 +163,7 @@ fn connect_through_the_api_port_forward() {
         c.stderr
     );
     // The daemon used the plugin's token (run here on the host) for every API request.
-    let forwards: Vec<_> = k
-        .requests()
-        .into_iter()
-        .filter(|s| s.uri.contains("/portforward"))
-        .collect();
-    assert!(!forwards.is_empty());
-    assert!(
-        forwards
-            .iter()
-            .all(|s| s.authorization == "Bearer tok-from-plugin"),
-        "{forwards:?}"
-    );
+    let forwards = portforwards_with_token(&k, "/portforward", "tok-from-plugin");
     assert!(forwards.iter().all(|s| s
         .uri
         .starts_with("/api/v1/namespaces/ambassador/pods/traffic-manager-5f7d9/portforward")));
@@ -211,16 +214,7 @@ fn connect_through_the_api_port_forward() {
     // wait for the next second so the daemon sees a newer file.)
     write_kubeconfig(&user.home, &server, &p.name, "tok-refreshed");
     std::thread::sleep(Duration::from_millis(1100));
-    let again = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kc",
-        ])
-        .ok();
+    let again = connect_kubeconfig(&user, &kubeconfig, &["--name", "kc"]).ok();
     assert!(
         again
             .stdout
@@ -240,18 +234,7 @@ fn connect_through_the_api_port_forward() {
         .spawn()
         .unwrap();
     p.wait_for("http://web:8080/", "handler", T).unwrap();
-    let tunnels: Vec<_> = k
-        .requests()
-        .into_iter()
-        .filter(|s| s.uri.contains("/portforward") && s.uri.contains("ports=8082"))
-        .collect();
-    assert!(!tunnels.is_empty());
-    assert!(
-        tunnels
-            .iter()
-            .all(|s| s.authorization == "Bearer tok-refreshed"),
-        "{tunnels:?}"
-    );
+    portforwards_with_token(&k, "ports=8082", "tok-refreshed");
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
@@ -260,8 +243,7 @@ fn connect_through_the_api_port_forward() {
     }
     p.wait_for("http://web:8080/", "web", T).unwrap();
 
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }
 
 /// kind and minikube publish their API server on 127.0.0.1 of the host, which the daemon
@@ -271,10 +253,9 @@ fn connect_through_the_api_port_forward() {
 /// plane, publishing the (HTTPS) stand-in on 127.0.0.1.
 #[test]
 fn connect_to_a_loopback_api_server_through_its_container() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     let (_rt, k, gateway, ca) = standin_with_manager(&user, &p, true);
     let (app, _) = images();
@@ -325,16 +306,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     let server = format!("https://127.0.0.1:{port}");
     let kubeconfig = write_kubeconfig_ca(&user.home, &server, &p.name, "tok", ca.as_deref());
 
-    let c = user
-        .tp(&[
-            "connect",
-            "--docker",
-            "--kubeconfig",
-            &kubeconfig,
-            "--name",
-            "kl",
-        ])
-        .ok();
+    let c = connect_kubeconfig(&user, &kubeconfig, &["--name", "kl"]).ok();
     assert!(c.stdout.contains(&format!("({server})")), "{}", c.stdout);
     let inside = docker(&["cp", "tp-kl:/tp/kubeconfig", "-"]).unwrap();
     assert!(
@@ -374,7 +346,7 @@ fn connect_refusals_create_nothing() {
     let user = User::new();
     // Port 1 is never published by a container.
     let kubeconfig = write_kubeconfig(&user.home, "https://127.0.0.1:1", "default", "t");
-    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr.contains("loopback address")
@@ -383,26 +355,14 @@ fn connect_refusals_create_nothing() {
         "{}",
         r.stderr
     );
-    let r = user.tp(&[
-        "connect",
-        "--docker",
-        "--kubeconfig",
-        &kubeconfig,
-        "--context",
-        "nope",
-    ]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &["--context", "nope"]);
     assert!(
         r.stderr.contains("context \"nope\" not found") && r.stderr.contains("standin, other"),
         "{}",
         r.stderr
     );
     // An explicit --kubeconfig that cannot be read is an error, not a fall-back to Docker mode.
-    let r = user.tp(&[
-        "connect",
-        "--docker",
-        "--kubeconfig",
-        "/nonexistent/kubeconfig",
-    ]);
+    let r = connect_kubeconfig(&user, "/nonexistent/kubeconfig", &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
@@ -426,7 +386,7 @@ fn connect_refusals_create_nothing() {
         "default",
         "t",
     );
-    let r = user.tp(&["connect", "--docker", "--kubeconfig", &kubeconfig]);
+    let r = connect_kubeconfig(&user, &kubeconfig, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr

@@ -1,4 +1,4 @@
-//! End-to-end tests of the outbound path (issue 3) on the real Docker engine: a handler container
+//! End-to-end tests of the outbound path on the real Docker engine: a handler container
 //! started with `telepresence docker-run` on a connection reaches the connected namespace's
 //! services by every name form and by IP over TCP and UDP, through the daemon's TUN device,
 //! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).
@@ -51,8 +51,7 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     let p = Project::up_with(services, "").unwrap();
     p.compose(&["up", "-d", "--scale", "multi=2"]).unwrap();
     p.wait_for("http://web:8080/", "web", T).unwrap();
-    let user = User::new();
-    user.connect(&p);
+    let user = User::connected(&p);
 
     // status shows what is routed and the DNS server.
     let st = user.tp(&["status"]).ok();
@@ -146,36 +145,16 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
 
 #[test]
 fn second_connection_resolves_its_own_namespace_only() {
-    if !engine_available() {
+    let Some(a) = Project::up_if_engine(&[("alpha", 8080)]) else {
         return;
-    }
-    let a = Project::up(&[("alpha", 8080)]).unwrap();
+    };
     let b = Project::up(&[("beta", 8080)]).unwrap();
     let user = User::new();
-    user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &a.name,
-        "--name",
-        "conn-a",
-    ])
-    .ok();
+    user.connect_with(&a, &["--name", "conn-a"]).ok();
 
     // A subnet that overlaps the daemon container's own network is refused, and nothing stays.
     let before = leftovers();
-    let r = user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &b.name,
-        "--name",
-        "conn-bad",
-        "--also-proxy",
-        "172.17.0.0/16",
-    ]);
+    let r = user.connect_with(&b, &["--name", "conn-bad", "--also-proxy", "172.17.0.0/16"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
@@ -186,16 +165,7 @@ fn second_connection_resolves_its_own_namespace_only() {
     let r = user.tp(&["connect", "-n", &b.name, "--never-proxy", "10.0.0.0/33"]);
     assert!(r.stderr.contains("--never-proxy: invalid subnet"), "{r:?}");
 
-    user.tp(&[
-        "connect",
-        "--cluster-type",
-        "docker",
-        "-n",
-        &b.name,
-        "--name",
-        "conn-b",
-    ])
-    .ok();
+    user.connect_with(&b, &["--name", "conn-b"]).ok();
     let r = get(&user, Some("conn-a"), "http://alpha:8080/");
     assert_eq!((r.code, r.stdout.trim()), (0, "alpha"), "{r:?}");
     let r = get(&user, Some("conn-b"), "http://beta:8080/");

@@ -1,4 +1,4 @@
-//! End-to-end tests of personal intercepts (issue 6) on the real Docker engine: two developers
+//! End-to-end tests of personal intercepts on the real Docker engine: two developers
 //! (two CLI users, two daemon containers) intercept one workload with different HTTP filters;
 //! a caller in the project network sends requests over one keep-alive connection (HTTP/1.1 and
 //! HTTP/2, gRPC-style) and each reaches the right place; path filters; one developer leaves
@@ -107,10 +107,9 @@ fn stop_handler(container: &str, child: Child) -> String {
 
 #[test]
 fn two_developers_share_one_workload_by_http_filters() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let (alice, bob) = (User::new(), User::new());
     p.wait_for("http://web:8080/", "web", T).unwrap();
     connect(&alice, &p, "alice", &[]).ok();
@@ -184,43 +183,25 @@ fn two_developers_share_one_workload_by_http_filters() {
     );
 
     // Conflicts: a global intercept cannot join; identical filters cannot either.
-    let r = alice.tp(&[
-        "intercept",
-        "g",
-        "-w",
-        "web",
-        "-n",
-        &p.name,
-        "--port",
-        "9092:8080",
-    ]);
+    let r = alice.intercept(&p, "g", &["-w", "web", "--port", "9092:8080"]);
     assert!(
         err_line(&r).contains("a global intercept cannot share the port"),
         "{r:?}"
     );
-    let r = alice.tp(&[
-        "intercept",
+    let r = alice.intercept(
+        &p,
         "dup",
-        "-w",
-        "web",
-        "-n",
-        &p.name,
-        "--port",
-        "9093:8080",
-        "--http-header",
-        "x-dev=bob",
-    ]);
+        &[
+            "-w",
+            "web",
+            "--port",
+            "9093:8080",
+            "--http-header",
+            "x-dev=bob",
+        ],
+    );
     assert!(err_line(&r).contains("with the same filters"), "{r:?}");
-    let r = alice.tp(&[
-        "intercept",
-        "bad",
-        "-w",
-        "web",
-        "-n",
-        &p.name,
-        "--http-path-regex",
-        "(",
-    ]);
+    let r = alice.intercept(&p, "bad", &["-w", "web", "--http-path-regex", "("]);
     assert!(err_line(&r).contains("invalid --http-path-regex"), "{r:?}");
 
     // Abuse on the filtered port: each gets its answer and nobody else notices.
@@ -361,16 +342,14 @@ fn two_developers_share_one_workload_by_http_filters() {
         "{a_out}"
     );
     wait_req(&p, &format!("/ {a}"), "200 web");
-    alice.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    alice.quit_clean("after quit -s");
 }
 
 #[test]
 fn team_mode_makes_intercepts_personal_by_default() {
-    if !engine_available() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
         return;
-    }
-    let p = Project::up(&[("web", 8080)]).unwrap();
+    };
     let user = User::new();
     p.wait_for("http://web:8080/", "web", T).unwrap();
     connect(&user, &p, "team", &["--team-mode"]).ok();
@@ -391,16 +370,7 @@ fn team_mode_makes_intercepts_personal_by_default() {
     stop_handler("intercept-web-9090", child);
     // --http-header all: a global intercept even in team mode
     let g = user
-        .tp(&[
-            "intercept",
-            "web",
-            "-n",
-            &p.name,
-            "--port",
-            "9090:8080",
-            "--http-header",
-            "all",
-        ])
+        .intercept(&p, "web", &["--port", "9090:8080", "--http-header", "all"])
         .ok();
     assert!(
         g.stdout
@@ -409,6 +379,5 @@ fn team_mode_makes_intercepts_personal_by_default() {
         g.stdout
     );
     user.tp(&["leave", "web"]).ok();
-    user.tp(&["quit", "-s"]).ok();
-    assert_clean("after quit -s");
+    user.quit_clean("after quit -s");
 }

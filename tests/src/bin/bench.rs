@@ -1,13 +1,13 @@
 //! The benchmark: the intercept path against the direct path in one run, on this Docker
-//! engine. Prints a table and a JSON document with the figures and the issues' targets.
+//! engine. Prints a table and a JSON document with the figures and the targets.
 //!
-//! Intercept path (issue 2): `connect` time with the image present; intercept → first routed
+//! Intercept path: `connect` time with the image present; intercept → first routed
 //! request; latency of 1 KiB keep-alive requests (p50/p99) direct vs intercepted; throughput of
 //! a 256 MiB download direct vs intercepted.
-//! Volumes (issue 4): time until the remote volumes are mounted for a 10,000-file tree and for
+//! Volumes: time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
-//! Personal intercepts (issue 6): see `../bench_personal.rs`.
-//! Outbound (issue 3, `bench_outbound`): cluster DNS lookup, TCP connect, a large download and
+//! Personal intercepts: see `../bench_personal.rs`.
+//! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
@@ -15,8 +15,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tests::bench_outbound::{exec_caller, f, Row};
 use tests::*;
 
 #[path = "../bench_personal.rs"]
@@ -50,15 +51,8 @@ struct Args {
     connections: usize,
 }
 
-/// One table row: metric, intercepted, direct, target, met.
-type Row = (String, String, String, &'static str, bool);
-
 fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
-    let caller = p.container("caller")?;
-    let out = Command::new("docker")
-        .args(["exec", &caller, "/tp-testapp"])
-        .args(args)
-        .output()?;
+    let out = exec_caller(p, args)?;
     anyhow::ensure!(
         out.status.success(),
         "{args:?}: {}",
@@ -66,10 +60,6 @@ fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
     );
     serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn f(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or(f64::NAN)
 }
 
 fn intercept_path(a: &Args) -> Result<(Vec<Row>, Value)> {
