@@ -92,7 +92,15 @@ async fn serve(
         tunnel,
     } = route
     {
-        match open_tunnel(tunnel, &shared.tunnel_addr, &intercept_id, &session_id).await {
+        match open_tunnel(
+            tunnel,
+            &shared.tunnel_addr,
+            &intercept_id,
+            &session_id,
+            service_port,
+        )
+        .await
+        {
             Ok(s) => outbound = Some(s),
             Err(e) => warn!(
                 "port {service_port}: intercept {intercept_id}: tunnel {} unreachable ({e}); \
@@ -121,12 +129,14 @@ async fn serve(
     }
 }
 
-/// Dials the manager's tunnel and sends the agent-side header.
+/// Dials the manager's tunnel and sends the agent-side header, naming the service port the
+/// connection was captured on.
 pub(crate) async fn open_tunnel(
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,
     session_id: &str,
+    service_port: u16,
 ) -> std::io::Result<TcpStream> {
     let dial = async {
         if let Some(sa) = resolved {
@@ -145,6 +155,8 @@ pub(crate) async fn open_tunnel(
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),
         session_id: session_id.to_string(),
+        // Which pair of a multi-port engagement (the manager picks the local port by it).
+        target: service_port.to_string(),
         ..Default::default()
     };
     tunnel::write_header(&mut s, Role::Agent, &header).await?;

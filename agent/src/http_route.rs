@@ -216,12 +216,18 @@ impl Ctx {
                 intercept_id,
                 session_id,
                 tunnel,
-            } => open_tunnel(*tunnel, &self.shared.tunnel_addr, intercept_id, session_id)
-                .await
-                .map_err(|cause| ConnectError::Tunnel {
-                    intercept_id: intercept_id.clone(),
-                    cause,
-                })?,
+            } => open_tunnel(
+                *tunnel,
+                &self.shared.tunnel_addr,
+                intercept_id,
+                session_id,
+                self.service_port,
+            )
+            .await
+            .map_err(|cause| ConnectError::Tunnel {
+                intercept_id: intercept_id.clone(),
+                cause,
+            })?,
             _ => {
                 let s = TcpStream::connect(self.app)
                     .await

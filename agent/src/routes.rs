@@ -62,9 +62,15 @@ impl Routes {
     ) -> Routes {
         let mut active: Vec<(u16, Arc<str>)> = Vec::new();
         let mut personal: Vec<(u16, Vec<Personal>)> = Vec::new();
-        for ic in &snapshot.intercepts {
+        // Each service port of an engagement (a multi-port one has several) routes on its own.
+        let each_port = snapshot.intercepts.iter().flat_map(|ic| {
+            std::iter::once(ic.service_port)
+                .chain(ic.extra_ports.iter().map(|r| r.service_port))
+                .map(move |p| (ic, p))
+        });
+        for (ic, port) in each_port {
             let Some(spec) = &ic.spec else { continue };
-            let Ok(port) = u16::try_from(ic.service_port) else {
+            let Ok(port) = u16::try_from(port) else {
                 continue;
             };
             if ic.state() != protocol::manager::InterceptState::Active
@@ -224,6 +230,28 @@ mod tests {
         }
         assert_eq!(r.active().collect::<Vec<_>>(), [(8080, "a")]);
         assert!(!r.is_empty());
+    }
+
+    #[test]
+    fn every_pair_of_a_multi_port_engagement_routes_to_it() {
+        let mut two = ic("a", "shop", "web", 8080, "ACTIVE");
+        two.extra_ports = vec![protocol::manager::ResolvedPort {
+            service_port: 9090,
+            service_port_name: String::new(),
+            target_port: 7070,
+        }];
+        let snap = InterceptSnapshot {
+            intercepts: vec![two],
+        };
+        let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
+        for port in [8080, 9090] {
+            assert!(
+                matches!(r.route(port), Route::Intercept { ref intercept_id, .. } if &**intercept_id == "a"),
+                "port {port}"
+            );
+        }
+        assert_eq!(r.route(7070), Route::App);
+        assert_eq!(r.active().collect::<Vec<_>>(), [(8080, "a"), (9090, "a")]);
     }
 
     #[test]

@@ -47,7 +47,12 @@ pub enum Command {
     List(ListArgs),
     /// Intercept a workload's traffic.
     Intercept(InterceptArgs),
-    /// Remove an intercept.
+    /// Replace a workload's container by a local handler: the container stops running and every
+    /// port's traffic, its environment and volumes go to the handler until you leave.
+    Replace(crate::engage::ReplaceArgs),
+    /// Give a handler a workload container's environment and volumes (read-only), no traffic.
+    Ingest(crate::engage::IngestArgs),
+    /// Remove an intercept, replace or ingest.
     Leave(LeaveArgs),
     /// Remove traffic-agents.
     Uninstall(UninstallArgs),
@@ -224,9 +229,19 @@ pub struct ListArgs {
 pub struct InterceptArgs {
     /// Intercept name; also the workload name unless --workload is given.
     pub name: String,
-    /// <local port>[:<service port number or name>[/TCP]]
-    #[arg(short = 'p', long, default_value = "8080")]
-    pub port: String,
+    /// <local port>[:<service port number or name>[/TCP]] (default 8080); repeat for several
+    /// ports of the workload in one intercept.
+    #[arg(short = 'p', long)]
+    pub port: Vec<String>,
+    /// The service whose ports are meant, when several services select the workload.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Replace the workload's container instead (same as `telepresence replace`).
+    #[arg(long)]
+    pub replace: bool,
+    /// What this engagement is (set by `replace`/`ingest`, or `--replace`).
+    #[arg(skip)]
+    pub kind: crate::engage::Kind,
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// The workload to intercept (default: the intercept name).
@@ -379,5 +394,32 @@ mod tests {
         assert_eq!(a.namespace.as_deref(), Some("shop"));
         assert!(a.docker_run);
         assert_eq!(a.command, vec!["--rm", "img:dev", "serve"]);
+        assert_eq!(a.port, vec!["9090:8080"]);
+    }
+
+    #[test]
+    fn port_repeats_and_defaults_to_8080() {
+        let cli = Cli::try_parse_from([
+            "telepresence",
+            "intercept",
+            "web",
+            "-p",
+            "1:80",
+            "--port",
+            "2:90",
+        ])
+        .unwrap();
+        let Command::Intercept(a) = cli.command else {
+            panic!("not intercept")
+        };
+        assert_eq!(a.port, vec!["1:80", "2:90"]);
+        let cli = Cli::try_parse_from(["telepresence", "intercept", "web"]).unwrap();
+        let Command::Intercept(a) = cli.command else {
+            panic!("not intercept")
+        };
+        assert!(
+            a.port.is_empty(),
+            "8080 is applied by cli/src/engage.rs `pairs`"
+        );
     }
 }

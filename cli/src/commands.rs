@@ -177,7 +177,7 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
 /// The one-line state of a workload in `list`.
 pub fn workload_line(w: &Workload) -> String {
     if !w.intercepts.is_empty() {
-        let mut s = format!("{}: intercepted\n", w.name);
+        let mut s = format!("{}: {}\n", w.name, crate::engage::workload_word(w));
         for i in &w.intercepts {
             let spec = i.spec.clone().unwrap_or_default();
             let state = if i.state() == protocol::manager::InterceptState::Active {
@@ -185,6 +185,10 @@ pub fn workload_line(w: &Workload) -> String {
             } else {
                 format!("error: {}: {}", i.state(), i.message)
             };
+            if !crate::engage::is_plain(i) {
+                s.push_str(&crate::engage::list_block(i, state));
+                continue;
+            }
             s.push_str(&kv_block(
                 "   ",
                 &[

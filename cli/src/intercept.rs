@@ -2,7 +2,7 @@
 //! with `--docker-run`, runs the handler container in the daemon's network namespace in the
 //! foreground, forwards Ctrl-C to it, and leaves when it exits.
 
-use crate::args::{parse_port, InterceptArgs};
+use crate::args::InterceptArgs;
 use crate::commands::{selected, stop_handlers};
 use crate::dockerrun::{assemble, HandlerOpts};
 use crate::envfile::{self, EnvSyntax};
@@ -20,6 +20,9 @@ use std::time::Duration;
 /// The intercept block printed after creation (3-space indent, padded keys), with the volume
 /// mount point and env file when there are.
 pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&str>) -> String {
+    if !crate::engage::is_plain(i) {
+        return engagement_block(i, root, env_file);
+    }
     let s = i.spec.clone().unwrap_or_default();
     let port_id = if i.service_port_name.is_empty() {
         i.service_port.to_string()
@@ -51,6 +54,31 @@ pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&
     rows.push(("Intercepting", Some(i.disposition.clone())));
     out.push_str(&kv_block("   ", &rows));
     out
+}
+
+/// The block of a multi-port, replace or ingest engagement (`cli/src/engage.rs` `rows`).
+fn engagement_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&str>) -> String {
+    let s = i.spec.clone().unwrap_or_default();
+    let state = if i.state() == protocol::manager::InterceptState::Active {
+        i.state().to_string()
+    } else {
+        format!("error: {}: {}", i.state(), i.message)
+    };
+    let mut extra = Vec::new();
+    if let Some(r) = root {
+        extra.push(("Volume Mount Point", Some(r.to_string())));
+    }
+    if let Some(e) = env_file {
+        extra.push(("Env file", Some(e.to_string())));
+    }
+    let rows = crate::engage::rows(i, state, extra);
+    format!(
+        "Using {} {}\n{}{}",
+        i.workload_kind,
+        s.workload,
+        kv_block("   ", &rows),
+        crate::engage::pair_lines(i, "   ")
+    )
 }
 
 /// The environment the handler gets: the intercepted container's, plus the `TELEPRESENCE_*`
@@ -106,7 +134,8 @@ pub async fn run(
     use_: Option<&str>,
     print_now: bool,
 ) -> Result<(CmdOutput, Option<i32>)> {
-    let port = parse_port(&args.port).map_err(|e| anyhow!(e))?;
+    let kind = crate::engage::kind_of(&args);
+    let (first, extra_ports) = crate::engage::pairs(&args)?;
     if !args.command.is_empty() && !args.docker_run {
         bail!("with a containerised daemon the handler must be a container: add --docker-run and give `docker run` arguments after --");
     }
@@ -122,7 +151,7 @@ pub async fn run(
         let opts = HandlerOpts {
             connection: d.container.clone(),
             intercept: args.name.clone(),
-            port: port.local,
+            port: first.as_ref().map_or(0, |p| p.local),
             env_file: Some(handler_env_path(&d.name, &args.name)),
             labels: vec![
                 (
@@ -149,16 +178,19 @@ pub async fn run(
         name: args.name.clone(),
         workload,
         namespace: args.namespace.clone().unwrap_or_default(),
-        port_identifier: port.remote.clone(),
+        port_identifier: first.as_ref().map(|p| p.remote.clone()).unwrap_or_default(),
         protocol: PortProtocol::Tcp as i32,
         target_host: args.address.clone(),
-        target_port: u32::from(port.local),
+        target_port: first.as_ref().map_or(0, |p| u32::from(p.local)),
         mechanism: InterceptMechanism::Tcp as i32,
         client: String::new(),
         http_headers: args.http_header.clone(),
         http_path_equal: args.http_path_equal.clone().unwrap_or_default(),
         http_path_prefix: args.http_path_prefix.clone().unwrap_or_default(),
         http_path_regex: args.http_path_regex.clone().unwrap_or_default(),
+        extra_ports,
+        kind: kind.wire() as i32,
+        service: args.service.clone().unwrap_or_default(),
     };
     // Filters are checked before anything is created (the manager resolves `auto`).
     protocol::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod connect_kube;
 pub mod curl;
 pub mod dockerrun;
+pub mod engage;
 pub mod envfile;
 pub mod gather_logs;
 pub mod helm;

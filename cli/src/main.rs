@@ -23,6 +23,8 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::List(_) => "list",
         Command::Intercept(_) => "intercept",
         Command::Leave(_) => "leave",
+        Command::Replace(_) => "replace",
+        Command::Ingest(_) => "ingest",
         Command::Uninstall(_) => "uninstall",
         Command::Version => "version",
         Command::Helm(_) => "helm",
@@ -139,6 +141,18 @@ fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
             Command::Intercept(a) => {
                 let (out, code) =
                     cli::intercept::run(a, u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
+            }
+            Command::Replace(a) => {
+                let (out, code) =
+                    cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
+            }
+            Command::Ingest(a) => {
+                let (out, code) =
+                    cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
                 exit_code = code;
                 Ok(out)
             }

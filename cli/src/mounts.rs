@@ -236,18 +236,29 @@ pub async fn remove_volumes(docker: &Docker, labels: Vec<String>) -> Result<()> 
         }))
         .await?;
     for v in vols.volumes.into_iter().flatten() {
-        match docker
-            .remove_volume(
-                &v.name,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await
-        {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(anyhow!("removing volume {}: {e}", v.name)),
+        // A handler started with `docker run --rm` may still be on its way out (the engine
+        // removes it after it stopped): a volume it holds is "in use" (409) for a moment.
+        let mut tries = 0;
+        loop {
+            match docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+            {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => break,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(anyhow!("removing volume {}: {e}", v.name)),
+            }
         }
     }
     Ok(())

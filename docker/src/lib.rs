@@ -2,7 +2,7 @@
 //! [`engine`] (connecting, labels, containers and networks of ours), [`image`] (the
 //! `FROM scratch` image built from our own executable), [`logs`] (our containers by role and
 //! their logs, for `gather-logs`), [`provider`] (the traffic-manager's
-//! Docker-engine provider: compose project = namespace, compose service = workload) and
+//! Docker-engine provider: compose project = namespace, compose service = workload) [`replace`] (pausing a replaced workload) and
 //! [`startup`] (the Docker traffic-manager's entry point, from its environment).
 #![forbid(unsafe_code)]
 
@@ -10,4 +10,5 @@ pub mod engine;
 pub mod image;
 pub mod logs;
 pub mod provider;
+pub mod replace;
 pub mod startup;

@@ -383,6 +383,24 @@ impl Provider for DockerProvider {
         "cluster.local".to_string()
     }
 
+    async fn set_replaced(
+        &self,
+        namespace: &str,
+        workload: &str,
+        replaced: bool,
+    ) -> Result<(), ProviderError> {
+        let _guard = self.agent_ops.lock().await;
+        let containers = self.list_all().await?;
+        let targets = workload_targets(namespace, workload, &containers, None);
+        if targets.is_empty() && replaced {
+            return Err(self.not_found(namespace, workload, &containers).await);
+        }
+        for t in &targets {
+            crate::replace::set_paused(&self.docker, &t.id, replaced).await?;
+        }
+        Ok(())
+    }
+
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError> {
         let _guard = self.agent_ops.lock().await;
         let containers = self.list_all().await?;
@@ -489,6 +507,8 @@ async fn list_all_containers(docker: &Docker) -> Result<Vec<ContainerSummary>, P
 /// Stops an agent (SIGTERM: it deletes its netfilter table), removes it, and when it did not exit
 /// with code 0 runs a cleanup container in the target's network namespace.
 async fn remove_agent_container(docker: &Docker, agent: &AgentRef) -> Result<(), ProviderError> {
+    // A replaced workload runs again before its agent goes.
+    crate::replace::unpause_if_paused(docker, &agent.target).await?;
     let stop = StopContainerOptionsBuilder::default()
         .t(AGENT_STOP_TIMEOUT_SECS)
         .build();
@@ -637,9 +657,11 @@ fn project_has_containers(project: &str, containers: &[ContainerSummary]) -> boo
         .any(|c| !is_ours(c) && label(c, PROJECT_LABEL) == Some(project))
 }
 
-/// The workload a running, non-managed container belongs to in `namespace`, if any.
+/// The workload a running (or, replaced, paused), non-managed container belongs to in
+/// `namespace`, if any.
 fn workload_of(namespace: &str, c: &ContainerSummary) -> Option<(String, &'static str)> {
-    if !is_running(c) || is_ours(c) {
+    let paused = c.state == Some(ContainerSummaryStateEnum::PAUSED);
+    if !(is_running(c) || paused) || is_ours(c) {
         return None;
     }
     match label(c, PROJECT_LABEL) {

@@ -60,6 +60,10 @@ pub struct AgentConfig {
     /// The container whose env and mounts the agent shares (the first captured port's).
     pub container: String,
     pub ports: Vec<AgentPort>,
+    /// A replace engagement holds the workload: the agent takes the place of `container` in
+    /// its pods (`patch.rs` `inject` leaves the container out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 impl AgentConfig {
@@ -133,6 +137,23 @@ pub fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
+/// Every port a container of `w`'s pod template declares, and every matched TCP port: an agent
+/// port must be none of them.
+fn used_ports(w: &Workload, tcp: &[&PortMatch]) -> BTreeSet<u16> {
+    w.template
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .chain(tcp.iter().map(|m| m.container_port))
+        .collect()
+}
+
 /// Plans the agent of `w` from its port matches (TCP only: the agent forwards TCP). One agent
 /// port per app container port; a container port is taken over by name only when every
 /// service port reaching it ([`PortMatch::reached_by`], of every selecting Service) names it and
@@ -148,19 +169,7 @@ pub fn plan(
     if tcp.is_empty() {
         return Err(PlanError::NoTcpPort(w.name.clone()));
     }
-    let used: BTreeSet<u16> = w
-        .template
-        .spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| u16::try_from(p.container_port).ok())
-        .chain(tcp.iter().map(|m| m.container_port))
-        .collect();
+    let used = used_ports(w, &tcp);
     let mut next = FIRST_AGENT_PORT;
     let mut ports: Vec<AgentPort> = Vec::new();
     for m in &tcp {
@@ -223,5 +232,6 @@ pub fn plan(
         tunnel_addr: tunnel_addr.into(),
         container: ports[0].container.clone(),
         ports,
+        replace: false,
     })
 }

@@ -2,7 +2,8 @@
 //! envFrom and volume mounts, readiness probe, resources, its `TP_*` configuration), the
 //! named-port takeover (app port renamed `tm-<name>`, probes that named it updated, the agent
 //! container takes the name) and, for numeric or headless ports, the init container with
-//! NET_ADMIN that installs the redirect. Pure functions over `k8s-openapi` types; the JSONPatch
+//! NET_ADMIN that installs the redirect; for a replaced workload the app container is left
+//! out, the agent in its place. Pure functions over `k8s-openapi` types; the JSONPatch
 //! is the difference between the pod before and after.
 //!
 //! Least privilege: the agent container runs non-root with a read-only root filesystem, no
@@ -108,6 +109,11 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, I
     let mut agent = agent_container(cfg, s, &app, agent_ports);
     agent.security_context = Some(security);
     spec.containers.push(agent);
+    if cfg.replace {
+        // `replace`: the agent (which carries the app's env, envFrom and volume mounts) takes
+        // the app container's place; the app does not run until the replace ends.
+        spec.containers.retain(|c| c.name != cfg.container);
+    }
     if let Some(init) = init_container(cfg, s) {
         spec.init_containers.get_or_insert_with(Vec::new).push(init);
     }

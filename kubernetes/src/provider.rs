@@ -214,6 +214,74 @@ impl KubeProvider {
         )
     }
 
+    /// Whether the workload's stored agent config says it is replaced.
+    fn stored_replace(&self, namespace: &str, workload: &str) -> bool {
+        self.stored_config(namespace, workload)
+            .and_then(|y| configmap::AgentConfig::from_yaml(&y).ok())
+            .is_some_and(|c| c.replace)
+    }
+
+    /// The ports of service `service`, which must select the workload (`--service`).
+    fn ports_of_service(
+        &self,
+        w: &Workload,
+        service: &str,
+    ) -> Result<Vec<manager::provider::PortSpec>, ProviderError> {
+        let svcs = self.services_of(w);
+        let names: Vec<String> = svcs
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        let Some(svc) = svcs
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(service))
+        else {
+            return Err(ProviderError::Invalid(format!(
+                "no service named \"{service}\" selects {} (its services: {}); use one of them with --service",
+                w.name,
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        };
+        ports::match_ports(&w.template, &[svc.as_ref()])
+            .map(|m| ports::port_specs(&m))
+            .map_err(|e| ProviderError::Invalid(e.to_string()))
+    }
+
+    /// Waits until every live pod of the workload runs (`replaced = false`) or lacks
+    /// (`replaced = true`) the app container `container`.
+    async fn await_replaced(
+        &self,
+        w: &Workload,
+        container: &str,
+        replaced: bool,
+    ) -> Result<(), ProviderError> {
+        let timeout = self.cfg.rollout_timeout;
+        if timeout.is_zero() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pods = self.pods_of(w);
+            let done = pods.iter().all(|p| {
+                p.spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers.iter().any(|c| c.name == container) != replaced)
+            });
+            if done {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Api(format!(
+                    "the rollout of {} {} did not finish within {}s",
+                    w.kind,
+                    w.name,
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The agent config stored for a workload, if any.
     pub fn stored_config(&self, namespace: &str, workload: &str) -> Option<String> {
         self.configmaps
@@ -622,10 +690,12 @@ impl Provider for KubeProvider {
         if let Some(r) = self.policy_refusal(&w) {
             return Err(ProviderError::Invalid(r));
         }
-        let cfg = self.plan(&w)?;
+        let mut cfg = self.plan(&w)?;
         if let Some(r) = self.pod_security_refusal(&w, &cfg) {
             return Err(ProviderError::Invalid(r));
         }
+        // A replace in force stays in force (`set_replaced` ends it).
+        cfg.replace = self.stored_replace(&w.namespace, &w.name);
         let yaml = cfg.to_yaml();
         let changed = self.stored_config(&w.namespace, &w.name).as_deref() != Some(&yaml);
         if changed {
@@ -639,6 +709,45 @@ impl Provider for KubeProvider {
         // Wait without the lock: the webhook may need it meanwhile.
         drop(_guard);
         self.await_rollout(&w).await
+    }
+
+    async fn service_ports(
+        &self,
+        namespace: &str,
+        workload: &str,
+        service: &str,
+    ) -> Result<Vec<manager::provider::PortSpec>, ProviderError> {
+        let w = self.find(namespace, workload)?;
+        self.ports_of_service(&w, service)
+    }
+
+    async fn set_replaced(
+        &self,
+        namespace: &str,
+        workload: &str,
+        replaced: bool,
+    ) -> Result<(), ProviderError> {
+        let _guard = self.agent_ops.lock().await;
+        let w = self.find(namespace, workload)?;
+        let Some(stored) = self.stored_config(namespace, workload) else {
+            if !replaced {
+                return Ok(());
+            }
+            return Err(ProviderError::Invalid(format!(
+                "{workload} has no traffic-agent to take its container's place"
+            )));
+        };
+        let mut cfg = super::configmap::AgentConfig::from_yaml(&stored)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        if cfg.replace == replaced {
+            return Ok(());
+        }
+        cfg.replace = replaced;
+        self.write_entry(namespace, workload, Some(cfg.to_yaml()))
+            .await?;
+        self.rollout(&w).await?;
+        drop(_guard);
+        self.await_replaced(&w, &cfg.container, replaced).await
     }
 
     async fn remove_agent(&self, namespace: &str, workload: &str) -> Result<(), ProviderError> {

@@ -3,6 +3,7 @@
 //! client-side tunnel connections.
 #![forbid(unsafe_code)]
 
+pub mod engage;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
@@ -107,6 +108,7 @@ pub async fn run(
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await?;
     tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");
     tokio::spawn(mgr.clone().reap());
+    tokio::spawn(mgr.clone().keep_replaced());
     tokio::spawn(tunnel::serve(mgr.clone(), tunnel_listener));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     tonic::transport::Server::builder()

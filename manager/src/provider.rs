@@ -79,6 +79,33 @@ pub trait Provider: Send + Sync + 'static {
     async fn agent_problem(&self, _namespace: &str, _workload: &str) -> Option<String> {
         None
     }
+    /// The ports of service `service` (`--service`), which must select `workload`. A Docker
+    /// engine has one service per workload, named like it.
+    async fn service_ports(
+        &self,
+        namespace: &str,
+        workload: &str,
+        service: &str,
+    ) -> Result<Vec<PortSpec>, ProviderError> {
+        if service != workload {
+            return Err(ProviderError::Invalid(format!(
+                "{workload} has no service named \"{service}\" (on a Docker engine the service is the workload itself); drop --service or use --service {workload}"
+            )));
+        }
+        Ok(self.get_workload(namespace, workload).await?.ports)
+    }
+    /// Stops (`replaced = true`) or restarts the workload's original container while a replace
+    /// engagement holds it; idempotent. The agent keeps answering on the workload's ports.
+    async fn set_replaced(
+        &self,
+        _namespace: &str,
+        workload: &str,
+        _replaced: bool,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Invalid(format!(
+            "this cluster cannot replace {workload}; use intercept instead"
+        )))
+    }
     /// The subnets (CIDR strings) that addresses of `namespace`'s services and pods come from:
     /// what a client routes to the cluster.
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;

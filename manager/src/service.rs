@@ -154,7 +154,7 @@ impl Manager {
 
     /// Waits until an agent of the workload is present and has been handed the snapshot that
     /// contains generation `gen` (so its next accepted connection is routed by it).
-    async fn await_agent(&self, namespace: &str, workload: &str) -> bool {
+    pub(crate) async fn await_agent(&self, namespace: &str, workload: &str) -> bool {
         let deadline = tokio::time::Instant::now() + self.inner.agent_timeout;
         let mut rx = self.inner.sent.subscribe();
         loop {
@@ -206,12 +206,8 @@ impl Manager {
         Ok((spec, id))
     }
 
-    /// The workload a spec names (which must exist and be interceptable) and the service port
-    /// (number, name) it intercepts.
-    async fn intercepted_port(
-        &self,
-        spec: &InterceptSpec,
-    ) -> Result<(WorkloadInfo, u16, String), Status> {
+    /// The workload a spec names (which must exist and be interceptable).
+    async fn intercepted_workload(&self, spec: &InterceptSpec) -> Result<WorkloadInfo, Status> {
         let p = &self.inner.provider;
         if !p
             .namespace_exists(&spec.namespace)
@@ -233,9 +229,28 @@ impl Manager {
                 w.name
             )));
         }
-        let (port, port_name) = resolve_port(&w, &spec.port_identifier)
+        Ok(w)
+    }
+
+    /// The workload a spec names and the `local:remote` pairs it engages (the ports of
+    /// `spec.service` when given).
+    async fn engaged_pairs(
+        &self,
+        spec: &InterceptSpec,
+    ) -> Result<(WorkloadInfo, crate::engage::Pairs), Status> {
+        let w = self.intercepted_workload(spec).await?;
+        let ports = if spec.service.is_empty() {
+            w.ports.clone()
+        } else {
+            self.inner
+                .provider
+                .service_ports(&spec.namespace, &spec.workload, &spec.service)
+                .await
+                .map_err(provider_status)?
+        };
+        let pairs = crate::engage::resolve_pairs(&w, &ports, spec)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok((w, port, port_name))
+        Ok((w, pairs))
     }
 }
 
@@ -248,7 +263,8 @@ fn check_conflicts(
 ) -> Result<(), Status> {
     // One client delivers each intercept to its own local address.
     if let Some(other) = st.intercepts.values().find(|i| {
-        i.client_session == session
+        spec.target_port != 0
+            && i.client_session == session
             && i.spec.as_ref().is_some_and(|s| {
                 s.target_port == spec.target_port && s.target_host == spec.target_host
             })
@@ -274,7 +290,8 @@ fn check_conflicts(
     }
     for other in st.intercepts.values().filter(|i| {
         let s = i.spec.as_ref().expect("spec");
-        s.namespace == spec.namespace
+        port != 0
+            && s.namespace == spec.namespace
             && s.workload == spec.workload
             && i.service_port == u32::from(port)
     }) {
@@ -438,21 +455,29 @@ impl ManagerApi for Manager {
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
-        let (spec, id) = self.complete_spec(&session, &client, spec)?;
+        let (mut spec, id) = self.complete_spec(&session, &client, spec)?;
         let p = self.inner.provider.clone();
-        let (w, port, port_name) = self.intercepted_port(&spec).await?;
+        let (w, pairs) = self.engaged_pairs(&spec).await?;
+        spec.target_port = pairs.target_port;
+        let kind = crate::engage::kind_of(&spec);
+        if kind == EngagementKind::Replace && spec.port_identifier.is_empty() && pairs.port != 0 {
+            // Named, so that the daemon re-creating the spec after a new session gets the same pairs.
+            spec.port_identifier = pairs.port.to_string();
+        }
         let info = {
             let mut st = self.inner.state.lock().await;
-            check_conflicts(&st, &session, &spec, port)?;
+            crate::engage::check(&st, &session, &spec, &pairs)?;
+            check_conflicts(&st, &session, &spec, pairs.port)?;
             let info = InterceptInfo {
                 id: id.clone(),
                 state: protocol::manager::InterceptState::Waiting as i32,
                 message: "waiting for the traffic-agent".into(),
                 client_session: session.clone(),
-                service_port: u32::from(port),
-                service_port_name: port_name,
+                service_port: u32::from(pairs.port),
+                service_port_name: pairs.port_name.clone(),
                 workload_kind: w.kind.clone(),
-                disposition: protocol::filters::disposition(&spec),
+                disposition: crate::engage::disposition(&spec),
+                extra_ports: pairs.extra.clone(),
                 spec: Some(spec.clone()),
                 ..Default::default()
             };
@@ -497,6 +522,9 @@ impl ManagerApi for Manager {
                 self.inner.agent_timeout.as_secs()
             )))
             .await;
+        }
+        if let Err(e) = self.start_replace(&spec).await {
+            return fail(e).await;
         }
         let st = self.inner.state.lock().await;
         let current = st.intercepts.get(&id).cloned().unwrap_or(info);

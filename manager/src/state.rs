@@ -60,6 +60,7 @@ impl State {
                 ic.container = agent.info.container.clone();
                 ic.environment = agent.info.environment.clone();
                 ic.mounts = agent.info.mounts.clone();
+                ic.pod_ip = agent.info.pod_ip.clone();
             } else if ic.state() == protocol::manager::InterceptState::Active {
                 ic.set_state(protocol::manager::InterceptState::NoAgent);
                 ic.message = "the traffic-agent is not connected".into();

@@ -141,7 +141,8 @@ async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(
                 conn_id: h.conn_id.clone(),
                 intercept_id: h.intercept_id.clone(),
                 target_host: spec.target_host.clone(),
-                target_port: spec.target_port,
+                // Multi-port engagements: the agent names the service port in `target`.
+                target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
                 kind: protocol::manager::DialKind::Intercept as i32,
             },
         )

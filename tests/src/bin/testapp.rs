@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -42,6 +42,10 @@ enum Command {
         /// Name answered by `GET /` and prefixed to UDP echoes.
         #[arg(long, env = "TP_APP_NAME", default_value = "app")]
         name: String,
+        /// Background work: write a counter to FILE every 100 ms (it stops moving while the
+        /// process does not run, e.g. paused by `telepresence replace`).
+        #[arg(long)]
+        tick: Option<std::path::PathBuf>,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -202,7 +206,12 @@ async fn stop_signal() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve { http, udp, name } => serve(http, udp, name).await,
+        Command::Serve {
+            http,
+            udp,
+            name,
+            tick,
+        } => serve(http, udp, name, tick).await,
         Command::Get {
             url,
             header,
@@ -319,12 +328,20 @@ async fn relay(port: u16, to: String) -> ExitCode {
     }
 }
 
-async fn serve(mut http: Vec<u16>, udp: Vec<u16>, name: String) -> ExitCode {
+async fn serve(
+    mut http: Vec<u16>,
+    udp: Vec<u16>,
+    name: String,
+    tick: Option<std::path::PathBuf>,
+) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
     }
     let app = App::new(name);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(file) = tick {
+        tasks.spawn(ticker(file));
+    }
     for port in http {
         match TcpListener::bind(("0.0.0.0", port)).await {
             Ok(l) => {
@@ -347,6 +364,18 @@ async fn serve(mut http: Vec<u16>, udp: Vec<u16>, name: String) -> ExitCode {
         Some(Ok(Err(e))) => fail(&format!("server stopped: {e}")),
         Some(Err(e)) => fail(&format!("server stopped: {e}")),
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Writes 1, 2, 3, ... to `file` every 100 ms (whole-file replace through a rename).
+async fn ticker(file: std::path::PathBuf) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        tokio::fs::write(&tmp, n.to_string()).await?;
+        tokio::fs::rename(&tmp, &file).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -1,0 +1,443 @@
+//! `telepresence replace` and `telepresence ingest`, and what every engagement kind shares with
+//! `intercept` (`cli/src/intercept.rs` runs all three): their arguments, the `local:remote`
+//! pairs of a multi-port engagement, the kind word `list` shows (`intercepted`, `replaced`,
+//! `ingested`) and the block rows of multi-port, replace and ingest engagements.
+
+use crate::args::{parse_port, InterceptArgs, PortSpec};
+use crate::output::kv_block;
+use anyhow::{anyhow, Result};
+use clap::Args;
+use protocol::manager::{EngagementKind, InterceptInfo, PortPair, Workload};
+
+/// Which engagement a command creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// `intercept`.
+    #[default]
+    Intercept,
+    /// `replace`, or `intercept --replace`.
+    Replace,
+    /// `ingest`.
+    Ingest,
+}
+
+impl Kind {
+    /// The wire form.
+    pub fn wire(self) -> EngagementKind {
+        match self {
+            Kind::Intercept => EngagementKind::Intercept,
+            Kind::Replace => EngagementKind::Replace,
+            Kind::Ingest => EngagementKind::Ingest,
+        }
+    }
+}
+
+/// `telepresence replace WORKLOAD`.
+#[derive(Debug, Args)]
+pub struct ReplaceArgs {
+    /// The workload to replace; also the engagement's name (for `leave`).
+    pub workload: String,
+    /// <local port>:<container port number or name>, repeatable; default: every port of the
+    /// container, each to the same local port number.
+    #[arg(short = 'p', long)]
+    pub port: Vec<String>,
+    /// The container to replace (default: the workload's container).
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+}
+
+/// `telepresence ingest WORKLOAD`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The workload to ingest; also the engagement's name (for `leave`).
+    pub workload: String,
+    /// The container whose environment and volumes the handler gets.
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+}
+
+/// The handler flags `replace` and `ingest` share with `intercept`.
+#[derive(Debug, Args)]
+pub struct HandlerArgs {
+    /// Run the handler with `docker run` and the arguments after `--`; leave when it exits.
+    #[arg(long)]
+    pub docker_run: bool,
+    /// Where the handler listens inside the daemon's network namespace.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Also write the workload's environment to this file.
+    #[arg(short = 'e', long)]
+    pub env_file: Option<std::path::PathBuf>,
+    /// Syntax of --env-file: docker, compose, sh, sh:export, csh, csh:export, cmd, ps, ps:export, json.
+    #[arg(long, default_value = "docker")]
+    pub env_syntax: crate::envfile::EnvSyntax,
+    /// Also write the workload's environment to this file as JSON.
+    #[arg(short = 'j', long)]
+    pub env_json: Option<std::path::PathBuf>,
+    /// Remote volumes: true (default), false, or PATH[:ro] (the root inside the handler).
+    #[arg(long, default_value = "true")]
+    pub mount: String,
+    /// Where the remote volumes appear inside the handler container (TELEPRESENCE_ROOT).
+    #[arg(long)]
+    pub docker_mount: Option<String>,
+    /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn intercept_args(
+    workload: String,
+    port: Vec<String>,
+    container: Option<String>,
+    namespace: Option<String>,
+    h: HandlerArgs,
+    kind: Kind,
+) -> InterceptArgs {
+    InterceptArgs {
+        name: workload,
+        port,
+        service: None,
+        replace: kind == Kind::Replace,
+        kind,
+        namespace,
+        workload: None,
+        docker_run: h.docker_run,
+        address: h.address,
+        container,
+        env_file: h.env_file,
+        env_syntax: h.env_syntax,
+        env_json: h.env_json,
+        mount: h.mount,
+        docker_mount: h.docker_mount,
+        http_header: Vec::new(),
+        http_path_equal: None,
+        http_path_prefix: None,
+        http_path_regex: None,
+        command: h.command,
+    }
+}
+
+impl From<ReplaceArgs> for InterceptArgs {
+    fn from(a: ReplaceArgs) -> Self {
+        intercept_args(
+            a.workload,
+            a.port,
+            a.container,
+            a.namespace,
+            a.handler,
+            Kind::Replace,
+        )
+    }
+}
+
+impl From<IngestArgs> for InterceptArgs {
+    fn from(a: IngestArgs) -> Self {
+        intercept_args(
+            a.workload,
+            Vec::new(),
+            a.container,
+            a.namespace,
+            a.handler,
+            Kind::Ingest,
+        )
+    }
+}
+
+/// The engagement kind the arguments ask for (`--replace` makes an intercept a replace).
+pub fn kind_of(args: &InterceptArgs) -> Kind {
+    if args.replace && args.kind == Kind::Intercept {
+        Kind::Replace
+    } else {
+        args.kind
+    }
+}
+
+/// The `--port` pairs: the first (`None` for a replace without `-p`, and for an ingest) and
+/// the others. An intercept without `--port` gets `8080`.
+pub fn pairs(args: &InterceptArgs) -> Result<(Option<PortSpec>, Vec<PortPair>)> {
+    let kind = kind_of(args);
+    if kind == Kind::Ingest {
+        if args.port.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        return Err(anyhow!(
+            "ingest routes no traffic: drop --port (use intercept or replace for traffic)"
+        ));
+    }
+    let given: Vec<String> = if args.port.is_empty() && kind == Kind::Intercept {
+        vec!["8080".to_string()]
+    } else {
+        args.port.clone()
+    };
+    let mut parsed = given
+        .iter()
+        .map(|p| parse_port(p).map_err(|e| anyhow!(e)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    let first = parsed.next();
+    let extra = parsed
+        .map(|p| PortPair {
+            port_identifier: p.remote,
+            target_port: u32::from(p.local),
+        })
+        .collect();
+    Ok((first, extra))
+}
+
+/// Whether an engagement is shown with one `<remote> -> <local>` line per port instead of the
+/// single-port rows.
+fn shows_pairs(i: &InterceptInfo) -> bool {
+    let kind = kind_of_info(i);
+    kind == EngagementKind::Replace || (kind != EngagementKind::Ingest && !i.extra_ports.is_empty())
+}
+
+/// The kind of an engagement as the manager reports it.
+pub fn kind_of_info(i: &InterceptInfo) -> EngagementKind {
+    i.spec
+        .as_ref()
+        .and_then(|s| EngagementKind::try_from(s.kind).ok())
+        .unwrap_or(EngagementKind::Intercept)
+}
+
+/// The word `list` shows for an engagement kind.
+pub fn kind_word(kind: EngagementKind) -> &'static str {
+    match kind {
+        EngagementKind::Intercept => "intercepted",
+        EngagementKind::Replace => "replaced",
+        EngagementKind::Ingest => "ingested",
+    }
+}
+
+/// The state word of a workload in `list`: `replaced` wins over `intercepted`, which wins over
+/// `ingested`.
+pub fn workload_word(w: &Workload) -> &'static str {
+    let kinds: Vec<EngagementKind> = w.intercepts.iter().map(kind_of_info).collect();
+    let kind = [
+        EngagementKind::Replace,
+        EngagementKind::Intercept,
+        EngagementKind::Ingest,
+    ]
+    .into_iter()
+    .find(|k| kinds.contains(k))
+    .unwrap_or(EngagementKind::Intercept);
+    kind_word(kind)
+}
+
+/// Whether the single-port rows (today's layout, unchanged) describe this engagement.
+pub fn is_plain(i: &InterceptInfo) -> bool {
+    kind_of_info(i) == EngagementKind::Intercept && i.extra_ports.is_empty()
+}
+
+/// `<pod ip> -> <address>`: the traffic row of an engagement shown pair by pair.
+fn pairs_head(i: &InterceptInfo) -> String {
+    let s = i.spec.clone().unwrap_or_default();
+    let from = if i.pod_ip.is_empty() {
+        s.workload.clone()
+    } else {
+        i.pod_ip.clone()
+    };
+    format!("{from} -> {}", s.target_host)
+}
+
+/// One `<remote> -> <local> TCP` line per pair, under a block indented by `indent`; empty
+/// unless the engagement is shown pair by pair.
+pub fn pair_lines(i: &InterceptInfo, indent: &str) -> String {
+    if !shows_pairs(i) {
+        return String::new();
+    }
+    let s = i.spec.clone().unwrap_or_default();
+    let first = (i.service_port != 0).then_some((i.service_port, s.target_port));
+    first
+        .into_iter()
+        .chain(
+            i.extra_ports
+                .iter()
+                .map(|r| (r.service_port, r.target_port)),
+        )
+        .map(|(remote, local)| format!("{indent}    {remote} -> {local} TCP\n"))
+        .collect()
+}
+
+/// The rows of a multi-port, replace or ingest engagement's block (created block and `list`);
+/// `extra` rows (volume mount point, env file) go before the traffic row, and
+/// [`pair_lines`] after the block.
+pub fn rows(
+    i: &InterceptInfo,
+    state: String,
+    extra: Vec<(&'static str, Option<String>)>,
+) -> Vec<(&'static str, Option<String>)> {
+    let s = i.spec.clone().unwrap_or_default();
+    let mut rows = vec![
+        ("Intercept name", Some(s.name.clone())),
+        ("State", Some(state)),
+        ("Workload kind", Some(i.workload_kind.clone())),
+    ];
+    if kind_of_info(i) == EngagementKind::Ingest {
+        rows.push(("Container", Some(i.container.clone())));
+    }
+    rows.extend(extra);
+    let traffic = if shows_pairs(i) {
+        pairs_head(i)
+    } else {
+        i.disposition.clone()
+    };
+    rows.push(("Intercepting", Some(traffic)));
+    rows
+}
+
+/// The block of one engagement in `list` when it is not a plain single-port intercept.
+pub fn list_block(i: &InterceptInfo, state: String) -> String {
+    kv_block("   ", &rows(i, state, Vec::new())) + &pair_lines(i, "   ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use protocol::manager::{InterceptSpec, ResolvedPort};
+
+    fn parse(argv: &[&str]) -> InterceptArgs {
+        let cli = crate::args::Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            crate::args::Command::Intercept(a) => a,
+            crate::args::Command::Replace(a) => a.into(),
+            crate::args::Command::Ingest(a) => a.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn replace_and_ingest_become_engagements() {
+        let a = parse(&[
+            "telepresence",
+            "replace",
+            "web",
+            "-p",
+            "9000:80",
+            "--container",
+            "app",
+        ]);
+        assert_eq!(kind_of(&a), Kind::Replace);
+        assert_eq!(a.name, "web");
+        assert_eq!(a.container.as_deref(), Some("app"));
+        let (first, extra) = pairs(&a).unwrap();
+        assert_eq!(first.unwrap().local, 9000);
+        assert!(extra.is_empty());
+        let a = parse(&["telepresence", "replace", "web"]);
+        assert_eq!(pairs(&a).unwrap(), (None, Vec::new()));
+        let a = parse(&["telepresence", "intercept", "web", "--replace"]);
+        assert_eq!(kind_of(&a), Kind::Replace);
+        assert_eq!(pairs(&a).unwrap(), (None, Vec::new()));
+        let a = parse(&[
+            "telepresence",
+            "ingest",
+            "web",
+            "-e",
+            "/tmp/x.env",
+            "--docker-run",
+            "--",
+            "img",
+        ]);
+        assert_eq!(kind_of(&a), Kind::Ingest);
+        assert_eq!(a.command, vec!["img"]);
+        assert_eq!(pairs(&a).unwrap(), (None, Vec::new()));
+    }
+
+    #[test]
+    fn intercept_pairs_default_to_8080_and_repeat() {
+        let a = parse(&["telepresence", "intercept", "web"]);
+        assert_eq!(pairs(&a).unwrap().0.unwrap().local, 8080);
+        let a = parse(&[
+            "telepresence",
+            "intercept",
+            "web",
+            "-p",
+            "1:80",
+            "-p",
+            "2:admin",
+        ]);
+        let (first, extra) = pairs(&a).unwrap();
+        assert_eq!(first.unwrap().remote, "80");
+        assert_eq!(
+            extra,
+            vec![PortPair {
+                port_identifier: "admin".into(),
+                target_port: 2
+            }]
+        );
+        let a = parse(&[
+            "telepresence",
+            "intercept",
+            "web",
+            "-p",
+            "1:80",
+            "-p",
+            "x:admin",
+        ]);
+        assert!(pairs(&a).is_err());
+    }
+
+    fn info(kind: EngagementKind, extra: &[(u32, u32)]) -> InterceptInfo {
+        InterceptInfo {
+            spec: Some(InterceptSpec {
+                name: "web".into(),
+                workload: "web".into(),
+                target_host: "127.0.0.1".into(),
+                target_port: 8080,
+                kind: kind as i32,
+                ..Default::default()
+            }),
+            service_port: 80,
+            workload_kind: "Deployment".into(),
+            pod_ip: "10.1.2.3".into(),
+            container: "web".into(),
+            disposition: "all TCP connections".into(),
+            extra_ports: extra
+                .iter()
+                .map(|(s, t)| ResolvedPort {
+                    service_port: *s,
+                    target_port: *t,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn multi_port_block_lists_each_pair() {
+        let i = info(EngagementKind::Intercept, &[(9000, 8081)]);
+        assert!(!is_plain(&i));
+        assert_eq!(
+            list_block(&i, "ACTIVE".into()),
+            "   Intercept name: web\n   State         : ACTIVE\n   Workload kind : Deployment\n   Intercepting  : 10.1.2.3 -> 127.0.0.1\n       80 -> 8080 TCP\n       9000 -> 8081 TCP\n"
+        );
+        assert!(is_plain(&info(EngagementKind::Intercept, &[])));
+    }
+
+    #[test]
+    fn kinds_in_list() {
+        let w = |kinds: &[EngagementKind]| Workload {
+            intercepts: kinds.iter().map(|k| info(*k, &[])).collect(),
+            ..Default::default()
+        };
+        assert_eq!(workload_word(&w(&[EngagementKind::Ingest])), "ingested");
+        assert_eq!(
+            workload_word(&w(&[EngagementKind::Ingest, EngagementKind::Intercept])),
+            "intercepted"
+        );
+        assert_eq!(workload_word(&w(&[EngagementKind::Replace])), "replaced");
+        let ing = info(EngagementKind::Ingest, &[]);
+        let block = list_block(&ing, "ACTIVE".into());
+        assert!(block.contains("Container     : web"), "{block}");
+        assert!(!block.contains("->"), "{block}");
+    }
+}

@@ -1,0 +1,174 @@
+//! The Kubernetes side of the engagement kinds against the HTTP stand-in: `replace` marks the
+//! workload's agent config (`replace: true`) and rolls the workload out, the webhook's injection
+//! then leaves the app container out (the agent in its place), a later `ensure_agent` keeps the
+//! replace, ending it rolls back; `--service` picks the ports of one of the services selecting a
+//! workload.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kubernetes::configmap::AgentConfig;
+use kubernetes::{InjectPolicy, KubeProvider, AGENTS_CONFIGMAP, RESTART_ANNOTATION};
+use manager::provider::{AgentRequest, Provider, ProviderError};
+use tests::kube::fixtures::*;
+use tests::kube::standin::StandIn;
+
+fn web_container() -> k8s_openapi::api::core::v1::Container {
+    container("app", &[(Some("http"), 8080), (Some("admin"), 9000)])
+}
+
+/// shop/web: a Deployment with one pod, selected by services `web` (named port) and
+/// `web-admin` (numeric port).
+fn seed(s: &StandIn) {
+    s.put(&namespace("shop"));
+    s.put(&deployment("shop", "web", vec![web_container()]));
+    s.put(&replicaset(
+        "shop",
+        "web-5d9f8",
+        Some("web"),
+        vec![web_container()],
+    ));
+    s.put(&deployment_pod(
+        "shop",
+        "web",
+        "5d9f8",
+        "x1",
+        vec![web_container()],
+        "10.42.0.5",
+    ));
+    s.put(&service(
+        "shop",
+        "web",
+        "web",
+        &[("http", 80, named("http"))],
+        false,
+    ));
+    s.put(&service(
+        "shop",
+        "web-admin",
+        "web",
+        &[("", 9000, num(9000))],
+        false,
+    ));
+}
+
+fn stored(s: &StandIn) -> AgentConfig {
+    let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
+    AgentConfig::from_yaml(&cm.data.as_ref().unwrap()["web"]).unwrap()
+}
+
+fn rollouts(s: &StandIn) -> usize {
+    s.requests_matching("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web")
+        .len()
+}
+
+#[tokio::test]
+async fn replace_takes_the_app_containers_place_and_gives_it_back() {
+    let s = StandIn::start().await;
+    seed(&s);
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    // Without an agent there is nothing to take the container's place.
+    let e = p.set_replaced("shop", "web", true).await.unwrap_err();
+    assert!(e.to_string().contains("no traffic-agent"), "{e}");
+    p.set_replaced("shop", "web", false).await.unwrap();
+
+    let req = AgentRequest {
+        namespace: "shop".into(),
+        workload: "web".into(),
+        ports: vec![80, 9000],
+    };
+    p.ensure_agent(&req).await.unwrap();
+    assert!(!stored(&s).replace);
+    assert_eq!(rollouts(&s), 1);
+
+    p.set_replaced("shop", "web", true).await.unwrap();
+    let cfg = stored(&s);
+    assert!(cfg.replace);
+    assert_eq!(rollouts(&s), 2, "replacing rolls the workload out");
+    let d: Deployment = s.get("apps/v1", "Deployment", "shop", "web").unwrap();
+    assert!(!d.spec.template.metadata.unwrap().annotations.unwrap()[RESTART_ANNOTATION].is_empty());
+    // Idempotent.
+    p.set_replaced("shop", "web", true).await.unwrap();
+    assert_eq!(rollouts(&s), 2);
+
+    // The webhook's injection: the agent (with the app's env and mounts) and no app container.
+    let pod = deployment_pod("shop", "web", "77aa1", "y2", vec![web_container()], "");
+    let injected = kubernetes::patch::inject(
+        &pod,
+        &cfg,
+        &kubernetes::patch::InjectSettings {
+            agent_image: "local/telepresence:test".into(),
+            image_pull_policy: None,
+        },
+    )
+    .unwrap();
+    let names: Vec<&str> = injected
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["traffic-agent"]);
+    // The agent answers on the named port the service targets.
+    let agent = &injected.spec.as_ref().unwrap().containers[0];
+    assert!(agent
+        .ports
+        .iter()
+        .flatten()
+        .any(|cp| cp.name.as_deref() == Some("http")));
+
+    // Another engagement's ensure_agent keeps the replace in force.
+    p.ensure_agent(&req).await.unwrap();
+    assert!(stored(&s).replace);
+
+    let before = rollouts(&s);
+    p.set_replaced("shop", "web", false).await.unwrap();
+    assert!(!stored(&s).replace);
+    assert_eq!(
+        rollouts(&s),
+        before + 1,
+        "ending the replace rolls the app back"
+    );
+    let normal = kubernetes::patch::inject(
+        &pod,
+        &stored(&s),
+        &kubernetes::patch::InjectSettings {
+            agent_image: "local/telepresence:test".into(),
+            image_pull_policy: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(normal.spec.as_ref().unwrap().containers.len(), 2);
+}
+
+#[tokio::test]
+async fn service_flag_picks_one_services_ports() {
+    let s = StandIn::start().await;
+    seed(&s);
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    let all = p.get_workload("shop", "web").await.unwrap().ports;
+    assert_eq!(all.len(), 2);
+    let admin = p.service_ports("shop", "web", "web-admin").await.unwrap();
+    assert_eq!(
+        admin.iter().map(|p| p.port).collect::<Vec<_>>(),
+        [9000],
+        "{admin:?}"
+    );
+    let web = p.service_ports("shop", "web", "web").await.unwrap();
+    assert_eq!(web.iter().map(|p| p.port).collect::<Vec<_>>(), [80]);
+    match p.service_ports("shop", "web", "nope").await {
+        Err(ProviderError::Invalid(m)) => {
+            assert!(m.contains("no service named \"nope\" selects web"), "{m}");
+            assert!(
+                m.contains("web, web-admin") || m.contains("web-admin, web"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
