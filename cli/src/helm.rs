@@ -456,22 +456,31 @@ async fn apply_objects(
     Ok(refs)
 }
 
-/// The agent image the values select: `agent.image`, else the manager's own image.
-fn agent_image(values: &serde_json::Value) -> String {
-    values["agent"]["image"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            let reg = values["image"]["registry"].as_str().unwrap_or_default();
-            let name = values["image"]["name"].as_str().unwrap_or_default();
-            let tag = values["image"]["tag"].as_str().unwrap_or_default();
-            if reg.is_empty() {
-                format!("{name}:{tag}")
-            } else {
-                format!("{}/{name}:{tag}", reg.trim_end_matches('/'))
-            }
-        })
+/// The agent image the values select (as the chart's `tm.agentImage`): `agent.image` when it is
+/// a string, else `[image.registry/](agent.image.name or image.name):(agent.image.tag or
+/// image.tag)`.
+pub fn agent_image(values: &serde_json::Value) -> String {
+    let or = |a: &serde_json::Value, b: &serde_json::Value| {
+        a.as_str()
+            .filter(|s| !s.is_empty())
+            .or(b.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let a = &values["agent"]["image"];
+    if let Some(s) = a.as_str() {
+        if !s.is_empty() {
+            return s.to_string();
+        }
+    }
+    let reg = values["image"]["registry"].as_str().unwrap_or_default();
+    let name = or(&a["name"], &values["image"]["name"]);
+    let tag = or(&a["tag"], &values["image"]["tag"]);
+    if reg.is_empty() {
+        format!("{name}:{tag}")
+    } else {
+        format!("{}/{name}:{tag}", reg.trim_end_matches('/'))
+    }
 }
 
 pub async fn uninstall(client: &kube::Client, context: &str, ns: &str) -> Result<CmdOutput> {

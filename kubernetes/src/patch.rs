@@ -31,11 +31,21 @@ pub const INJECTED_ANNOTATION: &str = "telepresence.io/agent-injected";
 /// (the agent image is `FROM scratch` without a `USER`, so `runAsNonRoot` needs a number).
 pub const AGENT_UID: i64 = 65532;
 
-/// What the injected containers run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the injected containers run, and the chart's `agent` values (through the manager's
+/// environment, `startup::Settings`).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct InjectSettings {
     pub agent_image: String,
     pub image_pull_policy: Option<String>,
+    /// The agent's `RUST_LOG` (`agent.logLevel`); `None`: the app's, else the agent's default.
+    pub log_level: Option<String>,
+    /// The agent container's resources (`agent.resources`); `None`: [`default_resources`].
+    pub resources: Option<ResourceRequirements>,
+    /// Secrets added to the pod's `imagePullSecrets` (`agent.image.pullSecrets`).
+    pub pull_secrets: Vec<String>,
+    /// Fields merged over [`agent_security_context`] (`agent.securityContext`): objects merge
+    /// key by key, any other value (lists too) replaces the default's, `null` removes it.
+    pub security_context: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Whether the pod already carries the agent.
@@ -107,8 +117,12 @@ pub fn inject(pod: &Pod, cfg: &AgentConfig, s: &InjectSettings) -> Result<Pod, I
     let agent_ports = take_over_named_ports(&mut spec.containers, cfg, &mut taken)?;
     let security = agent_security_context(spec.security_context.as_ref(), &app);
     let mut agent = agent_container(cfg, s, &app, agent_ports);
-    agent.security_context = Some(security);
+    agent.security_context = Some(match &s.security_context {
+        Some(over) => merge_security_context(&security, over),
+        None => security,
+    });
     spec.containers.push(agent);
+    add_pull_secrets(spec, &s.pull_secrets);
     if cfg.replace {
         // `replace`: the agent (which carries the app's env, envFrom and volume mounts) takes
         // the app container's place; the app does not run until the replace ends.
@@ -204,7 +218,10 @@ fn agent_container(
         }),
         ..Default::default()
     });
-    let q = |s: &str| Quantity(s.into());
+    if let Some(level) = &s.log_level {
+        agent_env.retain(|e| e.name != "RUST_LOG");
+        agent_env.push(env("RUST_LOG", level.clone()));
+    }
     Container {
         name: AGENT_CONTAINER.into(),
         image: Some(s.agent_image.clone()),
@@ -222,15 +239,62 @@ fn agent_container(
             period_seconds: Some(2),
             ..Default::default()
         }),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), q("10m")),
-                ("memory".into(), q("32Mi")),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
-            ..Default::default()
-        }),
+        resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
         ..Default::default()
+    }
+}
+
+/// The agent's resources unless `agent.resources` sets them: requests 10m CPU and 32Mi,
+/// limit 256Mi.
+pub fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q("10m")),
+            ("memory".into(), q("32Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
+        ..Default::default()
+    }
+}
+
+/// `over` merged over `base`: objects key by key, other values replace, `null` removes.
+pub fn merge_security_context(
+    base: &SecurityContext,
+    over: &serde_json::Map<String, serde_json::Value>,
+) -> SecurityContext {
+    fn merge(into: &mut serde_json::Map<String, serde_json::Value>, over: &serde_json::Map<String, serde_json::Value>) {
+        for (k, v) in over {
+            match (into.get_mut(k), v) {
+                (_, serde_json::Value::Null) => {
+                    into.remove(k);
+                }
+                (Some(serde_json::Value::Object(a)), serde_json::Value::Object(b)) => merge(a, b),
+                _ => {
+                    into.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let mut v = serde_json::to_value(base).expect("securityContext serializes");
+    if let serde_json::Value::Object(m) = &mut v {
+        merge(m, over);
+    }
+    // `over` was checked to be a SecurityContext when read (`startup::Settings`); the merge of
+    // two valid ones is one.
+    serde_json::from_value(v).unwrap_or_else(|_| base.clone())
+}
+
+/// Adds `names` to the pod's `imagePullSecrets`, each once.
+fn add_pull_secrets(spec: &mut k8s_openapi::api::core::v1::PodSpec, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let list = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+    for n in names {
+        if !list.iter().any(|r| &r.name == n) {
+            list.push(k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() });
+        }
     }
 }
 

@@ -9,9 +9,11 @@
 //! WhenEnabled), `TP_MANAGED_NAMESPACES` (comma separated; empty: cluster-wide),
 //! `TP_ROLLOUT_TIMEOUT` (seconds installing an agent waits until every pod has it, 120),
 //! `TP_AGENT_TIMEOUT` (seconds an intercept then waits for its agent to connect, 120),
-//! `TP_AGENT_IMAGE_PULL_POLICY`.
+//! `TP_AGENT_IMAGE_PULL_POLICY`; the chart's `agent` values: [`ENV_AGENT_LOG_LEVEL`],
+//! [`ENV_AGENT_RESOURCES`], [`ENV_AGENT_PULL_SECRETS`], [`ENV_AGENT_SECURITY_CONTEXT`]
+//! (applied by `patch::inject`).
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ResourceRequirements, SecurityContext, Service};
 use kube::{Api, Client};
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,17 @@ use super::webhook::{self, TlsFiles};
 use super::{InjectPolicy, KubeConfig, KubeProvider};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The agent's `RUST_LOG` (chart `agent.logLevel`; empty: unset).
+pub const ENV_AGENT_LOG_LEVEL: &str = "TP_AGENT_LOG_LEVEL";
+/// The agent container's resources as JSON (chart `agent.resources`; empty or `{}`: defaults).
+pub const ENV_AGENT_RESOURCES: &str = "TP_AGENT_RESOURCES";
+/// Comma-separated Secret names added to injected pods' `imagePullSecrets` (chart
+/// `agent.image.pullSecrets`).
+pub const ENV_AGENT_PULL_SECRETS: &str = "TP_AGENT_PULL_SECRETS";
+/// Fields merged over the agent's least-privilege securityContext, as JSON (chart
+/// `agent.securityContext`; empty or `{}`: none).
+pub const ENV_AGENT_SECURITY_CONTEXT: &str = "TP_AGENT_SECURITY_CONTEXT";
 
 /// A setting of the manager's environment that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +49,9 @@ pub enum SettingsError {
     NotSeconds(&'static str, String),
     #[error("TP_AGENT_INJECT_POLICY: {0}")]
     Policy(super::UnknownPolicy),
+    /// Variable and why its value is not the JSON object it must be.
+    #[error("{0}: {1}")]
+    NotJson(&'static str, String),
 }
 
 /// Why the Kubernetes traffic-manager stopped or could not start.
@@ -76,6 +92,38 @@ pub struct Settings {
     pub manager_host: Option<String>,
     pub tls: TlsFiles,
     pub image_pull_policy: Option<String>,
+    /// The chart's `agent` values for the injected containers.
+    pub agent_log_level: Option<String>,
+    pub agent_resources: Option<ResourceRequirements>,
+    pub agent_pull_secrets: Vec<String>,
+    pub agent_security_context: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A JSON object in variable `k` (`None` when empty or `{}`), checked to be a `T`.
+fn json_object<T: serde::de::DeserializeOwned>(
+    k: &'static str,
+    v: Option<String>,
+) -> Result<Option<(T, serde_json::Map<String, serde_json::Value>)>, SettingsError> {
+    let Some(v) = v else { return Ok(None) };
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&v).map_err(|e| SettingsError::NotJson(k, e.to_string()))?;
+    if map.is_empty() {
+        return Ok(None);
+    }
+    let typed = serde_json::from_value(serde_json::Value::Object(map.clone()))
+        .map_err(|e| SettingsError::NotJson(k, e.to_string()))?;
+    Ok(Some((typed, map)))
+}
+
+/// The names of a comma-separated list, trimmed, empty ones left out.
+fn names(v: Option<String>) -> Vec<String> {
+    v.map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 impl Settings {
@@ -120,14 +168,7 @@ impl Settings {
                 .map_err(SettingsError::Policy)?,
             agent_timeout: seconds("TP_AGENT_TIMEOUT")?,
             rollout_timeout: seconds("TP_ROLLOUT_TIMEOUT")?,
-            namespaces: var("TP_MANAGED_NAMESPACES")
-                .map(|v| {
-                    v.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            namespaces: names(var("TP_MANAGED_NAMESPACES")),
             manager_host: var(protocol::ports::env::MANAGER_HOST),
             tls: TlsFiles {
                 cert: var("TP_WEBHOOK_CERT")
@@ -138,7 +179,31 @@ impl Settings {
                     .into(),
             },
             image_pull_policy: var("TP_AGENT_IMAGE_PULL_POLICY"),
+            agent_log_level: var(ENV_AGENT_LOG_LEVEL),
+            agent_resources: json_object::<ResourceRequirements>(
+                ENV_AGENT_RESOURCES,
+                var(ENV_AGENT_RESOURCES),
+            )?
+            .map(|(r, _)| r),
+            agent_pull_secrets: names(var(ENV_AGENT_PULL_SECRETS)),
+            agent_security_context: json_object::<SecurityContext>(
+                ENV_AGENT_SECURITY_CONTEXT,
+                var(ENV_AGENT_SECURITY_CONTEXT),
+            )?
+            .map(|(_, m)| m),
         })
+    }
+
+    /// What the webhook injects with these settings.
+    pub fn inject_settings(&self) -> InjectSettings {
+        InjectSettings {
+            agent_image: self.agent_image.clone(),
+            image_pull_policy: self.image_pull_policy.clone(),
+            log_level: self.agent_log_level.clone(),
+            resources: self.agent_resources.clone(),
+            pull_secrets: self.agent_pull_secrets.clone(),
+            security_context: self.agent_security_context.clone(),
+        }
     }
 }
 
@@ -192,10 +257,7 @@ pub async fn run_with(
         listener,
         acceptor,
         provider.clone(),
-        InjectSettings {
-            agent_image: s.agent_image,
-            image_pull_policy: s.image_pull_policy,
-        },
+        s.inject_settings(),
     ));
     manager::run(
         manager::ManagerConfig {

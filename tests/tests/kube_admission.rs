@@ -185,6 +185,7 @@ async fn inject(
     let settings = InjectSettings {
         agent_image: "registry.example/telepresence:0.1.0".into(),
         image_pull_policy: Some("IfNotPresent".into()),
+        ..Default::default()
     };
     let out = webhook::review(&One(cfg.clone()), &settings, review.to_string().as_bytes()).await;
     let mut raw: Value = serde_json::from_slice(&out).unwrap();

@@ -100,6 +100,7 @@ async fn replace_takes_the_app_containers_place_and_gives_it_back() {
         &kubernetes::patch::InjectSettings {
             agent_image: "local/telepresence:test".into(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -138,6 +139,7 @@ async fn replace_takes_the_app_containers_place_and_gives_it_back() {
         &kubernetes::patch::InjectSettings {
             agent_image: "local/telepresence:test".into(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();

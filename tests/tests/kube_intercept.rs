@@ -169,6 +169,7 @@ async fn intercept_through_an_injected_agent() {
         &InjectSettings {
             agent_image: "registry.example/telepresence:0.1.0".into(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -115,6 +115,7 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
         &InjectSettings {
             agent_image: "registry.example/telepresence:0.1.0".into(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -154,6 +154,7 @@ fn injected_agent_takes_over_named_and_redirected_ports() {
         &InjectSettings {
             agent_image: tp.clone(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();

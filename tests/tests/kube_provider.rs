@@ -315,6 +315,7 @@ async fn ensure_and_remove_agent_write_the_configmap_and_roll_out() {
         &kubernetes::patch::InjectSettings {
             agent_image: "local/telepresence:test".into(),
             image_pull_policy: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -748,6 +749,7 @@ async fn installing_waits_for_the_rollout() {
                 let settings = kubernetes::patch::InjectSettings {
                     agent_image: "local/telepresence:test".into(),
                     image_pull_policy: None,
+                    ..Default::default()
                 };
                 s2.put(&kubernetes::patch::inject(&pod, &cfg, &settings).unwrap());
                 tokio::time::sleep(Duration::from_millis(300)).await;

@@ -44,6 +44,7 @@ fn settings() -> InjectSettings {
     InjectSettings {
         agent_image: "registry.example/telepresence:0.1.0".into(),
         image_pull_policy: Some("IfNotPresent".into()),
+        ..Default::default()
     }
 }
 

@@ -23,6 +23,30 @@ telepresence.io/managed-by: telepresence
 {{- end -}}
 {{- end }}
 
+{{/* The agent image: agent.image as a whole reference when a string (earlier charts), else
+     [image.registry/](agent.image.name or image.name):(agent.image.tag or image.tag). */}}
+{{- define "tm.agentImage" -}}
+{{- $a := .Values.agent.image -}}
+{{- if kindIs "string" $a -}}
+{{ $a | default (include "tm.image" .) }}
+{{- else -}}
+{{- $name := $a.name | default .Values.image.name -}}
+{{- $tag := $a.tag | default (required "image.tag is required (telepresence helm install sets it to the tag of its own build)" .Values.image.tag) -}}
+{{- if .Values.image.registry -}}
+{{ trimSuffix "/" .Values.image.registry }}/{{ $name }}:{{ $tag }}
+{{- else -}}
+{{ $name }}:{{ $tag }}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The agent's pull secrets, comma separated (none when agent.image is a string). */}}
+{{- define "tm.agentPullSecrets" -}}
+{{- if not (kindIs "string" .Values.agent.image) -}}
+{{ join "," .Values.agent.image.pullSecrets }}
+{{- end -}}
+{{- end }}
+
 {{/* The rules the manager needs in a namespace it serves (manager/src/kubernetes/contract.rs,
      Scope::Served; tests/tests/helm_chart.rs checks them against that table). */}}
 {{- define "tm.namespacedRules" -}}

@@ -3,7 +3,7 @@
 //! markers and comments; `if`/`else if`/`else`, `range` (lists and maps, with `$i, $v :=`),
 //! `with`, `define`/`include`/`template`, variables (`$x := …`, `$`); pipelines with `|`;
 //! and the functions `default quote squote toYaml toJson nindent indent b64enc printf eq ne
-//! not and or empty required fail hasKey trunc trimSuffix trimPrefix lower upper join list dict
+//! not and or empty required fail hasKey kindIs trunc trimSuffix trimPrefix lower upper join list dict
 //! int toString len sha256sum contains`. Values are JSON values (from the YAML values).
 //! Anything outside the subset is a parse error naming the template and the construct.
 
@@ -932,6 +932,19 @@ impl Call<'_> {
                     Value::String(x) => x.len(),
                     _ => 0,
                 })
+            }
+            "kindIs" => {
+                self.need(2)?;
+                let kind = match &a[1] {
+                    Value::String(_) => "string",
+                    Value::Object(_) => "map",
+                    Value::Array(_) => "slice",
+                    Value::Bool(_) => "bool",
+                    Value::Number(n) if n.is_f64() => "float64",
+                    Value::Number(_) => "int64",
+                    Value::Null => "invalid",
+                };
+                Value::Bool(self.s(0) == kind)
             }
             "hasKey" => {
                 self.need(2)?;
