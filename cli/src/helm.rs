@@ -88,6 +88,10 @@ pub struct InstallArgs {
     /// How long to wait for the traffic-manager to be ready (e.g. 90s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Print the manifests that would be applied (as `helm template` does, with this cluster's
+    /// release and certificate), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// A `--timeout` value that does not parse (the value given).
@@ -339,7 +343,12 @@ pub fn template_objects(args: &TemplateArgs) -> Result<Vec<Value>> {
 
 /// `helm template`: the objects as YAML documents (`---`-separated), or as JSON with `--output`.
 pub fn template(args: &TemplateArgs) -> Result<CmdOutput> {
-    let objects = template_objects(args)?;
+    manifests(template_objects(args)?)
+}
+
+/// The objects as YAML documents (`---`-separated), or as JSON with `--output`: what `template`
+/// and `install --dry-run` print.
+fn manifests(objects: Vec<Value>) -> Result<CmdOutput> {
     let mut text = String::new();
     for o in &objects {
         text.push_str("---\n");
@@ -386,6 +395,10 @@ pub async fn install(
         ));
     }
     let objects = chart::render(&values, &ns)?;
+    if args.dry_run {
+        // Reads only (release, certificate): the plan against this cluster, nothing applied.
+        return manifests(objects);
+    }
     if !apply::namespace_exists(client, &ns).await? {
         if !args.create_namespace {
             bail!("namespace {ns} does not exist; pass --create-namespace to create it");

@@ -421,6 +421,16 @@ fn contract_cases() -> Vec<(Value, &'static str)> {
                    "teamMode": true}),
             "tm",
         ),
+        (
+            json!({"image": {"registry": "ghcr.io/me"},
+                   "agent": {"image": {"name": "tp-agent", "tag": "2", "pullSecrets": ["regcred", "other"]},
+                             "logLevel": "debug,hyper=info",
+                             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                           "limits": {"memory": "1Gi"}},
+                             "securityContext": {"runAsUser": 2000, "runAsGroup": 3000,
+                                                 "capabilities": {"add": ["NET_BIND_SERVICE"]}}}}),
+            "tm",
+        ),
     ]
 }
 
@@ -496,11 +506,36 @@ fn chart_environment_is_what_the_manager_reads() {
         let s = settings(&d, ns);
         let c = &pod_spec(&d).containers[0];
         assert_eq!(s.manager_namespace, ns);
-        let expected_image = match values["agent"]["image"].as_str().unwrap() {
-            "" => c.image.clone().unwrap(),
-            i => i.to_string(),
+        let expected_image = match values["agent"]["image"].as_str() {
+            Some(i) => i.to_string(),
+            None => helm::agent_image(&values),
         };
+        if values["agent"]["image"]["name"] == "" && values["agent"]["image"]["tag"] == "" {
+            assert_eq!(s.agent_image, c.image.clone().unwrap(), "{user}: the manager's image");
+        }
         assert_eq!(s.agent_image, expected_image, "{user}");
+        // The `agent` section, as the webhook applies it (tests/tests/webhook.rs).
+        let agent = &values["agent"];
+        assert_eq!(
+            s.agent_log_level.as_deref().unwrap_or(""),
+            agent["logLevel"].as_str().unwrap(),
+            "{user}"
+        );
+        assert_eq!(
+            serde_json::to_value(&s.agent_resources).unwrap(),
+            if agent["resources"] == json!({}) { Value::Null } else { agent["resources"].clone() },
+            "{user}"
+        );
+        assert_eq!(
+            s.agent_security_context.clone().map(Value::Object).unwrap_or(json!({})),
+            agent["securityContext"],
+            "{user}"
+        );
+        assert_eq!(
+            json!(s.agent_pull_secrets),
+            agent["image"]["pullSecrets"].clone().as_array().map_or(json!([]), |a| json!(a)),
+            "{user}"
+        );
         assert_eq!(s.image_pull_policy, c.image_pull_policy, "{user}");
         let policy: InjectPolicy = values["agentInjector"]["injectPolicy"]
             .as_str()

@@ -121,3 +121,55 @@ async fn template_prints_what_install_applies() {
         "--set-file \"agentInjector.certificate.crt\": use KEY=FILE"
     );
 }
+
+/// `helm install --dry-run` prints the plan `helm template` prints (with the user's own
+/// certificate: the same objects), reading the cluster but sending it no write.
+#[tokio::test]
+async fn install_dry_run_prints_the_plan_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = helm::generate_tls("tm").unwrap();
+    let mut set_file = Vec::new();
+    for (key, text) in [("caCrt", &tls.ca_crt), ("crt", &tls.crt), ("key", &tls.key)] {
+        let p = dir.path().join(key);
+        std::fs::write(&p, text).unwrap();
+        set_file.push(format!("agentInjector.certificate.{key}={}", p.display()));
+    }
+    let set = vec!["agent.logLevel=debug,agent.image.pullSecrets={regcred}".to_string()];
+    let k = StandIn::start().await;
+    let out = helm::install(
+        &k.client(),
+        "test",
+        InstallArgs {
+            target: TargetArgs {
+                manager_namespace: "tm".into(),
+                ..Default::default()
+            },
+            set: set.clone(),
+            set_file: set_file.clone(),
+            dry_run: true,
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        false,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    let writes: Vec<String> = k
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.uri))
+        .collect();
+    assert!(writes.is_empty(), "dry run wrote: {writes:?}");
+    let template = helm::template(&TemplateArgs {
+        namespace: "tm".into(),
+        set,
+        set_file,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(out.text, template.text);
+    assert_eq!(out.data, template.data);
+    assert!(out.text.contains("TP_AGENT_PULL_SECRETS"), "{}", out.text);
+}

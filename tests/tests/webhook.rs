@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
     SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -748,6 +748,143 @@ async fn patched_pods_pass_the_kubernetes_schemas() {
     tests::kube::schemas::check(
         "webhook::patched_pods_pass_the_kubernetes_schemas",
         &pods,
+        &[],
+    );
+}
+
+/// The chart's `agent` values reach the injected pod: rendered into the manager's environment,
+/// read by `startup::Settings` and applied by the webhook (image from the same registry as the
+/// manager, RUST_LOG over the app's, resources, pull secrets added once, securityContext merged
+/// over the least-privilege default); the patched pod passes the schemas.
+#[tokio::test]
+async fn chart_agent_values_reach_the_injected_pod() {
+    let user = json!({"agent": {
+        "image": {"name": "tp-agent", "pullSecrets": ["regcred", "other"]},
+        "logLevel": "debug",
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {"runAsUser": 2000, "runAsGroup": 3000,
+                            "capabilities": {"add": ["NET_BIND_SERVICE"]}, "seccompProfile": null}
+    }});
+    let tls = cli::helm::generate_tls("tm").unwrap();
+    let values = cli::helm::effective_values(&user, "ghcr.io/me", "0.1.0-abc", &tls);
+    let objs = kubernetes::helm::chart::render(&values, "tm").unwrap();
+    let d = objs.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let menv: HashMap<String, String> = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = match e["value"].as_str() {
+                Some(v) => v.to_string(),
+                None => "tm".to_string(), // metadata.namespace
+            };
+            (e["name"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let s = kubernetes::startup::Settings::from_lookup(|k| menv.get(k).cloned()).unwrap();
+    let settings = s.inject_settings();
+
+    let mut pod = new_pod();
+    let spec = pod.spec.as_mut().unwrap();
+    spec.image_pull_secrets = Some(vec![LocalObjectReference {
+        name: "regcred".into(),
+    }]);
+    spec.containers[0]
+        .env
+        .get_or_insert_with(Vec::new)
+        .push(env("RUST_LOG", "warn"));
+    let out = webhook::review(&src(), &settings, &review_json(&pod, "CREATE")).await;
+    let (allowed, patch, _) = decode(&out);
+    assert!(allowed);
+    let patch = patch.expect("a patch");
+    let patched = apply(&pod, &patch);
+    let pspec = patched.spec.as_ref().unwrap();
+    let agent = pspec
+        .containers
+        .iter()
+        .find(|c| c.name == kubernetes::AGENT_CONTAINER)
+        .unwrap();
+    assert_eq!(agent.image.as_deref(), Some("ghcr.io/me/tp-agent:0.1.0-abc"));
+    let init = pspec.init_containers.as_ref().unwrap().last().unwrap();
+    assert_eq!(init.image, agent.image, "the init container runs the agent image");
+    let logs: Vec<_> = agent
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "RUST_LOG")
+        .collect();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].value.as_deref(), Some("debug"));
+    assert_eq!(
+        agent.resources,
+        Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), q("50m")),
+                ("memory".into(), q("64Mi"))
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), q("1Gi"))])),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        pspec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["regcred", "other"]
+    );
+    let sc = agent.security_context.clone().unwrap();
+    assert_eq!(
+        sc,
+        SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(2000),
+            run_as_group: Some(3000),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_BIND_SERVICE".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: None,
+            ..Default::default()
+        }
+    );
+    // Without the values: the defaults.
+    let plain = kubernetes::startup::Settings::from_lookup(|k| match k {
+        "TP_MANAGER_NAMESPACE" => Some("tm".into()),
+        "TP_AGENT_IMAGE" => Some("i:1".into()),
+        _ => None,
+    })
+    .unwrap()
+    .inject_settings();
+    let (_, plain_patch, _) = decode(&webhook::review(&src(), &plain, &review_json(&new_pod(), "CREATE")).await);
+    let plain_pod = apply(&new_pod(), &plain_patch.unwrap());
+    let plain_agent = plain_pod.spec.as_ref().unwrap().containers.iter().find(|c| c.name == kubernetes::AGENT_CONTAINER).unwrap().clone();
+    assert_eq!(plain_agent.resources, Some(kubernetes::patch::default_resources()));
+    assert_eq!(plain_pod.spec.as_ref().unwrap().image_pull_secrets, None);
+    assert_eq!(
+        plain_agent.security_context.unwrap().seccomp_profile,
+        Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        })
+    );
+
+    // Idempotent, and the patched pod passes the schemas.
+    let again = webhook::review(&src(), &settings, &review_json(&patched, "CREATE")).await;
+    assert!(decode(&again).1.is_none());
+    tests::kube::schemas::check(
+        "webhook::chart_agent_values_reach_the_injected_pod",
+        &[tests::kube::schemas::PatchedPod {
+            name: "web with the chart's agent values".into(),
+            original: serde_json::to_value(&pod).unwrap(),
+            patch: serde_json::to_value(&patch).unwrap(),
+            expected: serde_json::to_value(&patched).unwrap(),
+            min_version: None,
+        }],
         &[],
     );
 }
