@@ -352,6 +352,7 @@ fn renderer_agrees_with_go_text_template_and_sprig() {
                "podAnnotations": {"a": "b"}, "podLabels": {"x": "y"}, "tolerations": [{"key": "k", "operator": "Exists"}],
                "agent": {"image": "other/agent:1"}}),
         json!({"agentInjector": {"enabled": false}, "nodeSelector": {"disk": "ssd"}, "replicaCount": 2}),
+        agent_values(),
     ];
     for user in cases {
         let values = helm::effective_values(&user, "", "0.1.0-abc", &tls());
@@ -421,17 +422,19 @@ fn contract_cases() -> Vec<(Value, &'static str)> {
                    "teamMode": true}),
             "tm",
         ),
-        (
-            json!({"image": {"registry": "ghcr.io/me"},
-                   "agent": {"image": {"name": "tp-agent", "tag": "2", "pullSecrets": ["regcred", "other"]},
-                             "logLevel": "debug,hyper=info",
-                             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                           "limits": {"memory": "1Gi"}},
-                             "securityContext": {"runAsUser": 2000, "runAsGroup": 3000,
-                                                 "capabilities": {"add": ["NET_BIND_SERVICE"]}}}}),
-            "tm",
-        ),
+        (agent_values(), "tm"),
     ]
+}
+
+/// Every value of the chart's `agent` section set (image from `image.registry`).
+fn agent_values() -> Value {
+    json!({"image": {"registry": "ghcr.io/me"},
+           "agent": {"image": {"name": "tp-agent", "tag": "2", "pullSecrets": ["regcred", "other"]},
+                     "logLevel": "debug,hyper=info",
+                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                   "limits": {"memory": "1Gi"}},
+                     "securityContext": {"runAsUser": 2000, "runAsGroup": 3000,
+                                         "capabilities": {"add": ["NET_BIND_SERVICE"]}}}})
 }
 
 fn pod_spec(d: &Deployment) -> &PodSpec {
@@ -1027,6 +1030,7 @@ fn renderer_agrees_with_helms_engine() {
             json!({"agentInjector": {"enabled": false}, "nodeSelector": {"disk": "ssd"}, "replicaCount": 2}),
             "tm",
         ),
+        (agent_values(), "tm"),
     ];
     for (user, ns) in cases {
         let values = helm::effective_values(&user, "", "0.1.0-abc", &tls());
