@@ -49,10 +49,26 @@ pub const ENV: &[EnvVar] = &[
     env("TP_ROLLOUT_TIMEOUT", false, "startup::Settings"),
     env("TP_AGENT_TIMEOUT", false, "startup::Settings"),
     env("TP_AGENT_IMAGE_PULL_POLICY", false, "startup::Settings"),
-    env(super::startup::ENV_AGENT_LOG_LEVEL, false, "startup::Settings"),
-    env(super::startup::ENV_AGENT_RESOURCES, false, "startup::Settings"),
-    env(super::startup::ENV_AGENT_PULL_SECRETS, false, "startup::Settings"),
-    env(super::startup::ENV_AGENT_SECURITY_CONTEXT, false, "startup::Settings"),
+    env(
+        super::startup::ENV_AGENT_LOG_LEVEL,
+        false,
+        "startup::Settings",
+    ),
+    env(
+        super::startup::ENV_AGENT_RESOURCES,
+        false,
+        "startup::Settings",
+    ),
+    env(
+        super::startup::ENV_AGENT_PULL_SECRETS,
+        false,
+        "startup::Settings",
+    ),
+    env(
+        super::startup::ENV_AGENT_SECURITY_CONTEXT,
+        false,
+        "startup::Settings",
+    ),
     env(
         super::cidr::ENV_CLUSTER_DOMAIN,
         false,

@@ -263,7 +263,10 @@ pub fn merge_security_context(
     base: &SecurityContext,
     over: &serde_json::Map<String, serde_json::Value>,
 ) -> SecurityContext {
-    fn merge(into: &mut serde_json::Map<String, serde_json::Value>, over: &serde_json::Map<String, serde_json::Value>) {
+    fn merge(
+        into: &mut serde_json::Map<String, serde_json::Value>,
+        over: &serde_json::Map<String, serde_json::Value>,
+    ) {
         for (k, v) in over {
             match (into.get_mut(k), v) {
                 (_, serde_json::Value::Null) => {
@@ -418,4 +421,32 @@ pub fn diff(before: &Pod, after: &Pod) -> json_patch::Patch {
     let a = serde_json::to_value(before).expect("pod serializes");
     let b = serde_json::to_value(after).expect("pod serializes");
     json_patch::diff(&a, &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_context_overrides_merge_over_the_default() {
+        let base = agent_security_context(None, &Container::default());
+        let over = serde_json::json!({
+            "runAsUser": 2000,
+            "capabilities": {"add": ["NET_BIND_SERVICE"]},
+            "seccompProfile": null,
+        });
+        let merged = merge_security_context(&base, over.as_object().unwrap());
+        assert_eq!(merged.run_as_user, Some(2000));
+        assert_eq!(merged.run_as_non_root, Some(true));
+        assert_eq!(merged.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            merged.capabilities,
+            Some(Capabilities {
+                add: Some(vec!["NET_BIND_SERVICE".into()]),
+                drop: Some(vec!["ALL".into()]),
+            })
+        );
+        assert_eq!(merged.seccomp_profile, None);
+        assert_eq!(merge_security_context(&base, &serde_json::Map::new()), base);
+    }
 }

@@ -96,16 +96,19 @@ pub struct Settings {
     pub agent_log_level: Option<String>,
     pub agent_resources: Option<ResourceRequirements>,
     pub agent_pull_secrets: Vec<String>,
-    pub agent_security_context: Option<serde_json::Map<String, serde_json::Value>>,
+    pub agent_security_context: Option<JsonObject>,
 }
+
+/// A JSON object as written.
+type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// A JSON object in variable `k` (`None` when empty or `{}`), checked to be a `T`.
 fn json_object<T: serde::de::DeserializeOwned>(
     k: &'static str,
     v: Option<String>,
-) -> Result<Option<(T, serde_json::Map<String, serde_json::Value>)>, SettingsError> {
+) -> Result<Option<(T, JsonObject)>, SettingsError> {
     let Some(v) = v else { return Ok(None) };
-    let map: serde_json::Map<String, serde_json::Value> =
+    let map: JsonObject =
         serde_json::from_str(&v).map_err(|e| SettingsError::NotJson(k, e.to_string()))?;
     if map.is_empty() {
         return Ok(None);
@@ -340,5 +343,58 @@ mod tests {
         let mut bad = base.to_vec();
         bad.push(("TP_AGENT_INJECT_POLICY", "Always"));
         assert!(err(&bad).contains("is not OnDemand or WhenEnabled"));
+    }
+
+    #[test]
+    fn agent_values_from_the_environment() {
+        let base = [
+            ("TP_MANAGER_NAMESPACE", "ambassador"),
+            ("TP_AGENT_IMAGE", "r/tp:1"),
+            (ENV_AGENT_RESOURCES, "{}"),
+            (ENV_AGENT_SECURITY_CONTEXT, "{}"),
+            (ENV_AGENT_PULL_SECRETS, ""),
+            (ENV_AGENT_LOG_LEVEL, ""),
+        ];
+        let s = Settings::from_lookup(lookup(&base))
+            .unwrap()
+            .inject_settings();
+        assert_eq!(
+            s,
+            InjectSettings {
+                agent_image: "r/tp:1".into(),
+                ..Default::default()
+            }
+        );
+        let mut more = base.to_vec();
+        more.extend([
+            (ENV_AGENT_RESOURCES, r#"{"limits":{"memory":"1Gi"}}"#),
+            (
+                ENV_AGENT_SECURITY_CONTEXT,
+                r#"{"runAsUser":7,"seccompProfile":null}"#,
+            ),
+            (ENV_AGENT_PULL_SECRETS, "a, b,"),
+            (ENV_AGENT_LOG_LEVEL, "debug"),
+        ]);
+        let s = Settings::from_lookup(lookup(&more)).unwrap();
+        assert_eq!(s.agent_pull_secrets, ["a", "b"]);
+        assert_eq!(s.agent_log_level.as_deref(), Some("debug"));
+        assert!(s
+            .agent_resources
+            .unwrap()
+            .limits
+            .unwrap()
+            .contains_key("memory"));
+        assert_eq!(
+            serde_json::Value::Object(s.agent_security_context.unwrap()),
+            serde_json::json!({"runAsUser": 7, "seccompProfile": null})
+        );
+        let err = |k: &'static str, v: &'static str| {
+            let mut bad = base.to_vec();
+            bad.push((k, v));
+            Settings::from_lookup(lookup(&bad)).unwrap_err().to_string()
+        };
+        assert!(err(ENV_AGENT_RESOURCES, "[1]").starts_with("TP_AGENT_RESOURCES: "));
+        assert!(err(ENV_AGENT_SECURITY_CONTEXT, r#"{"runAsUser":"x"}"#)
+            .starts_with("TP_AGENT_SECURITY_CONTEXT: "));
     }
 }

@@ -514,7 +514,11 @@ fn chart_environment_is_what_the_manager_reads() {
             None => helm::agent_image(&values),
         };
         if values["agent"]["image"]["name"] == "" && values["agent"]["image"]["tag"] == "" {
-            assert_eq!(s.agent_image, c.image.clone().unwrap(), "{user}: the manager's image");
+            assert_eq!(
+                s.agent_image,
+                c.image.clone().unwrap(),
+                "{user}: the manager's image"
+            );
         }
         assert_eq!(s.agent_image, expected_image, "{user}");
         // The `agent` section, as the webhook applies it (tests/tests/webhook.rs).
@@ -526,17 +530,27 @@ fn chart_environment_is_what_the_manager_reads() {
         );
         assert_eq!(
             serde_json::to_value(&s.agent_resources).unwrap(),
-            if agent["resources"] == json!({}) { Value::Null } else { agent["resources"].clone() },
+            if agent["resources"] == json!({}) {
+                Value::Null
+            } else {
+                agent["resources"].clone()
+            },
             "{user}"
         );
         assert_eq!(
-            s.agent_security_context.clone().map(Value::Object).unwrap_or(json!({})),
+            s.agent_security_context
+                .clone()
+                .map(Value::Object)
+                .unwrap_or(json!({})),
             agent["securityContext"],
             "{user}"
         );
         assert_eq!(
             json!(s.agent_pull_secrets),
-            agent["image"]["pullSecrets"].clone().as_array().map_or(json!([]), |a| json!(a)),
+            agent["image"]["pullSecrets"]
+                .clone()
+                .as_array()
+                .map_or(json!([]), |a| json!(a)),
             "{user}"
         );
         assert_eq!(s.image_pull_policy, c.image_pull_policy, "{user}");

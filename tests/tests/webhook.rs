@@ -6,8 +6,8 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -804,9 +804,15 @@ async fn chart_agent_values_reach_the_injected_pod() {
         .iter()
         .find(|c| c.name == kubernetes::AGENT_CONTAINER)
         .unwrap();
-    assert_eq!(agent.image.as_deref(), Some("ghcr.io/me/tp-agent:0.1.0-abc"));
+    assert_eq!(
+        agent.image.as_deref(),
+        Some("ghcr.io/me/tp-agent:0.1.0-abc")
+    );
     let init = pspec.init_containers.as_ref().unwrap().last().unwrap();
-    assert_eq!(init.image, agent.image, "the init container runs the agent image");
+    assert_eq!(
+        init.image, agent.image,
+        "the init container runs the agent image"
+    );
     let logs: Vec<_> = agent
         .env
         .iter()
@@ -860,10 +866,22 @@ async fn chart_agent_values_reach_the_injected_pod() {
     })
     .unwrap()
     .inject_settings();
-    let (_, plain_patch, _) = decode(&webhook::review(&src(), &plain, &review_json(&new_pod(), "CREATE")).await);
+    let (_, plain_patch, _) =
+        decode(&webhook::review(&src(), &plain, &review_json(&new_pod(), "CREATE")).await);
     let plain_pod = apply(&new_pod(), &plain_patch.unwrap());
-    let plain_agent = plain_pod.spec.as_ref().unwrap().containers.iter().find(|c| c.name == kubernetes::AGENT_CONTAINER).unwrap().clone();
-    assert_eq!(plain_agent.resources, Some(kubernetes::patch::default_resources()));
+    let plain_agent = plain_pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == kubernetes::AGENT_CONTAINER)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        plain_agent.resources,
+        Some(kubernetes::patch::default_resources())
+    );
     assert_eq!(plain_pod.spec.as_ref().unwrap().image_pull_secrets, None);
     assert_eq!(
         plain_agent.security_context.unwrap().seccomp_profile,
