@@ -2,6 +2,7 @@
 //! puts on what it creates, the default network name of a project, and which compose command
 //! (`docker compose` v2 or `docker-compose` v1) this machine has.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::process::Command;
 
