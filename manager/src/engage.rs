@@ -39,6 +39,7 @@ pub enum EngageError {
 pub struct Pairs {
     /// The first service port (0 for an ingest, or a replace of a workload without TCP port).
     pub port: u16,
+    /// The name of the first service port (empty when it has none).
     pub port_name: String,
     /// The local port of the first pair.
     pub target_port: u32,

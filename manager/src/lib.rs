@@ -2,6 +2,7 @@
 //! watch), the cluster reached through a [`provider::Provider`], and the pairing of agent-side and
 //! client-side tunnel connections.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod engage;
 pub mod outbound;
@@ -24,7 +25,9 @@ use tokio::sync::{oneshot, watch, Mutex};
 /// Where the manager listens.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
+    /// Address of the gRPC `Manager` service.
     pub grpc_addr: SocketAddr,
+    /// Address of the tunnel listener that pairs agent-side and client-side connections.
     pub tunnel_addr: SocketAddr,
     /// How long `CreateIntercept` waits for an agent to arrive.
     pub agent_timeout: Duration,
@@ -50,6 +53,7 @@ pub(crate) struct Inner {
 }
 
 impl Manager {
+    /// A manager over `provider`; `agent_timeout` is how long `CreateIntercept` waits for an agent.
     pub fn new(provider: Arc<dyn Provider>, agent_timeout: Duration) -> Self {
         let (generation, _) = watch::channel(0);
         let (sent, _) = watch::channel(0);

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 pub struct PortSpec {
     /// Port name (Kubernetes service port name; empty on a Docker engine).
     pub name: String,
+    /// Port number.
     pub port: u16,
     /// TCP or UDP (SCTP on Kubernetes).
     pub protocol: protocol::ports::Protocol,
@@ -17,20 +18,26 @@ pub struct PortSpec {
 /// A workload as the manager sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadInfo {
+    /// Workload name (compose service or container name on a Docker engine).
     pub name: String,
+    /// Namespace (compose project on a Docker engine).
     pub namespace: String,
     /// Deployment, StatefulSet, ReplicaSet (Kubernetes); ComposeService or Container (Docker).
     pub kind: String,
+    /// The ports the workload serves.
     pub ports: Vec<PortSpec>,
     /// Why the workload cannot be intercepted; `None` when it can.
     pub not_interceptable: Option<String>,
+    /// Whether a traffic-agent is attached to the workload.
     pub agent_installed: bool,
 }
 
 /// What the provider needs to attach an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRequest {
+    /// Namespace of the workload.
     pub namespace: String,
+    /// Name of the workload to attach the agent to.
     pub workload: String,
     /// The service ports the agent must capture.
     pub ports: Vec<u16>,
@@ -40,12 +47,21 @@ pub struct AgentRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("namespace \"{0}\" not found")]
+    /// The named namespace does not exist.
     NamespaceNotFound(String),
     #[error("workload \"{name}\" not found in namespace \"{namespace}\"")]
-    WorkloadNotFound { name: String, namespace: String },
+    /// The named workload does not exist in that namespace.
+    WorkloadNotFound {
+        /// Workload name.
+        name: String,
+        /// Namespace searched.
+        namespace: String,
+    },
     #[error("{0}")]
+    /// The request cannot be honoured (message shown as is).
     Invalid(String),
     #[error("cluster API error: {0}")]
+    /// The cluster API call failed.
     Api(String),
 }
 

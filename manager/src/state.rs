@@ -9,15 +9,21 @@ use tokio::sync::{mpsc, watch};
 /// How long a session lives without `Remain`.
 pub const LEASE: Duration = Duration::from_secs(15);
 
+/// A connected client (`ArriveAsClient`) and its lease.
 pub struct ClientSession {
+    /// What the client said about itself on arrival.
     pub info: ClientInfo,
+    /// When the session ends unless the client calls `Remain` (see [`LEASE`]).
     pub expires: Instant,
     /// Where dial requests go; set while the client keeps `WatchDials` open.
     pub dials: Option<mpsc::Sender<DialRequest>>,
 }
 
+/// A connected traffic-agent (`ArriveAsAgent`) and its lease.
 pub struct AgentSession {
+    /// What the agent said about itself on arrival.
     pub info: AgentInfo,
+    /// When the session ends unless the agent calls `Remain` (see [`LEASE`]).
     pub expires: Instant,
     /// Highest generation whose snapshot has been handed to this agent's watch stream.
     pub sent_generation: u64,
@@ -28,10 +34,13 @@ pub struct AgentSession {
 /// Everything the manager knows; guarded by one mutex in [`crate::Manager`].
 #[derive(Default)]
 pub struct State {
+    /// Client sessions by session id.
     pub clients: HashMap<String, ClientSession>,
+    /// Agent sessions by session id.
     pub agents: HashMap<String, AgentSession>,
     /// Intercepts by id (`<client session uuid>:<name>`: names are unique per client).
     pub intercepts: HashMap<String, InterceptInfo>,
+    /// Bumped on every change; watchers wake when it moves.
     pub generation: u64,
 }
 
