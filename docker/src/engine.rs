@@ -26,20 +26,27 @@ pub enum EngineError {
         "cannot reach the Docker engine at {address}: is it running? (check with `docker info`)"
     )]
     Unreachable {
+        /// The engine address tried (`DOCKER_HOST` or the local socket).
         address: String,
+        /// The engine client's error.
         #[source]
         err: bollard::errors::Error,
     },
+    /// A Docker API call failed.
     #[error(transparent)]
     Api(#[from] bollard::errors::Error),
+    /// Removing a container failed.
     #[error("removing container {id}: {err}")]
     Remove {
+        /// Container id or name.
         id: String,
+        /// The engine's error.
         err: bollard::errors::Error,
     },
     /// Container name and port (like "8081/tcp").
     #[error("container {0} does not publish {1}")]
     NotPublished(String, String),
+    /// A published host port that is not a number.
     #[error("published port")]
     BadPort(#[source] std::num::ParseIntError),
 }

@@ -5,6 +5,7 @@
 //! Docker-engine provider: compose project = namespace, compose service = workload) [`replace`] (pausing a replaced workload) and
 //! [`startup`] (the Docker traffic-manager's entry point, from its environment).
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod engine;
 pub mod image;

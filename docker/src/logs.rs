@@ -21,9 +21,13 @@ pub use crate::provider::ROLE_AGENT;
 pub struct Ours {
     /// Container name, without the leading `/`.
     pub name: String,
+    /// [`ROLE_LABEL`] value, like [`ROLE_DAEMON`].
     pub role: String,
+    /// [`NAMESPACE_LABEL`] value (the compose project).
     pub namespace: String,
+    /// [`WORKLOAD_LABEL`] value.
     pub workload: String,
+    /// [`CONNECTION_LABEL`] value.
     pub connection: String,
     /// Whether it is running (a stopped container still has its log).
     pub running: bool,

@@ -25,17 +25,23 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// is the source.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// A required variable is unset or not Unicode.
     #[error("{var} is required")]
     Required {
+        /// Variable name.
         var: &'static str,
+        /// Why it could not be read.
         #[source]
         err: VarError,
     },
     /// Variable and value.
     #[error("{var}={value:?} is not a port")]
     NotAPort {
+        /// Variable name.
         var: &'static str,
+        /// Its value.
         value: String,
+        /// Why it is not a port number.
         #[source]
         err: ParseIntError,
     },
@@ -44,6 +50,7 @@ pub enum SettingsError {
 /// Why the Docker traffic-manager stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The environment is incomplete or malformed.
     #[error(transparent)]
     Settings(#[from] SettingsError),
     /// Reaching the engine or finding the manager's own address.
@@ -57,10 +64,15 @@ pub enum StartupError {
 /// The manager's settings, from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// `TP_NAMESPACE`: the compose project served.
     pub namespace: String,
+    /// `TP_NETWORK`: the network agents join.
     pub network: String,
+    /// `TP_AGENT_IMAGE`: the image agent containers run.
     pub agent_image: String,
+    /// `TP_GRPC_PORT`: the gRPC listener's port (default 8081).
     pub grpc_port: u16,
+    /// `TP_TUNNEL_PORT`: the tunnel listener's port (default 8082).
     pub tunnel_port: u16,
     /// `None`: this container's address on `network`.
     pub manager_host: Option<String>,
