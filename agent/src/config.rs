@@ -23,16 +23,21 @@ pub struct AgentConfig {
     pub manager_addr: String,
     /// `host:port` of the manager's tunnel listener.
     pub tunnel_addr: String,
+    /// Namespace of the workload (`TP_NAMESPACE`).
     pub namespace: String,
+    /// The workload the agent serves (`TP_WORKLOAD`).
     pub workload: String,
     /// Service ports to capture (deduplicated, in the order given).
     pub ports: Vec<u16>,
     /// Host of the application; the app is reached at `app_host:<service port>`.
     pub app_host: String,
+    /// The workload's IP as others see it (`TP_POD_IP`), reported to the manager.
     pub pod_ip: Option<String>,
     /// The intercepted container, as reported to clients.
     pub container: String,
+    /// The intercepted container's environment, as reported to clients.
     pub environment: BTreeMap<String, String>,
+    /// The intercepted container's mounts, which the agent sees at the same paths.
     pub mounts: Vec<AppMount>,
     /// Install the nf_tables redirects. Always true from the environment; false only makes
     /// sense when traffic reaches the agent's listeners some other way (tests).

@@ -197,8 +197,11 @@ async fn send_mount(
 /// What went into one mount's tar.
 #[derive(Debug, Default, Clone)]
 pub struct TarStats {
+    /// Entries written (directories, symlinks, files).
     pub entries: u64,
+    /// File content bytes written.
     pub bytes: u64,
+    /// Entries left out because they could not be read.
     pub skipped: u64,
 }
 

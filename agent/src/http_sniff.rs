@@ -14,7 +14,9 @@ pub const MAX_SNIFF: usize = 8 * 1024;
 /// What a connection's first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniff {
+    /// An HTTP/1.x request line.
     Http1,
+    /// The HTTP/2 connection preface.
     Http2,
     /// Not HTTP: splice it to the app untouched.
     Other,

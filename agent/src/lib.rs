@@ -12,6 +12,7 @@
 //! (the per-connection routing decision), `session` (manager session and intercept watch),
 //! `forward` (accept loops and splicing), `http_route` and [`http_sniff`] (per-request routing
 //! of ports with personal intercepts).
+#![deny(missing_docs)]
 
 pub mod config;
 mod forward;
@@ -50,20 +51,28 @@ pub const TABLE: &str = "telepresence_agent";
 /// Why the agent could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The configuration cannot work (no ports, unresolvable app host, bad manager address).
     #[error("agent configuration: {0}")]
     Config(String),
+    /// A `TP_*` environment variable is missing or malformed.
     #[error("agent configuration: {0}")]
     Env(#[from] protocol::agent_env::AgentEnvError),
+    /// Installing or removing the nf_tables redirect failed.
     #[error(transparent)]
     Nft(#[from] NftError),
     #[error("cannot listen for service port {port}: {source}")]
+    /// Binding the listener for a service port failed.
     Listen {
+        /// The service port.
         port: u16,
+        /// The bind error.
         #[source]
         source: std::io::Error,
     },
+    /// The traffic-manager refused the agent or did not answer in time.
     #[error("{0}")]
     Manager(String),
+    /// SIGTERM/SIGINT handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(#[source] std::io::Error),
 }

@@ -84,19 +84,33 @@ const MAX_NAME: usize = 255;
 /// nf_tables failures, worded for whoever reads the agent's log.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
+    /// A bad table name or redirect port, caught before asking the kernel.
     #[error("invalid nf_tables request: {0}")]
     Invalid(String),
+    /// The netlink socket could not be opened.
     #[error("cannot open a netfilter netlink socket: {0}")]
     Socket(#[source] std::io::Error),
     #[error("nf_tables: {op}: operation not permitted (the traffic-agent needs the NET_ADMIN capability in the workload's network namespace)")]
-    PermissionDenied { op: String },
+    /// The kernel answered EPERM: NET_ADMIN is missing.
+    PermissionDenied {
+        /// The operation attempted.
+        op: String,
+    },
     #[error("nf_tables: {op}: {}", std::io::Error::from_raw_os_error(*errno))]
-    Kernel { op: String, errno: i32 },
+    /// The kernel refused the request.
+    Kernel {
+        /// The operation attempted.
+        op: String,
+        /// The kernel's errno.
+        errno: i32,
+    },
+    /// The kernel did not answer within `netlink::REPLY_TIMEOUT` (5 s).
     #[error(
         "nf_tables: no answer from the kernel within {:?}",
         netlink::REPLY_TIMEOUT
     )]
     Timeout,
+    /// The kernel's reply could not be parsed.
     #[error("nf_tables: malformed netlink reply: {0}")]
     Protocol(Malformed),
 }
@@ -116,7 +130,9 @@ impl NftError {
 /// One rule of a table, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleInfo {
+    /// Name of the chain holding the rule.
     pub chain: String,
+    /// The kernel's handle of the rule, unique within its table.
     pub handle: u64,
     /// Expression names in order, e.g. `["meta", "cmp", "payload", "cmp", "immediate", "redir"]`.
     pub exprs: Vec<String>,
@@ -127,9 +143,11 @@ pub struct RuleInfo {
 /// One chain of a table, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainInfo {
+    /// Chain name.
     pub name: String,
     /// Netfilter hook number (base chains only), see [`HOOK_PREROUTING`].
     pub hook: Option<u32>,
+    /// Hook priority (base chains only); lower runs first.
     pub priority: Option<i32>,
     /// `filter`, `nat` or `route` (base chains only).
     pub chain_type: Option<String>,

@@ -16,6 +16,7 @@ pub enum Route {
     App,
     /// Through the manager's tunnel to the intercepting client.
     Intercept {
+        /// The intercept the connection belongs to.
         intercept_id: Arc<str>,
         /// The agent session the snapshot was received on.
         session_id: Arc<str>,
@@ -29,7 +30,9 @@ pub enum Route {
 /// A personal intercept: its id and which requests it wants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Personal {
+    /// Intercept id.
     pub id: Arc<str>,
+    /// The requests it wants.
     pub filter: HttpFilter,
 }
 
