@@ -49,6 +49,7 @@
 //!   send (`plan.rs`, `send.rs`) and how to apply what arrives (`apply.rs`).
 
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 mod error;
 mod live;

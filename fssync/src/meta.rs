@@ -16,22 +16,34 @@ pub fn now_ns() -> i64 {
 /// Entry type as far as syncing is concerned (devices, fifos and sockets are `Other`: skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Regular file.
     File,
+    /// Directory.
     Dir,
+    /// Symbolic link.
     Symlink,
+    /// Anything else (device, fifo, socket).
     Other,
 }
 
 /// What a scan records per path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
+    /// Entry type.
     pub kind: Kind,
+    /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time, ns since the epoch.
     pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
     pub ctime_ns: i64,
+    /// Inode number.
     pub ino: u64,
 }
 
@@ -69,6 +81,7 @@ impl Meta {
                     && self.ino == o.ino))
     }
 
+    /// The permission bits and owner, as sent on the wire.
     pub fn attrs(&self) -> Attrs {
         Attrs {
             mode: self.mode,

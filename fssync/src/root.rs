@@ -116,10 +116,12 @@ impl Root {
         })
     }
 
+    /// The path the root was opened at.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The root directory's file descriptor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

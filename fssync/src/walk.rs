@@ -11,9 +11,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 /// One entry met by [`walk`]: its parent directory, name, mount-relative path and metadata.
 pub struct WalkEntry<'a> {
+    /// The directory holding the entry.
     pub dir: BorrowedFd<'a>,
+    /// The entry's name in `dir`.
     pub name: &'a CStr,
+    /// Its path relative to the mount root.
     pub rel: &'a str,
+    /// Its metadata.
     pub meta: &'a Meta,
 }
 

@@ -23,7 +23,9 @@ const OUTBOX_DEPTH: usize = 32;
 /// One mount of the intercepted container: its absolute path there and whether it is read-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
+    /// Absolute path in the intercepted container.
     pub path: String,
+    /// Whether the agent refuses the client's changes to it (default false).
     #[serde(default)]
     pub read_only: bool,
 }
@@ -31,8 +33,11 @@ pub struct Mount {
 /// Permission bits and owner of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Attrs {
+    /// Permission bits (`0o7777` at most).
     pub mode: u32,
+    /// Owner user id.
     pub uid: u32,
+    /// Owner group id.
     pub gid: u32,
 }
 
@@ -40,30 +45,47 @@ pub struct Attrs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Msg {
+    /// agent → client, first: the protocol version and the mounts offered.
     Hello {
+        /// [`PROTO_VERSION`] of the sender.
         proto: u32,
+        /// Every mount the agent can sync.
         mounts: Vec<Mount>,
     },
+    /// client → agent: the mounts to sync; their indexes are the `mount` numbers that follow.
     Subscribe {
+        /// A subset of the offered mounts.
         mounts: Vec<Mount>,
     },
+    /// Opens the initial tar of one mount (data frames follow).
     TarBegin {
+        /// Mount number (index into `Subscribe`).
         mount: u32,
+        /// Permission bits and owner of the mount root (`None`: unknown).
         #[serde(default)]
         root: Option<Attrs>,
     },
+    /// Closes the initial tar of one mount.
     TarEnd {
+        /// Mount number.
         mount: u32,
     },
+    /// A live change (for `file`, data frames follow).
     Change(Change),
     /// Ends a `file` change early: the sender could not read the announced size.
     Abort,
+    /// The receiver did not apply a change.
     Refused {
+        /// Mount number.
         mount: u32,
+        /// Mount-relative path of the change.
         path: String,
+        /// Why (read-only mount, symlink leaving the mount, …).
         reason: String,
     },
+    /// A fatal error; the sender closes after it.
     Error {
+        /// The error, for the peer's log.
         message: String,
     },
 }
@@ -87,13 +109,18 @@ impl Msg {
 /// One change to one path of one mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
+    /// Mount number (index into `Subscribe`).
     pub mount: u32,
+    /// Mount-relative path.
     pub path: String,
+    /// The sender's change number.
     pub seq: u64,
+    /// The highest peer `seq` the sender had processed.
     pub seen: u64,
     /// Writer time used to settle conflicts: the mtime for files and symlinks, the detection
     /// time for directories and deletions (ns since the epoch).
     pub time_ns: i64,
+    /// What happened.
     pub op: Op,
 }
 
@@ -103,22 +130,31 @@ pub struct Change {
 pub enum Op {
     /// Regular file with this content (the next `size` bytes of data frames).
     File {
+        /// Content length in bytes.
         size: u64,
+        /// Permission bits and owner.
         attrs: Attrs,
     },
+    /// A directory.
     Mkdir {
+        /// Permission bits and owner.
         attrs: Attrs,
     },
+    /// A symbolic link.
     Symlink {
+        /// The link's target, as stored.
         target: String,
     },
+    /// The path was removed.
     Delete,
 }
 
 /// One unit on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
+    /// A control message (type byte `1`).
     Msg(Msg),
+    /// Raw bytes of the current transfer (type byte `2`).
     Data(Vec<u8>),
 }
 

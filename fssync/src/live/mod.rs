@@ -33,6 +33,7 @@ const APPLY_DEPTH: usize = 32;
 
 /// One mount as the live engine sees it.
 pub struct LiveMount {
+    /// The local directory of the mount.
     pub root: Root,
     /// Whether local changes are sent to the peer.
     pub send: bool,
@@ -49,6 +50,7 @@ pub struct LiveMount {
 pub struct LiveOptions {
     /// This side is the agent (wins conflicts with equal times).
     pub is_agent: bool,
+    /// How often local trees are scanned for changes (normally [`POLL_INTERVAL`]).
     pub poll: Duration,
 }
 
