@@ -12,45 +12,6 @@ use manager::provider::{AgentRequest, Provider, ProviderError};
 use tests::kube::fixtures::*;
 use tests::kube::standin::StandIn;
 
-fn web_container() -> k8s_openapi::api::core::v1::Container {
-    container("app", &[(Some("http"), 8080), (Some("admin"), 9000)])
-}
-
-/// shop/web: a Deployment with one pod, selected by services `web` (named port) and
-/// `web-admin` (numeric port).
-fn seed(s: &StandIn) {
-    s.put(&namespace("shop"));
-    s.put(&deployment("shop", "web", vec![web_container()]));
-    s.put(&replicaset(
-        "shop",
-        "web-5d9f8",
-        Some("web"),
-        vec![web_container()],
-    ));
-    s.put(&deployment_pod(
-        "shop",
-        "web",
-        "5d9f8",
-        "x1",
-        vec![web_container()],
-        "10.42.0.5",
-    ));
-    s.put(&service(
-        "shop",
-        "web",
-        "web",
-        &[("http", 80, named("http"))],
-        false,
-    ));
-    s.put(&service(
-        "shop",
-        "web-admin",
-        "web",
-        &[("", 9000, num(9000))],
-        false,
-    ));
-}
-
 fn stored(s: &StandIn) -> AgentConfig {
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
     AgentConfig::from_yaml(&cm.data.as_ref().unwrap()["web"]).unwrap()
@@ -64,7 +25,7 @@ fn rollouts(s: &StandIn) -> usize {
 #[tokio::test]
 async fn replace_takes_the_app_containers_place_and_gives_it_back() {
     let s = StandIn::start().await;
-    seed(&s);
+    seed_web(&s);
     let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();
@@ -149,7 +110,7 @@ async fn replace_takes_the_app_containers_place_and_gives_it_back() {
 #[tokio::test]
 async fn service_flag_picks_one_services_ports() {
     let s = StandIn::start().await;
-    seed(&s);
+    seed_web(&s);
     let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
         .await
         .unwrap();

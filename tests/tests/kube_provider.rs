@@ -27,45 +27,12 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn web_container() -> k8s_openapi::api::core::v1::Container {
-    container("app", &[(Some("http"), 8080), (Some("admin"), 9000)])
-}
-
 /// The shop namespace: web (Deployment with its ReplicaSet and pod, one named and one numeric
 /// service port), solo (bare ReplicaSet whose Service targets a missing port), db (StatefulSet
 /// behind a headless Service), lonely (no Service), quiet (injection disabled).
 fn seed(s: &StandIn) {
-    s.put(&namespace("shop"));
+    seed_web(s);
     s.put(&namespace("default"));
-    s.put(&deployment("shop", "web", vec![web_container()]));
-    s.put(&replicaset(
-        "shop",
-        "web-5d9f8",
-        Some("web"),
-        vec![web_container()],
-    ));
-    s.put(&deployment_pod(
-        "shop",
-        "web",
-        "5d9f8",
-        "x1",
-        vec![web_container()],
-        "10.42.0.5",
-    ));
-    s.put(&service(
-        "shop",
-        "web",
-        "web",
-        &[("http", 80, named("http"))],
-        false,
-    ));
-    s.put(&service(
-        "shop",
-        "web-admin",
-        "web",
-        &[("", 9000, num(9000))],
-        false,
-    ));
     s.put(&replicaset(
         "shop",
         "solo",

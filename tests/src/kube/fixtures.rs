@@ -282,3 +282,43 @@ pub async fn arrive(client: &mut ManagerClient<tonic::transport::Channel>) -> Ar
         .unwrap()
         .into_inner()
 }
+
+/// The app container of the `shop/web` workload: ports `http` 8080 and `admin` 9000.
+pub fn web_container() -> Container {
+    container("app", &[(Some("http"), 8080), (Some("admin"), 9000)])
+}
+
+/// `shop/web`: namespace `shop`, a Deployment with its ReplicaSet and one pod (10.42.0.5),
+/// selected by Service `web` (port `http` 80 → named `http`) and `web-admin` (9000 → 9000).
+pub fn seed_web(s: &super::standin::StandIn) {
+    s.put(&namespace("shop"));
+    s.put(&deployment("shop", "web", vec![web_container()]));
+    s.put(&replicaset(
+        "shop",
+        "web-5d9f8",
+        Some("web"),
+        vec![web_container()],
+    ));
+    s.put(&deployment_pod(
+        "shop",
+        "web",
+        "5d9f8",
+        "x1",
+        vec![web_container()],
+        "10.42.0.5",
+    ));
+    s.put(&service(
+        "shop",
+        "web",
+        "web",
+        &[("http", 80, named("http"))],
+        false,
+    ));
+    s.put(&service(
+        "shop",
+        "web-admin",
+        "web",
+        &[("", 9000, num(9000))],
+        false,
+    ));
+}
