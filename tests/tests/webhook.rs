@@ -387,15 +387,15 @@ async fn injects_the_agent_into_a_deployment_pod_and_is_idempotent() {
     assert!(patch.is_none(), "second review patched: {patch:?}");
 }
 
-#[tokio::test]
-async fn named_port_only_needs_no_init_container() {
+/// web (app + sidecar) whose Service names both ports it reaches (the app's `http`, the
+/// sidecar's `metrics`): takeover only, no redirect.
+fn named_only_config() -> AgentConfig {
     let w = Workload {
         kind: ports::KIND_DEPLOYMENT,
         name: "web".into(),
         namespace: "shop".into(),
         template: template("web", vec![app(), sidecar()]),
     };
-    // Two services on the sidecar's named port and the app's named port.
     let svc = service(
         "shop",
         "web",
@@ -407,7 +407,12 @@ async fn named_port_only_needs_no_init_container() {
         false,
     );
     let m = ports::match_ports(&w.template, &[&svc]).unwrap();
-    let cfg = configmap::plan(&w, &m, "m:1", "m:2").unwrap();
+    configmap::plan(&w, &m, "m:1", "m:2").unwrap()
+}
+
+#[tokio::test]
+async fn named_port_only_needs_no_init_container() {
+    let cfg = named_only_config();
     assert!(!cfg.needs_redirect());
     let src = Fixed(HashMap::from([("web".to_string(), cfg)]));
     let (_, patch, _) = review(&src, &new_pod(), "CREATE").await;
@@ -724,24 +729,7 @@ async fn patched_pods_pass_the_kubernetes_schemas() {
     };
     let (_, patch, _) = review(&src(), &new_pod(), "CREATE").await;
     add("web (takeover and redirect)", &new_pod(), patch.unwrap());
-    let w = Workload {
-        kind: ports::KIND_DEPLOYMENT,
-        name: "web".into(),
-        namespace: "shop".into(),
-        template: template("web", vec![app(), sidecar()]),
-    };
-    let svc = service(
-        "shop",
-        "web",
-        "web",
-        &[
-            ("http", 80, named("http")),
-            ("metrics", 9102, named("metrics")),
-        ],
-        false,
-    );
-    let m = ports::match_ports(&w.template, &[&svc]).unwrap();
-    let cfg = configmap::plan(&w, &m, "m:1", "m:2").unwrap();
+    let cfg = named_only_config();
     let named_only = Fixed(HashMap::from([("web".to_string(), cfg)]));
     let (_, patch, _) = review(&named_only, &new_pod(), "CREATE").await;
     add("web (takeover only)", &new_pod(), patch.unwrap());
