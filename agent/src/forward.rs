@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
     /// ports with personal intercepts.
     pub pool: crate::http_route::Pool,
+    /// The agent token that proves the agent's tunnel connections.
+    pub token: Option<protocol::auth::Token>,
 }
 
 /// Decrements the in-flight count when a connection ends.
@@ -96,7 +98,10 @@ async fn serve(
             tunnel,
             &shared.tunnel_addr,
             &intercept_id,
-            &session_id,
+            crate::session::TunnelAuth {
+                session_id: session_id.to_string(),
+                token: shared.token.clone(),
+            },
             service_port,
         )
         .await
@@ -135,7 +140,7 @@ pub(crate) async fn open_tunnel(
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,
-    session_id: &str,
+    who: crate::session::TunnelAuth,
     service_port: u16,
 ) -> std::io::Result<TcpStream> {
     let dial = async {
@@ -151,14 +156,14 @@ pub(crate) async fn open_tunnel(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     relay::tune(&s);
-    let header = TunnelHeader {
+    let mut header = TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),
-        session_id: session_id.to_string(),
         // Which pair of a multi-port engagement (the manager picks the local port by it).
         target: service_port.to_string(),
         ..Default::default()
     };
+    who.fill(&mut header);
     tunnel::write_header(&mut s, Role::Agent, &header).await?;
     Ok(s)
 }

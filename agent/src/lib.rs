@@ -161,6 +161,7 @@ impl Agent {
             tunnel_addr: cfg.tunnel_addr.clone(),
             active: AtomicUsize::new(0),
             pool: Default::default(),
+            token: cfg.token.clone(),
         });
         let mut agent = Agent {
             listeners: Vec::with_capacity(cfg.ports.len()),
@@ -251,7 +252,13 @@ impl Agent {
                 .collect(),
         };
         let (client, session) =
-            session::connect(&self.cfg.manager_addr, &info, self.cfg.manager_timeout).await?;
+            session::connect(
+                &self.cfg.manager_addr,
+                &info,
+                self.cfg.token.clone(),
+                self.cfg.manager_timeout,
+            )
+            .await?;
         info!(
             "arrived at the traffic-manager {} as session {} (lease {}s)",
             self.cfg.manager_addr, session.session_id, session.lease_seconds
@@ -279,6 +286,7 @@ impl Agent {
                     read_only: m.read_only,
                 })
                 .collect(),
+            self.cfg.token.clone(),
             session_rx.clone(),
         )));
         self.session_tasks.push(tokio::spawn(session::remain_loop(

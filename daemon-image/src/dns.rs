@@ -418,6 +418,8 @@ mod tests {
             client_name: String::new(),
             kubeconfig: None,
             server: String::new(),
+            token: None,
+            also_proxy: Vec::new(),
         };
         let session = Arc::new(Session::for_test(cfg, Default::default()));
         let dcfg = DnsConfig {

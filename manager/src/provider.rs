@@ -127,4 +127,10 @@ pub trait Provider: Send + Sync + 'static {
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;
     /// The cluster's DNS domain (`cluster.local` unless configured otherwise).
     fn cluster_domain(&self) -> String;
+    /// Addresses inside [`Provider::cluster_subnets`] that belong to the cluster's host rather
+    /// than to a workload (a Docker network's gateway is the engine's host): outbound streams
+    /// never dial them.
+    async fn host_addresses(&self, _namespace: &str) -> Vec<std::net::IpAddr> {
+        Vec::new()
+    }
 }

@@ -11,6 +11,7 @@ pub mod harness;
 pub mod kube;
 pub mod leftovers;
 pub mod stack;
+pub mod stranger;
 pub mod testapp;
 pub mod testapp_h2;
 pub mod testapp_load;
