@@ -251,14 +251,13 @@ impl Agent {
                 })
                 .collect(),
         };
-        let (client, session) =
-            session::connect(
-                &self.cfg.manager_addr,
-                &info,
-                self.cfg.token.clone(),
-                self.cfg.manager_timeout,
-            )
-            .await?;
+        let (client, session) = session::connect(
+            &self.cfg.manager_addr,
+            &info,
+            self.cfg.token.clone(),
+            self.cfg.manager_timeout,
+        )
+        .await?;
         info!(
             "arrived at the traffic-manager {} as session {} (lease {}s)",
             self.cfg.manager_addr, session.session_id, session.lease_seconds

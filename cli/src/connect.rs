@@ -275,7 +275,8 @@ async fn ensure_manager(
         c.state.as_ref().and_then(|s| s.running).unwrap_or(false)
             && c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image)
     });
-    let secret = manager_secret(current_image.as_ref()).unwrap_or_else(protocol::auth::Token::generate);
+    let secret =
+        manager_secret(current_image.as_ref()).unwrap_or_else(protocol::auth::Token::generate);
     if running_same && team_mode && !has_team_mode(current_image.as_ref()) {
         bail!(
             "the traffic-manager {name} already runs without team mode, so --team-mode cannot take effect; stop it with `telepresence quit -s` (this ends every connection to it), then connect again with --team-mode"
@@ -377,7 +378,9 @@ async fn start_manager(
 }
 
 /// The secret of an existing manager container, read from its environment.
-fn manager_secret(c: Option<&bollard::models::ContainerInspectResponse>) -> Option<protocol::auth::Token> {
+fn manager_secret(
+    c: Option<&bollard::models::ContainerInspectResponse>,
+) -> Option<protocol::auth::Token> {
     let prefix = format!("{}=", protocol::auth::MANAGER_SECRET_ENV);
     c.and_then(|c| c.config.as_ref())
         .and_then(|c| c.env.as_ref())?

@@ -186,8 +186,27 @@ impl Session {
                     tracing::warn!("manager forgot our session; arriving again");
                     self.rearrive().await;
                 }
+                Err(e) if e.code() == Code::Unauthenticated => self.refresh_token(&e).await,
                 Err(e) => tracing::warn!("lease renewal failed: {}", e.message()),
             }
+        }
+    }
+
+    /// The manager no longer accepts our client token (rotated past its grace period): a
+    /// Kubernetes connection reads the current one with its kubeconfig, as `connect` did.
+    async fn refresh_token(&self, refused: &tonic::Status) {
+        let fresh = match &self.cfg.kubeconfig {
+            Some(path) => {
+                kubernetes::auth::client_token_with(path, &self.cfg.manager_namespace).await
+            }
+            None => None,
+        };
+        match fresh {
+            Some(t) => {
+                tracing::info!("the manager's client credential was rotated; using the new one");
+                self.bearer.set(t);
+            }
+            None => tracing::warn!("{}", refused.message()),
         }
     }
 

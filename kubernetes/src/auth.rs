@@ -148,18 +148,21 @@ pub async fn read(client: &Client, namespace: &str) -> Result<Option<Credentials
     }))
 }
 
-/// Re-reads the Secret every [`RECHECK`] and accepts what it holds (the replaced credentials
-/// for [`ROTATION_GRACE`] more). Runs until the process ends.
-pub async fn watch(client: Client, namespace: String, auth: Arc<Auth>) {
+/// Re-reads the Secret every `every` ([`RECHECK`] in the manager) and accepts what it holds
+/// (the replaced credentials for [`ROTATION_GRACE`] more). Runs until the process ends.
+pub async fn watch(client: Client, namespace: String, auth: Arc<Auth>, every: Duration) {
     loop {
-        tokio::time::sleep(RECHECK).await;
+        tokio::time::sleep(every).await;
         match read(&client, &namespace).await {
             Ok(Some(c)) => {
                 if auth.rotate(c, ROTATION_GRACE) {
                     tracing::info!(secret = MANAGER_SECRET, "credentials changed; the previous ones stay accepted for {ROTATION_GRACE:?}");
                 }
             }
-            Ok(None) => tracing::warn!(secret = MANAGER_SECRET, "Secret missing or incomplete; keeping the current credentials"),
+            Ok(None) => tracing::warn!(
+                secret = MANAGER_SECRET,
+                "Secret missing or incomplete; keeping the current credentials"
+            ),
             Err(e) => tracing::warn!("{e}"),
         }
     }
@@ -173,6 +176,13 @@ pub async fn client_token(client: &Client, namespace: &str) -> Result<Option<Tok
         .and_then(|s| token_of(&s, CLIENT_KEY)))
 }
 
+/// The client token read with the kubeconfig at `path` (the daemon's, which re-reads it when
+/// the manager no longer accepts the one it holds); `None` when it cannot be read.
+pub async fn client_token_with(path: &str, namespace: &str) -> Option<Token> {
+    let client = crate::portforward::client_from(path).await.ok()?;
+    client_token(&client, namespace).await.ok().flatten()
+}
+
 /// Makes Secret [`AGENT_SECRET`] in `namespace` hold `agent` (agents injected there read it).
 pub async fn ensure_agent_secret(
     client: &Client,
@@ -181,8 +191,20 @@ pub async fn ensure_agent_secret(
 ) -> Result<(), AuthError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let existing = get(&api, AGENT_SECRET, namespace).await?;
-    if existing.as_ref().and_then(|s| token_of(s, AGENT_KEY)).as_ref() == Some(agent) {
+    if existing
+        .as_ref()
+        .and_then(|s| token_of(s, AGENT_KEY))
+        .as_ref()
+        == Some(agent)
+    {
         return Ok(());
     }
-    put(&api, AGENT_SECRET, namespace, existing, data(&[(AGENT_KEY, agent)])).await
+    put(
+        &api,
+        AGENT_SECRET,
+        namespace,
+        existing,
+        data(&[(AGENT_KEY, agent)]),
+    )
+    .await
 }

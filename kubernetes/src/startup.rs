@@ -240,6 +240,7 @@ pub async fn run_with(
         client.clone(),
         s.manager_namespace.clone(),
         auth.clone(),
+        super::auth::RECHECK,
     ));
     let (listener, acceptor) = webhook::bind(([0, 0, 0, 0], s.webhook_port).into(), &s.tls).await?;
     let provider = Arc::new(

@@ -147,10 +147,7 @@ impl Auth {
 
     /// Whether `proof` is the tunnel proof of client session `session_id`.
     pub fn client_proof_ok(&self, session_id: &str, proof: &str) -> bool {
-        protocol::auth::ct_eq(
-            self.session_proof(session_id).as_bytes(),
-            proof.as_bytes(),
-        )
+        protocol::auth::ct_eq(self.session_proof(session_id).as_bytes(), proof.as_bytes())
     }
 
     /// Whether `proof` is an agent proof of `session_id` under an accepted agent token.
@@ -193,10 +190,9 @@ pub fn interceptor(
 
 /// The caller of `req`; refused when it presented no credential.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .copied()
-        .ok_or_else(|| refused("this traffic-manager requires its credential and none was presented"))
+    req.extensions().get::<Caller>().copied().ok_or_else(|| {
+        refused("this traffic-manager requires its credential and none was presented")
+    })
 }
 
 /// Refuses `req` unless it comes from `want`.
@@ -334,6 +330,122 @@ mod tests {
         assert!(!auth.client_proof_ok("client-1", ""));
         // Another manager's key gives other proofs.
         assert_ne!(Auth::new(creds()).session_proof("client-1"), p);
+    }
+
+    fn state_with_an_intercept() -> State {
+        use crate::state::{AgentSession, ClientSession};
+        use protocol::manager::{AgentInfo, InterceptInfo, InterceptSpec};
+        let mut st = State::default();
+        for id in ["client-a", "client-b"] {
+            st.clients.insert(
+                id.into(),
+                ClientSession {
+                    info: Default::default(),
+                    expires: Instant::now() + Duration::from_secs(60),
+                    dials: None,
+                    scope: Default::default(),
+                },
+            );
+        }
+        for (id, workload) in [("agent-web", "web"), ("agent-db", "db")] {
+            st.agents.insert(
+                id.into(),
+                AgentSession {
+                    info: AgentInfo {
+                        name: workload.into(),
+                        namespace: "shop".into(),
+                        ..Default::default()
+                    },
+                    expires: Instant::now() + Duration::from_secs(60),
+                    sent_generation: 0,
+                    dials: None,
+                },
+            );
+        }
+        st.intercepts.insert(
+            "a:web".into(),
+            InterceptInfo {
+                id: "a:web".into(),
+                client_session: "client-a".into(),
+                spec: Some(InterceptSpec {
+                    workload: "web".into(),
+                    namespace: "shop".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        st
+    }
+
+    #[test]
+    fn tunnels_need_a_proven_session_that_owns_the_intercept() {
+        let c = creds();
+        let auth = Auth::new(c.clone());
+        let st = state_with_an_intercept();
+        let header = |session: &str, proof: String, kind: TunnelKind| TunnelHeader {
+            conn_id: "c1".into(),
+            intercept_id: "a:web".into(),
+            session_id: session.into(),
+            proof,
+            kind,
+            ..Default::default()
+        };
+        let client = |s: &str| auth.session_proof(s);
+        let agent = |s: &str| agent_proof(&c.agent, s);
+        let ok = |role, h: TunnelHeader| admit_tunnel(&auth, &st, role, &h).is_ok();
+        // The owner's file sync and answers, the workload's agent: carried.
+        assert!(ok(
+            Role::Client,
+            header("client-a", client("client-a"), TunnelKind::Fs)
+        ));
+        assert!(ok(
+            Role::Client,
+            header("client-a", client("client-a"), TunnelKind::Intercept)
+        ));
+        assert!(ok(
+            Role::Agent,
+            header("agent-web", agent("agent-web"), TunnelKind::Intercept)
+        ));
+        assert!(ok(
+            Role::Client,
+            header("client-b", client("client-b"), TunnelKind::OutTcp)
+        ));
+        // Another client's intercept, another workload's agent: refused.
+        assert!(!ok(
+            Role::Client,
+            header("client-b", client("client-b"), TunnelKind::Fs)
+        ));
+        assert!(!ok(
+            Role::Agent,
+            header("agent-db", agent("agent-db"), TunnelKind::Intercept)
+        ));
+        // No proof, a proof of another session or role, an unknown session: refused.
+        assert!(!ok(
+            Role::Client,
+            header("client-a", String::new(), TunnelKind::Fs)
+        ));
+        assert!(!ok(
+            Role::Client,
+            header("client-a", client("client-b"), TunnelKind::Fs)
+        ));
+        assert!(!ok(
+            Role::Client,
+            header("client-a", agent("client-a"), TunnelKind::OutTcp)
+        ));
+        assert!(!ok(
+            Role::Agent,
+            header("agent-web", client("agent-web"), TunnelKind::Intercept)
+        ));
+        assert!(!ok(
+            Role::Client,
+            header("client-z", client("client-z"), TunnelKind::OutUdp)
+        ));
+        // Whatever kind is added later: the session and proof are checked before its kind.
+        assert!(!ok(
+            Role::Agent,
+            header("client-a", client("client-a"), TunnelKind::OutTcp)
+        ));
     }
 
     #[test]

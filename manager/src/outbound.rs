@@ -63,7 +63,11 @@ fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
 }
 
 /// Tells the client why its stream cannot be carried, and returns that as the drop reason.
-pub(crate) async fn refuse(client: &mut TcpStream, h: &TunnelHeader, e: HeaderError) -> TunnelDropped {
+pub(crate) async fn refuse(
+    client: &mut TcpStream,
+    h: &TunnelHeader,
+    e: HeaderError,
+) -> TunnelDropped {
     let _ = write_header(client, Role::Agent, &reply(h, Some(e.clone()))).await;
     TunnelDropped::Outbound(e)
 }

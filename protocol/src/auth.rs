@@ -163,10 +163,7 @@ impl Bearer {
 }
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut req: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(t) = self.0.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let v = MetadataValue::try_from(t.as_str())
                 .map_err(|_| tonic::Status::internal("token is not ASCII"))?;

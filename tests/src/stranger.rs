@@ -7,7 +7,9 @@
 
 use protocol::auth::{Bearer, Token, NOT_AUTHORIZED};
 use protocol::manager::*;
-use protocol::tunnel::{read_header_timeout, write_header, HeaderError, Role, TunnelHeader, TunnelKind};
+use protocol::tunnel::{
+    read_header_timeout, write_header, HeaderError, Role, TunnelHeader, TunnelKind,
+};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,21 +98,30 @@ pub async fn try_everything(t: &Target) -> Vec<Attempt> {
         ..Default::default()
     };
     let arrived = c.arrive_as_client(client).await;
-    out.push(grpc("ArriveAsClient", arrived.map(|r| format!("{:?}", r.into_inner().session))));
+    out.push(grpc(
+        "ArriveAsClient",
+        arrived.map(|r| format!("{:?}", r.into_inner().session)),
+    ));
     let agent = AgentInfo {
         name: t.workload.clone(),
         namespace: t.namespace.clone(),
         ..Default::default()
     };
     let arrived = c.arrive_as_agent(agent).await;
-    out.push(grpc("ArriveAsAgent", arrived.map(|r| format!("{:?}", r.into_inner().session))));
+    out.push(grpc(
+        "ArriveAsAgent",
+        arrived.map(|r| format!("{:?}", r.into_inner().session)),
+    ));
     let listed = c
         .list_workloads(ListWorkloadsRequest {
             session: session(),
             namespace: t.namespace.clone(),
         })
         .await;
-    out.push(grpc("ListWorkloads", listed.map(|r| format!("{} workloads", r.into_inner().workloads.len()))));
+    out.push(grpc(
+        "ListWorkloads",
+        listed.map(|r| format!("{} workloads", r.into_inner().workloads.len())),
+    ));
     let created = c
         .create_intercept(CreateInterceptRequest {
             session: session(),
@@ -133,7 +144,10 @@ pub async fn try_everything(t: &Target) -> Vec<Attempt> {
         .await;
     out.push(grpc("RemoveIntercept", removed.map(|_| "removed".into())));
     let dials = c.watch_dials(victim()).await;
-    out.push(grpc("WatchDials", dials.map(|_| "watching the victim's dials".into())));
+    out.push(grpc(
+        "WatchDials",
+        dials.map(|_| "watching the victim's dials".into()),
+    ));
     let remain = c.remain(victim()).await;
     out.push(grpc("Remain", remain.map(|_| "renewed".into())));
     let uninstall = c
@@ -164,7 +178,14 @@ pub async fn try_everything(t: &Target) -> Vec<Attempt> {
 /// kinds read the manager's answer; the others send an HTTP request and count what comes back
 /// before the manager closes the connection (a paired stream would answer).
 async fn tunnel(t: &Target, role: Role, kind: TunnelKind) -> Attempt {
-    let op = format!("tunnel {role:?} {}", if kind.as_str().is_empty() { "intercept" } else { kind.as_str() });
+    let op = format!(
+        "tunnel {role:?} {}",
+        if kind.as_str().is_empty() {
+            "intercept"
+        } else {
+            kind.as_str()
+        }
+    );
     let fail = |detail: String| Attempt {
         op: op.clone(),
         refused: false,

@@ -16,7 +16,14 @@ const T: Duration = Duration::from_secs(30);
 /// Runs the stranger from a container on the default bridge; its attempts.
 fn stranger(args: &[&str]) -> Vec<Attempt> {
     let (app, _) = images();
-    let mut a = vec!["run", "--rm", "--network", "bridge", app.as_str(), "stranger"];
+    let mut a = vec![
+        "run",
+        "--rm",
+        "--network",
+        "bridge",
+        app.as_str(),
+        "stranger",
+    ];
     a.extend_from_slice(args);
     docker(&a)
         .unwrap()
@@ -89,10 +96,7 @@ fn a_container_on_the_bridge_without_the_credential_is_refused_everything() {
             assert!(a.refused, "not refused: {a:?}");
         }
         if let Some(a) = rest.iter().find(|a| a.op == "ArriveAsClient") {
-            assert!(
-                a.detail.contains("run telepresence connect again"),
-                "{a:?}"
-            );
+            assert!(a.detail.contains("run telepresence connect again"), "{a:?}");
         }
     }
 

@@ -11,8 +11,8 @@
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kubernetes::configmap::AgentConfig;
 use kubernetes::patch::{inject, InjectSettings};
-use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use kubernetes::webhook::ConfigSource;
+use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
 use protocol::auth::ManagerClient;
 use protocol::manager::*;
 use protocol::tunnel::{write_header, Role, TunnelHeader};

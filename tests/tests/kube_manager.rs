@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kubernetes::patch::{inject, InjectSettings};
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
+use manager::auth::Caller;
 use protocol::manager::manager_server::Manager as _;
 use protocol::manager::*;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use tests::kube::fixtures::*;
 use tests::kube::https;
 use tests::kube::standin::StandIn;
-use manager::auth::Caller;
 use tonic::Request;
 
 /// An intercept of workload `web` to 127.0.0.1:8080.
