@@ -122,6 +122,12 @@ impl Manager for Stub {
     ) -> Result<Response<protocol::manager::ResolveResponse>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn set_log_level(
+        &self,
+        _: Request<protocol::manager::LogLevelRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 /// The stub manager, tunnel and app.
@@ -242,6 +248,7 @@ impl World {
                 service_port: u32::from(self.app_port),
                 ..Default::default()
             }],
+            ..Default::default()
         });
     }
 
@@ -591,6 +598,7 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
             service_port: 80,
             ..Default::default()
         }],
+        ..Default::default()
     });
     wait_routes(&agent, "port 80 intercepted", |r| r.route(80) != Route::App).await;
     let (hello, mut t) = open(addr).await;

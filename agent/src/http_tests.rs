@@ -147,6 +147,7 @@ impl Setup {
                 .iter()
                 .map(|(id, h)| personal(id, 8080, h))
                 .collect(),
+            ..Default::default()
         };
         self.routes
             .send_replace(Routes::from_snapshot(&snap, "shop", "web", "s1"));

@@ -10,7 +10,7 @@
 //!
 //! Modules: [`config`] (environment), [`nft`] (pure-Rust nf_tables over netlink), [`routes`]
 //! (the per-connection routing decision), `session` (manager session and intercept watch),
-//! `forward` (accept loops and splicing), `http_route` and [`http_sniff`] (per-request routing
+//! `forward` (accept loops and splicing), `to_pod` (pod-local ports for `--to-pod`), `http_route` and [`http_sniff`] (per-request routing
 //! of ports with personal intercepts).
 #![deny(missing_docs)]
 
@@ -29,6 +29,7 @@ mod session;
 #[cfg(test)]
 #[allow(unsafe_code)] // unshare(2) into a fresh network namespace for tests
 mod testns;
+mod to_pod;
 
 pub use config::{AgentConfig, MANAGER_TIMEOUT};
 pub use nft::NftError;

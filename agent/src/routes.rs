@@ -217,6 +217,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         let tunnel: SocketAddr = "10.0.0.9:8082".parse().unwrap();
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1").with_tunnel(Some(tunnel));
@@ -245,6 +246,7 @@ mod tests {
         }];
         let snap = InterceptSnapshot {
             intercepts: vec![two],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         for port in [8080, 9090] {
@@ -269,6 +271,7 @@ mod tests {
     fn a_spec_without_namespace_matches_by_workload() {
         let snap = InterceptSnapshot {
             intercepts: vec![ic("a", "", "web", 8080, "ACTIVE")],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert!(matches!(r.route(8080), Route::Intercept { .. }));
@@ -295,6 +298,7 @@ mod tests {
                 personal("d", 8080, &["bad header=1"], ""),  // invalid: ignored
                 ic("g", "shop", "web", 9090, "ACTIVE"),
             ],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert_eq!(r.route(8080), Route::Http);
@@ -321,6 +325,7 @@ mod tests {
                 ic("g", "shop", "web", 8080, "ACTIVE"),
                 personal("a", 8080, &["x-dev=alice"], ""),
             ],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert!(matches!(r.route(8080), Route::Intercept { .. }));

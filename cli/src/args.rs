@@ -68,6 +68,9 @@ pub enum Command {
     /// file to attach to a bug report.
     #[command(name = "gather-logs")]
     GatherLogs(GatherLogsArgs),
+    /// Change the log level of the daemon, the traffic-manager and its traffic-agents (trace,
+    /// debug, info, warning, error), optionally for a while only.
+    Loglevel(crate::loglevel::LoglevelArgs),
     /// Run the client daemon (inside its container).
     #[command(name = "daemon-foreground", hide = true)]
     DaemonForeground,
@@ -285,6 +288,8 @@ pub struct InterceptArgs {
     /// Personal intercept: only HTTP requests whose whole path matches this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub http_path_regex: Option<String>,
+    #[command(flatten)]
+    pub extras: crate::engage::HandlerExtras,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -171,6 +171,17 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "http_path_equal": s.http_path_equal,
         "http_path_prefix": s.http_path_prefix,
         "http_path_regex": s.http_path_regex,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "ports": crate::engage::port_pairs(i).iter().map(|(remote, name, local)| json!({
+            "local": local,
+            "remote": remote,
+            "remote_name": name,
+            "protocol": "TCP",
+        })).collect::<Vec<_>>(),
+        "to_pod": s.to_pod.iter().map(|p| json!({
+            "port": p.port,
+            "protocol": crate::engage::to_pod_protocol(p),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -199,8 +210,11 @@ pub fn workload_line(w: &Workload) -> String {
                         "Destination",
                         Some(format!("{}:{}", spec.target_host, spec.target_port)),
                     ),
-                    ("Intercepting", Some(i.disposition.clone())),
-                ],
+                ]
+                .into_iter()
+                .chain(crate::engage::to_pod_row(i))
+                .chain([("Intercepting", Some(i.disposition.clone()))])
+                .collect::<Vec<_>>(),
             ));
         }
         return s;

@@ -7,7 +7,9 @@ use crate::args::{parse_port, InterceptArgs, PortSpec};
 use crate::output::kv_block;
 use anyhow::{anyhow, Result};
 use clap::Args;
-use protocol::manager::{EngagementKind, InterceptInfo, PortPair, Workload};
+use protocol::manager::{
+    EngagementKind, InterceptInfo, PortPair, PortProtocol, ToPodPort, Workload,
+};
 
 /// Which engagement a command creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,9 +90,54 @@ pub struct HandlerArgs {
     /// Where the remote volumes appear inside the handler container (TELEPRESENCE_ROOT).
     #[arg(long)]
     pub docker_mount: Option<String>,
+    #[command(flatten)]
+    pub extras: HandlerExtras,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// The flags every engagement kind shares (`intercept` and the kinds built on [`HandlerArgs`]):
+/// pod-local ports and building the handler image.
+#[derive(Debug, Args, Default, Clone)]
+pub struct HandlerExtras {
+    /// PORT[/UDP]: the handler reaches the workload's own localhost PORT (a sidecar, a local
+    /// proxy) on its own localhost PORT; repeatable. Refused when nothing listens there.
+    #[arg(long = "to-pod", value_name = "PORT[/UDP]", value_parser = parse_to_pod)]
+    pub to_pod: Vec<ToPodPort>,
+    /// Build the handler image from this context with `docker build`, then run it as with
+    /// --docker-run: the literal IMAGE after -- is replaced by the built image (default: -- IMAGE).
+    #[arg(long, value_name = "CONTEXT", conflicts_with = "docker_debug")]
+    pub docker_build: Option<std::path::PathBuf>,
+    /// Like --docker-build, and the handler may be debugged: ptrace allowed (SYS_PTRACE),
+    /// unconfined seccomp and AppArmor profiles.
+    #[arg(long, value_name = "CONTEXT")]
+    pub docker_debug: Option<std::path::PathBuf>,
+    /// A `docker build` option KEY=VALUE for --docker-build/--docker-debug, repeatable: file,
+    /// target, build-arg (NAME=VALUE), tag, label, network, platform, no-cache, pull, add-host.
+    #[arg(long = "docker-build-opt", value_name = "KEY=VALUE")]
+    pub docker_build_opt: Vec<String>,
+}
+
+/// Parses `--to-pod PORT[/TCP|/UDP]`.
+pub fn parse_to_pod(s: &str) -> Result<ToPodPort, String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+        format!("invalid port in --to-pod {s:?}: expected PORT[/UDP] with PORT 1-65535")
+    })?;
+    let protocol = match proto.to_ascii_uppercase().as_str() {
+        "TCP" => PortProtocol::Tcp,
+        "UDP" => PortProtocol::Udp,
+        _ => {
+            return Err(format!(
+                "protocol {proto:?} in --to-pod {s:?}: use TCP or UDP"
+            ))
+        }
+    };
+    Ok(ToPodPort {
+        port: u32::from(port),
+        protocol: protocol as i32,
+    })
 }
 
 fn intercept_args(
@@ -121,6 +168,7 @@ fn intercept_args(
         http_path_equal: None,
         http_path_prefix: None,
         http_path_regex: None,
+        extras: h.extras,
         command: h.command,
     }
 }
@@ -247,23 +295,53 @@ fn pairs_head(i: &InterceptInfo) -> String {
     format!("{from} -> {}", s.target_host)
 }
 
+/// Every `(remote port, its name, local port)` pair of an engagement, the first one first.
+pub fn port_pairs(i: &InterceptInfo) -> Vec<(u32, String, u32)> {
+    let s = i.spec.clone().unwrap_or_default();
+    let first =
+        (i.service_port != 0).then(|| (i.service_port, i.service_port_name.clone(), s.target_port));
+    first
+        .into_iter()
+        .chain(
+            i.extra_ports
+                .iter()
+                .map(|r| (r.service_port, r.service_port_name.clone(), r.target_port)),
+        )
+        .collect()
+}
+
 /// One `<remote> -> <local> TCP` line per pair, under a block indented by `indent`; empty
 /// unless the engagement is shown pair by pair.
 pub fn pair_lines(i: &InterceptInfo, indent: &str) -> String {
     if !shows_pairs(i) {
         return String::new();
     }
-    let s = i.spec.clone().unwrap_or_default();
-    let first = (i.service_port != 0).then_some((i.service_port, s.target_port));
-    first
+    port_pairs(i)
         .into_iter()
-        .chain(
-            i.extra_ports
-                .iter()
-                .map(|r| (r.service_port, r.target_port)),
-        )
-        .map(|(remote, local)| format!("{indent}    {remote} -> {local} TCP\n"))
+        .map(|(remote, _, local)| format!("{indent}    {remote} -> {local} TCP\n"))
         .collect()
+}
+
+/// `TCP` or `UDP`: the transport of a `--to-pod` port.
+pub fn to_pod_protocol(p: &ToPodPort) -> &'static str {
+    if p.protocol() == PortProtocol::Udp {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// The `To pod` row of an engagement with `--to-pod` ports (`7070/TCP, 7071/UDP`).
+pub fn to_pod_row(i: &InterceptInfo) -> Option<(&'static str, Option<String>)> {
+    let s = i.spec.as_ref()?;
+    (!s.to_pod.is_empty()).then(|| {
+        let ports: Vec<String> = s
+            .to_pod
+            .iter()
+            .map(|p| format!("{}/{}", p.port, to_pod_protocol(p)))
+            .collect();
+        ("To pod", Some(ports.join(", ")))
+    })
 }
 
 /// The rows of a multi-port, replace or ingest engagement's block (created block and `list`);
@@ -284,6 +362,7 @@ pub fn rows(
         rows.push(("Container", Some(i.container.clone())));
     }
     rows.extend(extra);
+    rows.extend(to_pod_row(i));
     let traffic = if shows_pairs(i) {
         pairs_head(i)
     } else {

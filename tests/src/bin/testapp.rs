@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -46,6 +46,9 @@ enum Command {
         /// process does not run, e.g. paused by `telepresence replace`).
         #[arg(long)]
         tick: Option<std::path::PathBuf>,
+        /// Address to listen on (127.0.0.1: only the network namespace's own localhost).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -211,7 +214,8 @@ async fn run(command: Command) -> ExitCode {
             udp,
             name,
             tick,
-        } => serve(http, udp, name, tick).await,
+            bind,
+        } => serve(http, udp, name, tick, bind).await,
         Command::Get {
             url,
             header,
@@ -333,6 +337,7 @@ async fn serve(
     udp: Vec<u16>,
     name: String,
     tick: Option<std::path::PathBuf>,
+    bind: std::net::IpAddr,
 ) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
@@ -343,18 +348,18 @@ async fn serve(
         tasks.spawn(ticker(file));
     }
     for port in http {
-        match TcpListener::bind(("0.0.0.0", port)).await {
+        match TcpListener::bind((bind, port)).await {
             Ok(l) => {
-                eprintln!("tp-testapp {}: HTTP on :{port}", app.name);
+                eprintln!("tp-testapp {}: HTTP on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_http(l, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
         }
     }
     for port in udp {
-        match UdpSocket::bind(("0.0.0.0", port)).await {
+        match UdpSocket::bind((bind, port)).await {
             Ok(s) => {
-                eprintln!("tp-testapp {}: UDP echo on :{port}", app.name);
+                eprintln!("tp-testapp {}: UDP echo on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_udp(s, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on UDP port {port}: {e}")),
