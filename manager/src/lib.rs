@@ -12,6 +12,7 @@ pub mod resolve;
 pub mod service;
 pub mod state;
 pub mod tunnel;
+pub mod wiretap;
 
 use provider::Provider;
 use state::State;

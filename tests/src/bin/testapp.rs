@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--log-requests]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -46,6 +46,9 @@ enum Command {
         /// process does not run, e.g. paused by `telepresence replace`).
         #[arg(long)]
         tick: Option<std::path::PathBuf>,
+        /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received.
+        #[arg(long)]
+        log_requests: bool,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -211,7 +214,12 @@ async fn run(command: Command) -> ExitCode {
             udp,
             name,
             tick,
-        } => serve(http, udp, name, tick).await,
+            log_requests,
+        } => {
+            let mut app = App::new(name);
+            app.log_requests = log_requests;
+            serve(http, udp, app, tick).await
+        }
         Command::Get {
             url,
             header,
@@ -331,13 +339,12 @@ async fn relay(port: u16, to: String) -> ExitCode {
 async fn serve(
     mut http: Vec<u16>,
     udp: Vec<u16>,
-    name: String,
+    app: App,
     tick: Option<std::path::PathBuf>,
 ) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
     }
-    let app = App::new(name);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(file) = tick {
         tasks.spawn(ticker(file));
