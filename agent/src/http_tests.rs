@@ -130,6 +130,7 @@ async fn setup() -> Setup {
         active: AtomicUsize::new(0),
         pool: Default::default(),
         token: None,
+        counters: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));
     let s = Setup {
@@ -148,6 +149,7 @@ impl Setup {
                 .iter()
                 .map(|(id, h)| personal(id, 8080, h))
                 .collect(),
+            ..Default::default()
         };
         self.routes
             .send_replace(Routes::from_snapshot(&snap, "shop", "web", "s1"));

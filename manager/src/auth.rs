@@ -270,7 +270,7 @@ pub fn admit_tunnel(
             {
                 return Err(bad());
             }
-            if matches!(h.kind, TunnelKind::Fs | TunnelKind::Intercept) {
+            if h.kind.names_an_intercept() {
                 let ic = st.intercept_by_id(&h.intercept_id).ok_or_else(bad)?;
                 if ic.client_session != h.session_id {
                     return Err(bad());
@@ -282,7 +282,7 @@ pub fn admit_tunnel(
             if !auth.agent_proof_ok(&h.session_id, &h.proof) {
                 return Err(bad());
             }
-            if matches!(h.kind, TunnelKind::Fs | TunnelKind::Intercept) {
+            if h.kind.names_an_intercept() {
                 let ic = st.intercept_by_id(&h.intercept_id).ok_or_else(bad)?;
                 let spec = ic.spec.as_ref().ok_or_else(bad)?;
                 if spec.namespace != agent.info.namespace || spec.workload != agent.info.name {

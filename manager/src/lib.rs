@@ -6,13 +6,16 @@
 
 pub mod auth;
 pub mod engage;
+pub mod loglevel;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
 pub mod resolve;
 pub mod service;
 pub mod state;
+pub mod to_pod;
 pub mod tunnel;
+pub mod wiretap;
 
 use provider::Provider;
 use state::State;
@@ -22,6 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Mutex};
+
+/// What the answering side of a tunnel stream hands its originator: its connection, or why it
+/// could not deliver.
+pub(crate) type Pairing = Result<TcpStream, protocol::tunnel::HeaderError>;
 
 /// Where the manager listens.
 #[derive(Debug, Clone)]
@@ -48,13 +55,18 @@ pub(crate) struct Inner {
     pub(crate) generation: watch::Sender<u64>,
     /// Bumped whenever a snapshot has been handed to an agent's watch stream.
     pub(crate) sent: watch::Sender<u64>,
-    /// Agent-side tunnel connections waiting for their client side, by connection id.
-    pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
+    /// Originating tunnel connections waiting for their other side (or the error it reported),
+    /// by connection id.
+    pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Pairing>>>,
     pub(crate) agent_timeout: Duration,
     /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
     pub(crate) team_mode: std::sync::atomic::AtomicBool,
     /// The credentials callers and tunnel connections must present.
     pub(crate) auth: Arc<auth::Auth>,
+    /// The `protocol::manager::LogLevel` agents are asked to run at (`manager/src/loglevel.rs`).
+    pub(crate) agent_log_level: std::sync::atomic::AtomicI32,
+    /// Bumped by every log level change, so an older pending return does not undo a newer one.
+    pub(crate) log_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Manager {
@@ -85,6 +97,8 @@ impl Manager {
                 agent_timeout,
                 team_mode: Default::default(),
                 auth,
+                agent_log_level: Default::default(),
+                log_epoch: Default::default(),
             }),
         }
     }

@@ -9,6 +9,7 @@
 pub mod agent_env;
 pub mod auth;
 pub mod filters;
+pub mod loglevel;
 pub mod ports;
 pub mod resolv;
 pub mod tunnel;

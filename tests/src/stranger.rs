@@ -168,6 +168,9 @@ pub async fn try_everything(t: &Target) -> Vec<Attempt> {
         (Role::Agent, TunnelKind::Fs),
         (Role::Client, TunnelKind::OutTcp),
         (Role::Client, TunnelKind::OutUdp),
+        (Role::Client, TunnelKind::PodTcp),
+        (Role::Client, TunnelKind::PodUdp),
+        (Role::Agent, TunnelKind::PodTcp),
     ] {
         out.push(tunnel(t, role, kind).await);
     }
@@ -201,17 +204,17 @@ async fn tunnel(t: &Target, role: Role, kind: TunnelKind) -> Attempt {
         session_id: t.victim_session.clone(),
         proof: Token::generate().as_str().to_string(),
         kind,
-        target: if matches!(kind, TunnelKind::OutTcp | TunnelKind::OutUdp) {
-            t.outbound.clone()
-        } else {
-            String::new()
+        target: match kind {
+            TunnelKind::OutTcp | TunnelKind::OutUdp => t.outbound.clone(),
+            TunnelKind::PodTcp | TunnelKind::PodUdp => "127.0.0.1:8080".into(),
+            _ => String::new(),
         },
         ..Default::default()
     };
     if let Err(e) = write_header(&mut s, role, &h).await {
         return fail(format!("write: {e}"));
     }
-    if matches!(kind, TunnelKind::OutTcp | TunnelKind::OutUdp) {
+    if role == Role::Client && kind.is_answered() {
         return match read_header_timeout(&mut s, Duration::from_secs(15)).await {
             Ok((_, answer)) => Attempt {
                 op: op.clone(),
