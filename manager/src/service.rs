@@ -617,6 +617,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<WiretapReport>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Agent)?;
         let report = req.into_inner();
         let id = session_id(report.session.as_ref())?;
         let mut st = self.inner.state.lock().await;
@@ -762,6 +763,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<LogLevelRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::loglevel::set(self, &req).await?;

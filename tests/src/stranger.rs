@@ -159,6 +159,20 @@ pub async fn try_everything(t: &Target) -> Vec<Attempt> {
         })
         .await;
     out.push(grpc("Uninstall", uninstall.map(|_| "uninstalled".into())));
+    let level = c
+        .set_log_level(LogLevelRequest {
+            session: session(),
+            ..Default::default()
+        })
+        .await;
+    out.push(grpc("SetLogLevel", level.map(|_| "set".into())));
+    let report = c
+        .report_wiretaps(WiretapReport {
+            session: session(),
+            ..Default::default()
+        })
+        .await;
+    out.push(grpc("ReportWiretaps", report.map(|_| "reported".into())));
     let depart = c.depart(victim()).await;
     out.push(grpc("Depart", depart.map(|_| "departed".into())));
     for (role, kind) in [

@@ -91,7 +91,7 @@ fn a_container_on_the_bridge_without_the_credential_is_refused_everything() {
             // Reachable: the refusals below are the manager's, not the network's.
             assert!(!version.refused, "{version:?}");
         }
-        assert_eq!(rest.len(), 18, "{attempts:#?}");
+        assert_eq!(rest.len(), 20, "{attempts:#?}");
         for a in rest {
             assert!(a.refused, "not refused: {a:?}");
         }

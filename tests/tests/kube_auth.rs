@@ -112,7 +112,7 @@ async fn only_holders_of_the_secret_use_the_manager_and_rotation_keeps_sessions(
         .await;
         let (version, rest) = attempts.split_first().unwrap();
         assert_eq!(version.refused, token.is_some(), "{version:?}");
-        assert_eq!(rest.len(), 18);
+        assert_eq!(rest.len(), 20);
         for a in rest {
             assert!(a.refused, "not refused: {a:?}");
         }
