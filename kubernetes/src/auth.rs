@@ -10,7 +10,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use manager::auth::{Auth, Credentials, ROTATION_GRACE};
 use protocol::auth::Token;
@@ -66,8 +66,7 @@ async fn get(api: &Api<Secret>, name: &'static str, ns: &str) -> Result<Option<S
     })
 }
 
-/// Writes Secret `name` with `data`: replaces `existing` (keeping its metadata, so a concurrent
-/// change fails instead of being lost), else creates it.
+/// Writes Secret `name` with `data`: merges it into `existing`, else creates it.
 async fn put(
     api: &Api<Secret>,
     name: &'static str,
@@ -82,9 +81,11 @@ async fn put(
     };
     let pp = PostParams::default();
     match existing {
-        Some(mut s) => {
-            s.data = Some(data);
-            api.replace(name, &pp, &s).await.map_err(err)?;
+        Some(_) => {
+            let patch = Patch::Merge(serde_json::json!({ "data": data }));
+            api.patch(name, &PatchParams::default(), &patch)
+                .await
+                .map_err(err)?;
         }
         None => {
             let s = Secret {

@@ -6,7 +6,7 @@
 
 use crate::state::State;
 use protocol::auth::{agent_proof, Token, METADATA_KEY, NOT_AUTHORIZED};
-use protocol::tunnel::{HeaderError, Role, TunnelHeader, TunnelKind};
+use protocol::tunnel::{HeaderError, Role, TunnelHeader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -297,6 +297,7 @@ pub fn admit_tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::tunnel::TunnelKind;
 
     fn creds() -> Credentials {
         Credentials::from_secret(&Token::generate())

@@ -47,7 +47,7 @@ fn a_container_on_the_bridge_without_the_credential_is_refused_everything() {
     p.wait_for("http://web:8080/", "handler", T).unwrap();
     let js: serde_json::Value =
         serde_json::from_str(&user.tp(&["status", "--output", "json"]).ok().stdout).unwrap();
-    let ic = &js["intercepts"][0];
+    let ic = &js["daemons"][0]["intercepts"][0];
     let (id, name) = (ic["id"].as_str().unwrap(), ic["name"].as_str().unwrap());
     let session = format!("client-{}", id.split_once(':').unwrap().0);
 
@@ -106,8 +106,9 @@ fn a_container_on_the_bridge_without_the_credential_is_refused_everything() {
     assert!(!l.stdout.contains("stranger"), "{}", l.stdout);
     let after: serde_json::Value =
         serde_json::from_str(&user.tp(&["status", "--output", "json"]).ok().stdout).unwrap();
-    assert_eq!(after["intercepts"][0]["id"].as_str(), Some(id));
-    assert_eq!(after["traffic_manager"]["authenticated"], true);
+    let d = &after["daemons"][0];
+    assert_eq!(d["intercepts"][0]["id"].as_str(), Some(id));
+    assert_eq!(d["traffic_manager"]["authenticated"], true);
 
     user.tp(&["leave", name]).ok();
     let _ = wait_exit(&mut handler, T);
