@@ -67,5 +67,5 @@ telepresence.io/managed-by: telepresence
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, update]
+  verbs: [get, create, patch]
 {{- end }}
