@@ -3,6 +3,8 @@
 //! covers its port, otherwise to the application — and then spliced until both sides close.
 //! A snapshot change only affects later connections; nothing in flight is ever cut. Ports with
 //! personal intercepts are handed to [`crate::http_route`], which routes each HTTP request.
+//! A connection with wiretaps on its port is relayed by [`crate::wiretap::relay`] instead of
+//! spliced, so its wiretaps get a copy.
 
 use crate::routes::{Route, Routes};
 use protocol::tunnel::{self, Role, TunnelHeader};
@@ -27,6 +29,8 @@ pub(crate) struct Shared {
     /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
     /// ports with personal intercepts.
     pub pool: crate::http_route::Pool,
+    /// Copies the wiretaps dropped.
+    pub counters: Arc<crate::wiretap::Counters>,
 }
 
 /// Decrements the in-flight count when a connection ends.
@@ -57,21 +61,24 @@ pub(crate) async fn accept_loop(
             }
         };
         relay::tune(&conn);
-        let route = routes.borrow().route(service_port);
+        let (route, taps) = {
+            let r = routes.borrow();
+            (r.route(service_port), r.taps(service_port))
+        };
         shared.active.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(shared.clone());
         if matches!(route, Route::Http) {
             let routes = routes.clone();
             tokio::spawn(async move {
                 let shared = guard.0.clone();
-                crate::http_route::serve(conn, peer, service_port, app, routes, shared).await;
+                crate::http_route::serve(conn, peer, service_port, app, routes, taps, shared).await;
                 drop(guard);
             });
             continue;
         }
         tokio::spawn(async move {
             let shared = &guard.0;
-            serve(conn, peer, service_port, app, route, shared).await;
+            serve(conn, peer, service_port, app, route, taps, shared).await;
             drop(guard);
         });
     }
@@ -83,6 +90,7 @@ async fn serve(
     service_port: u16,
     app: SocketAddr,
     route: Route,
+    taps: Vec<crate::routes::Tap>,
     shared: &Shared,
 ) {
     let mut outbound = None;
@@ -124,7 +132,13 @@ async fn serve(
             }
         },
     };
-    if let Err(e) = relay::splice(&mut inbound, &mut outbound).await {
+    let r = if taps.is_empty() {
+        relay::splice(&mut inbound, &mut outbound).await.map(|_| ())
+    } else {
+        let copies = crate::wiretap::start(taps, shared, service_port);
+        crate::wiretap::relay(inbound, outbound, copies).await
+    };
+    if let Err(e) = r {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }

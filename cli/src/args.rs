@@ -52,7 +52,10 @@ pub enum Command {
     Replace(crate::engage::ReplaceArgs),
     /// Give a handler a workload container's environment and volumes (read-only), no traffic.
     Ingest(crate::engage::IngestArgs),
-    /// Remove an intercept, replace or ingest.
+    /// Give a handler a copy of a workload's (matching) traffic while the workload still answers
+    /// every caller; the handler's answers are discarded, its environment and volumes read-only.
+    Wiretap(crate::engage::WiretapArgs),
+    /// Remove an intercept, replace, ingest or wiretap.
     Leave(LeaveArgs),
     /// Remove traffic-agents.
     Uninstall(UninstallArgs),

@@ -105,7 +105,14 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         .iter()
         .map(|i| {
             let s = i.spec.clone().unwrap_or_default();
-            format!("    {}: {}\n", s.name, s.client)
+            if crate::engage::kind_of_info(i) == protocol::manager::EngagementKind::Wiretap {
+                format!(
+                    "    {}: {} (wiretap, {} copies dropped)\n",
+                    s.name, s.client, i.wiretap_dropped
+                )
+            } else {
+                format!("    {}: {}\n", s.name, s.client)
+            }
         })
         .collect();
     block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
@@ -159,6 +166,8 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "id": i.id,
         "workload": s.workload,
         "namespace": s.namespace,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "wiretap_dropped": i.wiretap_dropped,
         "state": i.state().as_str(),
         "message": i.message,
         "client": s.client,

@@ -1,7 +1,8 @@
-//! `telepresence replace` and `telepresence ingest`, and what every engagement kind shares with
-//! `intercept` (`cli/src/intercept.rs` runs all three): their arguments, the `local:remote`
-//! pairs of a multi-port engagement, the kind word `list` shows (`intercepted`, `replaced`,
-//! `ingested`) and the block rows of multi-port, replace and ingest engagements.
+//! `telepresence replace`, `telepresence ingest` and `telepresence wiretap`, and what every
+//! engagement kind shares with `intercept` (`cli/src/intercept.rs` runs them all): their
+//! arguments, the `local:remote` pairs of a multi-port engagement, the kind word `list` shows
+//! (`intercepted`, `replaced`, `ingested`, `wiretapped`) and the block rows of multi-port,
+//! replace, ingest and wiretap engagements (a wiretap's with its dropped copies).
 
 use crate::args::{parse_port, InterceptArgs, PortSpec};
 use crate::output::kv_block;
@@ -21,6 +22,8 @@ pub enum Kind {
     Replace,
     /// `ingest`.
     Ingest,
+    /// `wiretap`.
+    Wiretap,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Intercept => EngagementKind::Intercept,
             Kind::Replace => EngagementKind::Replace,
             Kind::Ingest => EngagementKind::Ingest,
+            Kind::Wiretap => EngagementKind::Wiretap,
         }
     }
 }
@@ -62,6 +66,42 @@ pub struct IngestArgs {
     pub container: Option<String>,
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+}
+
+/// `telepresence wiretap WORKLOAD`: the intercept flags except `--workload`.
+#[derive(Debug, Args)]
+pub struct WiretapArgs {
+    /// The workload to wiretap.
+    pub workload: String,
+    /// The wiretap's name, for `leave` (default: the workload's name); give several wiretaps
+    /// of one workload their own names.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// <local port>[:<service port number or name>] (default 8080); repeat for several ports.
+    #[arg(short = 'p', long)]
+    pub port: Vec<String>,
+    /// The service whose ports are meant, when several services select the workload.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Container of the workload whose environment and mounts (read-only) the handler gets.
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Copy only HTTP requests carrying this header (NAME=VALUE, repeatable, all must match).
+    #[arg(long = "http-header", value_name = "NAME=VALUE")]
+    pub http_header: Vec<String>,
+    /// Copy only HTTP requests whose path is exactly this.
+    #[arg(long, value_name = "PATH")]
+    pub http_path_equal: Option<String>,
+    /// Copy only HTTP requests whose path starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub http_path_prefix: Option<String>,
+    /// Copy only HTTP requests whose whole path matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path_regex: Option<String>,
     #[command(flatten)]
     pub handler: HandlerArgs,
 }
@@ -186,6 +226,26 @@ impl From<ReplaceArgs> for InterceptArgs {
     }
 }
 
+impl From<WiretapArgs> for InterceptArgs {
+    fn from(a: WiretapArgs) -> Self {
+        let mut i = intercept_args(
+            a.name.unwrap_or_else(|| a.workload.clone()),
+            a.port,
+            a.container,
+            a.namespace,
+            a.handler,
+            Kind::Wiretap,
+        );
+        i.workload = Some(a.workload);
+        i.service = a.service;
+        i.http_header = a.http_header;
+        i.http_path_equal = a.http_path_equal;
+        i.http_path_prefix = a.http_path_prefix;
+        i.http_path_regex = a.http_path_regex;
+        i
+    }
+}
+
 impl From<IngestArgs> for InterceptArgs {
     fn from(a: IngestArgs) -> Self {
         intercept_args(
@@ -220,7 +280,7 @@ pub fn pairs(args: &InterceptArgs) -> Result<(Option<PortSpec>, Vec<PortPair>)> 
             "ingest routes no traffic: drop --port (use intercept or replace for traffic)"
         ));
     }
-    let given: Vec<String> = if args.port.is_empty() && kind == Kind::Intercept {
+    let given: Vec<String> = if args.port.is_empty() && matches!(kind, Kind::Intercept | Kind::Wiretap) {
         vec!["8080".to_string()]
     } else {
         args.port.clone()
@@ -261,16 +321,18 @@ pub fn kind_word(kind: EngagementKind) -> &'static str {
         EngagementKind::Intercept => "intercepted",
         EngagementKind::Replace => "replaced",
         EngagementKind::Ingest => "ingested",
+        EngagementKind::Wiretap => "wiretapped",
     }
 }
 
 /// The state word of a workload in `list`: `replaced` wins over `intercepted`, which wins over
-/// `ingested`.
+/// `wiretapped`, which wins over `ingested`.
 pub fn workload_word(w: &Workload) -> &'static str {
     let kinds: Vec<EngagementKind> = w.intercepts.iter().map(kind_of_info).collect();
     let kind = [
         EngagementKind::Replace,
         EngagementKind::Intercept,
+        EngagementKind::Wiretap,
         EngagementKind::Ingest,
     ]
     .into_iter()
@@ -358,8 +420,15 @@ pub fn rows(
         ("State", Some(state)),
         ("Workload kind", Some(i.workload_kind.clone())),
     ];
-    if kind_of_info(i) == EngagementKind::Ingest {
+    let kind = kind_of_info(i);
+    if kind == EngagementKind::Ingest {
         rows.push(("Container", Some(i.container.clone())));
+    }
+    if kind == EngagementKind::Wiretap {
+        if !shows_pairs(i) {
+            rows.push(("Destination", Some(format!("{}:{}", s.target_host, s.target_port))));
+        }
+        rows.push(("Copies dropped", Some(i.wiretap_dropped.to_string())));
     }
     rows.extend(extra);
     rows.extend(to_pod_row(i));
@@ -389,6 +458,7 @@ mod tests {
             crate::args::Command::Intercept(a) => a,
             crate::args::Command::Replace(a) => a.into(),
             crate::args::Command::Ingest(a) => a.into(),
+            crate::args::Command::Wiretap(a) => a.into(),
             other => panic!("{other:?}"),
         }
     }
@@ -518,5 +588,48 @@ mod tests {
         let block = list_block(&ing, "ACTIVE".into());
         assert!(block.contains("Container     : web"), "{block}");
         assert!(!block.contains("->"), "{block}");
+    }
+
+    #[test]
+    fn wiretap_takes_the_intercept_flags() {
+        let a = parse(&[
+            "telepresence",
+            "wiretap",
+            "web",
+            "--name",
+            "tap",
+            "-p",
+            "9095:8080",
+            "--http-header",
+            "x-dev=a",
+            "--docker-run",
+            "--",
+            "img",
+        ]);
+        assert_eq!(kind_of(&a), Kind::Wiretap);
+        assert_eq!((a.name.as_str(), a.workload.as_deref()), ("tap", Some("web")));
+        assert_eq!(a.http_header, ["x-dev=a"]);
+        assert_eq!(pairs(&a).unwrap().0.unwrap().local, 9095);
+        let a = parse(&["telepresence", "wiretap", "web"]);
+        assert_eq!(a.name, "web");
+        assert_eq!(pairs(&a).unwrap().0.unwrap().local, 8080, "like intercept");
+        assert!(crate::args::Cli::try_parse_from(["telepresence", "wiretap", "web", "-w", "x"]).is_err());
+    }
+
+    #[test]
+    fn a_wiretap_block_shows_its_dropped_copies() {
+        let mut i = info(EngagementKind::Wiretap, &[]);
+        i.wiretap_dropped = 7;
+        i.disposition = "a copy of all TCP connections".into();
+        assert!(!is_plain(&i));
+        assert_eq!(
+            list_block(&i, "ACTIVE".into()),
+            "   Intercept name: web\n   State         : ACTIVE\n   Workload kind : Deployment\n   Destination   : 127.0.0.1:8080\n   Copies dropped: 7\n   Intercepting  : a copy of all TCP connections\n"
+        );
+        let w = Workload {
+            intercepts: vec![i.clone(), info(EngagementKind::Ingest, &[])],
+            ..Default::default()
+        };
+        assert_eq!(workload_word(&w), "wiretapped");
     }
 }

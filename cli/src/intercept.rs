@@ -180,7 +180,9 @@ pub async fn run(
         None
     };
 
-    let mount = mounts::parse_mount(&args.mount)?;
+    let mut mount = mounts::parse_mount(&args.mount)?;
+    // A wiretap's handler only watches: the workload's volumes are read-only to it.
+    mount.read_only |= kind == crate::engage::Kind::Wiretap;
     let spec = InterceptSpec {
         name: args.name.clone(),
         workload,

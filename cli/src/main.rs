@@ -37,6 +37,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Leave(_) => "leave",
         Command::Replace(_) => "replace",
         Command::Ingest(_) => "ingest",
+        Command::Wiretap(_) => "wiretap",
         Command::Uninstall(_) => "uninstall",
         Command::Version => "version",
         Command::Helm(_) => "helm",
@@ -165,6 +166,12 @@ fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
                 Ok(out)
             }
             Command::Ingest(a) => {
+                let (out, code) =
+                    cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
+            }
+            Command::Wiretap(a) => {
                 let (out, code) =
                     cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
                 exit_code = code;

@@ -14,6 +14,7 @@ pub mod service;
 pub mod state;
 pub mod to_pod;
 pub mod tunnel;
+pub mod wiretap;
 
 use provider::Provider;
 use state::State;

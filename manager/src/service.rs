@@ -247,7 +247,9 @@ impl Manager {
             session.strip_prefix("client-").unwrap_or(session),
             spec.name
         );
-        protocol::filters::resolve(&mut spec, &id, self.team_mode())
+        // A wiretap without filters copies everything, team mode or not.
+        let team_mode = self.team_mode() && !crate::wiretap::is_wiretap(&spec);
+        protocol::filters::resolve(&mut spec, &id, team_mode)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok((spec, id))
     }
@@ -591,6 +593,22 @@ impl ManagerApi for Manager {
                 req.name
             ))),
         }
+    }
+
+    async fn report_wiretaps(
+        &self,
+        req: Request<WiretapReport>,
+    ) -> Result<Response<Empty>, Status> {
+        let report = req.into_inner();
+        let id = session_id(report.session.as_ref())?;
+        let mut st = self.inner.state.lock().await;
+        if !st.agents.contains_key(&id) {
+            return Err(unknown_session());
+        }
+        if crate::wiretap::Drops::record(&mut st, &id, &report) {
+            st.changed(&self.inner.generation);
+        }
+        Ok(Response::new(Empty {}))
     }
 
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {

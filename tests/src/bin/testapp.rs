@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR] [--log-requests]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -49,6 +49,9 @@ enum Command {
         /// Address to listen on (127.0.0.1: only the network namespace's own localhost).
         #[arg(long, default_value = "0.0.0.0")]
         bind: std::net::IpAddr,
+        /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received.
+        #[arg(long)]
+        log_requests: bool,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -215,7 +218,12 @@ async fn run(command: Command) -> ExitCode {
             name,
             tick,
             bind,
-        } => serve(http, udp, name, tick, bind).await,
+            log_requests,
+        } => {
+            let mut app = App::new(name);
+            app.log_requests = log_requests;
+            serve(http, udp, app, tick, bind).await
+        }
         Command::Get {
             url,
             header,
@@ -335,14 +343,13 @@ async fn relay(port: u16, to: String) -> ExitCode {
 async fn serve(
     mut http: Vec<u16>,
     udp: Vec<u16>,
-    name: String,
+    app: App,
     tick: Option<std::path::PathBuf>,
     bind: std::net::IpAddr,
 ) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
     }
-    let app = App::new(name);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(file) = tick {
         tasks.spawn(ticker(file));
