@@ -1,11 +1,12 @@
 //! The manager's tunnel listener: reads each connection's header, parks the originating side
 //! (an agent's intercepted connection, or a client's file-sync stream), asks the other side to
-//! dial in with the same connection id over its `WatchDials` stream, then splices the two.
+//! dial in with the same connection id over its `WatchDials` stream, answers an agent once its
+//! client side is connected (or why it cannot be), then splices the two.
 
 use crate::Manager;
 use protocol::manager::DialRequest;
 use protocol::tunnel::{
-    read_header_timeout, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
+    read_header_timeout, write_header, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
 use relay::{splice, tune};
 use std::time::Duration;
@@ -63,6 +64,19 @@ pub enum TunnelDropped {
     /// An outbound stream failed (the client was told why).
     #[error("{0}")]
     Outbound(HeaderError),
+    /// The originating side went away before it could be told its stream is connected.
+    #[error("answering the originating side: {0}")]
+    Answer(#[source] std::io::Error),
+}
+
+impl TunnelDropped {
+    /// Whether the stream failed before its originator was answered (so it can still be told).
+    fn before_answer(&self) -> bool {
+        !matches!(
+            self,
+            TunnelDropped::Io(_) | TunnelDropped::Answer(_) | TunnelDropped::Header(_)
+        )
+    }
 }
 
 /// Accepts tunnel connections forever.
@@ -119,35 +133,57 @@ fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), Tu
     }
 }
 
-/// An agent accepted an intercepted connection: ask the owning client to dial in.
-async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), TunnelDropped> {
-    let (tx, req) = {
-        let st = mgr.inner.state.lock().await;
-        let ic = st
-            .intercept_by_id(&h.intercept_id)
-            .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
-        let client = st
-            .clients
-            .get(&ic.client_session)
-            .ok_or(TunnelDropped::ClientGone)?;
-        let spec = ic.spec.as_ref().expect("spec");
-        let tx = client
-            .dials
-            .clone()
-            .ok_or(TunnelDropped::ClientNotWatching)?;
-        (
-            tx,
-            DialRequest {
-                conn_id: h.conn_id.clone(),
-                intercept_id: h.intercept_id.clone(),
-                target_host: spec.target_host.clone(),
-                // Multi-port engagements: the agent names the service port in `target`.
-                target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
-                kind: protocol::manager::DialKind::Intercept as i32,
-            },
-        )
+/// An agent accepted an intercepted connection: ask the owning client to dial in. The agent
+/// is answered before any payload moves (see `TunnelKind::Intercept`): when the client side
+/// cannot be connected it sends the caller to the app instead.
+async fn from_agent(
+    mgr: Manager,
+    mut agent: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
+    let found = dial_request_for_agent(&mgr, &h).await;
+    let result = match found {
+        Ok((tx, req)) => originate(mgr, &mut agent, tx, req, true).await,
+        Err(e) => Err(e),
     };
-    originate(mgr, agent, tx, req).await
+    if let Err(e) = &result {
+        if e.before_answer() {
+            let answer = h.answer(Some(HeaderError::Other(e.to_string())));
+            let _ = write_header(&mut agent, Role::Client, &answer).await;
+        }
+    }
+    result
+}
+
+/// The client of the intercept an agent-side header names, and the dial request it gets.
+async fn dial_request_for_agent(
+    mgr: &Manager,
+    h: &TunnelHeader,
+) -> Result<(mpsc::Sender<DialRequest>, DialRequest), TunnelDropped> {
+    let st = mgr.inner.state.lock().await;
+    let ic = st
+        .intercept_by_id(&h.intercept_id)
+        .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
+    let client = st
+        .clients
+        .get(&ic.client_session)
+        .ok_or(TunnelDropped::ClientGone)?;
+    let spec = ic.spec.as_ref().expect("spec");
+    let tx = client
+        .dials
+        .clone()
+        .ok_or(TunnelDropped::ClientNotWatching)?;
+    Ok((
+        tx,
+        DialRequest {
+            conn_id: h.conn_id.clone(),
+            intercept_id: h.intercept_id.clone(),
+            target_host: spec.target_host.clone(),
+            // Multi-port engagements: the agent names the service port in `target`.
+            target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
+            kind: protocol::manager::DialKind::Intercept as i32,
+        },
+    ))
 }
 
 /// A client opens a file-sync stream for one of its intercepts: ask an agent of the
@@ -179,16 +215,19 @@ async fn from_client(
             },
         )
     };
-    originate(mgr, client, tx, req).await
+    let mut client = client;
+    originate(mgr, &mut client, tx, req, false).await
 }
 
 /// Parks `origin`, sends the dial request to the other side, and splices the two once the
-/// other side dials in with the same connection id.
+/// other side dials in with the same connection id; with `answer`, `origin` is first told
+/// that its stream is connected.
 async fn originate(
     mgr: Manager,
-    mut origin: TcpStream,
+    origin: &mut TcpStream,
     tx: mpsc::Sender<DialRequest>,
     req: DialRequest,
+    answer: bool,
 ) -> Result<(), TunnelDropped> {
     let conn_id = req.conn_id.clone();
     let (ptx, rx) = tokio::sync::oneshot::channel();
@@ -209,6 +248,15 @@ async fn originate(
             return Err(TunnelDropped::NoAnswer);
         }
     };
-    splice(&mut origin, &mut other).await?;
+    if answer {
+        let h = TunnelHeader {
+            conn_id,
+            ..Default::default()
+        };
+        write_header(origin, Role::Client, &h.answer(None))
+            .await
+            .map_err(TunnelDropped::Answer)?;
+    }
+    splice(origin, &mut other).await?;
     Ok(())
 }
