@@ -274,7 +274,10 @@ impl Ctx {
     ) -> Result<Upstream, ConnectError> {
         match self.connect(route).await {
             Err(e @ ConnectError::Tunnel { .. }) => {
-                tracing::warn!("port {}: {e}; sending the request to the app", self.service_port);
+                tracing::warn!(
+                    "port {}: {e}; sending the request to the app",
+                    self.service_port
+                );
                 *route = Route::App;
                 *key = key_of(self.service_port, route);
                 self.connect(route).await

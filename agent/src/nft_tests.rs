@@ -298,7 +298,10 @@ fn an_owned_table_goes_with_its_socket() {
         let owned = install_owned_redirects(&table, &[(18080, 18081)]).unwrap();
         assert_eq!(owned.name(), table);
         assert!(table_exists(&table).unwrap());
-        assert_eq!(list_rules(&table).unwrap()[0].redirect, Some((18080, 18081)));
+        assert_eq!(
+            list_rules(&table).unwrap()[0].redirect,
+            Some((18080, 18081))
+        );
         // Another socket (another process, after the owner died) may not change it.
         assert_eq!(
             install_redirects(&table, &[(18080, 18082)])
@@ -307,7 +310,10 @@ fn an_owned_table_goes_with_its_socket() {
             Some(libc::EPERM)
         );
         drop(owned); // as on exit or kill -9: the socket closes
-        assert!(!table_exists(&table).unwrap(), "the kernel deletes an owned table");
+        assert!(
+            !table_exists(&table).unwrap(),
+            "the kernel deletes an owned table"
+        );
 
         let again = install_owned_redirects(&table, &[(18080, 18083)]).unwrap();
         again.delete().unwrap();
@@ -315,7 +321,10 @@ fn an_owned_table_goes_with_its_socket() {
         // A stale table without the owner flag (an older agent's) is replaced.
         install_redirects(&table, &[(18080, 18084)]).unwrap();
         let owned = install_owned_redirects(&table, &[(18080, 18085)]).unwrap();
-        assert_eq!(list_rules(&table).unwrap()[0].redirect, Some((18080, 18085)));
+        assert_eq!(
+            list_rules(&table).unwrap()[0].redirect,
+            Some((18080, 18085))
+        );
         drop(owned);
         assert!(!table_exists(&table).unwrap());
     });

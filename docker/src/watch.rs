@@ -134,7 +134,10 @@ mod tests {
         assert!(!relevant("other", "start", &web));
         let agent = attrs(&[(ROLE_LABEL, ROLE_AGENT), (NAMESPACE_LABEL, "shop")]);
         assert!(relevant("shop", "die", &agent));
-        assert!(!relevant("shop", "start", &agent), "we started it ourselves");
+        assert!(
+            !relevant("shop", "start", &agent),
+            "we started it ourselves"
+        );
         assert!(!relevant("other", "die", &agent));
         let daemon = attrs(&[(ROLE_LABEL, "daemon"), (PROJECT_LABEL, "shop")]);
         assert!(!relevant("shop", "die", &daemon));
@@ -149,10 +152,7 @@ mod tests {
         let b = started_key("2026-12-04T20:00:00.12Z").unwrap();
         assert!(b > a, "0.12 s is later than 0.1 s");
         assert!(started_key("2026-12-04T20:00:01Z").unwrap() > b);
-        assert_eq!(
-            started_key("2026-12-04T20:00:00.000000001Z").unwrap().1,
-            1
-        );
+        assert_eq!(started_key("2026-12-04T20:00:00.000000001Z").unwrap().1, 1);
         assert_eq!(started_key("0001-01-01T00:00:00Z").unwrap().1, 0);
         assert!(started_key("garbage").is_none());
         assert!(started_key("2026-12-04T20:00:00.1234567890Z").is_none());
