@@ -5,6 +5,8 @@
 //! intercepted connection whose client side cannot be reached, or closes before answering,
 //! goes to the app with every byte the caller sent ([`crate::failopen`]). Ports with
 //! personal intercepts are handed to [`crate::http_route`], which routes each HTTP request.
+//! A connection with wiretaps on its port is relayed by [`crate::wiretap::relay`] instead of
+//! spliced, so its wiretaps get a copy.
 
 use crate::failopen::{self, FirstExchange};
 use crate::routes::{Route, Routes};
@@ -33,6 +35,8 @@ pub(crate) struct Shared {
     /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
     /// ports with personal intercepts.
     pub pool: crate::http_route::Pool,
+    /// Copies the wiretaps dropped.
+    pub counters: Arc<crate::wiretap::Counters>,
 }
 
 /// Decrements the in-flight count when a connection ends.
@@ -63,21 +67,24 @@ pub(crate) async fn accept_loop(
             }
         };
         relay::tune(&conn);
-        let route = routes.borrow().route(service_port);
+        let (route, taps) = {
+            let r = routes.borrow();
+            (r.route(service_port), r.taps(service_port))
+        };
         shared.active.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(shared.clone());
         if matches!(route, Route::Http) {
             let routes = routes.clone();
             tokio::spawn(async move {
                 let shared = guard.0.clone();
-                crate::http_route::serve(conn, peer, service_port, app, routes, shared).await;
+                crate::http_route::serve(conn, peer, service_port, app, routes, taps, shared).await;
                 drop(guard);
             });
             continue;
         }
         tokio::spawn(async move {
             let shared = &guard.0;
-            serve(conn, peer, service_port, app, route, shared).await;
+            serve(conn, peer, service_port, app, route, taps, shared).await;
             drop(guard);
         });
     }
@@ -89,6 +96,7 @@ async fn serve(
     service_port: u16,
     app: SocketAddr,
     route: Route,
+    taps: Vec<crate::routes::Tap>,
     shared: &Shared,
 ) {
     if let Route::Intercept {
@@ -108,10 +116,7 @@ async fn serve(
         {
             Ok(mut t) => match failopen::first_exchange(&mut inbound, &mut t).await {
                 FirstExchange::Committed => {
-                    if let Err(e) = relay::splice(&mut inbound, &mut t).await {
-                        debug!("port {service_port}: connection from {peer} ended: {e}");
-                    }
-                    return;
+                    return relay_with_taps(inbound, t, taps, shared, service_port, peer).await;
                 }
                 FirstExchange::CallerGone => return,
                 FirstExchange::Unanswered { sent, caller_done } => {
@@ -120,7 +125,8 @@ async fn serve(
                          without answering; replaying {} bytes of {peer} to the app",
                         sent.len()
                     );
-                    return to_app(inbound, peer, service_port, app, &sent, caller_done).await;
+                    let replay = (sent.as_slice(), caller_done);
+                    return to_app(inbound, peer, service_port, app, replay, taps, shared).await;
                 }
             },
             Err(e) => warn!(
@@ -129,18 +135,19 @@ async fn serve(
             ),
         }
     }
-    to_app(inbound, peer, service_port, app, &[], false).await;
+    to_app(inbound, peer, service_port, app, (&[], false), taps, shared).await;
 }
 
-/// Splices a caller to the app, after replaying what it already sent (`sent`, and its
-/// half-close when `caller_done`).
+/// Splices a caller to the app, after replaying what it already sent (`replay`: the bytes,
+/// and whether it half-closed after them).
 async fn to_app(
-    mut inbound: TcpStream,
+    inbound: TcpStream,
     peer: SocketAddr,
     service_port: u16,
     app: SocketAddr,
-    sent: &[u8],
-    caller_done: bool,
+    (sent, caller_done): (&[u8], bool),
+    taps: Vec<crate::routes::Tap>,
+    shared: &Shared,
 ) {
     let mut outbound = match TcpStream::connect(app).await {
         Ok(s) => {
@@ -158,7 +165,25 @@ async fn to_app(
         debug!("port {service_port}: replaying {peer} to the app: {e}");
         return;
     }
-    if let Err(e) = relay::splice(&mut inbound, &mut outbound).await {
+    relay_with_taps(inbound, outbound, taps, shared, service_port, peer).await;
+}
+
+/// Splices the caller and its destination, copying the caller's bytes to `taps` if any.
+async fn relay_with_taps(
+    mut inbound: TcpStream,
+    mut outbound: TcpStream,
+    taps: Vec<crate::routes::Tap>,
+    shared: &Shared,
+    service_port: u16,
+    peer: SocketAddr,
+) {
+    let r = if taps.is_empty() {
+        relay::splice(&mut inbound, &mut outbound).await.map(|_| ())
+    } else {
+        let copies = crate::wiretap::start(taps, shared, service_port);
+        crate::wiretap::relay(inbound, outbound, copies).await
+    };
+    if let Err(e) = r {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }

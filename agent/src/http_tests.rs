@@ -138,6 +138,7 @@ async fn setup() -> Setup {
         tunnel_addr: tunnel_addr.to_string(),
         active: AtomicUsize::new(0),
         pool: Default::default(),
+        counters: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));
     let s = Setup {
@@ -156,6 +157,7 @@ impl Setup {
                 .iter()
                 .map(|(id, h)| personal(id, 8080, h))
                 .collect(),
+            ..Default::default()
         };
         self.routes
             .send_replace(Routes::from_snapshot(&snap, "shop", "web", "s1"));

@@ -10,8 +10,9 @@
 //!
 //! Modules: [`config`] (environment), [`nft`] (pure-Rust nf_tables over netlink), [`routes`]
 //! (the per-connection routing decision), `session` (manager session and intercept watch),
-//! `forward` (accept loops and splicing), `http_route` and [`http_sniff`] (per-request routing
-//! of ports with personal intercepts).
+//! `forward` (accept loops and splicing), `to_pod` (pod-local ports for `--to-pod`), `http_route`
+//! and [`http_sniff`] (per-request routing of ports with personal intercepts), [`wiretap`] (copies
+//! for wiretaps, drop counters).
 #![deny(missing_docs)]
 
 pub mod config;
@@ -30,6 +31,9 @@ mod session;
 #[cfg(test)]
 #[allow(unsafe_code)] // unshare(2) into a fresh network namespace for tests
 mod testns;
+mod to_pod;
+pub mod wiretap;
+mod wiretap_http;
 
 pub use config::{AgentConfig, MANAGER_TIMEOUT};
 pub use nft::NftError;
@@ -164,6 +168,7 @@ impl Agent {
             tunnel_addr: cfg.tunnel_addr.clone(),
             active: AtomicUsize::new(0),
             pool: Default::default(),
+            counters: Default::default(),
         });
         let mut agent = Agent {
             listeners: Vec::with_capacity(cfg.ports.len()),
@@ -284,6 +289,11 @@ impl Agent {
                     read_only: m.read_only,
                 })
                 .collect(),
+            session_rx.clone(),
+        )));
+        self.session_tasks.push(tokio::spawn(wiretap::report_loop(
+            client.clone(),
+            self.shared.counters.clone(),
             session_rx.clone(),
         )));
         self.session_tasks.push(tokio::spawn(session::remain_loop(

@@ -1,8 +1,9 @@
 //! The agent's link to the traffic-manager: arrival (with retries while the manager starts),
-//! lease renewal (arriving again when the manager forgot the session), and the intercept watch
-//! that keeps the routing snapshot current. While the watch is broken everything goes to the
-//! app, and a session the manager no longer knows (it restarted, or saw the agent's connection
-//! end) is replaced at once rather than at the next renewal.
+//! lease renewal (arriving again when the manager forgot the session), the intercept watch
+//! that keeps the routing snapshot (and the log level the manager asks for) current, and the
+//! dial requests (file sync, pod-local ports). While the watch is broken everything goes to
+//! the app, and a session the manager no longer knows (it restarted, or saw the agent's
+//! connection end) is replaced at once rather than at the next renewal.
 
 use crate::routes::Routes;
 use crate::AgentError;
@@ -230,6 +231,16 @@ fn log_change(old: &Routes, new: &Routes) {
     }
 }
 
+/// Runs at the log level the manager asks for (`telepresence loglevel`), when it changed.
+fn apply_log_level(current: &mut protocol::manager::LogLevel, want: protocol::manager::LogLevel) {
+    if *current != want {
+        *current = want;
+        if let Err(e) = protocol::loglevel::set(want, None) {
+            warn!("{e}");
+        }
+    }
+}
+
 /// Keeps a `WatchIntercepts` stream open for the current session and publishes each snapshot.
 /// While no stream is open, everything is routed to the app.
 pub(crate) async fn watch_loop(
@@ -239,6 +250,7 @@ pub(crate) async fn watch_loop(
     routes_tx: watch::Sender<Routes>,
 ) {
     let mut backoff = RETRY;
+    let mut log_level = protocol::manager::LogLevel::Unspecified;
     loop {
         let session = session_rx.borrow_and_update().clone();
         let end = match client.watch_intercepts(session.clone()).await {
@@ -249,6 +261,7 @@ pub(crate) async fn watch_loop(
                         msg = stream.message() => match msg {
                             Ok(Some(snap)) => {
                                 backoff = RETRY;
+                                apply_log_level(&mut log_level, snap.agent_log_level());
                                 let routes = build_routes(&ctx, &snap, &session.session_id).await;
                                 log_change(&routes_tx.borrow(), &routes);
                                 routes_tx.send_replace(routes);
@@ -286,8 +299,9 @@ pub(crate) async fn watch_loop(
     }
 }
 
-/// Keeps a `WatchDials` stream open and answers each file-sync request: dial the manager's
-/// tunnel with the request's connection id and serve the workload's mounts over it.
+/// Keeps a `WatchDials` stream open and answers each request: file sync (dial the manager's
+/// tunnel with the request's connection id and serve the workload's mounts over it) and
+/// pod-local ports (`agent/src/to_pod.rs`).
 pub(crate) async fn dials_loop(
     mut client: Client,
     tunnel_addr: String,
@@ -308,6 +322,18 @@ pub(crate) async fn dials_loop(
                             tokio::spawn(async move {
                                 if let Err(e) = serve_fs(&tunnel, req, mounts).await {
                                     warn!("file sync stream ended: {e}");
+                                }
+                            });
+                        }
+                        Ok(Some(req)) if matches!(
+                            req.kind(),
+                            protocol::manager::DialKind::ToPod | protocol::manager::DialKind::ToPodCheck
+                        ) => {
+                            backoff = RETRY;
+                            let tunnel = tunnel_addr.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = crate::to_pod::serve(&tunnel, req).await {
+                                    debug!("pod-local stream ended: {e}");
                                 }
                             });
                         }

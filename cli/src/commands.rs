@@ -105,7 +105,14 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         .iter()
         .map(|i| {
             let s = i.spec.clone().unwrap_or_default();
-            format!("    {}: {}\n", s.name, s.client)
+            if crate::engage::kind_of_info(i) == protocol::manager::EngagementKind::Wiretap {
+                format!(
+                    "    {}: {} (wiretap, {} copies dropped)\n",
+                    s.name, s.client, i.wiretap_dropped
+                )
+            } else {
+                format!("    {}: {}\n", s.name, s.client)
+            }
         })
         .collect();
     block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
@@ -159,6 +166,8 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "id": i.id,
         "workload": s.workload,
         "namespace": s.namespace,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "wiretap_dropped": i.wiretap_dropped,
         "state": i.state().as_str(),
         "message": i.message,
         "client": s.client,
@@ -171,6 +180,17 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "http_path_equal": s.http_path_equal,
         "http_path_prefix": s.http_path_prefix,
         "http_path_regex": s.http_path_regex,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "ports": crate::engage::port_pairs(i).iter().map(|(remote, name, local)| json!({
+            "local": local,
+            "remote": remote,
+            "remote_name": name,
+            "protocol": "TCP",
+        })).collect::<Vec<_>>(),
+        "to_pod": s.to_pod.iter().map(|p| json!({
+            "port": p.port,
+            "protocol": crate::engage::to_pod_protocol(p),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -199,8 +219,11 @@ pub fn workload_line(w: &Workload) -> String {
                         "Destination",
                         Some(format!("{}:{}", spec.target_host, spec.target_port)),
                     ),
-                    ("Intercepting", Some(i.disposition.clone())),
-                ],
+                ]
+                .into_iter()
+                .chain(crate::engage::to_pod_row(i))
+                .chain([("Intercepting", Some(i.disposition.clone()))])
+                .collect::<Vec<_>>(),
             ));
         }
         return s;

@@ -6,6 +6,7 @@
 
 pub mod engage;
 mod liveness;
+pub mod loglevel;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
@@ -13,7 +14,9 @@ mod reattach;
 pub mod resolve;
 pub mod service;
 pub mod state;
+pub mod to_pod;
 pub mod tunnel;
+pub mod wiretap;
 
 use provider::Provider;
 use state::State;
@@ -28,6 +31,10 @@ use tokio::sync::{oneshot, watch, Mutex};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a ping may go unanswered before the connection counts as dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the answering side of a tunnel stream hands its originator: its connection, or why it
+/// could not deliver.
+pub(crate) type Pairing = Result<TcpStream, protocol::tunnel::HeaderError>;
 
 /// Where the manager listens.
 #[derive(Debug, Clone)]
@@ -52,13 +59,18 @@ pub(crate) struct Inner {
     pub(crate) generation: watch::Sender<u64>,
     /// Bumped whenever a snapshot has been handed to an agent's watch stream.
     pub(crate) sent: watch::Sender<u64>,
-    /// Agent-side tunnel connections waiting for their client side, by connection id.
-    pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<TcpStream>>>,
+    /// Originating tunnel connections waiting for their other side (or the error it reported),
+    /// by connection id.
+    pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Pairing>>>,
     /// The newest stream bound to each session (`liveness.rs`).
     pub(crate) streams: std::sync::Mutex<HashMap<String, u64>>,
     pub(crate) agent_timeout: Duration,
     /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
     pub(crate) team_mode: std::sync::atomic::AtomicBool,
+    /// The `protocol::manager::LogLevel` agents are asked to run at (`manager/src/loglevel.rs`).
+    pub(crate) agent_log_level: std::sync::atomic::AtomicI32,
+    /// Bumped by every log level change, so an older pending return does not undo a newer one.
+    pub(crate) log_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Manager {
@@ -76,6 +88,8 @@ impl Manager {
                 streams: Default::default(),
                 agent_timeout,
                 team_mode: Default::default(),
+                agent_log_level: Default::default(),
+                log_epoch: Default::default(),
             }),
         }
     }

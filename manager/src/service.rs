@@ -145,6 +145,47 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 }
 
 impl Manager {
+    /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
+    async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
+        let ports = crate::reattach::tcp_ports(w);
+        self.inner
+            .provider
+            .ensure_agent(&AgentRequest {
+                namespace: spec.namespace.clone(),
+                workload: spec.workload.clone(),
+                ports,
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "could not install the traffic-agent on {}: {e}",
+                    spec.workload
+                ))
+            })
+    }
+
+    /// Removes the agent a failed engagement installed, when nothing else engages its workload.
+    async fn remove_unused_agent(&self, before: &WorkloadInfo, spec: &InterceptSpec) {
+        if before.agent_installed {
+            return;
+        }
+        let used = self.inner.state.lock().await.intercepts.values().any(|i| {
+            i.spec
+                .as_ref()
+                .is_some_and(|s| s.namespace == spec.namespace && s.workload == spec.workload)
+        });
+        if !used {
+            if let Err(e) = self
+                .inner
+                .provider
+                .remove_agent(&spec.namespace, &spec.workload)
+                .await
+            {
+                tracing::warn!(workload = %spec.workload, "cannot remove the agent of a failed engagement: {e}");
+            }
+        }
+    }
+
     async fn client_of(&self, s: Option<&SessionInfo>) -> Result<(String, ClientInfo), Status> {
         let id = session_id(s)?;
         let st = self.inner.state.lock().await;
@@ -201,7 +242,9 @@ impl Manager {
             session.strip_prefix("client-").unwrap_or(session),
             spec.name
         );
-        protocol::filters::resolve(&mut spec, &id, self.team_mode())
+        // A wiretap without filters copies everything, team mode or not.
+        let team_mode = self.team_mode() && !crate::wiretap::is_wiretap(&spec);
+        protocol::filters::resolve(&mut spec, &id, team_mode)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok((spec, id))
     }
@@ -456,6 +499,7 @@ impl ManagerApi for Manager {
             .spec
             .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
         let (mut spec, id) = self.complete_spec(&session, &client, spec)?;
+        crate::to_pod::check_spec(&spec)?;
         let p = self.inner.provider.clone();
         let (w, pairs) = self.engaged_pairs(&spec).await?;
         spec.target_port = pairs.target_port;
@@ -485,26 +529,14 @@ impl ManagerApi for Manager {
             st.changed(&self.inner.generation);
             info
         };
-        let ports = crate::reattach::tcp_ports(&w);
         let fail = |status: Status| async {
             let mut st = self.inner.state.lock().await;
             st.intercepts.remove(&id);
             st.changed(&self.inner.generation);
             Err(status)
         };
-        if let Err(e) = p
-            .ensure_agent(&AgentRequest {
-                namespace: spec.namespace.clone(),
-                workload: spec.workload.clone(),
-                ports,
-            })
-            .await
-        {
-            return fail(Status::unavailable(format!(
-                "could not install the traffic-agent on {}: {e}",
-                spec.workload
-            )))
-            .await;
+        if let Err(e) = self.install_agent(&w, &spec).await {
+            return fail(e).await;
         }
         if !self.await_agent(&spec.namespace, &spec.workload).await {
             let why = p
@@ -517,6 +549,11 @@ impl ManagerApi for Manager {
                 self.inner.agent_timeout.as_secs()
             )))
             .await;
+        }
+        if let Err(e) = self.check_to_pod(&spec, &id).await {
+            let r = fail(e).await;
+            self.remove_unused_agent(&w, &spec).await;
+            return r;
         }
         if let Err(e) = self.start_replace(&spec).await {
             return fail(e).await;
@@ -551,6 +588,22 @@ impl ManagerApi for Manager {
                 req.name
             ))),
         }
+    }
+
+    async fn report_wiretaps(
+        &self,
+        req: Request<WiretapReport>,
+    ) -> Result<Response<Empty>, Status> {
+        let report = req.into_inner();
+        let id = session_id(report.session.as_ref())?;
+        let mut st = self.inner.state.lock().await;
+        if !st.agents.contains_key(&id) {
+            return Err(unknown_session());
+        }
+        if crate::wiretap::Drops::record(&mut st, &id, &report) {
+            st.changed(&self.inner.generation);
+        }
+        Ok(Response::new(Empty {}))
     }
 
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
@@ -633,6 +686,7 @@ impl ManagerApi for Manager {
                 if tx
                     .send(Ok(InterceptSnapshot {
                         intercepts: snapshot,
+                        agent_log_level: mgr.agent_log_level() as i32,
                     }))
                     .await
                     .is_err()
@@ -694,6 +748,16 @@ impl ManagerApi for Manager {
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::resolve::resolve(self, &req).await.map(Response::new)
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<LogLevelRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        self.client_of(req.session.as_ref()).await?;
+        crate::loglevel::set(self, &req).await?;
+        Ok(Response::new(Empty {}))
     }
 }
 

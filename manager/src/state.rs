@@ -42,6 +42,8 @@ pub struct State {
     pub intercepts: HashMap<String, InterceptInfo>,
     /// Bumped on every change; watchers wake when it moves.
     pub generation: u64,
+    /// What the agents reported about their wiretaps' dropped copies.
+    pub wiretap_drops: crate::wiretap::Drops,
 }
 
 impl State {

@@ -1,5 +1,6 @@
 //! The manager's tunnel listener: reads each connection's header, parks the originating side
-//! (an agent's intercepted connection, or a client's file-sync stream), asks the other side to
+//! (an agent's intercepted connection, or a client's file-sync or pod-local stream —
+//! `manager/src/to_pod.rs`), asks the other side to
 //! dial in with the same connection id over its `WatchDials` stream, answers an agent once its
 //! client side is connected (or why it cannot be), then splices the two.
 
@@ -69,16 +70,6 @@ pub enum TunnelDropped {
     Answer(#[source] std::io::Error),
 }
 
-impl TunnelDropped {
-    /// Whether the stream failed before its originator was answered (so it can still be told).
-    fn before_answer(&self) -> bool {
-        !matches!(
-            self,
-            TunnelDropped::Io(_) | TunnelDropped::Answer(_) | TunnelDropped::Header(_)
-        )
-    }
-}
-
 /// Accepts tunnel connections forever.
 pub async fn serve(mgr: Manager, listener: TcpListener) {
     loop {
@@ -108,8 +99,12 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
         (Role::Client, TunnelKind::Fs) => from_client(mgr, sock, header).await,
         (Role::Client, TunnelKind::OutTcp) => crate::outbound::tcp(&mgr, sock, header).await,
         (Role::Client, TunnelKind::OutUdp) => crate::outbound::udp(&mgr, sock, header).await,
+        (Role::Client, TunnelKind::PodTcp | TunnelKind::PodUdp) => {
+            crate::to_pod::from_client(mgr, sock, header).await
+        }
         // The answering side of any stream: hand it to the originator waiting for it.
-        (Role::Client, TunnelKind::Intercept) | (Role::Agent, TunnelKind::Fs) => {
+        (Role::Client, TunnelKind::Intercept)
+        | (Role::Agent, TunnelKind::Fs | TunnelKind::PodTcp | TunnelKind::PodUdp) => {
             answer(&mgr, sock, header)
         }
         // Outbound streams are only ever opened by clients.
@@ -119,18 +114,35 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
     }
 }
 
-/// The answering side of a stream dialed in: hand it to the originator parked under its id.
+/// The answering side of a stream dialed in: hand it (or the error it reported) to the
+/// originator parked under its id.
 fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
     let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
-    match (waiting, header.error) {
-        (Some(tx), None) => {
-            let _ = tx.send(sock);
+    let Some(tx) = waiting else {
+        return Err(TunnelDropped::NotWaiting(header.conn_id));
+    };
+    match header.error {
+        None => {
+            let _ = tx.send(Ok(sock));
             Ok(())
         }
-        // Dropping the sender closes the agent side.
-        (Some(_), Some(e)) => Err(TunnelDropped::NotDelivered(e)),
-        (None, _) => Err(TunnelDropped::NotWaiting(header.conn_id)),
+        Some(e) => {
+            let _ = tx.send(Err(e.clone()));
+            Err(TunnelDropped::NotDelivered(e))
+        }
     }
+}
+
+/// The sender of dial requests to an agent of the workload `spec` engages.
+pub(crate) fn agent_dials(
+    st: &crate::state::State,
+    spec: &protocol::manager::InterceptSpec,
+) -> Result<mpsc::Sender<DialRequest>, TunnelDropped> {
+    st.agents
+        .values()
+        .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
+        .find_map(|a| a.dials.clone())
+        .ok_or(TunnelDropped::NoAgentWatching)
 }
 
 /// An agent accepted an intercepted connection: ask the owning client to dial in. The agent
@@ -141,16 +153,22 @@ async fn from_agent(
     mut agent: TcpStream,
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
-    let found = dial_request_for_agent(&mgr, &h).await;
-    let result = match found {
-        Ok((tx, req)) => originate(mgr, &mut agent, tx, req, true).await,
+    let result = match dial_request_for_agent(&mgr, &h).await {
+        Ok((tx, req)) => match pair(&mgr, tx, req).await {
+            Ok(mut other) => {
+                write_header(&mut agent, Role::Client, &h.answer(None))
+                    .await
+                    .map_err(TunnelDropped::Answer)?;
+                splice(&mut agent, &mut other).await?;
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
-        if e.before_answer() {
-            let answer = h.answer(Some(HeaderError::Other(e.to_string())));
-            let _ = write_header(&mut agent, Role::Client, &answer).await;
-        }
+        let answer = h.answer(Some(HeaderError::Other(e.to_string())));
+        let _ = write_header(&mut agent, Role::Client, &answer).await;
     }
     result
 }
@@ -182,6 +200,7 @@ async fn dial_request_for_agent(
             // Multi-port engagements: the agent names the service port in `target`.
             target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
             kind: protocol::manager::DialKind::Intercept as i32,
+            ..Default::default()
         },
     ))
 }
@@ -198,13 +217,7 @@ async fn from_client(
         let ic = st
             .intercept_by_id(&h.intercept_id)
             .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
-        let spec = ic.spec.as_ref().expect("spec");
-        let tx = st
-            .agents
-            .values()
-            .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
-            .find_map(|a| a.dials.clone())
-            .ok_or(TunnelDropped::NoAgentWatching)?;
+        let tx = agent_dials(&st, ic.spec.as_ref().expect("spec"))?;
         (
             tx,
             DialRequest {
@@ -215,20 +228,29 @@ async fn from_client(
             },
         )
     };
-    let mut client = client;
-    originate(mgr, &mut client, tx, req, false).await
+    originate(mgr, client, tx, req).await
 }
 
 /// Parks `origin`, sends the dial request to the other side, and splices the two once the
-/// other side dials in with the same connection id; with `answer`, `origin` is first told
-/// that its stream is connected.
+/// other side dials in with the same connection id.
 async fn originate(
     mgr: Manager,
-    origin: &mut TcpStream,
+    mut origin: TcpStream,
     tx: mpsc::Sender<DialRequest>,
     req: DialRequest,
-    answer: bool,
 ) -> Result<(), TunnelDropped> {
+    let mut other = pair(&mgr, tx, req).await?;
+    splice(&mut origin, &mut other).await?;
+    Ok(())
+}
+
+/// Sends the dial request to the other side and waits until it dials in with the same
+/// connection id: its connection, or why it could not deliver.
+pub(crate) async fn pair(
+    mgr: &Manager,
+    tx: mpsc::Sender<DialRequest>,
+    req: DialRequest,
+) -> Result<TcpStream, TunnelDropped> {
     let conn_id = req.conn_id.clone();
     let (ptx, rx) = tokio::sync::oneshot::channel();
     mgr.inner
@@ -240,23 +262,13 @@ async fn originate(
         mgr.inner.pending.lock().unwrap().remove(&conn_id);
         return Err(TunnelDropped::DialStreamClosed);
     }
-    let mut other = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(_)) => return Err(TunnelDropped::Refused),
+    match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
+        Ok(Ok(Ok(c))) => Ok(c),
+        Ok(Ok(Err(e))) => Err(TunnelDropped::NotDelivered(e)),
+        Ok(Err(_)) => Err(TunnelDropped::Refused),
         Err(_) => {
             mgr.inner.pending.lock().unwrap().remove(&conn_id);
-            return Err(TunnelDropped::NoAnswer);
+            Err(TunnelDropped::NoAnswer)
         }
-    };
-    if answer {
-        let h = TunnelHeader {
-            conn_id,
-            ..Default::default()
-        };
-        write_header(origin, Role::Client, &h.answer(None))
-            .await
-            .map_err(TunnelDropped::Answer)?;
     }
-    splice(origin, &mut other).await?;
-    Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod agent_env;
 pub mod filters;
+pub mod loglevel;
 pub mod ports;
 pub mod resolv;
 pub mod tunnel;

@@ -78,16 +78,39 @@ pub enum TunnelKind {
     /// datagrams travel both ways framed by [`write_datagram`]/[`read_datagram`].
     #[serde(rename = "out-udp")]
     OutUdp,
+    /// A TCP connection to a port on the engaged workload's localhost (`--to-pod`), `"pod-tcp"`:
+    /// opened by a client with [`TunnelHeader::target`] `127.0.0.1:<port>`; the manager asks an
+    /// agent of the workload to dial it, answers the client with a header whose `error` is
+    /// unset on success (like [`TunnelKind::OutTcp`]), then splices.
+    #[serde(rename = "pod-tcp")]
+    PodTcp,
+    /// A UDP flow to a port on the engaged workload's localhost (`--to-pod PORT/UDP`),
+    /// `"pod-udp"`: like [`TunnelKind::PodTcp`], then datagrams framed as for
+    /// [`TunnelKind::OutUdp`].
+    #[serde(rename = "pod-udp")]
+    PodUdp,
 }
 
 impl TunnelKind {
-    /// The wire form: `""`, `"fs"`, `"out-tcp"` or `"out-udp"`.
+    /// The wire form: `""`, `"fs"`, `"out-tcp"`, `"out-udp"`, `"pod-tcp"` or `"pod-udp"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TunnelKind::Intercept => "",
             TunnelKind::Fs => "fs",
             TunnelKind::OutTcp => "out-tcp",
             TunnelKind::OutUdp => "out-udp",
+            TunnelKind::PodTcp => "pod-tcp",
+            TunnelKind::PodUdp => "pod-udp",
+        }
+    }
+
+    /// The pod-local stream kind for a transport: [`TunnelKind::PodTcp`] or
+    /// [`TunnelKind::PodUdp`].
+    pub fn to_pod(udp: bool) -> TunnelKind {
+        if udp {
+            TunnelKind::PodUdp
+        } else {
+            TunnelKind::PodTcp
         }
     }
 
@@ -344,6 +367,8 @@ mod tests {
             (TunnelKind::Fs, "fs"),
             (TunnelKind::OutTcp, "out-tcp"),
             (TunnelKind::OutUdp, "out-udp"),
+            (TunnelKind::PodTcp, "pod-tcp"),
+            (TunnelKind::PodUdp, "pod-udp"),
         ] {
             assert_eq!(serde_json::to_string(&kind).unwrap(), format!("{text:?}"));
             assert_eq!(kind.as_str(), text);

@@ -6,7 +6,7 @@
 //! a 256 MiB download direct vs intercepted.
 //! Volumes: time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
-//! Personal intercepts: see `../bench_personal.rs`.
+//! Personal intercepts: see `../bench_personal.rs`. Wiretaps: see `../bench_wiretap.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 //! Faults (`tests::faults`): requests failed under a steady load while one thing dies at a time,
@@ -25,6 +25,8 @@ use tests::*;
 
 #[path = "../bench_personal.rs"]
 mod bench_personal;
+#[path = "../bench_wiretap.rs"]
+mod bench_wiretap;
 
 #[derive(Parser)]
 struct Args {
@@ -52,6 +54,12 @@ struct Args {
     /// Skip the fault suite (requests lost and settle times when things die).
     #[arg(long)]
     no_faults: bool,
+    /// Skip the wiretap benchmark.
+    #[arg(long)]
+    no_wiretap: bool,
+    /// Only the wiretap benchmark.
+    #[arg(long)]
+    only_wiretap: bool,
     /// Parallel downloads in the outbound benchmark.
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -375,12 +383,36 @@ fn faults() -> Result<(Vec<Row>, Value)> {
     Ok((rows, doc))
 }
 
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<36} {:>14} {:>14}  {:<18} met",
+        "metric", "intercepted", "direct", "target"
+    );
+    for (m, i, d, tgt, ok) in rows {
+        println!(
+            "{m:<36} {i:>14} {d:>14}  {tgt:<18} {}",
+            if *ok { "yes" } else { "NO" }
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     anyhow::ensure!(
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
+    if a.only_wiretap {
+        let (rows, v) = bench_wiretap::wiretap(a.requests)?;
+        print_rows(&rows);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"wiretap": v, "targets_met": rows.iter().all(|r| r.4)})
+            )?
+        );
+        return Ok(());
+    }
     let (mut rows, path) = if a.only_personal || a.no_intercept {
         (Vec::new(), Value::Null)
     } else {
@@ -400,6 +432,13 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
+    let wiretap = if a.no_wiretap || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = bench_wiretap::wiretap(a.requests)?;
+        rows.extend(r);
+        v
+    };
     let vols = if a.no_volumes || a.only_personal {
         Value::Null
     } else {
@@ -414,17 +453,9 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
-    println!(
-        "{:<36} {:>14} {:>14}  {:<18} met",
-        "metric", "intercepted", "direct", "target"
-    );
-    for (m, i, d, tgt, ok) in &rows {
-        println!(
-            "{m:<36} {i:>14} {d:>14}  {tgt:<18} {}",
-            if *ok { "yes" } else { "NO" }
-        );
-    }
+    print_rows(&rows);
     let doc = json!({
+        "wiretap": wiretap,
         "intercept_path": path,
         "volumes": vols,
         "personal_intercepts": personal,

@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR] [--log-requests]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -47,6 +47,12 @@ enum Command {
         /// process does not run, e.g. paused by `telepresence replace`).
         #[arg(long)]
         tick: Option<std::path::PathBuf>,
+        /// Address to listen on (127.0.0.1: only the network namespace's own localhost).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received.
+        #[arg(long)]
+        log_requests: bool,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -222,7 +228,13 @@ async fn run(command: Command) -> ExitCode {
             udp,
             name,
             tick,
-        } => serve(http, udp, name, tick).await,
+            bind,
+            log_requests,
+        } => {
+            let mut app = App::new(name);
+            app.log_requests = log_requests;
+            serve(http, udp, app, tick, bind).await
+        }
         Command::Get {
             url,
             header,
@@ -360,30 +372,30 @@ async fn relay(port: u16, to: String) -> ExitCode {
 async fn serve(
     mut http: Vec<u16>,
     udp: Vec<u16>,
-    name: String,
+    app: App,
     tick: Option<std::path::PathBuf>,
+    bind: std::net::IpAddr,
 ) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
     }
-    let app = App::new(name);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(file) = tick {
         tasks.spawn(ticker(file));
     }
     for port in http {
-        match TcpListener::bind(("0.0.0.0", port)).await {
+        match TcpListener::bind((bind, port)).await {
             Ok(l) => {
-                eprintln!("tp-testapp {}: HTTP on :{port}", app.name);
+                eprintln!("tp-testapp {}: HTTP on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_http(l, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
         }
     }
     for port in udp {
-        match UdpSocket::bind(("0.0.0.0", port)).await {
+        match UdpSocket::bind((bind, port)).await {
             Ok(s) => {
-                eprintln!("tp-testapp {}: UDP echo on :{port}", app.name);
+                eprintln!("tp-testapp {}: UDP echo on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_udp(s, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on UDP port {port}: {e}")),
