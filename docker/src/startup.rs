@@ -130,6 +130,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
         tunnel_addr: ([0, 0, 0, 0], s.tunnel_port).into(),
         agent_timeout: Duration::from_secs(30),
     };
+    tokio::spawn(provider.watch_engine());
     manager::run(cfg, Arc::new(provider), shutdown)
         .await
         .map_err(StartupError::Manager)
