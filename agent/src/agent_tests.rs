@@ -56,6 +56,7 @@ impl Manager for Stub {
             session: Some(SessionInfo {
                 session_id: id,
                 lease_seconds: 1,
+                ..Default::default()
             }),
             cluster: None,
         }))
@@ -263,6 +264,7 @@ impl World {
             drain_timeout: Duration::from_millis(300),
             manager_timeout: Duration::from_secs(10),
             port_map: vec![],
+            token: None,
         }
     }
 

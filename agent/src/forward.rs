@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
     /// ports with personal intercepts.
     pub pool: crate::http_route::Pool,
+    /// The agent token that proves the agent's tunnel connections.
+    pub token: Option<protocol::auth::Token>,
     /// Copies the wiretaps dropped.
     pub counters: Arc<crate::wiretap::Counters>,
 }
@@ -109,7 +111,10 @@ async fn serve(
             tunnel,
             &shared.tunnel_addr,
             &intercept_id,
-            &session_id,
+            crate::session::TunnelAuth {
+                session_id: session_id.to_string(),
+                token: shared.token.clone(),
+            },
             service_port,
         )
         .await
@@ -195,7 +200,7 @@ pub(crate) async fn open_tunnel(
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,
-    session_id: &str,
+    who: crate::session::TunnelAuth,
     service_port: u16,
 ) -> std::io::Result<TcpStream> {
     let dial = async {
@@ -211,14 +216,14 @@ pub(crate) async fn open_tunnel(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     relay::tune(&s);
-    let header = TunnelHeader {
+    let mut header = TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),
-        session_id: session_id.to_string(),
         // Which pair of a multi-port engagement (the manager picks the local port by it).
         target: service_port.to_string(),
         ..Default::default()
     };
+    who.fill(&mut header);
     tunnel::write_header(&mut s, Role::Agent, &header).await?;
     // Not a byte of the caller before the manager says the client side is connected.
     let (_, answer) = tunnel::read_header_timeout(&mut s, ANSWER_TIMEOUT)

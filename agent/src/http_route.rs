@@ -246,7 +246,10 @@ impl Ctx {
                 *tunnel,
                 &self.shared.tunnel_addr,
                 intercept_id,
-                session_id,
+                crate::session::TunnelAuth {
+                    session_id: session_id.to_string(),
+                    token: self.shared.token.clone(),
+                },
                 self.service_port,
             )
             .await

@@ -138,6 +138,7 @@ async fn setup() -> Setup {
         tunnel_addr: tunnel_addr.to_string(),
         active: AtomicUsize::new(0),
         pool: Default::default(),
+        token: None,
         counters: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));

@@ -168,6 +168,7 @@ impl Agent {
             tunnel_addr: cfg.tunnel_addr.clone(),
             active: AtomicUsize::new(0),
             pool: Default::default(),
+            token: cfg.token.clone(),
             counters: Default::default(),
         });
         let mut agent = Agent {
@@ -258,8 +259,13 @@ impl Agent {
                 })
                 .collect(),
         };
-        let (client, session) =
-            session::connect(&self.cfg.manager_addr, &info, self.cfg.manager_timeout).await?;
+        let (client, session) = session::connect(
+            &self.cfg.manager_addr,
+            &info,
+            self.cfg.token.clone(),
+            self.cfg.manager_timeout,
+        )
+        .await?;
         info!(
             "arrived at the traffic-manager {} as session {} (lease {}s)",
             self.cfg.manager_addr, session.session_id, session.lease_seconds
@@ -289,6 +295,7 @@ impl Agent {
                     read_only: m.read_only,
                 })
                 .collect(),
+            self.cfg.token.clone(),
             session_rx.clone(),
         )));
         self.session_tasks.push(tokio::spawn(wiretap::report_loop(

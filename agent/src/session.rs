@@ -7,7 +7,8 @@
 
 use crate::routes::Routes;
 use crate::AgentError;
-use protocol::manager::{manager_client::ManagerClient, AgentInfo, SessionInfo};
+use protocol::auth::{Bearer, Token};
+use protocol::manager::{AgentInfo, SessionInfo};
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{debug, info, warn};
 
-pub(crate) type Client = ManagerClient<Channel>;
+pub(crate) type Client = protocol::auth::ManagerClient;
 
 /// Pause between attempts while the manager does not answer.
 const RETRY: Duration = Duration::from_millis(100);
@@ -76,6 +77,7 @@ fn is_refusal(code: Code) -> bool {
 pub(crate) async fn connect(
     addr: &str,
     info: &AgentInfo,
+    token: Option<Token>,
     deadline: Duration,
 ) -> Result<(Client, SessionInfo), AgentError> {
     let ep = endpoint(addr)?;
@@ -84,7 +86,7 @@ pub(crate) async fn connect(
     loop {
         match ep.connect().await {
             Ok(ch) => {
-                let mut client = ManagerClient::new(ch);
+                let mut client = protocol::auth::manager_client(ch, Bearer::new(token.clone()));
                 match arrive_once(&mut client, info).await {
                     Ok(s) => return Ok((client, s)),
                     Err(Some(status)) if is_refusal(status.code()) => {
@@ -306,6 +308,7 @@ pub(crate) async fn dials_loop(
     mut client: Client,
     tunnel_addr: String,
     mounts: Vec<fssync::Mount>,
+    token: Option<Token>,
     mut session_rx: watch::Receiver<SessionInfo>,
 ) {
     let mut backoff = RETRY;
@@ -319,8 +322,12 @@ pub(crate) async fn dials_loop(
                         Ok(Some(req)) if req.kind() == protocol::manager::DialKind::Fs => {
                             backoff = RETRY;
                             let (tunnel, mounts) = (tunnel_addr.clone(), mounts.clone());
+                            let who = TunnelAuth {
+                                session_id: session_rx.borrow().session_id.clone(),
+                                token: token.clone(),
+                            };
                             tokio::spawn(async move {
-                                if let Err(e) = serve_fs(&tunnel, req, mounts).await {
+                                if let Err(e) = serve_fs(&tunnel, req, who, mounts).await {
                                     warn!("file sync stream ended: {e}");
                                 }
                             });
@@ -331,8 +338,12 @@ pub(crate) async fn dials_loop(
                         ) => {
                             backoff = RETRY;
                             let tunnel = tunnel_addr.clone();
+                            let who = TunnelAuth {
+                                session_id: session_rx.borrow().session_id.clone(),
+                                token: token.clone(),
+                            };
                             tokio::spawn(async move {
-                                if let Err(e) = crate::to_pod::serve(&tunnel, req).await {
+                                if let Err(e) = crate::to_pod::serve(&tunnel, req, who).await {
                                     debug!("pod-local stream ended: {e}");
                                 }
                             });
@@ -354,18 +365,38 @@ pub(crate) async fn dials_loop(
     }
 }
 
+/// The session a tunnel connection names, and the token that proves it.
+pub(crate) struct TunnelAuth {
+    pub session_id: String,
+    pub token: Option<Token>,
+}
+
+impl TunnelAuth {
+    /// The header fields that prove this session (protocol/src/auth.rs `agent_proof`).
+    pub(crate) fn fill(&self, h: &mut protocol::tunnel::TunnelHeader) {
+        h.session_id.clone_from(&self.session_id);
+        h.proof = self
+            .token
+            .as_ref()
+            .map(|t| protocol::auth::agent_proof(t, &self.session_id))
+            .unwrap_or_default();
+    }
+}
+
 async fn serve_fs(
     tunnel: &str,
     req: protocol::manager::DialRequest,
+    who: TunnelAuth,
     mounts: Vec<fssync::Mount>,
 ) -> std::io::Result<()> {
     let mut s = relay::dial(tunnel).await?;
-    let header = protocol::tunnel::TunnelHeader {
+    let mut header = protocol::tunnel::TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,
         kind: protocol::tunnel::TunnelKind::Fs,
         ..Default::default()
     };
+    who.fill(&mut header);
     protocol::tunnel::write_header(&mut s, protocol::tunnel::Role::Agent, &header).await?;
     crate::fs::serve(s, mounts).await
 }

@@ -80,6 +80,8 @@ pub struct DockerConfig {
     pub tunnel_port: u16,
     /// The image agent (and agent-cleanup) containers run.
     pub agent_image: String,
+    /// The agent token agent containers present (protocol/src/auth.rs).
+    pub agent_token: Option<protocol::auth::Token>,
 }
 
 /// [`Provider`] for a Docker engine.
@@ -114,6 +116,34 @@ pub async fn connect_engine() -> Result<Docker, ProviderError> {
 }
 
 impl DockerProvider {
+    /// The IPAM configurations of `namespace`'s networks (its compose project's, or the
+    /// network its containers use); none for `default`, the engine's bridge network, which the
+    /// daemon container is attached to itself: it reaches those containers directly.
+    async fn namespace_ipam(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<bollard::models::IpamConfig>, ProviderError> {
+        if namespace == DEFAULT_NAMESPACE {
+            return Ok(Vec::new());
+        }
+        let containers = self.list_all().await?;
+        let primary = namespace_network(namespace, &containers);
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| api_err("list networks", e))?;
+        Ok(networks
+            .into_iter()
+            .filter(|n| {
+                let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
+                n.name.as_ref() == primary.as_ref()
+                    || project.map(String::as_str) == Some(namespace)
+            })
+            .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+            .collect())
+    }
+
     /// Connects to the engine (`DOCKER_HOST` or the local socket, version negotiated).
     pub async fn connect(cfg: DockerConfig) -> Result<Self, ProviderError> {
         Ok(Self::new(connect_engine().await?, cfg))
@@ -366,37 +396,29 @@ impl Provider for DockerProvider {
     }
 
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
-        if namespace == DEFAULT_NAMESPACE {
-            // The `default` namespace is the engine's bridge network, which the daemon container
-            // is attached to itself: it reaches those containers directly, nothing to route.
-            return Ok(Vec::new());
-        }
-        let containers = self.list_all().await?;
-        let primary = namespace_network(namespace, &containers);
-        let networks = self
-            .docker
-            .list_networks(None::<ListNetworksOptions>)
-            .await
-            .map_err(|e| api_err("list networks", e))?;
         let mut subnets: Vec<String> = Vec::new();
-        for n in networks {
-            let name = n.name.clone().unwrap_or_default();
-            let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
-            let ours =
-                Some(&name) == primary.as_ref() || project.map(String::as_str) == Some(namespace);
-            if !ours {
-                continue;
-            }
-            for c in n.ipam.and_then(|i| i.config).unwrap_or_default() {
-                if let Some(s) = c.subnet.filter(|s| !s.is_empty()) {
-                    if !subnets.contains(&s) {
-                        subnets.push(s);
-                    }
+        for c in self.namespace_ipam(namespace).await? {
+            if let Some(s) = c.subnet.filter(|s| !s.is_empty()) {
+                if !subnets.contains(&s) {
+                    subnets.push(s);
                 }
             }
         }
         subnets.sort();
         Ok(subnets)
+    }
+
+    async fn host_addresses(&self, namespace: &str) -> Vec<std::net::IpAddr> {
+        match self.namespace_ipam(namespace).await {
+            Ok(ipam) => ipam
+                .into_iter()
+                .filter_map(|c| c.gateway.and_then(|g| g.parse().ok()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%namespace, "cannot read the networks' gateways: {e}");
+                Vec::new()
+            }
+        }
     }
 
     fn cluster_domain(&self) -> String {
@@ -1120,6 +1142,7 @@ fn agent_container_body(
         workload: spec.workload.clone(),
         ports: spec.ports.clone(),
         pod_ip: Some(spec.target_ip.clone()),
+        token: cfg.agent_token.clone(),
         ..Default::default()
     };
     app.fill(&mut agent_env);
@@ -1426,6 +1449,7 @@ mod tests {
             grpc_port: 8081,
             tunnel_port: 8082,
             agent_image: "telepresence:0.1.0-abc123".into(),
+            agent_token: None,
         };
         let spec = AgentSpec {
             name: agent_name("shop", "web", 2),

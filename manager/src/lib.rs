@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod engage;
 mod liveness;
 pub mod loglevel;
@@ -45,6 +46,8 @@ pub struct ManagerConfig {
     pub tunnel_addr: SocketAddr,
     /// How long `CreateIntercept` waits for an agent to arrive.
     pub agent_timeout: Duration,
+    /// The credentials callers must present (rotated by the provider's startup).
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The shared manager; cheap to clone.
@@ -67,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) agent_timeout: Duration,
     /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
     pub(crate) team_mode: std::sync::atomic::AtomicBool,
+    /// The credentials callers and tunnel connections must present.
+    pub(crate) auth: Arc<auth::Auth>,
     /// The `protocol::manager::LogLevel` agents are asked to run at (`manager/src/loglevel.rs`).
     pub(crate) agent_log_level: std::sync::atomic::AtomicI32,
     /// Bumped by every log level change, so an older pending return does not undo a newer one.
@@ -74,8 +79,21 @@ pub(crate) struct Inner {
 }
 
 impl Manager {
-    /// A manager over `provider`; `agent_timeout` is how long `CreateIntercept` waits for an agent.
+    /// A manager over `provider` accepting fresh random credentials nobody outside this
+    /// process knows (in-process callers mark requests with [`auth::Caller::attach`]);
+    /// `agent_timeout` is how long `CreateIntercept` waits for an agent.
     pub fn new(provider: Arc<dyn Provider>, agent_timeout: Duration) -> Self {
+        let secret = protocol::auth::Token::generate();
+        let auth = auth::Auth::new(auth::Credentials::from_secret(&secret));
+        Manager::with_auth(provider, agent_timeout, Arc::new(auth))
+    }
+
+    /// A manager over `provider` accepting the credentials of `auth`.
+    pub fn with_auth(
+        provider: Arc<dyn Provider>,
+        agent_timeout: Duration,
+        auth: Arc<auth::Auth>,
+    ) -> Self {
         let (generation, _) = watch::channel(0);
         let (sent, _) = watch::channel(0);
         Manager {
@@ -88,6 +106,7 @@ impl Manager {
                 streams: Default::default(),
                 agent_timeout,
                 team_mode: Default::default(),
+                auth,
                 agent_log_level: Default::default(),
                 log_epoch: Default::default(),
             }),
@@ -127,7 +146,7 @@ pub async fn run(
     provider: Arc<dyn Provider>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mgr = Manager::new(provider, cfg.agent_timeout);
+    let mgr = Manager::with_auth(provider, cfg.agent_timeout, cfg.auth.clone());
     mgr.set_team_mode(personal::team_mode_from_env());
     if mgr.team_mode() {
         tracing::info!("team mode: intercepts without filters default to --http-header=auto");
@@ -148,7 +167,12 @@ pub async fn run(
         // its session (liveness.rs).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(protocol::manager::manager_server::ManagerServer::new(mgr))
+        .add_service(
+            protocol::manager::manager_server::ManagerServer::with_interceptor(
+                mgr,
+                auth::interceptor(cfg.auth),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

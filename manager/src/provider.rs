@@ -135,4 +135,10 @@ pub trait Provider: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Addresses inside [`Provider::cluster_subnets`] that belong to the cluster's host rather
+    /// than to a workload (a Docker network's gateway is the engine's host): outbound streams
+    /// never dial them.
+    async fn host_addresses(&self, _namespace: &str) -> Vec<std::net::IpAddr> {
+        Vec::new()
+    }
 }

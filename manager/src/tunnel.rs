@@ -68,6 +68,16 @@ pub enum TunnelDropped {
     /// The originating side went away before it could be told its stream is connected.
     #[error("answering the originating side: {0}")]
     Answer(#[source] std::io::Error),
+    /// The connection has no valid session proof, or names what its session may not use.
+    #[error("{role:?} {kind:?} stream refused: {reason}")]
+    NotAuthorized {
+        /// Who opened the connection.
+        role: Role,
+        /// The kind it asked for.
+        kind: TunnelKind,
+        /// Why.
+        reason: HeaderError,
+    },
 }
 
 /// Accepts tunnel connections forever.
@@ -93,6 +103,21 @@ pub async fn serve(mgr: Manager, listener: TcpListener) {
 
 async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> {
     let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT).await?;
+    let admitted = {
+        let st = mgr.inner.state.lock().await;
+        crate::auth::admit_tunnel(&mgr.inner.auth, &st, role, &header)
+    };
+    if let Err(reason) = admitted {
+        if role == Role::Client && header.kind.is_answered() {
+            // Outbound and pod-local clients wait for an answer: tell them why.
+            let _ = crate::outbound::refuse(&mut sock, &header, reason.clone()).await;
+        }
+        return Err(TunnelDropped::NotAuthorized {
+            role,
+            kind: header.kind,
+            reason,
+        });
+    }
     match (role, header.kind) {
         // Originating sides.
         (Role::Agent, TunnelKind::Intercept) => from_agent(mgr, sock, header).await,

@@ -12,6 +12,7 @@
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! tp-testapp relay --listen PORT --to HOST:PORT
 //! tp-testapp steady URL [--interval-ms MS] [--timeout S]
+//! tp-testapp stranger --grpc HOST:PORT --tunnel HOST:PORT ...
 //! ```
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
@@ -142,6 +143,29 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Try every door of a traffic-manager without its credential (tests/src/stranger.rs);
+    /// prints one JSON `Attempt` per line.
+    Stranger {
+        #[arg(long)]
+        grpc: String,
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        victim_session: String,
+        #[arg(long)]
+        victim_intercept_id: String,
+        #[arg(long)]
+        victim_intercept_name: String,
+        #[arg(long)]
+        outbound: String,
+        /// Present this (made-up) token.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Send one UDP datagram to HOST:PORT and print the reply.
     UdpSend {
         target: String,
@@ -223,6 +247,33 @@ async fn stop_signal() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::Stranger {
+            grpc,
+            tunnel,
+            namespace,
+            workload,
+            victim_session,
+            victim_intercept_id,
+            victim_intercept_name,
+            outbound,
+            token,
+        } => {
+            let t = tests::stranger::Target {
+                grpc,
+                tunnel,
+                token: token.and_then(|t| protocol::auth::Token::parse(&t).ok()),
+                namespace,
+                workload,
+                victim_session,
+                victim_intercept_id,
+                victim_intercept_name,
+                outbound,
+            };
+            for a in tests::stranger::try_everything(&t).await {
+                println!("{}", serde_json::to_string(&a).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             http,
             udp,
