@@ -1,16 +1,19 @@
 //! The agent's link to the traffic-manager: arrival (with retries while the manager starts),
 //! lease renewal (arriving again when the manager forgot the session), the intercept watch
 //! that keeps the routing snapshot (and the log level the manager asks for) current, and the
-//! dial requests (file sync, pod-local ports).
+//! dial requests (file sync, pod-local ports). While the watch is broken everything goes to
+//! the app, and a session the manager no longer knows (it restarted, or saw the agent's
+//! connection end) is replaced at once rather than at the next renewal.
 
 use crate::routes::Routes;
 use crate::AgentError;
 use protocol::auth::{Bearer, Token};
 use protocol::manager::{AgentInfo, SessionInfo};
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tokio::sync::{watch, Notify};
+use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{debug, info, warn};
 
@@ -18,8 +21,9 @@ pub(crate) type Client = protocol::auth::ManagerClient;
 
 /// Pause between attempts while the manager does not answer.
 const RETRY: Duration = Duration::from_millis(100);
-/// Longest pause between reconnection attempts once running.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts once running (a restarted manager is found
+/// again within this).
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Deadline for one unary call.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lease assumed when the manager grants none.
@@ -53,8 +57,8 @@ fn endpoint(addr: &str) -> Result<Endpoint, AgentError> {
         .map_err(|e| AgentError::Config(format!("manager address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true))
 }
 
@@ -149,16 +153,21 @@ async fn rearrive(client: &mut Client, info: &AgentInfo) -> SessionInfo {
     }
 }
 
-/// Renews the lease every lease/3; when the manager answers NotFound (it restarted or expired
-/// the session) arrives again and publishes the new session.
+/// Renews the lease every lease/3, or at once when `poke` says the session may be gone (the
+/// intercept watch found it unknown); when the manager answers NotFound (it restarted or
+/// ended the session) arrives again and publishes the new session.
 pub(crate) async fn remain_loop(
     mut client: Client,
     info: AgentInfo,
     session_tx: watch::Sender<SessionInfo>,
+    poke: Arc<Notify>,
 ) {
     loop {
         let session = session_tx.borrow().clone();
-        tokio::time::sleep(remain_interval(session.lease_seconds)).await;
+        tokio::select! {
+            () = tokio::time::sleep(remain_interval(session.lease_seconds)) => {}
+            () = poke.notified() => {}
+        }
         match tokio::time::timeout(RPC_TIMEOUT, client.remain(session.clone())).await {
             Ok(Ok(_)) => {}
             Ok(Err(s)) if s.code() == Code::NotFound => {
@@ -181,6 +190,8 @@ pub(crate) struct WatchCtx {
     pub namespace: String,
     pub workload: String,
     pub tunnel_addr: String,
+    /// Wakes the remain loop when the session turns out to be unknown.
+    pub poke: Arc<Notify>,
 }
 
 enum StreamEnd {
@@ -279,6 +290,7 @@ pub(crate) async fn watch_loop(
             StreamEnd::Failed(s) if s.code() == Code::NotFound => {
                 // The session is gone: the remain loop arrives again; wait for its new session.
                 debug!("intercept watch: session unknown; waiting for a new session");
+                ctx.poke.notify_one();
                 let _ = tokio::time::timeout(MAX_BACKOFF, session_rx.changed()).await;
                 continue;
             }

@@ -379,8 +379,9 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         )
         .await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
-        docker::provider::sweep_agents(&docker, None).await?;
+        // Managers before agents: a manager re-attaches the agents of intercepted workloads.
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;
+        docker::provider::sweep_agents(&docker, None).await?;
         // Images of earlier builds of this binary are never used again.
         if let Ok(exe) = std::env::current_exe() {
             if let Ok(current) = docker::image::image_tag(crate::connect::IMAGE_REPO, &exe) {

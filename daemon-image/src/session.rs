@@ -106,6 +106,9 @@ pub struct Session {
     pub intercepts: watch::Sender<Vec<InterceptInfo>>,
     /// Specs created through this daemon, re-created after a re-arrival.
     pub specs: Mutex<Vec<InterceptSpec>>,
+    /// Wakes [`Session::keep_alive`] when a watch stream broke: the manager may have restarted
+    /// or ended the session, and the intercepts should resume at once.
+    poke: tokio::sync::Notify,
 }
 
 impl Session {
@@ -115,7 +118,9 @@ impl Session {
             .map_err(|e| DaemonError::Manager(cfg.manager_addr.clone(), e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
+            // A dead connection (manager gone, network cut) is found within ~4 s.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let channel = loop {
@@ -146,6 +151,7 @@ impl Session {
             session: Mutex::new(resp.session.unwrap_or_default()),
             intercepts,
             specs: Mutex::new(Vec::new()),
+            poke: tokio::sync::Notify::new(),
         })
     }
 
@@ -167,6 +173,7 @@ impl Session {
             session: Mutex::new(SessionInfo::default()),
             intercepts,
             specs: Mutex::new(Vec::new()),
+            poke: tokio::sync::Notify::new(),
         }
     }
 
@@ -174,12 +181,16 @@ impl Session {
         self.session.lock().unwrap().clone()
     }
 
-    /// Renews the lease; arrives again (and re-creates intercepts) if the manager lost us.
+    /// Renews the lease (every lease/3, or at once when a watch stream broke); arrives again
+    /// (and re-creates intercepts) if the manager lost us.
     pub async fn keep_alive(self: std::sync::Arc<Self>) {
         loop {
             let s = self.session();
             let period = Duration::from_secs(u64::from(s.lease_seconds.max(3) / 3));
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.poke.notified() => {}
+            }
             match self.client.clone().remain(s).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Code::NotFound => {
@@ -246,6 +257,7 @@ impl Session {
                     self.intercepts.send_replace(snap.intercepts);
                 }
             }
+            self.poke.notify_one();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -266,6 +278,7 @@ impl Session {
                     });
                 }
             }
+            self.poke.notify_one();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

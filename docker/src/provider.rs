@@ -91,6 +91,8 @@ pub struct DockerProvider {
     server: String,
     /// Serialises agent changes so two concurrent requests cannot race on container names.
     agent_ops: tokio::sync::Mutex<()>,
+    /// Moves on engine events that may detach an agent (crate::watch).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The engine address users recognise: `DOCKER_HOST`, or the local socket.
@@ -154,7 +156,18 @@ impl DockerProvider {
             cfg,
             server: engine_address(),
             agent_ops: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Follows the engine's events for this provider's namespace until the process ends,
+    /// moving [`Provider::changes`] (see crate::watch).
+    pub fn watch_engine(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::watch::watch_engine(
+            self.docker.clone(),
+            self.cfg.namespace.clone(),
+            self.changes.clone(),
+        )
     }
 
     /// The engine client.
@@ -348,7 +361,14 @@ impl Provider for DockerProvider {
             &containers,
             network.as_deref(),
         );
-        let agents = agents_in(Some(&req.namespace), Some(&req.workload), &containers);
+        let mut agents = agents_in(Some(&req.namespace), Some(&req.workload), &containers);
+        for a in agents.iter_mut().filter(|a| a.running) {
+            // In the network namespace of its target's previous run: as good as dead.
+            if crate::watch::is_stale(&self.docker, &a.id, &a.target).await {
+                tracing::info!(agent = %a.name, "target restarted since the agent started; replacing it");
+                a.running = false;
+            }
+        }
         let plan = plan_agents(&req.namespace, &req.workload, &ports, &targets, &agents);
         tracing::debug!(workload = %req.workload, ?plan, "agent plan");
 
@@ -403,6 +423,10 @@ impl Provider for DockerProvider {
 
     fn cluster_domain(&self) -> String {
         "cluster.local".to_string()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     async fn set_replaced(

@@ -141,6 +141,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
         agent_timeout: Duration::from_secs(30),
         auth: Arc::new(manager::auth::Auth::new(credentials)),
     };
+    tokio::spawn(provider.watch_engine());
     manager::run(cfg, Arc::new(provider), shutdown)
         .await
         .map_err(StartupError::Manager)

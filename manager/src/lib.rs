@@ -6,10 +6,12 @@
 
 pub mod auth;
 pub mod engage;
+mod liveness;
 pub mod loglevel;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
+mod reattach;
 pub mod resolve;
 pub mod service;
 pub mod state;
@@ -25,6 +27,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Mutex};
+
+/// How often the manager pings each gRPC connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the answering side of a tunnel stream hands its originator: its connection, or why it
 /// could not deliver.
@@ -58,6 +65,8 @@ pub(crate) struct Inner {
     /// Originating tunnel connections waiting for their other side (or the error it reported),
     /// by connection id.
     pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Pairing>>>,
+    /// The newest stream bound to each session (`liveness.rs`).
+    pub(crate) streams: std::sync::Mutex<HashMap<String, u64>>,
     pub(crate) agent_timeout: Duration,
     /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
     pub(crate) team_mode: std::sync::atomic::AtomicBool,
@@ -94,6 +103,7 @@ impl Manager {
                 generation,
                 sent,
                 pending: Default::default(),
+                streams: Default::default(),
                 agent_timeout,
                 team_mode: Default::default(),
                 auth,
@@ -146,11 +156,17 @@ pub async fn run(
     tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");
     tokio::spawn(mgr.clone().reap());
     tokio::spawn(mgr.clone().keep_replaced());
+    if let Some(changes) = mgr.inner.provider.changes() {
+        tokio::spawn(mgr.clone().reattach_on_changes(changes));
+    }
     tokio::spawn(tunnel::serve(mgr.clone(), tunnel_listener));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        // A peer that stops answering pings within ~3 s is dead: its streams end, and with them
+        // its session (liveness.rs).
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(
             protocol::manager::manager_server::ManagerServer::with_interceptor(
                 mgr,

@@ -51,12 +51,7 @@ async fn admit(
 
 /// The reply header: no `error` = connected.
 fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
-    TunnelHeader {
-        conn_id: h.conn_id.clone(),
-        kind: h.kind,
-        error,
-        ..Default::default()
-    }
+    h.answer(error)
 }
 
 /// Tells the client why its stream cannot be carried, and returns that as the drop reason.

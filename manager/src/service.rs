@@ -149,12 +149,7 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 impl Manager {
     /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
     async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
-        let ports: Vec<u16> = w
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect();
+        let ports = crate::reattach::tcp_ports(w);
         self.inner
             .provider
             .ensure_agent(&AgentRequest {
@@ -681,7 +676,12 @@ impl ManagerApi for Manager {
                 return Err(unknown_session());
             }
         }
+        let is_agent = {
+            let st = self.inner.state.lock().await;
+            st.agents.contains_key(&id)
+        };
         let mgr = self.clone();
+        let session = id.clone();
         let mut gen_rx = self.inner.generation.subscribe();
         gen_rx.borrow_and_update();
         let (tx, rx) = mpsc::channel(4);
@@ -721,9 +721,14 @@ impl ManagerApi for Manager {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if is_agent {
+            // An agent lives as long as its intercept watch (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &session, stream,
+            ))));
+        }
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchDialsStream = Stream2<DialRequest>;
@@ -735,17 +740,22 @@ impl ManagerApi for Manager {
         let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let (tx, rx) = mpsc::channel(256);
-        {
+        let is_client = {
             let mut st = self.inner.state.lock().await;
-            match caller {
-                Caller::Client => st.clients.get_mut(&id).map(|c| c.dials = Some(tx)),
-                Caller::Agent => st.agents.get_mut(&id).map(|a| a.dials = Some(tx)),
-            }
-            .ok_or_else(unknown_session)?;
+            let found = match caller {
+                Caller::Client => st.clients.get_mut(&id).map(|c| c.dials = Some(tx)).map(|()| true),
+                Caller::Agent => st.agents.get_mut(&id).map(|a| a.dials = Some(tx)).map(|()| false),
+            };
+            found.ok_or_else(unknown_session)?
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        if is_client {
+            // A client lives as long as it takes dial requests (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &id, stream,
+            ))));
         }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // The outbound path.

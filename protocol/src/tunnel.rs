@@ -61,7 +61,12 @@ pub struct TunnelHeader {
 /// [`TunnelKind::as_str`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum TunnelKind {
-    /// An intercepted TCP connection (opened by the agent); the empty string on the wire.
+    /// An intercepted TCP connection (opened by the agent); the empty string on the wire. The
+    /// manager answers the agent with a header ([`TunnelHeader::answer`], role
+    /// [`Role::Client`]) before any payload: `error` unset once the client side is connected,
+    /// set when it cannot be (the manager then closes the connection). Until that answer the
+    /// agent sends none of the caller's bytes, so a caller whose client side is gone goes to the
+    /// app without losing a byte.
     #[default]
     #[serde(rename = "")]
     Intercept,
@@ -225,6 +230,19 @@ mod header_error {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderError>, D::Error> {
         let text = String::deserialize(d)?;
         Ok((!text.is_empty()).then(|| HeaderError::parse(&text)))
+    }
+}
+
+impl TunnelHeader {
+    /// The header that answers this one: same connection id and kind, `error` unset when the
+    /// stream is connected.
+    pub fn answer(&self, error: Option<HeaderError>) -> TunnelHeader {
+        TunnelHeader {
+            conn_id: self.conn_id.clone(),
+            kind: self.kind,
+            error,
+            ..Default::default()
+        }
     }
 }
 

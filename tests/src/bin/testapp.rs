@@ -11,6 +11,7 @@
 //! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! tp-testapp relay --listen PORT --to HOST:PORT
+//! tp-testapp steady URL [--interval-ms MS] [--timeout S]
 //! tp-testapp stranger --grpc HOST:PORT --tunnel HOST:PORT ...
 //! ```
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
@@ -123,6 +124,16 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 20)]
         warmup: usize,
+    },
+    /// GET URL on a fresh connection every interval until stdin closes; print `ok <body>` or
+    /// `err <reason>` per request as it completes, then `done <requests sent>`.
+    Steady {
+        url: String,
+        #[arg(long, default_value_t = 25)]
+        interval_ms: u64,
+        /// Give each request this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
     },
     /// Relay every TCP connection on PORT to HOST:PORT (stands in for a published control
     /// plane in the Kubernetes tests).
@@ -302,6 +313,24 @@ async fn run(command: Command) -> ExitCode {
             personal_tools(command).await
         }
         Command::Relay { listen, to } => relay(listen, to).await,
+        Command::Steady {
+            url,
+            interval_ms,
+            timeout,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let sent = tests::testapp_steady::steady(
+                &url,
+                std::time::Duration::from_millis(interval_ms.max(1)),
+                std::time::Duration::from_secs_f64(timeout.max(0.01)),
+            )
+            .await;
+            println!("done {sent}");
+            ExitCode::SUCCESS
+        }
         Command::UdpSend {
             target,
             message,
