@@ -13,7 +13,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 use tracing::{debug, info, warn};
 

@@ -743,8 +743,16 @@ impl ManagerApi for Manager {
         let is_client = {
             let mut st = self.inner.state.lock().await;
             let found = match caller {
-                Caller::Client => st.clients.get_mut(&id).map(|c| c.dials = Some(tx)).map(|()| true),
-                Caller::Agent => st.agents.get_mut(&id).map(|a| a.dials = Some(tx)).map(|()| false),
+                Caller::Client => st
+                    .clients
+                    .get_mut(&id)
+                    .map(|c| c.dials = Some(tx))
+                    .map(|()| true),
+                Caller::Agent => st
+                    .agents
+                    .get_mut(&id)
+                    .map(|a| a.dials = Some(tx))
+                    .map(|()| false),
             };
             found.ok_or_else(unknown_session)?
         };
