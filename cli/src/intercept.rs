@@ -132,13 +132,12 @@ async fn check_image(docker: &bollard::Docker, image: &str) -> Result<()> {
 
 /// Runs the command. Returns the output and, for `--docker-run`, the handler's exit code.
 pub async fn run(
-    args: InterceptArgs,
+    mut args: InterceptArgs,
     use_: Option<&str>,
     print_now: bool,
 ) -> Result<(CmdOutput, Option<i32>)> {
     let kind = crate::engage::kind_of(&args);
     let (first, extra_ports) = crate::engage::pairs(&args)?;
-    let mut args = args;
     let build = crate::dockerbuild::prepare(&mut args)?;
     if !args.command.is_empty() && !args.docker_run {
         bail!("with a containerised daemon the handler must be a container: add --docker-run and give `docker run` arguments after --");
@@ -149,7 +148,6 @@ pub async fn run(
     let docker = engine::connect().await?;
     let d = selected(&docker, use_, args.namespace.as_deref()).await?;
     let workload = args.workload.clone().unwrap_or_else(|| args.name.clone());
-
     // Everything that can be checked is checked before the intercept exists.
     let run_args = if args.docker_run {
         let opts = HandlerOpts {

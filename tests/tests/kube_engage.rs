@@ -138,6 +138,7 @@ async fn service_flag_picks_one_services_ports() {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // a scenario, read top to bottom
 async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
     use protocol::manager::manager_server::Manager as _;
     use protocol::manager::*;
