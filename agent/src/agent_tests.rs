@@ -96,10 +96,7 @@ impl Manager for Stub {
     ) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("stub"))
     }
-    async fn report_wiretaps(
-        &self,
-        r: Request<WiretapReport>,
-    ) -> Result<Response<Empty>, Status> {
+    async fn report_wiretaps(&self, r: Request<WiretapReport>) -> Result<Response<Empty>, Status> {
         self.rec
             .lock()
             .unwrap()
@@ -667,6 +664,9 @@ async fn a_wiretapped_connection_is_answered_by_the_app_and_copied_to_the_tunnel
     assert_eq!(*role, Role::Agent);
     assert_eq!(h.intercept_id, "c:tap");
     assert_eq!(h.target, w.app_port.to_string());
-    assert!(w.rec.lock().unwrap().wiretap_reports.is_empty(), "nothing dropped");
+    assert!(
+        w.rec.lock().unwrap().wiretap_reports.is_empty(),
+        "nothing dropped"
+    );
     agent.shutdown().await.unwrap();
 }

@@ -27,12 +27,12 @@ pub mod nft;
 pub mod portmap;
 pub mod routes;
 mod session;
-pub mod wiretap;
-mod wiretap_http;
 #[cfg(test)]
 #[allow(unsafe_code)] // unshare(2) into a fresh network namespace for tests
 mod testns;
 mod to_pod;
+pub mod wiretap;
+mod wiretap_http;
 
 pub use config::{AgentConfig, MANAGER_TIMEOUT};
 pub use nft::NftError;

@@ -119,7 +119,8 @@ impl CopySender {
             return false;
         };
         let queued = self.state.queued.load(Ordering::Acquire);
-        let fits = !self.state.dropped.load(Ordering::Acquire) && queued + data.len() <= self.budget;
+        let fits =
+            !self.state.dropped.load(Ordering::Acquire) && queued + data.len() <= self.budget;
         if fits {
             self.state.queued.fetch_add(data.len(), Ordering::AcqRel);
             if tx.send(Bytes::copy_from_slice(data)).is_ok() {
@@ -180,7 +181,10 @@ pub(crate) fn start(
                 match s {
                     Ok(s) => deliver(s, rx).await,
                     Err(e) => {
-                        debug!("wiretap {}: tunnel {addr} unreachable: {e}", tap.intercept_id);
+                        debug!(
+                            "wiretap {}: tunnel {addr} unreachable: {e}",
+                            tap.intercept_id
+                        );
                         rx.dropped();
                     }
                 }
@@ -343,11 +347,8 @@ pub(crate) async fn report_loop(
             session: Some(session_rx.borrow().clone()),
             dropped: counters.snapshot(),
         };
-        let r = tokio::time::timeout(
-            crate::session::RPC_TIMEOUT,
-            client.report_wiretaps(report),
-        )
-        .await;
+        let r =
+            tokio::time::timeout(crate::session::RPC_TIMEOUT, client.report_wiretaps(report)).await;
         if !matches!(r, Ok(Ok(_))) {
             warn!("reporting wiretap drop counters failed; trying again");
             counters.changed.notify_one();

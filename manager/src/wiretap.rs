@@ -81,7 +81,11 @@ mod tests {
             .insert("t".into(), tap("c:t", EngagementKind::Wiretap));
         st.intercepts
             .insert("i".into(), tap("c:i", EngagementKind::Intercept));
-        assert!(Drops::record(&mut st, "a1", &report(&[("c:t", 3), ("c:i", 5)])));
+        assert!(Drops::record(
+            &mut st,
+            "a1",
+            &report(&[("c:t", 3), ("c:i", 5)])
+        ));
         assert!(Drops::record(&mut st, "a2", &report(&[("c:t", 4)])));
         assert_eq!(st.intercepts["t"].wiretap_dropped, 7);
         assert_eq!(st.intercepts["i"].wiretap_dropped, 0, "not a wiretap");

@@ -22,7 +22,16 @@ const TAPPED: &str = "http://web:8080/";
 fn phase(p: &Project, requests: &str) -> Result<Value> {
     let (mut d50, mut d99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
-        let args = |url| ["bench-client", url, "--requests", requests, "--size", "1024"];
+        let args = |url| {
+            [
+                "bench-client",
+                url,
+                "--requests",
+                requests,
+                "--size",
+                "1024",
+            ]
+        };
         let d = exec_json(p, &args(DIRECT))?;
         let c = exec_json(p, &args(TAPPED))?;
         d50.push(f(&d, "p50_us"));
@@ -57,8 +66,18 @@ pub fn wiretap(requests: u32) -> Result<(Vec<Row>, Value)> {
     let (app, _) = images();
     let handler = format!("{}-tap", p.name);
     docker(&[
-        "run", "-d", "--name", &handler, "--network", &network, app.as_str(), "serve", "--http",
-        "9095", "--name", "tap",
+        "run",
+        "-d",
+        "--name",
+        &handler,
+        "--network",
+        &network,
+        app.as_str(),
+        "serve",
+        "--http",
+        "9095",
+        "--name",
+        "tap",
     ])?;
     let tapped = phase(&p, &per_round);
     let _ = docker(&["rm", "-f", &handler]);

@@ -203,13 +203,19 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
         .into_inner();
     assert_eq!(tap.state(), InterceptState::Active, "{}", tap.message);
     assert_eq!(tap.disposition, "a copy of all TCP connections");
-    create("web", EngagementKind::Intercept, 8080).await.unwrap();
+    create("web", EngagementKind::Intercept, 8080)
+        .await
+        .unwrap();
     create("tap2", EngagementKind::Wiretap, 9097).await.unwrap();
     // A second intercept of the port is still refused.
     let e = create("other", EngagementKind::Intercept, 8081)
         .await
         .unwrap_err();
-    assert!(e.message().contains("already intercepted"), "{}", e.message());
+    assert!(
+        e.message().contains("already intercepted"),
+        "{}",
+        e.message()
+    );
 
     let snap = snap_rx
         .wait_for(|s| s.intercepts.len() == 3)
@@ -228,7 +234,10 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
         .collect();
     taps.sort();
     assert_eq!(taps.len(), 2, "{taps:?}");
-    assert!(taps[0].ends_with(":tap1") && taps[1].ends_with(":tap2"), "{taps:?}");
+    assert!(
+        taps[0].ends_with(":tap1") && taps[1].ends_with(":tap2"),
+        "{taps:?}"
+    );
     assert!(routes.taps(9000).is_empty());
 
     // The agent's drop counters reach `list`.

@@ -120,10 +120,27 @@ fn wiretaps_copy_every_request_and_never_break_callers() {
 
     // A wiretap whose handler runs on its own.
     let r = user
-        .tp(&["wiretap", "web", "-n", &p.name, "--name", "tap1", "-p", "9095:8080"])
+        .tp(&[
+            "wiretap",
+            "web",
+            "-n",
+            &p.name,
+            "--name",
+            "tap1",
+            "-p",
+            "9095:8080",
+        ])
         .ok();
-    assert!(r.stdout.starts_with("Using ComposeService web\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("   Intercept name: tap1\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("Using ComposeService web\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("   Intercept name: tap1\n"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains(": 127.0.0.1:9095\n"), "{}", r.stdout);
     assert!(
         r.stdout.contains(": a copy of all TCP connections\n"),
@@ -181,7 +198,12 @@ fn wiretaps_copy_every_request_and_never_break_callers() {
     all_copied("tap2 copies beside an intercept", 10, "b", tap2_seen);
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert!(l.stdout.starts_with("web: intercepted\n"), "{}", l.stdout);
-    assert_eq!(l.stdout.matches("Copies dropped: 0\n").count(), 2, "{}", l.stdout);
+    assert_eq!(
+        l.stdout.matches("Copies dropped: 0\n").count(),
+        2,
+        "{}",
+        l.stdout
+    );
     user.tp(&["leave", "web"]).ok();
     wait_exit(&mut icpt, T);
     p.wait_for("http://web:8080/", "web", T).unwrap();
@@ -239,15 +261,34 @@ fn bad_wiretaps_leave_nothing_behind() {
     assert!(e.contains("nope"), "{e}");
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert!(
-        l.stdout.contains("web: ready to intercept (traffic-agent not yet installed)"),
+        l.stdout
+            .contains("web: ready to intercept (traffic-agent not yet installed)"),
         "nothing installed: {}",
         l.stdout
     );
 
     // A name that is taken.
-    user.tp(&["wiretap", "web", "-n", &p.name, "--name", "tap", "-p", "9095:8080"])
-        .ok();
-    let r = user.tp(&["wiretap", "web", "-n", &p.name, "--name", "tap", "-p", "9096:8080"]);
+    user.tp(&[
+        "wiretap",
+        "web",
+        "-n",
+        &p.name,
+        "--name",
+        "tap",
+        "-p",
+        "9095:8080",
+    ])
+    .ok();
+    let r = user.tp(&[
+        "wiretap",
+        "web",
+        "-n",
+        &p.name,
+        "--name",
+        "tap",
+        "-p",
+        "9096:8080",
+    ]);
     let e = one_line(&r);
     assert!(e.contains("\"tap\" already exists"), "{e}");
     let st = user.tp(&["status"]).ok();

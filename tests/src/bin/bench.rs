@@ -354,7 +354,12 @@ fn main() -> Result<()> {
     if a.only_wiretap {
         let (rows, v) = bench_wiretap::wiretap(a.requests)?;
         print_rows(&rows);
-        println!("{}", serde_json::to_string_pretty(&json!({"wiretap": v, "targets_met": rows.iter().all(|r| r.4)}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"wiretap": v, "targets_met": rows.iter().all(|r| r.4)})
+            )?
+        );
         return Ok(());
     }
     let (mut rows, path) = if a.only_personal || a.no_intercept {
