@@ -338,12 +338,24 @@ async fn run_with_handler(
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
         let image = docker_image_of(docker, &d.container).await?;
+        // The sync container opens its tunnel as this daemon's session.
+        let session = crate::rpc::connector(d.port)
+            .await?
+            .status(protocol::manager::Empty {})
+            .await?
+            .into_inner()
+            .session
+            .unwrap_or_default();
+        let target = mounts::SyncTarget {
+            intercept_id: &info.id,
+            session: &session,
+        };
         let summary = mounts::start(
             docker,
             &d.container,
             &d.name,
             &args.name,
-            &info.id,
+            &target,
             &image,
             handler_mounts,
         )

@@ -1,6 +1,7 @@
 //! The manager's gRPC service: sessions, workload listing, intercept creation and removal, and
 //! the watch streams that clients and agents keep open.
 
+use crate::auth::{require, Caller};
 use crate::provider::{AgentRequest, ProviderError, WorkloadInfo};
 use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
@@ -39,6 +40,7 @@ fn new_session(prefix: &str) -> SessionInfo {
     SessionInfo {
         session_id: format!("{prefix}-{}", uuid::Uuid::new_v4()),
         lease_seconds: LEASE.as_secs() as u32,
+        tunnel_proof: String::new(),
     }
 }
 
@@ -147,12 +149,7 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 impl Manager {
     /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
     async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
-        let ports: Vec<u16> = w
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect();
+        let ports = crate::reattach::tcp_ports(w);
         self.inner
             .provider
             .ensure_agent(&AgentRequest {
@@ -363,6 +360,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ClientInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let info = req.into_inner();
         let p = &self.inner.provider;
         if !info.namespace.is_empty()
@@ -376,8 +374,14 @@ impl ManagerApi for Manager {
                 info.namespace
             )));
         }
-        let session = new_session("client");
+        let mut session = new_session("client");
+        session.tunnel_proof = self.inner.auth.session_proof(&session.session_id);
         tracing::info!(client = %info.name, connection = %info.connection, session = %session.session_id, "client arrived");
+        let subnets = crate::resolve::subnets_of(p.as_ref(), &info.namespace).await;
+        let scope = crate::auth::OutboundScope::new(
+            subnets.iter().chain(&info.also_proxy),
+            p.host_addresses(&info.namespace).await,
+        );
         let mut st = self.inner.state.lock().await;
         st.clients.insert(
             session.session_id.clone(),
@@ -385,12 +389,13 @@ impl ManagerApi for Manager {
                 info: info.clone(),
                 expires: Instant::now() + LEASE,
                 dials: None,
+                scope,
             },
         );
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
+                subnets,
                 cluster_domain: p.cluster_domain(),
                 cluster_type: ClusterType::from(p.cluster_type()) as i32,
                 server: p.server(),
@@ -404,6 +409,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<AgentInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Agent)?;
         let info = req.into_inner();
         let session = new_session("agent");
         tracing::info!(workload = %info.name, namespace = %info.namespace, pod_ip = %info.pod_ip, "agent arrived");
@@ -432,24 +438,28 @@ impl ManagerApi for Manager {
     }
 
     async fn remain(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
         let expires = Instant::now() + LEASE;
-        if let Some(c) = st.clients.get_mut(&id) {
-            c.expires = expires;
-        } else if let Some(a) = st.agents.get_mut(&id) {
-            a.expires = expires;
-        } else {
-            return Err(unknown_session());
+        match caller {
+            Caller::Client => st.clients.get_mut(&id).map(|c| c.expires = expires),
+            Caller::Agent => st.agents.get_mut(&id).map(|a| a.expires = expires),
         }
+        .ok_or_else(unknown_session)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn depart(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
-        st.remove_client(&id);
-        st.agents.remove(&id);
+        match caller {
+            Caller::Client => st.remove_client(&id),
+            Caller::Agent => {
+                st.agents.remove(&id);
+            }
+        }
         st.changed(&self.inner.generation);
         Ok(Response::new(Empty {}))
     }
@@ -458,6 +468,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ListWorkloadsRequest>,
     ) -> Result<Response<WorkloadList>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = &self.inner.provider;
@@ -498,6 +509,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<CreateInterceptRequest>,
     ) -> Result<Response<InterceptInfo>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, client) = self.client_of(req.session.as_ref()).await?;
         let spec = req
@@ -572,6 +584,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<RemoveInterceptRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, _) = self.client_of(req.session.as_ref()).await?;
         let mut st = self.inner.state.lock().await;
@@ -599,6 +612,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<WiretapReport>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Agent)?;
         let report = req.into_inner();
         let id = session_id(report.session.as_ref())?;
         let mut st = self.inner.state.lock().await;
@@ -612,6 +626,7 @@ impl ManagerApi for Manager {
     }
 
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = self.inner.provider.clone();
@@ -653,14 +668,20 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchInterceptsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         {
             let st = self.inner.state.lock().await;
-            if !st.clients.contains_key(&id) && !st.agents.contains_key(&id) {
+            if !st.holds(caller, &id) {
                 return Err(unknown_session());
             }
         }
+        let is_agent = {
+            let st = self.inner.state.lock().await;
+            st.agents.contains_key(&id)
+        };
         let mgr = self.clone();
+        let session = id.clone();
         let mut gen_rx = self.inner.generation.subscribe();
         gen_rx.borrow_and_update();
         let (tx, rx) = mpsc::channel(4);
@@ -700,9 +721,14 @@ impl ManagerApi for Manager {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if is_agent {
+            // An agent lives as long as its intercept watch (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &session, stream,
+            ))));
+        }
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchDialsStream = Stream2<DialRequest>;
@@ -711,21 +737,25 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchDialsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let (tx, rx) = mpsc::channel(256);
-        {
+        let is_client = {
             let mut st = self.inner.state.lock().await;
-            if let Some(c) = st.clients.get_mut(&id) {
-                c.dials = Some(tx);
-            } else if let Some(a) = st.agents.get_mut(&id) {
-                a.dials = Some(tx);
-            } else {
-                return Err(unknown_session());
-            }
+            let found = match caller {
+                Caller::Client => st.clients.get_mut(&id).map(|c| c.dials = Some(tx)).map(|()| true),
+                Caller::Agent => st.agents.get_mut(&id).map(|a| a.dials = Some(tx)).map(|()| false),
+            };
+            found.ok_or_else(unknown_session)?
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        if is_client {
+            // A client lives as long as it takes dial requests (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &id, stream,
+            ))));
         }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // The outbound path.
@@ -733,6 +763,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::resolve::resolve(self, &req).await.map(Response::new)
@@ -742,6 +773,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<LogLevelRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::loglevel::set(self, &req).await?;

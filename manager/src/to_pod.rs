@@ -112,14 +112,32 @@ pub async fn from_client(
 }
 
 impl Manager {
+    /// Where dial requests to an agent of the workload go, once it watches them (an agent that
+    /// just arrived may open its `WatchDials` stream a moment after its intercept watch).
+    async fn wait_agent_dials(
+        &self,
+        spec: &InterceptSpec,
+    ) -> Result<tokio::sync::mpsc::Sender<DialRequest>, Status> {
+        let deadline = tokio::time::Instant::now() + self.inner.agent_timeout;
+        loop {
+            match agent_dials(&*self.inner.state.lock().await, spec) {
+                Ok(tx) => return Ok(tx),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Status::unavailable(format!(
+                        "cannot check the --to-pod ports of {}: {e}",
+                        spec.workload
+                    )))
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Asks an agent of the engaged workload whether something listens on each `--to-pod`
     /// port of `spec` (engagement `id`); refuses the engagement when a port is not served.
     pub(crate) async fn check_to_pod(&self, spec: &InterceptSpec, id: &str) -> Result<(), Status> {
         for p in &spec.to_pod {
-            let tx = {
-                let st = self.inner.state.lock().await;
-                agent_dials(&st, spec).map_err(|e| Status::unavailable(e.to_string()))?
-            };
+            let tx = self.wait_agent_dials(spec).await?;
             let req = request(
                 uuid::Uuid::new_v4().to_string(),
                 id,
