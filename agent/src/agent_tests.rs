@@ -696,6 +696,7 @@ async fn a_wiretapped_connection_is_answered_by_the_app_and_copied_to_the_tunnel
             service_port: u32::from(w.app_port),
             ..Default::default()
         }],
+        ..Default::default()
     });
     wait_routes(&agent, "the wiretap", |r| !r.taps(w.app_port).is_empty()).await;
     let (who, mut s) = open(addr).await;
