@@ -314,6 +314,7 @@ mod tests {
                 })
                 .collect(),
             not_interceptable: None,
+            open_ports: false,
             agent_installed: false,
         }
     }

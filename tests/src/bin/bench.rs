@@ -9,6 +9,8 @@
 //! Personal intercepts: see `../bench_personal.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
+//! Compose (`bench_compose`): `telepresence compose up -d` of a three-service dev file with one
+//! intercept to the first routed request, and `down`, vs the compose tool alone on the same file.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use anyhow::{Context, Result};
@@ -46,6 +48,12 @@ struct Args {
     /// Skip the outbound (TUN/DNS) benchmark.
     #[arg(long)]
     no_outbound: bool,
+    /// Skip the `telepresence compose` benchmark.
+    #[arg(long)]
+    no_compose: bool,
+    /// Only the `telepresence compose` benchmark.
+    #[arg(long)]
+    only_compose: bool,
     /// Parallel downloads in the outbound benchmark.
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -330,6 +338,12 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
+    if a.only_compose {
+        let (rows, doc) = tests::bench_compose::compose()?;
+        print_rows(&rows);
+        println!("{}", serde_json::to_string_pretty(&json!({ "compose": doc }))?);
+        return Ok(());
+    }
     let (mut rows, path) = if a.only_personal || a.no_intercept {
         (Vec::new(), Value::Null)
     } else {
@@ -356,17 +370,16 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
-    println!(
-        "{:<36} {:>14} {:>14}  {:<18} met",
-        "metric", "intercepted", "direct", "target"
-    );
-    for (m, i, d, tgt, ok) in &rows {
-        println!(
-            "{m:<36} {i:>14} {d:>14}  {tgt:<18} {}",
-            if *ok { "yes" } else { "NO" }
-        );
-    }
+    let compose = if a.no_compose || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = tests::bench_compose::compose()?;
+        rows.extend(r);
+        v
+    };
+    print_rows(&rows);
     let doc = json!({
+        "compose": compose,
         "intercept_path": path,
         "volumes": vols,
         "personal_intercepts": personal,
@@ -375,4 +388,18 @@ fn main() -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
+}
+
+/// The table: one row per metric, ours against the direct path (or the plain tool).
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<40} {:>14} {:>14}  {:<18} met",
+        "metric", "intercepted", "direct", "target"
+    );
+    for (m, i, d, tgt, ok) in rows {
+        println!(
+            "{m:<40} {i:>14} {d:>14}  {tgt:<18} {}",
+            if *ok { "yes" } else { "NO" }
+        );
+    }
 }
