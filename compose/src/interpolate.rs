@@ -32,7 +32,9 @@ pub fn interpolate_str(
     lookup: &dyn Fn(&str) -> Option<String>,
     unset: &mut BTreeSet<String>,
 ) -> Result<String, InterpolateError> {
-    let syntax = || InterpolateError::Syntax { text: s.to_string() };
+    let syntax = || InterpolateError::Syntax {
+        text: s.to_string(),
+    };
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {

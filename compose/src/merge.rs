@@ -33,9 +33,7 @@ pub fn merge_files(base: &mut Value, over: Value) {
     let b = base.as_mapping_mut().expect("mapping");
     for (k, v) in over {
         if k.as_str() == Some("services") {
-            let services = b
-                .entry(k)
-                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            let services = b.entry(k).or_insert_with(|| Value::Mapping(Mapping::new()));
             merge_services(services, v);
         } else {
             match b.get_mut(&k) {

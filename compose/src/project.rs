@@ -68,7 +68,9 @@ pub fn load(
     let files = find_files(opts, cwd, env)?;
     let dir = match &opts.project_directory {
         Some(d) => cwd.join(d),
-        None => files[0].parent().map_or(cwd.to_path_buf(), Path::to_path_buf),
+        None => files[0]
+            .parent()
+            .map_or(cwd.to_path_buf(), Path::to_path_buf),
     };
     let vars = variables(opts, &dir, cwd, env)?;
     let lookup = |k: &str| vars.get(k).cloned();
@@ -135,9 +137,17 @@ fn find_files(
         .as_ref()
         .map_or(cwd.to_path_buf(), |d| cwd.join(d));
     for dir in start.ancestors() {
-        if let Some(f) = DEFAULT_FILES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        if let Some(f) = DEFAULT_FILES
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+        {
             let mut files = vec![f];
-            if let Some(o) = OVERRIDE_FILES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+            if let Some(o) = OVERRIDE_FILES
+                .iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.is_file())
+            {
                 files.push(o);
             }
             return Ok(files);
@@ -306,10 +316,7 @@ mod tests {
         let web = &p.tree["services"]["web"];
         assert_eq!(web["image"], Value::String("web:from-env".into()));
         assert_eq!(web["environment"]["MODE"], Value::String("dev".into()));
-        assert_eq!(
-            web["x-tele"]["ports"][0],
-            Value::String("8080:8080".into())
-        );
+        assert_eq!(web["x-tele"]["ports"][0], Value::String("8080:8080".into()));
         assert_eq!(p.tele_origin["web"], d.join("base.yaml"));
         assert!(p.tree["services"].get("dbg").is_none(), "inactive profile");
         let with_profile = Options {
@@ -329,16 +336,28 @@ mod tests {
             load(&Options::default(), &d, &BTreeMap::new()),
             Err(ComposeError::NoFile { .. })
         ));
-        write(&d, "compose.yaml", "services:\n  a: {image: '${IMG:?set IMG}'}\n");
+        write(
+            &d,
+            "compose.yaml",
+            "services:\n  a: {image: '${IMG:?set IMG}'}\n",
+        );
         let e = load(&Options::default(), &d, &BTreeMap::new()).unwrap_err();
         assert!(
-            e.to_string().contains("compose.yaml: services.a.image: required variable IMG"),
+            e.to_string()
+                .contains("compose.yaml: services.a.image: required variable IMG"),
             "{e}"
         );
-        write(&d, "compose.override.yaml", "services:\n  a: {command: [x]}\n");
+        write(
+            &d,
+            "compose.override.yaml",
+            "services:\n  a: {command: [x]}\n",
+        );
         let env = BTreeMap::from([("IMG".to_string(), "i".to_string())]);
         let p = load(&Options::default(), &d, &env).unwrap();
         assert_eq!(p.files.len(), 2);
-        assert_eq!(p.tree["services"]["a"]["command"][0], Value::String("x".into()));
+        assert_eq!(
+            p.tree["services"]["a"]["command"][0],
+            Value::String("x".into())
+        );
     }
 }

@@ -366,7 +366,9 @@ pub fn parse_port(s: &str) -> Result<PortMap, String> {
         .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{s:?} is not a port mapping: write \"<local>:<remote>\", e.g. \"8080:80\""))?;
+        .ok_or_else(|| {
+            format!("{s:?} is not a port mapping: write \"<local>:<remote>\", e.g. \"8080:80\"")
+        })?;
     let remote = remote.strip_suffix("/TCP").unwrap_or(remote);
     if remote.contains(['/', ':']) {
         return Err(format!(
@@ -429,9 +431,9 @@ fn read_connection(v: &Value, at: &Fields) -> Result<Connection, ComposeError> {
         Some("docker") => Some(ClusterType::Docker),
         Some("kubernetes") => Some(ClusterType::Kubernetes),
         Some(other) => {
-            return Err(at
-                .key("cluster-type")
-                .err(format!("unknown cluster type {other:?}; write docker or kubernetes")))
+            return Err(at.key("cluster-type").err(format!(
+                "unknown cluster type {other:?}; write docker or kubernetes"
+            )))
         }
     };
     Ok(Connection {
@@ -454,9 +456,9 @@ fn check_connection_names(list: &[Connection], at: &Fields) -> Result<(), Compos
     let mut seen = BTreeMap::new();
     for (i, c) in list.iter().enumerate() {
         let Some(name) = &c.name else {
-            return Err(at.key(&i.to_string()).err(
-                "with several connections each needs a name: add `name: <connection name>`",
-            ));
+            return Err(at
+                .key(&i.to_string())
+                .err("with several connections each needs a name: add `name: <connection name>`"));
         };
         if let Some(first) = seen.insert(name.clone(), i) {
             return Err(at.key(&format!("{i}.name")).err(format!(
@@ -504,13 +506,30 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "connect" => &["type", "connection"],
         "intercept" => &[
-            "type", "connection", "name", "workload", "service", "ports", "httpFilters",
-            "httpPaths", "httpPathPrefixes", "httpPathRegexps", "to-pod",
+            "type",
+            "connection",
+            "name",
+            "workload",
+            "service",
+            "ports",
+            "httpFilters",
+            "httpPaths",
+            "httpPathPrefixes",
+            "httpPathRegexps",
+            "to-pod",
         ],
         "replace" => &["type", "connection", "name", "container", "ports", "to-pod"],
         "wiretap" => &[
-            "type", "connection", "name", "service", "ports", "httpFilters", "httpPaths",
-            "httpPathPrefixes", "httpPathRegexps", "to-pod",
+            "type",
+            "connection",
+            "name",
+            "service",
+            "ports",
+            "httpFilters",
+            "httpPaths",
+            "httpPathPrefixes",
+            "httpPathRegexps",
+            "to-pod",
         ],
         "ingest" => &["type", "connection", "name", "container", "to-pod"],
         _ => &["type", "connection", "name", "ports"],
@@ -524,9 +543,10 @@ fn read_service(
     at: Fields,
 ) -> Result<ServiceTele, ComposeError> {
     let m = at.mapping(v)?;
-    let kind = at
-        .string(m, "type")?
-        .ok_or_else(|| at.key("type").err(format!("missing; write type: one of {TYPES}")))?;
+    let kind = at.string(m, "type")?.ok_or_else(|| {
+        at.key("type")
+            .err(format!("missing; write type: one of {TYPES}"))
+    })?;
     if !TYPES.split(", ").any(|t| t == kind) {
         return Err(at
             .key("type")
@@ -600,7 +620,11 @@ fn pick_connection(
             .ok_or_else(|| {
                 at.key("connection").err(format!(
                     "no connection named {n:?} in x-tele.connections (they are: {})",
-                    if names().is_empty() { "none named".into() } else { names() }
+                    if names().is_empty() {
+                        "none named".into()
+                    } else {
+                        names()
+                    }
                 ))
             }),
     }
@@ -656,7 +680,13 @@ services:
             panic!("{:?}", t.services[0])
         };
         assert_eq!((name.as_str(), workload.as_str()), ("web", "web"));
-        assert_eq!(ports[0], PortMap { local: 8080, remote: "8080".into() });
+        assert_eq!(
+            ports[0],
+            PortMap {
+                local: 8080,
+                remote: "8080".into()
+            }
+        );
         assert_eq!(http.headers["x-dev"], "me");
         assert_eq!(
             t.services[1].engagement,
@@ -679,13 +709,18 @@ services:
             "{e}"
         );
         let e = err("services:\n  web:\n    x-tele: {type: intercept, ports: ['x:80']}\n");
-        assert!(e.contains("services.web.x-tele.ports: \"x:80\" is not a port mapping"), "{e}");
+        assert!(
+            e.contains("services.web.x-tele.ports: \"x:80\" is not a port mapping"),
+            "{e}"
+        );
     }
 
     #[test]
     fn connections_are_checked() {
         let two = "x-tele:\n  connections: [{name: a, namespace: a}, {name: a, namespace: b}]\nservices: {}\n";
-        assert!(err(two).contains("x-tele.connections.1.name: connection name \"a\" is already used"));
+        assert!(
+            err(two).contains("x-tele.connections.1.name: connection name \"a\" is already used")
+        );
         let unknown = "x-tele:\n  connections: [{name: a}, {name: b}]\nservices:\n  web:\n    x-tele: {type: connect, connection: c}\n";
         assert!(err(unknown)
             .contains("services.web.x-tele.connection: no connection named \"c\" in x-tele.connections (they are: a, b)"));

@@ -728,9 +728,7 @@ pub fn workloads_from_containers(
         .map(|(name, acc)| {
             // A container without `expose:`/`ports:` still serves what it listens on: it is
             // interceptable on the port the user names.
-            let not_interceptable = acc
-                .host_network
-                .then(|| HOST_NETWORK_REASON.to_string());
+            let not_interceptable = acc.host_network.then(|| HOST_NETWORK_REASON.to_string());
             let open_ports = acc.ports.is_empty();
             WorkloadInfo {
                 agent_installed: with_agent.contains(&name),
@@ -1392,7 +1390,10 @@ mod tests {
         assert!(err.contains("8080/TCP, 9000/TCP"), "{err}");
         assert!(check_agent_ports(&web, &[]).is_err());
         let db = by_name(&ws, "db");
-        assert!(check_agent_ports(&db, &[5432]).is_ok(), "declares none: any port");
+        assert!(
+            check_agent_ports(&db, &[5432]).is_ok(),
+            "declares none: any port"
+        );
     }
 
     #[test]

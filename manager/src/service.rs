@@ -762,6 +762,9 @@ mod tests {
         assert_eq!(resolve_port(&open, "8080").unwrap(), (8080, String::new()));
         assert!(resolve_port(&open, "").is_err(), "which port must be said");
         assert!(resolve_port(&open, "http").is_err());
-        assert!(resolve_port(&w(&[]), "8080").is_err(), "Kubernetes: declared ports only");
+        assert!(
+            resolve_port(&w(&[]), "8080").is_err(),
+            "Kubernetes: declared ports only"
+        );
     }
 }

@@ -56,7 +56,11 @@ pub fn compose() -> Result<(Vec<Row>, Value)> {
             .arg(&plain_file)
             .args(args)
             .output()?;
-        ensure!(out.status.success(), "plain compose {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "plain compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(start.elapsed().as_secs_f64())
     };
     let plain_up = plain_run(&["up", "-d"])?;

@@ -54,7 +54,11 @@ impl DevProject {
 
     /// Runs `telepresence compose … <args…>` to completion.
     pub fn run(&self, user: &User, args: &[&str]) -> Run {
-        Run::from_output(self.command(user, args).output().expect("telepresence compose"))
+        Run::from_output(
+            self.command(user, args)
+                .output()
+                .expect("telepresence compose"),
+        )
     }
 
     /// The ids of the project's containers (any state).

@@ -104,7 +104,15 @@ fn compose_engages_every_type_and_down_restores() {
 
     // Issue item 4: a service without `expose:` is a workload.
     let listed = user
-        .tp(&["connect", "--cluster-type", "docker", "-n", &a.name, "--name", &conn_a])
+        .tp(&[
+            "connect",
+            "--cluster-type",
+            "docker",
+            "-n",
+            &a.name,
+            "--name",
+            &conn_a,
+        ])
         .ok();
     assert!(listed.stdout.contains("Connected"), "{listed:?}");
     let list = user.tp(&["list", "-n", &a.name]).ok();
@@ -122,18 +130,28 @@ fn compose_engages_every_type_and_down_restores() {
     // Replace: the cluster's pay is the dev pay.
     a.wait_for("http://pay:8080/", "dev-pay", T).unwrap();
     // A sibling reaches the engaged service by its compose name, and the proxied remote service.
-    dev.wait_from("helper", "http://web:9090/", "dev-web", T).unwrap();
-    dev.wait_from("helper", "http://orders:8080/", "orders", T).unwrap();
-    // The engaged service reaches its sibling by name, and the cluster by name.
-    dev.wait_from("web", "http://helper:8080/", "helper", T).unwrap();
-    dev.wait_from("web", "http://db:8080/", "db", T).unwrap();
-    dev.wait_from("web", "http://orders:8080/", "orders", T).unwrap();
-    // Ingest: the remote environment, no traffic.
-    dev.wait_from("ingester", "http://127.0.0.1:7071/env/DB_SECRET", "s3cret", T)
+    dev.wait_from("helper", "http://web:9090/", "dev-web", T)
         .unwrap();
+    dev.wait_from("helper", "http://orders:8080/", "orders", T)
+        .unwrap();
+    // The engaged service reaches its sibling by name, and the cluster by name.
+    dev.wait_from("web", "http://helper:8080/", "helper", T)
+        .unwrap();
+    dev.wait_from("web", "http://db:8080/", "db", T).unwrap();
+    dev.wait_from("web", "http://orders:8080/", "orders", T)
+        .unwrap();
+    // Ingest: the remote environment, no traffic.
+    dev.wait_from(
+        "ingester",
+        "http://127.0.0.1:7071/env/DB_SECRET",
+        "s3cret",
+        T,
+    )
+    .unwrap();
     assert_eq!(a.get("http://db:8080/").unwrap(), "db");
     // The second connection reaches the second cluster project.
-    dev.wait_from("apiclient", "http://api:8080/", "api", T).unwrap();
+    dev.wait_from("apiclient", "http://api:8080/", "api", T)
+        .unwrap();
 
     // config: the rewritten project, other x-* keys kept; ps passes through.
     let config = dev.run(&user, &["config"]).ok();
@@ -220,7 +238,12 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
         for w in want {
             assert!(r.stderr.contains(w), "{what}: {w:?} not in {}", r.stderr);
         }
-        assert_eq!(r.stderr.trim().lines().count(), 1, "{what}: one line: {}", r.stderr);
+        let errors: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("telepresence compose: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: one error line: {}", r.stderr);
         assert!(dev.containers().is_empty(), "{what}");
         let left = leftovers_but_managers();
         assert!(left.is_empty(), "{what}: left behind {left:?}");

@@ -43,7 +43,13 @@ pub async fn up(inv: &Invocation, project: &Project, tele: &Tele) -> Result<i32>
             return Err(e);
         }
     }
-    let cmd = tool::command(&project.name, &project.dir, &file, &inv.subcommand, &inv.args)?;
+    let cmd = tool::command(
+        &project.name,
+        &project.dir,
+        &file,
+        &inv.subcommand,
+        &inv.args,
+    )?;
     let detached = inv.subcommand == "create"
         || inv
             .args
@@ -88,17 +94,16 @@ async fn prepare(
             started,
         });
         state.save(&dir)?;
-        progress(&format!("connection {} (namespace {})", d.name, d.namespace));
+        progress(&format!(
+            "connection {} (namespace {})",
+            d.name, d.namespace
+        ));
         daemons.insert(i, d);
     }
     let mut plan = Plan::new();
     for st in &tele.services {
         let d = &daemons[&st.connection];
-        let at = format!(
-            "{}: services.{}.x-tele",
-            st.file.display(),
-            st.service
-        );
+        let at = format!("{}: services.{}.x-tele", st.file.display(), st.service);
         let p = engage_service(docker, d, st, state).await.context(at)?;
         progress(&format!("{} {}", st.engagement.type_word(), st.service));
         plan.insert(st.service.clone(), p);
@@ -134,7 +139,9 @@ async fn establish(c: &Connection) -> Result<(DaemonInfo, bool)> {
         docker_cluster.then(|| {
             format!(
                 "docker-{}-cn",
-                c.namespace.as_deref().unwrap_or(docker::provider::DEFAULT_NAMESPACE)
+                c.namespace
+                    .as_deref()
+                    .unwrap_or(docker::provider::DEFAULT_NAMESPACE)
             )
         })
     });
@@ -203,7 +210,13 @@ async fn engage_service(
     });
     state.save(&state_dir())?;
     if info.state() != protocol::manager::InterceptState::Active {
-        bail!("{} {}: {}: {}", st.engagement.type_word(), args.name, info.state(), info.message);
+        bail!(
+            "{} {}: {}: {}",
+            st.engagement.type_word(),
+            args.name,
+            info.state(),
+            info.message
+        );
     }
     Ok(join(crate::intercept::handler_env(&info, None)))
 }
@@ -234,12 +247,30 @@ fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArg
             container,
             ports,
             to_pod,
-        } => (Kind::Replace, name, None, None, ports.clone(), HttpMatch::default(), container.clone(), to_pod),
+        } => (
+            Kind::Replace,
+            name,
+            None,
+            None,
+            ports.clone(),
+            HttpMatch::default(),
+            container.clone(),
+            to_pod,
+        ),
         Engagement::Ingest {
             name,
             container,
             to_pod,
-        } => (Kind::Ingest, name, None, None, Vec::new(), HttpMatch::default(), container.clone(), to_pod),
+        } => (
+            Kind::Ingest,
+            name,
+            None,
+            None,
+            Vec::new(),
+            HttpMatch::default(),
+            container.clone(),
+            to_pod,
+        ),
         Engagement::Wiretap { .. } => {
             return Err(NotYet::Wiretap.into());
         }
@@ -267,7 +298,11 @@ fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArg
         env_json: None,
         mount: "false".into(),
         docker_mount: None,
-        http_header: http.headers.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        http_header: http
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
         http_path_equal: http.paths.first().cloned(),
         http_path_prefix: http.prefixes.first().cloned(),
         http_path_regex: http.regexps.first().cloned(),
@@ -331,7 +366,11 @@ async fn proxy_plan(
         ports
             .iter()
             .map(|p| {
-                let remote = if p.remote.is_empty() { p.local.to_string() } else { p.remote.clone() };
+                let remote = if p.remote.is_empty() {
+                    p.local.to_string()
+                } else {
+                    p.remote.clone()
+                };
                 (p.local, remote)
             })
             .collect()
@@ -374,7 +413,10 @@ mod tests {
             name: "web".into(),
             workload: "web-v2".into(),
             service: None,
-            ports: vec![PortMap { local: 9090, remote: "8080".into() }],
+            ports: vec![PortMap {
+                local: 9090,
+                remote: "8080".into(),
+            }],
             http: HttpMatch {
                 headers: BTreeMap::from([("x-dev".to_string(), "me".to_string())]),
                 prefixes: vec!["/api".into()],
@@ -390,10 +432,29 @@ mod tests {
         assert_eq!(a.namespace.as_deref(), Some("shop"));
         let spec = crate::intercept::spec(&a).unwrap();
         assert_eq!(spec.target_port, 9090);
-        let r = Engagement::Replace { name: "web".into(), container: None, ports: vec![], to_pod: vec![] };
-        assert_eq!(crate::engage::kind_of(&intercept_args(&r, "shop").unwrap().unwrap()), Kind::Replace);
-        assert!(intercept_args(&Engagement::Connect, "shop").unwrap().is_none());
-        let w = Engagement::Wiretap { name: "w".into(), service: None, ports: vec![], http: HttpMatch::default(), to_pod: vec![] };
-        assert!(intercept_args(&w, "shop").unwrap_err().downcast_ref::<NotYet>().is_some());
+        let r = Engagement::Replace {
+            name: "web".into(),
+            container: None,
+            ports: vec![],
+            to_pod: vec![],
+        };
+        assert_eq!(
+            crate::engage::kind_of(&intercept_args(&r, "shop").unwrap().unwrap()),
+            Kind::Replace
+        );
+        assert!(intercept_args(&Engagement::Connect, "shop")
+            .unwrap()
+            .is_none());
+        let w = Engagement::Wiretap {
+            name: "w".into(),
+            service: None,
+            ports: vec![],
+            http: HttpMatch::default(),
+            to_pod: vec![],
+        };
+        assert!(intercept_args(&w, "shop")
+            .unwrap_err()
+            .downcast_ref::<NotYet>()
+            .is_some());
     }
 }

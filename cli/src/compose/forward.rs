@@ -70,7 +70,9 @@ async fn serve(l: TcpListener, r: Route) {
                 Ok(mut out) => {
                     let _ = relay::splice(&mut inbound, &mut out).await;
                 }
-                Err(e) => tracing::warn!(host = %r.host, error = %e, "cannot reach the remote service"),
+                Err(e) => {
+                    tracing::warn!(host = %r.host, error = %e, "cannot reach the remote service")
+                }
             }
         });
     }

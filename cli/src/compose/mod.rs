@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(inv.subcommand, "up");
         assert_eq!(inv.args, argv("-d --build"));
         assert!(parse(&argv("-f")).is_err());
-        assert!(parse(&argv("--verbose up")).unwrap_err().to_string().contains("--verbose"));
+        assert!(parse(&argv("--verbose up"))
+            .unwrap_err()
+            .to_string()
+            .contains("--verbose"));
         assert!(parse(&argv("-f x.yaml")).is_err());
     }
 }

@@ -183,7 +183,9 @@ pub async fn detach(docker: &Docker, state: &State, remove_created: bool) -> Res
             .await;
         if let Err(e) = r {
             if !is_gone(&e) && first.is_ok() {
-                first = Err(anyhow!(e).context(format!("detaching {} from {}", a.container, a.network)));
+                first = Err(
+                    anyhow!(e).context(format!("detaching {} from {}", a.container, a.network))
+                );
             }
         }
     }

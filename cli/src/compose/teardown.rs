@@ -41,7 +41,11 @@ pub async fn end_engagements(state: &mut State) -> Result<()> {
             continue;
         };
         if let Ok(mut c) = connector(d.port).await {
-            let _ = c.remove_intercept(LeaveRequest { name: e.name.clone() }).await;
+            let _ = c
+                .remove_intercept(LeaveRequest {
+                    name: e.name.clone(),
+                })
+                .await;
         }
         super::engage::progress(&format!("ended the engagement of {}", e.service));
     }
@@ -50,7 +54,11 @@ pub async fn end_engagements(state: &mut State) -> Result<()> {
 
 /// Undoes everything `state` records; with `compose_dir`, runs the compose tool's `down` on
 /// the rewritten file first (from that project directory).
-pub async fn undo(docker: &bollard::Docker, state: &State, compose_dir: Option<&Path>) -> Result<()> {
+pub async fn undo(
+    docker: &bollard::Docker,
+    state: &State,
+    compose_dir: Option<&Path>,
+) -> Result<()> {
     undo_with(docker, state, compose_dir.map(|d| (d, &[][..]))).await?;
     Ok(())
 }

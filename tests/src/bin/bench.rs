@@ -341,7 +341,10 @@ fn main() -> Result<()> {
     if a.only_compose {
         let (rows, doc) = tests::bench_compose::compose()?;
         print_rows(&rows);
-        println!("{}", serde_json::to_string_pretty(&json!({ "compose": doc }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "compose": doc }))?
+        );
         return Ok(());
     }
     let (mut rows, path) = if a.only_personal || a.no_intercept {
