@@ -21,6 +21,7 @@ struct Recorded {
     sessions: Vec<String>,
     watched: Vec<String>,
     departed: Vec<String>,
+    wiretap_reports: Vec<WiretapReport>,
 }
 
 struct Stub {
@@ -55,6 +56,7 @@ impl Manager for Stub {
             session: Some(SessionInfo {
                 session_id: id,
                 lease_seconds: 1,
+                ..Default::default()
             }),
             cluster: None,
         }))
@@ -95,6 +97,14 @@ impl Manager for Stub {
     ) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn report_wiretaps(&self, r: Request<WiretapReport>) -> Result<Response<Empty>, Status> {
+        self.rec
+            .lock()
+            .unwrap()
+            .wiretap_reports
+            .push(r.into_inner());
+        Ok(Response::new(Empty {}))
+    }
     async fn uninstall(&self, _: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("stub"))
     }
@@ -122,6 +132,12 @@ impl Manager for Stub {
     ) -> Result<Response<protocol::manager::ResolveResponse>, Status> {
         Err(Status::unimplemented("stub"))
     }
+    async fn set_log_level(
+        &self,
+        _: Request<protocol::manager::LogLevelRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 /// The stub manager, tunnel and app.
@@ -133,6 +149,8 @@ struct World {
     snapshots: watch::Sender<InterceptSnapshot>,
     forget_session: Arc<std::sync::atomic::AtomicBool>,
     tunnel_headers: Arc<Mutex<Vec<(Role, TunnelHeader)>>>,
+    /// Every byte the tunnel stub received after the headers.
+    tunnel_bytes: Arc<Mutex<Vec<u8>>>,
 }
 
 /// Echo server that first says `hello`.
@@ -161,19 +179,39 @@ async fn world(app_bind: &str) -> World {
     let tunnel = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tunnel_addr = tunnel.local_addr().unwrap();
     let tunnel_headers = Arc::new(Mutex::new(Vec::new()));
+    let tunnel_bytes = Arc::new(Mutex::new(Vec::new()));
     let th = tunnel_headers.clone();
+    let tb = tunnel_bytes.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = tunnel.accept().await.unwrap();
             let th = th.clone();
+            let tb = tb.clone();
             tokio::spawn(async move {
                 let h = protocol::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
                     .await
                     .unwrap();
+                let (id, answer) = (h.1.intercept_id.clone(), h.1.clone());
                 th.lock().unwrap().push(h);
+                // The manager's answer: "refused" stands for a client side that cannot be
+                // reached, "dies" for a handler that reads the request and exits.
+                let error = (id == "refused")
+                    .then(|| protocol::tunnel::HeaderError::Other("client gone".into()));
+                protocol::tunnel::write_header(&mut s, Role::Client, &answer.answer(error))
+                    .await
+                    .unwrap();
+                if id == "refused" {
+                    return;
+                }
+                if id == "dies" {
+                    let mut req = [0u8; 5];
+                    s.read_exact(&mut req).await.unwrap();
+                    return;
+                }
                 s.write_all(b"tun:").await.unwrap();
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf).await {
+                    tb.lock().unwrap().extend_from_slice(&buf[..n]);
                     if n == 0 || s.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -205,6 +243,7 @@ async fn world(app_bind: &str) -> World {
         snapshots,
         forget_session,
         tunnel_headers,
+        tunnel_bytes,
     }
 }
 
@@ -225,6 +264,7 @@ impl World {
             drain_timeout: Duration::from_millis(300),
             manager_timeout: Duration::from_secs(10),
             port_map: vec![],
+            token: None,
         }
     }
 
@@ -242,6 +282,7 @@ impl World {
                 service_port: u32::from(self.app_port),
                 ..Default::default()
             }],
+            ..Default::default()
         });
     }
 
@@ -591,6 +632,7 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
             service_port: 80,
             ..Default::default()
         }],
+        ..Default::default()
     });
     wait_routes(&agent, "port 80 intercepted", |r| r.route(80) != Route::App).await;
     let (hello, mut t) = open(addr).await;
@@ -601,5 +643,79 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
     echo(&mut t, b"to the client").await;
     assert_eq!(w.tunnel_headers.lock().unwrap()[0].1.intercept_id, "s:web");
     echo(&mut s, b"in-flight app connection untouched").await;
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_side_that_is_gone_or_dies_unanswered_costs_the_caller_nothing() {
+    let w = world("127.0.0.1:0").await;
+    let agent = Agent::start(w.config()).await.unwrap();
+    let addr = port_of(&agent);
+
+    // The manager says the client side cannot be reached: the app answers, nothing was sent.
+    w.intercept("refused", "ACTIVE");
+    wait_routes(&agent, "refused active", |r| !r.is_empty()).await;
+    let (who, mut s) = open(addr).await;
+    assert_eq!(who, "app:");
+    echo(&mut s, b"fell back").await;
+
+    // The handler takes the request and dies before answering: the request is replayed to
+    // the app, which answers it.
+    w.intercept("dies", "ACTIVE");
+    wait_routes(&agent, "dies active", |r| {
+        r.active().any(|(_, id)| id == "dies")
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("the app answers in time")
+        .expect("the app answers");
+    assert_eq!(&back, b"app:hello");
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wiretapped_connection_is_answered_by_the_app_and_copied_to_the_tunnel() {
+    let w = world("127.0.0.1:0").await;
+    let agent = Agent::start(w.config()).await.unwrap();
+    let addr = port_of(&agent);
+    w.snapshots.send_replace(InterceptSnapshot {
+        intercepts: vec![InterceptInfo {
+            spec: Some(InterceptSpec {
+                name: "tap".into(),
+                workload: "web".into(),
+                namespace: "shop".into(),
+                kind: EngagementKind::Wiretap as i32,
+                ..Default::default()
+            }),
+            id: "c:tap".into(),
+            state: protocol::manager::InterceptState::Active as i32,
+            service_port: u32::from(w.app_port),
+            ..Default::default()
+        }],
+    });
+    wait_routes(&agent, "the wiretap", |r| !r.taps(w.app_port).is_empty()).await;
+    let (who, mut s) = open(addr).await;
+    assert_eq!(who, "app:", "the app still answers");
+    echo(&mut s, b"first ").await;
+    echo(&mut s, b"second").await;
+    drop(s);
+    wait_until("the copy", || {
+        w.tunnel_bytes.lock().unwrap().as_slice() == b"first second"
+    })
+    .await;
+    let headers = w.tunnel_headers.lock().unwrap().clone();
+    assert_eq!(headers.len(), 1);
+    let (role, h) = &headers[0];
+    assert_eq!(*role, Role::Agent);
+    assert_eq!(h.intercept_id, "c:tap");
+    assert_eq!(h.target, w.app_port.to_string());
+    assert!(
+        w.rec.lock().unwrap().wiretap_reports.is_empty(),
+        "nothing dropped"
+    );
     agent.shutdown().await.unwrap();
 }

@@ -10,10 +10,16 @@
 //! served as HTTP/1.1 (the upgrade is declined, as RFC 9110 allows), so its later requests are
 //! still routed one by one; other upgrades (WebSocket) are passed to the destination and then
 //! spliced.
+//!
+//! Wiretaps: the port's unfiltered wiretaps get a copy of the caller's whole byte stream
+//! ([`crate::wiretap::Tee`]), its HTTP-filtered ones a copy of each request they match
+//! ([`crate::wiretap_http`]).
 
 use crate::forward::{open_tunnel, Shared};
 use crate::http_sniff::{sniff, sniff_stalled, Sniff};
-use crate::routes::{Route, Routes};
+use crate::routes::{Route, Routes, Tap};
+use crate::wiretap::{CopySender, Tee};
+use crate::wiretap_http::TeeBody;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -50,8 +56,10 @@ pub(crate) async fn serve(
     service_port: u16,
     app: SocketAddr,
     routes: watch::Receiver<Routes>,
+    taps: Vec<Tap>,
     shared: Arc<Shared>,
 ) {
+    let mut copies = crate::wiretap::start(taps, &shared, service_port);
     let mut first = Vec::with_capacity(4096);
     let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
     let kind = loop {
@@ -69,10 +77,13 @@ pub(crate) async fn serve(
             }
         }
     };
+    for c in &mut copies {
+        c.push(&first);
+    }
     let h2 = match kind {
         Sniff::Http1 => false,
         Sniff::Http2 => true,
-        _ => return splice_to_app(inbound, &first, peer, service_port, app).await,
+        _ => return splice_to_app(inbound, &first, peer, service_port, app, copies).await,
     };
     let ctx = Arc::new(Ctx {
         service_port,
@@ -83,7 +94,10 @@ pub(crate) async fn serve(
     });
     let io = TokioIo::new(Prefixed {
         prefix: Bytes::from(first),
-        inner: inbound,
+        inner: Tee {
+            inner: inbound,
+            copies,
+        },
     });
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
@@ -112,13 +126,15 @@ pub(crate) async fn serve(
     }
 }
 
-/// Not HTTP: the app gets the bytes read so far, then everything else.
+/// Not HTTP: the app gets the bytes read so far, then everything else (and the wiretaps their
+/// copies).
 async fn splice_to_app(
     mut inbound: TcpStream,
     first: &[u8],
     peer: SocketAddr,
     service_port: u16,
     app: SocketAddr,
+    copies: Vec<CopySender>,
 ) {
     let mut out = match TcpStream::connect(app).await {
         Ok(s) => s,
@@ -132,15 +148,20 @@ async fn splice_to_app(
     if out.write_all(first).await.is_err() {
         return;
     }
-    if let Err(e) = relay::splice(&mut inbound, &mut out).await {
+    let r = if copies.is_empty() {
+        relay::splice(&mut inbound, &mut out).await.map(|_| ())
+    } else {
+        crate::wiretap::relay(inbound, out, copies).await
+    };
+    if let Err(e) = r {
         debug!("port {service_port}: connection from {peer} ended: {e}");
     }
 }
 
 /// A connection to one destination (the app or one intercept's client).
 enum Upstream {
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+    H1(hyper::client::conn::http1::SendRequest<TeeBody>),
+    H2(hyper::client::conn::http2::SendRequest<TeeBody>),
 }
 
 impl Upstream {
@@ -154,8 +175,8 @@ impl Upstream {
     /// Sends a request; on failure before the request was written, hands it back.
     async fn send(
         &mut self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Incoming>>)> {
+        req: Request<TeeBody>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<TeeBody>>)> {
         let r = match self {
             Upstream::H1(s) => {
                 // Wait for the previous exchange to finish; if the connection closed instead,
@@ -192,16 +213,21 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn route(&self, req: &Request<Incoming>) -> Route {
+    /// Where a request goes, and the filtered wiretaps that want a copy of it.
+    fn route(&self, req: &Request<Incoming>) -> (Route, Vec<Tap>) {
         let headers = req.headers();
-        self.routes
-            .borrow()
-            .route_request(self.service_port, req.uri().path(), |k, v| {
-                headers
-                    .get_all(k)
-                    .iter()
-                    .any(|x| x.as_bytes() == v.as_bytes())
-            })
+        let has = |k: &str, v: &str| {
+            headers
+                .get_all(k)
+                .iter()
+                .any(|x| x.as_bytes() == v.as_bytes())
+        };
+        let routes = self.routes.borrow();
+        let path = req.uri().path();
+        (
+            routes.route_request(self.service_port, path, has),
+            routes.request_taps(self.service_port, path, has),
+        )
     }
 
     fn pooled(&self, key: &Key) -> Option<Upstream> {
@@ -220,7 +246,10 @@ impl Ctx {
                 *tunnel,
                 &self.shared.tunnel_addr,
                 intercept_id,
-                session_id,
+                crate::session::TunnelAuth {
+                    session_id: session_id.to_string(),
+                    token: self.shared.token.clone(),
+                },
                 self.service_port,
             )
             .await
@@ -265,8 +294,31 @@ impl Ctx {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
-        let route = self.route(&req);
+    /// [`Ctx::connect`]; when the client side of an intercept cannot be reached the request
+    /// goes to the app instead (`route` and `key` then say so).
+    async fn connect_or_app(
+        &self,
+        route: &mut Route,
+        key: &mut Key,
+    ) -> Result<Upstream, ConnectError> {
+        match self.connect(route).await {
+            Err(e @ ConnectError::Tunnel { .. }) => {
+                tracing::warn!(
+                    "port {}: {e}; sending the request to the app",
+                    self.service_port
+                );
+                *route = Route::App;
+                *key = key_of(self.service_port, route);
+                self.connect(route).await
+            }
+            other => other,
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (route, taps) = self.route(&req);
+        let copies = crate::wiretap_http::start(&req, taps, &self.shared, self.service_port);
+        let mut req = req.map(|b| TeeBody::new(b, copies));
         let key = key_of(self.service_port, &route);
         let mut upgrade = None;
         if !self.h2 && req.headers().contains_key(UPGRADE) {
@@ -276,9 +328,10 @@ impl Ctx {
                 upgrade = Some(hyper::upgrade::on(&mut req));
             }
         }
+        let (mut route, mut key) = (route, key);
         let (mut up, mut fresh) = match self.pooled(&key) {
             Some(u) => (u, false),
-            None => match self.connect(&route).await {
+            None => match self.connect_or_app(&mut route, &mut key).await {
                 Ok(u) => (u, true),
                 Err(e) => return bad_gateway(&e.to_string()),
             },
@@ -286,10 +339,15 @@ impl Ctx {
         let mut resp = loop {
             match up.send(req).await {
                 Ok(r) => break r,
-                // A pooled connection the other side had closed: once more on a new one.
-                Err((_, Some(r))) if !fresh => {
+                // A pooled connection the other side had closed, or a client side that closed
+                // before taking the request: once more on a new one (the app's, if need be).
+                Err((_, Some(r))) if !fresh || key.1.is_some() => {
                     req = r;
-                    up = match self.connect(&route).await {
+                    if fresh {
+                        route = Route::App;
+                        key = key_of(self.service_port, &route);
+                    }
+                    up = match self.connect_or_app(&mut route, &mut key).await {
                         Ok(u) => u,
                         Err(e) => return bad_gateway(&e.to_string()),
                     };
@@ -462,7 +520,7 @@ impl Drop for Returning {
     }
 }
 
-fn is_h2c_upgrade(req: &Request<Incoming>) -> bool {
+fn is_h2c_upgrade<B>(req: &Request<B>) -> bool {
     req.headers()
         .get_all(UPGRADE)
         .iter()
@@ -476,7 +534,7 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 }
 
 /// Removes the h2c upgrade offer so the request continues as plain HTTP/1.1.
-fn decline_h2c(req: &mut Request<Incoming>) {
+fn decline_h2c<B>(req: &mut Request<B>) {
     let h = req.headers_mut();
     h.remove(UPGRADE);
     h.remove("http2-settings");
@@ -534,12 +592,12 @@ fn bad_gateway(why: &str) -> Response<Body> {
 }
 
 /// A stream whose first bytes were already read: they are replayed before the rest.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -555,7 +613,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,7 +1,8 @@
 //! The routing decision: which captured service ports are currently intercepted, built from the
 //! manager's latest intercept snapshot. A port with a global intercept is routed once per
 //! accepted connection; a port with personal intercepts (HTTP filters) is routed once per
-//! request ([`Routes::route_request`]).
+//! request ([`Routes::route_request`]). Wiretaps are not routes: [`Routes::taps`] names the ones
+//! that get a copy of a port's connections, whatever their route.
 
 use protocol::filters::HttpFilter;
 use protocol::manager::InterceptSnapshot;
@@ -36,6 +37,18 @@ pub struct Personal {
     pub filter: HttpFilter,
 }
 
+/// Where the copies of one wiretap go: through the manager's tunnel, like an intercepted
+/// connection, to the wiretapping client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    /// The wiretap's (intercept) id.
+    pub intercept_id: Arc<str>,
+    /// The agent session the snapshot was received on.
+    pub session_id: Arc<str>,
+    /// The tunnel listener, resolved when the snapshot arrived (`None`: resolve at dial).
+    pub tunnel: Option<SocketAddr>,
+}
+
 /// The active intercepts of this agent's workload, by service port.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routes {
@@ -45,6 +58,9 @@ pub struct Routes {
     active: Vec<(u16, Arc<str>)>,
     /// (service port, personal intercepts, most specific first).
     personal: Vec<(u16, Vec<Personal>)>,
+    /// (service port, wiretap id, filter) of the wiretaps: without filter they copy every
+    /// connection of their port, with one the HTTP requests it matches.
+    taps: Vec<(u16, Arc<str>, Option<HttpFilter>)>,
     tunnel: Option<SocketAddr>,
 }
 
@@ -65,6 +81,7 @@ impl Routes {
     ) -> Routes {
         let mut active: Vec<(u16, Arc<str>)> = Vec::new();
         let mut personal: Vec<(u16, Vec<Personal>)> = Vec::new();
+        let mut taps: Vec<(u16, Arc<str>, Option<HttpFilter>)> = Vec::new();
         // Each service port of an engagement (a multi-port one has several) routes on its own.
         let each_port = snapshot.intercepts.iter().flat_map(|ic| {
             std::iter::once(ic.service_port)
@@ -81,8 +98,17 @@ impl Routes {
                 || (!spec.namespace.is_empty() && spec.namespace != namespace)
                 || port == 0
                 || ic.id.is_empty()
-                || active.iter().any(|(p, _)| *p == port)
             {
+                continue;
+            }
+            if spec.kind() == protocol::manager::EngagementKind::Wiretap {
+                match HttpFilter::from_spec(spec) {
+                    Ok(filter) => taps.push((port, Arc::from(ic.id.as_str()), filter)),
+                    Err(e) => warn!("wiretap {}: ignoring it, its filter is invalid: {e}", ic.id),
+                }
+                continue;
+            }
+            if active.iter().any(|(p, _)| *p == port) {
                 continue;
             }
             match HttpFilter::from_spec(spec) {
@@ -113,6 +139,7 @@ impl Routes {
             session_id: Arc::from(session_id),
             active,
             personal,
+            taps,
             tunnel: None,
         }
     }
@@ -123,18 +150,57 @@ impl Routes {
         self
     }
 
-    /// Whether any port is intercepted.
+    /// Whether any port is intercepted or wiretapped.
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty() && self.personal.is_empty()
+        self.active.is_empty() && self.personal.is_empty() && self.taps.is_empty()
     }
 
-    /// The intercepted service ports and their intercept ids (global and personal).
+    fn tap(&self, id: &Arc<str>) -> Tap {
+        Tap {
+            intercept_id: id.clone(),
+            session_id: self.session_id.clone(),
+            tunnel: self.tunnel,
+        }
+    }
+
+    /// The wiretaps without filter, which get a copy of every connection that arrived for
+    /// `service_port` (none, and no allocation, on a port without wiretap).
+    pub fn taps(&self, service_port: u16) -> Vec<Tap> {
+        self.taps
+            .iter()
+            .filter(|(p, _, f)| *p == service_port && f.is_none())
+            .map(|(_, id, _)| self.tap(id))
+            .collect()
+    }
+
+    /// The HTTP-filtered wiretaps of `service_port` that want a copy of one request (`has` as
+    /// in [`Routes::route_request`]).
+    pub fn request_taps(
+        &self,
+        service_port: u16,
+        path: &str,
+        has: impl Fn(&str, &str) -> bool,
+    ) -> Vec<Tap> {
+        self.taps
+            .iter()
+            .filter(|(p, _, f)| {
+                *p == service_port && f.as_ref().is_some_and(|f| f.matches(path, &has))
+            })
+            .map(|(_, id, _)| self.tap(id))
+            .collect()
+    }
+
+    /// The intercepted (and wiretapped) service ports and their engagement ids.
     pub fn active(&self) -> impl Iterator<Item = (u16, &str)> {
-        self.active.iter().map(|(p, id)| (*p, &**id)).chain(
-            self.personal
-                .iter()
-                .flat_map(|(p, v)| v.iter().map(move |i| (*p, &*i.id))),
-        )
+        self.active
+            .iter()
+            .map(|(p, id)| (*p, &**id))
+            .chain(
+                self.personal
+                    .iter()
+                    .flat_map(|(p, v)| v.iter().map(move |i| (*p, &*i.id))),
+            )
+            .chain(self.taps.iter().map(|(p, id, _)| (*p, &**id)))
     }
 
     fn intercept(&self, id: &Arc<str>) -> Route {
@@ -147,11 +213,18 @@ impl Routes {
 
     /// The decision for a connection that arrived for `service_port`. Costs two reference-count
     /// increments when intercepted, nothing otherwise.
+    /// An HTTP-filtered wiretap makes every connection of its port go through per-request routing.
     pub fn route(&self, service_port: u16) -> Route {
-        if let Some((_, id)) = self.active.iter().find(|(p, _)| *p == service_port) {
-            return self.intercept(id);
+        let filtered_taps = self
+            .taps
+            .iter()
+            .any(|(p, _, f)| *p == service_port && f.is_some());
+        if !filtered_taps {
+            if let Some((_, id)) = self.active.iter().find(|(p, _)| *p == service_port) {
+                return self.intercept(id);
+            }
         }
-        if self.personal.iter().any(|(p, _)| *p == service_port) {
+        if filtered_taps || self.personal.iter().any(|(p, _)| *p == service_port) {
             return Route::Http;
         }
         Route::App
@@ -217,6 +290,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         };
         let tunnel: SocketAddr = "10.0.0.9:8082".parse().unwrap();
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1").with_tunnel(Some(tunnel));
@@ -245,6 +319,7 @@ mod tests {
         }];
         let snap = InterceptSnapshot {
             intercepts: vec![two],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         for port in [8080, 9090] {
@@ -269,6 +344,7 @@ mod tests {
     fn a_spec_without_namespace_matches_by_workload() {
         let snap = InterceptSnapshot {
             intercepts: vec![ic("a", "", "web", 8080, "ACTIVE")],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert!(matches!(r.route(8080), Route::Intercept { .. }));
@@ -295,6 +371,7 @@ mod tests {
                 personal("d", 8080, &["bad header=1"], ""),  // invalid: ignored
                 ic("g", "shop", "web", 9090, "ACTIVE"),
             ],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert_eq!(r.route(8080), Route::Http);
@@ -321,6 +398,7 @@ mod tests {
                 ic("g", "shop", "web", 8080, "ACTIVE"),
                 personal("a", 8080, &["x-dev=alice"], ""),
             ],
+            ..Default::default()
         };
         let r = Routes::from_snapshot(&snap, "shop", "web", "s1");
         assert!(matches!(r.route(8080), Route::Intercept { .. }));

@@ -52,7 +52,10 @@ pub enum Command {
     Replace(crate::engage::ReplaceArgs),
     /// Give a handler a workload container's environment and volumes (read-only), no traffic.
     Ingest(crate::engage::IngestArgs),
-    /// Remove an intercept, replace or ingest.
+    /// Give a handler a copy of a workload's (matching) traffic while the workload still answers
+    /// every caller; the handler's answers are discarded, its environment and volumes read-only.
+    Wiretap(crate::engage::WiretapArgs),
+    /// Remove an intercept, replace, ingest or wiretap.
     Leave(LeaveArgs),
     /// Remove traffic-agents.
     Uninstall(UninstallArgs),
@@ -68,6 +71,9 @@ pub enum Command {
     /// file to attach to a bug report.
     #[command(name = "gather-logs")]
     GatherLogs(GatherLogsArgs),
+    /// Change the log level of the daemon, the traffic-manager and its traffic-agents (trace,
+    /// debug, info, warning, error), optionally for a while only.
+    Loglevel(crate::loglevel::LoglevelArgs),
     /// Run the client daemon (inside its container).
     #[command(name = "daemon-foreground", hide = true)]
     DaemonForeground,
@@ -291,6 +297,8 @@ pub struct InterceptArgs {
     /// Personal intercept: only HTTP requests whose whole path matches this regular expression.
     #[arg(long, value_name = "REGEX")]
     pub http_path_regex: Option<String>,
+    #[command(flatten)]
+    pub extras: crate::engage::HandlerExtras,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,

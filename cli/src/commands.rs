@@ -105,7 +105,14 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         .iter()
         .map(|i| {
             let s = i.spec.clone().unwrap_or_default();
-            format!("    {}: {}\n", s.name, s.client)
+            if crate::engage::kind_of_info(i) == protocol::manager::EngagementKind::Wiretap {
+                format!(
+                    "    {}: {} (wiretap, {} copies dropped)\n",
+                    s.name, s.client, i.wiretap_dropped
+                )
+            } else {
+                format!("    {}: {}\n", s.name, s.client)
+            }
         })
         .collect();
     block = crate::outbound::insert_after(&block, "  Intercepts ", &intercepts);
@@ -125,10 +132,20 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         "  ",
         &[
             ("Version", Some(format!("v{}", st.manager_version))),
+            ("Authenticated", Some(authenticated_text(st).to_string())),
             ("Traffic Agent", Some(st.agent_image.clone())),
         ],
     ));
     text
+}
+
+/// Whether the manager accepted the daemon's credential, as `status` says it.
+fn authenticated_text(st: &DaemonStatus) -> &'static str {
+    if st.authenticated {
+        "yes"
+    } else {
+        "no (the daemon holds no credential; run telepresence connect again)"
+    }
 }
 
 /// The `status` data of one responding daemon.
@@ -148,7 +165,7 @@ fn status_json(d: &DaemonInfo, st: &DaemonStatus) -> serde_json::Value {
         "subnets": st.subnets,
         "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
         "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
-        "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image},
+        "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image, "authenticated": st.authenticated},
     })
 }
 
@@ -159,6 +176,8 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "id": i.id,
         "workload": s.workload,
         "namespace": s.namespace,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "wiretap_dropped": i.wiretap_dropped,
         "state": i.state().as_str(),
         "message": i.message,
         "client": s.client,
@@ -171,6 +190,17 @@ pub fn intercept_json(i: &InterceptInfo) -> serde_json::Value {
         "http_path_equal": s.http_path_equal,
         "http_path_prefix": s.http_path_prefix,
         "http_path_regex": s.http_path_regex,
+        "kind": crate::engage::kind_word(crate::engage::kind_of_info(i)),
+        "ports": crate::engage::port_pairs(i).iter().map(|(remote, name, local)| json!({
+            "local": local,
+            "remote": remote,
+            "remote_name": name,
+            "protocol": "TCP",
+        })).collect::<Vec<_>>(),
+        "to_pod": s.to_pod.iter().map(|p| json!({
+            "port": p.port,
+            "protocol": crate::engage::to_pod_protocol(p),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -199,8 +229,11 @@ pub fn workload_line(w: &Workload) -> String {
                         "Destination",
                         Some(format!("{}:{}", spec.target_host, spec.target_port)),
                     ),
-                    ("Intercepting", Some(i.disposition.clone())),
-                ],
+                ]
+                .into_iter()
+                .chain(crate::engage::to_pod_row(i))
+                .chain([("Intercepting", Some(i.disposition.clone()))])
+                .collect::<Vec<_>>(),
             ));
         }
         return s;
@@ -348,8 +381,9 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         )
         .await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
-        docker::provider::sweep_agents(&docker, None).await?;
+        // Managers before agents: a manager re-attaches the agents of intercepted workloads.
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;
+        docker::provider::sweep_agents(&docker, None).await?;
         // Images of earlier builds of this binary are never used again.
         if let Ok(exe) = std::env::current_exe() {
             if let Ok(current) = docker::image::image_tag(crate::connect::IMAGE_REPO, &exe) {

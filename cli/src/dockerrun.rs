@@ -38,6 +38,23 @@ pub struct RunArgs {
     /// Things the user overrode that will probably keep the intercept from working
     /// (for example their own `--network`); show these to the user.
     pub warnings: Vec<String>,
+    /// Where [`RunArgs::image`] is in [`RunArgs::args`].
+    pub image_index: usize,
+}
+
+impl RunArgs {
+    /// Runs `image` instead of the one given (`--docker-build` replaces the `IMAGE` placeholder).
+    pub fn set_image(&mut self, image: &str) {
+        self.args[self.image_index] = image.to_string();
+        self.image = image.to_string();
+    }
+
+    /// Adds flags of ours right after `run`, before the user's (theirs win).
+    pub fn add_flags(&mut self, flags: &[&str]) {
+        self.args
+            .splice(1..1, flags.iter().map(ToString::to_string));
+        self.image_index += flags.len();
+    }
 }
 
 /// Why the user's `docker run` arguments cannot be used.
@@ -498,6 +515,7 @@ pub fn assemble(user_args: &[String], opts: &HandlerOpts) -> Result<RunArgs, Doc
     }
     args.extend(our_labels(&parsed, opts));
     args.extend(parsed.flags.iter().cloned());
+    let image_index = args.len();
     args.push(parsed.image.clone());
     args.extend(parsed.command.iter().cloned());
 
@@ -506,6 +524,7 @@ pub fn assemble(user_args: &[String], opts: &HandlerOpts) -> Result<RunArgs, Doc
         name,
         image: parsed.image,
         warnings,
+        image_index,
     })
 }
 

@@ -1,13 +1,16 @@
-//! `telepresence replace` and `telepresence ingest`, and what every engagement kind shares with
-//! `intercept` (`cli/src/intercept.rs` runs all three): their arguments, the `local:remote`
-//! pairs of a multi-port engagement, the kind word `list` shows (`intercepted`, `replaced`,
-//! `ingested`) and the block rows of multi-port, replace and ingest engagements.
+//! `telepresence replace`, `telepresence ingest` and `telepresence wiretap`, and what every
+//! engagement kind shares with `intercept` (`cli/src/intercept.rs` runs them all): their
+//! arguments, the `local:remote` pairs of a multi-port engagement, the kind word `list` shows
+//! (`intercepted`, `replaced`, `ingested`, `wiretapped`) and the block rows of multi-port,
+//! replace, ingest and wiretap engagements (a wiretap's with its dropped copies).
 
 use crate::args::{parse_port, InterceptArgs, PortSpec};
 use crate::output::kv_block;
 use anyhow::{anyhow, Result};
 use clap::Args;
-use protocol::manager::{EngagementKind, InterceptInfo, PortPair, Workload};
+use protocol::manager::{
+    EngagementKind, InterceptInfo, PortPair, PortProtocol, ToPodPort, Workload,
+};
 
 /// Which engagement a command creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,6 +22,8 @@ pub enum Kind {
     Replace,
     /// `ingest`.
     Ingest,
+    /// `wiretap`.
+    Wiretap,
 }
 
 impl Kind {
@@ -28,6 +33,7 @@ impl Kind {
             Kind::Intercept => EngagementKind::Intercept,
             Kind::Replace => EngagementKind::Replace,
             Kind::Ingest => EngagementKind::Ingest,
+            Kind::Wiretap => EngagementKind::Wiretap,
         }
     }
 }
@@ -64,6 +70,42 @@ pub struct IngestArgs {
     pub handler: HandlerArgs,
 }
 
+/// `telepresence wiretap WORKLOAD`: the intercept flags except `--workload`.
+#[derive(Debug, Args)]
+pub struct WiretapArgs {
+    /// The workload to wiretap.
+    pub workload: String,
+    /// The wiretap's name, for `leave` (default: the workload's name); give several wiretaps
+    /// of one workload their own names.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// <local port>[:<service port number or name>] (default 8080); repeat for several ports.
+    #[arg(short = 'p', long)]
+    pub port: Vec<String>,
+    /// The service whose ports are meant, when several services select the workload.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Container of the workload whose environment and mounts (read-only) the handler gets.
+    #[arg(long)]
+    pub container: Option<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Copy only HTTP requests carrying this header (NAME=VALUE, repeatable, all must match).
+    #[arg(long = "http-header", value_name = "NAME=VALUE")]
+    pub http_header: Vec<String>,
+    /// Copy only HTTP requests whose path is exactly this.
+    #[arg(long, value_name = "PATH")]
+    pub http_path_equal: Option<String>,
+    /// Copy only HTTP requests whose path starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub http_path_prefix: Option<String>,
+    /// Copy only HTTP requests whose whole path matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path_regex: Option<String>,
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+}
+
 /// The handler flags `replace` and `ingest` share with `intercept`.
 #[derive(Debug, Args)]
 pub struct HandlerArgs {
@@ -88,9 +130,54 @@ pub struct HandlerArgs {
     /// Where the remote volumes appear inside the handler container (TELEPRESENCE_ROOT).
     #[arg(long)]
     pub docker_mount: Option<String>,
+    #[command(flatten)]
+    pub extras: HandlerExtras,
     /// The handler command (with --docker-run: `docker run` arguments, IMAGE first after flags).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// The flags every engagement kind shares (`intercept` and the kinds built on [`HandlerArgs`]):
+/// pod-local ports and building the handler image.
+#[derive(Debug, Args, Default, Clone)]
+pub struct HandlerExtras {
+    /// PORT[/UDP]: the handler reaches the workload's own localhost PORT (a sidecar, a local
+    /// proxy) on its own localhost PORT; repeatable. Refused when nothing listens there.
+    #[arg(long = "to-pod", value_name = "PORT[/UDP]", value_parser = parse_to_pod)]
+    pub to_pod: Vec<ToPodPort>,
+    /// Build the handler image from this context with `docker build`, then run it as with
+    /// --docker-run: the literal IMAGE after -- is replaced by the built image (default: -- IMAGE).
+    #[arg(long, value_name = "CONTEXT", conflicts_with = "docker_debug")]
+    pub docker_build: Option<std::path::PathBuf>,
+    /// Like --docker-build, and the handler may be debugged: ptrace allowed (SYS_PTRACE),
+    /// unconfined seccomp and AppArmor profiles.
+    #[arg(long, value_name = "CONTEXT")]
+    pub docker_debug: Option<std::path::PathBuf>,
+    /// A `docker build` option KEY=VALUE for --docker-build/--docker-debug, repeatable: file,
+    /// target, build-arg (NAME=VALUE), tag, label, network, platform, no-cache, pull, add-host.
+    #[arg(long = "docker-build-opt", value_name = "KEY=VALUE")]
+    pub docker_build_opt: Vec<String>,
+}
+
+/// Parses `--to-pod PORT[/TCP|/UDP]`.
+pub fn parse_to_pod(s: &str) -> Result<ToPodPort, String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+        format!("invalid port in --to-pod {s:?}: expected PORT[/UDP] with PORT 1-65535")
+    })?;
+    let protocol = match proto.to_ascii_uppercase().as_str() {
+        "TCP" => PortProtocol::Tcp,
+        "UDP" => PortProtocol::Udp,
+        _ => {
+            return Err(format!(
+                "protocol {proto:?} in --to-pod {s:?}: use TCP or UDP"
+            ))
+        }
+    };
+    Ok(ToPodPort {
+        port: u32::from(port),
+        protocol: protocol as i32,
+    })
 }
 
 fn intercept_args(
@@ -121,6 +208,7 @@ fn intercept_args(
         http_path_equal: None,
         http_path_prefix: None,
         http_path_regex: None,
+        extras: h.extras,
         command: h.command,
     }
 }
@@ -135,6 +223,26 @@ impl From<ReplaceArgs> for InterceptArgs {
             a.handler,
             Kind::Replace,
         )
+    }
+}
+
+impl From<WiretapArgs> for InterceptArgs {
+    fn from(a: WiretapArgs) -> Self {
+        let mut i = intercept_args(
+            a.name.unwrap_or_else(|| a.workload.clone()),
+            a.port,
+            a.container,
+            a.namespace,
+            a.handler,
+            Kind::Wiretap,
+        );
+        i.workload = Some(a.workload);
+        i.service = a.service;
+        i.http_header = a.http_header;
+        i.http_path_equal = a.http_path_equal;
+        i.http_path_prefix = a.http_path_prefix;
+        i.http_path_regex = a.http_path_regex;
+        i
     }
 }
 
@@ -172,11 +280,12 @@ pub fn pairs(args: &InterceptArgs) -> Result<(Option<PortSpec>, Vec<PortPair>)> 
             "ingest routes no traffic: drop --port (use intercept or replace for traffic)"
         ));
     }
-    let given: Vec<String> = if args.port.is_empty() && kind == Kind::Intercept {
-        vec!["8080".to_string()]
-    } else {
-        args.port.clone()
-    };
+    let given: Vec<String> =
+        if args.port.is_empty() && matches!(kind, Kind::Intercept | Kind::Wiretap) {
+            vec!["8080".to_string()]
+        } else {
+            args.port.clone()
+        };
     let mut parsed = given
         .iter()
         .map(|p| parse_port(p).map_err(|e| anyhow!(e)))
@@ -213,16 +322,18 @@ pub fn kind_word(kind: EngagementKind) -> &'static str {
         EngagementKind::Intercept => "intercepted",
         EngagementKind::Replace => "replaced",
         EngagementKind::Ingest => "ingested",
+        EngagementKind::Wiretap => "wiretapped",
     }
 }
 
 /// The state word of a workload in `list`: `replaced` wins over `intercepted`, which wins over
-/// `ingested`.
+/// `wiretapped`, which wins over `ingested`.
 pub fn workload_word(w: &Workload) -> &'static str {
     let kinds: Vec<EngagementKind> = w.intercepts.iter().map(kind_of_info).collect();
     let kind = [
         EngagementKind::Replace,
         EngagementKind::Intercept,
+        EngagementKind::Wiretap,
         EngagementKind::Ingest,
     ]
     .into_iter()
@@ -247,23 +358,53 @@ fn pairs_head(i: &InterceptInfo) -> String {
     format!("{from} -> {}", s.target_host)
 }
 
+/// Every `(remote port, its name, local port)` pair of an engagement, the first one first.
+pub fn port_pairs(i: &InterceptInfo) -> Vec<(u32, String, u32)> {
+    let s = i.spec.clone().unwrap_or_default();
+    let first =
+        (i.service_port != 0).then(|| (i.service_port, i.service_port_name.clone(), s.target_port));
+    first
+        .into_iter()
+        .chain(
+            i.extra_ports
+                .iter()
+                .map(|r| (r.service_port, r.service_port_name.clone(), r.target_port)),
+        )
+        .collect()
+}
+
 /// One `<remote> -> <local> TCP` line per pair, under a block indented by `indent`; empty
 /// unless the engagement is shown pair by pair.
 pub fn pair_lines(i: &InterceptInfo, indent: &str) -> String {
     if !shows_pairs(i) {
         return String::new();
     }
-    let s = i.spec.clone().unwrap_or_default();
-    let first = (i.service_port != 0).then_some((i.service_port, s.target_port));
-    first
+    port_pairs(i)
         .into_iter()
-        .chain(
-            i.extra_ports
-                .iter()
-                .map(|r| (r.service_port, r.target_port)),
-        )
-        .map(|(remote, local)| format!("{indent}    {remote} -> {local} TCP\n"))
+        .map(|(remote, _, local)| format!("{indent}    {remote} -> {local} TCP\n"))
         .collect()
+}
+
+/// `TCP` or `UDP`: the transport of a `--to-pod` port.
+pub fn to_pod_protocol(p: &ToPodPort) -> &'static str {
+    if p.protocol() == PortProtocol::Udp {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// The `To pod` row of an engagement with `--to-pod` ports (`7070/TCP, 7071/UDP`).
+pub fn to_pod_row(i: &InterceptInfo) -> Option<(&'static str, Option<String>)> {
+    let s = i.spec.as_ref()?;
+    (!s.to_pod.is_empty()).then(|| {
+        let ports: Vec<String> = s
+            .to_pod
+            .iter()
+            .map(|p| format!("{}/{}", p.port, to_pod_protocol(p)))
+            .collect();
+        ("To pod", Some(ports.join(", ")))
+    })
 }
 
 /// The rows of a multi-port, replace or ingest engagement's block (created block and `list`);
@@ -280,10 +421,21 @@ pub fn rows(
         ("State", Some(state)),
         ("Workload kind", Some(i.workload_kind.clone())),
     ];
-    if kind_of_info(i) == EngagementKind::Ingest {
+    let kind = kind_of_info(i);
+    if kind == EngagementKind::Ingest {
         rows.push(("Container", Some(i.container.clone())));
     }
+    if kind == EngagementKind::Wiretap {
+        if !shows_pairs(i) {
+            rows.push((
+                "Destination",
+                Some(format!("{}:{}", s.target_host, s.target_port)),
+            ));
+        }
+        rows.push(("Copies dropped", Some(i.wiretap_dropped.to_string())));
+    }
     rows.extend(extra);
+    rows.extend(to_pod_row(i));
     let traffic = if shows_pairs(i) {
         pairs_head(i)
     } else {
@@ -310,6 +462,7 @@ mod tests {
             crate::args::Command::Intercept(a) => a,
             crate::args::Command::Replace(a) => a.into(),
             crate::args::Command::Ingest(a) => a.into(),
+            crate::args::Command::Wiretap(a) => a.into(),
             other => panic!("{other:?}"),
         }
     }
@@ -439,5 +592,54 @@ mod tests {
         let block = list_block(&ing, "ACTIVE".into());
         assert!(block.contains("Container     : web"), "{block}");
         assert!(!block.contains("->"), "{block}");
+    }
+
+    #[test]
+    fn wiretap_takes_the_intercept_flags() {
+        let a = parse(&[
+            "telepresence",
+            "wiretap",
+            "web",
+            "--name",
+            "tap",
+            "-p",
+            "9095:8080",
+            "--http-header",
+            "x-dev=a",
+            "--docker-run",
+            "--",
+            "img",
+        ]);
+        assert_eq!(kind_of(&a), Kind::Wiretap);
+        assert_eq!(
+            (a.name.as_str(), a.workload.as_deref()),
+            ("tap", Some("web"))
+        );
+        assert_eq!(a.http_header, ["x-dev=a"]);
+        assert_eq!(pairs(&a).unwrap().0.unwrap().local, 9095);
+        let a = parse(&["telepresence", "wiretap", "web"]);
+        assert_eq!(a.name, "web");
+        assert_eq!(pairs(&a).unwrap().0.unwrap().local, 8080, "like intercept");
+        assert!(
+            crate::args::Cli::try_parse_from(["telepresence", "wiretap", "web", "-w", "x"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_wiretap_block_shows_its_dropped_copies() {
+        let mut i = info(EngagementKind::Wiretap, &[]);
+        i.wiretap_dropped = 7;
+        i.disposition = "a copy of all TCP connections".into();
+        assert!(!is_plain(&i));
+        assert_eq!(
+            list_block(&i, "ACTIVE".into()),
+            "   Intercept name: web\n   State         : ACTIVE\n   Workload kind : Deployment\n   Destination   : 127.0.0.1:8080\n   Copies dropped: 7\n   Intercepting  : a copy of all TCP connections\n"
+        );
+        let w = Workload {
+            intercepts: vec![i.clone(), info(EngagementKind::Ingest, &[])],
+            ..Default::default()
+        };
+        assert_eq!(workload_word(&w), "wiretapped");
     }
 }

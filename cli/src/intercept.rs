@@ -1,5 +1,6 @@
 //! `telepresence intercept`: creates the intercept through the daemon, prints its block and,
-//! with `--docker-run`, runs the handler container in the daemon's network namespace in the
+//! with `--docker-run` (or a handler image built by `--docker-build`, `cli/src/dockerbuild.rs`),
+//! runs the handler container in the daemon's network namespace in the
 //! foreground, forwards Ctrl-C to it, and leaves when it exits.
 
 use crate::args::InterceptArgs;
@@ -51,6 +52,7 @@ pub fn intercept_block(i: &InterceptInfo, root: Option<&str>, env_file: Option<&
     if let Some(e) = env_file {
         rows.push(("Env file", Some(e.to_string())));
     }
+    rows.extend(crate::engage::to_pod_row(i));
     rows.push(("Intercepting", Some(i.disposition.clone())));
     out.push_str(&kv_block("   ", &rows));
     out
@@ -150,6 +152,7 @@ pub fn spec(args: &InterceptArgs) -> Result<InterceptSpec> {
         extra_ports,
         kind: kind.wire() as i32,
         service: args.service.clone().unwrap_or_default(),
+        to_pod: args.extras.to_pod.clone(),
     };
     // Filters are checked before anything is created (the manager resolves `auto`).
     protocol::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
@@ -162,7 +165,10 @@ pub async fn run(
     use_: Option<&str>,
     print_now: bool,
 ) -> Result<(CmdOutput, Option<i32>)> {
+    let kind = crate::engage::kind_of(&args);
     let (first, _) = crate::engage::pairs(&args)?;
+    let mut args = args;
+    let build = crate::dockerbuild::prepare(&mut args)?;
     if !args.command.is_empty() && !args.docker_run {
         bail!("with a containerised daemon the handler must be a container: add --docker-run and give `docker run` arguments after --");
     }
@@ -189,8 +195,11 @@ pub async fn run(
                 (INTERCEPT_LABEL.into(), args.name.clone()),
             ],
         };
-        let ra = assemble(&args.command, &opts)?;
-        check_image(&docker, &ra.image).await?;
+        let mut ra = assemble(&args.command, &opts)?;
+        match &build {
+            Some(b) => crate::dockerbuild::build_into(b, &mut ra).await?,
+            None => check_image(&docker, &ra.image).await?,
+        }
         for w in &ra.warnings {
             eprintln!("warning: {w}");
         }
@@ -199,7 +208,9 @@ pub async fn run(
         None
     };
 
-    let mount = mounts::parse_mount(&args.mount)?;
+    let mut mount = mounts::parse_mount(&args.mount)?;
+    // A wiretap's handler only watches: the workload's volumes are read-only to it.
+    mount.read_only |= kind == crate::engage::Kind::Wiretap;
     let spec = spec(&args)?;
     let mut c = connector(d.port).await?;
     let info = c
@@ -335,12 +346,24 @@ async fn run_with_handler(
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
         let image = docker_image_of(docker, &d.container).await?;
+        // The sync container opens its tunnel as this daemon's session.
+        let session = crate::rpc::connector(d.port)
+            .await?
+            .status(protocol::manager::Empty {})
+            .await?
+            .into_inner()
+            .session
+            .unwrap_or_default();
+        let target = mounts::SyncTarget {
+            intercept_id: &info.id,
+            session: &session,
+        };
         let summary = mounts::start(
             docker,
             &d.container,
             &d.name,
             &args.name,
-            &info.id,
+            &target,
             &image,
             handler_mounts,
         )

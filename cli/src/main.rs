@@ -6,13 +6,27 @@ use cli::args::{Cli, Command, OutputFormat};
 use cli::output::{render, CmdOutput};
 use std::io::Write;
 
+/// Logs to stderr at `RUST_LOG` (else info for roles, warn for commands), through a reloadable
+/// filter that `telepresence loglevel` changes at runtime (`protocol::loglevel`).
 fn init_logs(role: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if role { "info" } else { "warn" }));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+    let start = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .unwrap_or_else(|| (if role { "info" } else { "warn" }).to_string());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&start));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    protocol::loglevel::install(Box::new(move |level| {
+        let directive = level
+            .and_then(protocol::manager::LogLevel::directive)
+            .unwrap_or(start.as_str());
+        handle
+            .reload(EnvFilter::new(directive))
+            .map_err(|e| e.to_string())
+    }));
 }
 
 fn cmd_name(c: &Command) -> &'static str {
@@ -25,12 +39,14 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Leave(_) => "leave",
         Command::Replace(_) => "replace",
         Command::Ingest(_) => "ingest",
+        Command::Wiretap(_) => "wiretap",
         Command::Uninstall(_) => "uninstall",
         Command::Version => "version",
         Command::Helm(_) => "helm",
         Command::Completion(_) => "completion",
         Command::Config(_) => "config view",
         Command::GatherLogs(_) => "gather-logs",
+        Command::Loglevel(_) => "loglevel",
         Command::DaemonForeground => "daemon-foreground",
         Command::TrafficManager => "traffic-manager",
         Command::Agent => "agent",
@@ -149,6 +165,7 @@ fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
                 cli::args::ConfigCommand::View => cli::config::view(),
             },
             Command::GatherLogs(a) => cli::gather_logs::run(a).await,
+            Command::Loglevel(a) => cli::loglevel::run(a, u).await,
             Command::Intercept(a) => {
                 let (out, code) =
                     cli::intercept::run(a, u, format == OutputFormat::Default).await?;
@@ -162,6 +179,12 @@ fn run_command(rt: tokio::runtime::Runtime, cli: Cli) {
                 Ok(out)
             }
             Command::Ingest(a) => {
+                let (out, code) =
+                    cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
+                exit_code = code;
+                Ok(out)
+            }
+            Command::Wiretap(a) => {
                 let (out, code) =
                     cli::intercept::run(a.into(), u, format == OutputFormat::Default).await?;
                 exit_code = code;

@@ -1,5 +1,6 @@
-//! The CLI-facing gRPC service of the daemon: status, list, intercept create/remove, uninstall
-//! and quit, each forwarded to the manager with this daemon's session.
+//! The CLI-facing gRPC service of the daemon: status, list, intercept create/remove (with the
+//! engagement's `--to-pod` listeners), uninstall, log level and quit, each forwarded to the
+//! manager with this daemon's session.
 
 use crate::session::Session;
 use protocol::connector::connector_server::Connector;
@@ -14,6 +15,8 @@ pub struct ConnectorService {
     quit: mpsc::Sender<()>,
     /// The outbound part of the status (subnets, DNS).
     outbound: Arc<DaemonStatus>,
+    /// The `--to-pod` ports of this daemon's engagements (`daemon-image/src/to_pod.rs`).
+    to_pod: crate::to_pod::Listeners,
 }
 
 impl ConnectorService {
@@ -22,6 +25,7 @@ impl ConnectorService {
             session,
             quit,
             outbound,
+            to_pod: Default::default(),
         }
     }
 }
@@ -64,6 +68,8 @@ impl Connector for ConnectorService {
             agent_image: s.cluster.agent_image.clone(),
             dns: self.outbound.dns.clone(),
             subnets: self.outbound.subnets.clone(),
+            authenticated: s.bearer.is_set(),
+            session: Some(s.session()),
         }))
     }
 
@@ -93,6 +99,10 @@ impl Connector for ConnectorService {
         if spec.target_host.is_empty() {
             spec.target_host = "127.0.0.1".into();
         }
+        // The ports are taken before the engagement exists, and closed again if it fails.
+        let bound = crate::to_pod::bind(&spec.to_pod)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let info = self
             .session
             .client
@@ -103,6 +113,7 @@ impl Connector for ConnectorService {
             })
             .await?;
         let created = info.get_ref().spec.clone().unwrap_or(spec);
+        self.to_pod.start(&self.session, &created.name, bound);
         self.session.specs.lock().unwrap().push(created);
         // Our own view is current at once, not only when the watch stream catches up.
         let added = info.get_ref().clone();
@@ -123,6 +134,7 @@ impl Connector for ConnectorService {
             .lock()
             .unwrap()
             .retain(|s| s.name != name);
+        self.to_pod.stop(&name);
         let r = self
             .session
             .client
@@ -147,6 +159,28 @@ impl Connector for ConnectorService {
             req.namespace = self.session.cfg.namespace.clone();
         }
         self.session.client.clone().uninstall(req).await
+    }
+
+    async fn set_log_level(&self, req: Request<LogLevelChange>) -> Result<Response<Empty>, Status> {
+        let req = req.into_inner();
+        let duration = (req.duration_ms > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(req.duration_ms)));
+        if !req.remote_only {
+            protocol::loglevel::set(req.level(), duration)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        }
+        if !req.local_only {
+            self.session
+                .client
+                .clone()
+                .set_log_level(LogLevelRequest {
+                    session: Some(self.session.session()),
+                    level: req.level,
+                    duration_ms: req.duration_ms,
+                })
+                .await?;
+        }
+        Ok(Response::new(Empty {}))
     }
 
     async fn quit(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {

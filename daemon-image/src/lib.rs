@@ -13,6 +13,7 @@ pub mod outbound;
 pub mod packet;
 mod session;
 pub mod subnets;
+pub mod to_pod;
 #[allow(unsafe_code)] // SIOCADDRT ioctl and its sockaddr: each block says why it is sound
 pub mod tun;
 

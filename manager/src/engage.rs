@@ -1,6 +1,7 @@
 //! Engagement kinds beside the single-port intercept: the `local:remote` pairs of a multi-port
 //! engagement, `replace` (every port of the workload, the original container stopped) and
-//! `ingest` (env and volumes only, no port), the conflicts between kinds, and the loop that keeps
+//! `ingest` (env and volumes only, no port), `wiretap` (copies; its sharing rules and drop
+//! counters are `wiretap.rs`'s), the conflicts between kinds, and the loop that keeps
 //! the provider's "replaced" state (a paused container, a pod without its app) in step with the
 //! engagements (`keep_replaced`).
 
@@ -109,7 +110,7 @@ pub fn resolve_pairs(
     };
     let named = !spec.port_identifier.is_empty() || spec.target_port != 0;
     let mut pairs: Vec<(u16, String, u32)> = Vec::new();
-    if kind == EngagementKind::Intercept || named {
+    if matches!(kind, EngagementKind::Intercept | EngagementKind::Wiretap) || named {
         let (p, n) = resolve_port(&view, &spec.port_identifier)?;
         pairs.push((p, n, spec.target_port));
     }
@@ -164,6 +165,7 @@ pub fn kind_word(kind: EngagementKind) -> &'static str {
         EngagementKind::Intercept => "intercepted",
         EngagementKind::Replace => "replaced",
         EngagementKind::Ingest => "ingested",
+        EngagementKind::Wiretap => "wiretapped",
     }
 }
 
@@ -237,8 +239,11 @@ pub fn check(
 
 /// What an engagement routes, as `list` shows it: the filters' disposition, or no traffic.
 pub fn disposition(spec: &InterceptSpec) -> String {
-    if kind_of(spec) == EngagementKind::Ingest {
+    let kind = kind_of(spec);
+    if kind == EngagementKind::Ingest {
         "no traffic (environment and volumes only)".into()
+    } else if kind == EngagementKind::Wiretap {
+        format!("a copy of {}", protocol::filters::disposition(spec))
     } else {
         protocol::filters::disposition(spec)
     }

@@ -8,12 +8,9 @@
 
 use crate::tunnel::TunnelDropped;
 use crate::Manager;
-use protocol::tunnel::{
-    read_datagram, write_datagram, write_header, HeaderError, Role, TunnelHeader, MAX_DATAGRAM,
-};
-use relay::{splice, tune};
+use protocol::tunnel::{write_header, HeaderError, Role, TunnelHeader};
+use relay::{relay_udp, splice, tune};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -22,20 +19,22 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP flow with no datagram either way for this long is closed.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
+/// The target of `h` when its session is live and its cluster view includes the target
+/// (crate::auth::OutboundScope).
 async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderError> {
-    if !mgr
-        .inner
-        .state
-        .lock()
-        .await
-        .clients
-        .contains_key(&h.session_id)
-    {
-        return Err(HeaderError::UnknownSession);
-    }
-    h.target
+    let target: SocketAddr = h
+        .target
         .parse()
-        .map_err(|_| HeaderError::BadTarget(h.target.clone()))
+        .map_err(|_| HeaderError::BadTarget(h.target.clone()))?;
+    let st = mgr.inner.state.lock().await;
+    let client = st
+        .clients
+        .get(&h.session_id)
+        .ok_or(HeaderError::UnknownSession)?;
+    if !client.scope.permits(target) {
+        return Err(HeaderError::Forbidden(h.target.clone()));
+    }
+    Ok(target)
 }
 
 /// The checked target of `h`; a stream that cannot be carried is refused (`refuse`).
@@ -52,16 +51,15 @@ async fn admit(
 
 /// The reply header: no `error` = connected.
 fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
-    TunnelHeader {
-        conn_id: h.conn_id.clone(),
-        kind: h.kind,
-        error,
-        ..Default::default()
-    }
+    h.answer(error)
 }
 
 /// Tells the client why its stream cannot be carried, and returns that as the drop reason.
-async fn refuse(client: &mut TcpStream, h: &TunnelHeader, e: HeaderError) -> TunnelDropped {
+pub(crate) async fn refuse(
+    client: &mut TcpStream,
+    h: &TunnelHeader,
+    e: HeaderError,
+) -> TunnelDropped {
     let _ = write_header(client, Role::Agent, &reply(h, Some(e.clone()))).await;
     TunnelDropped::Outbound(e)
 }
@@ -129,51 +127,4 @@ pub async fn udp(
     write_header(&mut client, Role::Agent, &reply(&h, None)).await?;
     relay_udp(client, sock, UDP_IDLE).await?;
     Ok(())
-}
-
-/// Relays framed datagrams between a stream and a connected UDP socket until either side ends
-/// or nothing moves for `idle`. Each direction runs as its own future so no read is ever cut
-/// in half.
-pub async fn relay_udp(stream: TcpStream, sock: UdpSocket, idle: Duration) -> std::io::Result<()> {
-    let start = tokio::time::Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let (mut r, mut w) = stream.into_split();
-    let up = async {
-        let mut buf = Vec::with_capacity(2048);
-        while read_datagram(&mut r, &mut buf).await?.is_some() {
-            touch();
-            // A send error (e.g. ICMP port unreachable of an earlier datagram) is what UDP does:
-            // the datagram is lost, the flow goes on.
-            let _ = sock.send(&buf).await;
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let down = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            match sock.recv(&mut buf).await {
-                Ok(n) => {
-                    touch();
-                    write_datagram(&mut w, &buf[..n]).await?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err::<(), _>(e),
-            }
-        }
-    };
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(idle / 4).await;
-            let quiet = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-            if quiet >= idle.as_millis() as u64 {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        r = up => r,
-        r = down => r,
-        _ = watchdog => Ok(()),
-    }
 }

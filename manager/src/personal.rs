@@ -1,6 +1,7 @@
 //! Personal intercepts in the manager: which intercepts may share a workload port,
 //! and team mode. A global intercept (no filter) owns its port alone; personal intercepts
-//! (HTTP header/path filters) share a port as long as no two have identical filters.
+//! (HTTP header/path filters) share a port as long as no two have identical filters; wiretaps
+//! share with everybody.
 
 use protocol::filters::HttpFilter;
 use protocol::manager::{InterceptInfo, InterceptSpec};
@@ -24,6 +25,10 @@ fn parse_bool(v: &str) -> bool {
 /// an intercept of the same workload port; `None` when they can coexist.
 pub fn conflict(spec: &InterceptSpec, other: &InterceptInfo, port: u16) -> Option<String> {
     let o = other.spec.as_ref()?;
+    // A wiretap gets copies: it shares a port with an intercept and with other wiretaps.
+    if crate::wiretap::is_wiretap(spec) || crate::wiretap::is_wiretap(o) {
+        return None;
+    }
     let (mine, theirs) = (
         HttpFilter::from_spec(spec).ok().flatten(),
         HttpFilter::from_spec(o).ok().flatten(),

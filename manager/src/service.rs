@@ -1,6 +1,7 @@
 //! The manager's gRPC service: sessions, workload listing, intercept creation and removal, and
 //! the watch streams that clients and agents keep open.
 
+use crate::auth::{require, Caller};
 use crate::provider::{AgentRequest, ProviderError, WorkloadInfo};
 use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
@@ -39,6 +40,7 @@ fn new_session(prefix: &str) -> SessionInfo {
     SessionInfo {
         session_id: format!("{prefix}-{}", uuid::Uuid::new_v4()),
         lease_seconds: LEASE.as_secs() as u32,
+        tunnel_proof: String::new(),
     }
 }
 
@@ -147,6 +149,51 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 }
 
 impl Manager {
+    /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
+    async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
+        let mut ports = crate::reattach::tcp_ports(w);
+        if w.open_ports {
+            // It declares none: the agent captures the ports its engagements name.
+            ports.extend(engaged_ports(&*self.inner.state.lock().await, spec));
+        }
+        self.inner
+            .provider
+            .ensure_agent(&AgentRequest {
+                namespace: spec.namespace.clone(),
+                workload: spec.workload.clone(),
+                ports,
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "could not install the traffic-agent on {}: {e}",
+                    spec.workload
+                ))
+            })
+    }
+
+    /// Removes the agent a failed engagement installed, when nothing else engages its workload.
+    async fn remove_unused_agent(&self, before: &WorkloadInfo, spec: &InterceptSpec) {
+        if before.agent_installed {
+            return;
+        }
+        let used = self.inner.state.lock().await.intercepts.values().any(|i| {
+            i.spec
+                .as_ref()
+                .is_some_and(|s| s.namespace == spec.namespace && s.workload == spec.workload)
+        });
+        if !used {
+            if let Err(e) = self
+                .inner
+                .provider
+                .remove_agent(&spec.namespace, &spec.workload)
+                .await
+            {
+                tracing::warn!(workload = %spec.workload, "cannot remove the agent of a failed engagement: {e}");
+            }
+        }
+    }
+
     async fn client_of(&self, s: Option<&SessionInfo>) -> Result<(String, ClientInfo), Status> {
         let id = session_id(s)?;
         let st = self.inner.state.lock().await;
@@ -203,7 +250,9 @@ impl Manager {
             session.strip_prefix("client-").unwrap_or(session),
             spec.name
         );
-        protocol::filters::resolve(&mut spec, &id, self.team_mode())
+        // A wiretap without filters copies everything, team mode or not.
+        let team_mode = self.team_mode() && !crate::wiretap::is_wiretap(&spec);
+        protocol::filters::resolve(&mut spec, &id, team_mode)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok((spec, id))
     }
@@ -333,6 +382,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ClientInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let info = req.into_inner();
         let p = &self.inner.provider;
         if !info.namespace.is_empty()
@@ -346,8 +396,14 @@ impl ManagerApi for Manager {
                 info.namespace
             )));
         }
-        let session = new_session("client");
+        let mut session = new_session("client");
+        session.tunnel_proof = self.inner.auth.session_proof(&session.session_id);
         tracing::info!(client = %info.name, connection = %info.connection, session = %session.session_id, "client arrived");
+        let subnets = crate::resolve::subnets_of(p.as_ref(), &info.namespace).await;
+        let scope = crate::auth::OutboundScope::new(
+            subnets.iter().chain(&info.also_proxy),
+            p.host_addresses(&info.namespace).await,
+        );
         let mut st = self.inner.state.lock().await;
         st.clients.insert(
             session.session_id.clone(),
@@ -355,12 +411,13 @@ impl ManagerApi for Manager {
                 info: info.clone(),
                 expires: Instant::now() + LEASE,
                 dials: None,
+                scope,
             },
         );
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
+                subnets,
                 cluster_domain: p.cluster_domain(),
                 cluster_type: ClusterType::from(p.cluster_type()) as i32,
                 server: p.server(),
@@ -374,6 +431,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<AgentInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Agent)?;
         let info = req.into_inner();
         let session = new_session("agent");
         tracing::info!(workload = %info.name, namespace = %info.namespace, pod_ip = %info.pod_ip, "agent arrived");
@@ -402,24 +460,28 @@ impl ManagerApi for Manager {
     }
 
     async fn remain(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
         let expires = Instant::now() + LEASE;
-        if let Some(c) = st.clients.get_mut(&id) {
-            c.expires = expires;
-        } else if let Some(a) = st.agents.get_mut(&id) {
-            a.expires = expires;
-        } else {
-            return Err(unknown_session());
+        match caller {
+            Caller::Client => st.clients.get_mut(&id).map(|c| c.expires = expires),
+            Caller::Agent => st.agents.get_mut(&id).map(|a| a.expires = expires),
         }
+        .ok_or_else(unknown_session)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn depart(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
-        st.remove_client(&id);
-        st.agents.remove(&id);
+        match caller {
+            Caller::Client => st.remove_client(&id),
+            Caller::Agent => {
+                st.agents.remove(&id);
+            }
+        }
         st.changed(&self.inner.generation);
         Ok(Response::new(Empty {}))
     }
@@ -428,6 +490,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ListWorkloadsRequest>,
     ) -> Result<Response<WorkloadList>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = &self.inner.provider;
@@ -468,12 +531,14 @@ impl ManagerApi for Manager {
         &self,
         req: Request<CreateInterceptRequest>,
     ) -> Result<Response<InterceptInfo>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, client) = self.client_of(req.session.as_ref()).await?;
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("missing intercept spec"))?;
         let (mut spec, id) = self.complete_spec(&session, &client, spec)?;
+        crate::to_pod::check_spec(&spec)?;
         let p = self.inner.provider.clone();
         let (w, pairs) = self.engaged_pairs(&spec).await?;
         spec.target_port = pairs.target_port;
@@ -501,38 +566,16 @@ impl ManagerApi for Manager {
             };
             st.intercepts.insert(id.clone(), info.clone());
             st.changed(&self.inner.generation);
-            (info, engaged_ports(&st, &spec))
+            info
         };
-        let (info, engaged) = info;
-        let mut ports: Vec<u16> = w
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect();
-        if w.open_ports {
-            // It declares none: the agent captures the ports its engagements name.
-            ports.extend(engaged);
-        }
         let fail = |status: Status| async {
             let mut st = self.inner.state.lock().await;
             st.intercepts.remove(&id);
             st.changed(&self.inner.generation);
             Err(status)
         };
-        if let Err(e) = p
-            .ensure_agent(&AgentRequest {
-                namespace: spec.namespace.clone(),
-                workload: spec.workload.clone(),
-                ports,
-            })
-            .await
-        {
-            return fail(Status::unavailable(format!(
-                "could not install the traffic-agent on {}: {e}",
-                spec.workload
-            )))
-            .await;
+        if let Err(e) = self.install_agent(&w, &spec).await {
+            return fail(e).await;
         }
         if !self.await_agent(&spec.namespace, &spec.workload).await {
             let why = p
@@ -546,6 +589,11 @@ impl ManagerApi for Manager {
             )))
             .await;
         }
+        if let Err(e) = self.check_to_pod(&spec, &id).await {
+            let r = fail(e).await;
+            self.remove_unused_agent(&w, &spec).await;
+            return r;
+        }
         if let Err(e) = self.start_replace(&spec).await {
             return fail(e).await;
         }
@@ -558,6 +606,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<RemoveInterceptRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, _) = self.client_of(req.session.as_ref()).await?;
         let mut st = self.inner.state.lock().await;
@@ -581,7 +630,25 @@ impl ManagerApi for Manager {
         }
     }
 
+    async fn report_wiretaps(
+        &self,
+        req: Request<WiretapReport>,
+    ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Agent)?;
+        let report = req.into_inner();
+        let id = session_id(report.session.as_ref())?;
+        let mut st = self.inner.state.lock().await;
+        if !st.agents.contains_key(&id) {
+            return Err(unknown_session());
+        }
+        if crate::wiretap::Drops::record(&mut st, &id, &report) {
+            st.changed(&self.inner.generation);
+        }
+        Ok(Response::new(Empty {}))
+    }
+
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = self.inner.provider.clone();
@@ -623,14 +690,20 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchInterceptsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         {
             let st = self.inner.state.lock().await;
-            if !st.clients.contains_key(&id) && !st.agents.contains_key(&id) {
+            if !st.holds(caller, &id) {
                 return Err(unknown_session());
             }
         }
+        let is_agent = {
+            let st = self.inner.state.lock().await;
+            st.agents.contains_key(&id)
+        };
         let mgr = self.clone();
+        let session = id.clone();
         let mut gen_rx = self.inner.generation.subscribe();
         gen_rx.borrow_and_update();
         let (tx, rx) = mpsc::channel(4);
@@ -656,6 +729,7 @@ impl ManagerApi for Manager {
                 if tx
                     .send(Ok(InterceptSnapshot {
                         intercepts: snapshot,
+                        agent_log_level: mgr.agent_log_level() as i32,
                     }))
                     .await
                     .is_err()
@@ -669,9 +743,14 @@ impl ManagerApi for Manager {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if is_agent {
+            // An agent lives as long as its intercept watch (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &session, stream,
+            ))));
+        }
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchDialsStream = Stream2<DialRequest>;
@@ -680,21 +759,33 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchDialsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let (tx, rx) = mpsc::channel(256);
-        {
+        let is_client = {
             let mut st = self.inner.state.lock().await;
-            if let Some(c) = st.clients.get_mut(&id) {
-                c.dials = Some(tx);
-            } else if let Some(a) = st.agents.get_mut(&id) {
-                a.dials = Some(tx);
-            } else {
-                return Err(unknown_session());
-            }
+            let found = match caller {
+                Caller::Client => st
+                    .clients
+                    .get_mut(&id)
+                    .map(|c| c.dials = Some(tx))
+                    .map(|()| true),
+                Caller::Agent => st
+                    .agents
+                    .get_mut(&id)
+                    .map(|a| a.dials = Some(tx))
+                    .map(|()| false),
+            };
+            found.ok_or_else(unknown_session)?
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        if is_client {
+            // A client lives as long as it takes dial requests (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &id, stream,
+            ))));
         }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // The outbound path.
@@ -702,9 +793,21 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::resolve::resolve(self, &req).await.map(Response::new)
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<LogLevelRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
+        let req = req.into_inner();
+        self.client_of(req.session.as_ref()).await?;
+        crate::loglevel::set(self, &req).await?;
+        Ok(Response::new(Empty {}))
     }
 }
 

@@ -1,11 +1,13 @@
 //! The manager's tunnel listener: reads each connection's header, parks the originating side
-//! (an agent's intercepted connection, or a client's file-sync stream), asks the other side to
-//! dial in with the same connection id over its `WatchDials` stream, then splices the two.
+//! (an agent's intercepted connection, or a client's file-sync or pod-local stream —
+//! `manager/src/to_pod.rs`), asks the other side to
+//! dial in with the same connection id over its `WatchDials` stream, answers an agent once its
+//! client side is connected (or why it cannot be), then splices the two.
 
 use crate::Manager;
 use protocol::manager::DialRequest;
 use protocol::tunnel::{
-    read_header_timeout, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
+    read_header_timeout, write_header, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
 use relay::{splice, tune};
 use std::time::Duration;
@@ -63,6 +65,19 @@ pub enum TunnelDropped {
     /// An outbound stream failed (the client was told why).
     #[error("{0}")]
     Outbound(HeaderError),
+    /// The originating side went away before it could be told its stream is connected.
+    #[error("answering the originating side: {0}")]
+    Answer(#[source] std::io::Error),
+    /// The connection has no valid session proof, or names what its session may not use.
+    #[error("{role:?} {kind:?} stream refused: {reason}")]
+    NotAuthorized {
+        /// Who opened the connection.
+        role: Role,
+        /// The kind it asked for.
+        kind: TunnelKind,
+        /// Why.
+        reason: HeaderError,
+    },
 }
 
 /// Accepts tunnel connections forever.
@@ -88,14 +103,33 @@ pub async fn serve(mgr: Manager, listener: TcpListener) {
 
 async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> {
     let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT).await?;
+    let admitted = {
+        let st = mgr.inner.state.lock().await;
+        crate::auth::admit_tunnel(&mgr.inner.auth, &st, role, &header)
+    };
+    if let Err(reason) = admitted {
+        if role == Role::Client && header.kind.is_answered() {
+            // Outbound and pod-local clients wait for an answer: tell them why.
+            let _ = crate::outbound::refuse(&mut sock, &header, reason.clone()).await;
+        }
+        return Err(TunnelDropped::NotAuthorized {
+            role,
+            kind: header.kind,
+            reason,
+        });
+    }
     match (role, header.kind) {
         // Originating sides.
         (Role::Agent, TunnelKind::Intercept) => from_agent(mgr, sock, header).await,
         (Role::Client, TunnelKind::Fs) => from_client(mgr, sock, header).await,
         (Role::Client, TunnelKind::OutTcp) => crate::outbound::tcp(&mgr, sock, header).await,
         (Role::Client, TunnelKind::OutUdp) => crate::outbound::udp(&mgr, sock, header).await,
+        (Role::Client, TunnelKind::PodTcp | TunnelKind::PodUdp) => {
+            crate::to_pod::from_client(mgr, sock, header).await
+        }
         // The answering side of any stream: hand it to the originator waiting for it.
-        (Role::Client, TunnelKind::Intercept) | (Role::Agent, TunnelKind::Fs) => {
+        (Role::Client, TunnelKind::Intercept)
+        | (Role::Agent, TunnelKind::Fs | TunnelKind::PodTcp | TunnelKind::PodUdp) => {
             answer(&mgr, sock, header)
         }
         // Outbound streams are only ever opened by clients.
@@ -105,49 +139,95 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
     }
 }
 
-/// The answering side of a stream dialed in: hand it to the originator parked under its id.
+/// The answering side of a stream dialed in: hand it (or the error it reported) to the
+/// originator parked under its id.
 fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
     let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
-    match (waiting, header.error) {
-        (Some(tx), None) => {
-            let _ = tx.send(sock);
+    let Some(tx) = waiting else {
+        return Err(TunnelDropped::NotWaiting(header.conn_id));
+    };
+    match header.error {
+        None => {
+            let _ = tx.send(Ok(sock));
             Ok(())
         }
-        // Dropping the sender closes the agent side.
-        (Some(_), Some(e)) => Err(TunnelDropped::NotDelivered(e)),
-        (None, _) => Err(TunnelDropped::NotWaiting(header.conn_id)),
+        Some(e) => {
+            let _ = tx.send(Err(e.clone()));
+            Err(TunnelDropped::NotDelivered(e))
+        }
     }
 }
 
-/// An agent accepted an intercepted connection: ask the owning client to dial in.
-async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), TunnelDropped> {
-    let (tx, req) = {
-        let st = mgr.inner.state.lock().await;
-        let ic = st
-            .intercept_by_id(&h.intercept_id)
-            .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
-        let client = st
-            .clients
-            .get(&ic.client_session)
-            .ok_or(TunnelDropped::ClientGone)?;
-        let spec = ic.spec.as_ref().expect("spec");
-        let tx = client
-            .dials
-            .clone()
-            .ok_or(TunnelDropped::ClientNotWatching)?;
-        (
-            tx,
-            DialRequest {
-                conn_id: h.conn_id.clone(),
-                intercept_id: h.intercept_id.clone(),
-                target_host: spec.target_host.clone(),
-                // Multi-port engagements: the agent names the service port in `target`.
-                target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
-                kind: protocol::manager::DialKind::Intercept as i32,
-            },
-        )
+/// The sender of dial requests to an agent of the workload `spec` engages.
+pub(crate) fn agent_dials(
+    st: &crate::state::State,
+    spec: &protocol::manager::InterceptSpec,
+) -> Result<mpsc::Sender<DialRequest>, TunnelDropped> {
+    st.agents
+        .values()
+        .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
+        .find_map(|a| a.dials.clone())
+        .ok_or(TunnelDropped::NoAgentWatching)
+}
+
+/// An agent accepted an intercepted connection: ask the owning client to dial in. The agent
+/// is answered before any payload moves (see `TunnelKind::Intercept`): when the client side
+/// cannot be connected it sends the caller to the app instead.
+async fn from_agent(
+    mgr: Manager,
+    mut agent: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
+    let result = match dial_request_for_agent(&mgr, &h).await {
+        Ok((tx, req)) => match pair(&mgr, tx, req).await {
+            Ok(mut other) => {
+                write_header(&mut agent, Role::Client, &h.answer(None))
+                    .await
+                    .map_err(TunnelDropped::Answer)?;
+                splice(&mut agent, &mut other).await?;
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
     };
-    originate(mgr, agent, tx, req).await
+    if let Err(e) = &result {
+        let answer = h.answer(Some(HeaderError::Other(e.to_string())));
+        let _ = write_header(&mut agent, Role::Client, &answer).await;
+    }
+    result
+}
+
+/// The client of the intercept an agent-side header names, and the dial request it gets.
+async fn dial_request_for_agent(
+    mgr: &Manager,
+    h: &TunnelHeader,
+) -> Result<(mpsc::Sender<DialRequest>, DialRequest), TunnelDropped> {
+    let st = mgr.inner.state.lock().await;
+    let ic = st
+        .intercept_by_id(&h.intercept_id)
+        .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
+    let client = st
+        .clients
+        .get(&ic.client_session)
+        .ok_or(TunnelDropped::ClientGone)?;
+    let spec = ic.spec.as_ref().expect("spec");
+    let tx = client
+        .dials
+        .clone()
+        .ok_or(TunnelDropped::ClientNotWatching)?;
+    Ok((
+        tx,
+        DialRequest {
+            conn_id: h.conn_id.clone(),
+            intercept_id: h.intercept_id.clone(),
+            target_host: spec.target_host.clone(),
+            // Multi-port engagements: the agent names the service port in `target`.
+            target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
+            kind: protocol::manager::DialKind::Intercept as i32,
+            ..Default::default()
+        },
+    ))
 }
 
 /// A client opens a file-sync stream for one of its intercepts: ask an agent of the
@@ -162,13 +242,7 @@ async fn from_client(
         let ic = st
             .intercept_by_id(&h.intercept_id)
             .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
-        let spec = ic.spec.as_ref().expect("spec");
-        let tx = st
-            .agents
-            .values()
-            .filter(|a| a.info.namespace == spec.namespace && a.info.name == spec.workload)
-            .find_map(|a| a.dials.clone())
-            .ok_or(TunnelDropped::NoAgentWatching)?;
+        let tx = agent_dials(&st, ic.spec.as_ref().expect("spec"))?;
         (
             tx,
             DialRequest {
@@ -190,6 +264,18 @@ async fn originate(
     tx: mpsc::Sender<DialRequest>,
     req: DialRequest,
 ) -> Result<(), TunnelDropped> {
+    let mut other = pair(&mgr, tx, req).await?;
+    splice(&mut origin, &mut other).await?;
+    Ok(())
+}
+
+/// Sends the dial request to the other side and waits until it dials in with the same
+/// connection id: its connection, or why it could not deliver.
+pub(crate) async fn pair(
+    mgr: &Manager,
+    tx: mpsc::Sender<DialRequest>,
+    req: DialRequest,
+) -> Result<TcpStream, TunnelDropped> {
     let conn_id = req.conn_id.clone();
     let (ptx, rx) = tokio::sync::oneshot::channel();
     mgr.inner
@@ -201,14 +287,13 @@ async fn originate(
         mgr.inner.pending.lock().unwrap().remove(&conn_id);
         return Err(TunnelDropped::DialStreamClosed);
     }
-    let mut other = match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(_)) => return Err(TunnelDropped::Refused),
+    match tokio::time::timeout(PAIR_TIMEOUT, rx).await {
+        Ok(Ok(Ok(c))) => Ok(c),
+        Ok(Ok(Err(e))) => Err(TunnelDropped::NotDelivered(e)),
+        Ok(Err(_)) => Err(TunnelDropped::Refused),
         Err(_) => {
             mgr.inner.pending.lock().unwrap().remove(&conn_id);
-            return Err(TunnelDropped::NoAnswer);
+            Err(TunnelDropped::NoAnswer)
         }
-    };
-    splice(&mut origin, &mut other).await?;
-    Ok(())
+    }
 }

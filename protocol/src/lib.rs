@@ -7,7 +7,9 @@
 #![deny(missing_docs)]
 
 pub mod agent_env;
+pub mod auth;
 pub mod filters;
+pub mod loglevel;
 pub mod ports;
 pub mod resolv;
 pub mod tunnel;

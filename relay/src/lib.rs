@@ -1,6 +1,6 @@
 //! Owns moving bytes between sockets: the relay that joins two TCP connections (with kernel
 //! `splice(2)` through a pipe on Linux, see relay/src/zero_copy.rs), the socket tuning every
-//! tunnel and proxy socket gets, and dialing a tunnel. The tunnel's header codec is the
+//! tunnel and proxy socket gets, dialing a tunnel, and relaying a UDP flow framed on a tunnel stream (`src/udp.rs`). The tunnel's header codec is the
 //! contract in protocol/src/tunnel.rs; this crate only carries the bytes after it.
 
 #![deny(unsafe_code)]
@@ -9,8 +9,11 @@
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+pub mod udp;
 #[cfg(target_os = "linux")]
 mod zero_copy;
+
+pub use udp::relay_udp;
 
 /// Buffer size used when splicing two sockets without `splice(2)`.
 pub const SPLICE_BUF: usize = 256 * 1024;

@@ -40,7 +40,7 @@ fn bench(p: &Project, url: &str, header: &str, requests: &str, clients: &str) ->
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -264,12 +264,18 @@ fn request_body_len(headers: &Headers) -> io::Result<BodyLen> {
 pub struct App {
     /// Returned by `GET /` and prefixed to UDP echoes.
     pub name: Arc<str>,
+    /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received (a wiretap's
+    /// handler shows what it was sent).
+    pub log_requests: bool,
 }
 
 impl App {
     /// An app answering as `name`.
     pub fn new(name: impl Into<Arc<str>>) -> Self {
-        App { name: name.into() }
+        App {
+            name: name.into(),
+            log_requests: false,
+        }
     }
 }
 
@@ -342,6 +348,12 @@ pub async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         conn.consume(head_len);
+        if app.log_requests {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{} {} {}", app.name, req.method, req.path);
+            let _ = out.flush();
+        }
 
         let keep_alive = if req.http10 {
             has_token(&req.headers, "connection", "keep-alive")

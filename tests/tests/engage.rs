@@ -2,8 +2,8 @@
 //! engine and observed from outside as a caller in the project sees them: `replace` (the original
 //! stops answering and its background counter stops moving, both resume after `leave` and after
 //! `quit -s`), `ingest` (env and a volume file for the handler, no traffic), a multi-port
-//! intercept (two ports of one workload to two handler ports), and bad input that leaves nothing
-//! behind. Run serially (`--test-threads=1`), like every end-to-end test.
+//! intercept (two ports of one workload to two handler ports), `--to-pod`, `--docker-build`,
+//! `loglevel`, machine output, and bad input that leaves nothing behind. Run serially (`--test-threads=1`), like every end-to-end test.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::io::{BufRead, BufReader};
@@ -353,6 +353,258 @@ fn bad_engagements_leave_nothing_behind() {
     assert!(!paused(&p));
     assert!(handlers().is_empty(), "{}", handlers());
     drop(other);
+    user.tp(&["quit", "-s"]).ok();
+    assert_clean("after quit -s");
+}
+
+/// A `FROM scratch` build context holding our test app, with `dockerfile` as its Dockerfile.
+fn build_context(dir: &std::path::Path, dockerfile: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(testapp_bin(), dir.join("tp-testapp")).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// The logs of our one container with role `role` (daemon, traffic-manager, agent).
+fn role_logs(role: &str) -> String {
+    let name = docker(&[
+        "ps",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("label=telepresence.io/role={role}"),
+    ])
+    .unwrap();
+    assert_eq!(name.lines().count(), 1, "one {role} container: {name:?}");
+    let out = Command::new("docker")
+        .args(["logs", name.trim()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `--to-pod` (TCP and UDP to a sidecar that listens only on the workload's localhost, refused
+/// cleanly on a port nobody serves), `--docker-build` of a `FROM scratch` context whose
+/// container answers the intercepted traffic (and a failing build that leaves nothing),
+/// `loglevel debug -d 2s` in the daemon's, manager's and agent's logs, and the kind, ports and
+/// to-pod ports in `list`/`status --output json`.
+#[test]
+fn to_pod_docker_build_loglevel_and_json() {
+    if !engine_available() {
+        return;
+    }
+    let p = project();
+    let web = p.container("web").unwrap();
+    docker(&[
+        "exec",
+        "-d",
+        &web,
+        "/tp-testapp",
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--http",
+        "7070",
+        "--udp",
+        "7071",
+        "--name",
+        "sidecar",
+    ])
+    .unwrap();
+    eventually("the sidecar listens on web's localhost", T, || {
+        docker(&["exec", &web, "/tp-testapp", "get", "http://127.0.0.1:7070/"])
+            .is_ok_and(|b| b == "sidecar")
+    });
+    assert!(
+        p.get("http://web:7070/").is_err(),
+        "the sidecar is reachable on web's localhost only"
+    );
+    let user = User::new();
+    user.connect(&p);
+
+    // A --to-pod port nothing listens on: refused before anything runs, nothing left.
+    let r = user.tp(&[
+        "intercept",
+        "web",
+        "-n",
+        &p.name,
+        "-p",
+        "9090:8080",
+        "--to-pod",
+        "7070",
+        "--to-pod",
+        "7079/UDP",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+    assert!(
+        r.stderr.contains("nothing listens on port 7079/UDP"),
+        "{}",
+        r.stderr
+    );
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert!(
+        l.stdout
+            .contains("web: ready to intercept (traffic-agent not yet installed)"),
+        "{}",
+        l.stdout
+    );
+    assert!(!p.has_agent_table("web").unwrap());
+
+    // A build that fails: the build's error, one line of ours, nothing engaged or left.
+    let ctx = user.home.join("ctx");
+    let bad = build_context(
+        &user.home.join("bad"),
+        "FROM scratch\nCOPY no-such-file /x\n",
+    );
+    let r = user.tp(&[
+        "intercept",
+        "web",
+        "-n",
+        &p.name,
+        "-p",
+        "9090:8080",
+        "--docker-build",
+        &bad,
+        "--",
+        "IMAGE",
+    ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let last = r
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("the handler image did not build"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("no-such-file"),
+        "the build's error: {}",
+        r.stderr
+    );
+    assert!(!user
+        .tp(&["list", "-n", &p.name])
+        .ok()
+        .stdout
+        .contains("intercepted"));
+    assert!(handlers().is_empty(), "{}", handlers());
+
+    // Build the handler, with pod-local ports.
+    let ctx = build_context(
+        &ctx,
+        "FROM scratch\nCOPY tp-testapp /tp-testapp\nENTRYPOINT [\"/tp-testapp\"]\n",
+    );
+    let mut child = spawn_piped(user.command(&[
+        "intercept",
+        "web",
+        "-n",
+        &p.name,
+        "-p",
+        "9090:8080",
+        "--to-pod",
+        "7070",
+        "--to-pod",
+        "7071/UDP",
+        "--docker-build",
+        &ctx,
+        "--",
+        "IMAGE",
+        "serve",
+        "--http",
+        "9090",
+        "--name",
+        "built",
+    ]));
+    p.wait_for("http://web:8080/", "built", T).unwrap();
+    let in_handler = |args: &[&str]| {
+        let mut a = vec!["exec", "intercept-web-9090", "/tp-testapp"];
+        a.extend_from_slice(args);
+        docker(&a)
+    };
+    assert_eq!(
+        in_handler(&["get", "http://127.0.0.1:7070/"]).unwrap(),
+        "sidecar"
+    );
+    assert_eq!(
+        in_handler(&["udp-send", "127.0.0.1:7071", "hi"]).unwrap(),
+        "sidecar:hi"
+    );
+    let l = user.tp(&["list", "-n", &p.name]).ok();
+    assert!(l.stdout.contains("7070/TCP, 7071/UDP"), "{}", l.stdout);
+
+    // Machine output: kind, port pairs and to-pod ports.
+    let j = user.tp(&["list", "-n", &p.name, "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    let w = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web")
+        .unwrap();
+    let i = &w["intercepts"][0];
+    assert_eq!(i["kind"], "intercepted", "{i}");
+    assert_eq!(i["ports"][0]["local"], 9090, "{i}");
+    assert_eq!(i["ports"][0]["remote"], 8080, "{i}");
+    assert_eq!(i["ports"][0]["protocol"], "TCP", "{i}");
+    assert_eq!(
+        i["to_pod"],
+        serde_json::json!([{"port": 7070, "protocol": "TCP"}, {"port": 7071, "protocol": "UDP"}])
+    );
+    let y = user.tp(&["status", "--output", "yaml"]).ok();
+    assert!(y.stdout.contains("kind: intercepted"), "{}", y.stdout);
+    let s = user.tp(&["status", "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(v["daemons"][0]["intercepts"][0]["ports"][0]["local"], 9090);
+
+    // loglevel: debug for 2 s in the daemon, the manager and the agent, then back.
+    use protocol::loglevel::{DEBUG_AFTER_REVERT_LINE, DEBUG_ON_LINE, REVERTED_LINE};
+    let roles = ["daemon", "traffic-manager", "agent"];
+    for role in roles {
+        assert!(!role_logs(role).contains(DEBUG_ON_LINE), "{role}");
+    }
+    user.tp(&["loglevel", "debug", "-d", "2s"]).ok();
+    for role in roles {
+        eventually(&format!("the {role} logs at debug level"), T, || {
+            role_logs(role).contains(DEBUG_ON_LINE)
+        });
+    }
+    for role in roles {
+        eventually(&format!("the {role} goes back to info"), T, || {
+            role_logs(role).contains(REVERTED_LINE)
+        });
+        assert!(!role_logs(role).contains(DEBUG_AFTER_REVERT_LINE), "{role}");
+    }
+
+    user.tp(&["leave", "web"]).ok();
+    wait_exit(&mut child, T);
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    // The --to-pod ports closed with the engagement.
+    let daemon = docker(&[
+        "ps",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        "label=telepresence.io/role=daemon",
+    ])
+    .unwrap();
+    let (app, _) = images();
+    let r = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &format!("container:{daemon}"),
+        app,
+        "get",
+        "http://127.0.0.1:7070/",
+        "--timeout",
+        "3",
+    ]);
+    assert!(r.is_err(), "{r:?}");
     user.tp(&["quit", "-s"]).ok();
     assert_clean("after quit -s");
 }

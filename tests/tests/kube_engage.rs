@@ -2,7 +2,8 @@
 //! workload's agent config (`replace: true`) and rolls the workload out, the webhook's injection
 //! then leaves the app container out (the agent in its place), a later `ensure_agent` keeps the
 //! replace, ending it rolls back; `--service` picks the ports of one of the services selecting a
-//! workload.
+//! workload; the manager over this provider accepts wiretaps beside an intercept on one port,
+//! and the agent's routing gives the intercept the connections and the wiretaps copies.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -134,4 +135,127 @@ async fn service_flag_picks_one_services_ports() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
+    use protocol::manager::manager_server::Manager as _;
+    use protocol::manager::*;
+    use tonic::Request;
+    let s = StandIn::start().await;
+    seed_web(&s);
+    let p = KubeProvider::start(s.client(), kube_config(InjectPolicy::OnDemand, &[]))
+        .await
+        .unwrap();
+    let mgr = manager::Manager::new(std::sync::Arc::new(p), std::time::Duration::from_secs(5));
+    let client = mgr
+        .arrive_as_client(Request::new(ClientInfo {
+            name: "dev@laptop".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .session;
+    // The injected agent arrives and watches its snapshot.
+    let agent = mgr
+        .arrive_as_agent(Request::new(AgentInfo {
+            name: "web".into(),
+            namespace: "shop".into(),
+            ports: vec![80, 9000],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let mut snaps = mgr
+        .watch_intercepts(Request::new(agent.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let (snap_tx, mut snap_rx) = tokio::sync::watch::channel(InterceptSnapshot::default());
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        while let Some(Ok(s)) = snaps.next().await {
+            snap_tx.send_replace(s);
+        }
+    });
+    let create = |name: &str, kind: EngagementKind, local: u32| {
+        mgr.create_intercept(Request::new(CreateInterceptRequest {
+            session: client.clone(),
+            spec: Some(InterceptSpec {
+                name: name.into(),
+                workload: "web".into(),
+                port_identifier: "80".into(),
+                target_host: "127.0.0.1".into(),
+                target_port: local,
+                kind: kind as i32,
+                ..Default::default()
+            }),
+        }))
+    };
+    let tap = create("tap1", EngagementKind::Wiretap, 9095)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tap.state(), InterceptState::Active, "{}", tap.message);
+    assert_eq!(tap.disposition, "a copy of all TCP connections");
+    create("web", EngagementKind::Intercept, 8080)
+        .await
+        .unwrap();
+    create("tap2", EngagementKind::Wiretap, 9097).await.unwrap();
+    // A second intercept of the port is still refused.
+    let e = create("other", EngagementKind::Intercept, 8081)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("already intercepted"),
+        "{}",
+        e.message()
+    );
+
+    let snap = snap_rx
+        .wait_for(|s| s.intercepts.len() == 3)
+        .await
+        .unwrap()
+        .clone();
+    let routes = agent::Routes::from_snapshot(&snap, "shop", "web", &agent.session_id);
+    assert!(matches!(
+        routes.route(80),
+        agent::Route::Intercept { ref intercept_id, .. } if intercept_id.ends_with(":web")
+    ));
+    let mut taps: Vec<String> = routes
+        .taps(80)
+        .iter()
+        .map(|t| t.intercept_id.to_string())
+        .collect();
+    taps.sort();
+    assert_eq!(taps.len(), 2, "{taps:?}");
+    assert!(
+        taps[0].ends_with(":tap1") && taps[1].ends_with(":tap2"),
+        "{taps:?}"
+    );
+    assert!(routes.taps(9000).is_empty());
+
+    // The agent's drop counters reach `list`.
+    mgr.report_wiretaps(Request::new(WiretapReport {
+        session: Some(agent.clone()),
+        dropped: [(tap.id.clone(), 3)].into_iter().collect(),
+    }))
+    .await
+    .unwrap();
+    let list = mgr
+        .list_workloads(Request::new(ListWorkloadsRequest {
+            session: client.clone(),
+            namespace: "shop".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let web = list.workloads.iter().find(|w| w.name == "web").unwrap();
+    let t = web.intercepts.iter().find(|i| i.id == tap.id).unwrap();
+    assert_eq!(t.wiretap_dropped, 3);
 }

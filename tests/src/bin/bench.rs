@@ -6,11 +6,14 @@
 //! a 256 MiB download direct vs intercepted.
 //! Volumes: time until the remote volumes are mounted for a 10,000-file tree and for
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
-//! Personal intercepts: see `../bench_personal.rs`.
+//! Personal intercepts: see `../bench_personal.rs`. Wiretaps: see `../bench_wiretap.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
 //! Compose (`bench_compose`): `telepresence compose up -d` of a three-service dev file with one
 //! intercept to the first routed request, and `down`, vs the compose tool alone on the same file.
+//! Faults (`tests::faults`): requests failed under a steady load while one thing dies at a time,
+//! and how long each fault took to settle (the "intercepted" column: failed/requests, the
+//! "direct" column: the settle time and who answers after it).
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use anyhow::{Context, Result};
@@ -24,6 +27,8 @@ use tests::*;
 
 #[path = "../bench_personal.rs"]
 mod bench_personal;
+#[path = "../bench_wiretap.rs"]
+mod bench_wiretap;
 
 #[derive(Parser)]
 struct Args {
@@ -54,6 +59,15 @@ struct Args {
     /// Only the `telepresence compose` benchmark.
     #[arg(long)]
     only_compose: bool,
+    /// Skip the fault suite (requests lost and settle times when things die).
+    #[arg(long)]
+    no_faults: bool,
+    /// Skip the wiretap benchmark.
+    #[arg(long)]
+    no_wiretap: bool,
+    /// Only the wiretap benchmark.
+    #[arg(long)]
+    only_wiretap: bool,
     /// Parallel downloads in the outbound benchmark.
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -332,6 +346,64 @@ fn volumes() -> Result<(Vec<Row>, Value)> {
     Ok((rows, doc))
 }
 
+/// The fault suite (`tests::faults`): requests failed under a steady load and the time each
+/// fault took to settle, against the targets of the ones that have one.
+fn faults() -> Result<(Vec<Row>, Value)> {
+    let p = Project::up(&[("web", 8080)])?;
+    let user = User::new();
+    let outcomes = tests::faults::run_suite(&p, &user)?;
+    user.tp(&["quit", "-s"]).ok();
+    eprintln!("{}", tests::faults::table(&outcomes));
+    let target = |fault: &str| match fault {
+        "manager restarted" => Some((3.0, "0 failed, <= 3 s")),
+        "daemon killed" => Some((2.0, "0 failed, <= 2 s")),
+        _ => None,
+    };
+    let rows = outcomes
+        .iter()
+        .map(|o| {
+            let settle = o.settle.as_secs_f64();
+            let limit = target(o.fault);
+            (
+                format!("fault: {}", o.fault),
+                format!("{}/{} failed", o.failed.len(), o.requests),
+                format!("{settle:.2} s -> {}", o.settled_on),
+                limit.map_or("0 failed", |(_, text)| text),
+                o.failed.is_empty() && limit.is_none_or(|(l, _)| settle <= l),
+            )
+        })
+        .collect();
+    let doc = Value::Array(
+        outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "fault": o.fault,
+                    "requests": o.requests,
+                    "failed": o.failed.len(),
+                    "failed_while_workload_down": o.workload_down,
+                    "settle_s": o.settle.as_secs_f64(),
+                    "settled_on": o.settled_on,
+                })
+            })
+            .collect(),
+    );
+    Ok((rows, doc))
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<36} {:>14} {:>14}  {:<18} met",
+        "metric", "intercepted", "direct", "target"
+    );
+    for (m, i, d, tgt, ok) in rows {
+        println!(
+            "{m:<36} {i:>14} {d:>14}  {tgt:<18} {}",
+            if *ok { "yes" } else { "NO" }
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     anyhow::ensure!(
@@ -344,6 +416,17 @@ fn main() -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({ "compose": doc }))?
+        );
+        return Ok(());
+    }
+    if a.only_wiretap {
+        let (rows, v) = bench_wiretap::wiretap(a.requests)?;
+        print_rows(&rows);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"wiretap": v, "targets_met": rows.iter().all(|r| r.4)})
+            )?
         );
         return Ok(());
     }
@@ -366,6 +449,13 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
+    let wiretap = if a.no_wiretap || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = bench_wiretap::wiretap(a.requests)?;
+        rows.extend(r);
+        v
+    };
     let vols = if a.no_volumes || a.only_personal {
         Value::Null
     } else {
@@ -380,29 +470,24 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
+    let fault_doc = if a.no_faults || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = faults()?;
+        rows.extend(r);
+        v
+    };
     print_rows(&rows);
     let doc = json!({
         "compose": compose,
+        "wiretap": wiretap,
         "intercept_path": path,
         "volumes": vols,
         "personal_intercepts": personal,
         "outbound": outbound,
+        "faults": fault_doc,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
-}
-
-/// The table: one row per metric, ours against the direct path (or the plain tool).
-fn print_rows(rows: &[Row]) {
-    println!(
-        "{:<40} {:>14} {:>14}  {:<18} met",
-        "metric", "intercepted", "direct", "target"
-    );
-    for (m, i, d, tgt, ok) in rows {
-        println!(
-            "{m:<40} {i:>14} {d:>14}  {tgt:<18} {}",
-            if *ok { "yes" } else { "NO" }
-        );
-    }
 }

@@ -3,7 +3,7 @@
 //! SIGTERM/SIGINT handling.
 //!
 //! ```text
-//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE]
+//! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR] [--log-requests]
 //! tp-testapp get URL [--header K=V]...
 //! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
 //! tp-testapp download URL
@@ -11,6 +11,8 @@
 //! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! tp-testapp relay --listen PORT --to HOST:PORT
+//! tp-testapp steady URL [--interval-ms MS] [--timeout S]
+//! tp-testapp stranger --grpc HOST:PORT --tunnel HOST:PORT ...
 //! ```
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
@@ -46,6 +48,12 @@ enum Command {
         /// process does not run, e.g. paused by `telepresence replace`).
         #[arg(long)]
         tick: Option<std::path::PathBuf>,
+        /// Address to listen on (127.0.0.1: only the network namespace's own localhost).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received.
+        #[arg(long)]
+        log_requests: bool,
     },
     /// GET a URL and print the body; exit 1 on a connection failure, 22 on a non-2xx status.
     Get {
@@ -117,6 +125,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
+    /// GET URL on a fresh connection every interval until stdin closes; print `ok <body>` or
+    /// `err <reason>` per request as it completes, then `done <requests sent>`.
+    Steady {
+        url: String,
+        #[arg(long, default_value_t = 25)]
+        interval_ms: u64,
+        /// Give each request this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
     /// Relay every TCP connection on PORT to HOST:PORT (stands in for a published control
     /// plane in the Kubernetes tests).
     Relay {
@@ -124,6 +142,29 @@ enum Command {
         listen: u16,
         #[arg(long)]
         to: String,
+    },
+    /// Try every door of a traffic-manager without its credential (tests/src/stranger.rs);
+    /// prints one JSON `Attempt` per line.
+    Stranger {
+        #[arg(long)]
+        grpc: String,
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        victim_session: String,
+        #[arg(long)]
+        victim_intercept_id: String,
+        #[arg(long)]
+        victim_intercept_name: String,
+        #[arg(long)]
+        outbound: String,
+        /// Present this (made-up) token.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Send one UDP datagram to HOST:PORT and print the reply.
     UdpSend {
@@ -206,12 +247,45 @@ async fn stop_signal() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::Stranger {
+            grpc,
+            tunnel,
+            namespace,
+            workload,
+            victim_session,
+            victim_intercept_id,
+            victim_intercept_name,
+            outbound,
+            token,
+        } => {
+            let t = tests::stranger::Target {
+                grpc,
+                tunnel,
+                token: token.and_then(|t| protocol::auth::Token::parse(&t).ok()),
+                namespace,
+                workload,
+                victim_session,
+                victim_intercept_id,
+                victim_intercept_name,
+                outbound,
+            };
+            for a in tests::stranger::try_everything(&t).await {
+                println!("{}", serde_json::to_string(&a).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             http,
             udp,
             name,
             tick,
-        } => serve(http, udp, name, tick).await,
+            bind,
+            log_requests,
+        } => {
+            let mut app = App::new(name);
+            app.log_requests = log_requests;
+            serve(http, udp, app, tick, bind).await
+        }
         Command::Get {
             url,
             header,
@@ -239,6 +313,24 @@ async fn run(command: Command) -> ExitCode {
             personal_tools(command).await
         }
         Command::Relay { listen, to } => relay(listen, to).await,
+        Command::Steady {
+            url,
+            interval_ms,
+            timeout,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let sent = tests::testapp_steady::steady(
+                &url,
+                std::time::Duration::from_millis(interval_ms.max(1)),
+                std::time::Duration::from_secs_f64(timeout.max(0.01)),
+            )
+            .await;
+            println!("done {sent}");
+            ExitCode::SUCCESS
+        }
         Command::UdpSend {
             target,
             message,
@@ -331,30 +423,30 @@ async fn relay(port: u16, to: String) -> ExitCode {
 async fn serve(
     mut http: Vec<u16>,
     udp: Vec<u16>,
-    name: String,
+    app: App,
     tick: Option<std::path::PathBuf>,
+    bind: std::net::IpAddr,
 ) -> ExitCode {
     if http.is_empty() && udp.is_empty() {
         http.push(8080);
     }
-    let app = App::new(name);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(file) = tick {
         tasks.spawn(ticker(file));
     }
     for port in http {
-        match TcpListener::bind(("0.0.0.0", port)).await {
+        match TcpListener::bind((bind, port)).await {
             Ok(l) => {
-                eprintln!("tp-testapp {}: HTTP on :{port}", app.name);
+                eprintln!("tp-testapp {}: HTTP on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_http(l, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on TCP port {port}: {e}")),
         }
     }
     for port in udp {
-        match UdpSocket::bind(("0.0.0.0", port)).await {
+        match UdpSocket::bind((bind, port)).await {
             Ok(s) => {
-                eprintln!("tp-testapp {}: UDP echo on :{port}", app.name);
+                eprintln!("tp-testapp {}: UDP echo on {bind}:{port}", app.name);
                 tasks.spawn(testapp::serve_udp(s, app.clone()));
             }
             Err(e) => return fail(&format!("cannot listen on UDP port {port}: {e}")),
