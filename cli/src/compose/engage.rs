@@ -307,6 +307,7 @@ fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArg
         http_path_prefix: http.prefixes.first().cloned(),
         http_path_regex: http.regexps.first().cloned(),
         command: Vec::new(),
+        extras: crate::engage::HandlerExtras::default(),
     }))
 }
 
