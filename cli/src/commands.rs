@@ -346,8 +346,8 @@ pub async fn uninstall(args: UninstallArgs, use_: Option<&str>) -> Result<CmdOut
 }
 
 /// Ends one connection: its handlers, then the daemon (which departs from the manager), then
-/// its container and info file.
-async fn disconnect(docker: &bollard::Docker, d: &DaemonInfo) -> Result<()> {
+/// its container and info file. (`quit` first brings down the compose projects using it.)
+pub(crate) async fn disconnect(docker: &bollard::Docker, d: &DaemonInfo) -> Result<()> {
     stop_handlers(docker, &d.name, None).await?;
     if let Ok(mut c) = connector(d.port).await {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.quit(Empty {})).await;
@@ -361,6 +361,8 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
     let docker = engine::connect().await?;
     let all = live_daemons(&docker).await;
     if args.stop_daemons {
+        crate::compose::teardown::down_projects_using(&docker, None).await?;
+        let all = live_daemons(&docker).await;
         let jobs = all.iter().map(|d| disconnect(&docker, d));
         for r in futures::future::join_all(jobs).await {
             r?;
@@ -403,7 +405,10 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         return Ok(CmdOutput::text("Not connected\n"));
     }
     let d = info::select(&all, use_, None)?;
-    disconnect(&docker, d).await?;
+    crate::compose::teardown::down_projects_using(&docker, Some(&d.name)).await?;
+    if engine::is_running(&docker, &d.container).await {
+        disconnect(&docker, d).await?;
+    }
     Ok(CmdOutput::text("Disconnected\n"))
 }
 

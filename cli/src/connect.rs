@@ -83,9 +83,12 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     validate_name(&name)?;
     let container = format!("tp-{name}");
     let docker = engine::connect().await?;
-    if let Some(already) = already_connected(&docker, &name, &namespace, &container).await? {
-        text.push_str(&already);
-        return Ok(CmdOutput::text(text));
+    if let Some(existing) = already_connected(&docker, &name, &namespace, &container).await? {
+        text.push_str(&already_message(&existing));
+        return Ok(CmdOutput {
+            text,
+            data: Some(serde_json::to_value(&existing)?),
+        });
     }
     // Validate the namespace before anything is created.
     let network = namespace_network(&docker, &namespace).await?;
@@ -143,7 +146,7 @@ pub(crate) fn record(mut text: String, info: &DaemonInfo) -> Result<CmdOutput> {
     })
 }
 
-/// `Some(message)` when connection `name` already serves `namespace`; an error when it serves
+/// The running connection `name` when it already serves `namespace`; an error when it serves
 /// another one, or when its container name is taken by something else. A recorded connection
 /// whose daemon is gone is forgotten.
 async fn already_connected(
@@ -151,12 +154,12 @@ async fn already_connected(
     name: &str,
     namespace: &str,
     container: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<DaemonInfo>> {
     let Some(existing) = live_connection(docker, name, container).await? else {
         return Ok(None);
     };
     if existing.namespace == namespace {
-        return Ok(Some(already_message(&existing)));
+        return Ok(Some(existing));
     }
     bail!(
         "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",

@@ -61,8 +61,6 @@ const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
 const AGENT_STOP_TIMEOUT_SECS: i32 = 5;
 /// How long a cleanup container may run.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reason shown for a workload that exposes nothing.
-pub const NO_PORTS_REASON: &str = "no exposed ports: add `expose:` or `ports:` to the service";
 /// Reason shown for a workload on the host network.
 pub const HOST_NETWORK_REASON: &str =
     "uses the host network (network_mode: host): its ports cannot be redirected";
@@ -774,13 +772,10 @@ pub fn workloads_from_containers(
     by_name
         .into_iter()
         .map(|(name, acc)| {
-            let not_interceptable = if acc.host_network {
-                Some(HOST_NETWORK_REASON.to_string())
-            } else if acc.ports.is_empty() {
-                Some(NO_PORTS_REASON.to_string())
-            } else {
-                None
-            };
+            // A container without `expose:`/`ports:` still serves what it listens on: it is
+            // interceptable on the port the user names.
+            let not_interceptable = acc.host_network.then(|| HOST_NETWORK_REASON.to_string());
+            let open_ports = acc.ports.is_empty();
             WorkloadInfo {
                 agent_installed: with_agent.contains(&name),
                 namespace: namespace.to_string(),
@@ -795,6 +790,7 @@ pub fn workloads_from_containers(
                     })
                     .collect(),
                 not_interceptable,
+                open_ports,
                 name,
             }
         })
@@ -954,6 +950,9 @@ fn check_agent_ports(info: &WorkloadInfo, ports: &[u16]) -> Result<(), ProviderE
             "no port given for the agent of {}",
             info.name
         )));
+    }
+    if info.open_ports && info.ports.is_empty() {
+        return Ok(());
     }
     let served: BTreeSet<u16> = info.ports.iter().map(|p| p.port).collect();
     if let Some(p) = ports.iter().find(|p| !served.contains(p)) {
@@ -1239,7 +1238,8 @@ mod tests {
 
         let db = by_name(&ws, "db");
         assert!(db.ports.is_empty());
-        assert_eq!(db.not_interceptable.as_deref(), Some(NO_PORTS_REASON));
+        assert_eq!(db.not_interceptable, None, "no expose: still a workload");
+        assert!(db.open_ports);
         assert!(!db.agent_installed);
     }
 
@@ -1437,8 +1437,10 @@ mod tests {
         assert!(err.contains("8080/TCP, 9000/TCP"), "{err}");
         assert!(check_agent_ports(&web, &[]).is_err());
         let db = by_name(&ws, "db");
-        let err = check_agent_ports(&db, &[5432]).unwrap_err().to_string();
-        assert!(err.contains(NO_PORTS_REASON), "{err}");
+        assert!(
+            check_agent_ports(&db, &[5432]).is_ok(),
+            "declares none: any port"
+        );
     }
 
     #[test]

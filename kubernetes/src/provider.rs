@@ -334,6 +334,7 @@ impl KubeProvider {
             kind: w.kind.into(),
             ports,
             not_interceptable: reason,
+            open_ports: false,
             agent_installed: self.stored_config(&w.namespace, &w.name).is_some(),
         }
     }

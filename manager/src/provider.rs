@@ -28,6 +28,9 @@ pub struct WorkloadInfo {
     pub ports: Vec<PortSpec>,
     /// Why the workload cannot be intercepted; `None` when it can.
     pub not_interceptable: Option<String>,
+    /// The workload declares no ports but serves whatever it listens on (a Docker container
+    /// without `expose:`/`ports:`): any TCP port number the user names is one of its ports.
+    pub open_ports: bool,
     /// Whether a traffic-agent is attached to the workload.
     pub agent_installed: bool,
 }

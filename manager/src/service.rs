@@ -130,6 +130,8 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
         };
     }
     let found = match ident.parse::<u16>() {
+        // A workload that declares no ports serves the one the user names.
+        Ok(n) if w.open_ports && w.ports.is_empty() && n != 0 => return Ok((n, String::new())),
         Ok(n) => tcp.iter().find(|p| p.port == n),
         Err(_) => tcp.iter().find(|p| p.name == ident),
     };
@@ -149,7 +151,11 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 impl Manager {
     /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
     async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
-        let ports = crate::reattach::tcp_ports(w);
+        let mut ports = crate::reattach::tcp_ports(w);
+        if w.open_ports {
+            // It declares none: the agent captures the ports its engagements name.
+            ports.extend(engaged_ports(&*self.inner.state.lock().await, spec));
+        }
         self.inner
             .provider
             .ensure_agent(&AgentRequest {
@@ -297,6 +303,22 @@ impl Manager {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok((w, pairs))
     }
+}
+
+/// The service ports every engagement of the spec's workload names (its own included).
+fn engaged_ports(st: &crate::state::State, spec: &InterceptSpec) -> Vec<u16> {
+    st.intercepts
+        .values()
+        .filter(|i| {
+            i.spec
+                .as_ref()
+                .is_some_and(|s| s.namespace == spec.namespace && s.workload == spec.workload)
+        })
+        .flat_map(|i| {
+            std::iter::once(i.service_port).chain(i.extra_ports.iter().map(|r| r.service_port))
+        })
+        .filter_map(|p| u16::try_from(p).ok().filter(|p| *p != 0))
+        .collect()
 }
 
 /// Refuses an intercept whose local target, name or traffic clashes with an existing one.
@@ -810,6 +832,7 @@ mod tests {
                 })
                 .collect(),
             not_interceptable: None,
+            open_ports: false,
             agent_installed: false,
         }
     }
@@ -831,5 +854,20 @@ mod tests {
             .contains("several ports"));
         assert_eq!(resolve_port(&two, "admin").unwrap(), (9000, "admin".into()));
         assert!(resolve_port(&two, "nope").is_err());
+    }
+
+    #[test]
+    fn a_workload_declaring_no_ports_serves_the_one_named() {
+        let open = WorkloadInfo {
+            open_ports: true,
+            ..w(&[])
+        };
+        assert_eq!(resolve_port(&open, "8080").unwrap(), (8080, String::new()));
+        assert!(resolve_port(&open, "").is_err(), "which port must be said");
+        assert!(resolve_port(&open, "http").is_err());
+        assert!(
+            resolve_port(&w(&[]), "8080").is_err(),
+            "Kubernetes: declared ports only"
+        );
     }
 }

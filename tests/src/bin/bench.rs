@@ -9,6 +9,8 @@
 //! Personal intercepts: see `../bench_personal.rs`. Wiretaps: see `../bench_wiretap.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
+//! Compose (`bench_compose`): `telepresence compose up -d` of a three-service dev file with one
+//! intercept to the first routed request, and `down`, vs the compose tool alone on the same file.
 //! Faults (`tests::faults`): requests failed under a steady load while one thing dies at a time,
 //! and how long each fault took to settle (the "intercepted" column: failed/requests, the
 //! "direct" column: the settle time and who answers after it).
@@ -51,6 +53,12 @@ struct Args {
     /// Skip the outbound (TUN/DNS) benchmark.
     #[arg(long)]
     no_outbound: bool,
+    /// Skip the `telepresence compose` benchmark.
+    #[arg(long)]
+    no_compose: bool,
+    /// Only the `telepresence compose` benchmark.
+    #[arg(long)]
+    only_compose: bool,
     /// Skip the fault suite (requests lost and settle times when things die).
     #[arg(long)]
     no_faults: bool,
@@ -402,6 +410,15 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
+    if a.only_compose {
+        let (rows, doc) = tests::bench_compose::compose()?;
+        print_rows(&rows);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "compose": doc }))?
+        );
+        return Ok(());
+    }
     if a.only_wiretap {
         let (rows, v) = bench_wiretap::wiretap(a.requests)?;
         print_rows(&rows);
@@ -446,6 +463,13 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
+    let compose = if a.no_compose || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = tests::bench_compose::compose()?;
+        rows.extend(r);
+        v
+    };
     let fault_doc = if a.no_faults || a.only_personal {
         Value::Null
     } else {
@@ -455,6 +479,7 @@ fn main() -> Result<()> {
     };
     print_rows(&rows);
     let doc = json!({
+        "compose": compose,
         "wiretap": wiretap,
         "intercept_path": path,
         "volumes": vols,
