@@ -280,11 +280,12 @@ pub fn pairs(args: &InterceptArgs) -> Result<(Option<PortSpec>, Vec<PortPair>)> 
             "ingest routes no traffic: drop --port (use intercept or replace for traffic)"
         ));
     }
-    let given: Vec<String> = if args.port.is_empty() && matches!(kind, Kind::Intercept | Kind::Wiretap) {
-        vec!["8080".to_string()]
-    } else {
-        args.port.clone()
-    };
+    let given: Vec<String> =
+        if args.port.is_empty() && matches!(kind, Kind::Intercept | Kind::Wiretap) {
+            vec!["8080".to_string()]
+        } else {
+            args.port.clone()
+        };
     let mut parsed = given
         .iter()
         .map(|p| parse_port(p).map_err(|e| anyhow!(e)))
@@ -426,7 +427,10 @@ pub fn rows(
     }
     if kind == EngagementKind::Wiretap {
         if !shows_pairs(i) {
-            rows.push(("Destination", Some(format!("{}:{}", s.target_host, s.target_port))));
+            rows.push((
+                "Destination",
+                Some(format!("{}:{}", s.target_host, s.target_port)),
+            ));
         }
         rows.push(("Copies dropped", Some(i.wiretap_dropped.to_string())));
     }
@@ -607,13 +611,19 @@ mod tests {
             "img",
         ]);
         assert_eq!(kind_of(&a), Kind::Wiretap);
-        assert_eq!((a.name.as_str(), a.workload.as_deref()), ("tap", Some("web")));
+        assert_eq!(
+            (a.name.as_str(), a.workload.as_deref()),
+            ("tap", Some("web"))
+        );
         assert_eq!(a.http_header, ["x-dev=a"]);
         assert_eq!(pairs(&a).unwrap().0.unwrap().local, 9095);
         let a = parse(&["telepresence", "wiretap", "web"]);
         assert_eq!(a.name, "web");
         assert_eq!(pairs(&a).unwrap().0.unwrap().local, 8080, "like intercept");
-        assert!(crate::args::Cli::try_parse_from(["telepresence", "wiretap", "web", "-w", "x"]).is_err());
+        assert!(
+            crate::args::Cli::try_parse_from(["telepresence", "wiretap", "web", "-w", "x"])
+                .is_err()
+        );
     }
 
     #[test]

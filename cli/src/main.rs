@@ -20,7 +20,9 @@ fn init_logs(role: bool) {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     protocol::loglevel::install(Box::new(move |level| {
-        let directive = level.and_then(protocol::manager::LogLevel::directive).unwrap_or(start.as_str());
+        let directive = level
+            .and_then(protocol::manager::LogLevel::directive)
+            .unwrap_or(start.as_str());
         handle
             .reload(EnvFilter::new(directive))
             .map_err(|e| e.to_string())
