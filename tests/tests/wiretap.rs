@@ -221,7 +221,8 @@ fn wiretaps_copy_every_request_and_never_break_callers() {
     assert!(st.stdout.contains("(wiretap, "), "{}", st.stdout);
     assert!(st.stdout.contains("    tap2: "), "{}", st.stdout);
     assert!(
-        st.stdout.contains(&format!("(wiretap, {tap2_dropped} copies dropped)")),
+        st.stdout
+            .contains(&format!("(wiretap, {tap2_dropped} copies dropped)")),
         "{}",
         st.stdout
     );
