@@ -11,7 +11,7 @@ export TP_BIN_DIR="$PWD/target/x86_64-unknown-linux-gnu/ci"
 export TP_SKIP_LOG="$PWD/target/skipped-tests.txt"
 rm -f "$TP_SKIP_LOG"
 status=0
-cargo test --profile ci --workspace -- --test-threads=1 "$@" || status=$?
+cargo test --profile ci --workspace --no-fail-fast -- --test-threads=1 "$@" || status=$?
 if [ -s "$TP_SKIP_LOG" ]; then
   echo
   echo "SKIPPED (returned without checking; not passes):"

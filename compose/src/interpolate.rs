@@ -47,7 +47,7 @@ pub fn interpolate_str(
             let end = closing_brace(body).ok_or_else(syntax)?;
             out.push_str(&braced(&body[..end], lookup, unset).map_err(|e| match e {
                 InterpolateError::Syntax { .. } => syntax(),
-                other => other,
+                other @ InterpolateError::Required { .. } => other,
             })?);
             rest = &body[end + 1..];
         } else {

@@ -52,7 +52,7 @@ pub enum Decision {
     Reply(Vec<u8>),
     /// One question, to be answered as `route` says.
     Route {
-        query: Message,
+        query: Box<Message>,
         question: hickory_proto::op::Query,
         route: Route,
     },
@@ -75,7 +75,7 @@ pub fn decide(raw: &[u8], namespace: &str, domain: &str, subnets: &[Cidr]) -> De
     let qname = question.name().to_ascii().to_ascii_lowercase();
     let route = classify(&qname, namespace, domain, subnets);
     Decision::Route {
-        query: q,
+        query: Box::new(q),
         question,
         route,
     }
@@ -292,7 +292,7 @@ impl Dns {
                 query,
                 question,
                 route,
-            } => (query, question, route),
+            } => (*query, question, route),
         };
         let qname = question.name().to_ascii().to_ascii_lowercase();
         let qtype = question.query_type();

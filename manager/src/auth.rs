@@ -93,7 +93,10 @@ impl Auth {
     /// Accepts `next` from now on, and the credentials it replaces for `grace` more. Returns
     /// whether anything changed.
     pub fn rotate(&self, next: Credentials, grace: Duration) -> bool {
-        let mut a = self.accepted.write().unwrap_or_else(|e| e.into_inner());
+        let mut a = self
+            .accepted
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if a.current == next {
             return false;
         }
@@ -108,14 +111,17 @@ impl Auth {
     pub fn current(&self) -> Credentials {
         self.accepted
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .current
             .clone()
     }
 
     /// Every credential accepted right now.
     fn accepted(&self) -> Vec<Credentials> {
-        let a = self.accepted.read().unwrap_or_else(|e| e.into_inner());
+        let a = self
+            .accepted
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         std::iter::once(a.current.clone())
             .chain(
@@ -239,17 +245,17 @@ impl OutboundScope {
 
     /// Whether an outbound stream may dial `target`.
     pub fn permits(&self, target: SocketAddr) -> bool {
-        let ip = match target.ip() {
+        let v4 = match target.ip() {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
+                Some(v4) => v4,
                 None => return false,
             },
-            v4 => v4,
+            IpAddr::V4(v4) => v4,
         };
-        let IpAddr::V4(v4) = ip else { return false };
-        !(v4.is_loopback() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast())
-            && !self.forbidden.contains(&ip)
-            && self.allowed.iter().any(|c| in_cidr(v4, *c))
+        let ip = IpAddr::V4(v4);
+        let special =
+            v4.is_loopback() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast();
+        !special && !self.forbidden.contains(&ip) && self.allowed.iter().any(|c| in_cidr(v4, *c))
     }
 }
 

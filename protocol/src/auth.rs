@@ -153,18 +153,29 @@ impl Bearer {
 
     /// Presents `token` from now on.
     pub fn set(&self, token: Token) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token);
     }
 
     /// Whether a token is presented.
     pub fn is_set(&self) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = self.0.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(t) = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
             let v = MetadataValue::try_from(t.as_str())
                 .map_err(|_| tonic::Status::internal("token is not ASCII"))?;
             req.metadata_mut().insert(METADATA_KEY, v);

@@ -45,7 +45,7 @@ impl DevProject {
         for f in &self.files {
             all.extend(["-f".to_string(), f.clone()]);
         }
-        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(args.iter().map(std::string::ToString::to_string));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         let mut c = user.command(&refs);
         c.current_dir(&self.dir);

@@ -9,8 +9,11 @@ use daemon_image::dns::{decide, Decision};
 use protocol::tunnel::{encode_header, read_header, HeaderError};
 use std::collections::BTreeMap;
 
+/// A fuzz target: its corpus folder's name and the property it checks on one input.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("tunnel_header", tunnel_header),
     ("http_sniff", http_sniff),
     ("dns", dns),

@@ -242,7 +242,7 @@ async fn tunnel(t: &Target, role: Role, kind: TunnelKind) -> Attempt {
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut got)).await;
     match read {
-        Ok(Ok(_)) | Ok(Err(_)) if got.is_empty() => Attempt {
+        Ok(Ok(_) | Err(_)) if got.is_empty() => Attempt {
             op,
             refused: true,
             detail: "closed without pairing".into(),

@@ -205,7 +205,7 @@ fn bad_inputs(cluster: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
         ),
         (
             "volume and volumePattern",
-            format!("x-tele:\n  mounts: [{{volume: a, volumePattern: 'a.*'}}]\nservices: {{}}\n"),
+            "x-tele:\n  mounts: [{volume: a, volumePattern: 'a.*'}]\nservices: {}\n".to_string(),
             vec!["x-tele.mounts.0: volume and volumePattern exclude each other"],
         ),
         (
@@ -219,9 +219,15 @@ fn bad_inputs(cluster: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
 /// Our containers, networks and volumes except the Docker-engine traffic-managers (which, as
 /// after `telepresence quit`, stay until `quit -s`).
 fn leftovers_but_managers() -> Vec<String> {
+    leftovers_but(&["container tp-traffic-manager-"])
+}
+
+/// Our containers, networks and volumes except those whose description starts with one of
+/// `kept`.
+fn leftovers_but(kept: &[&str]) -> Vec<String> {
     leftovers()
         .into_iter()
-        .filter(|l| !l.starts_with("container tp-traffic-manager-"))
+        .filter(|l| !kept.iter().any(|k| l.starts_with(k)))
         .collect()
 }
 
@@ -274,6 +280,9 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
     assert!(quit.stdout.contains("Disconnected"), "{quit:?}");
     assert!(dev.containers().is_empty(), "{:?}", dev.containers());
     assert!(!dev.has_networks());
-    assert!(leftovers_but_managers().is_empty(), "{:?}", leftovers());
+    // The traffic-agent stays installed after its engagement ends, as after `telepresence
+    // leave` (removed by `uninstall` or `quit -s`); nothing else of ours may remain.
+    let kept = ["container tp-traffic-manager-", "container tp-agent-"];
+    assert!(leftovers_but(&kept).is_empty(), "{:?}", leftovers());
     user.quit_clean("after compose up, Ctrl-C and quit");
 }

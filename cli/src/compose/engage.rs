@@ -221,10 +221,22 @@ async fn engage_service(
     Ok(join(crate::intercept::handler_env(&info, None)))
 }
 
-/// The `telepresence intercept` arguments of an engagement (`None` for `connect` and `proxy`).
-fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArgs>> {
-    let (kind, name, workload, service, ports, http, container, to_pod) = match e {
-        Engagement::Connect | Engagement::Proxy { .. } => return Ok(None),
+/// What an engagement asks for, field by field: kind, name, workload, service, ports, HTTP
+/// conditions, container, pod-local ports (`None` for `connect` and `proxy`).
+type Parts<'a> = (
+    Kind,
+    &'a String,
+    Option<String>,
+    Option<String>,
+    Vec<PortMap>,
+    HttpMatch,
+    Option<String>,
+    &'a Vec<u16>,
+);
+
+fn parts(e: &Engagement) -> Option<Parts<'_>> {
+    Some(match e {
+        Engagement::Connect | Engagement::Proxy { .. } => return None,
         Engagement::Intercept {
             name,
             workload,
@@ -271,13 +283,34 @@ fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArg
             container.clone(),
             to_pod,
         ),
-        Engagement::Wiretap { .. } => {
-            return Err(NotYet::Wiretap.into());
-        }
+        Engagement::Wiretap {
+            name,
+            service,
+            ports,
+            http,
+            to_pod,
+        } => (
+            Kind::Wiretap,
+            name,
+            None,
+            service.clone(),
+            ports.clone(),
+            http.clone(),
+            None,
+            to_pod,
+        ),
+    })
+}
+
+/// The `telepresence intercept` arguments of an engagement (`None` for `connect` and `proxy`).
+fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArgs>> {
+    let Some((kind, name, workload, service, ports, http, container, to_pod)) = parts(e) else {
+        return Ok(None);
     };
-    if !to_pod.is_empty() {
-        return Err(NotYet::ToPod.into());
-    }
+    let to_pod = to_pod
+        .iter()
+        .map(|p| crate::engage::parse_to_pod(&p.to_string()).map_err(|e| anyhow!(e)))
+        .collect::<Result<Vec<_>>>()?;
     let paths = http.paths.len() + http.prefixes.len() + http.regexps.len();
     if paths > 1 {
         bail!("httpPaths, httpPathPrefixes and httpPathRegexps: give at most one path condition per engagement");
@@ -307,19 +340,11 @@ fn intercept_args(e: &Engagement, namespace: &str) -> Result<Option<InterceptArg
         http_path_prefix: http.prefixes.first().cloned(),
         http_path_regex: http.regexps.first().cloned(),
         command: Vec::new(),
-        extras: crate::engage::HandlerExtras::default(),
+        extras: crate::engage::HandlerExtras {
+            to_pod,
+            ..Default::default()
+        },
     }))
-}
-
-/// Engagement types whose machinery this build does not have yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NotYet {
-    /// `type: wiretap`.
-    #[error("type wiretap is not available in this build yet (it needs `telepresence wiretap`); use type intercept with httpFilters meanwhile")]
-    Wiretap,
-    /// `to-pod`.
-    #[error("to-pod is not available in this build yet (it needs `--to-pod`); remove it")]
-    ToPod,
 }
 
 fn port_arg(p: &PortMap) -> String {
@@ -451,11 +476,12 @@ mod tests {
             service: None,
             ports: vec![],
             http: HttpMatch::default(),
-            to_pod: vec![],
+            to_pod: vec![7070],
         };
-        assert!(intercept_args(&w, "shop")
-            .unwrap_err()
-            .downcast_ref::<NotYet>()
-            .is_some());
+        let a = intercept_args(&w, "shop").unwrap().unwrap();
+        assert_eq!(crate::engage::kind_of(&a), Kind::Wiretap);
+        assert_eq!(a.workload, None);
+        assert_eq!(a.extras.to_pod.len(), 1);
+        assert_eq!(crate::intercept::spec(&a).unwrap().to_pod.len(), 1);
     }
 }

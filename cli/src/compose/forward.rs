@@ -71,7 +71,7 @@ async fn serve(l: TcpListener, r: Route) {
                     let _ = relay::splice(&mut inbound, &mut out).await;
                 }
                 Err(e) => {
-                    tracing::warn!(host = %r.host, error = %e, "cannot reach the remote service")
+                    tracing::warn!(host = %r.host, error = %e, "cannot reach the remote service");
                 }
             }
         });
