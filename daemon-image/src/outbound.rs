@@ -56,8 +56,9 @@ impl Dialer for TunnelDialer {
         let mut s = dial(&self.session.cfg.tunnel_addr)
             .await
             .map_err(DialError::Tunnel)?;
-        let mut header = TunnelHeader {
+        let header = TunnelHeader {
             conn_id: uuid::Uuid::new_v4().to_string(),
+            session_id: self.session.session().session_id,
             kind: match proto {
                 Proto::Tcp => TunnelKind::OutTcp,
                 Proto::Udp => TunnelKind::OutUdp,
@@ -65,7 +66,6 @@ impl Dialer for TunnelDialer {
             target: dst.to_string(),
             ..Default::default()
         };
-        crate::session::prove(&mut header, &self.session.session());
         write_header(&mut s, Role::Client, &header)
             .await
             .map_err(DialError::Tunnel)?;

@@ -319,7 +319,6 @@ mod tests {
                 })
                 .collect(),
             not_interceptable: None,
-            open_ports: false,
             agent_installed: false,
         }
     }

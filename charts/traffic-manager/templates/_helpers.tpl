@@ -65,7 +65,4 @@ telepresence.io/managed-by: telepresence
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch]
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, create, patch]
 {{- end }}
