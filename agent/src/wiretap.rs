@@ -115,6 +115,12 @@ impl CopySender {
     /// already failed, the copy is closed and counted as dropped (once); returns whether `data`
     /// was queued.
     pub fn push(&mut self, data: &[u8]) -> bool {
+        self.push_bytes(Bytes::copy_from_slice(data))
+    }
+
+    /// Like [`CopySender::push`] for a chunk already in a [`Bytes`]: several copies of one chunk
+    /// share its buffer instead of each copying it.
+    pub fn push_bytes(&mut self, data: Bytes) -> bool {
         let Some(tx) = &self.tx else {
             return false;
         };
@@ -123,7 +129,7 @@ impl CopySender {
             !self.state.dropped.load(Ordering::Acquire) && queued + data.len() <= self.budget;
         if fits {
             self.state.queued.fetch_add(data.len(), Ordering::AcqRel);
-            if tx.send(Bytes::copy_from_slice(data)).is_ok() {
+            if tx.send(data).is_ok() {
                 return true;
             }
         }
@@ -257,8 +263,10 @@ pub(crate) async fn relay(
             if n == 0 {
                 break;
             }
+            // One shared buffer for every copy of this chunk.
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
             for c in &mut copies {
-                c.push(&buf[..n]);
+                c.push_bytes(chunk.clone());
             }
             uo.write_all(&buf[..n]).await?;
         }
@@ -294,8 +302,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
                 // The caller's stream ended: so do the copies.
                 self.copies.clear();
             }
-            for c in &mut self.copies {
-                c.push(new);
+            if !self.copies.is_empty() {
+                // One shared buffer for every copy of this chunk.
+                let chunk = Bytes::copy_from_slice(new);
+                for c in &mut self.copies {
+                    c.push_bytes(chunk.clone());
+                }
             }
         }
         r
