@@ -56,6 +56,7 @@ impl Manager for Stub {
             session: Some(SessionInfo {
                 session_id: id,
                 lease_seconds: 1,
+                ..Default::default()
             }),
             cluster: None,
         }))
@@ -190,7 +191,23 @@ async fn world(app_bind: &str) -> World {
                 let h = protocol::tunnel::read_header_timeout(&mut s, Duration::from_secs(5))
                     .await
                     .unwrap();
+                let (id, answer) = (h.1.intercept_id.clone(), h.1.clone());
                 th.lock().unwrap().push(h);
+                // The manager's answer: "refused" stands for a client side that cannot be
+                // reached, "dies" for a handler that reads the request and exits.
+                let error = (id == "refused")
+                    .then(|| protocol::tunnel::HeaderError::Other("client gone".into()));
+                protocol::tunnel::write_header(&mut s, Role::Client, &answer.answer(error))
+                    .await
+                    .unwrap();
+                if id == "refused" {
+                    return;
+                }
+                if id == "dies" {
+                    let mut req = [0u8; 5];
+                    s.read_exact(&mut req).await.unwrap();
+                    return;
+                }
                 s.write_all(b"tun:").await.unwrap();
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf).await {
@@ -247,6 +264,7 @@ impl World {
             drain_timeout: Duration::from_millis(300),
             manager_timeout: Duration::from_secs(10),
             port_map: vec![],
+            token: None,
         }
     }
 
@@ -625,6 +643,37 @@ async fn port_takeover_listens_on_its_port_and_forwards_to_the_app() {
     echo(&mut t, b"to the client").await;
     assert_eq!(w.tunnel_headers.lock().unwrap()[0].1.intercept_id, "s:web");
     echo(&mut s, b"in-flight app connection untouched").await;
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_side_that_is_gone_or_dies_unanswered_costs_the_caller_nothing() {
+    let w = world("127.0.0.1:0").await;
+    let agent = Agent::start(w.config()).await.unwrap();
+    let addr = port_of(&agent);
+
+    // The manager says the client side cannot be reached: the app answers, nothing was sent.
+    w.intercept("refused", "ACTIVE");
+    wait_routes(&agent, "refused active", |r| !r.is_empty()).await;
+    let (who, mut s) = open(addr).await;
+    assert_eq!(who, "app:");
+    echo(&mut s, b"fell back").await;
+
+    // The handler takes the request and dies before answering: the request is replayed to
+    // the app, which answers it.
+    w.intercept("dies", "ACTIVE");
+    wait_routes(&agent, "dies active", |r| {
+        r.active().any(|(_, id)| id == "dies")
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("the app answers in time")
+        .expect("the app answers");
+    assert_eq!(&back, b"app:hello");
     agent.shutdown().await.unwrap();
 }
 

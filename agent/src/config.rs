@@ -49,6 +49,8 @@ pub struct AgentConfig {
     /// Kubernetes mode: fixed listen port and app port per service port (`TP_PORT_MAP`). Mapped
     /// ports install no redirect of their own.
     pub port_map: Vec<crate::portmap::PortMapping>,
+    /// The agent token presented to the manager (`TP_AGENT_TOKEN`).
+    pub token: Option<protocol::auth::Token>,
 }
 
 impl AgentConfig {
@@ -102,6 +104,7 @@ impl AgentConfig {
             mounts: env.app_mounts.unwrap_or_default(),
             redirect: true,
             drain_timeout: env.drain.unwrap_or(DEFAULT_DRAIN),
+            token: env.token,
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The data path: one accept loop per captured port. Each accepted connection is routed once, at
 //! accept time, from the current snapshot — to the manager's tunnel when an ACTIVE intercept
 //! covers its port, otherwise to the application — and then spliced until both sides close.
-//! A snapshot change only affects later connections; nothing in flight is ever cut. Ports with
+//! A snapshot change only affects later connections; nothing in flight is ever cut. An
+//! intercepted connection whose client side cannot be reached, or closes before answering,
+//! goes to the app with every byte the caller sent ([`crate::failopen`]). Ports with
 //! personal intercepts are handed to [`crate::http_route`], which routes each HTTP request.
 //! A connection with wiretaps on its port is relayed by [`crate::wiretap::relay`] instead of
 //! spliced, so its wiretaps get a copy.
 
+use crate::failopen::{self, FirstExchange};
 use crate::routes::{Route, Routes};
 use protocol::tunnel::{self, Role, TunnelHeader};
 use std::net::SocketAddr;
@@ -14,10 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// How long dialing the tunnel may take before the connection falls back to the app.
-const TUNNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+const TUNNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the manager may take to connect the client side before the connection falls back
+/// to the app (the client normally answers within milliseconds; a frozen one never does).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// State shared by all accept loops and connections.
 pub(crate) struct Shared {
@@ -29,6 +35,8 @@ pub(crate) struct Shared {
     /// Upstream HTTP connections (to the app and through the tunnel) reused across callers on
     /// ports with personal intercepts.
     pub pool: crate::http_route::Pool,
+    /// The agent token that proves the agent's tunnel connections.
+    pub token: Option<protocol::auth::Token>,
     /// Copies the wiretaps dropped.
     pub counters: Arc<crate::wiretap::Counters>,
 }
@@ -93,7 +101,6 @@ async fn serve(
     taps: Vec<crate::routes::Tap>,
     shared: &Shared,
 ) {
-    let mut outbound = None;
     if let Route::Intercept {
         intercept_id,
         session_id,
@@ -104,34 +111,77 @@ async fn serve(
             tunnel,
             &shared.tunnel_addr,
             &intercept_id,
-            &session_id,
+            crate::session::TunnelAuth {
+                session_id: session_id.to_string(),
+                token: shared.token.clone(),
+            },
             service_port,
         )
         .await
         {
-            Ok(s) => outbound = Some(s),
+            Ok(mut t) => match failopen::first_exchange(&mut inbound, &mut t).await {
+                FirstExchange::Committed => {
+                    return relay_with_taps(inbound, t, taps, shared, service_port, peer).await;
+                }
+                FirstExchange::CallerGone => return,
+                FirstExchange::Unanswered { sent, caller_done } => {
+                    info!(
+                        "port {service_port}: intercept {intercept_id}: the client side closed \
+                         without answering; replaying {} bytes of {peer} to the app",
+                        sent.len()
+                    );
+                    let replay = (sent.as_slice(), caller_done);
+                    return to_app(inbound, peer, service_port, app, replay, taps, shared).await;
+                }
+            },
             Err(e) => warn!(
-                "port {service_port}: intercept {intercept_id}: tunnel {} unreachable ({e}); \
-                 sending {peer} to the app",
-                shared.tunnel_addr
+                "port {service_port}: intercept {intercept_id}: client side unreachable ({e}); \
+                 sending {peer} to the app"
             ),
         }
     }
-    let mut outbound = match outbound {
-        Some(s) => s,
-        None => match TcpStream::connect(app).await {
-            Ok(s) => {
-                relay::tune(&s);
-                s
-            }
-            Err(e) => {
-                debug!("port {service_port}: app at {app} refused {peer}: {e}");
-                // Reset rather than close, as the app itself would have refused.
-                let _ = inbound.set_zero_linger();
-                return;
-            }
-        },
+    to_app(inbound, peer, service_port, app, (&[], false), taps, shared).await;
+}
+
+/// Splices a caller to the app, after replaying what it already sent (`replay`: the bytes,
+/// and whether it half-closed after them).
+async fn to_app(
+    inbound: TcpStream,
+    peer: SocketAddr,
+    service_port: u16,
+    app: SocketAddr,
+    (sent, caller_done): (&[u8], bool),
+    taps: Vec<crate::routes::Tap>,
+    shared: &Shared,
+) {
+    let mut outbound = match TcpStream::connect(app).await {
+        Ok(s) => {
+            relay::tune(&s);
+            s
+        }
+        Err(e) => {
+            debug!("port {service_port}: app at {app} refused {peer}: {e}");
+            // Reset rather than close, as the app itself would have refused.
+            let _ = inbound.set_zero_linger();
+            return;
+        }
     };
+    if let Err(e) = failopen::replay(&mut outbound, sent, caller_done).await {
+        debug!("port {service_port}: replaying {peer} to the app: {e}");
+        return;
+    }
+    relay_with_taps(inbound, outbound, taps, shared, service_port, peer).await;
+}
+
+/// Splices the caller and its destination, copying the caller's bytes to `taps` if any.
+async fn relay_with_taps(
+    mut inbound: TcpStream,
+    mut outbound: TcpStream,
+    taps: Vec<crate::routes::Tap>,
+    shared: &Shared,
+    service_port: u16,
+    peer: SocketAddr,
+) {
     let r = if taps.is_empty() {
         relay::splice(&mut inbound, &mut outbound).await.map(|_| ())
     } else {
@@ -143,13 +193,14 @@ async fn serve(
     }
 }
 
-/// Dials the manager's tunnel and sends the agent-side header, naming the service port the
-/// connection was captured on.
+/// Dials the manager's tunnel, sends the agent-side header naming the service port the
+/// connection was captured on, and waits for the manager's answer that the client side is
+/// connected (an error when it is not, or does not say so within [`ANSWER_TIMEOUT`]).
 pub(crate) async fn open_tunnel(
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,
-    session_id: &str,
+    who: crate::session::TunnelAuth,
     service_port: u16,
 ) -> std::io::Result<TcpStream> {
     let dial = async {
@@ -165,14 +216,24 @@ pub(crate) async fn open_tunnel(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     relay::tune(&s);
-    let header = TunnelHeader {
+    let mut header = TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),
-        session_id: session_id.to_string(),
         // Which pair of a multi-port engagement (the manager picks the local port by it).
         target: service_port.to_string(),
         ..Default::default()
     };
+    who.fill(&mut header);
     tunnel::write_header(&mut s, Role::Agent, &header).await?;
-    Ok(s)
+    // Not a byte of the caller before the manager says the client side is connected.
+    let (_, answer) = tunnel::read_header_timeout(&mut s, ANSWER_TIMEOUT)
+        .await
+        .map_err(|e| std::io::Error::other(format!("no answer from the manager: {e}")))?;
+    match answer.error {
+        None => Ok(s),
+        Some(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            e.to_string(),
+        )),
+    }
 }

@@ -246,7 +246,10 @@ impl Ctx {
                 *tunnel,
                 &self.shared.tunnel_addr,
                 intercept_id,
-                session_id,
+                crate::session::TunnelAuth {
+                    session_id: session_id.to_string(),
+                    token: self.shared.token.clone(),
+                },
                 self.service_port,
             )
             .await
@@ -291,6 +294,27 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::connect`]; when the client side of an intercept cannot be reached the request
+    /// goes to the app instead (`route` and `key` then say so).
+    async fn connect_or_app(
+        &self,
+        route: &mut Route,
+        key: &mut Key,
+    ) -> Result<Upstream, ConnectError> {
+        match self.connect(route).await {
+            Err(e @ ConnectError::Tunnel { .. }) => {
+                tracing::warn!(
+                    "port {}: {e}; sending the request to the app",
+                    self.service_port
+                );
+                *route = Route::App;
+                *key = key_of(self.service_port, route);
+                self.connect(route).await
+            }
+            other => other,
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (route, taps) = self.route(&req);
         let copies = crate::wiretap_http::start(&req, taps, &self.shared, self.service_port);
@@ -304,9 +328,10 @@ impl Ctx {
                 upgrade = Some(hyper::upgrade::on(&mut req));
             }
         }
+        let (mut route, mut key) = (route, key);
         let (mut up, mut fresh) = match self.pooled(&key) {
             Some(u) => (u, false),
-            None => match self.connect(&route).await {
+            None => match self.connect_or_app(&mut route, &mut key).await {
                 Ok(u) => (u, true),
                 Err(e) => return bad_gateway(&e.to_string()),
             },
@@ -314,10 +339,15 @@ impl Ctx {
         let mut resp = loop {
             match up.send(req).await {
                 Ok(r) => break r,
-                // A pooled connection the other side had closed: once more on a new one.
-                Err((_, Some(r))) if !fresh => {
+                // A pooled connection the other side had closed, or a client side that closed
+                // before taking the request: once more on a new one (the app's, if need be).
+                Err((_, Some(r))) if !fresh || key.1.is_some() => {
                     req = r;
-                    up = match self.connect(&route).await {
+                    if fresh {
+                        route = Route::App;
+                        key = key_of(self.service_port, &route);
+                    }
+                    up = match self.connect_or_app(&mut route, &mut key).await {
                         Ok(u) => u,
                         Err(e) => return bad_gateway(&e.to_string()),
                     };

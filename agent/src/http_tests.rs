@@ -115,7 +115,16 @@ async fn setup() -> Setup {
                     .await
                     .unwrap();
                 seen.lock().unwrap().push(h.intercept_id.clone());
-                if h.intercept_id == "gone" {
+                // The manager's answer; "gone" stands for a client that cannot deliver.
+                let error = (h.intercept_id == "gone")
+                    .then(|| protocol::tunnel::HeaderError::Other("client gone".into()));
+                let answer = h.answer(error.clone());
+                let role = protocol::tunnel::Role::Client;
+                if protocol::tunnel::write_header(&mut s, role, &answer)
+                    .await
+                    .is_err()
+                    || error.is_some()
+                {
                     return;
                 }
                 http_server(h.intercept_id, s).await;
@@ -129,6 +138,7 @@ async fn setup() -> Setup {
         tunnel_addr: tunnel_addr.to_string(),
         active: AtomicUsize::new(0),
         pool: Default::default(),
+        token: None,
         counters: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));
@@ -330,14 +340,14 @@ async fn non_http_and_tls_bytes_go_to_the_app_untouched() {
 }
 
 #[tokio::test]
-async fn a_client_that_cannot_deliver_gives_a_502_and_others_continue() {
+async fn a_client_that_cannot_deliver_sends_the_request_to_the_app_and_others_continue() {
     let s = setup().await;
-    // the stub tunnel hangs up on intercept "gone", as the manager does when a client cannot
-    // reach its handler
+    // the stub tunnel refuses intercept "gone", as the manager does when a client cannot
+    // reach its handler: the request is not lost, the app answers it
     s.set(&[("A", "x-dev=a"), ("gone", "x-dev=g")]);
     let mut c = h1(s.listen).await;
     let r = c.send_request(req("/", Some("g"))).await.unwrap();
-    assert_eq!(r.status(), hyper::StatusCode::BAD_GATEWAY);
+    assert_eq!(text(r).await, "app /");
     c.ready().await.unwrap();
     let r = c.send_request(req("/", Some("a"))).await.unwrap();
     assert_eq!(text(r).await, "A /");

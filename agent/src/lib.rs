@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod failopen;
 mod forward;
 pub mod fs;
 mod http_route;
@@ -81,8 +82,9 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
 }
 
-/// Removes the agent's redirect table, if any (for a cleanup container after an agent crash).
-/// Returns whether a table was removed.
+/// Removes the agent's redirect table, if any (for a cleanup container after an agent crash;
+/// an agent's own table is owned by its process and goes with it, so only tables of older
+/// agents need this). Returns whether a table was removed.
 pub fn cleanup() -> Result<bool, AgentError> {
     Ok(nft::delete_table(TABLE)?)
 }
@@ -138,7 +140,8 @@ pub struct Agent {
     accept_tasks: Vec<JoinHandle<()>>,
     session_tasks: Vec<JoinHandle<()>>,
     shared: Arc<forward::Shared>,
-    table_installed: bool,
+    /// The redirect, owned by this process: the kernel deletes it when the agent dies.
+    table: Option<nft::OwnedTable>,
 }
 
 impl Agent {
@@ -165,6 +168,7 @@ impl Agent {
             tunnel_addr: cfg.tunnel_addr.clone(),
             active: AtomicUsize::new(0),
             pool: Default::default(),
+            token: cfg.token.clone(),
             counters: Default::default(),
         });
         let mut agent = Agent {
@@ -175,7 +179,7 @@ impl Agent {
             accept_tasks: Vec::new(),
             session_tasks: Vec::new(),
             shared,
-            table_installed: false,
+            table: None,
             cfg,
         };
         for &port in &agent.cfg.ports {
@@ -207,12 +211,12 @@ impl Agent {
                 if nft::table_exists(TABLE)? {
                     info!("replacing a stale redirect table {TABLE} left by a previous agent");
                 }
-                nft::install_redirects(TABLE, &pairs)
+                nft::install_owned_redirects(TABLE, &pairs)
             })
             .await
             .map_err(|e| AgentError::Manager(format!("redirect installer panicked: {e}")))?;
-            installed?; // on error `agent` is dropped: accept loops stop, nothing to delete
-            agent.table_installed = true;
+            // on error `agent` is dropped: accept loops stop, nothing to delete
+            agent.table = Some(installed?);
         }
         let l: Vec<String> = agent
             .listeners
@@ -255,17 +259,24 @@ impl Agent {
                 })
                 .collect(),
         };
-        let (client, session) =
-            session::connect(&self.cfg.manager_addr, &info, self.cfg.manager_timeout).await?;
+        let (client, session) = session::connect(
+            &self.cfg.manager_addr,
+            &info,
+            self.cfg.token.clone(),
+            self.cfg.manager_timeout,
+        )
+        .await?;
         info!(
             "arrived at the traffic-manager {} as session {} (lease {}s)",
             self.cfg.manager_addr, session.session_id, session.lease_seconds
         );
         let (session_tx, session_rx) = watch::channel(session);
+        let poke = Arc::new(tokio::sync::Notify::new());
         let ctx = session::WatchCtx {
             namespace: self.cfg.namespace.clone(),
             workload: self.cfg.workload.clone(),
             tunnel_addr: self.cfg.tunnel_addr.clone(),
+            poke: poke.clone(),
         };
         self.session_tasks.push(tokio::spawn(session::watch_loop(
             client.clone(),
@@ -284,6 +295,7 @@ impl Agent {
                     read_only: m.read_only,
                 })
                 .collect(),
+            self.cfg.token.clone(),
             session_rx.clone(),
         )));
         self.session_tasks.push(tokio::spawn(wiretap::report_loop(
@@ -295,6 +307,7 @@ impl Agent {
             client.clone(),
             info,
             session_tx,
+            poke,
         )));
         self.session_rx = Some(session_rx);
         self.client = Some(client);
@@ -327,13 +340,12 @@ impl Agent {
     /// in-flight connections finish for up to the drain timeout, and departs from the manager.
     pub async fn shutdown(mut self) -> Result<(), AgentError> {
         let mut result = Ok(());
-        if self.table_installed {
-            match tokio::task::spawn_blocking(|| nft::delete_table(TABLE)).await {
-                Ok(Ok(_)) => info!("removed the redirect table {TABLE}"),
+        if let Some(table) = self.table.take() {
+            match tokio::task::spawn_blocking(|| table.delete()).await {
+                Ok(Ok(())) => info!("removed the redirect table {TABLE}"),
                 Ok(Err(e)) => result = Err(e.into()),
                 Err(e) => warn!("redirect removal panicked: {e}"),
             }
-            self.table_installed = false;
         }
         for t in self.accept_tasks.drain(..) {
             t.abort();
@@ -363,13 +375,14 @@ impl Agent {
 
 impl Drop for Agent {
     /// Safety net when [`Agent::shutdown`] was not called (panic, early return): never leave
-    /// the redirect pointing at listeners that no longer exist.
+    /// the redirect pointing at listeners that no longer exist (dropping the owned table
+    /// deletes it; the kernel does the same if the process dies without dropping it).
     fn drop(&mut self) {
         for t in self.accept_tasks.iter().chain(&self.session_tasks) {
             t.abort();
         }
-        if self.table_installed {
-            if let Err(e) = nft::delete_table(TABLE) {
+        if let Some(table) = self.table.take() {
+            if let Err(e) = table.delete() {
                 warn!("removing the redirect table {TABLE}: {e}");
             }
         }

@@ -6,6 +6,9 @@
 //! generated traffic (the `output` hook) is deliberately left alone, so the agent still reaches
 //! the application at `127.0.0.1:<svc>`. Only the `ip` family (IPv4) is handled.
 //!
+//! The agent's table carries the `owner` flag ([`install_owned_redirects`]): the kernel deletes it
+//! when the agent's netlink socket closes, so a killed agent leaves no redirect to nowhere.
+//!
 //! Every change is one atomic nfnetlink batch (`NFNL_MSG_BATCH_BEGIN` … `END`); every message
 //! asks for an acknowledgement and kernel errors come back as [`NftError`].
 
@@ -32,6 +35,10 @@ const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+/// `NFT_TABLE_F_OWNER`: the table belongs to the netlink socket that created it and is deleted
+/// by the kernel when that socket closes (Linux ≥ 5.12).
+const NFT_TABLE_F_OWNER: u32 = 2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -286,8 +293,9 @@ fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
 }
 
 /// Encodes the install batch: add the table (a no-op when it exists) and delete it, which
-/// removes any stale content atomically, then create table, chain and rules.
-fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32) -> Batch {
+/// removes any stale content atomically, then create table (`owned`: with the owner flag),
+/// chain and rules.
+fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32, owned: bool) -> Batch {
     let mut bb = BatchBuilder::new(first_seq);
     let t = table;
     bb.msg(
@@ -306,7 +314,12 @@ fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32) -> Batc
         NFT_MSG_NEWTABLE,
         NLM_F_CREATE,
         format!("create table ip {t}"),
-        |b| b.attr_str(NFTA_TABLE_NAME, t),
+        |b| {
+            b.attr_str(NFTA_TABLE_NAME, t);
+            if owned {
+                b.attr_be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+            }
+        },
     );
     bb.msg(
         NFT_MSG_NEWCHAIN,
@@ -381,12 +394,16 @@ fn map_exchange(e: ExchangeError, what: impl Fn(u32) -> String) -> NftError {
     }
 }
 
-/// Runs a batch; `summary` names errors the kernel reports for the transaction as a whole
-/// (permission checks, commit failures) rather than for one message.
+/// Runs a batch on a socket of its own; `summary` names errors the kernel reports for the
+/// transaction as a whole (permission checks, commit failures) rather than for one message.
 fn run_batch(batch: &Batch, summary: &str) -> Result<(), NftError> {
-    let sock = open()?;
+    run_batch_on(&open()?, batch, summary)
+}
+
+/// [`run_batch`] on `sock` (an owned table can only be changed through the socket that made it).
+fn run_batch_on(sock: &Socket, batch: &Batch, summary: &str) -> Result<(), NftError> {
     let expect: Vec<u32> = batch.ops.iter().map(|o| o.seq).collect();
-    netlink::exchange(&sock, &batch.bytes, &expect, |_| Ok(())).map_err(|e| {
+    netlink::exchange(sock, &batch.bytes, &expect, |_| Ok(())).map_err(|e| {
         map_exchange(e, |seq| {
             batch
                 .ops
@@ -400,8 +417,34 @@ fn run_batch(batch: &Batch, summary: &str) -> Result<(), NftError> {
 
 /// Atomically replaces `table ip <table>` with a nat chain on the `prerouting` hook (priority
 /// -100) holding one `tcp dport <svc> redirect to :<agent>` rule per `(svc, agent)` pair. A
-/// table of that name that existed before is removed in the same transaction.
+/// table of that name that existed before is removed in the same transaction. The table stays
+/// until deleted (an init container's redirect, for the life of its pod); see
+/// [`install_owned_redirects`] for one that cannot outlive its process.
 pub fn install_redirects(table: &str, redirects: &[(u16, u16)]) -> Result<(), NftError> {
+    install_on(&open()?, table, redirects, false)
+}
+
+/// [`install_redirects`] with the table owned by the returned [`OwnedTable`]: the kernel deletes
+/// it the moment that handle's netlink socket closes — on drop, on exit and on `kill -9` alike —
+/// so the redirect never outlives the process that serves it.
+pub fn install_owned_redirects(
+    table: &str,
+    redirects: &[(u16, u16)],
+) -> Result<OwnedTable, NftError> {
+    let sock = open()?;
+    install_on(&sock, table, redirects, true)?;
+    Ok(OwnedTable {
+        sock,
+        name: table.to_string(),
+    })
+}
+
+fn install_on(
+    sock: &Socket,
+    table: &str,
+    redirects: &[(u16, u16)],
+    owned: bool,
+) -> Result<(), NftError> {
     validate_table(table)?;
     if let Some(&(s, a)) = redirects.iter().find(|(s, a)| *s == 0 || *a == 0) {
         return Err(NftError::Invalid(format!(
@@ -409,10 +452,40 @@ pub fn install_redirects(table: &str, redirects: &[(u16, u16)]) -> Result<(), Nf
         )));
     }
     let n = redirects.len() as u32 + 5;
-    run_batch(
-        &encode_install(table, redirects, next_seqs(n)),
+    run_batch_on(
+        sock,
+        &encode_install(table, redirects, next_seqs(n), owned),
         &format!("install redirects in table ip {table}"),
     )
+}
+
+/// A table created by [`install_owned_redirects`]; dropping it deletes the table (the kernel
+/// does, when the netlink socket closes).
+pub struct OwnedTable {
+    sock: Socket,
+    name: String,
+}
+
+impl OwnedTable {
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deletes the table now, reporting a failure (dropping would delete it silently).
+    pub fn delete(self) -> Result<(), NftError> {
+        run_batch_on(
+            &self.sock,
+            &encode_delete(&self.name, next_seqs(3)),
+            &format!("delete table ip {}", self.name),
+        )
+    }
+}
+
+impl fmt::Debug for OwnedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnedTable(ip {})", self.name)
+    }
 }
 
 /// Deletes `table ip <table>` and everything in it. Returns whether it existed.

@@ -35,7 +35,7 @@ fn rule_expressions_match_what_nft_sends() {
 
 #[test]
 fn install_batch_layout() {
-    let batch = encode_install("tp_t", &[(8080, 40001), (9090, 40002)], 500);
+    let batch = encode_install("tp_t", &[(8080, 40001), (9090, 40002)], 500, false);
     let msgs: Vec<_> = messages(&batch.bytes)
         .collect::<Result<_, _>>()
         .expect("well-formed");
@@ -289,6 +289,45 @@ fn installs_lists_replaces_and_deletes_in_a_fresh_netns() {
         // the namespace was private: the host never saw the table
         assert!(!table_exists(&table).unwrap());
     }
+}
+
+#[test]
+fn an_owned_table_goes_with_its_socket() {
+    let table = unique_table("owned");
+    testns::in_fresh_netns("an_owned_table_goes_with_its_socket", move || {
+        let owned = install_owned_redirects(&table, &[(18080, 18081)]).unwrap();
+        assert_eq!(owned.name(), table);
+        assert!(table_exists(&table).unwrap());
+        assert_eq!(
+            list_rules(&table).unwrap()[0].redirect,
+            Some((18080, 18081))
+        );
+        // Another socket (another process, after the owner died) may not change it.
+        assert_eq!(
+            install_redirects(&table, &[(18080, 18082)])
+                .unwrap_err()
+                .errno(),
+            Some(libc::EPERM)
+        );
+        drop(owned); // as on exit or kill -9: the socket closes
+        assert!(
+            !table_exists(&table).unwrap(),
+            "the kernel deletes an owned table"
+        );
+
+        let again = install_owned_redirects(&table, &[(18080, 18083)]).unwrap();
+        again.delete().unwrap();
+        assert!(!table_exists(&table).unwrap());
+        // A stale table without the owner flag (an older agent's) is replaced.
+        install_redirects(&table, &[(18080, 18084)]).unwrap();
+        let owned = install_owned_redirects(&table, &[(18080, 18085)]).unwrap();
+        assert_eq!(
+            list_rules(&table).unwrap()[0].redirect,
+            Some((18080, 18085))
+        );
+        drop(owned);
+        assert!(!table_exists(&table).unwrap());
+    });
 }
 
 /// Waits until one of the listeners has a connection; returns its index and the stream.

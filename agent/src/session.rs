@@ -1,24 +1,29 @@
 //! The agent's link to the traffic-manager: arrival (with retries while the manager starts),
 //! lease renewal (arriving again when the manager forgot the session), the intercept watch
 //! that keeps the routing snapshot (and the log level the manager asks for) current, and the
-//! dial requests (file sync, pod-local ports).
+//! dial requests (file sync, pod-local ports). While the watch is broken everything goes to
+//! the app, and a session the manager no longer knows (it restarted, or saw the agent's
+//! connection end) is replaced at once rather than at the next renewal.
 
 use crate::routes::Routes;
 use crate::AgentError;
-use protocol::manager::{manager_client::ManagerClient, AgentInfo, SessionInfo};
+use protocol::auth::{Bearer, Token};
+use protocol::manager::{AgentInfo, SessionInfo};
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::{watch, Notify};
+use tonic::transport::Endpoint;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
-pub(crate) type Client = ManagerClient<Channel>;
+pub(crate) type Client = protocol::auth::ManagerClient;
 
 /// Pause between attempts while the manager does not answer.
 const RETRY: Duration = Duration::from_millis(100);
-/// Longest pause between reconnection attempts once running.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts once running (a restarted manager is found
+/// again within this).
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Deadline for one unary call.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lease assumed when the manager grants none.
@@ -52,8 +57,8 @@ fn endpoint(addr: &str) -> Result<Endpoint, AgentError> {
         .map_err(|e| AgentError::Config(format!("manager address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true))
 }
 
@@ -72,6 +77,7 @@ fn is_refusal(code: Code) -> bool {
 pub(crate) async fn connect(
     addr: &str,
     info: &AgentInfo,
+    token: Option<Token>,
     deadline: Duration,
 ) -> Result<(Client, SessionInfo), AgentError> {
     let ep = endpoint(addr)?;
@@ -80,7 +86,7 @@ pub(crate) async fn connect(
     loop {
         match ep.connect().await {
             Ok(ch) => {
-                let mut client = ManagerClient::new(ch);
+                let mut client = protocol::auth::manager_client(ch, Bearer::new(token.clone()));
                 match arrive_once(&mut client, info).await {
                     Ok(s) => return Ok((client, s)),
                     Err(Some(status)) if is_refusal(status.code()) => {
@@ -147,16 +153,21 @@ async fn rearrive(client: &mut Client, info: &AgentInfo) -> SessionInfo {
     }
 }
 
-/// Renews the lease every lease/3; when the manager answers NotFound (it restarted or expired
-/// the session) arrives again and publishes the new session.
+/// Renews the lease every lease/3, or at once when `poke` says the session may be gone (the
+/// intercept watch found it unknown); when the manager answers NotFound (it restarted or
+/// ended the session) arrives again and publishes the new session.
 pub(crate) async fn remain_loop(
     mut client: Client,
     info: AgentInfo,
     session_tx: watch::Sender<SessionInfo>,
+    poke: Arc<Notify>,
 ) {
     loop {
         let session = session_tx.borrow().clone();
-        tokio::time::sleep(remain_interval(session.lease_seconds)).await;
+        tokio::select! {
+            () = tokio::time::sleep(remain_interval(session.lease_seconds)) => {}
+            () = poke.notified() => {}
+        }
         match tokio::time::timeout(RPC_TIMEOUT, client.remain(session.clone())).await {
             Ok(Ok(_)) => {}
             Ok(Err(s)) if s.code() == Code::NotFound => {
@@ -179,6 +190,8 @@ pub(crate) struct WatchCtx {
     pub namespace: String,
     pub workload: String,
     pub tunnel_addr: String,
+    /// Wakes the remain loop when the session turns out to be unknown.
+    pub poke: Arc<Notify>,
 }
 
 enum StreamEnd {
@@ -277,6 +290,7 @@ pub(crate) async fn watch_loop(
             StreamEnd::Failed(s) if s.code() == Code::NotFound => {
                 // The session is gone: the remain loop arrives again; wait for its new session.
                 debug!("intercept watch: session unknown; waiting for a new session");
+                ctx.poke.notify_one();
                 let _ = tokio::time::timeout(MAX_BACKOFF, session_rx.changed()).await;
                 continue;
             }
@@ -294,6 +308,7 @@ pub(crate) async fn dials_loop(
     mut client: Client,
     tunnel_addr: String,
     mounts: Vec<fssync::Mount>,
+    token: Option<Token>,
     mut session_rx: watch::Receiver<SessionInfo>,
 ) {
     let mut backoff = RETRY;
@@ -307,8 +322,12 @@ pub(crate) async fn dials_loop(
                         Ok(Some(req)) if req.kind() == protocol::manager::DialKind::Fs => {
                             backoff = RETRY;
                             let (tunnel, mounts) = (tunnel_addr.clone(), mounts.clone());
+                            let who = TunnelAuth {
+                                session_id: session_rx.borrow().session_id.clone(),
+                                token: token.clone(),
+                            };
                             tokio::spawn(async move {
-                                if let Err(e) = serve_fs(&tunnel, req, mounts).await {
+                                if let Err(e) = serve_fs(&tunnel, req, who, mounts).await {
                                     warn!("file sync stream ended: {e}");
                                 }
                             });
@@ -319,8 +338,12 @@ pub(crate) async fn dials_loop(
                         ) => {
                             backoff = RETRY;
                             let tunnel = tunnel_addr.clone();
+                            let who = TunnelAuth {
+                                session_id: session_rx.borrow().session_id.clone(),
+                                token: token.clone(),
+                            };
                             tokio::spawn(async move {
-                                if let Err(e) = crate::to_pod::serve(&tunnel, req).await {
+                                if let Err(e) = crate::to_pod::serve(&tunnel, req, who).await {
                                     debug!("pod-local stream ended: {e}");
                                 }
                             });
@@ -342,18 +365,38 @@ pub(crate) async fn dials_loop(
     }
 }
 
+/// The session a tunnel connection names, and the token that proves it.
+pub(crate) struct TunnelAuth {
+    pub session_id: String,
+    pub token: Option<Token>,
+}
+
+impl TunnelAuth {
+    /// The header fields that prove this session (protocol/src/auth.rs `agent_proof`).
+    pub(crate) fn fill(&self, h: &mut protocol::tunnel::TunnelHeader) {
+        h.session_id.clone_from(&self.session_id);
+        h.proof = self
+            .token
+            .as_ref()
+            .map(|t| protocol::auth::agent_proof(t, &self.session_id))
+            .unwrap_or_default();
+    }
+}
+
 async fn serve_fs(
     tunnel: &str,
     req: protocol::manager::DialRequest,
+    who: TunnelAuth,
     mounts: Vec<fssync::Mount>,
 ) -> std::io::Result<()> {
     let mut s = relay::dial(tunnel).await?;
-    let header = protocol::tunnel::TunnelHeader {
+    let mut header = protocol::tunnel::TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,
         kind: protocol::tunnel::TunnelKind::Fs,
         ..Default::default()
     };
+    who.fill(&mut header);
     protocol::tunnel::write_header(&mut s, protocol::tunnel::Role::Agent, &header).await?;
     crate::fs::serve(s, mounts).await
 }

@@ -26,19 +26,24 @@ enum Opened {
 }
 
 /// Answers one pod-local dial request.
-pub(crate) async fn serve(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
+pub(crate) async fn serve(
+    tunnel: &str,
+    req: DialRequest,
+    who: crate::session::TunnelAuth,
+) -> std::io::Result<()> {
     let udp = req.protocol() == PortProtocol::Udp;
     let port = u16::try_from(req.target_port).unwrap_or(0);
     let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let opened = open(req.kind(), udp, target).await;
     let mut t = relay::dial(tunnel).await?;
-    let header = TunnelHeader {
+    let mut header = TunnelHeader {
         conn_id: req.conn_id,
         intercept_id: req.intercept_id,
         kind: TunnelKind::to_pod(udp),
         error: opened.as_ref().err().cloned(),
         ..Default::default()
     };
+    who.fill(&mut header);
     write_header(&mut t, Role::Agent, &header).await?;
     match opened {
         Ok(Opened::Tcp(mut s)) => relay::splice(&mut t, &mut s).await.map(|_| ()),

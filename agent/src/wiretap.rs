@@ -175,12 +175,16 @@ pub(crate) fn start(
                 COPY_BUDGET,
             );
             let addr = shared.tunnel_addr.clone();
+            let token = shared.token.clone();
             tokio::spawn(async move {
                 let s = crate::forward::open_tunnel(
                     tap.tunnel,
                     &addr,
                     &tap.intercept_id,
-                    &tap.session_id,
+                    crate::session::TunnelAuth {
+                        session_id: tap.session_id.to_string(),
+                        token: token.clone(),
+                    },
                     service_port,
                 )
                 .await;

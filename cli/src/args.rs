@@ -91,6 +91,12 @@ pub enum Command {
     DockerRun(PassArgs),
     /// curl from inside the connection's network (a small client of ours when no curl image exists locally).
     Curl(PassArgs),
+    /// Run a compose project with its `x-tele` extensions applied: `compose [-f FILE…] [-p NAME]
+    /// [--project-directory DIR] [--env-file FILE] [--profile P] up|down|config|ps|… [args]`.
+    Compose(PassArgs),
+    /// The forwarder a compose `proxy` service becomes (`LOCAL=HOST:PORT`…).
+    #[command(name = "compose-proxy", hide = true)]
+    ComposeProxy(PassArgs),
     /// The small HTTP client `telepresence curl` runs inside the connection's network.
     #[command(name = "curl-client", hide = true)]
     CurlClient(PassArgs),

@@ -132,10 +132,20 @@ fn status_text(d: &DaemonInfo, st: &DaemonStatus) -> String {
         "  ",
         &[
             ("Version", Some(format!("v{}", st.manager_version))),
+            ("Authenticated", Some(authenticated_text(st).to_string())),
             ("Traffic Agent", Some(st.agent_image.clone())),
         ],
     ));
     text
+}
+
+/// Whether the manager accepted the daemon's credential, as `status` says it.
+fn authenticated_text(st: &DaemonStatus) -> &'static str {
+    if st.authenticated {
+        "yes"
+    } else {
+        "no (the daemon holds no credential; run telepresence connect again)"
+    }
 }
 
 /// The `status` data of one responding daemon.
@@ -155,7 +165,7 @@ fn status_json(d: &DaemonInfo, st: &DaemonStatus) -> serde_json::Value {
         "subnets": st.subnets,
         "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
         "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
-        "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image},
+        "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image, "authenticated": st.authenticated},
     })
 }
 
@@ -336,8 +346,8 @@ pub async fn uninstall(args: UninstallArgs, use_: Option<&str>) -> Result<CmdOut
 }
 
 /// Ends one connection: its handlers, then the daemon (which departs from the manager), then
-/// its container and info file.
-async fn disconnect(docker: &bollard::Docker, d: &DaemonInfo) -> Result<()> {
+/// its container and info file. (`quit` first brings down the compose projects using it.)
+pub(crate) async fn disconnect(docker: &bollard::Docker, d: &DaemonInfo) -> Result<()> {
     stop_handlers(docker, &d.name, None).await?;
     if let Ok(mut c) = connector(d.port).await {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.quit(Empty {})).await;
@@ -351,6 +361,8 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
     let docker = engine::connect().await?;
     let all = live_daemons(&docker).await;
     if args.stop_daemons {
+        crate::compose::teardown::down_projects_using(&docker, None).await?;
+        let all = live_daemons(&docker).await;
         let jobs = all.iter().map(|d| disconnect(&docker, d));
         for r in futures::future::join_all(jobs).await {
             r?;
@@ -369,8 +381,9 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         )
         .await?;
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "daemon")], 2).await?;
-        docker::provider::sweep_agents(&docker, None).await?;
+        // Managers before agents: a manager re-attaches the agents of intercepted workloads.
         engine::remove_labelled(&docker, &[(ROLE_LABEL, "traffic-manager")], 2).await?;
+        docker::provider::sweep_agents(&docker, None).await?;
         // Images of earlier builds of this binary are never used again.
         if let Ok(exe) = std::env::current_exe() {
             if let Ok(current) = docker::image::image_tag(crate::connect::IMAGE_REPO, &exe) {
@@ -392,7 +405,10 @@ pub async fn quit(args: QuitArgs, use_: Option<&str>) -> Result<CmdOutput> {
         return Ok(CmdOutput::text("Not connected\n"));
     }
     let d = info::select(&all, use_, None)?;
-    disconnect(&docker, d).await?;
+    crate::compose::teardown::down_projects_using(&docker, Some(&d.name)).await?;
+    if engine::is_running(&docker, &d.container).await {
+        disconnect(&docker, d).await?;
+    }
     Ok(CmdOutput::text("Disconnected\n"))
 }
 

@@ -83,9 +83,12 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     validate_name(&name)?;
     let container = format!("tp-{name}");
     let docker = engine::connect().await?;
-    if let Some(already) = already_connected(&docker, &name, &namespace, &container).await? {
-        text.push_str(&already);
-        return Ok(CmdOutput::text(text));
+    if let Some(existing) = already_connected(&docker, &name, &namespace, &container).await? {
+        text.push_str(&already_message(&existing));
+        return Ok(CmdOutput {
+            text,
+            data: Some(serde_json::to_value(&existing)?),
+        });
     }
     // Validate the namespace before anything is created.
     let network = namespace_network(&docker, &namespace).await?;
@@ -96,11 +99,18 @@ pub async fn run(args: ConnectArgs) -> Result<CmdOutput> {
     })
     .await?;
     eprintln!("Launching Telepresence Daemon");
-    let (grpc, tunnel, started_manager) =
+    let (grpc, tunnel, started_manager, secret) =
         ensure_manager(&docker, &namespace, &network, &image, args.team_mode).await?;
+    let client_token = secret.derive(protocol::auth::Purpose::Client);
+    let mut daemon_env = subnet_env;
+    daemon_env.push(format!(
+        "{}={}",
+        protocol::auth::CLIENT_TOKEN_ENV,
+        client_token.as_str()
+    ));
 
     let result = start_daemon(
-        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel, subnet_env,
+        &docker, &name, &container, &namespace, &args, &image, &grpc, &tunnel, daemon_env,
     )
     .await;
     let (id, port) = match result {
@@ -136,7 +146,7 @@ pub(crate) fn record(mut text: String, info: &DaemonInfo) -> Result<CmdOutput> {
     })
 }
 
-/// `Some(message)` when connection `name` already serves `namespace`; an error when it serves
+/// The running connection `name` when it already serves `namespace`; an error when it serves
 /// another one, or when its container name is taken by something else. A recorded connection
 /// whose daemon is gone is forgotten.
 async fn already_connected(
@@ -144,12 +154,12 @@ async fn already_connected(
     name: &str,
     namespace: &str,
     container: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<DaemonInfo>> {
     let Some(existing) = live_connection(docker, name, container).await? else {
         return Ok(None);
     };
     if existing.namespace == namespace {
-        return Ok(Some(already_message(&existing)));
+        return Ok(Some(existing));
     }
     bail!(
         "connection {name} is already connected to namespace {}; run `telepresence quit` first, or connect with another --name",
@@ -237,7 +247,11 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Starts (or reuses) the namespace's traffic-manager container; returns the gRPC and tunnel
-/// addresses as the daemon reaches them, and whether this call started it.
+/// addresses as the daemon reaches them, whether this call started it, and the manager's secret
+/// (protocol/src/auth.rs). The secret lives in the manager container's environment, which only
+/// the engine API shows (`docker inspect`), not the containers that reach the manager; a
+/// replaced manager container keeps it, so daemons and agents connected to the old one are
+/// accepted by the new one.
 ///
 /// The manager joins the project network (where agents reach it) and the default bridge
 /// network, where daemons reach it — like a cluster's API endpoint, and never the project
@@ -251,7 +265,7 @@ async fn ensure_manager(
     network: &str,
     image: &str,
     team_mode: bool,
-) -> Result<(String, String, bool)> {
+) -> Result<(String, String, bool, protocol::auth::Token)> {
     let name = manager_container(namespace);
     let current_image = docker
         .inspect_container(
@@ -264,6 +278,8 @@ async fn ensure_manager(
         c.state.as_ref().and_then(|s| s.running).unwrap_or(false)
             && c.config.as_ref().and_then(|c| c.image.as_deref()) == Some(image)
     });
+    let secret =
+        manager_secret(current_image.as_ref()).unwrap_or_else(protocol::auth::Token::generate);
     if running_same && team_mode && !has_team_mode(current_image.as_ref()) {
         bail!(
             "the traffic-manager {name} already runs without team mode, so --team-mode cannot take effect; stop it with `telepresence quit -s` (this ends every connection to it), then connect again with --team-mode"
@@ -275,7 +291,7 @@ async fn ensure_manager(
         if current_image.is_some() {
             engine::remove_container(docker, &name, 5).await?;
         }
-        let body = manager_body(namespace, network, image, team_mode);
+        let body = manager_body(namespace, network, image, team_mode, &secret);
         start_manager(docker, &name, network, body).await?;
     }
     let ip = bridge_ip(docker, &name).await?;
@@ -283,6 +299,7 @@ async fn ensure_manager(
         format!("{ip}:{MANAGER_GRPC_PORT}"),
         format!("{ip}:{MANAGER_TUNNEL_PORT}"),
         !running_same,
+        secret,
     ))
 }
 
@@ -293,6 +310,7 @@ fn manager_body(
     network: &str,
     image: &str,
     team_mode: bool,
+    secret: &protocol::auth::Token,
 ) -> ContainerCreateBody {
     let socket = docker_socket_path();
     ContainerCreateBody {
@@ -307,6 +325,7 @@ fn manager_body(
             format!("TP_TUNNEL_PORT={MANAGER_TUNNEL_PORT}"),
             "DOCKER_HOST=unix:///var/run/docker.sock".into(),
             format!("{}={team_mode}", manager::personal::ENV_TEAM_MODE),
+            format!("{}={}", protocol::auth::MANAGER_SECRET_ENV, secret.as_str()),
             format!(
                 "RUST_LOG={}",
                 std::env::var("TP_MANAGER_LOG").unwrap_or_else(|_| "info".into())
@@ -359,6 +378,18 @@ async fn start_manager(
         return Err(anyhow!(e).context(format!("starting the traffic-manager container {name}")));
     }
     Ok(())
+}
+
+/// The secret of an existing manager container, read from its environment.
+fn manager_secret(
+    c: Option<&bollard::models::ContainerInspectResponse>,
+) -> Option<protocol::auth::Token> {
+    let prefix = format!("{}=", protocol::auth::MANAGER_SECRET_ENV);
+    c.and_then(|c| c.config.as_ref())
+        .and_then(|c| c.env.as_ref())?
+        .iter()
+        .find_map(|e| e.strip_prefix(&prefix))
+        .and_then(|v| protocol::auth::Token::parse(v).ok())
 }
 
 /// Whether a manager container was started in team mode.

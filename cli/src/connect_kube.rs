@@ -146,7 +146,15 @@ pub async fn run(args: ConnectArgs, mut text: String) -> Result<CmdOutput> {
     }
     // Is there a manager to connect to? Asked from here (where the API server is reachable
     // as the kubeconfig says), before any container is created.
-    manager_present(user_config, &context, &server, &args.manager_namespace).await?;
+    let token = manager_present(user_config, &context, &server, &args.manager_namespace).await?;
+    let mut subnet_env = subnet_env;
+    if let Some(t) = token {
+        subnet_env.push(format!(
+            "{}={}",
+            protocol::auth::CLIENT_TOKEN_ENV,
+            t.as_str()
+        ));
+    }
 
     let exe = std::env::current_exe().context("locating the telepresence executable")?;
     let image = docker::image::ensure_image(&docker, IMAGE_REPO, &exe, &mut |line: &str| {
@@ -249,25 +257,47 @@ async fn prepare(
     Ok((kubeconfig::to_yaml(&reduced.config)?, network, note))
 }
 
-/// Fails with what to do when no ready traffic-manager pod runs in `manager_namespace`.
+/// Fails with what to do when no ready traffic-manager pod runs in `manager_namespace`;
+/// returns the manager's client token, read with the user's own credentials (so only users the
+/// chart's RBAC lets read Secret `traffic-manager-auth` can connect).
 async fn manager_present(
     config: kube::config::Kubeconfig,
     context: &str,
     server: &str,
     manager_namespace: &str,
-) -> Result<()> {
+) -> Result<Option<protocol::auth::Token>> {
     let cfg =
         kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
             .await
             .with_context(|| format!("cannot use context {context}"))?;
     let client = kube::Client::try_from(cfg)?;
-    let f = kubernetes::portforward::Forwarder::new(client, manager_namespace);
+    let f = kubernetes::portforward::Forwarder::new(client.clone(), manager_namespace);
     match f.pod().await {
-        Ok(_) => Ok(()),
+        Ok(_) => client_token(&client, context, manager_namespace).await,
         Err(kubernetes::portforward::ForwardError::NoPod(_)) => bail!(
             "no ready traffic-manager in namespace {manager_namespace} of context {context}; install it with `telepresence helm install --manager-namespace {manager_namespace} --create-namespace`, or pass --manager-namespace"
         ),
         Err(e) => Err(anyhow!(e).context(format!("cannot reach the API server {server} of context {context}"))),
+    }
+}
+
+/// The manager's client token as the user may read it; a user without read access is told
+/// what to ask for.
+async fn client_token(
+    client: &kube::Client,
+    context: &str,
+    manager_namespace: &str,
+) -> Result<Option<protocol::auth::Token>> {
+    use kubernetes::auth::{AuthError, MANAGER_SECRET};
+    match kubernetes::auth::client_token(client, manager_namespace).await {
+        Ok(t) => Ok(t),
+        Err(AuthError::Api {
+            source: kube::Error::Api(e),
+            ..
+        }) if e.code == 403 => bail!(
+            "not authorized: the user of context {context} may not read Secret {MANAGER_SECRET} in namespace {manager_namespace}; ask an admin for access to it (chart value clientRbac.subjects)"
+        ),
+        Err(e) => Err(anyhow!(e)),
     }
 }
 
@@ -298,11 +328,13 @@ pub struct DaemonSpec<'a> {
     /// The network of a local cluster's control-plane container, joined by the daemon.
     pub network: Option<&'a str>,
     pub kubeconfig: &'a str,
-    /// `--also-proxy`/`--never-proxy`/`--allow-conflicting-subnets` for the daemon's routes.
+    /// `--also-proxy`/`--never-proxy`/`--allow-conflicting-subnets` for the daemon's routes,
+    /// and the manager's client token.
     pub subnet_env: Vec<String>,
 }
 
-/// The daemon's environment (no secrets: the kubeconfig goes in as a file).
+/// The daemon's environment (the kubeconfig goes in as a file; the manager's client token, in
+/// `subnet_env`, is as private as the container's own environment: only the engine shows it).
 pub fn daemon_env(s: &DaemonSpec) -> Vec<String> {
     let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
     let host = std::fs::read_to_string("/etc/hostname")

@@ -133,7 +133,7 @@ fn split_url(url: &str) -> Result<(String, u16, String), (i32, String)> {
 
 /// Resolves `host` with the nameservers and search domains of resolv.conf; `None`: curl's
 /// "Could not resolve host".
-async fn resolve(host: &str) -> Option<Vec<IpAddr>> {
+pub(crate) async fn resolve(host: &str) -> Option<Vec<IpAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(vec![ip]);
     }

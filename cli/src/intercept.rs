@@ -130,6 +130,35 @@ async fn check_image(docker: &bollard::Docker, image: &str) -> Result<()> {
     )
 }
 
+/// The engagement the arguments ask for, checked (ports, HTTP filters) before anything is
+/// created; `telepresence compose` creates its engagements from it too.
+pub fn spec(args: &InterceptArgs) -> Result<InterceptSpec> {
+    let kind = crate::engage::kind_of(args);
+    let (first, extra_ports) = crate::engage::pairs(args)?;
+    let spec = InterceptSpec {
+        name: args.name.clone(),
+        workload: args.workload.clone().unwrap_or_else(|| args.name.clone()),
+        namespace: args.namespace.clone().unwrap_or_default(),
+        port_identifier: first.as_ref().map(|p| p.remote.clone()).unwrap_or_default(),
+        protocol: PortProtocol::Tcp as i32,
+        target_host: args.address.clone(),
+        target_port: first.as_ref().map_or(0, |p| u32::from(p.local)),
+        mechanism: InterceptMechanism::Tcp as i32,
+        client: String::new(),
+        http_headers: args.http_header.clone(),
+        http_path_equal: args.http_path_equal.clone().unwrap_or_default(),
+        http_path_prefix: args.http_path_prefix.clone().unwrap_or_default(),
+        http_path_regex: args.http_path_regex.clone().unwrap_or_default(),
+        extra_ports,
+        kind: kind.wire() as i32,
+        service: args.service.clone().unwrap_or_default(),
+        to_pod: args.extras.to_pod.clone(),
+    };
+    // Filters are checked before anything is created (the manager resolves `auto`).
+    protocol::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
+    Ok(spec)
+}
+
 /// Runs the command. Returns the output and, for `--docker-run`, the handler's exit code.
 pub async fn run(
     mut args: InterceptArgs,
@@ -137,7 +166,7 @@ pub async fn run(
     print_now: bool,
 ) -> Result<(CmdOutput, Option<i32>)> {
     let kind = crate::engage::kind_of(&args);
-    let (first, extra_ports) = crate::engage::pairs(&args)?;
+    let (first, _) = crate::engage::pairs(&args)?;
     let build = crate::dockerbuild::prepare(&mut args)?;
     if !args.command.is_empty() && !args.docker_run {
         bail!("with a containerised daemon the handler must be a container: add --docker-run and give `docker run` arguments after --");
@@ -147,7 +176,6 @@ pub async fn run(
     }
     let docker = engine::connect().await?;
     let d = selected(&docker, use_, args.namespace.as_deref()).await?;
-    let workload = args.workload.clone().unwrap_or_else(|| args.name.clone());
     // Everything that can be checked is checked before the intercept exists.
     let run_args = if args.docker_run {
         let opts = HandlerOpts {
@@ -181,27 +209,7 @@ pub async fn run(
     let mut mount = mounts::parse_mount(&args.mount)?;
     // A wiretap's handler only watches: the workload's volumes are read-only to it.
     mount.read_only |= kind == crate::engage::Kind::Wiretap;
-    let spec = InterceptSpec {
-        name: args.name.clone(),
-        workload,
-        namespace: args.namespace.clone().unwrap_or_default(),
-        port_identifier: first.as_ref().map(|p| p.remote.clone()).unwrap_or_default(),
-        protocol: PortProtocol::Tcp as i32,
-        target_host: args.address.clone(),
-        target_port: first.as_ref().map_or(0, |p| u32::from(p.local)),
-        mechanism: InterceptMechanism::Tcp as i32,
-        client: String::new(),
-        http_headers: args.http_header.clone(),
-        http_path_equal: args.http_path_equal.clone().unwrap_or_default(),
-        http_path_prefix: args.http_path_prefix.clone().unwrap_or_default(),
-        http_path_regex: args.http_path_regex.clone().unwrap_or_default(),
-        extra_ports,
-        kind: kind.wire() as i32,
-        service: args.service.clone().unwrap_or_default(),
-        to_pod: args.extras.to_pod.clone(),
-    };
-    // Filters are checked before anything is created (the manager resolves `auto`).
-    protocol::filters::resolve(&mut spec.clone(), "id:check", false).map_err(|e| anyhow!(e))?;
+    let spec = spec(&args)?;
     let mut c = connector(d.port).await?;
     let info = c
         .create_intercept(spec)
@@ -336,12 +344,24 @@ async fn run_with_handler(
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
         let image = docker_image_of(docker, &d.container).await?;
+        // The sync container opens its tunnel as this daemon's session.
+        let session = crate::rpc::connector(d.port)
+            .await?
+            .status(protocol::manager::Empty {})
+            .await?
+            .into_inner()
+            .session
+            .unwrap_or_default();
+        let target = mounts::SyncTarget {
+            intercept_id: &info.id,
+            session: &session,
+        };
         let summary = mounts::start(
             docker,
             &d.container,
             &d.name,
             &args.name,
-            &info.id,
+            &target,
             &image,
             handler_mounts,
         )

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod commands;
 pub mod completion;
+pub mod compose;
 pub mod config;
 pub mod connect;
 pub mod connect_kube;

@@ -56,6 +56,8 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::DockerRun(_) => "docker-run",
         Command::Curl(_) => "curl",
         Command::CurlClient(_) => "curl-client",
+        Command::Compose(_) => "compose",
+        Command::ComposeProxy(_) => "compose-proxy",
     }
 }
 
@@ -74,6 +76,13 @@ fn main() {
         drop(rt);
         std::process::exit(code);
     }
+    if let Command::Compose(a) = &cli.command {
+        init_logs(false);
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let code = rt.block_on(cli::compose::run(&a.args));
+        drop(rt);
+        std::process::exit(code);
+    }
     if let Command::CurlClient(a) = &cli.command {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,6 +98,7 @@ fn main() {
             | Command::AgentCleanup(_)
             | Command::AgentInit
             | Command::FsSync
+            | Command::ComposeProxy(_)
     );
     init_logs(role);
     // The roles relay bytes between sockets: one thread per process keeps a connection's
@@ -121,6 +131,7 @@ fn run_role(rt: tokio::runtime::Runtime, command: Command) {
             Command::AgentCleanup(a) => cli::roles::agent_cleanup(a.check),
             Command::AgentInit => cli::roles::agent_init(),
             Command::FsSync => cli::roles::fs_sync().await,
+            Command::ComposeProxy(a) => cli::compose::forward::run(&a.args).await,
             _ => unreachable!("not a role"),
         }
     });

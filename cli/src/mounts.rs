@@ -100,6 +100,13 @@ fn labels(connection: &str, intercept: &str, role: &str) -> HashMap<String, Stri
     )
 }
 
+/// The intercept a sync container mirrors, and the client session (with its tunnel proof) its
+/// tunnel connection names.
+pub struct SyncTarget<'a> {
+    pub intercept_id: &'a str,
+    pub session: &'a protocol::manager::SessionInfo,
+}
+
 /// Creates the volumes and the sync container, and waits until the initial copy is complete;
 /// returns the sync container's summary ("N files, B bytes in S s").
 /// On failure everything created is removed again.
@@ -108,7 +115,7 @@ pub async fn start(
     daemon_container: &str,
     connection: &str,
     intercept: &str,
-    intercept_id: &str,
+    target: &SyncTarget<'_>,
     image: &str,
     mounts: &[HandlerMount],
 ) -> Result<String> {
@@ -136,7 +143,17 @@ pub async fn start(
             cmd: Some(vec!["fs-sync".into()]),
             env: Some(vec![
                 format!("TP_TUNNEL_ADDR={tunnel}"),
-                format!("TP_INTERCEPT_ID={intercept_id}"),
+                format!("TP_INTERCEPT_ID={}", target.intercept_id),
+                format!(
+                    "{}={}",
+                    protocol::auth::SESSION_ID_ENV,
+                    target.session.session_id
+                ),
+                format!(
+                    "{}={}",
+                    protocol::auth::TUNNEL_PROOF_ENV,
+                    target.session.tunnel_proof
+                ),
                 format!("TP_MOUNTS={}", serde_json::Value::Array(spec)),
             ]),
             labels: Some(labels(connection, intercept, ROLE_FS_SYNC)),

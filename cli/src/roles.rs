@@ -99,6 +99,8 @@ pub async fn fs_sync() -> Result<()> {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id,
         kind: protocol::tunnel::TunnelKind::Fs,
+        session_id: std::env::var(protocol::auth::SESSION_ID_ENV).unwrap_or_default(),
+        proof: std::env::var(protocol::auth::TUNNEL_PROOF_ENV).unwrap_or_default(),
         ..Default::default()
     };
     protocol::tunnel::write_header(&mut stream, protocol::tunnel::Role::Client, &header).await?;

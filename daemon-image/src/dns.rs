@@ -42,6 +42,45 @@ pub enum Route {
     Upstream,
 }
 
+/// What the server does with one raw query, decided from its bytes alone (the parsing that
+/// faces the network; fuzzed by `tests::fuzz::dns`).
+#[derive(Debug)]
+pub enum Decision {
+    /// Not a query (or not a DNS message at all): no answer.
+    Drop,
+    /// Answered at once (format error, not implemented).
+    Reply(Vec<u8>),
+    /// One question, to be answered as `route` says.
+    Route {
+        query: Box<Message>,
+        question: hickory_proto::op::Query,
+        route: Route,
+    },
+}
+
+/// Parses `raw` and decides where its question goes (see [`classify`]).
+pub fn decide(raw: &[u8], namespace: &str, domain: &str, subnets: &[Cidr]) -> Decision {
+    let Ok(q) = Message::from_vec(raw) else {
+        return Decision::Drop;
+    };
+    if q.metadata.message_type != MessageType::Query {
+        return Decision::Drop;
+    }
+    let Some(question) = q.queries.first().cloned() else {
+        return error(&q, ResponseCode::FormErr).map_or(Decision::Drop, Decision::Reply);
+    };
+    if q.metadata.op_code != OpCode::Query || q.queries.len() != 1 {
+        return error(&q, ResponseCode::NotImp).map_or(Decision::Drop, Decision::Reply);
+    }
+    let qname = question.name().to_ascii().to_ascii_lowercase();
+    let route = classify(&qname, namespace, domain, subnets);
+    Decision::Route {
+        query: Box::new(q),
+        question,
+        route,
+    }
+}
+
 /// Decides where the question for `qname` goes.
 pub fn classify(qname: &str, namespace: &str, domain: &str, subnets: &[Cidr]) -> Route {
     let q = qname.trim_end_matches('.').to_ascii_lowercase();
@@ -241,24 +280,22 @@ impl Dns {
 
     /// The response to one raw query (`None`: drop it).
     pub async fn answer(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let q = Message::from_vec(raw).ok()?;
-        if q.metadata.message_type != MessageType::Query {
-            return None;
-        }
-        let Some(question) = q.queries.first().cloned() else {
-            return error(&q, ResponseCode::FormErr);
-        };
-        if q.metadata.op_code != OpCode::Query || q.queries.len() != 1 {
-            return error(&q, ResponseCode::NotImp);
-        }
-        let qname = question.name().to_ascii().to_ascii_lowercase();
-        let qtype = question.query_type();
-        let route = classify(
-            &qname,
+        let (q, question, route) = match decide(
+            raw,
             &self.session.cfg.namespace,
             &self.domain,
             &self.subnets,
-        );
+        ) {
+            Decision::Drop => return None,
+            Decision::Reply(r) => return Some(r),
+            Decision::Route {
+                query,
+                question,
+                route,
+            } => (*query, question, route),
+        };
+        let qname = question.name().to_ascii().to_ascii_lowercase();
+        let qtype = question.query_type();
         if route == Route::Upstream {
             return self
                 .upstream(raw)
@@ -418,6 +455,8 @@ mod tests {
             client_name: String::new(),
             kubeconfig: None,
             server: String::new(),
+            token: None,
+            also_proxy: Vec::new(),
         };
         let session = Arc::new(Session::for_test(cfg, Default::default()));
         let dcfg = DnsConfig {

@@ -56,9 +56,8 @@ impl Dialer for TunnelDialer {
         let mut s = dial(&self.session.cfg.tunnel_addr)
             .await
             .map_err(DialError::Tunnel)?;
-        let header = TunnelHeader {
+        let mut header = TunnelHeader {
             conn_id: uuid::Uuid::new_v4().to_string(),
-            session_id: self.session.session().session_id,
             kind: match proto {
                 Proto::Tcp => TunnelKind::OutTcp,
                 Proto::Udp => TunnelKind::OutUdp,
@@ -66,6 +65,7 @@ impl Dialer for TunnelDialer {
             target: dst.to_string(),
             ..Default::default()
         };
+        crate::session::prove(&mut header, &self.session.session());
         write_header(&mut s, Role::Client, &header)
             .await
             .map_err(DialError::Tunnel)?;

@@ -2,14 +2,14 @@
 //! re-creating its intercepts when the manager forgot it), the intercept snapshot, and delivery
 //! of intercepted connections to the local handler.
 
-use protocol::manager::manager_client::ManagerClient;
+use protocol::auth::{Bearer, ManagerClient, Token};
 use protocol::manager::*;
 use protocol::tunnel::{write_header, Role, TunnelHeader};
 use relay::{dial, splice};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
 /// Daemon settings, from the environment the CLI gives the daemon container.
@@ -32,12 +32,18 @@ pub struct DaemonConfig {
     pub kubeconfig: Option<String>,
     /// Kubernetes connections: the API server URL as the user's kubeconfig names it.
     pub server: String,
+    /// The manager's client token (`TP_CLIENT_TOKEN`, protocol/src/auth.rs).
+    pub token: Option<Token>,
+    /// `--also-proxy` subnets (`TP_ALSO_PROXY`), which the manager lets outbound streams dial.
+    pub also_proxy: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("missing environment variable {0}")]
     MissingEnv(&'static str),
+    #[error("{0} is not a telepresence credential; run telepresence connect again")]
+    BadToken(&'static str),
     #[error("cannot reach the traffic-manager at {0}: {1}")]
     Manager(String, String),
     #[error("cannot listen on {0}: {1}")]
@@ -71,19 +77,38 @@ impl DaemonConfig {
             context: opt("TP_CONTEXT", ""),
             listen: opt("TP_LISTEN", "0.0.0.0:7777"),
             client_name: opt("TP_CLIENT_NAME", "user@host"),
+            token: std::env::var(protocol::auth::CLIENT_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    Token::parse(&t)
+                        .map_err(|_| DaemonError::BadToken(protocol::auth::CLIENT_TOKEN_ENV))
+                })
+                .transpose()?,
+            also_proxy: opt(protocol::ports::env::ALSO_PROXY, "")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
 
 pub struct Session {
     pub cfg: DaemonConfig,
-    pub client: ManagerClient<Channel>,
+    pub client: ManagerClient,
+    /// Presents the client token on every manager call.
+    pub bearer: Bearer,
     pub cluster: ClusterInfo,
     session: Mutex<SessionInfo>,
     /// The latest snapshot of this client's intercepts.
     pub intercepts: watch::Sender<Vec<InterceptInfo>>,
     /// Specs created through this daemon, re-created after a re-arrival.
     pub specs: Mutex<Vec<InterceptSpec>>,
+    /// Wakes [`Session::keep_alive`] when a watch stream broke: the manager may have restarted
+    /// or ended the session, and the intercepts should resume at once.
+    poke: tokio::sync::Notify,
 }
 
 impl Session {
@@ -93,7 +118,9 @@ impl Session {
             .map_err(|e| DaemonError::Manager(cfg.manager_addr.clone(), e.to_string()))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
+            // A dead connection (manager gone, network cut) is found within ~4 s.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
             .keep_alive_while_idle(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         let channel = loop {
@@ -108,7 +135,8 @@ impl Session {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        let mut client = ManagerClient::new(channel);
+        let bearer = Bearer::new(cfg.token.clone());
+        let mut client = protocol::auth::manager_client(channel, bearer.clone());
         let resp = client
             .arrive_as_client(client_info(&cfg))
             .await
@@ -118,10 +146,12 @@ impl Session {
         Ok(Session {
             cfg,
             client,
+            bearer,
             cluster: resp.cluster.unwrap_or_default(),
             session: Mutex::new(resp.session.unwrap_or_default()),
             intercepts,
             specs: Mutex::new(Vec::new()),
+            poke: tokio::sync::Notify::new(),
         })
     }
 
@@ -134,13 +164,16 @@ impl Session {
             .connect_timeout(Duration::from_secs(1))
             .connect_lazy();
         let (intercepts, _) = watch::channel(Vec::new());
+        let bearer = Bearer::new(cfg.token.clone());
         Session {
             cfg,
-            client: ManagerClient::new(channel),
+            client: protocol::auth::manager_client(channel, bearer.clone()),
+            bearer,
             cluster,
             session: Mutex::new(SessionInfo::default()),
             intercepts,
             specs: Mutex::new(Vec::new()),
+            poke: tokio::sync::Notify::new(),
         }
     }
 
@@ -148,20 +181,43 @@ impl Session {
         self.session.lock().unwrap().clone()
     }
 
-    /// Renews the lease; arrives again (and re-creates intercepts) if the manager lost us.
+    /// Renews the lease (every lease/3, or at once when a watch stream broke); arrives again
+    /// (and re-creates intercepts) if the manager lost us.
     pub async fn keep_alive(self: std::sync::Arc<Self>) {
         loop {
             let s = self.session();
             let period = Duration::from_secs(u64::from(s.lease_seconds.max(3) / 3));
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.poke.notified() => {}
+            }
             match self.client.clone().remain(s).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Code::NotFound => {
                     tracing::warn!("manager forgot our session; arriving again");
                     self.rearrive().await;
                 }
+                Err(e) if e.code() == Code::Unauthenticated => self.refresh_token(&e).await,
                 Err(e) => tracing::warn!("lease renewal failed: {}", e.message()),
             }
+        }
+    }
+
+    /// The manager no longer accepts our client token (rotated past its grace period): a
+    /// Kubernetes connection reads the current one with its kubeconfig, as `connect` did.
+    async fn refresh_token(&self, refused: &tonic::Status) {
+        let fresh = match &self.cfg.kubeconfig {
+            Some(path) => {
+                kubernetes::auth::client_token_with(path, &self.cfg.manager_namespace).await
+            }
+            None => None,
+        };
+        match fresh {
+            Some(t) => {
+                tracing::info!("the manager's client credential was rotated; using the new one");
+                self.bearer.set(t);
+            }
+            None => tracing::warn!("{}", refused.message()),
         }
     }
 
@@ -201,6 +257,7 @@ impl Session {
                     self.intercepts.send_replace(snap.intercepts);
                 }
             }
+            self.poke.notify_one();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -213,13 +270,15 @@ impl Session {
                 let mut stream = resp.into_inner();
                 while let Ok(Some(req)) = stream.message().await {
                     let tunnel = self.cfg.tunnel_addr.clone();
+                    let session = self.session();
                     tokio::spawn(async move {
-                        if let Err(e) = deliver(&tunnel, req).await {
+                        if let Err(e) = deliver(&tunnel, &session, req).await {
                             tracing::debug!("delivery failed: {e}");
                         }
                     });
                 }
             }
+            self.poke.notify_one();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -235,10 +294,17 @@ fn client_info(cfg: &DaemonConfig) -> ClientInfo {
         connection: cfg.connection.clone(),
         namespace: cfg.namespace.clone(),
         version: protocol::VERSION.into(),
+        also_proxy: cfg.also_proxy.clone(),
     }
 }
 
-async fn deliver(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
+/// Names `session` and its tunnel proof in a tunnel header (protocol/src/auth.rs).
+pub fn prove(header: &mut TunnelHeader, session: &SessionInfo) {
+    header.session_id.clone_from(&session.session_id);
+    header.proof.clone_from(&session.tunnel_proof);
+}
+
+async fn deliver(tunnel: &str, session: &SessionInfo, req: DialRequest) -> std::io::Result<()> {
     let target = format!("{}:{}", req.target_host, req.target_port);
     let (local, t) = tokio::join!(dial(&target), dial(tunnel));
     let mut t = t?;
@@ -247,6 +313,7 @@ async fn deliver(tunnel: &str, req: DialRequest) -> std::io::Result<()> {
         intercept_id: req.intercept_id,
         ..Default::default()
     };
+    prove(&mut header, session);
     match local {
         Ok(mut local) => {
             write_header(&mut t, Role::Client, &header).await?;

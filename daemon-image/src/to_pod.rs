@@ -117,14 +117,14 @@ impl Link {
             .map(|i| i.id.clone())
             .unwrap_or_default();
         let mut t = relay::dial(&self.session.cfg.tunnel_addr).await?;
-        let header = TunnelHeader {
+        let mut header = TunnelHeader {
             conn_id: uuid::Uuid::new_v4().to_string(),
             intercept_id,
-            session_id: self.session.session().session_id,
             kind: TunnelKind::to_pod(udp),
             target: format!("{}:{port}", Ipv4Addr::LOCALHOST),
             ..Default::default()
         };
+        crate::session::prove(&mut header, &self.session.session());
         write_header(&mut t, Role::Client, &header).await?;
         let (_, answer) = read_header_timeout(&mut t, ANSWER_TIMEOUT)
             .await

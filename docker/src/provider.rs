@@ -61,8 +61,6 @@ const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
 const AGENT_STOP_TIMEOUT_SECS: i32 = 5;
 /// How long a cleanup container may run.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reason shown for a workload that exposes nothing.
-pub const NO_PORTS_REASON: &str = "no exposed ports: add `expose:` or `ports:` to the service";
 /// Reason shown for a workload on the host network.
 pub const HOST_NETWORK_REASON: &str =
     "uses the host network (network_mode: host): its ports cannot be redirected";
@@ -80,6 +78,8 @@ pub struct DockerConfig {
     pub tunnel_port: u16,
     /// The image agent (and agent-cleanup) containers run.
     pub agent_image: String,
+    /// The agent token agent containers present (protocol/src/auth.rs).
+    pub agent_token: Option<protocol::auth::Token>,
 }
 
 /// [`Provider`] for a Docker engine.
@@ -89,6 +89,8 @@ pub struct DockerProvider {
     server: String,
     /// Serialises agent changes so two concurrent requests cannot race on container names.
     agent_ops: tokio::sync::Mutex<()>,
+    /// Moves on engine events that may detach an agent (crate::watch).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The engine address users recognise: `DOCKER_HOST`, or the local socket.
@@ -112,6 +114,34 @@ pub async fn connect_engine() -> Result<Docker, ProviderError> {
 }
 
 impl DockerProvider {
+    /// The IPAM configurations of `namespace`'s networks (its compose project's, or the
+    /// network its containers use); none for `default`, the engine's bridge network, which the
+    /// daemon container is attached to itself: it reaches those containers directly.
+    async fn namespace_ipam(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<bollard::models::IpamConfig>, ProviderError> {
+        if namespace == DEFAULT_NAMESPACE {
+            return Ok(Vec::new());
+        }
+        let containers = self.list_all().await?;
+        let primary = namespace_network(namespace, &containers);
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| api_err("list networks", e))?;
+        Ok(networks
+            .into_iter()
+            .filter(|n| {
+                let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
+                n.name.as_ref() == primary.as_ref()
+                    || project.map(String::as_str) == Some(namespace)
+            })
+            .flat_map(|n| n.ipam.and_then(|i| i.config).unwrap_or_default())
+            .collect())
+    }
+
     /// Connects to the engine (`DOCKER_HOST` or the local socket, version negotiated).
     pub async fn connect(cfg: DockerConfig) -> Result<Self, ProviderError> {
         Ok(Self::new(connect_engine().await?, cfg))
@@ -124,7 +154,18 @@ impl DockerProvider {
             cfg,
             server: engine_address(),
             agent_ops: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Follows the engine's events for this provider's namespace until the process ends,
+    /// moving [`Provider::changes`] (see crate::watch).
+    pub fn watch_engine(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::watch::watch_engine(
+            self.docker.clone(),
+            self.cfg.namespace.clone(),
+            self.changes.clone(),
+        )
     }
 
     /// The engine client.
@@ -318,7 +359,14 @@ impl Provider for DockerProvider {
             &containers,
             network.as_deref(),
         );
-        let agents = agents_in(Some(&req.namespace), Some(&req.workload), &containers);
+        let mut agents = agents_in(Some(&req.namespace), Some(&req.workload), &containers);
+        for a in agents.iter_mut().filter(|a| a.running) {
+            // In the network namespace of its target's previous run: as good as dead.
+            if crate::watch::is_stale(&self.docker, &a.id, &a.target).await {
+                tracing::info!(agent = %a.name, "target restarted since the agent started; replacing it");
+                a.running = false;
+            }
+        }
         let plan = plan_agents(&req.namespace, &req.workload, &ports, &targets, &agents);
         tracing::debug!(workload = %req.workload, ?plan, "agent plan");
 
@@ -346,32 +394,11 @@ impl Provider for DockerProvider {
     }
 
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
-        if namespace == DEFAULT_NAMESPACE {
-            // The `default` namespace is the engine's bridge network, which the daemon container
-            // is attached to itself: it reaches those containers directly, nothing to route.
-            return Ok(Vec::new());
-        }
-        let containers = self.list_all().await?;
-        let primary = namespace_network(namespace, &containers);
-        let networks = self
-            .docker
-            .list_networks(None::<ListNetworksOptions>)
-            .await
-            .map_err(|e| api_err("list networks", e))?;
         let mut subnets: Vec<String> = Vec::new();
-        for n in networks {
-            let name = n.name.clone().unwrap_or_default();
-            let project = n.labels.as_ref().and_then(|l| l.get(PROJECT_LABEL));
-            let ours =
-                Some(&name) == primary.as_ref() || project.map(String::as_str) == Some(namespace);
-            if !ours {
-                continue;
-            }
-            for c in n.ipam.and_then(|i| i.config).unwrap_or_default() {
-                if let Some(s) = c.subnet.filter(|s| !s.is_empty()) {
-                    if !subnets.contains(&s) {
-                        subnets.push(s);
-                    }
+        for c in self.namespace_ipam(namespace).await? {
+            if let Some(s) = c.subnet.filter(|s| !s.is_empty()) {
+                if !subnets.contains(&s) {
+                    subnets.push(s);
                 }
             }
         }
@@ -379,8 +406,25 @@ impl Provider for DockerProvider {
         Ok(subnets)
     }
 
+    async fn host_addresses(&self, namespace: &str) -> Vec<std::net::IpAddr> {
+        match self.namespace_ipam(namespace).await {
+            Ok(ipam) => ipam
+                .into_iter()
+                .filter_map(|c| c.gateway.and_then(|g| g.parse().ok()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%namespace, "cannot read the networks' gateways: {e}");
+                Vec::new()
+            }
+        }
+    }
+
     fn cluster_domain(&self) -> String {
         "cluster.local".to_string()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     async fn set_replaced(
@@ -728,13 +772,10 @@ pub fn workloads_from_containers(
     by_name
         .into_iter()
         .map(|(name, acc)| {
-            let not_interceptable = if acc.host_network {
-                Some(HOST_NETWORK_REASON.to_string())
-            } else if acc.ports.is_empty() {
-                Some(NO_PORTS_REASON.to_string())
-            } else {
-                None
-            };
+            // A container without `expose:`/`ports:` still serves what it listens on: it is
+            // interceptable on the port the user names.
+            let not_interceptable = acc.host_network.then(|| HOST_NETWORK_REASON.to_string());
+            let open_ports = acc.ports.is_empty();
             WorkloadInfo {
                 agent_installed: with_agent.contains(&name),
                 namespace: namespace.to_string(),
@@ -749,6 +790,7 @@ pub fn workloads_from_containers(
                     })
                     .collect(),
                 not_interceptable,
+                open_ports,
                 name,
             }
         })
@@ -908,6 +950,9 @@ fn check_agent_ports(info: &WorkloadInfo, ports: &[u16]) -> Result<(), ProviderE
             "no port given for the agent of {}",
             info.name
         )));
+    }
+    if info.open_ports && info.ports.is_empty() {
+        return Ok(());
     }
     let served: BTreeSet<u16> = info.ports.iter().map(|p| p.port).collect();
     if let Some(p) = ports.iter().find(|p| !served.contains(p)) {
@@ -1096,6 +1141,7 @@ fn agent_container_body(
         workload: spec.workload.clone(),
         ports: spec.ports.clone(),
         pod_ip: Some(spec.target_ip.clone()),
+        token: cfg.agent_token.clone(),
         ..Default::default()
     };
     app.fill(&mut agent_env);
@@ -1192,7 +1238,8 @@ mod tests {
 
         let db = by_name(&ws, "db");
         assert!(db.ports.is_empty());
-        assert_eq!(db.not_interceptable.as_deref(), Some(NO_PORTS_REASON));
+        assert_eq!(db.not_interceptable, None, "no expose: still a workload");
+        assert!(db.open_ports);
         assert!(!db.agent_installed);
     }
 
@@ -1390,8 +1437,10 @@ mod tests {
         assert!(err.contains("8080/TCP, 9000/TCP"), "{err}");
         assert!(check_agent_ports(&web, &[]).is_err());
         let db = by_name(&ws, "db");
-        let err = check_agent_ports(&db, &[5432]).unwrap_err().to_string();
-        assert!(err.contains(NO_PORTS_REASON), "{err}");
+        assert!(
+            check_agent_ports(&db, &[5432]).is_ok(),
+            "declares none: any port"
+        );
     }
 
     #[test]
@@ -1402,6 +1451,7 @@ mod tests {
             grpc_port: 8081,
             tunnel_port: 8082,
             agent_image: "telepresence:0.1.0-abc123".into(),
+            agent_token: None,
         };
         let spec = AgentSpec {
             name: agent_name("shop", "web", 2),

@@ -6,7 +6,8 @@
 //! Environment: `TP_NAMESPACE` (required: the compose project served), `TP_NETWORK`
 //! (required: the network agents join), `TP_AGENT_IMAGE` (required), `TP_GRPC_PORT` (8081),
 //! `TP_TUNNEL_PORT` (8082), `TP_MANAGER_HOST` (default: this container's address on
-//! `TP_NETWORK`).
+//! `TP_NETWORK`), `TP_MANAGER_SECRET` (required: the secret its client and agent tokens derive
+//! from, protocol/src/auth.rs).
 
 use std::env::VarError;
 use std::future::Future;
@@ -34,6 +35,9 @@ pub enum SettingsError {
         #[source]
         err: VarError,
     },
+    /// The manager secret is not a credential.
+    #[error("{0} is not a telepresence credential")]
+    BadSecret(&'static str),
     /// Variable and value.
     #[error("{var}={value:?} is not a port")]
     NotAPort {
@@ -76,6 +80,8 @@ pub struct Settings {
     pub tunnel_port: u16,
     /// `None`: this container's address on `network`.
     pub manager_host: Option<String>,
+    /// `TP_MANAGER_SECRET`: what the tokens derive from.
+    pub secret: protocol::auth::Token,
 }
 
 impl Settings {
@@ -103,6 +109,8 @@ impl Settings {
             grpc_port: port(env::GRPC_PORT, protocol::ports::MANAGER_GRPC_PORT)?,
             tunnel_port: port(env::TUNNEL_PORT, protocol::ports::MANAGER_TUNNEL_PORT)?,
             manager_host: get(env::MANAGER_HOST).ok(),
+            secret: protocol::auth::Token::parse(&required(protocol::auth::MANAGER_SECRET_ENV)?)
+                .map_err(|_| SettingsError::BadSecret(protocol::auth::MANAGER_SECRET_ENV))?,
         })
     }
 }
@@ -111,6 +119,7 @@ impl Settings {
 pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
     let s = Settings::from_env()?;
     let docker = connect_engine().await?;
+    let credentials = manager::auth::Credentials::from_secret(&s.secret);
     let manager_host = match s.manager_host {
         Some(h) => h,
         None => DockerProvider::own_address(&docker, &s.network).await?,
@@ -123,13 +132,16 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send + 'static) -> Result<
             grpc_port: s.grpc_port,
             tunnel_port: s.tunnel_port,
             agent_image: s.agent_image,
+            agent_token: Some(credentials.agent.clone()),
         },
     );
     let cfg = manager::ManagerConfig {
         grpc_addr: ([0, 0, 0, 0], s.grpc_port).into(),
         tunnel_addr: ([0, 0, 0, 0], s.tunnel_port).into(),
         agent_timeout: Duration::from_secs(30),
+        auth: Arc::new(manager::auth::Auth::new(credentials)),
     };
+    tokio::spawn(provider.watch_engine());
     manager::run(cfg, Arc::new(provider), shutdown)
         .await
         .map_err(StartupError::Manager)
@@ -160,10 +172,12 @@ mod tests {
 
     #[test]
     fn settings_from_the_environment() {
+        let secret = protocol::auth::Token::generate();
         let base = [
             ("TP_NAMESPACE", "shop"),
             ("TP_NETWORK", "shop_default"),
             ("TP_AGENT_IMAGE", "tp:1"),
+            ("TP_MANAGER_SECRET", secret.as_str()),
         ];
         let s = Settings::from_lookup(lookup(&base)).unwrap();
         assert_eq!((s.grpc_port, s.tunnel_port), (8081, 8082));

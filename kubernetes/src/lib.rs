@@ -7,11 +7,12 @@
 //! reasons), [`configmap`] (the per-workload agent config and its YAML), [`patch`] (the pod
 //! mutation: agent sidecar, port takeover, init container), [`webhook`] (the HTTPS admission
 //! endpoint), [`cidr`] (subnets and cluster domain), [`diagnose`] (why an agent did not arrive),
-//! `stores` (the reflectors), [`provider`] (the [`manager::provider::Provider`] implementation over
+//! `stores` (the reflectors), [`auth`] (the manager's credentials in Secrets), [`provider`] (the [`manager::provider::Provider`] implementation over
 //! them), [`startup`] (the manager process on Kubernetes), [`contract`] (the environment,
 //! RBAC and webhook endpoint an installation must provide, as tables the chart is tested against).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cidr;
 pub mod configmap;
 pub mod contract;

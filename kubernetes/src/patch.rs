@@ -14,8 +14,8 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    TCPSocketAction,
+    PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -207,6 +207,21 @@ fn agent_container(
             .into_iter()
             .map(|(k, v)| env(&k, v)),
     );
+    // The agent token, from the Secret the manager writes into the pod's namespace
+    // (kubernetes/src/auth.rs): never a literal in the pod spec. Optional, so that the pod
+    // starts even if the Secret is gone (the manager then refuses the agent, the app is served).
+    agent_env.push(EnvVar {
+        name: agent_env::AGENT_TOKEN.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: crate::auth::AGENT_SECRET.into(),
+                key: crate::auth::AGENT_KEY.into(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     agent_env.push(EnvVar {
         name: agent_env::POD_IP.into(),
         value_from: Some(EnvVarSource {

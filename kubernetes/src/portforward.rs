@@ -55,7 +55,7 @@ pub struct Forwarder {
     source: Option<(String, Mutex<Option<std::time::SystemTime>>)>,
 }
 
-async fn client_from(path: &str) -> Result<kube::Client, ForwardError> {
+pub(crate) async fn client_from(path: &str) -> Result<kube::Client, ForwardError> {
     let kc = Kubeconfig::read_from(path)
         .map_err(|e| ForwardError::Config(path.into(), e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

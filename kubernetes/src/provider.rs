@@ -66,6 +66,9 @@ pub struct KubeProvider {
     agent_ops: tokio::sync::Mutex<()>,
     /// Found once by [`KubeProvider::cluster_subnets`].
     service_cidrs: tokio::sync::OnceCell<Vec<String>>,
+    /// The manager's credentials: their agent token goes into Secret
+    /// [`crate::auth::AGENT_SECRET`] of every namespace an agent is injected in.
+    auth: std::sync::OnceLock<std::sync::Arc<manager::auth::Auth>>,
 }
 
 impl Drop for KubeProvider {
@@ -111,6 +114,7 @@ impl KubeProvider {
             cfg,
             agent_ops: tokio::sync::Mutex::new(()),
             service_cidrs: tokio::sync::OnceCell::new(),
+            auth: std::sync::OnceLock::new(),
         };
         let t = p.cfg.sync_timeout;
         p.deployments.ready(t).await?;
@@ -330,6 +334,7 @@ impl KubeProvider {
             kind: w.kind.into(),
             ports,
             not_interceptable: reason,
+            open_ports: false,
             agent_installed: self.stored_config(&w.namespace, &w.name).is_some(),
         }
     }
@@ -770,6 +775,36 @@ impl Provider for KubeProvider {
 
 impl ConfigSource for KubeProvider {
     fn agent_config<'a>(
+        &'a self,
+        namespace: &'a str,
+        kind: &'a str,
+        name: &'a str,
+        pod: &'a Pod,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<Option<AgentConfig>, SourceError>> {
+        Box::pin(async move {
+            let cfg = self
+                .planned_config(namespace, kind, name, pod, dry_run)
+                .await?;
+            if let (Some(_), false, Some(auth)) = (&cfg, dry_run, self.auth.get()) {
+                // The injected agent reads its token from this Secret.
+                crate::auth::ensure_agent_secret(&self.client, namespace, &auth.current().agent)
+                    .await
+                    .map_err(|e| SourceError::Provider(ProviderError::Api(e.to_string())))?;
+            }
+            Ok(cfg)
+        })
+    }
+}
+
+impl KubeProvider {
+    /// Agents injected from now on get the agent token of `auth` (set once, by startup).
+    pub fn use_auth(&self, auth: std::sync::Arc<manager::auth::Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    /// The agent config of a pod being admitted (see [`ConfigSource::agent_config`]).
+    fn planned_config<'a>(
         &'a self,
         namespace: &'a str,
         kind: &'a str,

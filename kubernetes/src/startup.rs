@@ -65,6 +65,9 @@ pub enum StartupError {
     Client(#[from] kube::Error),
     #[error(transparent)]
     Webhook(#[from] webhook::TlsError),
+    /// Reading or writing the credentials' Secret.
+    #[error(transparent)]
+    Auth(#[from] super::auth::AuthError),
     #[error(transparent)]
     Provider(#[from] manager::provider::ProviderError),
     /// The gRPC or tunnel listener.
@@ -232,6 +235,13 @@ pub async fn run_with(
         Some(h) => h,
         None => manager_service_host(&client, &s.manager_namespace).await,
     };
+    let auth = Arc::new(super::auth::rotate_at_start(&client, &s.manager_namespace).await?);
+    tokio::spawn(super::auth::watch(
+        client.clone(),
+        s.manager_namespace.clone(),
+        auth.clone(),
+        super::auth::RECHECK,
+    ));
     let (listener, acceptor) = webhook::bind(([0, 0, 0, 0], s.webhook_port).into(), &s.tls).await?;
     let provider = Arc::new(
         KubeProvider::start(
@@ -251,6 +261,7 @@ pub async fn run_with(
         )
         .await?,
     );
+    provider.use_auth(auth.clone());
     tracing::info!(
         port = s.webhook_port,
         path = webhook::PATH,
@@ -267,6 +278,7 @@ pub async fn run_with(
             grpc_addr: ([0, 0, 0, 0], s.grpc_port).into(),
             tunnel_addr: ([0, 0, 0, 0], s.tunnel_port).into(),
             agent_timeout: s.agent_timeout,
+            auth,
         },
         provider,
         shutdown,

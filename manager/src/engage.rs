@@ -319,6 +319,7 @@ mod tests {
                 })
                 .collect(),
             not_interceptable: None,
+            open_ports: false,
             agent_installed: false,
         }
     }

@@ -4,11 +4,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod engage;
+mod liveness;
 pub mod loglevel;
 pub mod outbound;
 pub mod personal;
 pub mod provider;
+mod reattach;
 pub mod resolve;
 pub mod service;
 pub mod state;
@@ -25,6 +28,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Mutex};
 
+/// How often the manager pings each gRPC connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the answering side of a tunnel stream hands its originator: its connection, or why it
 /// could not deliver.
 pub(crate) type Pairing = Result<TcpStream, protocol::tunnel::HeaderError>;
@@ -38,6 +46,8 @@ pub struct ManagerConfig {
     pub tunnel_addr: SocketAddr,
     /// How long `CreateIntercept` waits for an agent to arrive.
     pub agent_timeout: Duration,
+    /// The credentials callers must present (rotated by the provider's startup).
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The shared manager; cheap to clone.
@@ -55,9 +65,13 @@ pub(crate) struct Inner {
     /// Originating tunnel connections waiting for their other side (or the error it reported),
     /// by connection id.
     pub(crate) pending: std::sync::Mutex<HashMap<String, oneshot::Sender<Pairing>>>,
+    /// The newest stream bound to each session (`liveness.rs`).
+    pub(crate) streams: std::sync::Mutex<HashMap<String, u64>>,
     pub(crate) agent_timeout: Duration,
     /// `TP_TEAM_MODE=true`: intercepts without filters are personal (`--http-header=auto`).
     pub(crate) team_mode: std::sync::atomic::AtomicBool,
+    /// The credentials callers and tunnel connections must present.
+    pub(crate) auth: Arc<auth::Auth>,
     /// The `protocol::manager::LogLevel` agents are asked to run at (`manager/src/loglevel.rs`).
     pub(crate) agent_log_level: std::sync::atomic::AtomicI32,
     /// Bumped by every log level change, so an older pending return does not undo a newer one.
@@ -65,8 +79,21 @@ pub(crate) struct Inner {
 }
 
 impl Manager {
-    /// A manager over `provider`; `agent_timeout` is how long `CreateIntercept` waits for an agent.
+    /// A manager over `provider` accepting fresh random credentials nobody outside this
+    /// process knows (in-process callers mark requests with [`auth::Caller::attach`]);
+    /// `agent_timeout` is how long `CreateIntercept` waits for an agent.
     pub fn new(provider: Arc<dyn Provider>, agent_timeout: Duration) -> Self {
+        let secret = protocol::auth::Token::generate();
+        let auth = auth::Auth::new(auth::Credentials::from_secret(&secret));
+        Manager::with_auth(provider, agent_timeout, Arc::new(auth))
+    }
+
+    /// A manager over `provider` accepting the credentials of `auth`.
+    pub fn with_auth(
+        provider: Arc<dyn Provider>,
+        agent_timeout: Duration,
+        auth: Arc<auth::Auth>,
+    ) -> Self {
         let (generation, _) = watch::channel(0);
         let (sent, _) = watch::channel(0);
         Manager {
@@ -76,8 +103,10 @@ impl Manager {
                 generation,
                 sent,
                 pending: Default::default(),
+                streams: Default::default(),
                 agent_timeout,
                 team_mode: Default::default(),
+                auth,
                 agent_log_level: Default::default(),
                 log_epoch: Default::default(),
             }),
@@ -117,7 +146,7 @@ pub async fn run(
     provider: Arc<dyn Provider>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mgr = Manager::new(provider, cfg.agent_timeout);
+    let mgr = Manager::with_auth(provider, cfg.agent_timeout, cfg.auth.clone());
     mgr.set_team_mode(personal::team_mode_from_env());
     if mgr.team_mode() {
         tracing::info!("team mode: intercepts without filters default to --http-header=auto");
@@ -127,12 +156,23 @@ pub async fn run(
     tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");
     tokio::spawn(mgr.clone().reap());
     tokio::spawn(mgr.clone().keep_replaced());
+    if let Some(changes) = mgr.inner.provider.changes() {
+        tokio::spawn(mgr.clone().reattach_on_changes(changes));
+    }
     tokio::spawn(tunnel::serve(mgr.clone(), tunnel_listener));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(protocol::manager::manager_server::ManagerServer::new(mgr))
+        // A peer that stops answering pings within ~3 s is dead: its streams end, and with them
+        // its session (liveness.rs).
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(
+            protocol::manager::manager_server::ManagerServer::with_interceptor(
+                mgr,
+                auth::interceptor(cfg.auth),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -19,20 +19,22 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP flow with no datagram either way for this long is closed.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
+/// The target of `h` when its session is live and its cluster view includes the target
+/// (crate::auth::OutboundScope).
 async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderError> {
-    if !mgr
-        .inner
-        .state
-        .lock()
-        .await
-        .clients
-        .contains_key(&h.session_id)
-    {
-        return Err(HeaderError::UnknownSession);
-    }
-    h.target
+    let target: SocketAddr = h
+        .target
         .parse()
-        .map_err(|_| HeaderError::BadTarget(h.target.clone()))
+        .map_err(|_| HeaderError::BadTarget(h.target.clone()))?;
+    let st = mgr.inner.state.lock().await;
+    let client = st
+        .clients
+        .get(&h.session_id)
+        .ok_or(HeaderError::UnknownSession)?;
+    if !client.scope.permits(target) {
+        return Err(HeaderError::Forbidden(h.target.clone()));
+    }
+    Ok(target)
 }
 
 /// The checked target of `h`; a stream that cannot be carried is refused (`refuse`).
@@ -49,16 +51,15 @@ async fn admit(
 
 /// The reply header: no `error` = connected.
 fn reply(h: &TunnelHeader, error: Option<HeaderError>) -> TunnelHeader {
-    TunnelHeader {
-        conn_id: h.conn_id.clone(),
-        kind: h.kind,
-        error,
-        ..Default::default()
-    }
+    h.answer(error)
 }
 
 /// Tells the client why its stream cannot be carried, and returns that as the drop reason.
-async fn refuse(client: &mut TcpStream, h: &TunnelHeader, e: HeaderError) -> TunnelDropped {
+pub(crate) async fn refuse(
+    client: &mut TcpStream,
+    h: &TunnelHeader,
+    e: HeaderError,
+) -> TunnelDropped {
     let _ = write_header(client, Role::Agent, &reply(h, Some(e.clone()))).await;
     TunnelDropped::Outbound(e)
 }

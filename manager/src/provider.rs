@@ -28,6 +28,9 @@ pub struct WorkloadInfo {
     pub ports: Vec<PortSpec>,
     /// Why the workload cannot be intercepted; `None` when it can.
     pub not_interceptable: Option<String>,
+    /// The workload declares no ports but serves whatever it listens on (a Docker container
+    /// without `expose:`/`ports:`): any TCP port number the user names is one of its ports.
+    pub open_ports: bool,
     /// Whether a traffic-agent is attached to the workload.
     pub agent_installed: bool,
 }
@@ -127,4 +130,18 @@ pub trait Provider: Send + Sync + 'static {
     async fn cluster_subnets(&self, namespace: &str) -> Result<Vec<String>, ProviderError>;
     /// The cluster's DNS domain (`cluster.local` unless configured otherwise).
     fn cluster_domain(&self) -> String;
+    /// A counter that moves whenever a workload or agent changed in a way that may have
+    /// detached an agent (a workload container restarted or was recreated, an agent died); the
+    /// manager then re-attaches the agents of intercepted workloads with
+    /// [`Provider::ensure_agent`] (manager/src/reattach.rs). `None` (the default): agents
+    /// re-attach by themselves (Kubernetes: the webhook injects every new pod).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Addresses inside [`Provider::cluster_subnets`] that belong to the cluster's host rather
+    /// than to a workload (a Docker network's gateway is the engine's host): outbound streams
+    /// never dial them.
+    async fn host_addresses(&self, _namespace: &str) -> Vec<std::net::IpAddr> {
+        Vec::new()
+    }
 }

@@ -1,6 +1,7 @@
 //! The manager's gRPC service: sessions, workload listing, intercept creation and removal, and
 //! the watch streams that clients and agents keep open.
 
+use crate::auth::{require, Caller};
 use crate::provider::{AgentRequest, ProviderError, WorkloadInfo};
 use crate::state::{AgentSession, ClientSession, LEASE};
 use crate::Manager;
@@ -39,6 +40,7 @@ fn new_session(prefix: &str) -> SessionInfo {
     SessionInfo {
         session_id: format!("{prefix}-{}", uuid::Uuid::new_v4()),
         lease_seconds: LEASE.as_secs() as u32,
+        tunnel_proof: String::new(),
     }
 }
 
@@ -128,6 +130,8 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
         };
     }
     let found = match ident.parse::<u16>() {
+        // A workload that declares no ports serves the one the user names.
+        Ok(n) if w.open_ports && w.ports.is_empty() && n != 0 => return Ok((n, String::new())),
         Ok(n) => tcp.iter().find(|p| p.port == n),
         Err(_) => tcp.iter().find(|p| p.name == ident),
     };
@@ -147,12 +151,11 @@ pub fn resolve_port(w: &WorkloadInfo, ident: &str) -> Result<(u16, String), Port
 impl Manager {
     /// Asks the provider for an agent on the workload `spec` engages (capturing its TCP ports).
     async fn install_agent(&self, w: &WorkloadInfo, spec: &InterceptSpec) -> Result<(), Status> {
-        let ports: Vec<u16> = w
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect();
+        let mut ports = crate::reattach::tcp_ports(w);
+        if w.open_ports {
+            // It declares none: the agent captures the ports its engagements name.
+            ports.extend(engaged_ports(&*self.inner.state.lock().await, spec));
+        }
         self.inner
             .provider
             .ensure_agent(&AgentRequest {
@@ -302,6 +305,22 @@ impl Manager {
     }
 }
 
+/// The service ports every engagement of the spec's workload names (its own included).
+fn engaged_ports(st: &crate::state::State, spec: &InterceptSpec) -> Vec<u16> {
+    st.intercepts
+        .values()
+        .filter(|i| {
+            i.spec
+                .as_ref()
+                .is_some_and(|s| s.namespace == spec.namespace && s.workload == spec.workload)
+        })
+        .flat_map(|i| {
+            std::iter::once(i.service_port).chain(i.extra_ports.iter().map(|r| r.service_port))
+        })
+        .filter_map(|p| u16::try_from(p).ok().filter(|p| *p != 0))
+        .collect()
+}
+
 /// Refuses an intercept whose local target, name or traffic clashes with an existing one.
 fn check_conflicts(
     st: &crate::state::State,
@@ -363,6 +382,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ClientInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let info = req.into_inner();
         let p = &self.inner.provider;
         if !info.namespace.is_empty()
@@ -376,8 +396,14 @@ impl ManagerApi for Manager {
                 info.namespace
             )));
         }
-        let session = new_session("client");
+        let mut session = new_session("client");
+        session.tunnel_proof = self.inner.auth.session_proof(&session.session_id);
         tracing::info!(client = %info.name, connection = %info.connection, session = %session.session_id, "client arrived");
+        let subnets = crate::resolve::subnets_of(p.as_ref(), &info.namespace).await;
+        let scope = crate::auth::OutboundScope::new(
+            subnets.iter().chain(&info.also_proxy),
+            p.host_addresses(&info.namespace).await,
+        );
         let mut st = self.inner.state.lock().await;
         st.clients.insert(
             session.session_id.clone(),
@@ -385,12 +411,13 @@ impl ManagerApi for Manager {
                 info: info.clone(),
                 expires: Instant::now() + LEASE,
                 dials: None,
+                scope,
             },
         );
         Ok(Response::new(ArriveResponse {
             session: Some(session),
             cluster: Some(ClusterInfo {
-                subnets: crate::resolve::subnets_of(p.as_ref(), &info.namespace).await,
+                subnets,
                 cluster_domain: p.cluster_domain(),
                 cluster_type: ClusterType::from(p.cluster_type()) as i32,
                 server: p.server(),
@@ -404,6 +431,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<AgentInfo>,
     ) -> Result<Response<ArriveResponse>, Status> {
+        require(&req, Caller::Agent)?;
         let info = req.into_inner();
         let session = new_session("agent");
         tracing::info!(workload = %info.name, namespace = %info.namespace, pod_ip = %info.pod_ip, "agent arrived");
@@ -432,24 +460,28 @@ impl ManagerApi for Manager {
     }
 
     async fn remain(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
         let expires = Instant::now() + LEASE;
-        if let Some(c) = st.clients.get_mut(&id) {
-            c.expires = expires;
-        } else if let Some(a) = st.agents.get_mut(&id) {
-            a.expires = expires;
-        } else {
-            return Err(unknown_session());
+        match caller {
+            Caller::Client => st.clients.get_mut(&id).map(|c| c.expires = expires),
+            Caller::Agent => st.agents.get_mut(&id).map(|a| a.expires = expires),
         }
+        .ok_or_else(unknown_session)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn depart(&self, req: Request<SessionInfo>) -> Result<Response<Empty>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let mut st = self.inner.state.lock().await;
-        st.remove_client(&id);
-        st.agents.remove(&id);
+        match caller {
+            Caller::Client => st.remove_client(&id),
+            Caller::Agent => {
+                st.agents.remove(&id);
+            }
+        }
         st.changed(&self.inner.generation);
         Ok(Response::new(Empty {}))
     }
@@ -458,6 +490,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ListWorkloadsRequest>,
     ) -> Result<Response<WorkloadList>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = &self.inner.provider;
@@ -498,6 +531,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<CreateInterceptRequest>,
     ) -> Result<Response<InterceptInfo>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, client) = self.client_of(req.session.as_ref()).await?;
         let spec = req
@@ -572,6 +606,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<RemoveInterceptRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         let (session, _) = self.client_of(req.session.as_ref()).await?;
         let mut st = self.inner.state.lock().await;
@@ -599,6 +634,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<WiretapReport>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Agent)?;
         let report = req.into_inner();
         let id = session_id(report.session.as_ref())?;
         let mut st = self.inner.state.lock().await;
@@ -612,6 +648,7 @@ impl ManagerApi for Manager {
     }
 
     async fn uninstall(&self, req: Request<UninstallRequest>) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         let p = self.inner.provider.clone();
@@ -653,14 +690,20 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchInterceptsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         {
             let st = self.inner.state.lock().await;
-            if !st.clients.contains_key(&id) && !st.agents.contains_key(&id) {
+            if !st.holds(caller, &id) {
                 return Err(unknown_session());
             }
         }
+        let is_agent = {
+            let st = self.inner.state.lock().await;
+            st.agents.contains_key(&id)
+        };
         let mgr = self.clone();
+        let session = id.clone();
         let mut gen_rx = self.inner.generation.subscribe();
         gen_rx.borrow_and_update();
         let (tx, rx) = mpsc::channel(4);
@@ -700,9 +743,14 @@ impl ManagerApi for Manager {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if is_agent {
+            // An agent lives as long as its intercept watch (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &session, stream,
+            ))));
+        }
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchDialsStream = Stream2<DialRequest>;
@@ -711,21 +759,33 @@ impl ManagerApi for Manager {
         &self,
         req: Request<SessionInfo>,
     ) -> Result<Response<Self::WatchDialsStream>, Status> {
+        let caller = crate::auth::caller(&req)?;
         let id = req.into_inner().session_id;
         let (tx, rx) = mpsc::channel(256);
-        {
+        let is_client = {
             let mut st = self.inner.state.lock().await;
-            if let Some(c) = st.clients.get_mut(&id) {
-                c.dials = Some(tx);
-            } else if let Some(a) = st.agents.get_mut(&id) {
-                a.dials = Some(tx);
-            } else {
-                return Err(unknown_session());
-            }
+            let found = match caller {
+                Caller::Client => st
+                    .clients
+                    .get_mut(&id)
+                    .map(|c| c.dials = Some(tx))
+                    .map(|()| true),
+                Caller::Agent => st
+                    .agents
+                    .get_mut(&id)
+                    .map(|a| a.dials = Some(tx))
+                    .map(|()| false),
+            };
+            found.ok_or_else(unknown_session)?
+        };
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        if is_client {
+            // A client lives as long as it takes dial requests (liveness.rs).
+            return Ok(Response::new(Box::pin(crate::liveness::bind(
+                self, &id, stream,
+            ))));
         }
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     // The outbound path.
@@ -733,6 +793,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<ResolveRequest>,
     ) -> Result<Response<ResolveResponse>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::resolve::resolve(self, &req).await.map(Response::new)
@@ -742,6 +803,7 @@ impl ManagerApi for Manager {
         &self,
         req: Request<LogLevelRequest>,
     ) -> Result<Response<Empty>, Status> {
+        require(&req, Caller::Client)?;
         let req = req.into_inner();
         self.client_of(req.session.as_ref()).await?;
         crate::loglevel::set(self, &req).await?;
@@ -770,6 +832,7 @@ mod tests {
                 })
                 .collect(),
             not_interceptable: None,
+            open_ports: false,
             agent_installed: false,
         }
     }
@@ -791,5 +854,20 @@ mod tests {
             .contains("several ports"));
         assert_eq!(resolve_port(&two, "admin").unwrap(), (9000, "admin".into()));
         assert!(resolve_port(&two, "nope").is_err());
+    }
+
+    #[test]
+    fn a_workload_declaring_no_ports_serves_the_one_named() {
+        let open = WorkloadInfo {
+            open_ports: true,
+            ..w(&[])
+        };
+        assert_eq!(resolve_port(&open, "8080").unwrap(), (8080, String::new()));
+        assert!(resolve_port(&open, "").is_err(), "which port must be said");
+        assert!(resolve_port(&open, "http").is_err());
+        assert!(
+            resolve_port(&w(&[]), "8080").is_err(),
+            "Kubernetes: declared ports only"
+        );
     }
 }

@@ -17,6 +17,8 @@ pub struct ClientSession {
     pub expires: Instant,
     /// Where dial requests go; set while the client keeps `WatchDials` open.
     pub dials: Option<mpsc::Sender<DialRequest>>,
+    /// Where its outbound streams may go.
+    pub scope: crate::auth::OutboundScope,
 }
 
 /// A connected traffic-agent (`ArriveAsAgent`) and its lease.
@@ -47,6 +49,14 @@ pub struct State {
 }
 
 impl State {
+    /// Whether `id` is a live session of `caller`'s kind.
+    pub fn holds(&self, caller: crate::auth::Caller, id: &str) -> bool {
+        match caller {
+            crate::auth::Caller::Client => self.clients.contains_key(id),
+            crate::auth::Caller::Agent => self.agents.contains_key(id),
+        }
+    }
+
     /// Whether any live agent serves `namespace/workload`.
     pub fn has_agent(&self, namespace: &str, workload: &str) -> bool {
         self.agents
@@ -178,6 +188,7 @@ mod tests {
                     info: ClientInfo::default(),
                     expires,
                     dials: None,
+                    scope: Default::default(),
                 },
             );
             s.intercepts.insert(id.into(), intercept(id, id));

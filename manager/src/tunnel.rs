@@ -1,12 +1,13 @@
 //! The manager's tunnel listener: reads each connection's header, parks the originating side
 //! (an agent's intercepted connection, or a client's file-sync or pod-local stream —
 //! `manager/src/to_pod.rs`), asks the other side to
-//! dial in with the same connection id over its `WatchDials` stream, then splices the two.
+//! dial in with the same connection id over its `WatchDials` stream, answers an agent once its
+//! client side is connected (or why it cannot be), then splices the two.
 
 use crate::Manager;
 use protocol::manager::DialRequest;
 use protocol::tunnel::{
-    read_header_timeout, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
+    read_header_timeout, write_header, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
 use relay::{splice, tune};
 use std::time::Duration;
@@ -64,6 +65,19 @@ pub enum TunnelDropped {
     /// An outbound stream failed (the client was told why).
     #[error("{0}")]
     Outbound(HeaderError),
+    /// The originating side went away before it could be told its stream is connected.
+    #[error("answering the originating side: {0}")]
+    Answer(#[source] std::io::Error),
+    /// The connection has no valid session proof, or names what its session may not use.
+    #[error("{role:?} {kind:?} stream refused: {reason}")]
+    NotAuthorized {
+        /// Who opened the connection.
+        role: Role,
+        /// The kind it asked for.
+        kind: TunnelKind,
+        /// Why.
+        reason: HeaderError,
+    },
 }
 
 /// Accepts tunnel connections forever.
@@ -89,6 +103,21 @@ pub async fn serve(mgr: Manager, listener: TcpListener) {
 
 async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> {
     let (role, header) = read_header_timeout(&mut sock, HEADER_TIMEOUT).await?;
+    let admitted = {
+        let st = mgr.inner.state.lock().await;
+        crate::auth::admit_tunnel(&mgr.inner.auth, &st, role, &header)
+    };
+    if let Err(reason) = admitted {
+        if role == Role::Client && header.kind.is_answered() {
+            // Outbound and pod-local clients wait for an answer: tell them why.
+            let _ = crate::outbound::refuse(&mut sock, &header, reason.clone()).await;
+        }
+        return Err(TunnelDropped::NotAuthorized {
+            role,
+            kind: header.kind,
+            reason,
+        });
+    }
     match (role, header.kind) {
         // Originating sides.
         (Role::Agent, TunnelKind::Intercept) => from_agent(mgr, sock, header).await,
@@ -141,36 +170,64 @@ pub(crate) fn agent_dials(
         .ok_or(TunnelDropped::NoAgentWatching)
 }
 
-/// An agent accepted an intercepted connection: ask the owning client to dial in.
-async fn from_agent(mgr: Manager, agent: TcpStream, h: TunnelHeader) -> Result<(), TunnelDropped> {
-    let (tx, req) = {
-        let st = mgr.inner.state.lock().await;
-        let ic = st
-            .intercept_by_id(&h.intercept_id)
-            .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
-        let client = st
-            .clients
-            .get(&ic.client_session)
-            .ok_or(TunnelDropped::ClientGone)?;
-        let spec = ic.spec.as_ref().expect("spec");
-        let tx = client
-            .dials
-            .clone()
-            .ok_or(TunnelDropped::ClientNotWatching)?;
-        (
-            tx,
-            DialRequest {
-                conn_id: h.conn_id.clone(),
-                intercept_id: h.intercept_id.clone(),
-                target_host: spec.target_host.clone(),
-                // Multi-port engagements: the agent names the service port in `target`.
-                target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
-                kind: protocol::manager::DialKind::Intercept as i32,
-                ..Default::default()
-            },
-        )
+/// An agent accepted an intercepted connection: ask the owning client to dial in. The agent
+/// is answered before any payload moves (see `TunnelKind::Intercept`): when the client side
+/// cannot be connected it sends the caller to the app instead.
+async fn from_agent(
+    mgr: Manager,
+    mut agent: TcpStream,
+    h: TunnelHeader,
+) -> Result<(), TunnelDropped> {
+    let result = match dial_request_for_agent(&mgr, &h).await {
+        Ok((tx, req)) => match pair(&mgr, tx, req).await {
+            Ok(mut other) => {
+                write_header(&mut agent, Role::Client, &h.answer(None))
+                    .await
+                    .map_err(TunnelDropped::Answer)?;
+                splice(&mut agent, &mut other).await?;
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
     };
-    originate(mgr, agent, tx, req).await
+    if let Err(e) = &result {
+        let answer = h.answer(Some(HeaderError::Other(e.to_string())));
+        let _ = write_header(&mut agent, Role::Client, &answer).await;
+    }
+    result
+}
+
+/// The client of the intercept an agent-side header names, and the dial request it gets.
+async fn dial_request_for_agent(
+    mgr: &Manager,
+    h: &TunnelHeader,
+) -> Result<(mpsc::Sender<DialRequest>, DialRequest), TunnelDropped> {
+    let st = mgr.inner.state.lock().await;
+    let ic = st
+        .intercept_by_id(&h.intercept_id)
+        .ok_or_else(|| TunnelDropped::InterceptGone(h.intercept_id.clone()))?;
+    let client = st
+        .clients
+        .get(&ic.client_session)
+        .ok_or(TunnelDropped::ClientGone)?;
+    let spec = ic.spec.as_ref().expect("spec");
+    let tx = client
+        .dials
+        .clone()
+        .ok_or(TunnelDropped::ClientNotWatching)?;
+    Ok((
+        tx,
+        DialRequest {
+            conn_id: h.conn_id.clone(),
+            intercept_id: h.intercept_id.clone(),
+            target_host: spec.target_host.clone(),
+            // Multi-port engagements: the agent names the service port in `target`.
+            target_port: crate::engage::target_port_for(ic, h.target.parse().ok()),
+            kind: protocol::manager::DialKind::Intercept as i32,
+            ..Default::default()
+        },
+    ))
 }
 
 /// A client opens a file-sync stream for one of its intercepts: ask an agent of the

@@ -35,6 +35,9 @@ pub const APP_MOUNTS: &str = "TP_APP_MOUNTS";
 pub const APP_ENV_INHERIT: &str = "TP_APP_ENV_INHERIT";
 /// Optional: seconds shutdown waits for in-flight connections (default 2).
 pub const DRAIN_SECONDS: &str = "TP_DRAIN_SECONDS";
+/// The agent token the agent presents to the manager (protocol/src/auth.rs); in Kubernetes it
+/// comes from a Secret (`valueFrom.secretKeyRef`), never a literal of the pod spec.
+pub const AGENT_TOKEN: &str = "TP_AGENT_TOKEN";
 /// `appPort:agentPort,...` for the `agent-init` container.
 pub const REDIRECTS: &str = "TP_REDIRECTS";
 
@@ -118,6 +121,9 @@ pub enum AgentEnvError {
     /// [`REDIRECTS`] is set but empty.
     #[error("{REDIRECTS} lists no ports")]
     NoRedirects,
+    /// [`AGENT_TOKEN`] is not a credential.
+    #[error("{AGENT_TOKEN} is not a telepresence credential")]
+    BadToken,
 }
 
 /// The traffic-agent's configuration as it travels in its environment.
@@ -149,6 +155,9 @@ pub struct AgentEnv {
     pub app_env_inherit: bool,
     /// [`DRAIN_SECONDS`].
     pub drain: Option<Duration>,
+    /// [`AGENT_TOKEN`]; written when `Some` (the Docker engine's provider), left to a
+    /// `secretKeyRef` otherwise (kubernetes/src/patch.rs).
+    pub token: Option<crate::auth::Token>,
 }
 
 /// JSON text of a value with object keys in the order `serde_json::Value` keeps them (sorted),
@@ -193,6 +202,9 @@ impl AgentEnv {
         if let Some(d) = self.drain {
             out.push((DRAIN_SECONDS, d.as_secs_f64().to_string()));
         }
+        if let Some(t) = &self.token {
+            out.push((AGENT_TOKEN, t.as_str().to_string()));
+        }
         out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
@@ -212,6 +224,9 @@ impl AgentEnv {
         let ports = parse_ports(&req(PORTS)?)?;
         let drain = opt(DRAIN_SECONDS).map(|v| parse_drain(&v)).transpose()?;
         let port_map = parse_port_map(get(PORT_MAP).as_deref())?;
+        let token = opt(AGENT_TOKEN)
+            .map(|t| crate::auth::Token::parse(&t).map_err(|_| AgentEnvError::BadToken))
+            .transpose()?;
         Ok(AgentEnv {
             manager_addr,
             tunnel_addr,
@@ -226,6 +241,7 @@ impl AgentEnv {
             app_mounts: json_var(APP_MOUNTS, get(APP_MOUNTS))?,
             app_env_inherit: get(APP_ENV_INHERIT).is_some_and(|v| v == "true"),
             drain,
+            token,
         })
     }
 }
@@ -368,6 +384,7 @@ mod tests {
             }]),
             app_env_inherit: true,
             drain: Some(Duration::from_millis(500)),
+            token: Some(crate::auth::Token::generate()),
         };
         let vars = env.to_env();
         let keys: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
@@ -386,7 +403,8 @@ mod tests {
                 APP_ENV,
                 APP_MOUNTS,
                 APP_ENV_INHERIT,
-                DRAIN_SECONDS
+                DRAIN_SECONDS,
+                AGENT_TOKEN
             ]
         );
         let map: HashMap<String, String> = vars.into_iter().collect();
@@ -396,6 +414,12 @@ mod tests {
         );
         assert_eq!(map[APP_MOUNTS], r#"[{"path":"/data","read_only":true}]"#);
         assert_eq!(AgentEnv::from_lookup(|k| map.get(k).cloned()).unwrap(), env);
+        let mut bad = map.clone();
+        bad.insert(AGENT_TOKEN.into(), "secret".into());
+        assert_eq!(
+            AgentEnv::from_lookup(|k| bad.get(k).cloned()),
+            Err(AgentEnvError::BadToken)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod agent_env;
+pub mod auth;
 pub mod filters;
 pub mod loglevel;
 pub mod ports;

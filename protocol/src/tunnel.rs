@@ -51,13 +51,22 @@ pub struct TunnelHeader {
     /// cluster the manager dials.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target: String,
+    /// Proves that the opener holds [`TunnelHeader::session_id`] (protocol/src/auth.rs): a
+    /// client's session tunnel proof, or an agent's `auth::agent_proof`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proof: String,
 }
 
 /// What a tunnel connection carries ([`TunnelHeader::kind`]); on the wire it is the string
 /// [`TunnelKind::as_str`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum TunnelKind {
-    /// An intercepted TCP connection (opened by the agent); the empty string on the wire.
+    /// An intercepted TCP connection (opened by the agent); the empty string on the wire. The
+    /// manager answers the agent with a header ([`TunnelHeader::answer`], role
+    /// [`Role::Client`]) before any payload: `error` unset once the client side is connected,
+    /// set when it cannot be (the manager then closes the connection). Until that answer the
+    /// agent sends none of the caller's bytes, so a caller whose client side is gone goes to the
+    /// app without losing a byte.
     #[default]
     #[serde(rename = "")]
     Intercept,
@@ -109,6 +118,26 @@ impl TunnelKind {
         }
     }
 
+    /// Whether a connection of this kind belongs to an intercept ([`TunnelHeader::intercept_id`]),
+    /// which the manager checks the opening session may use (manager/src/auth.rs).
+    pub fn names_an_intercept(self) -> bool {
+        match self {
+            TunnelKind::Intercept | TunnelKind::Fs | TunnelKind::PodTcp | TunnelKind::PodUdp => {
+                true
+            }
+            TunnelKind::OutTcp | TunnelKind::OutUdp => false,
+        }
+    }
+
+    /// Whether the opening client waits for the manager's answer header before its payload
+    /// (outbound and pod-local streams).
+    pub fn is_answered(self) -> bool {
+        matches!(
+            self,
+            TunnelKind::OutTcp | TunnelKind::OutUdp | TunnelKind::PodTcp | TunnelKind::PodUdp
+        )
+    }
+
     /// True for [`TunnelKind::Intercept`] (which is left out of the serialized header).
     pub fn is_intercept(&self) -> bool {
         *self == TunnelKind::Intercept
@@ -128,6 +157,12 @@ pub enum HeaderError {
     /// An outbound stream named a session the manager does not know.
     #[error("outbound stream from an unknown session")]
     UnknownSession,
+    /// The connection names no session, or a proof that does not match it.
+    #[error("not authorized: this tunnel connection has no valid session proof, run telepresence connect again")]
+    NotAuthorized,
+    /// An outbound stream's target is outside the client's cluster view.
+    #[error("not authorized: {0} is outside the cluster's subnets and --also-proxy")]
+    Forbidden(String),
     /// An outbound stream's target is not a socket address.
     #[error("bad outbound target {0:?}")]
     BadTarget(String),
@@ -147,8 +182,16 @@ pub enum HeaderError {
 impl HeaderError {
     /// Parses the wire text back into the variant that prints it.
     pub fn parse(text: &str) -> HeaderError {
-        if text == HeaderError::UnknownSession.to_string() {
-            return HeaderError::UnknownSession;
+        for fixed in [HeaderError::UnknownSession, HeaderError::NotAuthorized] {
+            if text == fixed.to_string() {
+                return fixed;
+            }
+        }
+        if let Some(target) = text
+            .strip_prefix("not authorized: ")
+            .and_then(|t| t.strip_suffix(" is outside the cluster's subnets and --also-proxy"))
+        {
+            return HeaderError::Forbidden(target.to_string());
         }
         if let Some(quoted) = text.strip_prefix("bad outbound target ") {
             if let Ok(t) = serde_json::from_str::<String>(quoted) {
@@ -187,6 +230,19 @@ mod header_error {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderError>, D::Error> {
         let text = String::deserialize(d)?;
         Ok((!text.is_empty()).then(|| HeaderError::parse(&text)))
+    }
+}
+
+impl TunnelHeader {
+    /// The header that answers this one: same connection id and kind, `error` unset when the
+    /// stream is connected.
+    pub fn answer(&self, error: Option<HeaderError>) -> TunnelHeader {
+        TunnelHeader {
+            conn_id: self.conn_id.clone(),
+            kind: self.kind,
+            error,
+            ..Default::default()
+        }
     }
 }
 
@@ -378,6 +434,8 @@ mod tests {
         assert_eq!(empty.kind, TunnelKind::Intercept);
         for e in [
             HeaderError::UnknownSession,
+            HeaderError::NotAuthorized,
+            HeaderError::Forbidden("127.0.0.1:22".into()),
             HeaderError::BadTarget("nope \"x\"".into()),
             HeaderError::Unreachable {
                 target: "[::1]:53".into(),

@@ -49,7 +49,7 @@ fn intercept_docker_run_routes_and_restores() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent not yet installed)"
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent not yet installed)"
     );
 
     let mut child = intercept_web(&user, &p);
@@ -85,7 +85,7 @@ fn intercept_docker_run_routes_and_restores() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent already installed)"
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent already installed)"
     );
 
     let q = user.tp(&["quit", "-s"]).ok();
@@ -171,11 +171,9 @@ fn crashed_agent_leaves_no_netfilter_rules() {
     let mut child = intercept_web(&user, &p);
     let agent = docker(&["ps", "-q", "--filter", "label=telepresence.io/role=agent"]).unwrap();
     assert!(!agent.is_empty(), "an agent container runs");
+    // The kernel drops the killed agent's owned table; the manager then re-creates the agent
+    // (tests/tests/faults.rs), so only the end state is checked here.
     docker(&["kill", "-s", "KILL", &agent]).unwrap();
-    assert!(
-        p.has_agent_table("web").unwrap(),
-        "a killed agent cannot remove its table"
-    );
     docker(&["stop", "-t", "1", "intercept-web-9090"]).unwrap();
     wait_exit(&mut child, T);
     user.tp(&["quit", "-s"]).ok();
@@ -277,7 +275,7 @@ fn bad_input_fails_cleanly() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent not yet installed)",
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent not yet installed)",
         "failed commands installed nothing"
     );
     assert_eq!(leftovers(), baseline, "failed commands created nothing");
@@ -320,8 +318,10 @@ fn json_output() {
         .contains("Connected to context docker"));
     let l = user.tp(&["list", "-n", &p.name, "--output", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
-    assert_eq!(v[0]["name"], "web");
-    assert_eq!(v[0]["ports"][0]["port"], 8080);
+    // `caller` declares no port and is a workload too; `web` comes second (sorted by name).
+    assert_eq!(v[0]["name"], "caller");
+    assert_eq!(v[1]["name"], "web");
+    assert_eq!(v[1]["ports"][0]["port"], 8080);
     let r = user.tp(&["leave", "ghost", "--output", "json"]);
     assert_ne!(r.code, 0);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -376,15 +376,11 @@ fn dead_client_lease_expires_and_restores_the_path() {
     let user = User::connected(&p);
     let name = format!("docker-{}-cn", p.name);
     let mut child = intercept_web(&user, &p);
-    // The daemon dies without a word: its lease runs out and the intercept with it.
+    // The daemon dies without a word: its session ends with its connection (or at the latest
+    // when its lease runs out) and the intercept with it.
     docker(&["kill", &format!("tp-{name}")]).unwrap();
-    let took = p
-        .wait_for("http://web:8080/", "web", Duration::from_secs(45))
+    p.wait_for("http://web:8080/", "web", Duration::from_secs(45))
         .unwrap();
-    assert!(
-        took >= Duration::from_secs(5),
-        "restored only by lease expiry, after {took:?}"
-    );
     let _ = child.kill();
     let _ = child.wait();
     user.quit_clean("after quit -s");
@@ -460,7 +456,7 @@ fn uninstall_removes_the_agent_and_its_redirect() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent already installed)"
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent already installed)"
     );
     assert!(p.has_agent_table("web").unwrap());
     let r = user.tp(&["uninstall", "--agent", "nope"]);
@@ -470,7 +466,7 @@ fn uninstall_removes_the_agent_and_its_redirect() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent not yet installed)"
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent not yet installed)"
     );
     assert!(
         !p.has_agent_table("web").unwrap(),

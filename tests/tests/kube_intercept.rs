@@ -4,14 +4,16 @@
 //! injected container (port takeover: it listens on its own port and forwards to the app).
 //! Intercepting triggers the ConfigMap entry and the rollout; the "kubelet" (this test) starts
 //! the agent from the entry; the intercept becomes active; a caller's connection reaches the
-//! client; leaving restores the app.
+//! client; leaving restores the app. Every party presents what the manager's Secrets hold: the
+//! client the token the CLI reads, the agent the token its injected container references.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kubernetes::configmap::AgentConfig;
 use kubernetes::patch::{inject, InjectSettings};
+use kubernetes::webhook::ConfigSource;
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
-use protocol::manager::manager_client::ManagerClient;
+use protocol::auth::ManagerClient;
 use protocol::manager::*;
 use protocol::tunnel::{write_header, Role, TunnelHeader};
 use std::collections::HashMap;
@@ -69,6 +71,7 @@ async fn intercept_through_an_injected_agent() {
 
     let s = StandIn::start().await;
     s.put(&namespace("shop"));
+    s.put(&namespace("ambassador"));
     let c = container("app", &[(Some("http"), i32::from(app_port))]);
     s.put(&deployment("shop", "web", vec![c.clone()]));
     s.put(&service(
@@ -95,12 +98,19 @@ async fn intercept_through_an_injected_agent() {
         .await
         .unwrap(),
     );
+    let auth = Arc::new(
+        kubernetes::auth::rotate_at_start(&s.client(), "ambassador")
+            .await
+            .unwrap(),
+    );
+    provider.use_auth(auth.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(manager::run(
         manager::ManagerConfig {
             grpc_addr: ([127, 0, 0, 1], grpc).into(),
             tunnel_addr: ([127, 0, 0, 1], tunnel).into(),
             agent_timeout: Duration::from_secs(30),
+            auth,
         },
         provider.clone(),
         async {
@@ -109,8 +119,10 @@ async fn intercept_through_an_injected_agent() {
     ));
 
     // The client: arrive, serve dials like the daemon (dial the tunnel, then the handler).
-    let mut client = manager_client(grpc).await;
+    let token = client_token(&s, "ambassador").await;
+    let mut client = manager_client(grpc, Some(token)).await;
     let session = arrive(&mut client).await.session;
+    let proof = session.clone().unwrap();
     let mut dials = client
         .watch_dials(session.clone().unwrap())
         .await
@@ -118,6 +130,7 @@ async fn intercept_through_an_injected_agent() {
         .into_inner();
     let dial_task = tokio::spawn(async move {
         while let Some(Ok(d)) = dials.message().await.transpose() {
+            let proof = proof.clone();
             tokio::spawn(async move {
                 let mut t = TcpStream::connect(("127.0.0.1", tunnel)).await.unwrap();
                 let mut local = TcpStream::connect((d.target_host.as_str(), d.target_port as u16))
@@ -126,6 +139,8 @@ async fn intercept_through_an_injected_agent() {
                 let h = TunnelHeader {
                     conn_id: d.conn_id,
                     intercept_id: d.intercept_id,
+                    session_id: proof.session_id,
+                    proof: proof.tunnel_proof,
                     ..Default::default()
                 };
                 write_header(&mut t, Role::Client, &h).await.unwrap();
@@ -163,6 +178,16 @@ async fn intercept_through_an_injected_agent() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let pod = deployment_pod("shop", "web", "77aa1", "n1", vec![c], "10.42.0.9");
+    // Admission (the webhook's source of configs) writes the agents' Secret in the namespace.
+    let admitted = provider
+        .agent_config("shop", "Deployment", "web", &pod, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admitted, entry);
+    let agent_secret: Secret = s
+        .get("v1", "Secret", "shop", kubernetes::auth::AGENT_SECRET)
+        .expect("agent Secret written at admission");
     let injected = inject(
         &pod,
         &entry,
@@ -187,7 +212,16 @@ async fn intercept_through_an_injected_agent() {
         .unwrap()
         .into_iter()
         .map(|e| {
-            let v = e.value.unwrap_or_else(|| "10.42.0.9".into()); // downward API: pod IP
+            let from = e.value_from.as_ref();
+            let v = match from.and_then(|f| f.secret_key_ref.as_ref()) {
+                // The kubelet resolves the reference from the pod's namespace.
+                Some(r) => {
+                    assert_eq!(r.name, kubernetes::auth::AGENT_SECRET);
+                    let bytes = &agent_secret.data.as_ref().unwrap()[&r.key];
+                    String::from_utf8(bytes.0.clone()).unwrap()
+                }
+                None => e.value.unwrap_or_else(|| "10.42.0.9".into()), // downward API: pod IP
+            };
             (e.name, v)
         })
         .collect();
@@ -247,9 +281,7 @@ async fn intercept_through_an_injected_agent() {
 }
 
 /// A fresh client session (to show intercepts belong to the session that made them).
-async fn arrived_session(
-    client: &mut ManagerClient<tonic::transport::Channel>,
-) -> Option<SessionInfo> {
+async fn arrived_session(client: &mut ManagerClient) -> Option<SessionInfo> {
     client
         .arrive_as_client(ClientInfo {
             name: "other@laptop".into(),

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kubernetes::patch::{inject, InjectSettings};
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider, AGENTS_CONFIGMAP};
+use manager::auth::Caller;
 use protocol::manager::manager_server::Manager as _;
 use protocol::manager::*;
 use std::sync::Arc;
@@ -68,11 +69,11 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     );
     let mgr = manager::Manager::new(provider.clone(), Duration::from_secs(1));
     let arrived = mgr
-        .arrive_as_client(Request::new(ClientInfo {
+        .arrive_as_client(Caller::Client.attach(Request::new(ClientInfo {
             name: "dev@laptop".into(),
             namespace: "shop".into(),
             ..Default::default()
-        }))
+        })))
         .await
         .unwrap()
         .into_inner();
@@ -82,10 +83,10 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     );
     let session = arrived.session;
     let list = mgr
-        .list_workloads(Request::new(ListWorkloadsRequest {
+        .list_workloads(Caller::Client.attach(Request::new(ListWorkloadsRequest {
             session: session.clone(),
             namespace: "shop".into(),
-        }))
+        })))
         .await
         .unwrap()
         .into_inner();
@@ -150,10 +151,10 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     }
 
     let e = mgr
-        .create_intercept(Request::new(CreateInterceptRequest {
+        .create_intercept(Caller::Client.attach(Request::new(CreateInterceptRequest {
             session: session.clone(),
             spec: Some(web_spec()),
-        }))
+        })))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
@@ -169,7 +170,7 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
     assert!(cm.data.as_ref().unwrap().contains_key("web"));
 
     // A numeric target: the entry asks for a redirect.
-    mgr.create_intercept(Request::new(CreateInterceptRequest {
+    mgr.create_intercept(Caller::Client.attach(Request::new(CreateInterceptRequest {
         session: session.clone(),
         spec: Some(InterceptSpec {
             name: "api".into(),
@@ -178,18 +179,18 @@ async fn intercept_timeout_says_why_and_uninstall_removes_agents() {
             target_port: 3000,
             ..Default::default()
         }),
-    }))
+    })))
     .await
     .unwrap_err();
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
     assert!(cm.data.as_ref().unwrap()["api"].contains("mode: redirect"));
 
-    mgr.uninstall(Request::new(UninstallRequest {
+    mgr.uninstall(Caller::Client.attach(Request::new(UninstallRequest {
         session,
         namespace: "shop".into(),
         agents: vec![],
         all_agents: true,
-    }))
+    })))
     .await
     .unwrap();
     let cm: ConfigMap = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP).unwrap();
@@ -253,7 +254,8 @@ async fn manager_startup_serves_grpc_and_the_webhook() {
     let server = tokio::spawn(run_with(settings, s.client(), s.url.clone(), async {
         let _ = stop_rx.await;
     }));
-    let mut client = manager_client(grpc).await;
+    let token = client_token(&s, "ambassador").await;
+    let mut client = manager_client(grpc, Some(token)).await;
     let arrived = arrive(&mut client).await;
     let e = client
         .create_intercept(CreateInterceptRequest {

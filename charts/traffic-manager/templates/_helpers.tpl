@@ -65,4 +65,7 @@ telepresence.io/managed-by: telepresence
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 {{- end }}

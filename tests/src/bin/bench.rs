@@ -9,6 +9,11 @@
 //! Personal intercepts: see `../bench_personal.rs`. Wiretaps: see `../bench_wiretap.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
 //! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
+//! Compose (`bench_compose`): `telepresence compose up -d` of a three-service dev file with one
+//! intercept to the first routed request, and `down`, vs the compose tool alone on the same file.
+//! Faults (`tests::faults`): requests failed under a steady load while one thing dies at a time,
+//! and how long each fault took to settle (the "intercepted" column: failed/requests, the
+//! "direct" column: the settle time and who answers after it).
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use anyhow::{Context, Result};
@@ -48,6 +53,15 @@ struct Args {
     /// Skip the outbound (TUN/DNS) benchmark.
     #[arg(long)]
     no_outbound: bool,
+    /// Skip the `telepresence compose` benchmark.
+    #[arg(long)]
+    no_compose: bool,
+    /// Only the `telepresence compose` benchmark.
+    #[arg(long)]
+    only_compose: bool,
+    /// Skip the fault suite (requests lost and settle times when things die).
+    #[arg(long)]
+    no_faults: bool,
     /// Skip the wiretap benchmark.
     #[arg(long)]
     no_wiretap: bool,
@@ -332,6 +346,51 @@ fn volumes() -> Result<(Vec<Row>, Value)> {
     Ok((rows, doc))
 }
 
+/// The fault suite (`tests::faults`): requests failed under a steady load and the time each
+/// fault took to settle, against the targets of the ones that have one.
+fn faults() -> Result<(Vec<Row>, Value)> {
+    let p = Project::up(&[("web", 8080)])?;
+    let user = User::new();
+    let outcomes = tests::faults::run_suite(&p, &user)?;
+    user.tp(&["quit", "-s"]).ok();
+    eprintln!("{}", tests::faults::table(&outcomes));
+    let target = |fault: &str| match fault {
+        "manager restarted" => Some((3.0, "0 failed, <= 3 s")),
+        "daemon killed" => Some((2.0, "0 failed, <= 2 s")),
+        _ => None,
+    };
+    let rows = outcomes
+        .iter()
+        .map(|o| {
+            let settle = o.settle.as_secs_f64();
+            let limit = target(o.fault);
+            (
+                format!("fault: {}", o.fault),
+                format!("{}/{} failed", o.failed.len(), o.requests),
+                format!("{settle:.2} s -> {}", o.settled_on),
+                limit.map_or("0 failed", |(_, text)| text),
+                o.failed.is_empty() && limit.is_none_or(|(l, _)| settle <= l),
+            )
+        })
+        .collect();
+    let doc = Value::Array(
+        outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "fault": o.fault,
+                    "requests": o.requests,
+                    "failed": o.failed.len(),
+                    "failed_while_workload_down": o.workload_down,
+                    "settle_s": o.settle.as_secs_f64(),
+                    "settled_on": o.settled_on,
+                })
+            })
+            .collect(),
+    );
+    Ok((rows, doc))
+}
+
 fn print_rows(rows: &[Row]) {
     println!(
         "{:<36} {:>14} {:>14}  {:<18} met",
@@ -351,6 +410,15 @@ fn main() -> Result<()> {
         engine_available(),
         "the benchmark needs a running Docker engine"
     );
+    if a.only_compose {
+        let (rows, doc) = tests::bench_compose::compose()?;
+        print_rows(&rows);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "compose": doc }))?
+        );
+        return Ok(());
+    }
     if a.only_wiretap {
         let (rows, v) = bench_wiretap::wiretap(a.requests)?;
         print_rows(&rows);
@@ -395,13 +463,29 @@ fn main() -> Result<()> {
         rows.extend(r);
         v
     };
+    let compose = if a.no_compose || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = tests::bench_compose::compose()?;
+        rows.extend(r);
+        v
+    };
+    let fault_doc = if a.no_faults || a.only_personal {
+        Value::Null
+    } else {
+        let (r, v) = faults()?;
+        rows.extend(r);
+        v
+    };
     print_rows(&rows);
     let doc = json!({
+        "compose": compose,
         "wiretap": wiretap,
         "intercept_path": path,
         "volumes": vols,
         "personal_intercepts": personal,
         "outbound": outbound,
+        "faults": fault_doc,
         "targets_met": rows.iter().all(|r| r.4),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -11,6 +11,8 @@
 //! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
 //! tp-testapp bench-headers URL [--header K=V]... [--requests N] [--concurrency C]
 //! tp-testapp relay --listen PORT --to HOST:PORT
+//! tp-testapp steady URL [--interval-ms MS] [--timeout S]
+//! tp-testapp stranger --grpc HOST:PORT --tunnel HOST:PORT ...
 //! ```
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
@@ -123,6 +125,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
+    /// GET URL on a fresh connection every interval until stdin closes; print `ok <body>` or
+    /// `err <reason>` per request as it completes, then `done <requests sent>`.
+    Steady {
+        url: String,
+        #[arg(long, default_value_t = 25)]
+        interval_ms: u64,
+        /// Give each request this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
     /// Relay every TCP connection on PORT to HOST:PORT (stands in for a published control
     /// plane in the Kubernetes tests).
     Relay {
@@ -130,6 +142,29 @@ enum Command {
         listen: u16,
         #[arg(long)]
         to: String,
+    },
+    /// Try every door of a traffic-manager without its credential (tests/src/stranger.rs);
+    /// prints one JSON `Attempt` per line.
+    Stranger {
+        #[arg(long)]
+        grpc: String,
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        victim_session: String,
+        #[arg(long)]
+        victim_intercept_id: String,
+        #[arg(long)]
+        victim_intercept_name: String,
+        #[arg(long)]
+        outbound: String,
+        /// Present this (made-up) token.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Send one UDP datagram to HOST:PORT and print the reply.
     UdpSend {
@@ -212,6 +247,33 @@ async fn stop_signal() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::Stranger {
+            grpc,
+            tunnel,
+            namespace,
+            workload,
+            victim_session,
+            victim_intercept_id,
+            victim_intercept_name,
+            outbound,
+            token,
+        } => {
+            let t = tests::stranger::Target {
+                grpc,
+                tunnel,
+                token: token.and_then(|t| protocol::auth::Token::parse(&t).ok()),
+                namespace,
+                workload,
+                victim_session,
+                victim_intercept_id,
+                victim_intercept_name,
+                outbound,
+            };
+            for a in tests::stranger::try_everything(&t).await {
+                println!("{}", serde_json::to_string(&a).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             http,
             udp,
@@ -251,6 +313,24 @@ async fn run(command: Command) -> ExitCode {
             personal_tools(command).await
         }
         Command::Relay { listen, to } => relay(listen, to).await,
+        Command::Steady {
+            url,
+            interval_ms,
+            timeout,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let sent = tests::testapp_steady::steady(
+                &url,
+                std::time::Duration::from_millis(interval_ms.max(1)),
+                std::time::Duration::from_secs_f64(timeout.max(0.01)),
+            )
+            .await;
+            println!("done {sent}");
+            ExitCode::SUCCESS
+        }
         Command::UdpSend {
             target,
             message,

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kubernetes::{InjectPolicy, KubeConfig};
-use protocol::manager::manager_client::ManagerClient;
+use protocol::auth::{Bearer, ManagerClient, Token};
 use protocol::manager::{ArriveResponse, ClientInfo};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -259,19 +259,32 @@ pub fn kube_config(policy: InjectPolicy, namespaces: &[&str]) -> KubeConfig {
     }
 }
 
-/// A gRPC client of the manager serving on 127.0.0.1:`grpc`, once it answers.
-pub async fn manager_client(grpc: u16) -> ManagerClient<tonic::transport::Channel> {
-    let url = format!("http://127.0.0.1:{grpc}");
+/// A gRPC client of the manager serving on 127.0.0.1:`grpc`, presenting `token`, once it
+/// answers.
+pub async fn manager_client(grpc: u16, token: Option<Token>) -> ManagerClient {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .expect("endpoint");
     loop {
-        match ManagerClient::connect(url.clone()).await {
-            Ok(c) => return c,
+        match endpoint.connect().await {
+            Ok(c) => return protocol::auth::manager_client(c, Bearer::new(token)),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
 
+/// The client token of the manager in `namespace` once its Secret exists, read as the CLI
+/// reads it (kubernetes/src/auth.rs `client_token`).
+pub async fn client_token(s: &super::standin::StandIn, namespace: &str) -> Token {
+    loop {
+        if let Ok(Some(t)) = kubernetes::auth::client_token(&s.client(), namespace).await {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Arrives as the client `dev@laptop` in namespace `shop`.
-pub async fn arrive(client: &mut ManagerClient<tonic::transport::Channel>) -> ArriveResponse {
+pub async fn arrive(client: &mut ManagerClient) -> ArriveResponse {
     client
         .arrive_as_client(ClientInfo {
             name: "dev@laptop".into(),

@@ -1,0 +1,288 @@
+//! End-to-end tests of `telepresence compose` on the real Docker engine with the real compose
+//! tool: cluster projects (plain compose projects on the engine, `cluster-type: docker`) and a
+//! dev project whose `x-tele` engages them, each type observed from outside — a caller in the
+//! cluster project reaches the intercepted and the replaced service's dev containers, a dev
+//! sibling reaches the engaged service and the proxied remote service by their compose names,
+//! the engaged service reaches its siblings and the cluster by name, the ingesting service sees
+//! the remote environment, a second connection reaches a second cluster project — read from two
+//! `-f` files with `.env` interpolation; then `down` restores everything and leaves nothing.
+//! The lifecycle test covers bad `x-tele` (nothing left), a foreground `up` ended by Ctrl-C, and
+//! `telepresence quit` taking the project down. Run serially (`--test-threads=1`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
+
+use std::time::Duration;
+use tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Cluster project A: `web` serves 8080 but declares no `expose:` (an ordinary compose file),
+/// `orders`, `db` (with env) and `pay` do.
+const CLUSTER_A: &str = r#"  web:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "web"]
+  orders:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "orders"]
+    expose: ["8080"]
+  db:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "db"]
+    expose: ["8080"]
+    environment:
+      DB_SECRET: s3cret
+  pay:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "pay"]
+    expose: ["8080"]
+"#;
+
+/// The dev project's base file: two connections, an intercept of `web` (its port from `.env`
+/// with a default), a plain sibling, and a proxy of `orders`.
+const DEV_BASE: &str = r#"x-tele:
+  connections:
+    - name: ${CONN_A}
+      namespace: ${CLUSTER_A}
+      cluster-type: docker
+    - name: ${CONN_B:?CONN_B must be set}
+      namespace: ${CLUSTER_B}
+      cluster-type: docker
+x-team: {owner: dev}
+services:
+  web:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "${WEB_PORT:-9090}", "--name", "dev-web"]
+    ports: ["18080:9090"]
+    x-tele:
+      type: intercept
+      connection: ${CONN_A}
+      ports: ["${WEB_PORT:-9090}:8080"]
+  helper:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "8080", "--name", "helper"]
+  orders:
+    build: ./does-not-matter
+    x-tele: {type: proxy, connection: "${CONN_A}"}
+"#;
+
+/// The second `-f` file: ingest, replace and a connect service on the second connection.
+const DEV_OVERRIDE: &str = r#"services:
+  helper:
+    environment: {ROLE: sibling}
+  ingester:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "7071", "--name", "ingester"]
+    x-tele: {type: ingest, name: db, connection: "${CONN_A}"}
+  pay:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "7073", "--name", "dev-pay"]
+    x-tele: {type: replace, connection: "${CONN_A}", ports: ["7073:8080"]}
+  apiclient:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "7072", "--name", "apiclient"]
+    x-tele: {type: connect, connection: "${CONN_B}"}
+"#;
+
+#[test]
+fn compose_engages_every_type_and_down_restores() {
+    let Some(b) = Project::up_if_engine(&[("api", 8080)]) else {
+        return;
+    };
+    let a = Project::up_with(CLUSTER_A, "").unwrap();
+    a.wait_for("http://web:8080/", "web", T).unwrap();
+    let (app, _) = images();
+    let (conn_a, conn_b) = (format!("{}-a", a.name), format!("{}-b", b.name));
+    let env = format!(
+        "APP_IMAGE={app}\nCLUSTER_A={}\nCLUSTER_B={}\nCONN_A={conn_a}\nCONN_B={conn_b}\n",
+        a.name, b.name
+    );
+    let dev = DevProject::new(&[
+        ("compose.yaml", DEV_BASE),
+        ("dev.yaml", DEV_OVERRIDE),
+        (".env", &env),
+    ]);
+    let user = User::new();
+
+    // Issue item 4: a service without `expose:` is a workload.
+    let listed = user
+        .tp(&[
+            "connect",
+            "--cluster-type",
+            "docker",
+            "-n",
+            &a.name,
+            "--name",
+            &conn_a,
+        ])
+        .ok();
+    assert!(listed.stdout.contains("Connected"), "{listed:?}");
+    let list = user.tp(&["list", "-n", &a.name]).ok();
+    assert!(
+        list.stdout.contains("web: ready to intercept"),
+        "{}",
+        list.stdout
+    );
+
+    let up = dev.run(&user, &["up", "-d"]);
+    assert_eq!(up.code, 0, "compose up -d: {up:?}");
+
+    // Intercept: the cluster's callers of web reach the dev web.
+    a.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    // Replace: the cluster's pay is the dev pay.
+    a.wait_for("http://pay:8080/", "dev-pay", T).unwrap();
+    // A sibling reaches the engaged service by its compose name, and the proxied remote service.
+    dev.wait_from("helper", "http://web:9090/", "dev-web", T)
+        .unwrap();
+    dev.wait_from("helper", "http://orders:8080/", "orders", T)
+        .unwrap();
+    // The engaged service reaches its sibling by name, and the cluster by name.
+    dev.wait_from("web", "http://helper:8080/", "helper", T)
+        .unwrap();
+    dev.wait_from("web", "http://db:8080/", "db", T).unwrap();
+    dev.wait_from("web", "http://orders:8080/", "orders", T)
+        .unwrap();
+    // Ingest: the remote environment, no traffic.
+    dev.wait_from(
+        "ingester",
+        "http://127.0.0.1:7071/env/DB_SECRET",
+        "s3cret",
+        T,
+    )
+    .unwrap();
+    assert_eq!(a.get("http://db:8080/").unwrap(), "db");
+    // The second connection reaches the second cluster project.
+    dev.wait_from("apiclient", "http://api:8080/", "api", T)
+        .unwrap();
+
+    // config: the rewritten project, other x-* keys kept; ps passes through.
+    let config = dev.run(&user, &["config"]).ok();
+    assert!(
+        config
+            .stdout
+            .contains(&format!("network_mode: container:tp-{conn_a}")),
+        "{}",
+        config.stdout
+    );
+    assert!(config.stdout.contains("x-team"), "{}", config.stdout);
+    assert!(!config.stdout.contains("x-tele"), "{}", config.stdout);
+    let ps = dev.run(&user, &["ps"]).ok();
+    assert!(ps.stdout.contains("helper"), "{}", ps.stdout);
+
+    // down: engagements ended, the original paths answer, nothing of the dev project left.
+    let down = dev.run(&user, &["down", "-t", "1"]);
+    assert_eq!(down.code, 0, "compose down: {down:?}");
+    assert_eq!(a.get("http://web:8080/").unwrap(), "web");
+    a.wait_for("http://pay:8080/", "pay", T).unwrap();
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    assert!(!dev.has_networks());
+    // The connection made before `up` stays; the one `up` started is gone.
+    let status = user.tp(&["status"]).ok();
+    assert!(status.stdout.contains(&conn_a), "{}", status.stdout);
+    assert!(!status.stdout.contains(&conn_b), "{}", status.stdout);
+    user.quit_clean("after compose down and quit -s");
+}
+
+/// Bad x-tele files and what the error must say.
+fn bad_inputs(cluster: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let conn = format!("x-tele:\n  connections:\n    - {{name: bad1, namespace: {cluster}, cluster-type: docker}}\n");
+    let svc = |tele: &str| {
+        format!("{conn}services:\n  web:\n    image: @APP@\n    command: [serve, --http, '9090']\n    x-tele: {tele}\n")
+    };
+    vec![
+        (
+            "unknown type",
+            svc("{type: intrecept}"),
+            vec!["compose.yaml: services.web.x-tele.type: unknown type"],
+        ),
+        (
+            "unknown connection",
+            svc("{type: connect, connection: nope}"),
+            vec!["services.web.x-tele.connection: no connection named \"nope\""],
+        ),
+        (
+            "duplicate connection names",
+            format!("x-tele:\n  connections:\n    - {{name: bad1, namespace: {cluster}}}\n    - {{name: bad1, namespace: {cluster}}}\nservices: {{}}\n"),
+            vec!["x-tele.connections.1.name: connection name \"bad1\" is already used"],
+        ),
+        (
+            "volume and volumePattern",
+            "x-tele:\n  mounts: [{volume: a, volumePattern: 'a.*'}]\nservices: {}\n".to_string(),
+            vec!["x-tele.mounts.0: volume and volumePattern exclude each other"],
+        ),
+        (
+            "unknown workload",
+            svc("{type: intercept, workload: nope, ports: ['9090:8080']}"),
+            vec!["compose.yaml: services.web.x-tele", "nope"],
+        ),
+    ]
+}
+
+/// Our containers, networks and volumes except the Docker-engine traffic-managers (which, as
+/// after `telepresence quit`, stay until `quit -s`).
+fn leftovers_but_managers() -> Vec<String> {
+    leftovers_but(&["container tp-traffic-manager-"])
+}
+
+/// Our containers, networks and volumes except those whose description starts with one of
+/// `kept`.
+fn leftovers_but(kept: &[&str]) -> Vec<String> {
+    leftovers()
+        .into_iter()
+        .filter(|l| !kept.iter().any(|k| l.starts_with(k)))
+        .collect()
+}
+
+#[test]
+fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
+    let Some(a) = Project::up_if_engine(&[("web", 8080)]) else {
+        return;
+    };
+    let user = User::new();
+    for (what, yaml, want) in bad_inputs(&a.name) {
+        let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+        let r = dev.run(&user, &["up", "-d"]);
+        assert_ne!(r.code, 0, "{what}: {r:?}");
+        for w in want {
+            assert!(r.stderr.contains(w), "{what}: {w:?} not in {}", r.stderr);
+        }
+        let errors: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("telepresence compose: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: one error line: {}", r.stderr);
+        assert!(dev.containers().is_empty(), "{what}");
+        let left = leftovers_but_managers();
+        assert!(left.is_empty(), "{what}: left behind {left:?}");
+        assert_eq!(a.get("http://web:8080/").unwrap(), "web", "{what}");
+    }
+
+    // Foreground up: Ctrl-C ends the engagement (the cluster's web answers again).
+    let yaml = format!(
+        "x-tele:\n  connections: [{{name: fg1, namespace: {}, cluster-type: docker}}]\nservices:\n  web:\n    image: @APP@\n    command: [serve, --http, '9090', --name, dev-web]\n    x-tele: {{type: intercept, ports: ['9090:8080']}}\n",
+        a.name
+    );
+    let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+    let child = spawn_piped(dev.command(&user, &["up"]));
+    a.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    // SAFETY: kill(2) on our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut child = child;
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let (out, err) = output_of(child);
+    assert!(status.code().is_some(), "{out}{err}");
+    assert_eq!(a.get("http://web:8080/").unwrap(), "web", "{err}");
+
+    // quit on the connection the project uses brings the project down first.
+    let quit = user.tp(&["quit", "--use", "^fg1$"]).ok();
+    assert!(quit.stdout.contains("Disconnected"), "{quit:?}");
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    assert!(!dev.has_networks());
+    // The traffic-agent stays installed after its engagement ends, as after `telepresence
+    // leave` (removed by `uninstall` or `quit -s`); nothing else of ours may remain.
+    let kept = ["container tp-traffic-manager-", "container tp-agent-"];
+    assert!(leftovers_but(&kept).is_empty(), "{:?}", leftovers());
+    user.quit_clean("after compose up, Ctrl-C and quit");
+}

@@ -1,0 +1,38 @@
+//! The fault suite on the real Docker engine: a caller sends a request every 25 ms to an
+//! intercepted compose service while one thing fails at a time — the intercept starts, the
+//! handler exits, the user leaves, the traffic-agent is killed, the workload restarts and is
+//! recreated, the traffic-manager restarts, the daemon is killed — and every request is counted
+//! (`tests/src/faults.rs`). None may fail; requests that fail while the workload itself is
+//! down (its own restart) are not ours and counted apart. How long each fault took to settle
+//! is printed here and measured by the benchmark's "faults" section, never asserted.
+
+use tests::faults::{run_suite, table};
+use tests::*;
+
+#[test]
+fn no_request_is_lost_when_things_die() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
+        return;
+    };
+    let user = User::new();
+    let outcomes = run_suite(&p, &user).unwrap();
+    eprintln!("{}", table(&outcomes));
+    for o in &outcomes {
+        assert!(o.requests > 0, "{}: no request completed", o.fault);
+        assert!(
+            o.failed.is_empty(),
+            "{}: {} of {} requests failed:\n{}\n{}",
+            o.fault,
+            o.failed.len(),
+            o.requests,
+            o.failed.join("\n"),
+            table(&outcomes)
+        );
+    }
+    user.quit_clean("after the fault suite");
+    assert!(
+        !p.has_agent_table("web").unwrap(),
+        "quit -s must leave no redirect"
+    );
+    assert_eq!(p.get("http://web:8080/").unwrap(), "web");
+}
