@@ -27,6 +27,21 @@ pub struct Sample {
     pub body: Option<String>,
     /// The caller's line.
     pub line: String,
+    /// For a failure: when the request began (ms since the Unix epoch).
+    pub started: Option<u128>,
+}
+
+/// Failed requests a fault's outcome counts apart, because nothing of ours could have saved
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apart {
+    /// None: every failure counts.
+    Nothing,
+    /// Failures while the workload itself was down (its own restart).
+    WorkloadDown,
+    /// Requests already under way through a process that was SIGKILLed: their connection was a
+    /// socket of that process and died with it. Requests begun after the kill must all succeed.
+    CutInFlight,
 }
 
 /// A steady caller inside the project network.
@@ -61,10 +76,15 @@ impl Load {
                     continue;
                 }
                 let body = line.strip_prefix("ok ").map(str::to_string);
+                let started = line
+                    .strip_prefix(crate::testapp_steady::ERR_START)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|ms| ms.parse().ok());
                 s2.lock().unwrap().push(Sample {
                     at: start.elapsed(),
                     body,
                     line,
+                    started,
                 });
             }
         });
@@ -173,6 +193,8 @@ pub struct Outcome {
     pub failed: Vec<String>,
     /// Requests that failed while the workload itself was down (a restart), not counted above.
     pub workload_down: usize,
+    /// Requests under way through a SIGKILLed process, which died with it; not counted above.
+    pub cut_in_flight: usize,
     /// From the fault (or, for a restart, the workload being back) until the answers settled.
     pub settle: Duration,
     /// Who answers once settled: `handler` or the original `web`.
@@ -216,11 +238,13 @@ impl<'a> Suite<'a> {
 
     /// Attributes the samples completed since the last call (after waiting `grace` for the
     /// requests still in flight) to `fault`; `down` is the part of the window during which the
-    /// workload itself was down.
+    /// workload itself was down, `killed_at` when a process was SIGKILLed (ms since the Unix
+    /// epoch, taken once the kill returned).
     fn outcome(
         &mut self,
         fault: &'static str,
         down: Option<(Duration, Duration)>,
+        killed_at: Option<u128>,
         settle: Duration,
         settled_on: &'static str,
     ) -> Outcome {
@@ -229,9 +253,16 @@ impl<'a> Suite<'a> {
         let samples = self.load.samples(self.mark..end);
         self.mark = end;
         let in_down = |s: &Sample| down.is_some_and(|(a, b)| s.at >= a && s.at <= b);
+        let cut = |s: &Sample| {
+            killed_at.is_some_and(|k| s.started.is_some_and(|b| b <= k)) && !in_down(s)
+        };
+        let cut_in_flight = samples
+            .iter()
+            .filter(|s| s.body.is_none() && cut(s))
+            .count();
         let failed: Vec<String> = samples
             .iter()
-            .filter(|s| s.body.is_none() && !in_down(s))
+            .filter(|s| s.body.is_none() && !in_down(s) && !cut(s))
             .map(|s| format!("{:.3}s {}", s.at.as_secs_f64(), s.line))
             .collect();
         let workload_down = samples
@@ -240,9 +271,10 @@ impl<'a> Suite<'a> {
             .count();
         Outcome {
             fault,
-            requests: samples.len() - workload_down,
+            requests: samples.len() - workload_down - cut_in_flight,
             failed,
             workload_down,
+            cut_in_flight,
             settle,
             settled_on,
         }
@@ -262,7 +294,7 @@ impl<'a> Suite<'a> {
         ));
         self.handler = Some(child);
         let at = self.load.wait_steady(t0, HANDLER)?;
-        Ok(self.outcome(fault, None, at.saturating_sub(t0), HANDLER))
+        Ok(self.outcome(fault, None, None, at.saturating_sub(t0), HANDLER))
     }
 
     /// Waits for the intercept command to end (its handler is gone).
@@ -287,26 +319,28 @@ impl<'a> Suite<'a> {
         act(self)?;
         let at = self.load.wait_steady(t0, ORIGINAL)?;
         self.reap_handler();
-        Ok(self.outcome(fault, None, at.saturating_sub(t0), ORIGINAL))
+        Ok(self.outcome(fault, None, None, at.saturating_sub(t0), ORIGINAL))
     }
 
     /// Something breaks (`act`) after which the intercept must resume by itself; the settle
     /// time runs from `act`'s return (for a workload restart: once the workload is back).
-    /// `workload_down`: failures while `act` ran are the workload's own outage.
+    /// `apart`: which failures are not ours to prevent.
     pub fn resumes(
         &mut self,
         fault: &'static str,
-        workload_down: bool,
+        apart: Apart,
         act: impl FnOnce(&Self) -> Result<()>,
     ) -> Result<Outcome> {
         let t0 = self.load.now();
         act(self)?;
         let t1 = self.load.now();
+        let killed_at = (apart == Apart::CutInFlight)
+            .then(|| crate::testapp_steady::unix_ms(std::time::SystemTime::now()));
         // The fault took effect (the original answered, or the workload was down)…
         self.load.wait_change(t0, HANDLER)?;
         // …and the intercept routes again without anyone doing anything.
         let at = self.load.wait_steady(t1, HANDLER)?;
-        let down = workload_down.then_some((t0, t1));
+        let down = (apart == Apart::WorkloadDown).then_some((t0, t1));
         // `list` says what routes: the intercept is active again.
         let l = self.user.tp(&["list", "-n", &self.p.name]);
         anyhow::ensure!(
@@ -315,13 +349,13 @@ impl<'a> Suite<'a> {
             l.stdout,
             l.stderr
         );
-        Ok(self.outcome(fault, down, at.saturating_sub(t1), HANDLER))
+        Ok(self.outcome(fault, down, killed_at, at.saturating_sub(t1), HANDLER))
     }
 
     /// Stops the load, checks that every request sent was counted, and returns the stragglers
     /// (requests that completed after the last fault) as an outcome of their own.
     pub fn finish(mut self) -> Result<Outcome> {
-        let last = self.outcome("after the last fault", None, Duration::ZERO, ORIGINAL);
+        let last = self.outcome("after the last fault", None, None, Duration::ZERO, ORIGINAL);
         self.reap_handler();
         let Suite { load, mark, .. } = self;
         let (samples, sent) = load.stop()?;
@@ -389,17 +423,17 @@ pub fn run_suite(p: &Project, user: &User) -> Result<Vec<Outcome>> {
     })?);
     s.intercept("(intercept again)")?;
     let agent = docker::provider::agent_name(&p.name, WORKLOAD, 1);
-    out.push(s.resumes("agent killed", false, |_| {
+    out.push(s.resumes("agent killed", Apart::CutInFlight, |_| {
         docker(&["kill", &agent]).map(drop)
     })?);
-    out.push(s.resumes("workload restarted", true, |s| {
+    out.push(s.resumes("workload restarted", Apart::WorkloadDown, |s| {
         docker(&["restart", "-t", "1", &s.p.container(WORKLOAD)?]).map(drop)
     })?);
-    out.push(s.resumes("workload recreated", true, |s| {
+    out.push(s.resumes("workload recreated", Apart::WorkloadDown, |s| {
         s.p.compose(&["up", "-d", "--no-deps", "--force-recreate", WORKLOAD])
     })?);
     let manager = cli::connect::manager_container(&p.name);
-    out.push(s.resumes("manager restarted", false, |_| {
+    out.push(s.resumes("manager restarted", Apart::Nothing, |_| {
         docker(&["restart", "-t", "1", &manager]).map(drop)
     })?);
     let daemon = daemon_container(user)?;
@@ -417,16 +451,17 @@ pub fn run_suite(p: &Project, user: &User) -> Result<Vec<Outcome>> {
 /// The outcomes as a table (fault, requests, failed, settle, settled on).
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut t = format!(
-        "{:<22} {:>8} {:>7} {:>13} {:>9}  settled on\n",
-        "fault", "requests", "failed", "workload down", "settle"
+        "{:<22} {:>8} {:>7} {:>13} {:>13} {:>9}  settled on\n",
+        "fault", "requests", "failed", "workload down", "cut in flight", "settle"
     );
     for o in outcomes {
         t.push_str(&format!(
-            "{:<22} {:>8} {:>7} {:>13} {:>8.2}s  {}\n",
+            "{:<22} {:>8} {:>7} {:>13} {:>13} {:>8.2}s  {}\n",
             o.fault,
             o.requests,
             o.failed.len(),
             o.workload_down,
+            o.cut_in_flight,
             o.settle.as_secs_f64(),
             o.settled_on
         ));

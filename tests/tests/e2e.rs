@@ -56,7 +56,11 @@ fn intercept_docker_run_routes_and_restores() {
     let st = user.tp(&["status"]).ok();
     assert_eq!(kv(&st.stdout, "Intercepts"), "1 total", "{}", st.stdout);
     let l = user.tp(&["list", "-n", &p.name]).ok();
-    assert!(l.stdout.starts_with("web: intercepted\n"), "{}", l.stdout);
+    assert!(
+        l.stdout.lines().any(|x| x == "web: intercepted"),
+        "{}",
+        l.stdout
+    );
     assert!(l.stdout.contains("State         : ACTIVE"), "{}", l.stdout);
     assert!(
         l.stdout.contains("Destination   : 127.0.0.1:9090"),

@@ -3,7 +3,9 @@
 //! handler exits, the user leaves, the traffic-agent is killed, the workload restarts and is
 //! recreated, the traffic-manager restarts, the daemon is killed — and every request is counted
 //! (`tests/src/faults.rs`). None may fail; requests that fail while the workload itself is
-//! down (its own restart) are not ours and counted apart. How long each fault took to settle
+//! down (its own restart), and requests already under way through the agent when it is
+//! SIGKILLed (their connection was the agent's socket), are not ours to save and are counted
+//! apart; every request begun after the kill must succeed. How long each fault took to settle
 //! is printed here and measured by the benchmark's "faults" section, never asserted.
 
 use tests::faults::{run_suite, table};

@@ -140,6 +140,7 @@ async fn service_flag_picks_one_services_ports() {
 #[tokio::test]
 #[allow(clippy::too_many_lines)] // a scenario, read top to bottom
 async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
+    use manager::auth::Caller;
     use protocol::manager::manager_server::Manager as _;
     use protocol::manager::*;
     use tonic::Request;
@@ -150,30 +151,30 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
         .unwrap();
     let mgr = manager::Manager::new(std::sync::Arc::new(p), std::time::Duration::from_secs(5));
     let client = mgr
-        .arrive_as_client(Request::new(ClientInfo {
+        .arrive_as_client(Caller::Client.attach(Request::new(ClientInfo {
             name: "dev@laptop".into(),
             namespace: "shop".into(),
             ..Default::default()
-        }))
+        })))
         .await
         .unwrap()
         .into_inner()
         .session;
     // The injected agent arrives and watches its snapshot.
     let agent = mgr
-        .arrive_as_agent(Request::new(AgentInfo {
+        .arrive_as_agent(Caller::Agent.attach(Request::new(AgentInfo {
             name: "web".into(),
             namespace: "shop".into(),
             ports: vec![80, 9000],
             ..Default::default()
-        }))
+        })))
         .await
         .unwrap()
         .into_inner()
         .session
         .unwrap();
     let mut snaps = mgr
-        .watch_intercepts(Request::new(agent.clone()))
+        .watch_intercepts(Caller::Agent.attach(Request::new(agent.clone())))
         .await
         .unwrap()
         .into_inner();
@@ -185,7 +186,7 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
         }
     });
     let create = |name: &str, kind: EngagementKind, local: u32| {
-        mgr.create_intercept(Request::new(CreateInterceptRequest {
+        mgr.create_intercept(Caller::Client.attach(Request::new(CreateInterceptRequest {
             session: client.clone(),
             spec: Some(InterceptSpec {
                 name: name.into(),
@@ -196,7 +197,7 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
                 kind: kind as i32,
                 ..Default::default()
             }),
-        }))
+        })))
     };
     let tap = create("tap1", EngagementKind::Wiretap, 9095)
         .await
@@ -242,17 +243,17 @@ async fn wiretaps_and_an_intercept_share_a_port_on_kubernetes() {
     assert!(routes.taps(9000).is_empty());
 
     // The agent's drop counters reach `list`.
-    mgr.report_wiretaps(Request::new(WiretapReport {
+    mgr.report_wiretaps(Caller::Agent.attach(Request::new(WiretapReport {
         session: Some(agent.clone()),
         dropped: [(tap.id.clone(), 3)].into_iter().collect(),
-    }))
+    })))
     .await
     .unwrap();
     let list = mgr
-        .list_workloads(Request::new(ListWorkloadsRequest {
+        .list_workloads(Caller::Client.attach(Request::new(ListWorkloadsRequest {
             session: client.clone(),
             namespace: "shop".into(),
-        }))
+        })))
         .await
         .unwrap()
         .into_inner();

@@ -168,10 +168,17 @@ async fn intercept_through_an_injected_agent() {
     });
 
     // The kubelet's part: once the rollout's new pod is admitted, start its agent container.
+    // The rollout (the workload's restart PATCH) comes after the entry is written and seen.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let entry = loop {
         let cm: Option<ConfigMap> = s.get("v1", "ConfigMap", "shop", AGENTS_CONFIGMAP);
-        if let Some(y) = cm.and_then(|c| c.data?.get("web").cloned()) {
+        let rolled = !s
+            .requests_matching("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web")
+            .is_empty();
+        if let Some(y) = cm
+            .and_then(|c| c.data?.get("web").cloned())
+            .filter(|_| rolled)
+        {
             break AgentConfig::from_yaml(&y).unwrap();
         }
         assert!(tokio::time::Instant::now() < deadline, "no agent entry");

@@ -67,13 +67,21 @@ fn service(name: &str, port: i32, target: IntOrString) -> Service {
     }
 }
 
-/// `-e K=V` for every literal env var of a container; `TP_POD_IP` (downward API) is given.
+/// `-e K=V` for every literal env var of a container; `TP_POD_IP` (downward API) is given; an
+/// optional Secret key is left unset as the kubelet does when the Secret does not exist (no
+/// Secret exists here: nobody answers at the manager address either).
 fn env_args(c: &Container, pod_ip: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in c.env.iter().flatten() {
+        let optional_secret = e
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .is_some_and(|r| r.optional == Some(true));
         let v = match (&e.value, e.name.as_str()) {
             (Some(v), _) => v.clone(),
             (None, "TP_POD_IP") => pod_ip.to_string(),
+            (None, _) if optional_secret => continue,
             (None, other) => panic!("unexpected valueFrom env {other}"),
         };
         out.push("-e".into());

@@ -136,6 +136,34 @@ fn standin_with_manager(
     );
     k.forward_port(8081, format!("{mgr_ip}:8081").parse().unwrap());
     k.forward_port(8082, format!("{mgr_ip}:8082").parse().unwrap());
+    // The manager's client credential, where a Kubernetes manager keeps it (the Secret users
+    // who may connect can read): derived from the secret this engine's manager was given.
+    let env = docker(&[
+        "inspect",
+        &mgr,
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+    ])
+    .unwrap();
+    let secret = env
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{}=", protocol::auth::MANAGER_SECRET_ENV)))
+        .expect("the manager container has its secret");
+    let client = protocol::auth::Token::parse(secret)
+        .unwrap()
+        .derive(protocol::auth::Purpose::Client);
+    k.put(&k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(kubernetes::auth::MANAGER_SECRET.into()),
+            namespace: Some("ambassador".into()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            kubernetes::auth::CLIENT_KEY.to_string(),
+            k8s_openapi::ByteString(client.as_str().as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    });
     let gw = bridge_gateway(&mgr);
     (rt, k, gw, ca)
 }
@@ -206,7 +234,8 @@ fn connect_through_the_api_port_forward() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent not yet installed)"
+        // `caller` declares no port and is a workload too.
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent not yet installed)"
     );
 
     // Connecting again refreshes the credentials: the plugin runs again, the daemon gets the
@@ -325,7 +354,8 @@ fn connect_to_a_loopback_api_server_through_its_container() {
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
-        "web: ready to intercept (traffic-agent not yet installed)"
+        // `caller` declares no port and is a workload too.
+        "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent not yet installed)"
     );
     let st = user.tp(&["status"]).ok();
     assert!(

@@ -7,7 +7,8 @@
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -270,6 +271,20 @@ fn expected_pod() -> Pod {
             r#"[{"path":"/var/data","read_only":false},{"path":"/etc/certs","read_only":true}]"#,
         ),
         env("TP_APP_ENV_INHERIT", "true"),
+        // The agent's credential: from the Secret the manager keeps in the namespace, optional
+        // so the pod starts without it (the manager then refuses the agent; the app serves).
+        EnvVar {
+            name: "TP_AGENT_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "traffic-agent-auth".into(),
+                    key: "agent-token".into(),
+                    optional: Some(true),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
         EnvVar {
             name: "TP_POD_IP".into(),
             value_from: Some(EnvVarSource {

@@ -382,6 +382,7 @@ fn faults() -> Result<(Vec<Row>, Value)> {
                     "requests": o.requests,
                     "failed": o.failed.len(),
                     "failed_while_workload_down": o.workload_down,
+                    "cut_in_flight_by_a_kill": o.cut_in_flight,
                     "settle_s": o.settle.as_secs_f64(),
                     "settled_on": o.settled_on,
                 })
