@@ -195,6 +195,9 @@ pub struct Outcome {
     pub workload_down: usize,
     /// Requests under way through a SIGKILLed process, which died with it; not counted above.
     pub cut_in_flight: usize,
+    /// Failed requests the fault may cost, in percent of `requests` (0 but for a network cut,
+    /// during which a dial the agent already started can time out).
+    pub tolerance_pct: usize,
     /// From the fault (or, for a restart, the workload being back) until the answers settled.
     pub settle: Duration,
     /// Who answers once settled: `handler` or the original `web`.
@@ -275,6 +278,7 @@ impl<'a> Suite<'a> {
             failed,
             workload_down,
             cut_in_flight,
+            tolerance_pct: 0,
             settle,
             settled_on,
         }
@@ -376,6 +380,66 @@ impl<'a> Suite<'a> {
     }
 }
 
+/// How long the network between the daemon and the manager is cut.
+const CUT: Duration = Duration::from_secs(20);
+/// How long the daemon container is frozen (a laptop asleep, in miniature).
+const PAUSE: Duration = Duration::from_secs(10);
+
+/// A cut network between a container and one address: every packet between them is dropped
+/// (no reset, as when a laptop's network goes away) by an nftables table in the container's
+/// network namespace, entered from the host with `nsenter`; the table goes when this is
+/// dropped (or with the namespace).
+struct NetworkCut {
+    pid: String,
+}
+
+/// The nftables table of a [`NetworkCut`].
+const CUT_TABLE: &str = "tp_fault_cut";
+
+impl NetworkCut {
+    fn start(container: &str, peer: &str) -> Result<NetworkCut> {
+        let pid = docker(&["inspect", container, "--format", "{{.State.Pid}}"])?;
+        let rules = format!(
+            "table ip {CUT_TABLE} {{\n chain out {{ type filter hook output priority 0; ip daddr {peer} drop; }}\n chain in {{ type filter hook input priority 0; ip saddr {peer} drop; }}\n}}\n"
+        );
+        let mut c = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        c.stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(rules.as_bytes())?;
+        let out = c.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cutting the network with nsenter + nft (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(NetworkCut { pid })
+    }
+}
+
+impl Drop for NetworkCut {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .args(["-t", &self.pid, "-n", "nft", "delete", "table", "ip", CUT_TABLE])
+            .status();
+    }
+}
+
+/// A container's address on the default bridge.
+fn bridge_ip(container: &str) -> Result<String> {
+    docker(&[
+        "inspect",
+        container,
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+    ])
+}
+
 /// Waits up to `limit` for `c` to exit, else kills it; whether it exited by itself.
 fn wait_or_kill(c: &mut Child, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -437,6 +501,20 @@ pub fn run_suite(p: &Project, user: &User) -> Result<Vec<Outcome>> {
         docker(&["restart", "-t", "1", &manager]).map(drop)
     })?);
     let daemon = daemon_container(user)?;
+    let mut cut = s.resumes("network cut 20 s", Apart::Nothing, |_| {
+        let manager_ip = bridge_ip(&manager)?;
+        let _cut = NetworkCut::start(&daemon, &manager_ip)?;
+        // Long enough that the manager and the daemon both see each other gone.
+        std::thread::sleep(CUT);
+        Ok(())
+    })?;
+    cut.tolerance_pct = 1;
+    out.push(cut);
+    out.push(s.resumes("daemon paused 10 s", Apart::Nothing, |_| {
+        docker(&["pause", &daemon])?;
+        std::thread::sleep(PAUSE);
+        docker(&["unpause", &daemon]).map(drop)
+    })?);
     // The intercept command only waits for its handler, which outlives a killed daemon (in
     // the daemon's dead network namespace) until `quit -s`: stop waiting for it.
     if let Some(mut c) = s.handler.take() {

@@ -1,8 +1,10 @@
 //! The fault suite on the real Docker engine: a caller sends a request every 25 ms to an
 //! intercepted compose service while one thing fails at a time — the intercept starts, the
 //! handler exits, the user leaves, the traffic-agent is killed, the workload restarts and is
-//! recreated, the traffic-manager restarts, the daemon is killed — and every request is counted
-//! (`tests/src/faults.rs`). None may fail; requests that fail while the workload itself is
+//! recreated, the traffic-manager restarts, the network between daemon and manager is cut for
+//! 20 s, the daemon is frozen (`docker pause`) for 10 s, the daemon is killed — and every
+//! request is counted (`tests/src/faults.rs`). None may fail (during the network cut: at most
+//! 1 %); requests that fail while the workload itself is
 //! down (its own restart), and requests already under way through the agent when it is
 //! SIGKILLed (their connection was the agent's socket), are not ours to save and are counted
 //! apart; every request begun after the kill must succeed. How long each fault took to settle
@@ -22,7 +24,7 @@ fn no_request_is_lost_when_things_die() {
     for o in &outcomes {
         assert!(o.requests > 0, "{}: no request completed", o.fault);
         assert!(
-            o.failed.is_empty(),
+            o.failed.len() * 100 <= o.requests * o.tolerance_pct,
             "{}: {} of {} requests failed:\n{}\n{}",
             o.fault,
             o.failed.len(),
