@@ -28,10 +28,12 @@ pub(crate) enum FirstExchange {
 }
 
 /// Relays between `inbound` (the caller) and `tunnel` until the client side answers, the
-/// tunnel ends unanswered, or the caller goes away.
+/// tunnel ends unanswered, or the caller goes away; every byte of the caller is also queued
+/// for the wiretaps' `copies` (once, whichever side it ends up at).
 pub(crate) async fn first_exchange(
     inbound: &mut TcpStream,
     tunnel: &mut TcpStream,
+    copies: &mut [crate::wiretap::CopySender],
 ) -> FirstExchange {
     let mut sent = Vec::new();
     let mut caller_done = false;
@@ -48,6 +50,7 @@ pub(crate) async fn first_exchange(
                     }
                 }
                 Ok(n) => {
+                    crate::wiretap::push_all(copies, &up[..n]);
                     if tunnel.write_all(&up[..n]).await.is_err() {
                         sent.extend_from_slice(&up[..n]);
                         return unanswered(sent, caller_done);
@@ -105,7 +108,7 @@ mod tests {
             drop(client_side); // the handler died mid-request
             got
         });
-        let end = first_exchange(&mut inbound, &mut tunnel).await;
+        let end = first_exchange(&mut inbound, &mut tunnel, &mut []).await;
         assert_eq!(client.await.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(
             end,
@@ -129,7 +132,7 @@ mod tests {
             got
         });
         assert_eq!(
-            first_exchange(&mut inbound, &mut tunnel).await,
+            first_exchange(&mut inbound, &mut tunnel, &mut []).await,
             FirstExchange::Committed
         );
         assert_eq!(client.await.unwrap(), b"ping");
@@ -152,10 +155,42 @@ mod tests {
             client_side.read_exact(&mut got).await.unwrap();
         });
         assert_eq!(
-            first_exchange(&mut inbound, &mut tunnel).await,
+            first_exchange(&mut inbound, &mut tunnel, &mut []).await,
             FirstExchange::Committed
         );
         let _caller = writer.await.unwrap();
         reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_wiretaps_get_the_bytes_of_the_first_exchange() {
+        use crate::wiretap::{copy, deliver, Counters};
+        let (mut caller, mut inbound) = pair().await;
+        let (mut tunnel, mut client_side) = pair().await;
+        let (tx, rx) = copy(
+            "tap".into(),
+            std::sync::Arc::new(Counters::default()),
+            1 << 20,
+        );
+        let (ours, mut handler) = tokio::io::duplex(1024);
+        tokio::spawn(deliver(ours, rx));
+        caller.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        let client = tokio::spawn(async move {
+            let mut got = vec![0u8; 19];
+            client_side.read_exact(&mut got).await.unwrap();
+            client_side
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+                .await
+                .unwrap();
+            got
+        });
+        let mut copies = vec![tx];
+        let end = first_exchange(&mut inbound, &mut tunnel, &mut copies).await;
+        assert_eq!(end, FirstExchange::Committed);
+        assert_eq!(client.await.unwrap(), b"GET /a HTTP/1.1\r\n\r\n");
+        drop(copies);
+        let mut copied = Vec::new();
+        handler.read_to_end(&mut copied).await.unwrap();
+        assert_eq!(copied, b"GET /a HTTP/1.1\r\n\r\n");
     }
 }

@@ -101,6 +101,13 @@ async fn serve(
     taps: Vec<crate::routes::Tap>,
     shared: &Shared,
 ) {
+    // The copies start with the connection, so that they get every byte of the caller, also
+    // those of the first exchange with an intercept's client side.
+    let mut copies = if taps.is_empty() {
+        Vec::new()
+    } else {
+        crate::wiretap::start(taps, shared, service_port)
+    };
     if let Route::Intercept {
         intercept_id,
         session_id,
@@ -119,9 +126,9 @@ async fn serve(
         )
         .await
         {
-            Ok(mut t) => match failopen::first_exchange(&mut inbound, &mut t).await {
+            Ok(mut t) => match failopen::first_exchange(&mut inbound, &mut t, &mut copies).await {
                 FirstExchange::Committed => {
-                    return relay_with_taps(inbound, t, taps, shared, service_port, peer).await;
+                    return relay_with_copies(inbound, t, copies, service_port, peer).await;
                 }
                 FirstExchange::CallerGone => return,
                 FirstExchange::Unanswered { sent, caller_done } => {
@@ -131,7 +138,7 @@ async fn serve(
                         sent.len()
                     );
                     let replay = (sent.as_slice(), caller_done);
-                    return to_app(inbound, peer, service_port, app, replay, taps, shared).await;
+                    return to_app(inbound, peer, service_port, app, replay, copies).await;
                 }
             },
             Err(e) => warn!(
@@ -140,19 +147,18 @@ async fn serve(
             ),
         }
     }
-    to_app(inbound, peer, service_port, app, (&[], false), taps, shared).await;
+    to_app(inbound, peer, service_port, app, (&[], false), copies).await;
 }
 
 /// Splices a caller to the app, after replaying what it already sent (`replay`: the bytes,
-/// and whether it half-closed after them).
+/// and whether it half-closed after them; the `copies` have them already).
 async fn to_app(
     inbound: TcpStream,
     peer: SocketAddr,
     service_port: u16,
     app: SocketAddr,
     (sent, caller_done): (&[u8], bool),
-    taps: Vec<crate::routes::Tap>,
-    shared: &Shared,
+    copies: Vec<crate::wiretap::CopySender>,
 ) {
     let mut outbound = match TcpStream::connect(app).await {
         Ok(s) => {
@@ -170,22 +176,20 @@ async fn to_app(
         debug!("port {service_port}: replaying {peer} to the app: {e}");
         return;
     }
-    relay_with_taps(inbound, outbound, taps, shared, service_port, peer).await;
+    relay_with_copies(inbound, outbound, copies, service_port, peer).await;
 }
 
-/// Splices the caller and its destination, copying the caller's bytes to `taps` if any.
-async fn relay_with_taps(
+/// Splices the caller and its destination, copying the caller's bytes to `copies` if any.
+async fn relay_with_copies(
     mut inbound: TcpStream,
     mut outbound: TcpStream,
-    taps: Vec<crate::routes::Tap>,
-    shared: &Shared,
+    copies: Vec<crate::wiretap::CopySender>,
     service_port: u16,
     peer: SocketAddr,
 ) {
-    let r = if taps.is_empty() {
+    let r = if copies.is_empty() {
         relay::splice(&mut inbound, &mut outbound).await.map(|_| ())
     } else {
-        let copies = crate::wiretap::start(taps, shared, service_port);
         crate::wiretap::relay(inbound, outbound, copies).await
     };
     if let Err(e) = r {

@@ -252,6 +252,17 @@ pub async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(out: S, mut copy: CopyRe
 /// Relays a wiretapped connection between the caller and `outbound` (the app or an intercept's
 /// tunnel) like `relay::splice`, queueing a copy of every chunk from the caller for each of
 /// `copies` before forwarding it. Ends when both directions are done, or either fails.
+/// Queues one chunk of the caller for every copy, in one buffer they share.
+pub(crate) fn push_all(copies: &mut [CopySender], data: &[u8]) {
+    if copies.is_empty() {
+        return;
+    }
+    let chunk = Bytes::copy_from_slice(data);
+    for c in copies {
+        c.push_bytes(chunk.clone());
+    }
+}
+
 pub(crate) async fn relay(
     inbound: TcpStream,
     outbound: TcpStream,
@@ -267,11 +278,7 @@ pub(crate) async fn relay(
             if n == 0 {
                 break;
             }
-            // One shared buffer for every copy of this chunk.
-            let chunk = Bytes::copy_from_slice(&buf[..n]);
-            for c in &mut copies {
-                c.push_bytes(chunk.clone());
-            }
+            push_all(&mut copies, &buf[..n]);
             uo.write_all(&buf[..n]).await?;
         }
         // The copies end with the caller's stream.
