@@ -286,3 +286,141 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
     assert!(leftovers_but(&kept).is_empty(), "{:?}", leftovers());
     user.quit_clean("after compose up, Ctrl-C and quit");
 }
+
+/// Cluster project with volumes: `web` mounts `data` at /data and `cfg` at /cfg.
+const CLUSTER_VOLUMES: &str = r#"  web:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "web"]
+    volumes: ["data:/data", "cfg:/cfg"]
+"#;
+
+/// The dev project: `web`, intercepted, mounts its own `data` and `cfg` volumes at the paths
+/// where the workload mounts its volumes; `data` is `remote`, `cfg` (external, seeded by the
+/// test) `local`.
+const DEV_VOLUMES: &str = r#"x-tele:
+  connections: [{name: vol1, namespace: @CLUSTER@, cluster-type: docker}]
+  mounts:
+    - {volume: data, policy: remote}
+    - {volumePattern: 'c.g', policy: local}
+services:
+  web:
+    image: @APP@
+    command: [serve, --http, '9090', --name, dev-web]
+    volumes: ["data:/data", "cfg:/cfg"]
+    x-tele: {type: intercept, ports: ['9090:8080']}
+volumes:
+  data: {}
+  cfg: {name: @CFG@, external: true}
+"#;
+
+/// Writes `text` to `path` inside volume `volume` through a created, never started container.
+fn seed_volume(volume: &str, path: &str, text: &str) {
+    let (app, _) = images();
+    let seed = format!("{volume}-seed");
+    let file = std::env::temp_dir().join(&seed);
+    std::fs::write(&file, text).unwrap();
+    docker(&[
+        "create",
+        "--name",
+        &seed,
+        "-v",
+        &format!("{volume}:/v"),
+        app,
+    ])
+    .unwrap();
+    docker(&["cp", file.to_str().unwrap(), &format!("{seed}:/v/{path}")]).unwrap();
+    docker(&["rm", &seed]).unwrap();
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn compose_mount_policies_remote_and_local() {
+    if !engine_available() {
+        return;
+    }
+    let a = Project::up_with(CLUSTER_VOLUMES, "  data: {}\n  cfg: {}\n").unwrap();
+    seed_volume(&format!("{}_data", a.name), "hello.txt", "remote data");
+    seed_volume(&format!("{}_cfg", a.name), "app.conf", "remote cfg");
+    a.wait_for("http://web:8080/file/data/hello.txt", "remote data", T)
+        .unwrap();
+    let cfg = format!("{}-devcfg", a.name);
+    docker(&["volume", "create", &cfg]).unwrap();
+    seed_volume(&cfg, "app.conf", "local cfg");
+    let yaml = DEV_VOLUMES
+        .replace("@CLUSTER@", &a.name)
+        .replace("@CFG@", &cfg);
+    // Dropped after the dev project (declared before it): the test's own volumes go even when
+    // an assertion fails.
+    struct RemoveVolumes(Vec<String>);
+    impl Drop for RemoveVolumes {
+        fn drop(&mut self) {
+            for v in &self.0 {
+                let _ = docker(&["volume", "rm", v]);
+            }
+        }
+    }
+    let mut volumes = RemoveVolumes(vec![cfg.clone()]);
+    let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+    volumes.0.push(format!("{}_data", dev.name));
+    let user = User::new();
+
+    let up = dev.run(&user, &["up", "-d"]);
+    assert_eq!(up.code, 0, "compose up -d: {up:?}");
+    assert!(
+        up.stderr
+            .contains("web: volume data at /data is the workload's"),
+        "{}",
+        up.stderr
+    );
+    a.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    // remote: the engaged service sees the workload's file where its compose volume was
+    // mounted, and what it writes there reaches the workload.
+    dev.wait_from(
+        "web",
+        "http://127.0.0.1:9090/file/data/hello.txt",
+        "remote data",
+        T,
+    )
+    .unwrap();
+    let c = dev.container("web").unwrap();
+    let put = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &c,
+            "/tp-testapp",
+            "get",
+            "http://127.0.0.1:9090/file/data/from-dev.txt",
+            "--put",
+            "written by dev",
+        ])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let web = a.container("web").unwrap();
+    // (`docker cp … -` writes a tar holding the file.)
+    eventually("the dev write reaches the workload's volume", T, || {
+        docker(&["cp", &format!("{web}:/data/from-dev.txt"), "-"])
+            .is_ok_and(|tar| tar.contains("written by dev"))
+    });
+    // local: the compose volume keeps its own content.
+    assert_eq!(
+        dev.get_from("web", "http://127.0.0.1:9090/file/cfg/app.conf")
+            .unwrap(),
+        "local cfg"
+    );
+    let config = dev.run(&user, &["config"]).ok();
+    // The remote volume is one of ours, declared external; the local one is as written.
+    assert!(
+        config.stdout.contains("source: tp-vol1-web-") && config.stdout.contains("- cfg:/cfg"),
+        "{}",
+        config.stdout
+    );
+
+    let down = dev.run(&user, &["down", "-v", "-t", "1"]);
+    assert_eq!(down.code, 0, "compose down: {down:?}");
+    assert_eq!(a.get("http://web:8080/").unwrap(), "web");
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    let left = leftovers_but(&["container tp-traffic-manager-", "container tp-agent-"]);
+    assert!(left.is_empty(), "left behind {left:?}");
+    user.quit_clean("after compose down with remote volumes");
+}
