@@ -425,7 +425,9 @@ impl NetworkCut {
 impl Drop for NetworkCut {
     fn drop(&mut self) {
         let _ = Command::new("nsenter")
-            .args(["-t", &self.pid, "-n", "nft", "delete", "table", "ip", CUT_TABLE])
+            .args([
+                "-t", &self.pid, "-n", "nft", "delete", "table", "ip", CUT_TABLE,
+            ])
             .status();
     }
 }

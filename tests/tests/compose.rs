@@ -7,7 +7,11 @@
 //! the remote environment, a second connection reaches a second cluster project — read from two
 //! `-f` files with `.env` interpolation; then `down` restores everything and leaves nothing.
 //! The lifecycle test covers bad `x-tele` (nothing left), a foreground `up` ended by Ctrl-C, and
-//! `telepresence quit` taking the project down. Run serially (`--test-threads=1`).
+//! `telepresence quit` taking the project down. The mount-policy test shows a `remote` volume
+//! holding (and syncing) the workload's files where the compose volume was mounted and a
+//! `local` one keeping its own. The same kind of dev file engages `intercept` and `proxy` over a
+//! Kubernetes connection (kubeconfig naming the API stand-in in front of a real manager).
+//! Run serially (`--test-threads=1`).
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::time::Duration;
@@ -423,4 +427,72 @@ fn compose_mount_policies_remote_and_local() {
     let left = leftovers_but(&["container tp-traffic-manager-", "container tp-agent-"]);
     assert!(left.is_empty(), "left behind {left:?}");
     user.quit_clean("after compose down with remote volumes");
+}
+
+/// The dev project of a Kubernetes connection: an intercept of `web`, a proxy of `orders`, and
+/// a plain sibling.
+const DEV_KUBE: &str = r#"x-tele:
+  connections: [{name: kc1, namespace: @NS@, kubeconfig: @KUBECONFIG@}]
+services:
+  web:
+    image: @APP@
+    command: [serve, --http, '9090', --name, dev-web]
+    x-tele: {type: intercept, ports: ['9090:8080']}
+  helper:
+    image: @APP@
+    command: [serve, --http, '8080', --name, helper]
+  orders:
+    build: ./does-not-matter
+    x-tele: {type: proxy}
+"#;
+
+/// The same kind of dev file against a Kubernetes connection: the connection's kubeconfig
+/// names the API stand-in (`tests::kube::behind`), whose manager pod forwards to a real
+/// traffic-manager; `intercept` and `proxy` work through the API server's port-forward.
+#[test]
+fn compose_intercept_and_proxy_over_a_kubernetes_connection() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080), ("orders", 8080)]) else {
+        return;
+    };
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    let user = User::new();
+    let (_rt, k, gateway, _) = tests::kube::behind::standin_with_manager(&user, &p, false);
+    let server = format!("http://{gateway}:{}", k.addr.port());
+    let kubeconfig =
+        tests::kube::behind::write_kubeconfig(&user.home, &server, &p.name, "tok-compose");
+    let yaml = DEV_KUBE
+        .replace("@NS@", &p.name)
+        .replace("@KUBECONFIG@", &kubeconfig);
+    let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+
+    let up = dev.run(&user, &["up", "-d"]);
+    assert_eq!(up.code, 0, "compose up -d: {up:?}");
+    let st = user.tp(&["status", "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["daemons"][0]["cluster_type"], "kubernetes", "{v}");
+    assert_eq!(v["daemons"][0]["name"], "kc1", "{v}");
+    // Intercept: the cluster's callers of web reach the dev web, through the forwarded tunnel.
+    p.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    assert!(k
+        .requests()
+        .iter()
+        .any(|r| r.uri.contains("/portforward") && r.uri.contains("ports=8082")));
+    // Proxy: a sibling calling orders reaches the remote orders; the engaged service reaches
+    // its sibling by name and the cluster by name.
+    dev.wait_from("helper", "http://orders:8080/", "orders", T)
+        .unwrap();
+    dev.wait_from("helper", "http://web:9090/", "dev-web", T)
+        .unwrap();
+    dev.wait_from("web", "http://helper:8080/", "helper", T)
+        .unwrap();
+    dev.wait_from("web", "http://orders:8080/", "orders", T)
+        .unwrap();
+
+    let down = dev.run(&user, &["down", "-t", "1"]);
+    assert_eq!(down.code, 0, "compose down: {down:?}");
+    assert_eq!(p.get("http://web:8080/").unwrap(), "web");
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    let status = user.tp(&["status"]).ok();
+    assert!(!status.stdout.contains("kc1"), "{}", status.stdout);
+    user.quit_clean("after compose down over a Kubernetes connection");
 }

@@ -1,9 +1,10 @@
 //! `up` and `create`: the connections the extended services name (`crate::connect::run`, reused
 //! when already running), their engagements (`crate::intercept::spec` and the daemon's
-//! `CreateIntercept`, the same path as `telepresence intercept`), the daemons on the project's
-//! networks (`network.rs`), the rewritten file, then the compose tool. Every step is recorded
-//! before the next, and any failure undoes what was recorded (`teardown::undo`), so a failing
-//! `up` leaves nothing.
+//! `CreateIntercept`, the same path as `telepresence intercept`), the remote volumes the mount
+//! policies ask for (`compose::volumes`, filled as for `--docker-run` by `crate::mounts`), the
+//! daemons on the project's networks (`network.rs`), the rewritten file, then the compose tool.
+//! Every step is recorded before the next, and any failure undoes what was recorded
+//! (`teardown::undo`), so a failing `up` leaves nothing.
 
 use super::state::{rewritten_path, ConnectionState, EngagementState, State, VolumeState};
 use super::{network, state_dir, teardown, tool, Invocation};
