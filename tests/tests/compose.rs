@@ -217,14 +217,22 @@ fn bad_inputs(cluster: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
             svc("{type: intercept, workload: nope, ports: ['9090:8080']}"),
             vec!["compose.yaml: services.web.x-tele", "nope"],
         ),
+        (
+            // Fails after the engagement exists: it is ended again.
+            "remote policy where the workload mounts nothing",
+            format!("x-tele:\n  connections:\n    - {{name: bad1, namespace: {cluster}, cluster-type: docker}}\n  mounts: [{{volume: data, policy: remote}}]\nservices:\n  web:\n    image: @APP@\n    command: [serve, --http, '9090']\n    volumes: ['data:/data']\n    x-tele: {{type: intercept, ports: ['9090:8080']}}\nvolumes: {{data: {{}}}}\n"),
+            vec![
+                "compose.yaml: services.web.x-tele: x-tele.mounts.0: policy remote for volume \"data\", which this service mounts at /data, but the workload mounts nothing there (its volumes: none)",
+                "use policy: local",
+            ],
+        ),
     ]
 }
 
-/// Our containers, networks and volumes except the Docker-engine traffic-managers (which, as
-/// after `telepresence quit`, stay until `quit -s`).
-fn leftovers_but_managers() -> Vec<String> {
-    leftovers_but(&["container tp-traffic-manager-"])
-}
+/// What of ours may stay after a project is down: the Docker-engine traffic-managers (as after
+/// `telepresence quit`, until `quit -s`) and the traffic-agents of ended engagements (as after
+/// `telepresence leave`, until `uninstall` or `quit -s`).
+const KEPT: [&str; 2] = ["container tp-traffic-manager-", "container tp-agent-"];
 
 /// Our containers, networks and volumes except those whose description starts with one of
 /// `kept`.
@@ -255,7 +263,7 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
             .collect();
         assert_eq!(errors.len(), 1, "{what}: one error line: {}", r.stderr);
         assert!(dev.containers().is_empty(), "{what}");
-        let left = leftovers_but_managers();
+        let left = leftovers_but(&KEPT);
         assert!(left.is_empty(), "{what}: left behind {left:?}");
         assert_eq!(a.get("http://web:8080/").unwrap(), "web", "{what}");
     }
@@ -284,10 +292,7 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
     assert!(quit.stdout.contains("Disconnected"), "{quit:?}");
     assert!(dev.containers().is_empty(), "{:?}", dev.containers());
     assert!(!dev.has_networks());
-    // The traffic-agent stays installed after its engagement ends, as after `telepresence
-    // leave` (removed by `uninstall` or `quit -s`); nothing else of ours may remain.
-    let kept = ["container tp-traffic-manager-", "container tp-agent-"];
-    assert!(leftovers_but(&kept).is_empty(), "{:?}", leftovers());
+    assert!(leftovers_but(&KEPT).is_empty(), "{:?}", leftovers());
     user.quit_clean("after compose up, Ctrl-C and quit");
 }
 
@@ -424,7 +429,7 @@ fn compose_mount_policies_remote_and_local() {
     assert_eq!(down.code, 0, "compose down: {down:?}");
     assert_eq!(a.get("http://web:8080/").unwrap(), "web");
     assert!(dev.containers().is_empty(), "{:?}", dev.containers());
-    let left = leftovers_but(&["container tp-traffic-manager-", "container tp-agent-"]);
+    let left = leftovers_but(&KEPT);
     assert!(left.is_empty(), "left behind {left:?}");
     user.quit_clean("after compose down with remote volumes");
 }
