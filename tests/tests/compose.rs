@@ -300,26 +300,28 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
 const CLUSTER_VOLUMES: &str = r#"  web:
     image: @APP@
     command: ["serve", "--http", "8080", "--name", "web"]
-    volumes: ["data:/data", "cfg:/cfg"]
+    volumes: ["data:/data", "cfg:/cfg", "pub:/pub"]
 "#;
 
-/// The dev project: `web`, intercepted, mounts its own `data` and `cfg` volumes at the paths
-/// where the workload mounts its volumes; `data` is `remote`, `cfg` (external, seeded by the
-/// test) `local`.
+/// The dev project: `web`, intercepted, mounts its own `data`, `cfg` and `pub` volumes at the
+/// paths where the workload mounts its volumes; `data` is `remote`, `cfg` (external, seeded by
+/// the test) `local`, `pub` `remoteReadOnly`.
 const DEV_VOLUMES: &str = r#"x-tele:
   connections: [{name: vol1, namespace: @CLUSTER@, cluster-type: docker}]
   mounts:
     - {volume: data, policy: remote}
     - {volumePattern: 'c.g', policy: local}
+    - {volume: pub, policy: remoteReadOnly}
 services:
   web:
     image: @APP@
     command: [serve, --http, '9090', --name, dev-web]
-    volumes: ["data:/data", "cfg:/cfg"]
+    volumes: ["data:/data", "cfg:/cfg", "pub:/pub"]
     x-tele: {type: intercept, ports: ['9090:8080']}
 volumes:
   data: {}
   cfg: {name: @CFG@, external: true}
+  pub: {}
 "#;
 
 /// Writes `text` to `path` inside volume `volume` through a created, never started container.
@@ -347,8 +349,9 @@ fn compose_mount_policies_remote_and_local() {
     if !engine_available() {
         return;
     }
-    let a = Project::up_with(CLUSTER_VOLUMES, "  data: {}\n  cfg: {}\n").unwrap();
+    let a = Project::up_with(CLUSTER_VOLUMES, "  data: {}\n  cfg: {}\n  pub: {}\n").unwrap();
     seed_volume(&format!("{}_data", a.name), "hello.txt", "remote data");
+    seed_volume(&format!("{}_pub", a.name), "index.txt", "remote pub");
     seed_volume(&format!("{}_cfg", a.name), "app.conf", "remote cfg");
     a.wait_for("http://web:8080/file/data/hello.txt", "remote data", T)
         .unwrap();
@@ -371,6 +374,7 @@ fn compose_mount_policies_remote_and_local() {
     let mut volumes = RemoveVolumes(vec![cfg.clone()]);
     let dev = DevProject::new(&[("compose.yaml", &yaml)]);
     volumes.0.push(format!("{}_data", dev.name));
+    volumes.0.push(format!("{}_pub", dev.name));
     let user = User::new();
 
     let up = dev.run(&user, &["up", "-d"]);
@@ -392,25 +396,41 @@ fn compose_mount_policies_remote_and_local() {
     )
     .unwrap();
     let c = dev.container("web").unwrap();
-    let put = std::process::Command::new("docker")
-        .args([
-            "exec",
-            &c,
-            "/tp-testapp",
-            "get",
-            "http://127.0.0.1:9090/file/data/from-dev.txt",
-            "--put",
-            "written by dev",
-        ])
-        .output()
-        .unwrap();
-    assert!(put.status.success(), "{put:?}");
+    let put = |path: &str| {
+        std::process::Command::new("docker")
+            .args([
+                "exec",
+                &c,
+                "/tp-testapp",
+                "get",
+                &format!("http://127.0.0.1:9090/file{path}"),
+                "--put",
+                "written by dev",
+            ])
+            .output()
+            .unwrap()
+    };
+    let w = put("/data/from-dev.txt");
+    assert!(w.status.success(), "{w:?}");
     let web = a.container("web").unwrap();
     // (`docker cp … -` writes a tar holding the file.)
     eventually("the dev write reaches the workload's volume", T, || {
         docker(&["cp", &format!("{web}:/data/from-dev.txt"), "-"])
             .is_ok_and(|tar| tar.contains("written by dev"))
     });
+    // remoteReadOnly: the workload's files, not writable.
+    assert_eq!(
+        dev.get_from("web", "http://127.0.0.1:9090/file/pub/index.txt")
+            .unwrap(),
+        "remote pub"
+    );
+    let w = put("/pub/from-dev.txt");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(said.contains("Read-only file system"), "{w:?}");
     // local: the compose volume keeps its own content.
     assert_eq!(
         dev.get_from("web", "http://127.0.0.1:9090/file/cfg/app.conf")
