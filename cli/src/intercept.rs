@@ -343,29 +343,7 @@ async fn run_with_handler(
     ra: crate::dockerrun::RunArgs,
 ) -> Result<i32> {
     if !handler_mounts.is_empty() {
-        let image = docker_image_of(docker, &d.container).await?;
-        // The sync container opens its tunnel as this daemon's session.
-        let session = crate::rpc::connector(d.port)
-            .await?
-            .status(protocol::manager::Empty {})
-            .await?
-            .into_inner()
-            .session
-            .unwrap_or_default();
-        let target = mounts::SyncTarget {
-            intercept_id: &info.id,
-            session: &session,
-        };
-        let summary = mounts::start(
-            docker,
-            &d.container,
-            &d.name,
-            &args.name,
-            &target,
-            &image,
-            handler_mounts,
-        )
-        .await?;
+        let summary = start_volumes(docker, d, &args.name, info, handler_mounts).await?;
         eprintln!("Remote volumes ready: {summary}");
     }
     // Values a docker env file can hold go through one; the others (multi-line, very long) as
@@ -398,6 +376,41 @@ async fn run_with_handler(
     let code = run_handler(&argv, &ra.name, &multi).await;
     let _ = std::fs::remove_file(&env_path);
     code
+}
+
+/// Fills `handler_mounts` (engine volumes) with the remote volumes of engagement `name` and
+/// keeps them in sync: the sync container runs the daemon's image and opens its tunnel as the
+/// daemon's session. Waits for the initial copy; returns its summary. `telepresence compose`
+/// mounts the same volumes into an engaged service.
+pub(crate) async fn start_volumes(
+    docker: &bollard::Docker,
+    d: &crate::info::DaemonInfo,
+    name: &str,
+    info: &InterceptInfo,
+    handler_mounts: &[HandlerMount],
+) -> Result<String> {
+    let image = docker_image_of(docker, &d.container).await?;
+    let session = crate::rpc::connector(d.port)
+        .await?
+        .status(protocol::manager::Empty {})
+        .await?
+        .into_inner()
+        .session
+        .unwrap_or_default();
+    let target = mounts::SyncTarget {
+        intercept_id: &info.id,
+        session: &session,
+    };
+    mounts::start(
+        docker,
+        &d.container,
+        &d.name,
+        name,
+        &target,
+        &image,
+        handler_mounts,
+    )
+    .await
 }
 
 /// The image a container runs (the sync container uses the daemon's own image).

@@ -3,7 +3,8 @@
 //! (`docker compose` v2 or `docker-compose` v1) this machine has; and the reading and rewriting
 //! of compose projects for `telepresence compose`: files, `-f` merging, `.env` and `${VAR}`
 //! interpolation, profiles (`project.rs`, `merge.rs`, `interpolate.rs`, `model.rs`), the typed
-//! `x-tele` extension (`xtele.rs`) and the rewritten project (`rewrite.rs`).
+//! `x-tele` extension (`xtele.rs`), its mount policies applied to a service's volumes
+//! (`volumes.rs`) and the rewritten project (`rewrite.rs`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod merge;
 pub mod model;
 pub mod project;
 pub mod rewrite;
+pub mod volumes;
 pub mod xtele;
 
 use std::path::PathBuf;

@@ -163,18 +163,7 @@ fn merge_map_like(base: &mut Value, over: Value) {
 
 /// The container path a service volume entry mounts at (`src:dst[:mode]`, or `target:`).
 fn volume_target(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => {
-            let parts: Vec<&str> = s.split(':').collect();
-            Some(match parts.as_slice() {
-                [one] => one.to_string(),
-                [_, dst, ..] => dst.to_string(),
-                [] => return None,
-            })
-        }
-        Value::Mapping(m) => m.get("target").and_then(crate::model::scalar_text),
-        _ => None,
-    }
+    crate::volumes::entry(v).map(|e| e.target)
 }
 
 fn merge_volumes(base: &mut Value, over: Value) {

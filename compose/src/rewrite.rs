@@ -1,7 +1,9 @@
 //! The rewrite: from a project tree and what each extended service became ([`Plan`]), the tree
 //! the compose tool runs. Engaged services join the network namespace of their connection's
 //! daemon container (`network_mode: container:tp-<connection>`, so they route to the cluster
-//! and use its DNS) and get the engagement's environment under their own; a `proxy` service is
+//! and use its DNS) and get the engagement's environment under their own, and the workload's
+//! volumes in place of the compose volumes the mount policies gave up (`volumes.rs`, mounted
+//! from the engine volumes our sync containers fill, declared `external`); a `proxy` service is
 //! replaced by a forwarder in that namespace; `x-tele` and the top-level `name` go; every other
 //! key, `x-*` included, stays.
 
@@ -19,6 +21,8 @@ pub enum ServicePlan {
         container: String,
         /// The engagement's environment.
         environment: BTreeMap<String, String>,
+        /// Compose volumes replaced by remote ones.
+        volumes: Vec<RemoteVolume>,
     },
     /// Replaced by a forwarder (`image` running `command`) in the network namespace of
     /// `container`.
@@ -30,6 +34,17 @@ pub enum ServicePlan {
         /// Its command.
         command: Vec<String>,
     },
+}
+
+/// A remote volume mounted in place of a compose volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteVolume {
+    /// The path in the service (every entry mounting there is replaced).
+    pub target: String,
+    /// The engine volume holding the remote content.
+    pub volume: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// Per service name.
@@ -59,6 +74,7 @@ pub fn rewrite(tree: &Value, plan: &Plan) -> Value {
         m.remove("x-tele");
         m.remove("name");
     }
+    let mut external: Vec<String> = Vec::new();
     let Some(services) = out.get_mut("services").and_then(Value::as_mapping_mut) else {
         return out;
     };
@@ -71,7 +87,12 @@ pub fn rewrite(tree: &Value, plan: &Plan) -> Value {
             Some(ServicePlan::Join {
                 container,
                 environment,
-            }) => join(svc, container, environment),
+                volumes,
+            }) => {
+                join(svc, container, environment);
+                swap_volumes(svc, volumes);
+                external.extend(volumes.iter().map(|v| v.volume.clone()));
+            }
             Some(ServicePlan::Proxy {
                 container,
                 image,
@@ -80,7 +101,53 @@ pub fn rewrite(tree: &Value, plan: &Plan) -> Value {
             None => {}
         }
     }
+    declare_external(&mut out, &external);
     out
+}
+
+/// Replaces the service's `volumes:` entries mounting at a swapped target with the remote
+/// volume (long syntax).
+fn swap_volumes(svc: &mut Value, volumes: &[RemoteVolume]) {
+    let Some(list) = svc.get_mut("volumes").and_then(Value::as_sequence_mut) else {
+        return;
+    };
+    for item in list.iter_mut() {
+        let Some(e) = crate::volumes::entry(item) else {
+            continue;
+        };
+        if let Some(v) = volumes.iter().find(|v| v.target == e.target) {
+            let mut m = Mapping::new();
+            m.insert("type".into(), "volume".into());
+            m.insert("source".into(), Value::String(v.volume.clone()));
+            m.insert("target".into(), Value::String(v.target.clone()));
+            m.insert("read_only".into(), Value::Bool(v.read_only));
+            *item = Value::Mapping(m);
+        }
+    }
+}
+
+/// Declares the engine volumes ours as `external` top-level volumes (compose neither creates
+/// nor removes them).
+fn declare_external(out: &mut Value, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let Some(root) = out.as_mapping_mut() else {
+        return;
+    };
+    let volumes = root
+        .entry("volumes".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !volumes.is_mapping() {
+        *volumes = Value::Mapping(Mapping::new());
+    }
+    if let Some(m) = volumes.as_mapping_mut() {
+        for n in names {
+            let mut def = Mapping::new();
+            def.insert("external".into(), Value::Bool(true));
+            m.insert(Value::String(n.clone()), Value::Mapping(def));
+        }
+    }
 }
 
 fn join(svc: &mut Value, container: &str, environment: &BTreeMap<String, String>) {
@@ -158,6 +225,7 @@ services:
                         ("SHARED".to_string(), "remote".to_string()),
                         ("DB".to_string(), "db:5432".to_string()),
                     ]),
+                    volumes: vec![],
                 },
             ),
             (
@@ -185,6 +253,55 @@ services:
   cache:
     image: cache
     unknown-key: 1
+",
+        )
+        .unwrap();
+        assert_eq!(rewrite(&tree, &plan), want);
+    }
+
+    #[test]
+    fn remote_volumes_replace_compose_volumes() {
+        let tree: Value = yaml_serde::from_str(
+            r"
+services:
+  web:
+    image: web
+    volumes: ['data:/data', './src:/src', {type: volume, source: cfg, target: /cfg}]
+volumes: {data: {}, cfg: {}}
+",
+        )
+        .unwrap();
+        let remote = |target: &str, volume: &str, read_only| RemoteVolume {
+            target: target.into(),
+            volume: volume.into(),
+            read_only,
+        };
+        let plan = Plan::from([(
+            "web".to_string(),
+            ServicePlan::Join {
+                container: "tp-shop".into(),
+                environment: BTreeMap::new(),
+                volumes: vec![
+                    remote("/data", "tp-shop-web-0", false),
+                    remote("/cfg", "tp-shop-web-1", true),
+                ],
+            },
+        )]);
+        let want: Value = yaml_serde::from_str(
+            r"
+services:
+  web:
+    image: web
+    volumes:
+      - {type: volume, source: tp-shop-web-0, target: /data, read_only: false}
+      - './src:/src'
+      - {type: volume, source: tp-shop-web-1, target: /cfg, read_only: true}
+    network_mode: container:tp-shop
+volumes:
+  data: {}
+  cfg: {}
+  tp-shop-web-0: {external: true}
+  tp-shop-web-1: {external: true}
 ",
         )
         .unwrap();

@@ -220,6 +220,11 @@ impl Tele {
             Some(v) => read_top(v, &top_file)?,
             None => (Vec::new(), Vec::new()),
         };
+        check_volume_names(
+            &p.tree,
+            &mounts,
+            &Fields::at(&top_file, "x-tele.mounts".into()),
+        )?;
         let connections = if connections.is_empty() {
             vec![Connection::default()]
         } else {
@@ -407,6 +412,30 @@ fn read_top(v: &Value, file: &Path) -> Result<(Vec<Connection>, Vec<Mount>), Com
         }
     }
     Ok((connections, mounts))
+}
+
+/// A `volume:` must name a volume the project declares.
+fn check_volume_names(tree: &Value, mounts: &[Mount], at: &Fields) -> Result<(), ComposeError> {
+    let declared: Vec<String> = tree
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(key_text).collect())
+        .unwrap_or_default();
+    for (i, m) in mounts.iter().enumerate() {
+        if let VolumeMatch::Name(n) = &m.volumes {
+            if !declared.contains(n) {
+                return Err(at.key(&format!("{i}.volume")).err(format!(
+                    "no volume {n:?} in the project's volumes ({}); name one of them, or use volumePattern",
+                    if declared.is_empty() {
+                        "it declares none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_connection(v: &Value, at: &Fields) -> Result<Connection, ComposeError> {
@@ -736,5 +765,10 @@ services:
         assert!(err(both).contains("x-tele.mounts.0: volume and volumePattern exclude each other"));
         let policy = "x-tele:\n  mounts: [{volume: a, policy: rw}]\nservices: {}\n";
         assert!(err(policy).contains("x-tele.mounts.0.policy: unknown policy \"rw\""));
+        let unknown = "x-tele:\n  mounts: [{volume: dta, policy: remote}]\nservices: {}\nvolumes: {data: {}}\n";
+        assert_eq!(
+            err(unknown),
+            "/d/compose.yaml: x-tele.mounts.0.volume: no volume \"dta\" in the project's volumes (data); name one of them, or use volumePattern"
+        );
     }
 }

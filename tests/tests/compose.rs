@@ -7,7 +7,11 @@
 //! the remote environment, a second connection reaches a second cluster project — read from two
 //! `-f` files with `.env` interpolation; then `down` restores everything and leaves nothing.
 //! The lifecycle test covers bad `x-tele` (nothing left), a foreground `up` ended by Ctrl-C, and
-//! `telepresence quit` taking the project down. Run serially (`--test-threads=1`).
+//! `telepresence quit` taking the project down. The mount-policy test shows a `remote` volume
+//! holding (and syncing) the workload's files where the compose volume was mounted and a
+//! `local` one keeping its own. The same kind of dev file engages `intercept` and `proxy` over a
+//! Kubernetes connection (kubeconfig naming the API stand-in in front of a real manager).
+//! Run serially (`--test-threads=1`).
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::time::Duration;
@@ -213,14 +217,22 @@ fn bad_inputs(cluster: &str) -> Vec<(&'static str, String, Vec<&'static str>)> {
             svc("{type: intercept, workload: nope, ports: ['9090:8080']}"),
             vec!["compose.yaml: services.web.x-tele", "nope"],
         ),
+        (
+            // Fails after the engagement exists: it is ended again.
+            "remote policy where the workload mounts nothing",
+            format!("x-tele:\n  connections:\n    - {{name: bad1, namespace: {cluster}, cluster-type: docker}}\n  mounts: [{{volume: data, policy: remote}}]\nservices:\n  web:\n    image: @APP@\n    command: [serve, --http, '9090']\n    volumes: ['data:/data']\n    x-tele: {{type: intercept, ports: ['9090:8080']}}\nvolumes: {{data: {{}}}}\n"),
+            vec![
+                "compose.yaml: services.web.x-tele: x-tele.mounts.0: policy remote for volume \"data\", which this service mounts at /data, but the workload mounts nothing there (its volumes: none)",
+                "use policy: local",
+            ],
+        ),
     ]
 }
 
-/// Our containers, networks and volumes except the Docker-engine traffic-managers (which, as
-/// after `telepresence quit`, stay until `quit -s`).
-fn leftovers_but_managers() -> Vec<String> {
-    leftovers_but(&["container tp-traffic-manager-"])
-}
+/// What of ours may stay after a project is down: the Docker-engine traffic-managers (as after
+/// `telepresence quit`, until `quit -s`) and the traffic-agents of ended engagements (as after
+/// `telepresence leave`, until `uninstall` or `quit -s`).
+const KEPT: [&str; 2] = ["container tp-traffic-manager-", "container tp-agent-"];
 
 /// Our containers, networks and volumes except those whose description starts with one of
 /// `kept`.
@@ -251,7 +263,7 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
             .collect();
         assert_eq!(errors.len(), 1, "{what}: one error line: {}", r.stderr);
         assert!(dev.containers().is_empty(), "{what}");
-        let left = leftovers_but_managers();
+        let left = leftovers_but(&KEPT);
         assert!(left.is_empty(), "{what}: left behind {left:?}");
         assert_eq!(a.get("http://web:8080/").unwrap(), "web", "{what}");
     }
@@ -280,9 +292,232 @@ fn compose_bad_input_ctrl_c_and_quit_leave_nothing() {
     assert!(quit.stdout.contains("Disconnected"), "{quit:?}");
     assert!(dev.containers().is_empty(), "{:?}", dev.containers());
     assert!(!dev.has_networks());
-    // The traffic-agent stays installed after its engagement ends, as after `telepresence
-    // leave` (removed by `uninstall` or `quit -s`); nothing else of ours may remain.
-    let kept = ["container tp-traffic-manager-", "container tp-agent-"];
-    assert!(leftovers_but(&kept).is_empty(), "{:?}", leftovers());
+    assert!(leftovers_but(&KEPT).is_empty(), "{:?}", leftovers());
     user.quit_clean("after compose up, Ctrl-C and quit");
+}
+
+/// Cluster project with volumes: `web` mounts `data` at /data and `cfg` at /cfg.
+const CLUSTER_VOLUMES: &str = r#"  web:
+    image: @APP@
+    command: ["serve", "--http", "8080", "--name", "web"]
+    volumes: ["data:/data", "cfg:/cfg", "pub:/pub"]
+"#;
+
+/// The dev project: `web`, intercepted, mounts its own `data`, `cfg` and `pub` volumes at the
+/// paths where the workload mounts its volumes; `data` is `remote`, `cfg` (external, seeded by
+/// the test) `local`, `pub` `remoteReadOnly`.
+const DEV_VOLUMES: &str = r#"x-tele:
+  connections: [{name: vol1, namespace: @CLUSTER@, cluster-type: docker}]
+  mounts:
+    - {volume: data, policy: remote}
+    - {volumePattern: 'c.g', policy: local}
+    - {volume: pub, policy: remoteReadOnly}
+services:
+  web:
+    image: @APP@
+    command: [serve, --http, '9090', --name, dev-web]
+    volumes: ["data:/data", "cfg:/cfg", "pub:/pub"]
+    x-tele: {type: intercept, ports: ['9090:8080']}
+volumes:
+  data: {}
+  cfg: {name: @CFG@, external: true}
+  pub: {}
+"#;
+
+/// Writes `text` to `path` inside volume `volume` through a created, never started container.
+fn seed_volume(volume: &str, path: &str, text: &str) {
+    let (app, _) = images();
+    let seed = format!("{volume}-seed");
+    let file = std::env::temp_dir().join(&seed);
+    std::fs::write(&file, text).unwrap();
+    docker(&[
+        "create",
+        "--name",
+        &seed,
+        "-v",
+        &format!("{volume}:/v"),
+        app,
+    ])
+    .unwrap();
+    docker(&["cp", file.to_str().unwrap(), &format!("{seed}:/v/{path}")]).unwrap();
+    docker(&["rm", &seed]).unwrap();
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn compose_mount_policies_remote_and_local() {
+    if !engine_available() {
+        return;
+    }
+    let a = Project::up_with(CLUSTER_VOLUMES, "  data: {}\n  cfg: {}\n  pub: {}\n").unwrap();
+    seed_volume(&format!("{}_data", a.name), "hello.txt", "remote data");
+    seed_volume(&format!("{}_pub", a.name), "index.txt", "remote pub");
+    seed_volume(&format!("{}_cfg", a.name), "app.conf", "remote cfg");
+    a.wait_for("http://web:8080/file/data/hello.txt", "remote data", T)
+        .unwrap();
+    let cfg = format!("{}-devcfg", a.name);
+    docker(&["volume", "create", &cfg]).unwrap();
+    seed_volume(&cfg, "app.conf", "local cfg");
+    let yaml = DEV_VOLUMES
+        .replace("@CLUSTER@", &a.name)
+        .replace("@CFG@", &cfg);
+    // Dropped after the dev project (declared before it): the test's own volumes go even when
+    // an assertion fails.
+    struct RemoveVolumes(Vec<String>);
+    impl Drop for RemoveVolumes {
+        fn drop(&mut self) {
+            for v in &self.0 {
+                let _ = docker(&["volume", "rm", v]);
+            }
+        }
+    }
+    let mut volumes = RemoveVolumes(vec![cfg.clone()]);
+    let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+    volumes.0.push(format!("{}_data", dev.name));
+    volumes.0.push(format!("{}_pub", dev.name));
+    let user = User::new();
+
+    let up = dev.run(&user, &["up", "-d"]);
+    assert_eq!(up.code, 0, "compose up -d: {up:?}");
+    assert!(
+        up.stderr
+            .contains("web: volume data at /data is the workload's"),
+        "{}",
+        up.stderr
+    );
+    a.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    // remote: the engaged service sees the workload's file where its compose volume was
+    // mounted, and what it writes there reaches the workload.
+    dev.wait_from(
+        "web",
+        "http://127.0.0.1:9090/file/data/hello.txt",
+        "remote data",
+        T,
+    )
+    .unwrap();
+    let c = dev.container("web").unwrap();
+    let put = |path: &str| {
+        std::process::Command::new("docker")
+            .args([
+                "exec",
+                &c,
+                "/tp-testapp",
+                "get",
+                &format!("http://127.0.0.1:9090/file{path}"),
+                "--put",
+                "written by dev",
+            ])
+            .output()
+            .unwrap()
+    };
+    let w = put("/data/from-dev.txt");
+    assert!(w.status.success(), "{w:?}");
+    let web = a.container("web").unwrap();
+    // (`docker cp … -` writes a tar holding the file.)
+    eventually("the dev write reaches the workload's volume", T, || {
+        docker(&["cp", &format!("{web}:/data/from-dev.txt"), "-"])
+            .is_ok_and(|tar| tar.contains("written by dev"))
+    });
+    // remoteReadOnly: the workload's files, not writable.
+    assert_eq!(
+        dev.get_from("web", "http://127.0.0.1:9090/file/pub/index.txt")
+            .unwrap(),
+        "remote pub"
+    );
+    let w = put("/pub/from-dev.txt");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(said.contains("Read-only file system"), "{w:?}");
+    // local: the compose volume keeps its own content.
+    assert_eq!(
+        dev.get_from("web", "http://127.0.0.1:9090/file/cfg/app.conf")
+            .unwrap(),
+        "local cfg"
+    );
+    let config = dev.run(&user, &["config"]).ok();
+    // The remote volume is one of ours, declared external; the local one is as written.
+    assert!(
+        config.stdout.contains("source: tp-vol1-web-") && config.stdout.contains("- cfg:/cfg"),
+        "{}",
+        config.stdout
+    );
+
+    let down = dev.run(&user, &["down", "-v", "-t", "1"]);
+    assert_eq!(down.code, 0, "compose down: {down:?}");
+    assert_eq!(a.get("http://web:8080/").unwrap(), "web");
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    let left = leftovers_but(&KEPT);
+    assert!(left.is_empty(), "left behind {left:?}");
+    user.quit_clean("after compose down with remote volumes");
+}
+
+/// The dev project of a Kubernetes connection: an intercept of `web`, a proxy of `orders`, and
+/// a plain sibling.
+const DEV_KUBE: &str = r#"x-tele:
+  connections: [{name: kc1, namespace: @NS@, kubeconfig: @KUBECONFIG@}]
+services:
+  web:
+    image: @APP@
+    command: [serve, --http, '9090', --name, dev-web]
+    x-tele: {type: intercept, ports: ['9090:8080']}
+  helper:
+    image: @APP@
+    command: [serve, --http, '8080', --name, helper]
+  orders:
+    build: ./does-not-matter
+    x-tele: {type: proxy}
+"#;
+
+/// The same kind of dev file against a Kubernetes connection: the connection's kubeconfig
+/// names the API stand-in (`tests::kube::behind`), whose manager pod forwards to a real
+/// traffic-manager; `intercept` and `proxy` work through the API server's port-forward.
+#[test]
+fn compose_intercept_and_proxy_over_a_kubernetes_connection() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080), ("orders", 8080)]) else {
+        return;
+    };
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    let user = User::new();
+    let (_rt, k, gateway, _) = tests::kube::behind::standin_with_manager(&user, &p, false);
+    let server = format!("http://{gateway}:{}", k.addr.port());
+    let kubeconfig =
+        tests::kube::behind::write_kubeconfig(&user.home, &server, &p.name, "tok-compose");
+    let yaml = DEV_KUBE
+        .replace("@NS@", &p.name)
+        .replace("@KUBECONFIG@", &kubeconfig);
+    let dev = DevProject::new(&[("compose.yaml", &yaml)]);
+
+    let up = dev.run(&user, &["up", "-d"]);
+    assert_eq!(up.code, 0, "compose up -d: {up:?}");
+    let st = user.tp(&["status", "--output", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["daemons"][0]["cluster_type"], "kubernetes", "{v}");
+    assert_eq!(v["daemons"][0]["name"], "kc1", "{v}");
+    // Intercept: the cluster's callers of web reach the dev web, through the forwarded tunnel.
+    p.wait_for("http://web:8080/", "dev-web", T).unwrap();
+    assert!(k
+        .requests()
+        .iter()
+        .any(|r| r.uri.contains("/portforward") && r.uri.contains("ports=8082")));
+    // Proxy: a sibling calling orders reaches the remote orders; the engaged service reaches
+    // its sibling by name and the cluster by name.
+    dev.wait_from("helper", "http://orders:8080/", "orders", T)
+        .unwrap();
+    dev.wait_from("helper", "http://web:9090/", "dev-web", T)
+        .unwrap();
+    dev.wait_from("web", "http://helper:8080/", "helper", T)
+        .unwrap();
+    dev.wait_from("web", "http://orders:8080/", "orders", T)
+        .unwrap();
+
+    let down = dev.run(&user, &["down", "-t", "1"]);
+    assert_eq!(down.code, 0, "compose down: {down:?}");
+    assert_eq!(p.get("http://web:8080/").unwrap(), "web");
+    assert!(dev.containers().is_empty(), "{:?}", dev.containers());
+    let status = user.tp(&["status"]).ok();
+    assert!(!status.stdout.contains("kc1"), "{}", status.stdout);
+    user.quit_clean("after compose down over a Kubernetes connection");
 }

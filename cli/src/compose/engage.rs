@@ -1,19 +1,22 @@
 //! `up` and `create`: the connections the extended services name (`crate::connect::run`, reused
 //! when already running), their engagements (`crate::intercept::spec` and the daemon's
-//! `CreateIntercept`, the same path as `telepresence intercept`), the daemons on the project's
-//! networks (`network.rs`), the rewritten file, then the compose tool. Every step is recorded
-//! before the next, and any failure undoes what was recorded (`teardown::undo`), so a failing
-//! `up` leaves nothing.
+//! `CreateIntercept`, the same path as `telepresence intercept`), the remote volumes the mount
+//! policies ask for (`compose::volumes`, filled as for `--docker-run` by `crate::mounts`), the
+//! daemons on the project's networks (`network.rs`), the rewritten file, then the compose tool.
+//! Every step is recorded before the next, and any failure undoes what was recorded
+//! (`teardown::undo`), so a failing `up` leaves nothing.
 
-use super::state::{rewritten_path, ConnectionState, EngagementState, State};
+use super::state::{rewritten_path, ConnectionState, EngagementState, State, VolumeState};
 use super::{network, state_dir, teardown, tool, Invocation};
 use crate::args::{ConnectArgs, InterceptArgs};
 use crate::engage::Kind;
 use crate::info::DaemonInfo;
+use crate::mounts::HandlerMount;
 use crate::rpc::{connector, status_err};
 use anyhow::{anyhow, bail, Context, Result};
 use compose::project::Project;
-use compose::rewrite::{Plan, ServicePlan};
+use compose::rewrite::{Plan, RemoteVolume, ServicePlan};
+use compose::volumes::RemoteMount;
 use compose::xtele::{ClusterType, Connection, Engagement, HttpMatch, PortMap, ServiceTele, Tele};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
@@ -104,7 +107,9 @@ async fn prepare(
     for st in &tele.services {
         let d = &daemons[&st.connection];
         let at = format!("{}: services.{}.x-tele", st.file.display(), st.service);
-        let p = engage_service(docker, d, st, state).await.context(at)?;
+        let p = engage_service(docker, d, st, project, tele, state)
+            .await
+            .context(at)?;
         progress(&format!("{} {}", st.engagement.type_word(), st.service));
         plan.insert(st.service.clone(), p);
     }
@@ -184,16 +189,19 @@ async fn engage_service(
     docker: &bollard::Docker,
     d: &DaemonInfo,
     st: &ServiceTele,
+    project: &Project,
+    tele: &Tele,
     state: &mut State,
 ) -> Result<ServicePlan> {
-    let join = |environment| ServicePlan::Join {
+    let join = |environment, volumes| ServicePlan::Join {
         container: d.container.clone(),
         environment,
+        volumes,
     };
     let Some(args) = intercept_args(&st.engagement, &d.namespace)? else {
         return match &st.engagement {
             Engagement::Proxy { name, ports } => proxy_plan(docker, d, name, ports).await,
-            _ => Ok(join(BTreeMap::new())),
+            _ => Ok(join(BTreeMap::new(), Vec::new())),
         };
     };
     let spec = crate::intercept::spec(&args)?;
@@ -218,7 +226,70 @@ async fn engage_service(
             info.message
         );
     }
-    Ok(join(crate::intercept::handler_env(&info, None)))
+    let volumes = remote_volumes(docker, d, st, project, tele, &args.name, &info, state).await?;
+    Ok(join(crate::intercept::handler_env(&info, None), volumes))
+}
+
+/// Applies the mount policies to the service's compose volumes (`compose::volumes`); the
+/// remote ones are filled and kept in sync as for `--docker-run` (`crate::mounts`), recorded
+/// in `state` so `down` removes them.
+#[allow(clippy::too_many_arguments)]
+async fn remote_volumes(
+    docker: &bollard::Docker,
+    d: &DaemonInfo,
+    st: &ServiceTele,
+    project: &Project,
+    tele: &Tele,
+    name: &str,
+    info: &protocol::manager::InterceptInfo,
+    state: &mut State,
+) -> Result<Vec<RemoteVolume>> {
+    let remote: Vec<RemoteMount> = info
+        .mounts
+        .iter()
+        .map(|m| RemoteMount {
+            path: m.path.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    let uses = compose::volumes::named_volumes(&project.tree, &st.service);
+    let watch_only = matches!(st.engagement, Engagement::Wiretap { .. });
+    let swaps = compose::volumes::decide(&uses, &tele.mounts, &remote, watch_only)?;
+    if swaps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let planned = crate::mounts::plan(&d.name, name, "", &info.mounts, false);
+    let mounts: Vec<HandlerMount> = swaps
+        .iter()
+        .map(|s| HandlerMount {
+            read_only: s.read_only,
+            ..planned[s.remote].clone()
+        })
+        .collect();
+    state.volumes.push(VolumeState {
+        connection: d.name.clone(),
+        engagement: name.to_string(),
+    });
+    state.save(&state_dir())?;
+    let summary = crate::intercept::start_volumes(docker, d, name, info, &mounts).await?;
+    for s in &swaps {
+        progress(&format!(
+            "{}: volume {} at {} is the workload's{} ({summary})",
+            st.service,
+            s.volume,
+            s.target,
+            if s.read_only { " (read-only)" } else { "" }
+        ));
+    }
+    Ok(swaps
+        .iter()
+        .zip(&mounts)
+        .map(|(s, m)| RemoteVolume {
+            target: s.target.clone(),
+            volume: m.volume.clone(),
+            read_only: s.read_only,
+        })
+        .collect())
 }
 
 /// What an engagement asks for, field by field: kind, name, workload, service, ports, HTTP

@@ -1,7 +1,7 @@
 //! What `telepresence compose up` started for a project, recorded as it goes in
 //! `~/.cache/telepresence/compose/<project>.json` beside the rewritten file
 //! (`<project>.yaml`): the connections (and whether this project started them), the
-//! engagements, and the networks the daemons were attached to. `down`, a failing `up` and
+//! engagements, the networks the daemons were attached to, and the remote volumes. `down`, a failing `up` and
 //! `telepresence quit` undo exactly what is recorded.
 
 use anyhow::{Context, Result};
@@ -26,6 +26,15 @@ pub struct EngagementState {
     pub name: String,
     /// The compose service it is for.
     pub service: String,
+}
+
+/// The remote volumes (engine volumes and their sync container) of one engagement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// The connection.
+    pub connection: String,
+    /// The engagement.
+    pub engagement: String,
 }
 
 /// A daemon container attached to a project network.
@@ -53,6 +62,9 @@ pub struct State {
     pub engagements: Vec<EngagementState>,
     /// Daemon attachments.
     pub attachments: Vec<Attachment>,
+    /// Remote volumes, removed after the compose tool's `down` (its containers use them).
+    #[serde(default)]
+    pub volumes: Vec<VolumeState>,
 }
 
 fn json_path(dir: &Path, project: &str) -> PathBuf {

@@ -1,8 +1,8 @@
 //! Taking a project down: `down` (engagements ended, daemons detached from the project
-//! networks, the compose tool's `down`, networks created here removed, the connections this
-//! project started quit, the state forgotten), `stop` (engagements ended, connections kept),
-//! the undo of a failing `up`, and `telepresence quit` bringing down the projects that use a
-//! connection first.
+//! networks, the compose tool's `down`, networks and remote volumes created here removed, the
+//! connections this project started quit, the state forgotten), `stop` (engagements ended,
+//! connections kept), the undo of a failing `up`, and `telepresence quit` bringing down the
+//! projects that use a connection first.
 
 use super::state::{rewritten_path, State};
 use super::{state_dir, tool, Invocation};
@@ -81,6 +81,10 @@ async fn undo_with(
     }
     // Networks this project created and compose did not remove (it never ran, or failed).
     super::network::detach(docker, &state, true).await?;
+    // Remote volumes, now that no container of the project uses them.
+    for v in &state.volumes {
+        crate::mounts::remove(docker, &v.connection, Some(&v.engagement)).await?;
+    }
     let live = crate::commands::live_daemons(docker).await;
     for c in state.connections.iter().filter(|c| c.started) {
         if let Some(d) = live.iter().find(|d| d.name == c.name) {
