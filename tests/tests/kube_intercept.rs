@@ -4,7 +4,8 @@
 //! injected container (port takeover: it listens on its own port and forwards to the app).
 //! Intercepting triggers the ConfigMap entry and the rollout; the "kubelet" (this test) starts
 //! the agent from the entry; the intercept becomes active; a caller's connection reaches the
-//! client; leaving restores the app. Every party presents what the manager's Secrets hold: the
+//! client; the pod is replaced and the new pod's agent carries the intercept on by itself;
+//! leaving restores the app. Every party presents what the manager's Secrets hold: the
 //! client the token the CLI reads, the agent the token its injected container references.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
@@ -184,20 +185,112 @@ async fn intercept_through_an_injected_agent() {
         assert!(tokio::time::Instant::now() < deadline, "no agent entry");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let pod = deployment_pod("shop", "web", "77aa1", "n1", vec![c], "10.42.0.9");
+    let pod = deployment_pod("shop", "web", "77aa1", "n1", vec![c.clone()], "10.42.0.9");
+    let (agent, agent_port) =
+        kubelet_starts_agent(&provider, &s, &entry, &pod, grpc, app_port).await;
+
+    let info = create
+        .await
+        .unwrap()
+        .expect("intercept created")
+        .into_inner();
+    assert_eq!(info.service_port, 80);
+    assert_eq!(info.workload_kind, "Deployment");
+    // A caller reaching the Service (endpoint: the agent's port) lands at the client.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while greeting(agent_port).await != "dev:" {
+        assert!(tokio::time::Instant::now() < deadline, "never intercepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The pod is replaced (evicted, rescheduled, a node drained): its agent dies with it, and
+    // the ReplicaSet's new pod is admitted with the entry that is still there. Nobody touches
+    // the intercept: it routes through the new pod's agent. (Deleting a pod sends its
+    // containers SIGTERM: the agent departs.)
+    agent.shutdown().await.unwrap();
+    let pod2 = deployment_pod("shop", "web", "77aa1", "n2", vec![c], "10.42.0.10");
+    let (agent, agent_port) =
+        kubelet_starts_agent(&provider, &s, &entry, &pod2, grpc, app_port).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while greeting(agent_port).await != "dev:" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the intercept did not resume on the new pod"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed = client
+        .list_workloads(ListWorkloadsRequest {
+            session: owner.clone(),
+            namespace: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let web = listed.workloads.iter().find(|w| w.name == "web").unwrap();
+    assert_eq!(web.intercepts.len(), 1, "{web:?}");
+    assert_eq!(web.intercepts[0].state(), InterceptState::Active, "{web:?}");
+
+    // Only the session that made it can remove it; leaving restores the app.
+    let other = arrived_session(&mut client).await;
+    let e = client
+        .remove_intercept(RemoveInterceptRequest {
+            session: other,
+            name: "web".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    client
+        .remove_intercept(RemoveInterceptRequest {
+            session: owner,
+            name: "web".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while greeting(agent_port).await != "app:" {
+        assert!(tokio::time::Instant::now() < deadline, "never restored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.shutdown().await.unwrap();
+    // The manager's graceful stop waits for open streams: end the client's.
+    dial_task.abort();
+    drop(client);
+    stop_tx.send(()).unwrap();
+    manager.await.unwrap().unwrap();
+}
+
+/// The kubelet's part for one admitted pod: admission (the webhook asks the provider for the
+/// pod's agent config, which writes the agents' Secret), then the injected agent container
+/// started from exactly its environment, with the Secret reference resolved. Returns the
+/// agent and its port.
+async fn kubelet_starts_agent(
+    provider: &KubeProvider,
+    s: &StandIn,
+    entry: &AgentConfig,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    grpc: u16,
+    app_port: u16,
+) -> (agent::Agent, u16) {
+    let pod_ip = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.pod_ip.clone())
+        .unwrap_or_default();
     // Admission (the webhook's source of configs) writes the agents' Secret in the namespace.
     let admitted = provider
-        .agent_config("shop", "Deployment", "web", &pod, false)
+        .agent_config("shop", "Deployment", "web", pod, false)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(admitted, entry);
+    assert_eq!(&admitted, entry);
     let agent_secret: Secret = s
         .get("v1", "Secret", "shop", kubernetes::auth::AGENT_SECRET)
         .expect("agent Secret written at admission");
     let injected = inject(
-        &pod,
-        &entry,
+        pod,
+        entry,
         &InjectSettings {
             agent_image: "registry.example/telepresence:0.1.0".into(),
             image_pull_policy: None,
@@ -227,7 +320,7 @@ async fn intercept_through_an_injected_agent() {
                     let bytes = &agent_secret.data.as_ref().unwrap()[&r.key];
                     String::from_utf8(bytes.0.clone()).unwrap()
                 }
-                None => e.value.unwrap_or_else(|| "10.42.0.9".into()), // downward API: pod IP
+                None => e.value.unwrap_or_else(|| pod_ip.clone()), // downward API: pod IP
             };
             (e.name, v)
         })
@@ -243,48 +336,7 @@ async fn intercept_through_an_injected_agent() {
     assert_eq!(cfg.ports, [80], "routed by the service port");
     assert_eq!(cfg.listen_and_app(80), (agent_port, app_port));
     let agent = agent::Agent::start(cfg).await.unwrap();
-
-    let info = create
-        .await
-        .unwrap()
-        .expect("intercept created")
-        .into_inner();
-    assert_eq!(info.service_port, 80);
-    assert_eq!(info.workload_kind, "Deployment");
-    // A caller reaching the Service (endpoint: the agent's port) lands at the client.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while greeting(agent_port).await != "dev:" {
-        assert!(tokio::time::Instant::now() < deadline, "never intercepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Only the session that made it can remove it; leaving restores the app.
-    let other = arrived_session(&mut client).await;
-    let e = client
-        .remove_intercept(RemoveInterceptRequest {
-            session: other,
-            name: "web".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound);
-    client
-        .remove_intercept(RemoveInterceptRequest {
-            session: owner,
-            name: "web".into(),
-        })
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while greeting(agent_port).await != "app:" {
-        assert!(tokio::time::Instant::now() < deadline, "never restored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    agent.shutdown().await.unwrap();
-    // The manager's graceful stop waits for open streams: end the client's.
-    dial_task.abort();
-    drop(client);
-    stop_tx.send(()).unwrap();
-    manager.await.unwrap().unwrap();
+    (agent, agent_port)
 }
 
 /// A fresh client session (to show intercepts belong to the session that made them).
