@@ -18,6 +18,7 @@ pub const TARGETS: &[Target] = &[
     ("http_sniff", http_sniff),
     ("dns", dns),
     ("envfile", envfile),
+    ("compose", compose),
 ];
 
 /// The tunnel header codec (protocol/src/tunnel.rs): reading never panics nor reads past the
@@ -108,5 +109,56 @@ pub fn envfile(data: &[u8]) {
             }
             _ => assert!(out.ends_with('\n')),
         }
+    }
+}
+
+/// The compose reader (compose/src/interpolate.rs, compose/src/xtele.rs): any text as a compose
+/// file is interpolated and its `x-tele` read without panicking; every error names the file,
+/// and a `$$` always stands for one literal `$`.
+pub fn compose(data: &[u8]) {
+    use std::collections::BTreeSet;
+    let text = String::from_utf8_lossy(data);
+    let lookup = |k: &str| (k == "SET").then(|| "value".to_string());
+    let mut unset = BTreeSet::new();
+    if let Ok(out) = compose::interpolate::interpolate_str(&text, &lookup, &mut unset) {
+        let escaped = text.replace('$', "$$");
+        let mut none = BTreeSet::new();
+        assert_eq!(
+            compose::interpolate::interpolate_str(&escaped, &lookup, &mut none).as_deref(),
+            Ok(text.as_ref()),
+            "$$ is a literal $"
+        );
+        let _ = out;
+    }
+    let Ok(mut tree) = yaml_serde::from_str::<yaml_serde::Value>(&text) else {
+        return;
+    };
+    if !tree.is_mapping() {
+        return;
+    }
+    let file = std::path::PathBuf::from("/fuzz/compose.yaml");
+    if compose::interpolate::interpolate_tree(&mut tree, &lookup, &mut unset).is_err() {
+        return;
+    }
+    let origin = tree
+        .get("services")
+        .and_then(|v| v.as_mapping())
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(|k| (k.to_string(), file.clone())))
+                .chain([(String::new(), file.clone())])
+                .collect()
+        })
+        .unwrap_or_default();
+    let project = compose::project::Project {
+        name: "fuzz".into(),
+        dir: "/fuzz".into(),
+        files: vec![file],
+        tree,
+        tele_origin: origin,
+        unset,
+    };
+    if let Err(e) = compose::xtele::Tele::read(&project) {
+        assert!(e.to_string().contains("compose.yaml"), "{e}");
     }
 }

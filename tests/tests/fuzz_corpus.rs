@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 /// Mutations per corpus input.
-const MUTATIONS: usize = 300;
+const MUTATIONS: usize = 3000;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
