@@ -56,6 +56,7 @@ pub(crate) async fn first_exchange(
                         return unanswered(sent, caller_done);
                     }
                     if sent.len() + n > MAX_REPLAY {
+                        relay::patient(tunnel);
                         return FirstExchange::Committed;
                     }
                     sent.extend_from_slice(&up[..n]);
@@ -65,6 +66,8 @@ pub(crate) async fn first_exchange(
             r = tunnel.read(&mut down) => match r {
                 Ok(0) | Err(_) => return unanswered(sent, caller_done),
                 Ok(n) => {
+                    // Committed: the tunnel is an ordinary long-lived connection from now on.
+                    relay::patient(tunnel);
                     return match inbound.write_all(&down[..n]).await {
                         Ok(()) => FirstExchange::Committed,
                         Err(_) => FirstExchange::CallerGone,

@@ -28,6 +28,30 @@ pub fn tune(s: &TcpStream) {
     let _ = sock.set_tcp_keepalive(&ka);
 }
 
+/// Makes a peer that vanished (its host or namespace gone, so no FIN or RST ever comes) an
+/// error within about `within`: unacknowledged data aborts the connection after `within`
+/// (`TCP_USER_TIMEOUT`), and an idle one is probed from then on. A slow application on the
+/// other side does not trip it: its kernel still acknowledges. For the moments when giving up
+/// early still helps (the agent's replay window, agent/src/failopen.rs); [`patient`] undoes it.
+pub fn impatient(s: &TcpStream, within: Duration) {
+    let sock = socket2::SockRef::from(s);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(within));
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(within)
+        .with_interval(Duration::from_secs(1));
+    #[cfg(target_os = "linux")]
+    let ka = ka.with_retries(2);
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Back to [`tune`]'s patience after [`impatient`].
+pub fn patient(s: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(s).set_tcp_user_timeout(None);
+    tune(s);
+}
+
 /// Connects to `addr` and tunes the socket.
 pub async fn dial(addr: &str) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr).await?;

@@ -4,7 +4,9 @@
 //! cluster project reaches the intercepted and the replaced service's dev containers, a dev
 //! sibling reaches the engaged service and the proxied remote service by their compose names,
 //! the engaged service reaches its siblings and the cluster by name, the ingesting service sees
-//! the remote environment, a second connection reaches a second cluster project — read from two
+//! the remote environment, the intercepting service reaches a port on the workload's localhost
+//! (`to-pod`), a wiretapping service gets a copy of every request while the original answers,
+//! a second connection reaches a second cluster project — read from two
 //! `-f` files with `.env` interpolation; then `down` restores everything and leaves nothing.
 //! The lifecycle test covers bad `x-tele` (nothing left), a foreground `up` ended by Ctrl-C, and
 //! `telepresence quit` taking the project down. The mount-policy test shows a `remote` volume
@@ -60,6 +62,7 @@ services:
       type: intercept
       connection: ${CONN_A}
       ports: ["${WEB_PORT:-9090}:8080"]
+      to-pod: 7070
   helper:
     image: ${APP_IMAGE}
     command: ["serve", "--http", "8080", "--name", "helper"]
@@ -84,6 +87,10 @@ const DEV_OVERRIDE: &str = r#"services:
     image: ${APP_IMAGE}
     command: ["serve", "--http", "7072", "--name", "apiclient"]
     x-tele: {type: connect, connection: "${CONN_B}"}
+  tap:
+    image: ${APP_IMAGE}
+    command: ["serve", "--http", "7074", "--name", "tap", "--log-requests"]
+    x-tele: {type: wiretap, name: orders, connection: "${CONN_A}", ports: ["7074:8080"]}
 "#;
 
 #[test]
@@ -105,8 +112,24 @@ fn compose_engages_every_type_and_down_restores() {
         (".env", &env),
     ]);
     let user = User::new();
+    // A sidecar of the cluster's web that listens on web's localhost only (for `to-pod`).
+    let web = a.container("web").unwrap();
+    docker(&[
+        "exec",
+        "-d",
+        &web,
+        "/tp-testapp",
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--http",
+        "7070",
+        "--name",
+        "sidecar",
+    ])
+    .unwrap();
 
-    // Issue item 4: a service without `expose:` is a workload.
+    // A service without `expose:` is a workload.
     let listed = user
         .tp(&[
             "connect",
@@ -156,6 +179,26 @@ fn compose_engages_every_type_and_down_restores() {
     // The second connection reaches the second cluster project.
     dev.wait_from("apiclient", "http://api:8080/", "api", T)
         .unwrap();
+    // to-pod: the intercepting service reaches the sidecar on the workload's localhost.
+    dev.wait_from("web", "http://127.0.0.1:7070/", "sidecar", T)
+        .unwrap();
+    // Wiretap: the original orders answers the cluster's callers, the dev tap gets a copy.
+    let tap = dev.container("tap").unwrap();
+    eventually("the wiretap's copies reach the dev tap", T, || {
+        a.get("http://orders:8080/?tapped=1")
+            .is_ok_and(|b| b == "orders")
+            && docker(&["logs", &tap]).is_ok_and(|l| l.contains("/?tapped=1"))
+    });
+    for i in 0..5 {
+        assert_eq!(
+            a.get(&format!("http://orders:8080/?copy={i}")).unwrap(),
+            "orders"
+        );
+    }
+    eventually("every request is copied", T, || {
+        docker(&["logs", &tap])
+            .is_ok_and(|l| (0..5).all(|i| l.lines().any(|x| x.ends_with(&format!(" /?copy={i}")))))
+    });
 
     // config: the rewritten project, other x-* keys kept; ps passes through.
     let config = dev.run(&user, &["config"]).ok();

@@ -21,6 +21,23 @@ fn no_request_is_lost_when_things_die() {
     let user = User::new();
     let outcomes = run_suite(&p, &user).unwrap();
     eprintln!("{}", table(&outcomes));
+    if outcomes
+        .iter()
+        .any(|o| o.failed.len() * 100 > o.requests * o.tolerance_pct)
+    {
+        // What the agent and the manager saw, for the failures below.
+        for c in [
+            docker::provider::agent_name(&p.name, "web", 1),
+            cli::connect::manager_container(&p.name),
+        ] {
+            let logs = std::process::Command::new("docker")
+                .args(["logs", "--tail", "60", &c])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            eprintln!("==== {c} (last lines)\n{logs}");
+        }
+    }
     for o in &outcomes {
         assert!(o.requests > 0, "{}: no request completed", o.fault);
         assert!(
