@@ -233,16 +233,23 @@ async fn daemon_env(docker: &Docker, container: &str, key: &str) -> Result<Strin
 
 /// Removes the sync containers and volumes of one intercept (or of the whole connection).
 pub async fn remove(docker: &Docker, connection: &str, intercept: Option<&str>) -> Result<()> {
-    let mut sel = vec![(ROLE_LABEL, ROLE_FS_SYNC), (CONNECTION_LABEL, connection)];
-    if let Some(i) = intercept {
-        sel.push((INTERCEPT_LABEL, i));
-    }
-    engine::remove_labelled(docker, &sel, 2).await?;
+    stop_sync(docker, connection, intercept).await?;
     let mut filter = vec![format!("{CONNECTION_LABEL}={connection}")];
     if let Some(i) = intercept {
         filter.push(format!("{INTERCEPT_LABEL}={i}"));
     }
     remove_volumes(docker, filter).await
+}
+
+/// Removes the file-sync containers of `connection` (of one engagement with `intercept`); their
+/// volumes stay (containers that mounted them may still exist, e.g. stopped compose services).
+pub async fn stop_sync(docker: &Docker, connection: &str, intercept: Option<&str>) -> Result<()> {
+    let mut sel = vec![(ROLE_LABEL, ROLE_FS_SYNC), (CONNECTION_LABEL, connection)];
+    if let Some(i) = intercept {
+        sel.push((INTERCEPT_LABEL, i));
+    }
+    engine::remove_labelled(docker, &sel, 2).await?;
+    Ok(())
 }
 
 /// Removes every volume carrying all the `key=value` labels.

@@ -488,6 +488,34 @@ fn compose_mount_policies_remote_and_local() {
         config.stdout
     );
 
+    // stop: the engagement ends, and so does the file sync of its remote volumes (the stopped
+    // containers keep the volumes until `down`).
+    let sync = || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!(
+                "label={}={}",
+                docker::engine::ROLE_LABEL,
+                cli::mounts::ROLE_FS_SYNC
+            ),
+        ])
+        .unwrap()
+    };
+    assert!(
+        !sync().is_empty(),
+        "a file-sync container serves the remote volumes"
+    );
+    let stop = dev.run(&user, &["stop", "-t", "1"]);
+    assert_eq!(stop.code, 0, "compose stop: {stop:?}");
+    assert!(
+        sync().is_empty(),
+        "file sync still running after stop: {}",
+        sync()
+    );
+    assert_eq!(a.get("http://web:8080/").unwrap(), "web");
+
     let down = dev.run(&user, &["down", "-v", "-t", "1"]);
     assert_eq!(down.code, 0, "compose down: {down:?}");
     assert_eq!(a.get("http://web:8080/").unwrap(), "web");

@@ -32,20 +32,28 @@ pub async fn stop(inv: &Invocation, project: &Project) -> Result<i32> {
     tool::pass_through(inv, project).await
 }
 
-/// Ends every recorded engagement (their connections stay); records that.
+/// Ends every recorded engagement (their connections stay) and stops the file sync of its
+/// remote volumes (the volumes stay until `down`: the stopped containers still mount them);
+/// records that.
 pub async fn end_engagements(state: &mut State) -> Result<()> {
     let docker = docker::engine::connect().await?;
     let live = crate::commands::live_daemons(&docker).await;
     for e in std::mem::take(&mut state.engagements) {
-        let Some(d) = live.iter().find(|d| d.name == e.connection) else {
-            continue;
-        };
-        if let Ok(mut c) = connector(d.port).await {
-            let _ = c
-                .remove_intercept(LeaveRequest {
-                    name: e.name.clone(),
-                })
-                .await;
+        if let Some(d) = live.iter().find(|d| d.name == e.connection) {
+            if let Ok(mut c) = connector(d.port).await {
+                let _ = c
+                    .remove_intercept(LeaveRequest {
+                        name: e.name.clone(),
+                    })
+                    .await;
+            }
+        }
+        if state
+            .volumes
+            .iter()
+            .any(|v| v.connection == e.connection && v.engagement == e.name)
+        {
+            crate::mounts::stop_sync(&docker, &e.connection, Some(&e.name)).await?;
         }
         super::engage::progress(&format!("ended the engagement of {}", e.service));
     }
