@@ -15,6 +15,10 @@ use tokio::net::TcpStream;
 /// committed to the client side.
 pub const MAX_REPLAY: usize = 64 * 1024;
 
+/// How long an unanswered tunnel may go without its peer's kernel acknowledging anything (a
+/// manager that vanished without FIN or RST) before the caller is replayed to the app.
+const VANISHED_PEER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How the first exchange over the tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FirstExchange {
@@ -40,6 +44,8 @@ pub(crate) async fn first_exchange(
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
     let unanswered = |sent: Vec<u8>, caller_done| FirstExchange::Unanswered { sent, caller_done };
+    // Only while a replay is still possible; committed connections are patient again.
+    relay::impatient(tunnel, VANISHED_PEER);
     loop {
         tokio::select! {
             r = inbound.read(&mut up), if !caller_done => match r {

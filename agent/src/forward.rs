@@ -24,9 +24,6 @@ const TUNNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the manager may take to connect the client side before the connection falls back
 /// to the app (the client normally answers within milliseconds; a frozen one never does).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an unanswered tunnel may go without its peer's kernel acknowledging anything
-/// before the caller is replayed to the app.
-const VANISHED_PEER: Duration = Duration::from_secs(2);
 
 /// State shared by all accept loops and connections.
 pub(crate) struct Shared {
@@ -223,9 +220,6 @@ pub(crate) async fn open_tunnel(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     relay::tune(&s);
-    // Until the client side answers, a manager that vanished must not hold the caller: the
-    // connection fails within this and the caller is replayed to the app (failopen.rs).
-    relay::impatient(&s, VANISHED_PEER);
     let mut header = TunnelHeader {
         conn_id: uuid::Uuid::new_v4().to_string(),
         intercept_id: intercept_id.to_string(),

@@ -21,11 +21,15 @@ pub const SPLICE_BUF: usize = 256 * 1024;
 /// Applies the socket options every tunnel and proxy socket needs: `TCP_NODELAY` and keepalive.
 pub fn tune(s: &TcpStream) {
     let _ = s.set_nodelay(true);
-    let sock = socket2::SockRef::from(s);
+    steady_keepalive(s);
+}
+
+/// The keepalive of a long-lived tunnel or proxy socket.
+fn steady_keepalive(s: &TcpStream) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
         .with_interval(Duration::from_secs(10));
-    let _ = sock.set_tcp_keepalive(&ka);
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
 }
 
 /// Makes a peer that vanished (its host or namespace gone, so no FIN or RST ever comes) an
@@ -49,7 +53,7 @@ pub fn impatient(s: &TcpStream, within: Duration) {
 pub fn patient(s: &TcpStream) {
     #[cfg(target_os = "linux")]
     let _ = socket2::SockRef::from(s).set_tcp_user_timeout(None);
-    tune(s);
+    steady_keepalive(s);
 }
 
 /// Connects to `addr` and tunes the socket.

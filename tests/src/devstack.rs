@@ -75,17 +75,9 @@ impl DevProject {
 
     /// The running container of `service`.
     pub fn container(&self, service: &str) -> Result<String> {
-        let ids = docker(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.name),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ])?;
-        ids.lines()
+        crate::stack::service_containers(&self.name, service)?
+            .into_iter()
             .next()
-            .map(str::to_string)
             .ok_or_else(|| anyhow!("no running container of {service} in {}", self.name))
     }
 

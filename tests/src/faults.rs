@@ -5,7 +5,7 @@
 //! ([`run_suite`]); every request is counted and attributed to the fault during which it
 //! completed.
 
-use crate::harness::{docker, spawn_piped, wait_exit, User};
+use crate::harness::{bridge_ip, docker, spawn_piped, wait_exit, User};
 use crate::stack::Project;
 use anyhow::{anyhow, bail, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -430,16 +430,6 @@ impl Drop for NetworkCut {
             ])
             .status();
     }
-}
-
-/// A container's address on the default bridge.
-fn bridge_ip(container: &str) -> Result<String> {
-    docker(&[
-        "inspect",
-        container,
-        "--format",
-        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
-    ])
 }
 
 /// Waits up to `limit` for `c` to exit, else kills it; whether it exited by itself.

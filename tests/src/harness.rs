@@ -104,6 +104,33 @@ pub fn docker(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Starts the test app as a `sidecar` inside `container` (in its network namespace), listening
+/// on that namespace's localhost only, with `listeners` (e.g. `["--http", "7070"]`).
+pub fn sidecar_on_localhost(container: &str, listeners: &[&str]) -> Result<String> {
+    let mut args = vec![
+        "exec",
+        "-d",
+        container,
+        "/tp-testapp",
+        "serve",
+        "--bind",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(listeners);
+    args.extend_from_slice(&["--name", "sidecar"]);
+    docker(&args)
+}
+
+/// A container's address on the engine's default bridge.
+pub fn bridge_ip(container: &str) -> Result<String> {
+    docker(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+        container,
+    ])
+}
+
 /// Builds (once per process) the images of the test app and of telepresence, returning their
 /// tags (testapp, telepresence).
 pub fn images() -> &'static (String, String) {

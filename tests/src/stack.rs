@@ -80,15 +80,7 @@ impl Project {
 
     /// The running containers of a service (ids).
     pub fn containers(&self, service: &str) -> Result<Vec<String>> {
-        let ids = docker(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.name),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ])?;
-        Ok(ids.lines().map(str::to_string).collect())
+        service_containers(&self.name, service)
     }
 
     /// The container of a service (first replica).
@@ -184,4 +176,17 @@ impl Drop for Project {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "1"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The running containers (ids) of `service` in compose project `project`.
+pub fn service_containers(project: &str, service: &str) -> Result<Vec<String>> {
+    let ids = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+    ])?;
+    Ok(ids.lines().map(str::to_string).collect())
 }

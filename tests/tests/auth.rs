@@ -51,14 +51,8 @@ fn a_container_on_the_bridge_without_the_credential_is_refused_everything() {
     let (id, name) = (ic["id"].as_str().unwrap(), ic["name"].as_str().unwrap());
     let session = format!("client-{}", id.split_once(':').unwrap().0);
 
-    let mgr = format!("tp-traffic-manager-{}", p.name);
-    let mgr_ip = docker(&[
-        "inspect",
-        "-f",
-        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
-        &mgr,
-    ])
-    .unwrap();
+    let mgr = cli::connect::manager_container(&p.name);
+    let mgr_ip = bridge_ip(&mgr).unwrap();
     let (grpc, tunnel) = (format!("{mgr_ip}:8081"), format!("{mgr_ip}:8082"));
     let outbound = format!("{}:8080", p.ip("web").unwrap());
     let made_up = protocol::auth::Token::generate();

@@ -114,20 +114,7 @@ fn compose_engages_every_type_and_down_restores() {
     let user = User::new();
     // A sidecar of the cluster's web that listens on web's localhost only (for `to-pod`).
     let web = a.container("web").unwrap();
-    docker(&[
-        "exec",
-        "-d",
-        &web,
-        "/tp-testapp",
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--http",
-        "7070",
-        "--name",
-        "sidecar",
-    ])
-    .unwrap();
+    sidecar_on_localhost(&web, &["--http", "7070"]).unwrap();
 
     // A service without `expose:` is a workload.
     let listed = user

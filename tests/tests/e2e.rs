@@ -406,14 +406,7 @@ fn garbage_on_sockets_is_harmless() {
         s.lines().next().unwrap().to_string()
     };
     // The manager is reached on the bridge network, as daemons reach it.
-    let manager = format!("tp-traffic-manager-{}", p.name);
-    let manager_ip = docker(&[
-        "inspect",
-        "-f",
-        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
-        &manager,
-    ])
-    .unwrap();
+    let manager_ip = bridge_ip(&cli::connect::manager_container(&p.name)).unwrap();
     let targets = [
         port_of(&format!("tp-{name}"), "7777/tcp"),
         format!("{manager_ip}:8081"),

@@ -407,22 +407,7 @@ fn to_pod_docker_build_loglevel_and_json() {
     }
     let p = project();
     let web = p.container("web").unwrap();
-    docker(&[
-        "exec",
-        "-d",
-        &web,
-        "/tp-testapp",
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--http",
-        "7070",
-        "--udp",
-        "7071",
-        "--name",
-        "sidecar",
-    ])
-    .unwrap();
+    sidecar_on_localhost(&web, &["--http", "7070", "--udp", "7071"]).unwrap();
     eventually("the sidecar listens on web's localhost", T, || {
         docker(&["exec", &web, "/tp-testapp", "get", "http://127.0.0.1:7070/"])
             .is_ok_and(|b| b == "sidecar")

@@ -198,13 +198,7 @@ fn connect_to_a_loopback_api_server_through_its_container() {
         .next()
         .unwrap()
         .to_string();
-    let cp_ip = docker(&[
-        "inspect",
-        &cp,
-        "--format",
-        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
-    ])
-    .unwrap();
+    let cp_ip = bridge_ip(&cp).unwrap();
     // HTTPS with a certificate for 127.0.0.1 only: the daemon, which reaches the API server at
     // the relay's address, verifies it only thanks to tls-server-name.
     let server = format!("https://127.0.0.1:{port}");

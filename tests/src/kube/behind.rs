@@ -6,7 +6,7 @@
 //! stand-in. Used by `tests/tests/kubernetes.rs` and `tests/tests/compose.rs`.
 
 use super::standin::StandIn;
-use crate::harness::{docker, User};
+use crate::harness::{bridge_ip, docker, User};
 use crate::stack::Project;
 
 /// A kubeconfig for the stand-in at `server`, with an exec plugin that hands out `token`, and
@@ -76,14 +76,8 @@ pub fn standin_with_manager(
 ) -> (tokio::runtime::Runtime, StandIn, String, Option<String>) {
     user.connect(p);
     user.tp(&["quit"]).ok();
-    let mgr = format!("tp-traffic-manager-{}", p.name);
-    let mgr_ip = docker(&[
-        "inspect",
-        &mgr,
-        "--format",
-        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
-    ])
-    .unwrap();
+    let mgr = cli::connect::manager_container(&p.name);
+    let mgr_ip = bridge_ip(&mgr).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (k, ca) = if tls {
         let (k, ca) = rt.block_on(StandIn::start_tls_on(
