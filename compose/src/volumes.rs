@@ -145,11 +145,7 @@ pub fn decide(
                     let paths: Vec<&str> = remote.iter().map(|r| r.path.as_str()).collect();
                     return Err(NoRemoteVolume {
                         index,
-                        policy: if m.policy == Some(MountPolicy::Remote) {
-                            "remote"
-                        } else {
-                            "remoteReadOnly"
-                        },
+                        policy: m.policy.map_or("", MountPolicy::word),
                         volume,
                         target: e.target.clone(),
                         remote: if paths.is_empty() {

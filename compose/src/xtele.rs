@@ -54,6 +54,24 @@ pub enum MountPolicy {
     RemoteReadOnly,
 }
 
+impl MountPolicy {
+    /// Every policy.
+    pub const ALL: [MountPolicy; 3] = [
+        MountPolicy::Local,
+        MountPolicy::Remote,
+        MountPolicy::RemoteReadOnly,
+    ];
+
+    /// The policy as written in `x-tele.mounts`.
+    pub fn word(self) -> &'static str {
+        match self {
+            MountPolicy::Local => "local",
+            MountPolicy::Remote => "remote",
+            MountPolicy::RemoteReadOnly => "remoteReadOnly",
+        }
+    }
+}
+
 /// Which volumes a mount policy applies to.
 #[derive(Debug, Clone)]
 pub enum VolumeMatch {
@@ -516,16 +534,16 @@ fn read_mount(v: &Value, at: &Fields) -> Result<Mount, ComposeError> {
             return Err(at.err("a mount needs volume: <name> or volumePattern: <regex>"))
         }
     };
-    let policy = match at.string(m, "policy")?.as_deref() {
+    let policy = match at.string(m, "policy")? {
         None => None,
-        Some("local") => Some(MountPolicy::Local),
-        Some("remote") => Some(MountPolicy::Remote),
-        Some("remoteReadOnly") => Some(MountPolicy::RemoteReadOnly),
-        Some(other) => {
-            return Err(at.key("policy").err(format!(
-                "unknown policy {other:?}; write local, remote or remoteReadOnly"
-            )))
-        }
+        Some(word) => match MountPolicy::ALL.into_iter().find(|p| p.word() == word) {
+            Some(p) => Some(p),
+            None => {
+                return Err(at.key("policy").err(format!(
+                    "unknown policy {word:?}; write local, remote or remoteReadOnly"
+                )))
+            }
+        },
     };
     Ok(Mount { volumes, policy })
 }
