@@ -21,16 +21,12 @@ mod forward;
 pub mod fs;
 mod http_route;
 pub mod http_sniff;
-#[allow(unsafe_code)]
-// raw netlink sockets (socket, bind, sendto, recv): each block says why it is sound
-mod netlink;
-pub mod nft;
+pub use netfilter::nft;
 pub mod portmap;
 pub mod routes;
 mod session;
 #[cfg(test)]
-#[allow(unsafe_code)] // unshare(2) into a fresh network namespace for tests
-mod testns;
+use netfilter::testns;
 mod to_pod;
 pub mod wiretap;
 mod wiretap_http;

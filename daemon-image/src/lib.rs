@@ -6,6 +6,7 @@
 mod connector;
 pub mod dns;
 pub mod fs;
+pub mod kernel_tcp;
 pub mod netstack;
 #[cfg(test)]
 mod netstack_tests;

@@ -1,6 +1,7 @@
 //! The outbound path as the daemon runs it: reads its settings from the environment the
 //! CLI gives the daemon container, decides and installs the routes, starts the TUN device with the
-//! packet → stream layer, and dials cluster targets through the manager's tunnel.
+//! packet → stream layer (UDP, and TCP when the kernel path cannot start), the kernel path for
+//! TCP (`kernel_tcp.rs`), and dials cluster targets through the manager's tunnel.
 
 use crate::dns::DnsConfigError;
 use crate::netstack::{DialError, Dialer, Proto, Smoltcp};
@@ -157,8 +158,21 @@ pub async fn start(
         tcp_buffer: cfg.tcp_buffer,
     };
     let dialer = Arc::new(TunnelDialer { session });
+    // TCP through the kernel when nf_tables allows it; the userspace stack still carries UDP,
+    // and TCP too when the redirect cannot be installed.
+    let kernel = match crate::kernel_tcp::start(crate::tun::DEVICE, dialer.clone()).await {
+        Ok(k) => {
+            tracing::info!(port = k.port(), "TCP to the cluster goes through the kernel");
+            Some(k)
+        }
+        Err(e) => {
+            tracing::warn!("TCP to the cluster goes through the userspace stack: {e}");
+            None
+        }
+    };
     let mtu = cfg.mtu as usize;
     tokio::spawn(async move {
+        let _kernel = kernel;
         if let Err(e) = crate::netstack::run(stack, Arc::new(dev), dialer, mtu).await {
             tracing::error!("the outbound packet path stopped: {e}");
         }

@@ -1,13 +1,19 @@
-//! nf_tables over netlink in pure Rust: installs, inspects and removes the agent's port
-//! redirects (`table ip <name>` with one `nat` chain on the `prerouting` hook at priority
-//! `dstnat` (-100) and one `tcp dport <svc> redirect to :<agent>` rule per captured port).
+//! nf_tables over netlink in pure Rust: installs, inspects and removes our redirects, each
+//! `table ip <name>` holding one `nat` chain at priority `dstnat` (-100):
 //!
-//! Connections that arrive from other containers/pods are redirected to the agent; locally
-//! generated traffic (the `output` hook) is deliberately left alone, so the agent still reaches
-//! the application at `127.0.0.1:<svc>`. Only the `ip` family (IPv4) is handled.
+//! - the agent's port redirects ([`install_redirects`], [`install_owned_redirects`]): chain
+//!   `prerouting` with one `tcp dport <svc> redirect to :<agent>` rule per captured port.
+//!   Connections that arrive from other containers/pods are redirected to the agent; locally
+//!   generated traffic (the `output` hook) is deliberately left alone, so the agent still reaches
+//!   the application at `127.0.0.1:<svc>`;
+//! - the daemon's outbound redirect ([`install_owned_output_redirect`]): chain `output` with one
+//!   `oif <device> tcp flags & (syn|ack) == syn redirect to :<port>` rule, so every TCP connection the
+//!   daemon's network namespace routes into its TUN device is terminated by the kernel and
+//!   handed to the daemon's listener instead.
 //!
-//! The agent's table carries the `owner` flag ([`install_owned_redirects`]): the kernel deletes it
-//! when the agent's netlink socket closes, so a killed agent leaves no redirect to nowhere.
+//! Only the `ip` family (IPv4) is handled. Owned tables carry the `owner` flag: the kernel
+//! deletes them when the netlink socket that made them closes, so a killed process leaves no
+//! redirect to nowhere.
 //!
 //! Every change is one atomic nfnetlink batch (`NFNL_MSG_BATCH_BEGIN` … `END`); every message
 //! asks for an acknowledgement and kernel errors come back as [`NftError`].
@@ -71,6 +77,16 @@ const NFTA_REDIR_FLAGS: u16 = 3;
 
 const NFT_REG_1: u32 = 1;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_META_OIF: u32 = 5;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+/// Offset of the flags byte in the TCP header, and two of its flags.
+const TCP_FLAGS_OFFSET: u32 = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
@@ -85,6 +101,8 @@ pub const HOOK_OUTPUT: u32 = 3;
 pub const PRIORITY_DSTNAT: i32 = -100;
 /// Name of the redirect chain inside the agent's table.
 pub const CHAIN: &str = "prerouting";
+/// Name of the redirect chain inside the daemon's outbound table.
+pub const OUTPUT_CHAIN: &str = "output";
 /// Longest table name the kernel accepts (`NFT_NAME_MAXLEN` minus the NUL).
 const MAX_NAME: usize = 255;
 
@@ -145,6 +163,9 @@ pub struct RuleInfo {
     pub exprs: Vec<String>,
     /// `(service port, agent port)` when the rule is a `tcp dport X redirect to :Y`.
     pub redirect: Option<(u16, u16)>,
+    /// `(output interface index, port)` when the rule is an
+    /// `oif X tcp flags & (syn|ack) == syn redirect to :Y`.
+    pub out_redirect: Option<(u32, u16)>,
 }
 
 /// One chain of a table, as the kernel reports it.
@@ -292,10 +313,75 @@ fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
     });
 }
 
+/// Where a table's nat chain hangs, and what it redirects.
+enum Capture<'a> {
+    /// Chain [`CHAIN`] on `prerouting`: `tcp dport <svc> redirect to :<to>` per pair.
+    Ports(&'a [(u16, u16)]),
+    /// Chain [`OUTPUT_CHAIN`] on `output`:
+    /// `oif <oif> tcp flags & (syn|ack) == syn redirect to :<to>`.
+    Out { oif: u32, to: u16 },
+}
+
+/// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn redirect to :<to>`.
+fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, NFT_META_OIF);
+        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
+    });
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
+        // An interface index is compared in host byte order, as the kernel stores it.
+        data_value(b, NFTA_CMP_DATA, &oif.to_ne_bytes());
+    });
+    expr(b, "meta", |b| {
+        b.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
+        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
+    });
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
+        data_value(b, NFTA_CMP_DATA, &[IPPROTO_TCP]);
+    });
+    // Only a connection's first SYN: when conntrack starts in a namespace (our nat chain is
+    // what starts it) it picks up connections already established from their next packet, and
+    // the nat chain would redirect those too — to a listener that never saw their handshake.
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, TCP_FLAGS_OFFSET);
+        b.attr_be32(NFTA_PAYLOAD_LEN, 1);
+    });
+    expr(b, "bitwise", |b| {
+        b.attr_be32(NFTA_BITWISE_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_BITWISE_LEN, 1);
+        data_value(b, NFTA_BITWISE_MASK, &[TCP_SYN | TCP_ACK]);
+        data_value(b, NFTA_BITWISE_XOR, &[0]);
+    });
+    expr(b, "cmp", |b| {
+        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
+        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
+        data_value(b, NFTA_CMP_DATA, &[TCP_SYN]);
+    });
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+        data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
+    });
+    expr(b, "redir", |b| {
+        b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+        b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+    });
+}
+
 /// Encodes the install batch: add the table (a no-op when it exists) and delete it, which
 /// removes any stale content atomically, then create table (`owned`: with the owner flag),
 /// chain and rules.
 fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32, owned: bool) -> Batch {
+    encode_capture(table, &Capture::Ports(redirects), first_seq, owned)
+}
+
+fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: bool) -> Batch {
     let mut bb = BatchBuilder::new(first_seq);
     let t = table;
     bb.msg(
@@ -321,34 +407,49 @@ fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32, owned: 
             }
         },
     );
+    let (chain, hook, hook_name) = match capture {
+        Capture::Ports(_) => (CHAIN, HOOK_PREROUTING, "prerouting"),
+        Capture::Out { .. } => (OUTPUT_CHAIN, HOOK_OUTPUT, "output"),
+    };
     bb.msg(
         NFT_MSG_NEWCHAIN,
         NLM_F_CREATE,
-        format!("create nat chain {t}/{CHAIN} (hook prerouting, priority dstnat)"),
+        format!("create nat chain {t}/{chain} (hook {hook_name}, priority dstnat)"),
         |b| {
             b.attr_str(NFTA_CHAIN_TABLE, t);
-            b.attr_str(NFTA_CHAIN_NAME, CHAIN);
+            b.attr_str(NFTA_CHAIN_NAME, chain);
             let h = b.begin_nest(NFTA_CHAIN_HOOK);
-            b.attr_be32(NFTA_HOOK_HOOKNUM, HOOK_PREROUTING);
+            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
             b.attr_be32(NFTA_HOOK_PRIORITY, PRIORITY_DSTNAT as u32);
             b.end_nest(h);
             b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
             b.attr_str(NFTA_CHAIN_TYPE, "nat");
         },
     );
-    for &(svc, to) in redirects {
-        bb.msg(
-            NFT_MSG_NEWRULE,
-            NLM_F_CREATE | NLM_F_APPEND,
-            format!("add rule {t}/{CHAIN} tcp dport {svc} redirect to :{to}"),
-            |b| {
-                b.attr_str(NFTA_RULE_TABLE, t);
-                b.attr_str(NFTA_RULE_CHAIN, CHAIN);
-                let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
-                redirect_exprs(b, svc, to);
-                b.end_nest(e);
-            },
-        );
+    let rule = |bb: &mut BatchBuilder, what: String, exprs: &dyn Fn(&mut Builder)| {
+        bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
+            b.attr_str(NFTA_RULE_TABLE, t);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+            let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
+            exprs(b);
+            b.end_nest(e);
+        });
+    };
+    match *capture {
+        Capture::Ports(redirects) => {
+            for &(svc, to) in redirects {
+                rule(
+                    &mut bb,
+                    format!("add rule {t}/{chain} tcp dport {svc} redirect to :{to}"),
+                    &|b| redirect_exprs(b, svc, to),
+                );
+            }
+        }
+        Capture::Out { oif, to } => rule(
+            &mut bb,
+            format!("add rule {t}/{chain} oif {oif} tcp flags & (syn|ack) == syn redirect to :{to}"),
+            &|b| out_redirect_exprs(b, oif, to),
+        ),
     }
     bb.finish()
 }
@@ -451,7 +552,7 @@ fn install_on(
             "redirect {s} -> {a}: ports must be 1-65535"
         )));
     }
-    let n = redirects.len() as u32 + 5;
+    let n = redirects.len() as u32 + 6;
     run_batch_on(
         sock,
         &encode_install(table, redirects, next_seqs(n), owned),
@@ -459,7 +560,36 @@ fn install_on(
     )
 }
 
-/// A table created by [`install_owned_redirects`]; dropping it deletes the table (the kernel
+/// Atomically replaces `table ip <table>` with a nat chain on the `output` hook (priority -100)
+/// holding `oif <oif> tcp flags & (syn|ack) == syn redirect to :<to>`: every TCP connection this network
+/// namespace routes out of interface `oif` reaches `127.0.0.1:<to>` instead, its original
+/// destination readable with `SO_ORIGINAL_DST`. Connections already established keep the path
+/// they had (NAT is decided once per connection). The table is owned like
+/// [`install_owned_redirects`]'s: it goes when the returned handle (or its process) goes.
+pub fn install_owned_output_redirect(
+    table: &str,
+    oif: u32,
+    to: u16,
+) -> Result<OwnedTable, NftError> {
+    validate_table(table)?;
+    if oif == 0 || to == 0 {
+        return Err(NftError::Invalid(format!(
+            "output redirect oif {oif} -> :{to}: both must be non-zero"
+        )));
+    }
+    let sock = open()?;
+    run_batch_on(
+        &sock,
+        &encode_capture(table, &Capture::Out { oif, to }, next_seqs(7), true),
+        &format!("install the output redirect in table ip {table}"),
+    )?;
+    Ok(OwnedTable {
+        sock,
+        name: table.to_string(),
+    })
+}
+
+/// A table created by [`install_owned_redirects`] or [`install_owned_output_redirect`]; dropping it deletes the table (the kernel
 /// does, when the netlink socket closes).
 pub struct OwnedTable {
     sock: Socket,
@@ -656,19 +786,52 @@ fn decode_rule(a: &[u8]) -> RuleInfo {
     } else {
         None
     };
+    let out_redirect = if names
+        == [
+            "meta",
+            "cmp",
+            "meta",
+            "cmp",
+            "payload",
+            "bitwise",
+            "cmp",
+            "immediate",
+            "redir",
+        ] {
+        let oif = (find_attr(datas[0], NFTA_META_KEY).and_then(be32) == Some(NFT_META_OIF))
+            .then(|| data_value_of(datas[1], NFTA_CMP_DATA))
+            .flatten()
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(u32::from_ne_bytes);
+        let tcp = find_attr(datas[2], NFTA_META_KEY).and_then(be32) == Some(NFT_META_L4PROTO)
+            && data_value_of(datas[3], NFTA_CMP_DATA) == Some(&[IPPROTO_TCP][..]);
+        let syn = data_value_of(datas[5], NFTA_BITWISE_MASK) == Some(&[TCP_SYN | TCP_ACK][..])
+            && data_value_of(datas[6], NFTA_CMP_DATA) == Some(&[TCP_SYN][..]);
+        let to = port_of(data_value_of(datas[7], NFTA_IMMEDIATE_DATA));
+        match (oif, tcp && syn, to) {
+            (Some(o), true, Some(t)) => Some((o, t)),
+            _ => None,
+        }
+    } else {
+        None
+    };
     RuleInfo {
         chain,
         handle,
         exprs,
         redirect,
+        out_redirect,
     }
 }
 
 impl fmt::Display for RuleInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.redirect {
-            Some((s, t)) => write!(f, "{}: tcp dport {s} redirect to :{t}", self.chain),
-            None => write!(f, "{}: {}", self.chain, self.exprs.join(" ")),
+        match (self.redirect, self.out_redirect) {
+            (Some((s, t)), _) => write!(f, "{}: tcp dport {s} redirect to :{t}", self.chain),
+            (None, Some((o, t))) => {
+                write!(f, "{}: oif {o} tcp syn redirect to :{t}", self.chain)
+            }
+            (None, None) => write!(f, "{}: {}", self.chain, self.exprs.join(" ")),
         }
     }
 }

@@ -26,7 +26,7 @@ fn is_root() -> bool {
 /// Runs `f` on a new thread that first moves into a fresh network namespace. Returns `None`
 /// (after printing why) when not running as root; as root, failing to create the namespace
 /// fails the test.
-pub(crate) fn in_fresh_netns<R: Send + 'static>(
+pub fn in_fresh_netns<R: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Option<R> {
@@ -45,7 +45,7 @@ pub(crate) fn in_fresh_netns<R: Send + 'static>(
 }
 
 /// Moves the calling thread into a new network namespace.
-pub(crate) fn unshare_net() -> io::Result<()> {
+pub fn unshare_net() -> io::Result<()> {
     // SAFETY: unshare has no memory preconditions; CLONE_NEWNET affects only this thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
@@ -54,7 +54,7 @@ pub(crate) fn unshare_net() -> io::Result<()> {
 }
 
 /// A handle on the calling thread's current network namespace.
-pub(crate) fn current_netns() -> io::Result<OwnedFd> {
+pub fn current_netns() -> io::Result<OwnedFd> {
     let p = CString::new("/proc/thread-self/ns/net").unwrap();
     // SAFETY: p is a valid C string.
     let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -66,7 +66,7 @@ pub(crate) fn current_netns() -> io::Result<OwnedFd> {
 }
 
 /// Moves the calling thread into the namespace `ns`.
-pub(crate) fn enter(ns: &OwnedFd) -> io::Result<()> {
+pub fn enter(ns: &OwnedFd) -> io::Result<()> {
     // SAFETY: ns is an open namespace descriptor.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
@@ -102,7 +102,7 @@ fn rtnl(buf: Vec<u8>, seq: u32) -> io::Result<()> {
 }
 
 /// Creates veth `name` here with its peer `peer` in namespace `peer_ns`.
-pub(crate) fn add_veth(name: &str, peer: &str, peer_ns: &OwnedFd) -> io::Result<()> {
+pub fn add_veth(name: &str, peer: &str, peer_ns: &OwnedFd) -> io::Result<()> {
     let mut b = Builder::new();
     let m = b.begin_msg(
         RTM_NEWLINK,
@@ -126,7 +126,7 @@ pub(crate) fn add_veth(name: &str, peer: &str, peer_ns: &OwnedFd) -> io::Result<
 }
 
 /// Sets link `name` (in the current namespace) up.
-pub(crate) fn link_up(name: &str) -> io::Result<()> {
+pub fn link_up(name: &str) -> io::Result<()> {
     let idx = ifindex(name)?;
     let mut b = Builder::new();
     let m = b.begin_msg(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 2);
@@ -137,7 +137,7 @@ pub(crate) fn link_up(name: &str) -> io::Result<()> {
 }
 
 /// Adds `addr/prefix` to link `name` (in the current namespace).
-pub(crate) fn add_addr(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+pub fn add_addr(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let idx = ifindex(name)?;
     let mut b = Builder::new();
     let m = b.begin_msg(
