@@ -66,7 +66,10 @@ pub async fn start<X: Dialer>(dev: &str, dialer: Arc<X>) -> Result<KernelTcp, Ke
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .map_err(KernelTcpError::Listen)?;
-    let port = listener.local_addr().map_err(KernelTcpError::Listen)?.port();
+    let port = listener
+        .local_addr()
+        .map_err(KernelTcpError::Listen)?
+        .port();
     let table = netfilter::nft::install_owned_output_redirect(TABLE, oif, port)?;
     let task = tokio::spawn(serve(listener, dialer));
     Ok(KernelTcp {

@@ -162,7 +162,10 @@ pub async fn start(
     // and TCP too when the redirect cannot be installed.
     let kernel = match crate::kernel_tcp::start(crate::tun::DEVICE, dialer.clone()).await {
         Ok(k) => {
-            tracing::info!(port = k.port(), "TCP to the cluster goes through the kernel");
+            tracing::info!(
+                port = k.port(),
+                "TCP to the cluster goes through the kernel"
+            );
             Some(k)
         }
         Err(e) => {

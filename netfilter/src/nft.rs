@@ -7,7 +7,7 @@
 //!   generated traffic (the `output` hook) is deliberately left alone, so the agent still reaches
 //!   the application at `127.0.0.1:<svc>`;
 //! - the daemon's outbound redirect ([`install_owned_output_redirect`]): chain `output` with one
-//!   `oif <device> tcp flags & (syn|ack) == syn redirect to :<port>` rule, so every TCP connection the
+//!   `oif <device> tcp flags & (syn|ack) == syn counter redirect to :<port>` rule, so every TCP connection the
 //!   daemon's network namespace routes into its TUN device is terminated by the kernel and
 //!   handed to the daemon's listener instead.
 //!
@@ -322,7 +322,7 @@ enum Capture<'a> {
     Out { oif: u32, to: u16 },
 }
 
-/// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn redirect to :<to>`.
+/// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn counter redirect to :<to>`.
 fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
     expr(b, "meta", |b| {
         b.attr_be32(NFTA_META_KEY, NFT_META_OIF);
@@ -364,6 +364,8 @@ fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
         b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
         data_value(b, NFTA_CMP_DATA, &[TCP_SYN]);
     });
+    // Counts the connections redirected (shown by `nft list table ip <table>`).
+    expr(b, "counter", |_| {});
     expr(b, "immediate", |b| {
         b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
         data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
@@ -447,7 +449,7 @@ fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: boo
         }
         Capture::Out { oif, to } => rule(
             &mut bb,
-            format!("add rule {t}/{chain} oif {oif} tcp flags & (syn|ack) == syn redirect to :{to}"),
+            format!("add rule {t}/{chain} oif {oif} tcp flags & (syn|ack) == syn counter redirect to :{to}"),
             &|b| out_redirect_exprs(b, oif, to),
         ),
     }
@@ -561,7 +563,7 @@ fn install_on(
 }
 
 /// Atomically replaces `table ip <table>` with a nat chain on the `output` hook (priority -100)
-/// holding `oif <oif> tcp flags & (syn|ack) == syn redirect to :<to>`: every TCP connection this network
+/// holding `oif <oif> tcp flags & (syn|ack) == syn counter redirect to :<to>`: every TCP connection this network
 /// namespace routes out of interface `oif` reaches `127.0.0.1:<to>` instead, its original
 /// destination readable with `SO_ORIGINAL_DST`. Connections already established keep the path
 /// they had (NAT is decided once per connection). The table is owned like
@@ -795,6 +797,7 @@ fn decode_rule(a: &[u8]) -> RuleInfo {
             "payload",
             "bitwise",
             "cmp",
+            "counter",
             "immediate",
             "redir",
         ] {
@@ -807,7 +810,7 @@ fn decode_rule(a: &[u8]) -> RuleInfo {
             && data_value_of(datas[3], NFTA_CMP_DATA) == Some(&[IPPROTO_TCP][..]);
         let syn = data_value_of(datas[5], NFTA_BITWISE_MASK) == Some(&[TCP_SYN | TCP_ACK][..])
             && data_value_of(datas[6], NFTA_CMP_DATA) == Some(&[TCP_SYN][..]);
-        let to = port_of(data_value_of(datas[7], NFTA_IMMEDIATE_DATA));
+        let to = port_of(data_value_of(datas[8], NFTA_IMMEDIATE_DATA));
         match (oif, tcp && syn, to) {
             (Some(o), true, Some(t)) => Some((o, t)),
             _ => None,

@@ -5,7 +5,7 @@
 //! ([`run_suite`]); every request is counted and attributed to the fault during which it
 //! completed.
 
-use crate::harness::{bridge_ip, docker, spawn_piped, wait_exit, User};
+use crate::harness::{bridge_ip, daemon_container, docker, spawn_piped, wait_exit, User};
 use crate::stack::Project;
 use anyhow::{anyhow, bail, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -444,25 +444,6 @@ fn wait_or_kill(c: &mut Child, limit: Duration) -> bool {
     let _ = c.kill();
     let _ = wait_exit(c, Duration::from_secs(5));
     false
-}
-
-/// The containers the faults hit.
-fn daemon_container(user: &User) -> Result<String> {
-    let st = user.tp(&["status", "--output", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&st.stdout)
-        .map_err(|e| anyhow!("status --output json: {e}: {}", st.stdout))?;
-    find_key(&v, "container").ok_or_else(|| anyhow!("no daemon container in status: {}", st.stdout))
-}
-
-fn find_key(v: &serde_json::Value, key: &str) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get(key)
-            .and_then(|x| x.as_str().map(str::to_string))
-            .or_else(|| m.values().find_map(|x| find_key(x, key))),
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
-        _ => None,
-    }
 }
 
 /// Every fault, one after the other, on one stack; the outcomes in order.

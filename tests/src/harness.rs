@@ -131,6 +131,44 @@ pub fn bridge_ip(container: &str) -> Result<String> {
     ])
 }
 
+/// The daemon container of `user`'s connection, as `status --output json` names it.
+pub fn daemon_container(user: &User) -> Result<String> {
+    let st = user.tp(&["status", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout)
+        .map_err(|e| anyhow::anyhow!("status --output json: {e}: {}", st.stdout))?;
+    find_key(&v, "container")
+        .ok_or_else(|| anyhow::anyhow!("no daemon container in status: {}", st.stdout))
+}
+
+fn find_key(v: &serde_json::Value, key: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .and_then(|x| x.as_str().map(str::to_string))
+            .or_else(|| m.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}
+
+/// `nft <args>` in a container's network namespace, run from the host with `nsenter` (needs
+/// root and Debian's `nftables`, which `.ci/run` installs): what the kernel holds there,
+/// whatever wrote it.
+pub fn nft_in(container: &str, args: &[&str]) -> Result<String> {
+    let pid = docker(&["inspect", container, "--format", "{{.State.Pid}}"])?;
+    let out = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "nft"])
+        .args(args)
+        .output()
+        .context("nsenter")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nsenter -t {pid} -n nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Builds (once per process) the images of the test app and of telepresence, returning their
 /// tags (testapp, telepresence).
 pub fn images() -> &'static (String, String) {

@@ -1,7 +1,8 @@
 //! End-to-end tests of the outbound path on the real Docker engine: a handler container
 //! started with `telepresence docker-run` on a connection reaches the connected namespace's
-//! services by every name form and by IP over TCP and UDP, through the daemon's TUN device,
-//! userspace stack, DNS server and the manager's tunnel. Run serially (`--test-threads=1`).
+//! services by every name form and by IP over TCP (the kernel path: an nf_tables redirect in the
+//! daemon's namespace) and UDP (the TUN device and userspace stack), through the daemon's DNS
+//! server and the manager's tunnel. Run serially (`--test-threads=1`).
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use std::time::Duration;
@@ -118,10 +119,27 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     let r = handler(&user, None, &["udp-send", "web:9000", "hello"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "web:hello"), "{r:?}");
 
-    // A closed port in the cluster is refused (a RST from the daemon), not left hanging.
+    // A closed port in the cluster gets a RST from the daemon, not a hang: the kernel has
+    // completed the handshake by then, so the client sees the reset on its first write or read.
     let r = get(&user, None, "http://web:8081/");
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("refused"), "{r:?}");
+    assert!(
+        r.stderr.contains("reset") || r.stderr.contains("refused"),
+        "{r:?}"
+    );
+
+    // TCP went through the kernel: the daemon's namespace holds its redirect table, whose
+    // rule counted the handlers' connections above (at least the 7 GETs by name and IP).
+    let daemon = daemon_container(&user).unwrap();
+    let table = nft_in(&daemon, &["list", "table", "ip", "telepresence_out"]).unwrap();
+    assert!(table.contains("hook output"), "{table}");
+    assert!(table.contains("redirect to :"), "{table}");
+    let redirected: u64 = table
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {table}"));
+    assert!(redirected >= 7, "{table}");
 
     // Names that are not in the cluster get no cluster answer.
     let r = handler(&user, None, &["lookup", "no-such-service"]);
