@@ -330,6 +330,43 @@ fn an_owned_table_goes_with_its_socket() {
     });
 }
 
+#[test]
+fn the_output_redirect_is_what_nft_reads_back() {
+    let table = unique_table("out");
+    testns::in_fresh_netns("the_output_redirect_is_what_nft_reads_back", move || {
+        testns::link_up("lo").unwrap();
+        let lo = crate::interface_index("lo").unwrap();
+        assert_eq!(
+            install_owned_output_redirect(&table, 0, 1).unwrap_err().errno(),
+            None,
+            "an index of 0 is refused before asking the kernel"
+        );
+        let owned = install_owned_output_redirect(&table, lo, 40123).unwrap();
+        let rules = list_rules(&table).unwrap();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].chain, OUTPUT_CHAIN);
+        assert_eq!(rules[0].out_redirect, Some((lo, 40123)));
+        assert_eq!(rules[0].redirect, None);
+        let chains = list_chains(&table).unwrap();
+        assert_eq!(chains[0].hook, Some(HOOK_OUTPUT));
+        assert_eq!(chains[0].priority, Some(PRIORITY_DSTNAT));
+        // The real tool reads the same rule (when it is installed).
+        if let Some(text) = nft_list(&table) {
+            assert!(text.contains("hook output priority"), "{text}");
+            // nft 1.0.6 prints the flags test as `syn / syn,ack`, older ones as an expression.
+            assert!(
+                text.contains("tcp flags syn / syn,ack")
+                    || text.contains("tcp flags & (syn | ack) == syn"),
+                "{text}"
+            );
+            assert!(text.contains("oif \"lo\""), "{text}");
+            assert!(text.contains("redirect to :40123"), "{text}");
+        }
+        drop(owned);
+        assert!(!table_exists(&table).unwrap());
+    });
+}
+
 /// Waits until one of the listeners has a connection; returns its index and the stream.
 fn accept_either(ls: &[&TcpListener]) -> (usize, TcpStream) {
     for l in ls {
