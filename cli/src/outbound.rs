@@ -8,7 +8,7 @@ use crate::args::ConnectArgs;
 use crate::output::kv_block;
 use anyhow::{anyhow, bail, Result};
 use docker::engine::{self, CONNECTION_LABEL, ROLE_LABEL};
-use protocol::connector::DaemonStatus;
+use protocol::connector::{DaemonStatus, OutboundTcp};
 
 /// Where the daemon serves DNS inside its network namespace (what `--dns` names).
 pub const DNS_IP: &str = "127.0.0.1";
@@ -110,6 +110,15 @@ pub fn status_rows(st: &DaemonStatus) -> Vec<(&'static str, Option<String>, Stri
                 if st.subnets.len() == 1 { "" } else { "s" }
             )),
             subnets,
+        ),
+        (
+            "Outbound TCP",
+            match st.outbound_tcp() {
+                OutboundTcp::Kernel => Some("kernel (nf_tables redirect)".into()),
+                OutboundTcp::Userspace => Some("userspace stack (nf_tables unavailable)".into()),
+                OutboundTcp::Unspecified => Some("none (no subnet routed)".into()),
+            },
+            String::new(),
         ),
     ]
 }

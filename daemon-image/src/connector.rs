@@ -68,6 +68,7 @@ impl Connector for ConnectorService {
             agent_image: s.cluster.agent_image.clone(),
             dns: self.outbound.dns.clone(),
             subnets: self.outbound.subnets.clone(),
+            outbound_tcp: self.outbound.outbound_tcp,
             authenticated: s.bearer.is_set(),
             session: Some(s.session()),
         }))

@@ -86,10 +86,11 @@ async fn start_outbound(
 ) -> Result<Arc<protocol::connector::DaemonStatus>, DaemonError> {
     let ocfg = outbound::OutboundConfig::from_env().map_err(outbound::OutboundError::from)?;
     let dcfg = dns::DnsConfig::from_env().map_err(outbound::OutboundError::from)?;
-    let routed = outbound::start(session.clone(), &ocfg).await?;
+    let outbound::Started { routed, tcp } = outbound::start(session.clone(), &ocfg).await?;
     let dns = Arc::new(dns::Dns::new(session.clone(), dcfg.clone(), &routed));
     let status = protocol::connector::DaemonStatus {
         subnets: routed,
+        outbound_tcp: tcp.into(),
         dns: Some(protocol::connector::DnsStatus {
             local_ip: dcfg.listen.ip().to_string(),
             remote_ip: dcfg

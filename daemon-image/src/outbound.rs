@@ -7,6 +7,7 @@ use crate::dns::DnsConfigError;
 use crate::netstack::{DialError, Dialer, Proto, Smoltcp};
 use crate::session::Session;
 use crate::subnets::{self, Cidr, SubnetError};
+use protocol::connector::OutboundTcp;
 use protocol::tunnel::{read_header_timeout, write_header, Role, TunnelHeader, TunnelKind};
 use relay::dial;
 use std::net::{IpAddr, SocketAddr};
@@ -80,7 +81,6 @@ impl Dialer for TunnelDialer {
     }
 }
 
-/// Installs the routes and starts the TUN pump; returns the routed subnets.
 /// Why the outbound path (routes, TUN device, DNS server) cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -100,31 +100,30 @@ pub enum OutboundError {
     DnsListen(SocketAddr, std::io::Error),
 }
 
-pub async fn start(
-    session: Arc<Session>,
-    cfg: &OutboundConfig,
-) -> Result<Vec<String>, OutboundError> {
-    let existing = crate::tun::existing_routes();
-    let manager_ip = session
-        .cfg
-        .tunnel_addr
-        .parse::<SocketAddr>()
-        .ok()
-        .map(|a| a.ip())
+/// The manager's IPv4 addresses as the daemon reaches them (never routed into the device).
+fn manager_ips(session: &Session) -> Vec<std::net::Ipv4Addr> {
+    [&session.cfg.tunnel_addr, &session.cfg.manager_addr]
         .into_iter()
-        .chain(
-            session
-                .cfg
-                .manager_addr
-                .parse::<SocketAddr>()
-                .ok()
-                .map(|a| a.ip()),
-        )
-        .filter_map(|ip| match ip {
+        .filter_map(|a| a.parse::<SocketAddr>().ok())
+        .filter_map(|a| match a.ip() {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
+
+/// What [`start`] routed, and which path carries TCP.
+pub struct Started {
+    /// The routed subnets.
+    pub routed: Vec<String>,
+    /// Unspecified when nothing is routed.
+    pub tcp: OutboundTcp,
+}
+
+/// Installs the routes, the TUN pump and the kernel path for TCP.
+pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Started, OutboundError> {
+    let existing = crate::tun::existing_routes();
+    let manager_ip = manager_ips(&session);
     let plan = subnets::plan(
         &session.cluster.subnets,
         &cfg.also,
@@ -138,7 +137,10 @@ pub async fn start(
     }
     if plan.routes.is_empty() {
         tracing::info!("no subnets to route");
-        return Ok(Vec::new());
+        return Ok(Started {
+            routed: Vec::new(),
+            tcp: OutboundTcp::Unspecified,
+        });
     }
     let dev = crate::tun::create(cfg.mtu).map_err(OutboundError::Tun)?;
     for b in &plan.bypass {
@@ -173,6 +175,11 @@ pub async fn start(
             None
         }
     };
+    let tcp = if kernel.is_some() {
+        OutboundTcp::Kernel
+    } else {
+        OutboundTcp::Userspace
+    };
     let mtu = cfg.mtu as usize;
     tokio::spawn(async move {
         let _kernel = kernel;
@@ -180,5 +187,5 @@ pub async fn start(
             tracing::error!("the outbound packet path stopped: {e}");
         }
     });
-    Ok(routed)
+    Ok(Started { routed, tcp })
 }

@@ -423,6 +423,19 @@ pub(crate) fn exchange(
     }
 }
 
+/// The index of network interface `name` in the calling thread's network namespace
+/// (`if_nametoindex(3)`), the number nf_tables' `oif`/`iif` compare.
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,17 +491,4 @@ mod tests {
         // an attribute claiming more bytes than exist ends the iteration
         assert_eq!(attrs(&[200, 0, 1, 0, 1, 2]).count(), 0);
     }
-}
-
-/// The index of network interface `name` in the calling thread's network namespace
-/// (`if_nametoindex(3)`), the number nf_tables' `oif`/`iif` compare.
-pub fn interface_index(name: &str) -> io::Result<u32> {
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with NUL"))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(idx)
 }

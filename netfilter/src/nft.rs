@@ -788,42 +788,46 @@ fn decode_rule(a: &[u8]) -> RuleInfo {
     } else {
         None
     };
-    let out_redirect = if names
-        == [
-            "meta",
-            "cmp",
-            "meta",
-            "cmp",
-            "payload",
-            "bitwise",
-            "cmp",
-            "counter",
-            "immediate",
-            "redir",
-        ] {
-        let oif = (find_attr(datas[0], NFTA_META_KEY).and_then(be32) == Some(NFT_META_OIF))
-            .then(|| data_value_of(datas[1], NFTA_CMP_DATA))
-            .flatten()
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(u32::from_ne_bytes);
-        let tcp = find_attr(datas[2], NFTA_META_KEY).and_then(be32) == Some(NFT_META_L4PROTO)
-            && data_value_of(datas[3], NFTA_CMP_DATA) == Some(&[IPPROTO_TCP][..]);
-        let syn = data_value_of(datas[5], NFTA_BITWISE_MASK) == Some(&[TCP_SYN | TCP_ACK][..])
-            && data_value_of(datas[6], NFTA_CMP_DATA) == Some(&[TCP_SYN][..]);
-        let to = port_of(data_value_of(datas[8], NFTA_IMMEDIATE_DATA));
-        match (oif, tcp && syn, to) {
-            (Some(o), true, Some(t)) => Some((o, t)),
-            _ => None,
-        }
-    } else {
-        None
-    };
+    let out_redirect = decode_out_redirect(&names, &datas);
     RuleInfo {
         chain,
         handle,
         exprs,
         redirect,
         out_redirect,
+    }
+}
+
+/// `(oif, port)` when `names`/`datas` are exactly the expressions [`out_redirect_exprs`] writes.
+fn decode_out_redirect(names: &[&str], datas: &[&[u8]]) -> Option<(u32, u16)> {
+    let expected = [
+        "meta",
+        "cmp",
+        "meta",
+        "cmp",
+        "payload",
+        "bitwise",
+        "cmp",
+        "counter",
+        "immediate",
+        "redir",
+    ];
+    if names != expected {
+        return None;
+    }
+    let oif = (find_attr(datas[0], NFTA_META_KEY).and_then(be32) == Some(NFT_META_OIF))
+        .then(|| data_value_of(datas[1], NFTA_CMP_DATA))
+        .flatten()
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_ne_bytes);
+    let tcp = find_attr(datas[2], NFTA_META_KEY).and_then(be32) == Some(NFT_META_L4PROTO)
+        && data_value_of(datas[3], NFTA_CMP_DATA) == Some(&[IPPROTO_TCP][..]);
+    let syn = data_value_of(datas[5], NFTA_BITWISE_MASK) == Some(&[TCP_SYN | TCP_ACK][..])
+        && data_value_of(datas[6], NFTA_CMP_DATA) == Some(&[TCP_SYN][..]);
+    let to = port_of(data_value_of(datas[8], NFTA_IMMEDIATE_DATA));
+    match (oif, tcp && syn, to) {
+        (Some(o), true, Some(t)) => Some((o, t)),
+        _ => None,
     }
 }
 

@@ -337,7 +337,9 @@ fn the_output_redirect_is_what_nft_reads_back() {
         testns::link_up("lo").unwrap();
         let lo = crate::interface_index("lo").unwrap();
         assert_eq!(
-            install_owned_output_redirect(&table, 0, 1).unwrap_err().errno(),
+            install_owned_output_redirect(&table, 0, 1)
+                .unwrap_err()
+                .errno(),
             None,
             "an index of 0 is refused before asking the kernel"
         );

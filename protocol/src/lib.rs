@@ -90,6 +90,17 @@ proto_text!(
     }
 );
 proto_text!(
+    connector::OutboundTcp,
+    "OUTBOUND_TCP_",
+    "The text `status` shows (and `--output json` carries): `kernel` or `userspace`; empty \
+     when unspecified (no subnet is routed).",
+    |s: &'static str| match s {
+        "KERNEL" => "kernel",
+        "USERSPACE" => "userspace",
+        _ => "",
+    }
+);
+proto_text!(
     manager::ClusterType,
     "CLUSTER_TYPE_",
     "The text users see (and `--output json` carries): `docker` or `kubernetes`; empty when \

@@ -72,6 +72,11 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     );
     assert!(line("DNS").ends_with(':'), "{}", st.stdout);
     assert!(
+        line("Outbound TCP").ends_with(": kernel (nf_tables redirect)"),
+        "{}",
+        st.stdout
+    );
+    assert!(
         st.stdout.contains("    Remote IP       : "),
         "{}",
         st.stdout
