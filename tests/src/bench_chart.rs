@@ -1,6 +1,8 @@
 //! The benchmark's chart (`tp-bench --chart FILE.svg`): latency distributions, direct against
 //! ours, as percentile lines in a hand-written SVG (no plotting crate). One panel per measure;
-//! x is the percentile on a "nines" scale (10, 50, 90, 99, 99.9), y the latency in µs.
+//! x is the percentile on a "nines" scale (10, 50, 90, 99, 99.9), y the latency in µs on a
+//! logarithmic scale (whole decades), so a tail of milliseconds and a median of microseconds
+//! both stay readable.
 
 use std::fmt::Write as _;
 
@@ -36,17 +38,28 @@ pub fn nines(p: f64) -> f64 {
     -(1.0 - (p / 100.0).min(0.999)).log10()
 }
 
-/// The smallest 1, 2 or 5 × 10^k at or above `v` (the y axis' top).
-pub fn nice_ceiling(v: f64) -> f64 {
-    if !v.is_finite() || v <= 0.0 {
-        return 1.0;
+/// The decades the y axis spans: (log10 of its bottom, log10 of its top), whole numbers around
+/// the positive values, at least one decade.
+pub fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi <= 0.0 {
+        return (0.0, 1.0);
     }
-    let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * magnitude)
-        .find(|c| *c >= v)
-        .unwrap_or(10.0 * magnitude)
+    let (lo, hi) = (lo.log10().floor(), hi.log10().ceil());
+    (lo, hi.max(lo + 1.0))
+}
+
+/// A tick label of `v` µs.
+fn us_label(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{} ms", v / 1000.0)
+    } else {
+        format!("{v}")
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -55,8 +68,9 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The axes, ticks and title of one panel whose y axis ends at `top_us`; origin (ox, oy).
-fn axes(out: &mut String, panel: &Panel, ox: f64, oy: f64, top_us: f64) {
+/// The axes, ticks and title of one panel whose y axis spans the decades `(lo, hi)`; origin
+/// (ox, oy).
+fn axes(out: &mut String, panel: &Panel, ox: f64, oy: f64, (lo, hi): (f64, f64)) {
     let (w, h) = (PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM);
     let (x0, y0) = (ox + LEFT, oy + TOP + h);
     let _ = write!(
@@ -80,16 +94,18 @@ fn axes(out: &mut String, panel: &Panel, ox: f64, oy: f64, top_us: f64) {
             y0 + 16.0
         );
     }
-    for i in 0..=4 {
-        let v = top_us * f64::from(i) / 4.0;
-        let y = y0 - h * f64::from(i) / 4.0;
+    let mut decade = lo;
+    while decade <= hi {
+        let y = y0 - h * (decade - lo) / (hi - lo);
         let _ = write!(
             out,
-            r##"<line x1="{x0:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{v:.0}</text>"##,
+            r##"<line x1="{x0:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
             x0 + w,
             x0 - 6.0,
-            y + 4.0
+            y + 4.0,
+            us_label(10f64.powi(decade as i32))
         );
+        decade += 1.0;
     }
     let _ = write!(
         out,
@@ -105,24 +121,23 @@ fn axes(out: &mut String, panel: &Panel, ox: f64, oy: f64, top_us: f64) {
 
 /// One panel at (ox, oy): axes, a polyline and a legend entry per line.
 fn panel(out: &mut String, panel: &Panel, ox: f64, oy: f64) {
-    let max = panel
-        .lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p[1]))
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max);
-    let top_us = nice_ceiling(max);
-    axes(out, panel, ox, oy, top_us);
+    let (lo, hi) = decades(
+        panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p[1])),
+    );
+    axes(out, panel, ox, oy, (lo, hi));
     let (w, h) = (PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM);
     let (x0, y0) = (ox + LEFT, oy + TOP + h);
     for (i, line) in panel.lines.iter().enumerate() {
         let points: Vec<String> = line
             .points
             .iter()
-            .filter(|p| p[1].is_finite())
+            .filter(|p| p[1].is_finite() && p[1] > 0.0)
             .map(|p| {
                 let x = x0 + nines(p[0]) / MAX_NINES * w;
-                let y = y0 - (p[1] / top_us).min(1.0) * h;
+                let y = y0 - ((p[1].log10() - lo) / (hi - lo)).clamp(0.0, 1.0) * h;
                 format!("{x:.1},{y:.1}")
             })
             .collect();
@@ -173,10 +188,11 @@ mod tests {
         assert!((nines(90.0) - 1.0).abs() < 1e-9);
         assert!((nines(99.9) - 3.0).abs() < 1e-9);
         assert!(nines(50.0) < nines(51.0));
-        assert_eq!(nice_ceiling(73.0), 100.0);
-        assert_eq!(nice_ceiling(120.0), 200.0);
-        assert_eq!(nice_ceiling(400.0), 500.0);
-        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(decades([12.0, 83.0, 4500.0].into_iter()), (1.0, 4.0));
+        assert_eq!(decades([10.0, 10.0].into_iter()), (1.0, 2.0));
+        assert_eq!(decades([0.0, f64::NAN].into_iter()), (0.0, 1.0));
+        assert_eq!(us_label(100.0), "100");
+        assert_eq!(us_label(10000.0), "10 ms");
     }
 
     #[test]

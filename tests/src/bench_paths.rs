@@ -250,10 +250,15 @@ fn peak_while<T>(roles: &Roles, work: impl FnOnce() -> T) -> (T, BTreeMap<&'stat
     (out, peak.into_inner().unwrap_or_default())
 }
 
-/// The median (NaN for none).
+/// The median (the mean of the middle two for an even count; NaN for none).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (v[mid - 1] + v[mid]) / 2.0,
+        _ => v[mid],
+    }
 }
 
 /// Everything the rounds measured: per measure, the direct and our JSON answers of each round;
@@ -680,12 +685,22 @@ impl PathResults {
         (rows, doc)
     }
 
-    /// Per latency measure, the median percentile lines (direct, ours).
+    /// Per latency measure, the median percentile lines (direct, ours) at [`SUMMARY`]'s
+    /// percentiles (the chart draws every percentile of the lines).
     fn distributions(&self) -> Value {
+        let summary = |line: Vec<[f64; 2]>| -> serde_json::Map<String, Value> {
+            line.into_iter()
+                .filter(|[p, _]| SUMMARY.contains(p))
+                .map(|[p, us]| (format!("p{p}"), json!(us)))
+                .collect()
+        };
         let mut m = serde_json::Map::new();
         for (key, _) in CHARTED {
             let (d, o) = self.rounds.distribution(key);
-            m.insert(key.into(), json!({"direct": d, "ours": o}));
+            m.insert(
+                key.into(),
+                json!({"direct": summary(d), "ours": summary(o)}),
+            );
         }
         Value::Object(m)
     }
@@ -743,6 +758,11 @@ impl PathResults {
     }
 }
 
+/// The percentiles of the distributions in the JSON section.
+const SUMMARY: [f64; 11] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9,
+];
+
 /// The latency measures the chart and `distributions_us` show, with their titles.
 const CHARTED: [(&str, &str); 4] = [
     ("keepalive", "Intercepted keep-alive request, 1 KiB"),
@@ -754,8 +774,8 @@ const CHARTED: [(&str, &str); 4] = [
 /// The section's table.
 pub fn table(rows: &[PathRow]) -> String {
     let mut out = format!(
-        "{:<38} {:>14} {:>14} {:>12}  {:<18} met\n",
-        "metric", "direct", "ours", "ours vs dir.", "target"
+        "{:<38} {:>14} {:>14} {:>14}  {:<18} met\n",
+        "metric", "direct", "ours", "ours vs direct", "target"
     );
     for r in rows {
         let met = match r.met {
@@ -764,7 +784,7 @@ pub fn table(rows: &[PathRow]) -> String {
             None => "",
         };
         out.push_str(&format!(
-            "{:<38} {:>14} {:>14} {:>12}  {:<18} {met}\n",
+            "{:<38} {:>14} {:>14} {:>14}  {:<18} {met}\n",
             r.metric, r.direct, r.ours, r.versus, r.target
         ));
     }
@@ -856,6 +876,13 @@ mod tests {
         let (d, o) = r.rounds.distribution("keepalive");
         assert_eq!(d, vec![[50.0, 100.0], [99.0, 200.0]]);
         assert_eq!(o, vec![[50.0, 140.0], [99.0, 280.0]]);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert!(median(vec![]).is_nan());
     }
 
     #[test]
