@@ -61,6 +61,8 @@ pub struct PathRow {
     pub target: String,
     /// `None` when there is no target.
     pub met: Option<bool>,
+    /// Printed under the table (failed runs).
+    pub note: Option<String>,
 }
 
 /// Who runs a measure's "ours" client.
@@ -250,8 +252,10 @@ fn peak_while<T>(roles: &Roles, work: impl FnOnce() -> T) -> (T, BTreeMap<&'stat
     (out, peak.into_inner().unwrap_or_default())
 }
 
-/// The median (the mean of the middle two for an even count; NaN for none).
+/// The median of the numbers that are not NaN (the mean of the middle two for an even count;
+/// NaN for none).
 pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     match v.len() {
@@ -270,9 +274,21 @@ struct Rounds {
 }
 
 impl Rounds {
+    /// The figure `field` of each round (NaN for a failed run), direct and ours.
     fn figures(&self, key: &str, field: &str) -> (Vec<f64>, Vec<f64>) {
         let (d, o) = self.runs.get(key).cloned().unwrap_or_default();
         let pick = |v: &[Value]| v.iter().map(|x| f(x, field)).collect();
+        (pick(&d), pick(&o))
+    }
+
+    /// The errors of the failed runs of a measure, direct and ours.
+    fn errors(&self, key: &str) -> (Vec<String>, Vec<String>) {
+        let (d, o) = self.runs.get(key).cloned().unwrap_or_default();
+        let pick = |v: &[Value]| {
+            v.iter()
+                .filter_map(|x| x["error"].as_str().map(str::to_string))
+                .collect()
+        };
         (pick(&d), pick(&o))
     }
 
@@ -301,33 +317,40 @@ impl Rounds {
     }
 }
 
+/// A run's answer, or `{"error": …}` when it failed (the round goes on; the row says so).
+fn answer(key: &str, side: &str, r: Result<Value>) -> Value {
+    r.unwrap_or_else(|e| {
+        eprintln!("paths: {key} ({side}) failed: {e:#}");
+        json!({ "error": format!("{e:#}") })
+    })
+}
+
 /// One round: every measure, direct then ours.
-fn round(o: &Options, caller: &str, outbound: &str, roles: &Roles, acc: &mut Rounds) -> Result<()> {
+fn round(o: &Options, caller: &str, outbound: &str, roles: &Roles, acc: &mut Rounds) {
     let mut peak: BTreeMap<&'static str, f64> = BTreeMap::new();
     for m in measures(o) {
-        let d = exec_json_in(caller, &m.direct).with_context(|| format!("{} direct", m.key))?;
+        let d = answer(&m.key, "direct", exec_json_in(caller, &m.direct));
         let who = if m.via == Via::Intercept {
             caller
         } else {
             outbound
         };
-        let run = || exec_json_in(who, &m.ours).with_context(|| format!("{} ours", m.key));
+        let run = || exec_json_in(who, &m.ours);
         let ours = if m.load {
             let (r, p) = peak_while(roles, run);
             for (k, v) in p {
                 let e = peak.entry(k).or_insert(0.0);
                 *e = e.max(v);
             }
-            r?
+            r
         } else {
-            run()?
+            run()
         };
         let e = acc.runs.entry(m.key.clone()).or_default();
         e.0.push(d);
-        e.1.push(ours);
+        e.1.push(answer(&m.key, "ours", ours));
     }
     acc.load_rss.push(peak);
-    Ok(())
 }
 
 /// What the section leaves running until it ends: the intercept's process and the outbound
@@ -447,7 +470,7 @@ pub fn run(o: &Options) -> Result<PathResults> {
     let mut rounds = Rounds::default();
     for r in 0..o.rounds.max(1) {
         eprintln!("paths: round {}/{}", r + 1, o.rounds.max(1));
-        round(o, &caller, &running.outbound, &roles, &mut rounds)?;
+        round(o, &caller, &running.outbound, &roles, &mut rounds);
     }
     drop(running);
     Ok(PathResults {
@@ -572,6 +595,7 @@ fn value(v: f64, unit: &str) -> String {
 fn spec_row(r: &PathResults, (label, key, field, unit, target): &Spec) -> (PathRow, Value) {
     let (d_rounds, o_rounds) = r.rounds.figures(key, field);
     let (d, o) = (median(d_rounds.clone()), median(o_rounds.clone()));
+    let (d_errors, o_errors) = r.rounds.errors(key);
     let (versus, target_text, met) = match *target {
         Target::AddedAtMost(limit) => (
             format!("{:+.0} {unit}", o - d),
@@ -586,6 +610,24 @@ fn spec_row(r: &PathResults, (label, key, field, unit, target): &Spec) -> (PathR
         Target::None if *unit == "µs" => (format!("{:+.0} {unit}", o - d), "-".into(), None),
         Target::None => (format!("{:.0} %", 100.0 * o / d), "-".into(), None),
     };
+    // A failed run of ours misses the target whatever the others measured.
+    let met = if o_errors.is_empty() {
+        met
+    } else {
+        Some(false)
+    };
+    let failed = |side: &str, errors: &[String], of: usize| {
+        errors
+            .first()
+            .map(|e| format!("{} of {of} {side} runs failed, e.g. {e}", errors.len()))
+    };
+    let notes: Vec<String> = [
+        failed("direct", &d_errors, d_rounds.len()),
+        failed("ours", &o_errors, o_rounds.len()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let row = PathRow {
         metric: label.clone(),
         direct: value(d, unit),
@@ -593,12 +635,14 @@ fn spec_row(r: &PathResults, (label, key, field, unit, target): &Spec) -> (PathR
         versus,
         target: target_text,
         met,
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
     };
     let doc = json!({
         "metric": label, "measure": key, "field": field, "unit": unit,
         "direct": d, "ours": o, "added": o - d, "ratio": o / d,
         "target": row.target, "met": met,
         "rounds": {"direct": d_rounds, "ours": o_rounds},
+        "failed": {"direct": d_errors, "ours": o_errors},
     });
     (row, doc)
 }
@@ -612,6 +656,7 @@ fn own_row(metric: &str, ours: String, target: &str, met: Option<bool>) -> PathR
         versus: "-".into(),
         target: target.into(),
         met,
+        note: None,
     }
 }
 
@@ -788,6 +833,11 @@ pub fn table(rows: &[PathRow]) -> String {
             r.metric, r.direct, r.ours, r.versus, r.target
         ));
     }
+    for r in rows {
+        if let Some(note) = &r.note {
+            out.push_str(&format!("✘ {}: {note}\n", r.metric));
+        }
+    }
     out
 }
 
@@ -844,7 +894,11 @@ mod tests {
             let e = rounds.runs.entry("out_down_1".into()).or_default();
             e.0.push(json!({"gbit_per_s": d / 10.0}));
             e.1.push(json!({"gbit_per_s": o / 40.0}));
+            let e = rounds.runs.entry("out_up_n".into()).or_default();
+            e.0.push(json!({"gbit_per_s": 10.0}));
+            e.1.push(json!({"gbit_per_s": 9.0}));
         }
+        rounds.runs.get_mut("out_up_n").unwrap().1[1] = json!({"error": "connect: timed out"});
         rounds.load_rss = vec![BTreeMap::from([("daemon", 20.0)]); 3];
         PathResults {
             options: options(),
@@ -873,6 +927,16 @@ mod tests {
         let (row, _) = spec_row(&r, &spec);
         // 3.5 of 10 Gbit/s: 35 %, under 80 %.
         assert_eq!((row.versus.as_str(), row.met), ("35 %", Some(false)));
+        // One failed run of three: the median of the other two, the target missed, a note.
+        let spec = specs(&r.options)
+            .into_iter()
+            .find(|s| s.1 == "out_up_n")
+            .unwrap();
+        let (row, doc) = spec_row(&r, &spec);
+        assert_eq!((row.ours.as_str(), row.met), ("9.00 Gbit/s", Some(false)));
+        let note = row.note.unwrap();
+        assert!(note.contains("1 of 3 ours runs failed") && note.contains("timed out"));
+        assert_eq!(doc["failed"]["ours"], json!(["connect: timed out"]));
         let (d, o) = r.rounds.distribution("keepalive");
         assert_eq!(d, vec![[50.0, 100.0], [99.0, 200.0]]);
         assert_eq!(o, vec![[50.0, 140.0], [99.0, 280.0]]);

@@ -124,6 +124,8 @@ pub struct StreamsResult {
     pub gbit_per_s: f64,
 }
 
+/// How long a stream's connect may take (the kernel would retry SYNs for minutes).
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Size of the buffer each stream reads into or writes from.
 const STREAM_BUF: usize = 256 * 1024;
 static ZEROS: [u8; STREAM_BUF] = [0; STREAM_BUF];
@@ -131,7 +133,17 @@ static ZEROS: [u8; STREAM_BUF] = [0; STREAM_BUF];
 /// One stream: `bytes` body bytes one way on a new connection; returns when the server's
 /// answer (download: the last body byte; upload: the answer after the last body byte) is in.
 async fn one_stream(url: &Url, dir: Direction, bytes: u64) -> io::Result<u64> {
-    let mut s = connect(url).await?;
+    let mut s = tokio::time::timeout(CONNECT_LIMIT, connect(url))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connect {}:{}: no answer within {CONNECT_LIMIT:?}",
+                    url.host, url.port
+                ),
+            )
+        })??;
     let host = &url.host;
     let mut buf = vec![0u8; STREAM_BUF];
     match dir {
