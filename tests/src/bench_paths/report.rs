@@ -272,15 +272,16 @@ impl PathResults {
     }
 
     /// Per latency measure, the median percentile lines (direct, ours) at [`SUMMARY`]'s
-    /// percentiles (the chart draws every percentile of the lines).
+    /// percentiles, listed once under `percentiles` (the chart draws every percentile).
     fn distributions(&self) -> Value {
-        let summary = |line: Vec<[f64; 2]>| -> serde_json::Map<String, Value> {
+        let summary = |line: Vec<[f64; 2]>| -> Vec<f64> {
             line.into_iter()
                 .filter(|[p, _]| SUMMARY.contains(p))
-                .map(|[p, us]| (format!("p{p}"), json!(us)))
+                .map(|[_, us]| us)
                 .collect()
         };
         let mut m = serde_json::Map::new();
+        m.insert("percentiles".into(), json!(SUMMARY));
         for (key, _) in CHARTED {
             let (d, o) = self.rounds.distribution(key);
             m.insert(
@@ -456,6 +457,10 @@ mod tests {
         let (d, o) = r.rounds.distribution("keepalive");
         assert_eq!(d, vec![[50.0, 100.0], [99.0, 200.0]]);
         assert_eq!(o, vec![[50.0, 140.0], [99.0, 280.0]]);
+        // The JSON keeps the summary's percentiles of the lines (here 50 and 99).
+        let dist = r.distributions();
+        assert_eq!(dist["percentiles"][4], json!(50.0));
+        assert_eq!(dist["keepalive"]["ours"], json!([140.0, 280.0]));
     }
 
     #[test]

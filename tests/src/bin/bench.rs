@@ -462,6 +462,11 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
+    let paths_skipped = a.no_paths || a.only_personal || a.only_compose || a.only_wiretap;
+    anyhow::ensure!(
+        a.chart.is_none() || a.only_paths || !paths_skipped,
+        "--chart draws the path benchmark's latencies, which this run skips"
+    );
     if a.only_paths {
         let (rows, doc) = paths(&a)?;
         let met = rows.iter().all(|r| r.met != Some(false));
