@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark: intercept path vs direct path in one run; prints a table and JSON.
+# The benchmark: our paths vs the direct path in one run; prints tables and one JSON document.
+# Flags: see `tp-bench --help` (e.g. --only-paths, --rounds N, --chart FILE.svg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins

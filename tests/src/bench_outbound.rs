@@ -4,7 +4,7 @@
 //! DNS lookup latency, TCP connect latency, a large download, 100 parallel downloads, and the
 //! daemon's resident memory idle and under that load.
 
-use crate::{docker, images, Project, User};
+use crate::{images, Project, User};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -35,6 +35,15 @@ pub fn exec_caller(p: &Project, args: &[&str]) -> Result<std::process::Output> {
         .output()?)
 }
 
+/// `docker exec <container> /tp-testapp <args…>`, to completion: its JSON answer.
+pub fn exec_json_in(container: &str, args: &[String]) -> Result<Value> {
+    let out = Command::new("docker")
+        .args(["exec", container, "/tp-testapp"])
+        .args(args)
+        .output()?;
+    parse_json(out, &format!("{container} {args:?}"))
+}
+
 fn direct(p: &Project, args: &[&str]) -> Result<Value> {
     parse_json(exec_caller(p, args)?, &format!("direct {args:?}"))
 }
@@ -48,16 +57,12 @@ fn through_tun(user: &User, args: &[&str]) -> Result<Value> {
     parse_json(out, &format!("through the TUN {args:?}"))
 }
 
-/// Resident memory of a container's main process, in MiB (read from the host's /proc).
+/// Resident memory of a container's processes, in MiB (read from the host's /proc).
 fn rss_mib(container: &str) -> Result<f64> {
-    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container])?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb / 1024.0)
+    let pid = crate::bench_paths::container_pid(container)?;
+    let kib = crate::bench_paths::tree_rss_kib(pid);
+    anyhow::ensure!(kib > 0, "no VmRSS for {container}");
+    Ok(kib as f64 / 1024.0)
 }
 
 /// The number `k` of a benchmark's JSON answer (NaN when missing).

@@ -14,12 +14,11 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
+use tests::bench_paths::median;
 use tests::*;
 
 /// Requests of the 100-client throughput runs.
 const RPS_REQUESTS: &str = "50000";
-/// Interleaved latency rounds.
-const ROUNDS: usize = 5;
 /// The app's uncaptured port.
 const DIRECT: &str = "http://web:8081/";
 const FILTERED: &str = "http://web:8080/";
@@ -40,12 +39,9 @@ fn bench(p: &Project, url: &str, header: &str, requests: &str, clients: &str) ->
     )
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
+/// Runs the personal-intercept benchmark: `rounds` interleaved rounds sharing `requests`.
+pub fn personal(requests: u32, rounds: usize) -> Result<(Vec<Row>, Value)> {
+    let rounds = rounds.max(1);
     let p = Project::up_with(
         "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--http\", \"8081\", \"--name\", \"web\"]\n    expose: [\"8080\"]\n",
         "",
@@ -54,7 +50,7 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
     let t = Duration::from_secs(30);
     p.wait_for(FILTERED, "web", t)?;
     p.wait_for(DIRECT, "web", t)?;
-    let per_round = (requests as usize / ROUNDS).max(100).to_string();
+    let per_round = (requests as usize / rounds).max(100).to_string();
     let (other, mine) = ("x-dev=someone-else", "x-dev=me");
 
     user.connect_docker(&p, &[]).ok();
@@ -84,15 +80,15 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (mut direct, mut to_app, mut to_handler) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rounds = Vec::new();
-    for _ in 0..ROUNDS {
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
         let d = bench(&p, DIRECT, other, &per_round, "1")?;
         let a = bench(&p, FILTERED, other, &per_round, "1")?;
         let h = bench(&p, FILTERED, mine, &per_round, "1")?;
         direct.push(f(&d, "p50_us"));
         to_app.push(f(&a, "p50_us"));
         to_handler.push(f(&h, "p50_us"));
-        rounds.push(json!({"direct": d, "to_app": a, "to_handler": h}));
+        runs.push(json!({"direct": d, "to_app": a, "to_handler": h}));
     }
     let direct_rps = bench(&p, DIRECT, other, RPS_REQUESTS, "100")?;
     let app_rps = bench(&p, FILTERED, other, RPS_REQUESTS, "100")?;
@@ -108,7 +104,7 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
     }
     let mut hop = Vec::new();
     let mut hop_direct = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         hop_direct.push(f(&bench(&p, DIRECT, other, &per_round, "1")?, "p50_us"));
         hop.push(f(&bench(&p, FILTERED, other, &per_round, "1")?, "p50_us"));
     }
@@ -157,7 +153,7 @@ pub fn personal(requests: u32) -> Result<(Vec<Row>, Value)> {
     let doc = json!({
         "p50_us": {"direct": direct, "to_app": to_app, "to_handler": to_handler},
         "added_p50_us": {"to_app": added_app, "to_handler": to_handler - direct, "agent_hop_without_intercept": hop - hop_direct},
-        "rounds": rounds,
+        "rounds": runs,
         "requests_per_s_100_clients": {"direct": direct_rps, "to_app": app_rps, "to_handler": handler_rps},
     });
     Ok((rows, doc))

@@ -5,23 +5,21 @@
 //! each figure is the median of its rounds, so a burst of load on this shared machine hits both
 //! alike.
 
-use super::bench_personal::median;
 use super::{exec_json, f, Row};
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tests::bench_paths::median;
 use tests::*;
 
-/// Interleaved latency rounds per phase.
-const ROUNDS: usize = 5;
 /// The app's uncaptured port.
 const DIRECT: &str = "http://web:8081/";
 const TAPPED: &str = "http://web:8080/";
 
-/// `ROUNDS` rounds of (direct, captured port): the medians of their p50s and p99s.
-fn phase(p: &Project, requests: &str) -> Result<Value> {
+/// `rounds` rounds of (direct, captured port): the medians of their p50s and p99s.
+fn phase(p: &Project, requests: &str, rounds: usize) -> Result<Value> {
     let (mut d50, mut d99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let args = |url| {
             [
                 "bench-client",
@@ -49,8 +47,9 @@ fn us(v: &Value, path: &str, k: &str) -> f64 {
     f(&v[path], k)
 }
 
-/// Runs the wiretap benchmark with `requests` requests per phase.
-pub fn wiretap(requests: u32) -> Result<(Vec<Row>, Value)> {
+/// Runs the wiretap benchmark with `requests` requests per phase in `rounds` rounds.
+pub fn wiretap(requests: u32, rounds: usize) -> Result<(Vec<Row>, Value)> {
+    let rounds = rounds.max(1);
     let p = Project::up_with(
         "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--http\", \"8081\", \"--name\", \"web\"]\n    expose: [\"8080\"]\n",
         "",
@@ -58,7 +57,7 @@ pub fn wiretap(requests: u32) -> Result<(Vec<Row>, Value)> {
     let user = User::new();
     let t = Duration::from_secs(30);
     p.wait_for(TAPPED, "web", t)?;
-    let per_round = (requests as usize / ROUNDS).max(100).to_string();
+    let per_round = (requests as usize / rounds).max(100).to_string();
     user.connect_docker(&p, &[]).ok();
     user.tp(&["wiretap", "web", "-n", &p.name, "-p", "9095:8080"])
         .ok();
@@ -79,12 +78,12 @@ pub fn wiretap(requests: u32) -> Result<(Vec<Row>, Value)> {
         "--name",
         "tap",
     ])?;
-    let tapped = phase(&p, &per_round);
+    let tapped = phase(&p, &per_round, rounds);
     let _ = docker(&["rm", "-f", &handler]);
     let tapped = tapped?;
-    let stopped = phase(&p, &per_round)?;
+    let stopped = phase(&p, &per_round, rounds)?;
     user.tp(&["leave", "web"]).ok();
-    let plain = phase(&p, &per_round)?;
+    let plain = phase(&p, &per_round, rounds)?;
     let l = user.tp(&["list", "-n", &p.name, "--output", "json"]).ok();
     user.tp(&["quit", "-s"]).ok();
     drop(l);

@@ -6,8 +6,10 @@
 //! targets' properties (`fuzz.rs`) and a caller without the manager's credential (`stranger.rs`).
 #![allow(clippy::too_many_lines)] // test tools and scenarios (the test app, the benchmark) read top to bottom
 
+pub mod bench_chart;
 pub mod bench_compose;
 pub mod bench_outbound;
+pub mod bench_paths;
 pub mod devstack;
 pub mod faults;
 pub mod fs;
@@ -20,6 +22,7 @@ pub mod stranger;
 pub mod testapp;
 pub mod testapp_h2;
 pub mod testapp_load;
+pub mod testapp_paths;
 pub mod testapp_steady;
 pub mod testapp_udp;
 

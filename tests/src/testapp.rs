@@ -3,7 +3,8 @@
 //!
 //! Server routes: `GET /` → `<name>\n`; `GET /env/<VAR>` → the variable or 404;
 //! `GET /header/<NAME>` → that request header or 404; `GET /bytes/<N>` → N bytes streamed
-//! from a static 64 KiB buffer; `POST /echo` → the request body; anything else → 404.
+//! from a static 64 KiB buffer; `POST /echo` → the request body; `POST /discard` → `discarded`
+//! once the body is read; anything else → 404.
 //! HTTP/1.1 with keep-alive and pipelining (requests are answered in order), `Content-Length`
 //! and chunked request bodies, `Expect: 100-continue`, HEAD. UDP ports echo datagrams
 //! prefixed with `<name>:`.
@@ -29,6 +30,8 @@ static BYTES: [u8; CHUNK] = [b'x'; CHUNK];
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest `/echo` body accepted.
 const MAX_ECHO: usize = 64 * 1024 * 1024;
+/// Read buffer size for large request bodies that are discarded.
+const LARGE_READ: usize = 256 * 1024;
 /// Most headers in one request or response.
 const MAX_HEADERS: usize = 64;
 
@@ -121,8 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Skip exactly `n` bytes.
+    /// Skip exactly `n` bytes (reading large bodies in large pieces).
     async fn discard(&mut self, mut n: u64) -> io::Result<()> {
+        if n > 1024 * 1024 && self.buf.len() < LARGE_READ {
+            self.buf.resize(LARGE_READ, 0);
+        }
         while n > 0 {
             if self.buffered().is_empty() && self.fill().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -502,6 +508,10 @@ fn route(req: &Request, app: &App) -> Route {
     }
     if req.method == "POST" && path == "/echo" {
         return Route::Echo;
+    }
+    if req.method == "POST" && path == "/discard" {
+        // The body is read and dropped before the answer (uploads of the benchmark).
+        return Route::Small("200 OK", b"discarded\n".to_vec());
     }
     if req.method == "PUT" {
         if let Some(d) = path.strip_prefix("/tree/") {
@@ -1083,6 +1093,8 @@ pub struct BenchResult {
     pub connections: usize,
     /// Response body size in bytes.
     pub size: u64,
+    /// `[percentile, µs]`, percentiles 1 … 99.9 (`testapp_paths::percentile_line`).
+    pub percentiles: Vec<[f64; 2]>,
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -1090,7 +1102,8 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // p * n first: (99.9 / 100) * 1000 is 999.0000000000001 in floating point, 99.9 * 1000 / 100 is 999.
+    let rank = (p * sorted.len() as f64 / 100.0).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -1151,6 +1164,7 @@ pub async fn bench_client(
         count: samples.len(),
         connections: concurrency,
         size,
+        percentiles: crate::testapp_paths::percentile_line(&samples),
     })
 }
 

@@ -296,6 +296,8 @@ pub struct HeaderBench {
     pub connections: usize,
     pub secs: f64,
     pub requests_per_s: f64,
+    /// `[percentile, µs]`, percentiles 1 … 99.9.
+    pub percentiles: Vec<[f64; 2]>,
 }
 
 /// `GET path` with `headers` over `concurrency` keep-alive HTTP/1.1 connections, `requests` in
@@ -359,6 +361,7 @@ pub async fn bench_headers(
         connections: concurrency,
         secs,
         requests_per_s: samples.len() as f64 / secs.max(1e-9),
+        percentiles: crate::testapp_paths::percentile_line(&samples),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Load clients of the test app for the outbound benchmark: DNS lookup latency
 //! (`lookup-bench`), TCP connect latency (`connect-bench`) and the aggregate throughput of many
-//! parallel downloads (`download-many`). Each prints one JSON object.
+//! parallel downloads (`download-many`). Each prints one JSON object; the latency ones with
+//! their distribution (percentiles 1 … 99.9).
 
 use crate::testapp::{
     dns_query, download, parse_dns_answer, percentile, resolve, DnsAnswer, ResolvConf, Url,
@@ -19,6 +20,8 @@ pub struct Latency {
     pub first_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// `[percentile, µs]`, percentiles 1 … 99.9.
+    pub percentiles: Vec<[f64; 2]>,
 }
 
 fn latency(first: Duration, mut all: Vec<Duration>) -> Latency {
@@ -28,6 +31,7 @@ fn latency(first: Duration, mut all: Vec<Duration>) -> Latency {
         first_us: first.as_secs_f64() * 1e6,
         p50_us: percentile(&all, 50.0).as_secs_f64() * 1e6,
         p99_us: percentile(&all, 99.0).as_secs_f64() * 1e6,
+        percentiles: crate::testapp_paths::percentile_line(&all),
     }
 }
 

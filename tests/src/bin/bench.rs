@@ -1,6 +1,11 @@
-//! The benchmark: the intercept path against the direct path in one run, on this Docker
-//! engine. Prints a table and a JSON document with the figures and the targets.
+//! The benchmark: our paths against the direct path in one run, on this Docker engine. Prints
+//! the tables and one JSON document with the figures and the targets.
 //!
+//! Paths (`tests::bench_paths`, alone with `--only-paths`): interleaved rounds (`--rounds`,
+//! medians) of keep-alive and new-connection latency through an intercept, requests/s with many
+//! keep-alive connections, 1 and N streams each way through the intercept and the outbound path,
+//! UDP echo and DNS latency, connect time, the image's size and each role's memory; `--chart
+//! FILE.svg` draws the latency distributions (`tests::bench_chart`).
 //! Intercept path: `connect` time with the image present; intercept → first routed
 //! request; latency of 1 KiB keep-alive requests (p50/p99) direct vs intercepted; throughput of
 //! a 256 MiB download direct vs intercepted.
@@ -23,6 +28,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tests::bench_outbound::{exec_caller, f, Row};
+use tests::bench_paths::PathRow;
 use tests::*;
 
 #[path = "../bench_personal.rs"]
@@ -68,9 +74,45 @@ struct Args {
     /// Only the wiretap benchmark.
     #[arg(long)]
     only_wiretap: bool,
-    /// Parallel downloads in the outbound benchmark.
+    /// Parallel downloads in the outbound benchmark; streams of the many-stream runs and
+    /// keep-alive connections of the requests/s run in the path benchmark.
     #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// Interleaved rounds (direct, ours) of the path, personal and wiretap benchmarks; each
+    /// figure is the median of its rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Only the path benchmark.
+    #[arg(long)]
+    only_paths: bool,
+    /// Skip the path benchmark.
+    #[arg(long)]
+    no_paths: bool,
+    /// MiB of each one-stream run of the path benchmark (the many-stream runs move twice that).
+    #[arg(long, default_value_t = 1024)]
+    stream_mib: u64,
+    /// Write an SVG chart of the path benchmark's latency distributions to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    chart: Option<std::path::PathBuf>,
+}
+
+/// The path benchmark: its table on stdout, the chart when asked; its rows and JSON section.
+fn paths(a: &Args) -> Result<(Vec<PathRow>, Value)> {
+    let results = tests::bench_paths::run(&tests::bench_paths::Options {
+        rounds: a.rounds.max(1),
+        requests: a.requests as usize,
+        stream_mib: a.stream_mib,
+        streams: a.connections,
+    })?;
+    let (rows, doc) = results.report();
+    if let Some(file) = &a.chart {
+        std::fs::write(file, results.chart())
+            .with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("chart written to {}", file.display());
+    }
+    print!("{}", tests::bench_paths::table(&rows));
+    println!();
+    Ok((rows, doc))
 }
 
 fn exec_json(p: &Project, args: &[&str]) -> Result<Value> {
@@ -420,8 +462,22 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
+    let paths_skipped = a.no_paths || a.only_personal || a.only_compose || a.only_wiretap;
+    anyhow::ensure!(
+        a.chart.is_none() || a.only_paths || !paths_skipped,
+        "--chart draws the path benchmark's latencies, which this run skips"
+    );
+    if a.only_paths {
+        let (rows, doc) = paths(&a)?;
+        let met = rows.iter().all(|r| r.met != Some(false));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"paths": doc, "targets_met": met}))?
+        );
+        return Ok(());
+    }
     if a.only_wiretap {
-        let (rows, v) = bench_wiretap::wiretap(a.requests)?;
+        let (rows, v) = bench_wiretap::wiretap(a.requests, a.rounds)?;
         print_rows(&rows);
         println!(
             "{}",
@@ -431,6 +487,11 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
+    let (path_rows, paths_doc) = if a.no_paths || a.only_personal {
+        (Vec::new(), Value::Null)
+    } else {
+        paths(&a)?
+    };
     let (mut rows, path) = if a.only_personal || a.no_intercept {
         (Vec::new(), Value::Null)
     } else {
@@ -439,7 +500,7 @@ fn main() -> Result<()> {
     let personal = if a.no_personal {
         Value::Null
     } else {
-        let (r, v) = bench_personal::personal(a.requests)?;
+        let (r, v) = bench_personal::personal(a.requests, a.rounds)?;
         rows.extend(r);
         v
     };
@@ -453,7 +514,7 @@ fn main() -> Result<()> {
     let wiretap = if a.no_wiretap || a.only_personal {
         Value::Null
     } else {
-        let (r, v) = bench_wiretap::wiretap(a.requests)?;
+        let (r, v) = bench_wiretap::wiretap(a.requests, a.rounds)?;
         rows.extend(r);
         v
     };
@@ -480,6 +541,7 @@ fn main() -> Result<()> {
     };
     print_rows(&rows);
     let doc = json!({
+        "paths": paths_doc,
         "compose": compose,
         "wiretap": wiretap,
         "intercept_path": path,
@@ -487,7 +549,7 @@ fn main() -> Result<()> {
         "personal_intercepts": personal,
         "outbound": outbound,
         "faults": fault_doc,
-        "targets_met": rows.iter().all(|r| r.4),
+        "targets_met": rows.iter().all(|r| r.4) && path_rows.iter().all(|r| r.met != Some(false)),
     });
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())

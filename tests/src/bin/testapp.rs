@@ -5,7 +5,9 @@
 //! ```text
 //! tp-testapp serve [--http PORT]... [--udp PORT]... [--name NAME] [--tick FILE] [--bind ADDR] [--log-requests]
 //! tp-testapp get URL [--header K=V]...
-//! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N]
+//! tp-testapp bench-client URL [--requests N] [--concurrency C] [--size BYTES] [--warmup N] [--new-conn]
+//! tp-testapp streams URL [--streams N] [--up] [--bytes B]
+//! tp-testapp udp-echo-bench HOST:PORT [--count N] [--size BYTES]
 //! tp-testapp download URL
 //! tp-testapp seq URL [--h2] [--post BODY] --req 'PATH [K=V]...'...
 //! tp-testapp raw URL --data ESCAPED [--chunk N --delay-ms MS] [--timeout S]
@@ -81,6 +83,36 @@ enum Command {
         size: u64,
         /// Unmeasured requests per connection before measuring.
         #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Every request on a new connection (connect, one request with `Connection: close`,
+        /// close), one after the other; `--concurrency` and `--size` do not apply.
+        #[arg(long)]
+        new_conn: bool,
+    },
+    /// N concurrent streams one way, each on its own connection: downloads of `/bytes/<B>`
+    /// or (`--up`) uploads of B bytes to `POST /discard`; prints JSON {streams, bytes, secs,
+    /// gbit_per_s}.
+    Streams {
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Upload instead of download.
+        #[arg(long)]
+        up: bool,
+        /// Body bytes per stream.
+        #[arg(long, default_value_t = 256 * 1024 * 1024)]
+        bytes: u64,
+    },
+    /// UDP echo latency to HOST:PORT (a `serve --udp` port), one datagram at a time (JSON with
+    /// the percentiles 1 … 99.9).
+    UdpEchoBench {
+        target: String,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Datagram size in bytes (at least 8).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
     /// GET a URL, discard the body and print JSON {bytes, secs, gbit_per_s}.
@@ -176,6 +208,7 @@ enum Command {
     /// Print the IPv4 addresses DNS gives for NAME, one per line; exit 1 when there are none.
     Lookup { name: String },
     /// DNS lookup latency of NAME (JSON).
+    #[command(alias = "dns-bench")]
     LookupBench {
         name: String,
         #[arg(long, default_value_t = 2000)]
@@ -298,6 +331,7 @@ async fn run(command: Command) -> ExitCode {
             concurrency,
             size,
             warmup,
+            new_conn: false,
         } => {
             let url = match parse_url(&url) {
                 Ok(u) => u,
@@ -311,6 +345,9 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Seq { .. } | Command::Raw { .. } | Command::BenchHeaders { .. } => {
             personal_tools(command).await
+        }
+        Command::BenchClient { .. } | Command::Streams { .. } | Command::UdpEchoBench { .. } => {
+            path_tools(command).await
         }
         Command::Relay { listen, to } => relay(listen, to).await,
         Command::Steady {
@@ -530,6 +567,72 @@ fn print_json(value: &impl serde::Serialize) -> ExitCode {
 fn fail(msg: &str) -> ExitCode {
     eprintln!("tp-testapp: {msg}");
     ExitCode::FAILURE
+}
+
+/// Splits `HOST:PORT`.
+fn host_port(target: &str) -> Result<(&str, u16), ExitCode> {
+    target
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+        .ok_or_else(|| fail(&format!("bad target {target:?}: use HOST:PORT")))
+}
+
+/// `bench-client --new-conn`, `streams` and `udp-echo-bench` (the path benchmark).
+async fn path_tools(command: Command) -> ExitCode {
+    use tests::testapp_paths as paths;
+    match command {
+        Command::BenchClient {
+            url,
+            requests,
+            warmup,
+            ..
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            match paths::new_conn_bench(&url, &url.path, requests, warmup.min(requests)).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("bench-client --new-conn: {e}")),
+            }
+        }
+        Command::Streams {
+            url,
+            streams,
+            up,
+            bytes,
+        } => {
+            let url = match parse_url(&url) {
+                Ok(u) => u,
+                Err(code) => return code,
+            };
+            let dir = if up {
+                paths::Direction::Up
+            } else {
+                paths::Direction::Down
+            };
+            match paths::streams(&url, streams, dir, bytes).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("streams: {e}")),
+            }
+        }
+        Command::UdpEchoBench {
+            target,
+            count,
+            size,
+            warmup,
+        } => {
+            let (host, port) = match host_port(&target) {
+                Ok(hp) => hp,
+                Err(code) => return code,
+            };
+            match paths::udp_echo_bench(host, port, count, size, warmup).await {
+                Ok(r) => print_json(&r),
+                Err(e) => fail(&format!("udp-echo-bench {target}: {e}")),
+            }
+        }
+        _ => unreachable!("only path tools are dispatched here"),
+    }
 }
 
 /// `seq`, `raw` and `bench-headers` (tests of personal intercepts).
