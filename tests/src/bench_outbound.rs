@@ -1,6 +1,7 @@
 //! The outbound section of the benchmark: the same clients run directly on the project
 //! network (the `caller` service) and through the outbound path (a handler started with
-//! `telepresence docker-run` on a connection: TUN, userspace stack, tunnel, manager), in one run.
+//! `telepresence docker-run` on a connection: the daemon (TCP through the kernel redirect, UDP
+//! through the TUN device), tunnel, manager), in one run.
 //! DNS lookup latency, TCP connect latency, a large download, 100 parallel downloads, and the
 //! daemon's resident memory idle and under that load.
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One table row: metric, the measured path (through the TUN; intercepted in `bin/bench.rs`),
+/// One table row: metric, the measured path (through the daemon; intercepted in `bin/bench.rs`),
 /// direct, target, met.
 pub type Row = (String, String, String, &'static str, bool);
 
@@ -54,7 +55,7 @@ fn through_tun(user: &User, args: &[&str]) -> Result<Value> {
         .command(&["docker-run", "--rm", app.as_str()])
         .args(args)
         .output()?;
-    parse_json(out, &format!("through the TUN {args:?}"))
+    parse_json(out, &format!("through the daemon {args:?}"))
 }
 
 /// Resident memory of a container's processes, in MiB (read from the host's /proc).

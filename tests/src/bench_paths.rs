@@ -7,7 +7,9 @@
 //! chart data (`report.rs`).
 //!
 //! - Intercept path: the project's `caller` → `web:8080` (captured by the agent) → manager →
-//!   daemon → the handler; direct: `caller` → the same app's uncaptured port `web:8081`.
+//!   daemon → the handler; direct: `caller` → the same app's uncaptured port `web:8081`. After
+//!   the intercept ends, the agent's hop alone (`web:8080` captured and spliced to the app) is
+//!   measured the same way, so the cost of each hop can be told apart.
 //! - Outbound path: a container started with `telepresence docker-run` on the connection →
 //!   `web:8081` / UDP `web:9000` through the daemon; direct: `caller` → the same ports.
 //! - DNS: `web` through the daemon's DNS (from the `docker-run` container) vs the engine's DNS
@@ -142,6 +144,30 @@ fn measures(o: &Options) -> Vec<Measure> {
     v
 }
 
+/// The measures of the agent's hop alone, run after the intercept ended: the agent still
+/// captures `web:8080` and splices each connection to the app, so against direct this is what
+/// the agent's redirect and relay cost, and the intercept's figures minus these are what the
+/// manager's and the daemon's hops (and the handler's container) add.
+fn agent_measures(o: &Options) -> Vec<Measure> {
+    let fifth = (o.requests / 5).max(100).to_string();
+    let reqs = o.requests.to_string();
+    let keep = |u: &str| args(&["bench-client", u, "--requests", &reqs, "--size", "1024"]);
+    let new_conn = |u: &str| args(&["bench-client", u, "--new-conn", "--requests", &fifth]);
+    [
+        ("agent_keepalive", &keep as &dyn Fn(&str) -> Vec<String>),
+        ("agent_new_conn", &new_conn),
+    ]
+    .into_iter()
+    .map(|(key, make)| Measure {
+        key: key.into(),
+        via: Via::Intercept,
+        direct: make(DIRECT),
+        ours: make(INTERCEPTED),
+        load: false,
+    })
+    .collect()
+}
+
 /// The median of the numbers that are not NaN (the mean of the middle two for an even count;
 /// NaN for none).
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -216,9 +242,9 @@ fn answer(key: &str, side: &str, r: Result<Value>) -> Value {
 }
 
 /// One round: every measure, direct then ours.
-fn round(o: &Options, caller: &str, outbound: &str, roles: &Roles, acc: &mut Rounds) {
+fn round(measures: Vec<Measure>, caller: &str, outbound: &str, roles: &Roles, acc: &mut Rounds) {
     let mut peak: BTreeMap<&'static str, f64> = BTreeMap::new();
-    for m in measures(o) {
+    for m in measures {
         let d = answer(&m.key, "direct", exec_json_in(caller, &m.direct));
         let who = if m.via == Via::Intercept {
             caller
@@ -251,9 +277,9 @@ struct Running<'a> {
     outbound: String,
 }
 
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.outbound]);
+impl Running<'_> {
+    /// Ends the intercept (its handler stops, the intercept command exits); the agent stays.
+    fn end_intercept(&mut self) {
         let _ = docker(&["stop", "-t", "1", "intercept-web-9090"]);
         if let Some(mut c) = self.intercept.take() {
             let start = Instant::now();
@@ -264,6 +290,13 @@ impl Drop for Running<'_> {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.outbound]);
+        self.end_intercept();
         let _ = self.user.tp(&["quit", "-s"]);
     }
 }
@@ -360,7 +393,24 @@ pub fn run(o: &Options) -> Result<PathResults> {
     let mut rounds = Rounds::default();
     for r in 0..o.rounds.max(1) {
         eprintln!("paths: round {}/{}", r + 1, o.rounds.max(1));
-        round(o, &caller, &running.outbound, &roles, &mut rounds);
+        round(measures(o), &caller, &running.outbound, &roles, &mut rounds);
+    }
+    let mut running = running;
+    running.end_intercept();
+    p.wait_for(INTERCEPTED, "web", t)?;
+    for r in 0..o.rounds.max(1) {
+        eprintln!(
+            "paths: agent hop alone, round {}/{}",
+            r + 1,
+            o.rounds.max(1)
+        );
+        round(
+            agent_measures(o),
+            &caller,
+            &running.outbound,
+            &roles,
+            &mut rounds,
+        );
     }
     drop(running);
     Ok(PathResults {
@@ -388,7 +438,11 @@ mod tests {
 
     /// The keys of every measure.
     pub fn measure_keys() -> Vec<String> {
-        measures(&options()).into_iter().map(|m| m.key).collect()
+        measures(&options())
+            .into_iter()
+            .chain(agent_measures(&options()))
+            .map(|m| m.key)
+            .collect()
     }
 
     #[test]

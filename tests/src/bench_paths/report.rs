@@ -72,6 +72,27 @@ fn specs(o: &Options) -> Vec<Spec> {
             Target::None,
         ),
         spec(
+            "agent hop alone: keep-alive 1 KiB p50",
+            "agent_keepalive",
+            "p50_us",
+            us,
+            Target::None,
+        ),
+        spec(
+            "agent hop alone: keep-alive 1 KiB p99",
+            "agent_keepalive",
+            "p99_us",
+            us,
+            Target::None,
+        ),
+        spec(
+            "agent hop alone: new connection p50",
+            "agent_new_conn",
+            "p50_us",
+            us,
+            Target::None,
+        ),
+        spec(
             &format!("intercept: req/s, {n} keep-alive conns"),
             "rps",
             "requests_per_s",

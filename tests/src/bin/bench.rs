@@ -13,7 +13,7 @@
 //! a 200 MiB file (and the rate), and change propagation workload → handler and back.
 //! Personal intercepts: see `../bench_personal.rs`. Wiretaps: see `../bench_wiretap.rs`.
 //! Outbound (`bench_outbound`): cluster DNS lookup, TCP connect, a large download and
-//! 100 parallel downloads, direct vs through the daemon's TUN; the daemon's RSS idle and under load.
+//! 100 parallel downloads, direct vs through the daemon; the daemon's RSS idle and under load.
 //! Compose (`bench_compose`): `telepresence compose up -d` of a three-service dev file with one
 //! intercept to the first routed request, and `down`, vs the compose tool alone on the same file.
 //! Faults (`tests::faults`): requests failed under a steady load while one thing dies at a time,
@@ -56,7 +56,7 @@ struct Args {
     /// Skip the intercept-path benchmark.
     #[arg(long)]
     no_intercept: bool,
-    /// Skip the outbound (TUN/DNS) benchmark.
+    /// Skip the outbound (daemon/DNS) benchmark.
     #[arg(long)]
     no_outbound: bool,
     /// Skip the `telepresence compose` benchmark.
