@@ -281,8 +281,8 @@ fn data_value(b: &mut Builder, ty: u16, value: &[u8]) {
     b.end_nest(n);
 }
 
-/// Appends the expressions of `tcp dport <svc> redirect to :<to>`.
-fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
+/// Appends `meta l4proto tcp`.
+fn l4proto_tcp(b: &mut Builder) {
     expr(b, "meta", |b| {
         b.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
         b.attr_be32(NFTA_META_DREG, NFT_REG_1);
@@ -292,6 +292,23 @@ fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
         b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
         data_value(b, NFTA_CMP_DATA, &[IPPROTO_TCP]);
     });
+}
+
+/// Appends `redirect to :<to>` (the port through register 1).
+fn redirect_to(b: &mut Builder, to: u16) {
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+        data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
+    });
+    expr(b, "redir", |b| {
+        b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+        b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+    });
+}
+
+/// Appends the expressions of `tcp dport <svc> redirect to :<to>`.
+fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
+    l4proto_tcp(b);
     expr(b, "payload", |b| {
         b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
         b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
@@ -303,14 +320,7 @@ fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
         b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
         data_value(b, NFTA_CMP_DATA, &svc.to_be_bytes());
     });
-    expr(b, "immediate", |b| {
-        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
-        data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
-    });
-    expr(b, "redir", |b| {
-        b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
-        b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
-    });
+    redirect_to(b, to);
 }
 
 /// Where a table's nat chain hangs, and what it redirects.
@@ -334,15 +344,7 @@ fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
         // An interface index is compared in host byte order, as the kernel stores it.
         data_value(b, NFTA_CMP_DATA, &oif.to_ne_bytes());
     });
-    expr(b, "meta", |b| {
-        b.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
-        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
-    });
-    expr(b, "cmp", |b| {
-        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
-        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(b, NFTA_CMP_DATA, &[IPPROTO_TCP]);
-    });
+    l4proto_tcp(b);
     // Only a connection's first SYN: when conntrack starts in a namespace (our nat chain is
     // what starts it) it picks up connections already established from their next packet, and
     // the nat chain would redirect those too — to a listener that never saw their handshake.
@@ -366,14 +368,7 @@ fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
     });
     // Counts the connections redirected (shown by `nft list table ip <table>`).
     expr(b, "counter", |_| {});
-    expr(b, "immediate", |b| {
-        b.attr_be32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
-        data_value(b, NFTA_IMMEDIATE_DATA, &to.to_be_bytes());
-    });
-    expr(b, "redir", |b| {
-        b.attr_be32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
-        b.attr_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
-    });
+    redirect_to(b, to);
 }
 
 /// Encodes the install batch: add the table (a no-op when it exists) and delete it, which

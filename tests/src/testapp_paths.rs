@@ -7,10 +7,8 @@
 use crate::testapp::{connect, percentile, resolve, Client, Url};
 use serde::Serialize;
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
 
 /// The percentiles of [`percentile_line`]: 1 … 99, then 99.5 and 99.9.
 pub fn percentile_points() -> Vec<f64> {
@@ -231,17 +229,8 @@ pub async fn udp_echo_bench(
     size: usize,
     warmup: usize,
 ) -> io::Result<LatencyRun> {
-    let addr = *resolve(host, port)
-        .await?
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address")))?;
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(addr).await?;
+    let sock = crate::testapp_udp::connected_udp(host, port).await?;
+    let addr = sock.peer_addr()?;
     let mut msg = vec![b'u'; size.max(8)];
     let mut buf = vec![0u8; 65536];
     let (mut samples, mut lost) = (Vec::with_capacity(count), 0);
@@ -340,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn udp_echoes_are_timed() {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = sock.local_addr().unwrap().port();
         tokio::spawn(serve_udp(sock, App::new("u")));
         let r = udp_echo_bench("127.0.0.1", port, 50, 64, 5).await.unwrap();

@@ -16,17 +16,8 @@ pub async fn udp_request(
     msg: &str,
     timeout: Duration,
 ) -> io::Result<String> {
-    let addr = *resolve(host, port)
-        .await?
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address")))?;
-    let bind: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(addr).await?;
+    let sock = connected_udp(host, port).await?;
+    let addr = sock.peer_addr()?;
     let mut buf = vec![0u8; 65536];
     let tries = 5u32;
     for _ in 0..tries {
@@ -46,4 +37,20 @@ pub async fn udp_request(
 pub async fn lookup(name: &str) -> io::Result<Vec<IpAddr>> {
     let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     dns_lookup(name, &ResolvConf::parse(&conf)).await
+}
+
+/// A UDP socket connected to the first address of `host:port`.
+pub async fn connected_udp(host: &str, port: u16) -> io::Result<UdpSocket> {
+    let addr = *resolve(host, port)
+        .await?
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address")))?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(addr).await?;
+    Ok(sock)
 }
