@@ -93,7 +93,7 @@ async fn serve<X: Dialer>(listener: TcpListener, dialer: Arc<X>) {
         };
         let dialer = dialer.clone();
         tokio::spawn(async move {
-            let dst = match conn.local_addr().and_then(|_| original_dst(&conn)) {
+            let dst = match original_dst(&conn) {
                 // A connection made to the listener itself was not redirected: nothing to dial.
                 Ok(dst) if Some(dst) != local => dst,
                 Ok(_) | Err(_) => return reset(conn),

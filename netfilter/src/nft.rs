@@ -281,17 +281,37 @@ fn data_value(b: &mut Builder, ty: u16, value: &[u8]) {
     b.end_nest(n);
 }
 
-/// Appends `meta l4proto tcp`.
-fn l4proto_tcp(b: &mut Builder) {
+/// Appends a load of meta `key` into register 1.
+fn meta_load(b: &mut Builder, key: u32) {
     expr(b, "meta", |b| {
-        b.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
+        b.attr_be32(NFTA_META_KEY, key);
         b.attr_be32(NFTA_META_DREG, NFT_REG_1);
     });
+}
+
+/// Appends a load of `len` bytes at `offset` of the transport header into register 1.
+fn transport_load(b: &mut Builder, offset: u32, len: u32) {
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, offset);
+        b.attr_be32(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+/// Appends "register 1 equals `data`" (the rule stops here otherwise).
+fn cmp_eq(b: &mut Builder, data: &[u8]) {
     expr(b, "cmp", |b| {
         b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
         b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(b, NFTA_CMP_DATA, &[IPPROTO_TCP]);
+        data_value(b, NFTA_CMP_DATA, data);
     });
+}
+
+/// Appends `meta l4proto tcp`.
+fn l4proto_tcp(b: &mut Builder) {
+    meta_load(b, NFT_META_L4PROTO);
+    cmp_eq(b, &[IPPROTO_TCP]);
 }
 
 /// Appends `redirect to :<to>` (the port through register 1).
@@ -309,17 +329,8 @@ fn redirect_to(b: &mut Builder, to: u16) {
 /// Appends the expressions of `tcp dport <svc> redirect to :<to>`.
 fn redirect_exprs(b: &mut Builder, svc: u16, to: u16) {
     l4proto_tcp(b);
-    expr(b, "payload", |b| {
-        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
-        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
-        b.attr_be32(NFTA_PAYLOAD_OFFSET, 2);
-        b.attr_be32(NFTA_PAYLOAD_LEN, 2);
-    });
-    expr(b, "cmp", |b| {
-        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
-        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(b, NFTA_CMP_DATA, &svc.to_be_bytes());
-    });
+    transport_load(b, 2, 2);
+    cmp_eq(b, &svc.to_be_bytes());
     redirect_to(b, to);
 }
 
@@ -334,26 +345,14 @@ enum Capture<'a> {
 
 /// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn counter redirect to :<to>`.
 fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
-    expr(b, "meta", |b| {
-        b.attr_be32(NFTA_META_KEY, NFT_META_OIF);
-        b.attr_be32(NFTA_META_DREG, NFT_REG_1);
-    });
-    expr(b, "cmp", |b| {
-        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
-        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
-        // An interface index is compared in host byte order, as the kernel stores it.
-        data_value(b, NFTA_CMP_DATA, &oif.to_ne_bytes());
-    });
+    meta_load(b, NFT_META_OIF);
+    // An interface index is compared in host byte order, as the kernel stores it.
+    cmp_eq(b, &oif.to_ne_bytes());
     l4proto_tcp(b);
     // Only a connection's first SYN: when conntrack starts in a namespace (our nat chain is
     // what starts it) it picks up connections already established from their next packet, and
     // the nat chain would redirect those too — to a listener that never saw their handshake.
-    expr(b, "payload", |b| {
-        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
-        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
-        b.attr_be32(NFTA_PAYLOAD_OFFSET, TCP_FLAGS_OFFSET);
-        b.attr_be32(NFTA_PAYLOAD_LEN, 1);
-    });
+    transport_load(b, TCP_FLAGS_OFFSET, 1);
     expr(b, "bitwise", |b| {
         b.attr_be32(NFTA_BITWISE_SREG, NFT_REG_1);
         b.attr_be32(NFTA_BITWISE_DREG, NFT_REG_1);
@@ -361,11 +360,7 @@ fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
         data_value(b, NFTA_BITWISE_MASK, &[TCP_SYN | TCP_ACK]);
         data_value(b, NFTA_BITWISE_XOR, &[0]);
     });
-    expr(b, "cmp", |b| {
-        b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
-        b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(b, NFTA_CMP_DATA, &[TCP_SYN]);
-    });
+    cmp_eq(b, &[TCP_SYN]);
     // Counts the connections redirected (shown by `nft list table ip <table>`).
     expr(b, "counter", |_| {});
     redirect_to(b, to);

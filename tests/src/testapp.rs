@@ -1149,22 +1149,16 @@ pub async fn bench_client(
     for t in tasks {
         samples.extend(t.await.map_err(io::Error::other)??);
     }
-    samples.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let mean = if samples.is_empty() {
-        0.0
-    } else {
-        samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64
-    };
+    let run = crate::testapp_paths::LatencyRun::of(samples, 0);
     Ok(BenchResult {
-        p50_us: us(percentile(&samples, 50.0)),
-        p99_us: us(percentile(&samples, 99.0)),
-        mean_us: mean,
-        max_us: samples.last().map(|d| us(*d)).unwrap_or(0.0),
-        count: samples.len(),
+        p50_us: run.p50_us,
+        p99_us: run.p99_us,
+        mean_us: run.mean_us,
+        max_us: run.max_us,
+        count: run.count,
         connections: concurrency,
         size,
-        percentiles: crate::testapp_paths::percentile_line(&samples),
+        percentiles: run.percentiles,
     })
 }
 
