@@ -327,8 +327,7 @@ impl<'a> Suite<'a> {
     }
 
     /// Something breaks (`act`) after which the intercept must resume by itself; the settle
-    /// time runs from `act`'s return (for a workload restart: once the workload listens again,
-    /// and failures until then are its own).
+    /// time runs from `act`'s return (for a workload restart: once the workload is back).
     /// `apart`: which failures are not ours to prevent.
     pub fn resumes(
         &mut self,
@@ -338,11 +337,6 @@ impl<'a> Suite<'a> {
     ) -> Result<Outcome> {
         let t0 = self.load.now();
         act(self)?;
-        if apart == Apart::WorkloadDown {
-            // The engine says "started" before the app listens: the workload is down until
-            // its port accepts connections again (refused until then, with or without us).
-            self.wait_workload_listens()?;
-        }
         let t1 = self.load.now();
         let killed_at = (apart == Apart::CutInFlight)
             .then(|| crate::testapp_steady::unix_ms(std::time::SystemTime::now()));
@@ -360,35 +354,6 @@ impl<'a> Suite<'a> {
             l.stderr
         );
         Ok(self.outcome(fault, down, killed_at, at.saturating_sub(t1), HANDLER))
-    }
-
-    /// Waits until the workload's service port accepts a connection (from the host, on the
-    /// project network), as after its own restart.
-    fn wait_workload_listens(&self) -> Result<()> {
-        let id = self.p.container(WORKLOAD)?;
-        let start = Instant::now();
-        loop {
-            let ip = docker(&[
-                "inspect",
-                "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                &id,
-            ])
-            .unwrap_or_default();
-            let listening = ip.split_whitespace().any(|ip| {
-                ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                    let to = std::net::SocketAddr::from((ip, 8080));
-                    std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
-                })
-            });
-            if listening {
-                return Ok(());
-            }
-            if start.elapsed() > SETTLE_LIMIT {
-                anyhow::bail!("{WORKLOAD} does not listen on 8080 again after its restart");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 
     /// Stops the load, checks that every request sent was counted, and returns the stragglers
