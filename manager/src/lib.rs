@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod engage;
+pub mod forward;
 mod liveness;
 pub mod loglevel;
 pub mod outbound;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) agent_log_level: std::sync::atomic::AtomicI32,
     /// Bumped by every log level change, so an older pending return does not undo a newer one.
     pub(crate) log_epoch: std::sync::atomic::AtomicU64,
+    /// In-kernel forwards for clients on the manager's own network (`forward.rs`).
+    pub(crate) forwards: Arc<forward::Forwards>,
 }
 
 impl Manager {
@@ -109,6 +112,7 @@ impl Manager {
                 auth,
                 agent_log_level: Default::default(),
                 log_epoch: Default::default(),
+                forwards: Default::default(),
             }),
         }
     }

@@ -38,7 +38,7 @@ async fn check(mgr: &Manager, h: &TunnelHeader) -> Result<SocketAddr, HeaderErro
 }
 
 /// The checked target of `h`; a stream that cannot be carried is refused (`refuse`).
-async fn admit(
+pub(crate) async fn admit(
     mgr: &Manager,
     client: &mut TcpStream,
     h: &TunnelHeader,

@@ -124,6 +124,7 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
         (Role::Client, TunnelKind::Fs) => from_client(mgr, sock, header).await,
         (Role::Client, TunnelKind::OutTcp) => crate::outbound::tcp(&mgr, sock, header).await,
         (Role::Client, TunnelKind::OutUdp) => crate::outbound::udp(&mgr, sock, header).await,
+        (Role::Client, TunnelKind::OutFwd) => crate::forward::serve(&mgr, sock, header).await,
         (Role::Client, TunnelKind::PodTcp | TunnelKind::PodUdp) => {
             crate::to_pod::from_client(mgr, sock, header).await
         }
@@ -133,7 +134,7 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
             answer(&mgr, sock, header)
         }
         // Outbound streams are only ever opened by clients.
-        (Role::Agent, kind @ (TunnelKind::OutTcp | TunnelKind::OutUdp)) => {
+        (Role::Agent, kind @ (TunnelKind::OutTcp | TunnelKind::OutUdp | TunnelKind::OutFwd)) => {
             Err(TunnelDropped::BadKind { role, kind })
         }
     }

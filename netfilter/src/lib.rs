@@ -3,9 +3,11 @@
 //! we install, inspect and remove (`nft.rs`), and, for tests, fresh network namespaces wired
 //! with veth pairs (`testns.rs`). Used by the traffic-agent (inbound: service ports redirected
 //! to the agent) and the client daemon (outbound: the handler's TCP connections to the
-//! cluster redirected to the daemon's kernel-terminated listener).
+//! cluster redirected to the daemon's kernel-terminated listener), and in-kernel forwards
+//! (`forward.rs`: the daemon's and the traffic-manager's `dnat` + `masquerade` rules).
 #![deny(missing_docs)]
 
+pub mod forward;
 #[allow(unsafe_code)]
 // raw netlink sockets (socket, bind, sendto, recv): each block says why it is sound
 mod netlink;

@@ -32,73 +32,80 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-const NFT_MSG_NEWTABLE: u16 = 0;
+pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(crate) const NFT_MSG_DELTABLE: u16 = 2;
+pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
+pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_FLAGS: u16 = 2;
+pub(crate) const NFTA_TABLE_NAME: u16 = 1;
+pub(crate) const NFTA_TABLE_FLAGS: u16 = 2;
 /// `NFT_TABLE_F_OWNER`: the table belongs to the netlink socket that created it and is deleted
 /// by the kernel when that socket closes (Linux ≥ 5.12).
-const NFT_TABLE_F_OWNER: u32 = 2;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
+pub(crate) const NFT_TABLE_F_OWNER: u32 = 2;
+pub(crate) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(crate) const NFTA_CHAIN_NAME: u16 = 3;
+pub(crate) const NFTA_CHAIN_HOOK: u16 = 4;
+pub(crate) const NFTA_CHAIN_POLICY: u16 = 5;
+pub(crate) const NFTA_CHAIN_TYPE: u16 = 7;
+pub(crate) const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub(crate) const NFTA_HOOK_PRIORITY: u16 = 2;
+pub(crate) const NFTA_RULE_TABLE: u16 = 1;
+pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
+pub(crate) const NFTA_META_KEY: u16 = 2;
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(crate) const NFTA_CMP_DATA: u16 = 3;
+pub(crate) const NFTA_PAYLOAD_DREG: u16 = 1;
+pub(crate) const NFTA_PAYLOAD_BASE: u16 = 2;
+pub(crate) const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub(crate) const NFTA_PAYLOAD_LEN: u16 = 4;
+pub(crate) const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub(crate) const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
 const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
 const NFTA_REDIR_FLAGS: u16 = 3;
 
-const NFT_REG_1: u32 = 1;
-const NFT_META_L4PROTO: u32 = 16;
+pub(crate) const NFT_REG_1: u32 = 1;
+pub(crate) const NFT_META_L4PROTO: u32 = 16;
 const NFT_META_OIF: u32 = 5;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
 const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
+pub(crate) const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 /// Offset of the flags byte in the TCP header, and two of its flags.
 const TCP_FLAGS_OFFSET: u32 = 13;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_ACK: u8 = 0x10;
 const NFT_CMP_EQ: u32 = 0;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
-const NF_ACCEPT: u32 = 1;
-const IPPROTO_TCP: u8 = 6;
+pub(crate) const NF_ACCEPT: u32 = 1;
+pub(crate) const IPPROTO_TCP: u8 = 6;
 
 /// Netfilter hook numbers (`NF_INET_*`).
 pub const HOOK_PREROUTING: u32 = 0;
 /// `NF_INET_LOCAL_OUT`.
 pub const HOOK_OUTPUT: u32 = 3;
+/// `NF_INET_POST_ROUTING`.
+pub const HOOK_POSTROUTING: u32 = 4;
 /// The `dstnat` priority.
 pub const PRIORITY_DSTNAT: i32 = -100;
+/// The `srcnat` priority.
+pub const PRIORITY_SRCNAT: i32 = 100;
+/// Name of the `postrouting` nat chain of the daemon's outbound table and of the manager's
+/// forward table (crate::forward).
+pub const POSTROUTING_CHAIN: &str = "postrouting";
 /// Name of the redirect chain inside the agent's table.
 pub const CHAIN: &str = "prerouting";
 /// Name of the redirect chain inside the daemon's outbound table.
@@ -166,6 +173,10 @@ pub struct RuleInfo {
     /// `(output interface index, port)` when the rule is an
     /// `oif X tcp flags & (syn|ack) == syn redirect to :Y`.
     pub out_redirect: Option<(u32, u16)>,
+    /// The forward when the rule is one of [`crate::forward`]'s `dnat` rules.
+    pub dnat: Option<crate::forward::Dnat>,
+    /// Whether the rule is one of [`crate::forward`]'s `masquerade` rules.
+    pub masquerade: bool,
 }
 
 /// One chain of a table, as the kernel reports it.
@@ -184,13 +195,13 @@ pub struct ChainInfo {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Reserves `n` consecutive sequence numbers.
-fn next_seqs(n: u32) -> u32 {
+pub(crate) fn next_seqs(n: u32) -> u32 {
     let base = SEQ.fetch_add(n, Ordering::Relaxed);
     // Start away from 0 so a reply to "seq 0" is never mistaken for ours.
     base.wrapping_add(0x1000)
 }
 
-fn validate_table(table: &str) -> Result<(), NftError> {
+pub(crate) fn validate_table(table: &str) -> Result<(), NftError> {
     if table.is_empty() || table.len() > MAX_NAME || table.contains('\0') {
         return Err(NftError::Invalid(format!(
             "table name {table:?} must be 1-{MAX_NAME} bytes without NUL"
@@ -207,28 +218,28 @@ struct Op {
 }
 
 /// An encoded batch: the bytes and the messages that expect an acknowledgement.
-struct Batch {
+pub(crate) struct Batch {
     bytes: Vec<u8>,
     ops: Vec<Op>,
 }
 
-fn nfgen(b: &mut Builder, family: u8, res_id: u16) {
+pub(crate) fn nfgen(b: &mut Builder, family: u8, res_id: u16) {
     let r = res_id.to_be_bytes();
     b.put_header(&[family, 0 /* NFNETLINK_V0 */, r[0], r[1]]);
 }
 
-fn msg_type(nft_msg: u16) -> u16 {
+pub(crate) fn msg_type(nft_msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | nft_msg
 }
 
-struct BatchBuilder {
+pub(crate) struct BatchBuilder {
     b: Builder,
     seq: u32,
     ops: Vec<Op>,
 }
 
 impl BatchBuilder {
-    fn new(first_seq: u32) -> BatchBuilder {
+    pub(crate) fn new(first_seq: u32) -> BatchBuilder {
         let mut b = Builder::new();
         let m = b.begin_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq);
         nfgen(&mut b, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES);
@@ -241,7 +252,13 @@ impl BatchBuilder {
     }
 
     /// Starts one nf_tables message; the closure writes its attributes.
-    fn msg(&mut self, nft_msg: u16, flags: u16, what: String, body: impl FnOnce(&mut Builder)) {
+    pub(crate) fn msg(
+        &mut self,
+        nft_msg: u16,
+        flags: u16,
+        what: String,
+        body: impl FnOnce(&mut Builder),
+    ) {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let m = self
@@ -253,7 +270,7 @@ impl BatchBuilder {
         self.ops.push(Op { seq, what });
     }
 
-    fn finish(mut self) -> Batch {
+    pub(crate) fn finish(mut self) -> Batch {
         let m = self
             .b
             .begin_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.seq);
@@ -266,7 +283,7 @@ impl BatchBuilder {
     }
 }
 
-fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
+pub(crate) fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
     let elem = b.begin_nest(NFTA_LIST_ELEM);
     b.attr_str(NFTA_EXPR_NAME, name);
     let d = b.begin_nest(NFTA_EXPR_DATA);
@@ -275,14 +292,14 @@ fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
     b.end_nest(elem);
 }
 
-fn data_value(b: &mut Builder, ty: u16, value: &[u8]) {
+pub(crate) fn data_value(b: &mut Builder, ty: u16, value: &[u8]) {
     let n = b.begin_nest(ty);
     b.attr(NFTA_DATA_VALUE, value);
     b.end_nest(n);
 }
 
 /// Appends a load of meta `key` into register 1.
-fn meta_load(b: &mut Builder, key: u32) {
+pub(crate) fn meta_load(b: &mut Builder, key: u32) {
     expr(b, "meta", |b| {
         b.attr_be32(NFTA_META_KEY, key);
         b.attr_be32(NFTA_META_DREG, NFT_REG_1);
@@ -290,7 +307,7 @@ fn meta_load(b: &mut Builder, key: u32) {
 }
 
 /// Appends a load of `len` bytes at `offset` of the transport header into register 1.
-fn transport_load(b: &mut Builder, offset: u32, len: u32) {
+pub(crate) fn transport_load(b: &mut Builder, offset: u32, len: u32) {
     expr(b, "payload", |b| {
         b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
         b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
@@ -300,7 +317,7 @@ fn transport_load(b: &mut Builder, offset: u32, len: u32) {
 }
 
 /// Appends "register 1 equals `data`" (the rule stops here otherwise).
-fn cmp_eq(b: &mut Builder, data: &[u8]) {
+pub(crate) fn cmp_eq(b: &mut Builder, data: &[u8]) {
     expr(b, "cmp", |b| {
         b.attr_be32(NFTA_CMP_SREG, NFT_REG_1);
         b.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
@@ -309,7 +326,7 @@ fn cmp_eq(b: &mut Builder, data: &[u8]) {
 }
 
 /// Appends `meta l4proto tcp`.
-fn l4proto_tcp(b: &mut Builder) {
+pub(crate) fn l4proto_tcp(b: &mut Builder) {
     meta_load(b, NFT_META_L4PROTO);
     cmp_eq(b, &[IPPROTO_TCP]);
 }
@@ -343,15 +360,8 @@ enum Capture<'a> {
     Out { oif: u32, to: u16 },
 }
 
-/// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn counter redirect to :<to>`.
-fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
-    meta_load(b, NFT_META_OIF);
-    // An interface index is compared in host byte order, as the kernel stores it.
-    cmp_eq(b, &oif.to_ne_bytes());
-    l4proto_tcp(b);
-    // Only a connection's first SYN: when conntrack starts in a namespace (our nat chain is
-    // what starts it) it picks up connections already established from their next packet, and
-    // the nat chain would redirect those too — to a listener that never saw their handshake.
+/// Appends `tcp flags & (syn|ack) == syn`: only a connection's first SYN.
+pub(crate) fn syn_only(b: &mut Builder) {
     transport_load(b, TCP_FLAGS_OFFSET, 1);
     expr(b, "bitwise", |b| {
         b.attr_be32(NFTA_BITWISE_SREG, NFT_REG_1);
@@ -361,6 +371,18 @@ fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
         data_value(b, NFTA_BITWISE_XOR, &[0]);
     });
     cmp_eq(b, &[TCP_SYN]);
+}
+
+/// Appends the expressions of `oif <oif> tcp flags & (syn|ack) == syn counter redirect to :<to>`.
+pub(crate) fn out_redirect_exprs(b: &mut Builder, oif: u32, to: u16) {
+    meta_load(b, NFT_META_OIF);
+    // An interface index is compared in host byte order, as the kernel stores it.
+    cmp_eq(b, &oif.to_ne_bytes());
+    l4proto_tcp(b);
+    // Only a connection's first SYN: when conntrack starts in a namespace (our nat chain is
+    // what starts it) it picks up connections already established from their next packet, and
+    // the nat chain would redirect those too — to a listener that never saw their handshake.
+    syn_only(b);
     // Counts the connections redirected (shown by `nft list table ip <table>`).
     expr(b, "counter", |_| {});
     redirect_to(b, to);
@@ -418,6 +440,16 @@ fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: boo
             b.attr_str(NFTA_CHAIN_TYPE, "nat");
         },
     );
+    if let Capture::Out { .. } = capture {
+        // Where the daemon's in-kernel forwards are masqueraded (crate::forward); empty until then.
+        crate::forward::new_nat_chain(
+            &mut bb,
+            t,
+            POSTROUTING_CHAIN,
+            HOOK_POSTROUTING,
+            PRIORITY_SRCNAT,
+        );
+    }
     let rule = |bb: &mut BatchBuilder, what: String, exprs: &dyn Fn(&mut Builder)| {
         bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
             b.attr_str(NFTA_RULE_TABLE, t);
@@ -467,7 +499,7 @@ fn encode_get(nft_msg: u16, flags: u16, seq: u32, table_attr: u16, table: &str) 
     b.finish()
 }
 
-fn open() -> Result<Socket, NftError> {
+pub(crate) fn open() -> Result<Socket, NftError> {
     Socket::open(NETLINK_NETFILTER).map_err(NftError::Socket)
 }
 
@@ -494,7 +526,7 @@ fn run_batch(batch: &Batch, summary: &str) -> Result<(), NftError> {
 }
 
 /// [`run_batch`] on `sock` (an owned table can only be changed through the socket that made it).
-fn run_batch_on(sock: &Socket, batch: &Batch, summary: &str) -> Result<(), NftError> {
+pub(crate) fn run_batch_on(sock: &Socket, batch: &Batch, summary: &str) -> Result<(), NftError> {
     let expect: Vec<u32> = batch.ops.iter().map(|o| o.seq).collect();
     netlink::exchange(sock, &batch.bytes, &expect, |_| Ok(())).map_err(|e| {
         map_exchange(e, |seq| {
@@ -572,7 +604,7 @@ pub fn install_owned_output_redirect(
     let sock = open()?;
     run_batch_on(
         &sock,
-        &encode_capture(table, &Capture::Out { oif, to }, next_seqs(7), true),
+        &encode_capture(table, &Capture::Out { oif, to }, next_seqs(8), true),
         &format!("install the output redirect in table ip {table}"),
     )?;
     Ok(OwnedTable {
@@ -584,8 +616,8 @@ pub fn install_owned_output_redirect(
 /// A table created by [`install_owned_redirects`] or [`install_owned_output_redirect`]; dropping it deletes the table (the kernel
 /// does, when the netlink socket closes).
 pub struct OwnedTable {
-    sock: Socket,
-    name: String,
+    pub(crate) sock: Socket,
+    pub(crate) name: String,
 }
 
 impl OwnedTable {
@@ -719,11 +751,11 @@ pub fn list_chains(table: &str) -> Result<Vec<ChainInfo>, NftError> {
     Ok(out)
 }
 
-fn data_value_of(expr_data: &[u8], ty: u16) -> Option<&[u8]> {
+pub(crate) fn data_value_of(expr_data: &[u8], ty: u16) -> Option<&[u8]> {
     find_attr(expr_data, ty).and_then(|d| find_attr(d, NFTA_DATA_VALUE))
 }
 
-fn port_of(v: Option<&[u8]>) -> Option<u16> {
+pub(crate) fn port_of(v: Option<&[u8]>) -> Option<u16> {
     match v {
         Some([a, b]) => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
@@ -779,12 +811,16 @@ fn decode_rule(a: &[u8]) -> RuleInfo {
         None
     };
     let out_redirect = decode_out_redirect(&names, &datas);
+    let dnat = crate::forward::decode_dnat(&names, &datas);
+    let masquerade = crate::forward::is_masquerade(&names);
     RuleInfo {
         chain,
         handle,
         exprs,
         redirect,
         out_redirect,
+        dnat,
+        masquerade,
     }
 }
 
@@ -823,12 +859,13 @@ fn decode_out_redirect(names: &[&str], datas: &[&[u8]]) -> Option<(u32, u16)> {
 
 impl fmt::Display for RuleInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.redirect, self.out_redirect) {
-            (Some((s, t)), _) => write!(f, "{}: tcp dport {s} redirect to :{t}", self.chain),
-            (None, Some((o, t))) => {
+        match (self.redirect, self.out_redirect, self.dnat) {
+            (Some((s, t)), _, _) => write!(f, "{}: tcp dport {s} redirect to :{t}", self.chain),
+            (None, Some((o, t)), _) => {
                 write!(f, "{}: oif {o} tcp syn redirect to :{t}", self.chain)
             }
-            (None, None) => write!(f, "{}: {}", self.chain, self.exprs.join(" ")),
+            (None, None, Some(d)) => write!(f, "{}: {d}", self.chain),
+            (None, None, None) => write!(f, "{}: {}", self.chain, self.exprs.join(" ")),
         }
     }
 }

@@ -93,10 +93,18 @@ pub enum TunnelKind {
     /// [`TunnelKind::OutUdp`].
     #[serde(rename = "pod-udp")]
     PodUdp,
+    /// An in-kernel forward asked for by a client, `"out-fwd"`: the manager checks
+    /// [`TunnelHeader::target`] as for [`TunnelKind::OutTcp`] and, where its network namespace
+    /// can forward, answers with `target` set to the `ip:port` of its own that now leads there
+    /// for the client's address only (manager/src/forward.rs); no payload follows. The forward
+    /// lasts as long as this connection.
+    #[serde(rename = "out-fwd")]
+    OutFwd,
 }
 
 impl TunnelKind {
-    /// The wire form: `""`, `"fs"`, `"out-tcp"`, `"out-udp"`, `"pod-tcp"` or `"pod-udp"`.
+    /// The wire form: `""`, `"fs"`, `"out-tcp"`, `"out-udp"`, `"pod-tcp"`, `"pod-udp"` or
+    /// `"out-fwd"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TunnelKind::Intercept => "",
@@ -105,6 +113,7 @@ impl TunnelKind {
             TunnelKind::OutUdp => "out-udp",
             TunnelKind::PodTcp => "pod-tcp",
             TunnelKind::PodUdp => "pod-udp",
+            TunnelKind::OutFwd => "out-fwd",
         }
     }
 
@@ -125,7 +134,7 @@ impl TunnelKind {
             TunnelKind::Intercept | TunnelKind::Fs | TunnelKind::PodTcp | TunnelKind::PodUdp => {
                 true
             }
-            TunnelKind::OutTcp | TunnelKind::OutUdp => false,
+            TunnelKind::OutTcp | TunnelKind::OutUdp | TunnelKind::OutFwd => false,
         }
     }
 
@@ -134,7 +143,11 @@ impl TunnelKind {
     pub fn is_answered(self) -> bool {
         matches!(
             self,
-            TunnelKind::OutTcp | TunnelKind::OutUdp | TunnelKind::PodTcp | TunnelKind::PodUdp
+            TunnelKind::OutTcp
+                | TunnelKind::OutUdp
+                | TunnelKind::PodTcp
+                | TunnelKind::PodUdp
+                | TunnelKind::OutFwd
         )
     }
 
@@ -405,6 +418,7 @@ mod tests {
             (TunnelKind::Fs, "fs"),
             (TunnelKind::OutTcp, "out-tcp"),
             (TunnelKind::OutUdp, "out-udp"),
+            (TunnelKind::OutFwd, "out-fwd"),
             (TunnelKind::PodTcp, "pod-tcp"),
             (TunnelKind::PodUdp, "pod-udp"),
         ] {

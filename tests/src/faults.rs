@@ -44,6 +44,25 @@ pub enum Apart {
     CutInFlight,
 }
 
+/// When the workload itself was down (its own restart): a failed request is its own, not ours,
+/// if it completed within `completed` (it was under way when the workload went) or began within
+/// `started` (it met the workload down, and may have hung until its timeout, long after).
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    /// On the load's clock ([`Load::now`]).
+    completed: (Duration, Duration),
+    /// In ms since the Unix epoch (the clock of [`Sample::started`]).
+    started: (u128, u128),
+}
+
+impl Down {
+    fn covers(&self, s: &Sample) -> bool {
+        let (a, b) = self.completed;
+        let (sa, sb) = self.started;
+        (s.at >= a && s.at <= b) || s.started.is_some_and(|t| t >= sa && t <= sb)
+    }
+}
+
 /// A steady caller inside the project network.
 pub struct Load {
     child: Child,
@@ -246,7 +265,7 @@ impl<'a> Suite<'a> {
     fn outcome(
         &mut self,
         fault: &'static str,
-        down: Option<(Duration, Duration)>,
+        down: Option<Down>,
         killed_at: Option<u128>,
         settle: Duration,
         settled_on: &'static str,
@@ -255,7 +274,7 @@ impl<'a> Suite<'a> {
         let end = self.load.count();
         let samples = self.load.samples(self.mark..end);
         self.mark = end;
-        let in_down = |s: &Sample| down.is_some_and(|(a, b)| s.at >= a && s.at <= b);
+        let in_down = |s: &Sample| down.is_some_and(|d| d.covers(s));
         let cut = |s: &Sample| {
             killed_at.is_some_and(|k| s.started.is_some_and(|b| b <= k)) && !in_down(s)
         };
@@ -327,7 +346,8 @@ impl<'a> Suite<'a> {
     }
 
     /// Something breaks (`act`) after which the intercept must resume by itself; the settle
-    /// time runs from `act`'s return (for a workload restart: once the workload is back).
+    /// time runs from `act`'s return (for a workload restart: once the workload listens again,
+    /// and failures until then are its own).
     /// `apart`: which failures are not ours to prevent.
     pub fn resumes(
         &mut self,
@@ -336,7 +356,13 @@ impl<'a> Suite<'a> {
         act: impl FnOnce(&Self) -> Result<()>,
     ) -> Result<Outcome> {
         let t0 = self.load.now();
+        let t0_unix = crate::testapp_steady::unix_ms(std::time::SystemTime::now());
         act(self)?;
+        if apart == Apart::WorkloadDown {
+            // The engine says "started" before the app listens: the workload is down until
+            // its port accepts connections again (refused until then, with or without us).
+            self.wait_workload_listens()?;
+        }
         let t1 = self.load.now();
         let killed_at = (apart == Apart::CutInFlight)
             .then(|| crate::testapp_steady::unix_ms(std::time::SystemTime::now()));
@@ -344,7 +370,13 @@ impl<'a> Suite<'a> {
         self.load.wait_change(t0, HANDLER)?;
         // …and the intercept routes again without anyone doing anything.
         let at = self.load.wait_steady(t1, HANDLER)?;
-        let down = (apart == Apart::WorkloadDown).then_some((t0, t1));
+        let down = (apart == Apart::WorkloadDown).then(|| Down {
+            completed: (t0, t1),
+            started: (
+                t0_unix,
+                crate::testapp_steady::unix_ms(std::time::SystemTime::now()),
+            ),
+        });
         // `list` says what routes: the intercept is active again.
         let l = self.user.tp(&["list", "-n", &self.p.name]);
         anyhow::ensure!(
@@ -354,6 +386,35 @@ impl<'a> Suite<'a> {
             l.stderr
         );
         Ok(self.outcome(fault, down, killed_at, at.saturating_sub(t1), HANDLER))
+    }
+
+    /// Waits until the workload's service port accepts a connection (from the host, on the
+    /// project network), as after its own restart.
+    fn wait_workload_listens(&self) -> Result<()> {
+        let id = self.p.container(WORKLOAD)?;
+        let start = Instant::now();
+        loop {
+            let ip = docker(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                &id,
+            ])
+            .unwrap_or_default();
+            let listening = ip.split_whitespace().any(|ip| {
+                ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                    let to = std::net::SocketAddr::from((ip, 8080));
+                    std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
+                })
+            });
+            if listening {
+                return Ok(());
+            }
+            if start.elapsed() > SETTLE_LIMIT {
+                anyhow::bail!("{WORKLOAD} does not listen on 8080 again after its restart");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Stops the load, checks that every request sent was counted, and returns the stragglers

@@ -1,0 +1,406 @@
+//! In-kernel forwards: TCP connections to one address rewritten (`dnat`) to another, and their
+//! source masqueraded on the way out, so the kernel carries the bytes with no process in the
+//! path. Two tables use them:
+//!
+//! - the daemon's outbound table ([`crate::nft::install_owned_output_redirect`]):
+//!   [`OwnedTable::set_output_forwards`] puts one `dnat` rule per forwarded cluster destination
+//!   in its `output` chain, before the catch-all redirect to the daemon's listener, and the
+//!   matching `masquerade` in its `postrouting` chain (the handler's socket took the TUN
+//!   device's address, which only the daemon's namespace knows);
+//! - the traffic-manager's forward table ([`install_owned_forwards`]): its `prerouting` chain
+//!   rewrites a daemon's connections to one of the manager's forward ports to the cluster
+//!   destination, and its `postrouting` chain masquerades them, so the destination answers the
+//!   manager — every byte still goes through the manager's address.
+//!
+//! Every change replaces the chains' rules in one atomic batch. Connections already rewritten
+//! keep their rewrite (conntrack holds it), whatever the rules become.
+
+use crate::netlink::{be32, find_attr, Builder};
+use crate::netlink::{NLM_F_APPEND, NLM_F_CREATE};
+use crate::nft::{
+    cmp_eq, data_value, data_value_of, expr, l4proto_tcp, next_seqs, open, port_of, run_batch_on,
+    syn_only, transport_load, validate_table, BatchBuilder, NftError, OwnedTable, CHAIN,
+    HOOK_POSTROUTING, HOOK_PREROUTING, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
+    NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CMP_DATA, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY,
+    NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG,
+    NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
+    NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
+    NFT_MSG_NEWTABLE, NFT_REG_1, NFT_TABLE_F_OWNER, NF_ACCEPT, OUTPUT_CHAIN, POSTROUTING_CHAIN,
+    PRIORITY_DSTNAT, PRIORITY_SRCNAT,
+};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const IPV4_SADDR_OFFSET: u32 = 12;
+const IPV4_DADDR_OFFSET: u32 = 16;
+const NFT_REG_2: u32 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFT_NAT_DNAT: u32 = 1;
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+const NFPROTO_IPV4: u32 = 2;
+/// Most forwards one table takes (two rules each); more are refused before the kernel is asked.
+pub const MAX_FORWARDS: usize = 1024;
+
+/// One in-kernel forward: new TCP connections to `dst` (from `from` only, when set) go to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dnat {
+    /// Only connections from this address (the manager's table: the daemon's); any when `None`.
+    pub from: Option<Ipv4Addr>,
+    /// The destination rewritten.
+    pub dst: SocketAddrV4,
+    /// Where those connections go instead.
+    pub to: SocketAddrV4,
+}
+
+impl fmt::Display for Dnat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(from) = self.from {
+            write!(f, "ip saddr {from} ")?;
+        }
+        write!(
+            f,
+            "ip daddr {} tcp dport {} dnat to {}",
+            self.dst.ip(),
+            self.dst.port(),
+            self.to
+        )
+    }
+}
+
+/// Appends `ip saddr|daddr == ip` (`offset`: [`IPV4_SADDR_OFFSET`] or [`IPV4_DADDR_OFFSET`]).
+fn ip_eq(b: &mut Builder, offset: u32, ip: Ipv4Addr) {
+    expr(b, "payload", |b| {
+        b.attr_be32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
+        b.attr_be32(NFTA_PAYLOAD_OFFSET, offset);
+        b.attr_be32(NFTA_PAYLOAD_LEN, 4);
+    });
+    cmp_eq(b, &ip.octets());
+}
+
+/// Appends `[ip saddr <from>] ip daddr <dst.ip> tcp dport <dst.port>`.
+fn match_tcp(b: &mut Builder, from: Option<Ipv4Addr>, dst: SocketAddrV4) {
+    if let Some(from) = from {
+        ip_eq(b, IPV4_SADDR_OFFSET, from);
+    }
+    ip_eq(b, IPV4_DADDR_OFFSET, *dst.ip());
+    l4proto_tcp(b);
+    transport_load(b, 2, 2);
+    cmp_eq(b, &dst.port().to_be_bytes());
+}
+
+fn immediate(b: &mut Builder, reg: u32, value: &[u8]) {
+    expr(b, "immediate", |b| {
+        b.attr_be32(NFTA_IMMEDIATE_DREG, reg);
+        data_value(b, NFTA_IMMEDIATE_DATA, value);
+    });
+}
+
+/// Appends `<match> tcp flags & (syn|ack) == syn counter dnat to <to>`.
+fn dnat_exprs(b: &mut Builder, d: &Dnat) {
+    match_tcp(b, d.from, d.dst);
+    syn_only(b);
+    expr(b, "counter", |_| {});
+    immediate(b, NFT_REG_1, &d.to.ip().octets());
+    immediate(b, NFT_REG_2, &d.to.port().to_be_bytes());
+    expr(b, "nat", |b| {
+        b.attr_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
+        b.attr_be32(NFTA_NAT_FAMILY, NFPROTO_IPV4);
+        b.attr_be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+        b.attr_be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2);
+        b.attr_be32(
+            NFTA_NAT_FLAGS,
+            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+        );
+    });
+}
+
+/// Appends `[ip saddr <from>] ip daddr <to.ip> tcp dport <to.port> masquerade`: the rewritten
+/// connection leaves with the address of the interface it leaves by.
+fn masq_exprs(b: &mut Builder, from: Option<Ipv4Addr>, to: SocketAddrV4) {
+    match_tcp(b, from, to);
+    expr(b, "masq", |_| {});
+}
+
+/// Adds base chain `name` of type `nat` on `hook` at `priority` (a no-op when it exists).
+pub(crate) fn new_nat_chain(bb: &mut BatchBuilder, t: &str, name: &str, hook: u32, priority: i32) {
+    bb.msg(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE,
+        format!("create nat chain {t}/{name} (hook {hook}, priority {priority})"),
+        |b| {
+            b.attr_str(NFTA_CHAIN_TABLE, t);
+            b.attr_str(NFTA_CHAIN_NAME, name);
+            let h = b.begin_nest(NFTA_CHAIN_HOOK);
+            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+            b.attr_be32(NFTA_HOOK_PRIORITY, priority as u32);
+            b.end_nest(h);
+            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            b.attr_str(NFTA_CHAIN_TYPE, "nat");
+        },
+    );
+}
+
+/// Deletes every rule of chain `t/chain`.
+fn flush_chain(bb: &mut BatchBuilder, t: &str, chain: &str) {
+    bb.msg(
+        NFT_MSG_DELRULE,
+        0,
+        format!("flush chain {t}/{chain}"),
+        |b| {
+            b.attr_str(NFTA_RULE_TABLE, t);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+        },
+    );
+}
+
+/// Appends a rule to `t/chain`.
+fn add_rule(
+    bb: &mut BatchBuilder,
+    t: &str,
+    chain: &str,
+    what: String,
+    exprs: impl FnOnce(&mut Builder),
+) {
+    bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
+        b.attr_str(NFTA_RULE_TABLE, t);
+        b.attr_str(NFTA_RULE_CHAIN, chain);
+        let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
+        exprs(b);
+        b.end_nest(e);
+    });
+}
+
+/// The batch of [`OwnedTable::set_output_forwards`].
+fn encode_output_forwards(
+    t: &str,
+    oif: u32,
+    to: u16,
+    fwds: &[Dnat],
+    first_seq: u32,
+) -> crate::nft::Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    flush_chain(&mut bb, t, OUTPUT_CHAIN);
+    for d in fwds {
+        add_rule(
+            &mut bb,
+            t,
+            OUTPUT_CHAIN,
+            format!("add rule {t}/{OUTPUT_CHAIN} {d}"),
+            |b| dnat_exprs(b, d),
+        );
+    }
+    add_rule(
+        &mut bb,
+        t,
+        OUTPUT_CHAIN,
+        format!("add rule {t}/{OUTPUT_CHAIN} oif {oif} tcp syn counter redirect to :{to}"),
+        |b| crate::nft::out_redirect_exprs(b, oif, to),
+    );
+    flush_chain(&mut bb, t, POSTROUTING_CHAIN);
+    for d in fwds {
+        add_rule(
+            &mut bb,
+            t,
+            POSTROUTING_CHAIN,
+            format!(
+                "add rule {t}/{POSTROUTING_CHAIN} ip daddr {} masquerade",
+                d.to
+            ),
+            |b| masq_exprs(b, None, d.to),
+        );
+    }
+    bb.finish()
+}
+
+/// The batch of [`install_owned_forwards`]: table (owned) and its two empty nat chains.
+fn encode_forward_table(t: &str, first_seq: u32) -> crate::nft::Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    bb.msg(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE,
+        format!("add table ip {t}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, t),
+    );
+    bb.msg(
+        NFT_MSG_DELTABLE,
+        0,
+        format!("flush old table ip {t}"),
+        |b| b.attr_str(NFTA_TABLE_NAME, t),
+    );
+    bb.msg(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE,
+        format!("create table ip {t}"),
+        |b| {
+            b.attr_str(NFTA_TABLE_NAME, t);
+            b.attr_be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+        },
+    );
+    new_nat_chain(&mut bb, t, CHAIN, HOOK_PREROUTING, PRIORITY_DSTNAT);
+    new_nat_chain(
+        &mut bb,
+        t,
+        POSTROUTING_CHAIN,
+        HOOK_POSTROUTING,
+        PRIORITY_SRCNAT,
+    );
+    bb.finish()
+}
+
+/// The batch of [`OwnedTable::set_forwards`].
+fn encode_forwards(t: &str, fwds: &[Dnat], first_seq: u32) -> crate::nft::Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    flush_chain(&mut bb, t, CHAIN);
+    for d in fwds {
+        add_rule(
+            &mut bb,
+            t,
+            CHAIN,
+            format!("add rule {t}/{CHAIN} {d}"),
+            |b| dnat_exprs(b, d),
+        );
+    }
+    flush_chain(&mut bb, t, POSTROUTING_CHAIN);
+    for d in fwds {
+        let from = d.from.map(|f| format!("ip saddr {f} ")).unwrap_or_default();
+        add_rule(
+            &mut bb,
+            t,
+            POSTROUTING_CHAIN,
+            format!(
+                "add rule {t}/{POSTROUTING_CHAIN} {from}ip daddr {} masquerade",
+                d.to
+            ),
+            |b| masq_exprs(b, d.from, d.to),
+        );
+    }
+    bb.finish()
+}
+
+fn check_count(fwds: &[Dnat]) -> Result<(), NftError> {
+    if fwds.len() > MAX_FORWARDS {
+        return Err(NftError::Invalid(format!(
+            "{} forwards: at most {MAX_FORWARDS}",
+            fwds.len()
+        )));
+    }
+    if let Some(d) = fwds.iter().find(|d| d.dst.port() == 0 || d.to.port() == 0) {
+        return Err(NftError::Invalid(format!(
+            "forward {d}: ports must be 1-65535"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `table ip <table>` owned by the returned handle (gone with it, or with the process)
+/// with an empty `prerouting` nat chain at `dstnat` and an empty `postrouting` nat chain at
+/// `srcnat`, for [`OwnedTable::set_forwards`]. The network namespace must forward IPv4
+/// (`net.ipv4.ip_forward=1`) for the forwards to carry anything.
+pub fn install_owned_forwards(table: &str) -> Result<OwnedTable, NftError> {
+    validate_table(table)?;
+    let sock = open()?;
+    run_batch_on(
+        &sock,
+        &encode_forward_table(table, next_seqs(7)),
+        &format!("install the forward table ip {table}"),
+    )?;
+    Ok(OwnedTable {
+        sock,
+        name: table.to_string(),
+    })
+}
+
+impl OwnedTable {
+    /// Replaces the rules of a table made by [`install_owned_forwards`]: per forward,
+    /// `ip saddr <from> ip daddr <dst> tcp dport <port> tcp syn counter dnat to <to>` in
+    /// `prerouting` and `ip saddr <from> ip daddr <to> tcp dport <port> masquerade` in
+    /// `postrouting`, atomically.
+    pub fn set_forwards(&self, fwds: &[Dnat]) -> Result<(), NftError> {
+        check_count(fwds)?;
+        let n = 2 * fwds.len() as u32 + 4;
+        run_batch_on(
+            &self.sock,
+            &encode_forwards(&self.name, fwds, next_seqs(n)),
+            &format!("set the forwards of table ip {}", self.name),
+        )
+    }
+
+    /// Replaces the rules of a table made by [`crate::nft::install_owned_output_redirect`]
+    /// (`oif`, `to`: as given there): per forward a `dnat` rule in `output` before the redirect
+    /// and a `masquerade` of the rewritten connections in `postrouting`, atomically.
+    pub fn set_output_forwards(&self, oif: u32, to: u16, fwds: &[Dnat]) -> Result<(), NftError> {
+        check_count(fwds)?;
+        let n = 2 * fwds.len() as u32 + 5;
+        run_batch_on(
+            &self.sock,
+            &encode_output_forwards(&self.name, oif, to, fwds, next_seqs(n)),
+            &format!("set the outbound forwards of table ip {}", self.name),
+        )
+    }
+}
+
+/// The address of an `ip saddr|daddr` match at `datas[i]`/`datas[i+1]` with `offset`.
+fn decode_ip(datas: &[&[u8]], i: usize, offset: u32) -> Option<Ipv4Addr> {
+    let load = datas.get(i)?;
+    let ok = find_attr(load, NFTA_PAYLOAD_BASE).and_then(be32) == Some(NFT_PAYLOAD_NETWORK_HEADER)
+        && find_attr(load, NFTA_PAYLOAD_OFFSET).and_then(be32) == Some(offset)
+        && find_attr(load, NFTA_PAYLOAD_LEN).and_then(be32) == Some(4);
+    let v = data_value_of(datas.get(i + 1)?, NFTA_CMP_DATA)?;
+    ok.then(|| <[u8; 4]>::try_from(v).ok().map(Ipv4Addr::from))
+        .flatten()
+}
+
+/// The forward when `names`/`datas` are exactly the expressions [`dnat_exprs`] writes.
+pub(crate) fn decode_dnat(names: &[&str], datas: &[&[u8]]) -> Option<Dnat> {
+    const TAIL: [&str; 13] = [
+        "payload",
+        "cmp",
+        "meta",
+        "cmp",
+        "payload",
+        "cmp",
+        "payload",
+        "bitwise",
+        "cmp",
+        "counter",
+        "immediate",
+        "immediate",
+        "nat",
+    ];
+    let (from, skip) = match names.len() {
+        15 if names[..2] == ["payload", "cmp"] && names[2..] == TAIL => {
+            (Some(decode_ip(datas, 0, IPV4_SADDR_OFFSET)?), 2)
+        }
+        13 if names == TAIL => (None, 0),
+        _ => return None,
+    };
+    let d = &datas[skip..];
+    let dst_ip = decode_ip(d, 0, IPV4_DADDR_OFFSET)?;
+    let dport = port_of(data_value_of(d[5], NFTA_CMP_DATA))?;
+    let to_ip = data_value_of(d[10], NFTA_IMMEDIATE_DATA)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(Ipv4Addr::from)?;
+    let to_port = port_of(data_value_of(d[11], NFTA_IMMEDIATE_DATA))?;
+    Some(Dnat {
+        from,
+        dst: SocketAddrV4::new(dst_ip, dport),
+        to: SocketAddrV4::new(to_ip, to_port),
+    })
+}
+
+/// Whether `names` are the expressions [`masq_exprs`] writes.
+pub(crate) fn is_masquerade(names: &[&str]) -> bool {
+    names.last() == Some(&"masq")
+}
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;
