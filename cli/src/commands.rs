@@ -164,6 +164,7 @@ fn status_json(d: &DaemonInfo, st: &DaemonStatus) -> serde_json::Value {
         "container_network": st.container_network,
         "subnets": st.subnets,
         "outbound_tcp": st.outbound_tcp().as_str(),
+        "kernel_forwards": st.kernel_forwards,
         "dns": st.dns.as_ref().map(|d| json!({"local_ip": d.local_ip, "remote_ip": d.remote_ip, "exclude_suffixes": d.exclude_suffixes, "include_suffixes": d.include_suffixes, "timeout_seconds": d.timeout_seconds, "cluster_domain": d.cluster_domain})),
         "intercepts": st.intercepts.iter().map(intercept_json).collect::<Vec<_>>(),
         "traffic_manager": {"connected": st.manager_connected, "version": st.manager_version, "agent_image": st.agent_image, "authenticated": st.authenticated},

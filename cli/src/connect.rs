@@ -304,7 +304,9 @@ async fn ensure_manager(
 }
 
 /// The manager container of `namespace`: our image running `traffic-manager` (its settings in
-/// docker/src/startup.rs) on the project network, with the engine's socket.
+/// docker/src/startup.rs) on the project network, with the engine's socket; `NET_ADMIN` and
+/// IPv4 forwarding in its own network namespace for the in-kernel forwards it gives daemons
+/// (manager/src/forward.rs).
 fn manager_body(
     namespace: &str,
     network: &str,
@@ -335,6 +337,11 @@ fn manager_body(
         host_config: Some(HostConfig {
             network_mode: Some(network.to_string()),
             binds: Some(vec![format!("{socket}:/var/run/docker.sock")]),
+            cap_add: Some(vec!["NET_ADMIN".into()]),
+            sysctls: Some(HashMap::from([(
+                "net.ipv4.ip_forward".to_string(),
+                "1".to_string(),
+            )])),
             ..Default::default()
         }),
         ..Default::default()

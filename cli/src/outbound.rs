@@ -114,7 +114,13 @@ pub fn status_rows(st: &DaemonStatus) -> Vec<(&'static str, Option<String>, Stri
         (
             "Outbound TCP",
             match st.outbound_tcp() {
-                OutboundTcp::Kernel => Some("kernel (nf_tables redirect)".into()),
+                OutboundTcp::Kernel => Some(match st.kernel_forwards {
+                    0 => "kernel (nf_tables redirect)".into(),
+                    n => format!(
+                        "kernel (nf_tables redirect; {n} destination{} forwarded in the kernel through the manager)",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                }),
                 OutboundTcp::Userspace => Some("userspace stack (nf_tables unavailable)".into()),
                 OutboundTcp::Unspecified => Some("none (no subnet routed)".into()),
             },

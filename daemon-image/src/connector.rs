@@ -15,16 +15,24 @@ pub struct ConnectorService {
     quit: mpsc::Sender<()>,
     /// The outbound part of the status (subnets, DNS).
     outbound: Arc<DaemonStatus>,
+    /// How many cluster destinations the kernel forwards (`kernel_fwd.rs`).
+    forwards: Arc<std::sync::atomic::AtomicU32>,
     /// The `--to-pod` ports of this daemon's engagements (`daemon-image/src/to_pod.rs`).
     to_pod: crate::to_pod::Listeners,
 }
 
 impl ConnectorService {
-    pub fn new(session: Arc<Session>, quit: mpsc::Sender<()>, outbound: Arc<DaemonStatus>) -> Self {
+    pub fn new(
+        session: Arc<Session>,
+        quit: mpsc::Sender<()>,
+        outbound: Arc<DaemonStatus>,
+        forwards: Arc<std::sync::atomic::AtomicU32>,
+    ) -> Self {
         ConnectorService {
             session,
             quit,
             outbound,
+            forwards,
             to_pod: Default::default(),
         }
     }
@@ -69,6 +77,7 @@ impl Connector for ConnectorService {
             dns: self.outbound.dns.clone(),
             subnets: self.outbound.subnets.clone(),
             outbound_tcp: self.outbound.outbound_tcp,
+            kernel_forwards: self.forwards.load(std::sync::atomic::Ordering::Relaxed),
             authenticated: s.bearer.is_set(),
             session: Some(s.session()),
         }))

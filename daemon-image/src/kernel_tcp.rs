@@ -11,13 +11,17 @@
 //! write instead of "connection refused". UDP (and anything else) still goes through the TUN
 //! device and the userspace stack (`netstack.rs`).
 //!
+//! Once a destination carried a connection, the daemon asks for an in-kernel forward to it
+//! (`kernel_fwd.rs`): the handler's later connections to it no longer reach the listener.
+//!
 //! The table belongs to this process's netlink socket: when the daemon exits or is killed,
 //! the kernel removes the redirect. Established connections keep their path when the rule
 //! changes, since NAT is decided once per connection.
 
+use crate::kernel_fwd::Forwarder;
 use crate::netstack::{Dialer, Proto};
-use netfilter::nft::OwnedTable;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +45,7 @@ pub enum KernelTcpError {
 
 /// A running kernel path: dropping it removes the redirect and stops accepting.
 pub struct KernelTcp {
-    _table: OwnedTable,
+    forwards: Arc<Forwarder>,
     task: tokio::task::JoinHandle<()>,
     port: u16,
 }
@@ -51,17 +55,28 @@ impl KernelTcp {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The in-kernel forwards (`kernel_fwd.rs`).
+    pub fn forwards(&self) -> &Arc<Forwarder> {
+        &self.forwards
+    }
 }
 
 impl Drop for KernelTcp {
     fn drop(&mut self) {
         self.task.abort();
+        self.forwards.close();
     }
 }
 
 /// Redirects the TCP connections routed out of device `dev` to a listener whose connections
-/// `dialer` carries on; returns once the redirect is in place.
-pub async fn start<X: Dialer>(dev: &str, dialer: Arc<X>) -> Result<KernelTcp, KernelTcpError> {
+/// `dialer` carries on; returns once the redirect is in place. `active` counts the in-kernel
+/// forwards.
+pub async fn start<X: Dialer>(
+    dev: &str,
+    dialer: Arc<X>,
+    active: Arc<AtomicU32>,
+) -> Result<KernelTcp, KernelTcpError> {
     let oif = netfilter::interface_index(dev).map_err(|e| KernelTcpError::Device(dev.into(), e))?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -71,15 +86,16 @@ pub async fn start<X: Dialer>(dev: &str, dialer: Arc<X>) -> Result<KernelTcp, Ke
         .map_err(KernelTcpError::Listen)?
         .port();
     let table = netfilter::nft::install_owned_output_redirect(TABLE, oif, port)?;
-    let task = tokio::spawn(serve(listener, dialer));
+    let forwards = Arc::new(Forwarder::new(table, oif, port, active));
+    let task = tokio::spawn(serve(listener, dialer, forwards.clone()));
     Ok(KernelTcp {
-        _table: table,
+        forwards,
         task,
         port,
     })
 }
 
-async fn serve<X: Dialer>(listener: TcpListener, dialer: Arc<X>) {
+async fn serve<X: Dialer>(listener: TcpListener, dialer: Arc<X>, forwards: Arc<Forwarder>) {
     let local = listener.local_addr().ok();
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -92,21 +108,30 @@ async fn serve<X: Dialer>(listener: TcpListener, dialer: Arc<X>) {
             }
         };
         let dialer = dialer.clone();
+        let forwards = forwards.clone();
         tokio::spawn(async move {
             let dst = match original_dst(&conn) {
                 // A connection made to the listener itself was not redirected: nothing to dial.
                 Ok(dst) if Some(dst) != local => dst,
                 Ok(_) | Err(_) => return reset(conn),
             };
-            carry(conn, peer, dst, &*dialer).await;
+            carry(conn, peer, dst, dialer, &forwards).await;
         });
     }
 }
 
-/// Dials `dst` for the handler's connection `conn` and relays until both sides are done.
-async fn carry<X: Dialer>(mut conn: TcpStream, peer: SocketAddr, dst: SocketAddr, dialer: &X) {
+/// Dials `dst` for the handler's connection `conn` and relays until both sides are done; a
+/// destination that answered is worth an in-kernel forward.
+async fn carry<X: Dialer>(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    dialer: Arc<X>,
+    forwards: &Arc<Forwarder>,
+) {
     match dialer.dial(Proto::Tcp, dst).await {
         Ok(mut tunnel) => {
+            forwards.want(dst, dialer.clone());
             relay::tune(&conn);
             if let Err(e) = relay::splice(&mut conn, &mut tunnel).await {
                 tracing::debug!(%peer, %dst, "outbound connection ended: {e}");

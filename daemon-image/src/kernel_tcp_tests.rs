@@ -95,7 +95,9 @@ fn redirects_routed_tcp_resets_refused_and_keeps_established_connections() {
             let mut before = TcpStream::connect(target).await.unwrap();
             assert_eq!(ask(&mut before, "a").await.unwrap(), "direct:a");
 
-            let kernel = start("tpk0", fake.clone()).await.unwrap();
+            let kernel = start("tpk0", fake.clone(), Default::default())
+                .await
+                .unwrap();
             assert!(netfilter::nft::table_exists(TABLE).unwrap());
             let rules = netfilter::nft::list_rules(TABLE).unwrap();
             assert_eq!(rules.len(), 1, "{rules:?}");

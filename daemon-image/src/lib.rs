@@ -6,6 +6,7 @@
 mod connector;
 pub mod dns;
 pub mod fs;
+pub mod kernel_fwd;
 pub mod kernel_tcp;
 pub mod netstack;
 #[cfg(test)]
@@ -52,7 +53,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     tokio::spawn(session.clone().watch_intercepts());
     tokio::spawn(session.clone().serve_dials());
     let outbound = start_outbound(session.clone()).await?;
-    let svc = connector::ConnectorService::new(session.clone(), quit_tx, outbound);
+    let (outbound, forwards) = outbound;
+    let svc = connector::ConnectorService::new(session.clone(), quit_tx, outbound, forwards);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| DaemonError::Listen(cfg.listen.clone(), e))?;
@@ -80,13 +82,24 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Starts the outbound path (routes, TUN, DNS); what `status` reports about it.
+/// Starts the outbound path (routes, TUN, DNS); what `status` reports about it, and the count
+/// of in-kernel forwards.
 async fn start_outbound(
     session: Arc<session::Session>,
-) -> Result<Arc<protocol::connector::DaemonStatus>, DaemonError> {
+) -> Result<
+    (
+        Arc<protocol::connector::DaemonStatus>,
+        Arc<std::sync::atomic::AtomicU32>,
+    ),
+    DaemonError,
+> {
     let ocfg = outbound::OutboundConfig::from_env().map_err(outbound::OutboundError::from)?;
     let dcfg = dns::DnsConfig::from_env().map_err(outbound::OutboundError::from)?;
-    let outbound::Started { routed, tcp } = outbound::start(session.clone(), &ocfg).await?;
+    let outbound::Started {
+        routed,
+        tcp,
+        forwards,
+    } = outbound::start(session.clone(), &ocfg).await?;
     let dns = Arc::new(dns::Dns::new(session.clone(), dcfg.clone(), &routed));
     let status = protocol::connector::DaemonStatus {
         subnets: routed,
@@ -121,5 +134,5 @@ async fn start_outbound(
             tracing::error!("DNS server stopped: {e}");
         }
     });
-    Ok(Arc::new(status))
+    Ok((Arc::new(status), forwards))
 }

@@ -140,6 +140,20 @@ pub trait Dialer: Send + Sync + 'static {
         proto: Proto,
         dst: SocketAddr,
     ) -> impl Future<Output = Result<TcpStream, DialError>> + Send;
+
+    /// Asks for an in-kernel forward to `dst` (crate::kernel_fwd): the address new connections
+    /// to `dst` may be rewritten to, and the connection the forward lasts as long as. None by
+    /// default.
+    fn forward(
+        &self,
+        dst: std::net::SocketAddrV4,
+    ) -> impl Future<Output = Result<crate::kernel_fwd::Held, DialError>> + Send {
+        async move {
+            Err(DialError::Refused(format!(
+                "no in-kernel forward to {dst} here"
+            )))
+        }
+    }
 }
 
 /// A UDP flow with nothing moving either way for this long is closed.

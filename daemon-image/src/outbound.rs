@@ -11,6 +11,7 @@ use protocol::connector::OutboundTcp;
 use protocol::tunnel::{read_header_timeout, write_header, Role, TunnelHeader, TunnelKind};
 use relay::dial;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -53,17 +54,20 @@ pub struct TunnelDialer {
     pub session: Arc<Session>,
 }
 
-impl Dialer for TunnelDialer {
-    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, DialError> {
+impl TunnelDialer {
+    /// Opens a tunnel connection of `kind` to `dst`; returns it with the manager's answer once
+    /// that says yes.
+    async fn open(
+        &self,
+        kind: TunnelKind,
+        dst: SocketAddr,
+    ) -> Result<(TcpStream, TunnelHeader), DialError> {
         let mut s = dial(&self.session.cfg.tunnel_addr)
             .await
             .map_err(DialError::Tunnel)?;
         let mut header = TunnelHeader {
             conn_id: uuid::Uuid::new_v4().to_string(),
-            kind: match proto {
-                Proto::Tcp => TunnelKind::OutTcp,
-                Proto::Udp => TunnelKind::OutUdp,
-            },
+            kind,
             target: dst.to_string(),
             ..Default::default()
         };
@@ -75,9 +79,34 @@ impl Dialer for TunnelDialer {
             .await
             .map_err(DialError::Answer)?;
         match answer.error {
-            None => Ok(s),
+            None => Ok((s, answer)),
             Some(e) => Err(DialError::Refused(e.to_string())),
         }
+    }
+}
+
+impl Dialer for TunnelDialer {
+    async fn dial(&self, proto: Proto, dst: SocketAddr) -> Result<TcpStream, DialError> {
+        let kind = match proto {
+            Proto::Tcp => TunnelKind::OutTcp,
+            Proto::Udp => TunnelKind::OutUdp,
+        };
+        Ok(self.open(kind, dst).await?.0)
+    }
+
+    /// Only where the daemon reaches the manager's address itself (a Docker engine's network):
+    /// through a Kubernetes port-forward the manager's address is not the daemon's to route to.
+    async fn forward(
+        &self,
+        dst: std::net::SocketAddrV4,
+    ) -> Result<crate::kernel_fwd::Held, DialError> {
+        if self.session.cfg.kubeconfig.is_some() {
+            return Err(DialError::Refused(
+                "the manager is reached through a port-forward".into(),
+            ));
+        }
+        let (s, answer) = self.open(TunnelKind::OutFwd, dst.into()).await?;
+        Ok((crate::kernel_fwd::parse_answer(&answer.target)?, s))
     }
 }
 
@@ -118,6 +147,8 @@ pub struct Started {
     pub routed: Vec<String>,
     /// Unspecified when nothing is routed.
     pub tcp: OutboundTcp,
+    /// How many cluster destinations the kernel forwards (crate::kernel_fwd), as it changes.
+    pub forwards: Arc<AtomicU32>,
 }
 
 /// Installs the routes, the TUN pump and the kernel path for TCP.
@@ -140,6 +171,7 @@ pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Starte
         return Ok(Started {
             routed: Vec::new(),
             tcp: OutboundTcp::Unspecified,
+            forwards: Default::default(),
         });
     }
     let dev = crate::tun::create(cfg.mtu).map_err(OutboundError::Tun)?;
@@ -162,7 +194,14 @@ pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Starte
     let dialer = Arc::new(TunnelDialer { session });
     // TCP through the kernel when nf_tables allows it; the userspace stack still carries UDP,
     // and TCP too when the redirect cannot be installed.
-    let kernel = match crate::kernel_tcp::start(crate::tun::DEVICE, dialer.clone()).await {
+    let forwards = Arc::new(AtomicU32::new(0));
+    let kernel = match crate::kernel_tcp::start(
+        crate::tun::DEVICE,
+        dialer.clone(),
+        forwards.clone(),
+    )
+    .await
+    {
         Ok(k) => {
             tracing::info!(
                 port = k.port(),
@@ -187,5 +226,9 @@ pub async fn start(session: Arc<Session>, cfg: &OutboundConfig) -> Result<Starte
             tracing::error!("the outbound packet path stopped: {e}");
         }
     });
-    Ok(Started { routed, tcp })
+    Ok(Started {
+        routed,
+        tcp,
+        forwards,
+    })
 }

@@ -1,6 +1,7 @@
 //! The forward rules as the kernel and `nft` read them back, and the kernel carrying a
 //! connection through both tables across three fresh network namespaces (root only; skipped
 //! with a message otherwise, like crate::nft's tests).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 use super::*;
 use crate::nft::{install_owned_output_redirect, list_chains, list_rules, table_exists};

@@ -43,6 +43,148 @@ fn project_subnet(p: &Project) -> String {
     .unwrap()
 }
 
+/// The packet counts of every `counter` in `nft list` output, in order.
+fn counters(table: &str) -> Vec<u64> {
+    table
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The `nft list` lines of `table` that contain `needle`.
+fn lines_with<'a>(table: &'a str, needle: &str) -> Vec<&'a str> {
+    table.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// Polls `status --output json` until `kernel_forwards` is `want`.
+fn wait_kernel_forwards(user: &User, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = user.tp(&["status", "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap_or_default();
+        let n = v["daemons"][0]["kernel_forwards"].as_u64();
+        if n == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kernel_forwards never became {want}: {}",
+            st.stdout
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_destination_that_answered_is_forwarded_by_the_kernels_through_the_manager() {
+    if !engine_available() {
+        return;
+    }
+    // As users write it: no `expose:`, the port only in the command.
+    let services = "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--name\", \"web\"]\n";
+    let p = Project::up_with(services, "").unwrap();
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    let user = User::connected(&p);
+    let manager = cli::connect::manager_container(&p.name);
+    let daemon = daemon_container(&user).unwrap();
+    let (manager_ip, daemon_ip) = (bridge_ip(&manager).unwrap(), bridge_ip(&daemon).unwrap());
+    let ns = p.name.as_str();
+    let web_ip = inspect(
+        &p.container("web").unwrap(),
+        &format!("{{{{(index .NetworkSettings.Networks \"{ns}_default\").IPAddress}}}}"),
+    );
+
+    // The first connection goes through the daemon's listener and the manager's relay; then the
+    // destination is forwarded.
+    let r = get(&user, None, "http://web:8080/");
+    assert_eq!((r.code, r.stdout.trim()), (0, "web"), "{r:?}");
+    wait_kernel_forwards(&user, 1);
+    let st = user.tp(&["status"]).ok();
+    let line = st
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("  Outbound TCP "))
+        .unwrap_or_default();
+    assert!(
+        line.ends_with(
+            ": kernel (nf_tables redirect; 1 destination forwarded in the kernel through the manager)"
+        ),
+        "{}",
+        st.stdout
+    );
+    let daemon_table = nft_in(&daemon, &["list", "table", "ip", "telepresence_out"]).unwrap();
+    let dnat = lines_with(&daemon_table, "dnat to ");
+    assert_eq!(dnat.len(), 1, "{daemon_table}");
+    assert!(
+        dnat[0].contains(&format!("ip daddr {web_ip} tcp dport 8080")),
+        "{daemon_table}"
+    );
+    assert!(
+        dnat[0].contains(&format!("dnat to {manager_ip}:")),
+        "{daemon_table}"
+    );
+    let manager_table = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
+    let fwd = lines_with(&manager_table, "dnat to ");
+    assert_eq!(fwd.len(), 1, "{manager_table}");
+    assert!(
+        fwd[0].contains(&format!("ip saddr {daemon_ip} ip daddr {manager_ip}"))
+            && fwd[0].contains(&format!("dnat to {web_ip}:8080")),
+        "{manager_table}"
+    );
+    assert!(
+        manager_table.contains(&format!(
+            "ip saddr {daemon_ip} ip daddr {web_ip} tcp dport 8080 masquerade"
+        )),
+        "{manager_table}"
+    );
+    let before = counters(&daemon_table);
+
+    // Later connections are the kernels': the forward rules count them, the redirect does not;
+    // 256 MiB arrive whole.
+    let size = 256u64 << 20;
+    let r = handler(
+        &user,
+        None,
+        &["download", &format!("http://web:8080/bytes/{size}")],
+    )
+    .ok();
+    let d: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(d["bytes"].as_u64(), Some(size), "{}", r.stdout);
+    let r = get(&user, None, &format!("http://{web_ip}:8080/"));
+    assert_eq!((r.code, r.stdout.trim()), (0, "web"), "{r:?}");
+    let daemon_table = nft_in(&daemon, &["list", "table", "ip", "telepresence_out"]).unwrap();
+    let after = counters(&daemon_table);
+    assert_eq!(
+        after.len(),
+        2,
+        "the forward's and the redirect's: {daemon_table}"
+    );
+    assert_eq!(after[0], before[0] + 2, "{daemon_table}");
+    assert_eq!(after[1], before[1], "{daemon_table}");
+    let manager_table = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
+    assert_eq!(counters(&manager_table)[0], 2, "{manager_table}");
+
+    // The daemon goes: its forward goes from the manager too.
+    user.tp(&["quit"]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
+        if !t.contains(&daemon_ip) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still forwarding for {daemon_ip}: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    user.tp(&["quit", "-s"]).ok();
+    drop(user);
+    drop(p);
+    assert_clean("after quit");
+}
+
 #[test]
 fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
     if !engine_available() {
@@ -133,18 +275,16 @@ fn handler_reaches_cluster_services_by_name_ip_tcp_and_udp() {
         "{r:?}"
     );
 
-    // TCP went through the kernel: the daemon's namespace holds its redirect table, whose
-    // rule counted the handlers' connections above (at least the 7 GETs by name and IP).
+    // TCP went through the kernel: the daemon's namespace holds its redirect table, and each of
+    // the three destinations that answered above (web, and the two replicas of multi; not the
+    // closed port) now has an in-kernel forward before the redirect.
+    wait_kernel_forwards(&user, 3);
     let daemon = daemon_container(&user).unwrap();
     let table = nft_in(&daemon, &["list", "table", "ip", "telepresence_out"]).unwrap();
     assert!(table.contains("hook output"), "{table}");
     assert!(table.contains("redirect to :"), "{table}");
-    let redirected: u64 = table
-        .split("counter packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {table}"));
-    assert!(redirected >= 7, "{table}");
+    assert_eq!(lines_with(&table, "dnat to ").len(), 3, "{table}");
+    assert!(!table.contains("dport 8081"), "{table}");
 
     // Names that are not in the cluster get no cluster answer.
     let r = handler(&user, None, &["lookup", "no-such-service"]);
