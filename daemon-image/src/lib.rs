@@ -8,6 +8,7 @@ pub mod dns;
 pub mod fs;
 pub mod kernel_fwd;
 pub mod kernel_tcp;
+pub mod listening;
 pub mod netstack;
 #[cfg(test)]
 mod netstack_tests;

@@ -271,8 +271,11 @@ impl Session {
                 while let Ok(Some(req)) = stream.message().await {
                     let tunnel = self.cfg.tunnel_addr.clone();
                     let session = self.session();
+                    // The manager reaches this namespace's address only where the daemon
+                    // reaches the manager's without a port-forward.
+                    let direct = self.cfg.kubeconfig.is_none();
                     tokio::spawn(async move {
-                        if let Err(e) = deliver(&tunnel, &session, req).await {
+                        if let Err(e) = deliver(&tunnel, &session, req, direct).await {
                             tracing::debug!("delivery failed: {e}");
                         }
                     });
@@ -304,7 +307,33 @@ pub fn prove(header: &mut TunnelHeader, session: &SessionInfo) {
     header.proof.clone_from(&session.tunnel_proof);
 }
 
-async fn deliver(tunnel: &str, session: &SessionInfo, req: DialRequest) -> std::io::Result<()> {
+/// Delivers one intercepted connection: dials the handler at `req.target_host:target_port` and
+/// joins the tunnel with it. When `direct` and the handler listens on every address of this
+/// namespace (crate::listening), the manager connects to it itself instead: the answer names
+/// this namespace's address as the manager sees it, and no byte of the connection passes
+/// through the daemon.
+async fn deliver(
+    tunnel: &str,
+    session: &SessionInfo,
+    req: DialRequest,
+    direct: bool,
+) -> std::io::Result<()> {
+    let loopback = matches!(req.target_host.as_str(), "127.0.0.1" | "localhost" | "::1");
+    if direct
+        && loopback
+        && u16::try_from(req.target_port).is_ok_and(crate::listening::on_all_addresses)
+    {
+        let mut t = dial(tunnel).await?;
+        let mut header = TunnelHeader {
+            conn_id: req.conn_id,
+            intercept_id: req.intercept_id,
+            target: std::net::SocketAddr::new(t.local_addr()?.ip(), req.target_port as u16)
+                .to_string(),
+            ..Default::default()
+        };
+        prove(&mut header, session);
+        return write_header(&mut t, Role::Client, &header).await;
+    }
     let target = format!("{}:{}", req.target_host, req.target_port);
     let (local, t) = tokio::join!(dial(&target), dial(tunnel));
     let mut t = t?;

@@ -131,7 +131,7 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
         // The answering side of any stream: hand it to the originator waiting for it.
         (Role::Client, TunnelKind::Intercept)
         | (Role::Agent, TunnelKind::Fs | TunnelKind::PodTcp | TunnelKind::PodUdp) => {
-            answer(&mgr, sock, header)
+            answer(&mgr, sock, header).await
         }
         // Outbound streams are only ever opened by clients.
         (Role::Agent, kind @ (TunnelKind::OutTcp | TunnelKind::OutUdp | TunnelKind::OutFwd)) => {
@@ -141,12 +141,23 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
 }
 
 /// The answering side of a stream dialed in: hand it (or the error it reported) to the
-/// originator parked under its id.
-fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
+/// originator parked under its id. A client that named a `target` (its own address) is not
+/// the stream: the manager connects there and hands that over.
+async fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
     let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
     let Some(tx) = waiting else {
         return Err(TunnelDropped::NotWaiting(header.conn_id));
     };
+    if header.kind == TunnelKind::Intercept && header.error.is_none() && !header.target.is_empty() {
+        let direct = connect_direct(&sock, &header.target).await;
+        drop(sock);
+        let failed = direct.as_ref().err().cloned();
+        let _ = tx.send(direct);
+        return match failed {
+            None => Ok(()),
+            Some(e) => Err(TunnelDropped::NotDelivered(e)),
+        };
+    }
     match header.error {
         None => {
             let _ = tx.send(Ok(sock));
@@ -156,6 +167,35 @@ fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), Tu
             let _ = tx.send(Err(e.clone()));
             Err(TunnelDropped::NotDelivered(e))
         }
+    }
+}
+
+/// How long connecting to a client's handler directly may take.
+const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to `target`, which must be the address `client` connects from (a client names
+/// only itself): the handler of an intercepted connection, reached without the client's relay.
+async fn connect_direct(client: &TcpStream, target: &str) -> Result<TcpStream, HeaderError> {
+    let to: std::net::SocketAddr = target
+        .parse()
+        .map_err(|_| HeaderError::BadTarget(target.to_string()))?;
+    let from = client
+        .peer_addr()
+        .map_err(|e| HeaderError::Other(e.to_string()))?;
+    if from.ip().to_canonical() != to.ip().to_canonical() {
+        return Err(HeaderError::Forbidden(target.to_string()));
+    }
+    let unreachable = |reason: String| HeaderError::Unreachable {
+        target: target.to_string(),
+        reason,
+    };
+    match tokio::time::timeout(DIRECT_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(s)) => {
+            tune(&s);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("timed out after {DIRECT_TIMEOUT:?}"))),
     }
 }
 

@@ -66,7 +66,10 @@ pub enum TunnelKind {
     /// [`Role::Client`]) before any payload: `error` unset once the client side is connected,
     /// set when it cannot be (the manager then closes the connection). Until that answer the
     /// agent sends none of the caller's bytes, so a caller whose client side is gone goes to the
-    /// app without losing a byte.
+    /// app without losing a byte. A client answering the manager's dial request with
+    /// [`TunnelHeader::target`] set asks the manager to connect to that address — its own, as
+    /// the manager sees it — instead of carrying the bytes itself (manager/src/tunnel.rs
+    /// `answer`).
     #[default]
     #[serde(rename = "")]
     Intercept,

@@ -2,7 +2,7 @@
 //! `tp-testapp` binary, which runs as PID 1 in a `FROM scratch` container).
 //!
 //! Server routes: `GET /` → `<name>\n`; `GET /env/<VAR>` → the variable or 404;
-//! `GET /header/<NAME>` → that request header or 404; `GET /bytes/<N>` → N bytes streamed
+//! `GET /header/<NAME>` → that request header or 404; `GET /peer` → the connection's peer IP; `GET /bytes/<N>` → N bytes streamed
 //! from a static 64 KiB buffer; `POST /echo` → the request body; `POST /discard` → `discarded`
 //! once the body is read; anything else → 404.
 //! HTTP/1.1 with keep-alive and pipelining (requests are answered in order), `Content-Length`
@@ -273,6 +273,8 @@ pub struct App {
     /// Print `<name> <METHOD> <path>` on stdout for every HTTP/1 request received (a wiretap's
     /// handler shows what it was sent).
     pub log_requests: bool,
+    /// The address of the connection's peer (`GET /peer`), set per connection.
+    pub peer: Option<SocketAddr>,
 }
 
 impl App {
@@ -281,6 +283,7 @@ impl App {
         App {
             name: name.into(),
             log_requests: false,
+            peer: None,
         }
     }
 }
@@ -288,7 +291,7 @@ impl App {
 /// Accept connections forever, each served on its own task.
 pub async fn serve_http(listener: TcpListener, app: App) -> io::Result<()> {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -298,7 +301,8 @@ pub async fn serve_http(listener: TcpListener, app: App) -> io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let mut app = app.clone();
+        app.peer = Some(peer);
         tokio::spawn(crate::testapp_h2::serve_conn(stream, app));
     }
 }
@@ -476,6 +480,13 @@ fn route(req: &Request, app: &App) -> Route {
     let not_found = || Route::Small("404 Not Found", b"not found\n".to_vec());
     if get && path == "/" {
         return Route::Small("200 OK", format!("{}\n", app.name).into_bytes());
+    }
+    if get && path == "/peer" {
+        let ip = app
+            .peer
+            .map(|p| p.ip().to_canonical().to_string())
+            .unwrap_or_default();
+        return Route::Small("200 OK", format!("{ip}\n").into_bytes());
     }
     if get {
         if let Some(var) = path.strip_prefix("/env/") {

@@ -53,6 +53,10 @@ fn intercept_docker_run_routes_and_restores() {
     );
 
     let mut child = intercept_web(&user, &p);
+    // The handler listens on every address of the daemon's namespace: the manager connects to
+    // it itself, so the daemon carries none of the connection's bytes.
+    let manager_ip = bridge_ip(&cli::connect::manager_container(&p.name)).unwrap();
+    assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), manager_ip);
     let st = user.tp(&["status"]).ok();
     assert_eq!(kv(&st.stdout, "Intercepts"), "1 total", "{}", st.stdout);
     let l = user.tp(&["list", "-n", &p.name]).ok();
@@ -105,6 +109,41 @@ fn intercept_docker_run_routes_and_restores() {
         st.stdout,
         "Daemon: Not running\nTraffic Manager: Not connected\n"
     );
+}
+
+#[test]
+fn a_handler_on_localhost_only_is_delivered_by_the_daemon() {
+    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
+        return;
+    };
+    let user = User::connected(&p);
+    let (app, _) = images();
+    let args = [
+        "intercept",
+        "web",
+        "-n",
+        &p.name,
+        "--port",
+        "9090:8080",
+        "--docker-run",
+        "--",
+        app.as_str(),
+        "serve",
+        "--http",
+        "9090",
+        "--name",
+        "local-only",
+        "--bind",
+        "127.0.0.1",
+    ];
+    let mut child = spawn_piped(user.command(&args));
+    p.wait_for("http://web:8080/", "local-only", T).unwrap();
+    // Only this namespace reaches 127.0.0.1:9090: the daemon dials it and relays.
+    assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), "127.0.0.1");
+    user.tp(&["leave", "web"]).ok();
+    wait_exit(&mut child, T);
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    user.quit_clean("after quit -s");
 }
 
 #[test]
