@@ -224,3 +224,66 @@ pub async fn serve(
     drop(fwd);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netfilter::testns;
+
+    fn fwd_count() -> usize {
+        netfilter::nft::list_rules(TABLE)
+            .unwrap()
+            .iter()
+            .filter(|r| r.dnat.is_some())
+            .count()
+    }
+
+    #[test]
+    fn ports_are_distinct_and_each_client_is_capped() {
+        testns::in_fresh_netns("manager_forwards", || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+            let fwds = Arc::new(Forwards::default());
+            let at = Ipv4Addr::new(172, 17, 0, 2);
+            let (a, b) = (Ipv4Addr::new(172, 17, 0, 3), Ipv4Addr::new(172, 17, 0, 4));
+            let target: SocketAddrV4 = "10.9.0.5:8080".parse().unwrap();
+            let held: Vec<Forward> = (0..MAX_PER_CLIENT)
+                .map(|_| fwds.open(a, at, target).unwrap())
+                .collect();
+            let mut ports: Vec<u16> = held.iter().map(|f| f.at.port()).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), MAX_PER_CLIENT);
+            assert!(ports.iter().all(|p| FORWARD_PORTS.contains(p)));
+            let refused = fwds.open(a, at, target).err().expect("over the cap");
+            assert!(refused.contains("already holds"), "{refused}");
+            let other = fwds.open(b, at, target).unwrap();
+            assert!(!ports.contains(&other.at.port()));
+            assert_eq!(
+                (fwds.count(), fwd_count()),
+                (MAX_PER_CLIENT + 1, MAX_PER_CLIENT + 1)
+            );
+            drop(held);
+            assert_eq!((fwds.count(), fwd_count()), (1, 1));
+            drop(other);
+            assert_eq!(fwd_count(), 0);
+        });
+    }
+
+    #[test]
+    fn a_namespace_that_does_not_forward_gets_no_forwards() {
+        testns::in_fresh_netns("manager_no_ip_forward", || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+            let fwds = Arc::new(Forwards::default());
+            let e = fwds
+                .open(
+                    Ipv4Addr::new(172, 17, 0, 3),
+                    Ipv4Addr::new(172, 17, 0, 2),
+                    "10.9.0.5:8080".parse().unwrap(),
+                )
+                .err()
+                .expect("refused");
+            assert!(e.contains("ip_forward"), "{e}");
+            assert!(!netfilter::nft::table_exists(TABLE).unwrap());
+        });
+    }
+}
