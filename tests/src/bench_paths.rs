@@ -349,11 +349,18 @@ fn start_paths<'a>(p: &Project, user: &'a User) -> Result<Running<'a>> {
             .spawn()?,
     );
     p.wait_for(INTERCEPTED, "handler", Duration::from_secs(30))?;
-    // Warm up the outbound path (first dial, first lookup of another name).
+    // Warm up the outbound path (first dial, first lookup of another name) and give the
+    // measured destination the in-kernel forward its first answered connection earns
+    // (daemon-image/src/kernel_fwd.rs), as any developer's second request to it has.
     exec_json_in(
         &outbound,
         &args(&["lookup-bench", "caller", "--count", "10"]),
     )?;
+    exec_json_in(
+        &outbound,
+        &args(&["bench-client", DIRECT, "--requests", "10", "--size", "1024"]),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
     Ok(running)
 }
 
