@@ -342,6 +342,9 @@ pub enum Malformed {
     /// An nf_tables message without its `nfgenmsg` header.
     #[error("nf_tables message without nfgenmsg")]
     NoNfgenmsg,
+    /// A `sock_diag` answer shorter than `struct inet_diag_msg`'s socket id.
+    #[error("short inet_diag_msg")]
+    ShortDiag,
 }
 
 /// How an exchange failed.
