@@ -96,27 +96,8 @@ fn intercept_docker_run_routes_and_restores() {
         "caller: ready to intercept (traffic-agent not yet installed)\nweb: ready to intercept (traffic-agent already installed)"
     );
 
-    let q = user.tp(&["quit", "-s"]).ok();
-    assert_eq!(q.stdout.trim(), "Disconnected");
-    assert!(
-        !p.has_agent_table("web").unwrap(),
-        "quit -s must remove the agent's netfilter table"
-    );
-    p.wait_for("http://web:8080/", "web", T).unwrap();
-    assert_clean("after quit -s");
-    let st = user.tp(&["status"]).ok();
-    assert_eq!(
-        st.stdout,
-        "Daemon: Not running\nTraffic Manager: Not connected\n"
-    );
-}
-
-#[test]
-fn a_handler_on_localhost_only_is_delivered_by_the_daemon() {
-    let Some(p) = Project::up_if_engine(&[("web", 8080)]) else {
-        return;
-    };
-    let user = User::connected(&p);
+    // A handler listening on 127.0.0.1 only: only the daemon's namespace reaches it, so the
+    // daemon dials it and relays.
     let (app, _) = images();
     let args = [
         "intercept",
@@ -136,14 +117,26 @@ fn a_handler_on_localhost_only_is_delivered_by_the_daemon() {
         "--bind",
         "127.0.0.1",
     ];
-    let mut child = spawn_piped(user.command(&args));
+    let mut local_only = spawn_piped(user.command(&args));
     p.wait_for("http://web:8080/", "local-only", T).unwrap();
-    // Only this namespace reaches 127.0.0.1:9090: the daemon dials it and relays.
     assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), "127.0.0.1");
     user.tp(&["leave", "web"]).ok();
-    wait_exit(&mut child, T);
+    wait_exit(&mut local_only, T);
     p.wait_for("http://web:8080/", "web", T).unwrap();
-    user.quit_clean("after quit -s");
+
+    let q = user.tp(&["quit", "-s"]).ok();
+    assert_eq!(q.stdout.trim(), "Disconnected");
+    assert!(
+        !p.has_agent_table("web").unwrap(),
+        "quit -s must remove the agent's netfilter table"
+    );
+    p.wait_for("http://web:8080/", "web", T).unwrap();
+    assert_clean("after quit -s");
+    let st = user.tp(&["status"]).ok();
+    assert_eq!(
+        st.stdout,
+        "Daemon: Not running\nTraffic Manager: Not connected\n"
+    );
 }
 
 #[test]

@@ -141,8 +141,8 @@ fn a_destination_that_answered_is_forwarded_by_the_kernels_through_the_manager()
     let before = counters(&daemon_table);
 
     // Later connections are the kernels': the forward rules count them, the redirect does not;
-    // 256 MiB arrive whole.
-    let size = 256u64 << 20;
+    // 64 MiB arrive whole.
+    let size = 64u64 << 20;
     let r = handler(
         &user,
         None,
