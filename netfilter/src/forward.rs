@@ -24,8 +24,7 @@ use crate::nft::{
     NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CMP_DATA, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY,
     NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG,
     NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
-    NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
-    NFT_MSG_NEWTABLE, NFT_REG_1, NFT_TABLE_F_OWNER, NF_ACCEPT, OUTPUT_CHAIN, POSTROUTING_CHAIN,
+    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_REG_1, NF_ACCEPT, OUTPUT_CHAIN, POSTROUTING_CHAIN,
     PRIORITY_DSTNAT, PRIORITY_SRCNAT,
 };
 use std::fmt;
@@ -223,27 +222,7 @@ fn encode_output_forwards(
 /// The batch of [`install_owned_forwards`]: table (owned) and its two empty nat chains.
 fn encode_forward_table(t: &str, first_seq: u32) -> crate::nft::Batch {
     let mut bb = BatchBuilder::new(first_seq);
-    bb.msg(
-        NFT_MSG_NEWTABLE,
-        NLM_F_CREATE,
-        format!("add table ip {t}"),
-        |b| b.attr_str(NFTA_TABLE_NAME, t),
-    );
-    bb.msg(
-        NFT_MSG_DELTABLE,
-        0,
-        format!("flush old table ip {t}"),
-        |b| b.attr_str(NFTA_TABLE_NAME, t),
-    );
-    bb.msg(
-        NFT_MSG_NEWTABLE,
-        NLM_F_CREATE,
-        format!("create table ip {t}"),
-        |b| {
-            b.attr_str(NFTA_TABLE_NAME, t);
-            b.attr_be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
-        },
-    );
+    crate::nft::fresh_table(&mut bb, t, true);
     new_nat_chain(&mut bb, t, CHAIN, HOOK_PREROUTING, PRIORITY_DSTNAT);
     new_nat_chain(
         &mut bb,

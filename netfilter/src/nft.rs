@@ -32,19 +32,19 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
-pub(crate) const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_DELTABLE: u16 = 2;
 pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 
-pub(crate) const NFTA_TABLE_NAME: u16 = 1;
-pub(crate) const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
 /// `NFT_TABLE_F_OWNER`: the table belongs to the netlink socket that created it and is deleted
 /// by the kernel when that socket closes (Linux ≥ 5.12).
-pub(crate) const NFT_TABLE_F_OWNER: u32 = 2;
+const NFT_TABLE_F_OWNER: u32 = 2;
 pub(crate) const NFTA_CHAIN_TABLE: u16 = 1;
 pub(crate) const NFTA_CHAIN_NAME: u16 = 3;
 pub(crate) const NFTA_CHAIN_HOOK: u16 = 4;
@@ -395,9 +395,10 @@ fn encode_install(table: &str, redirects: &[(u16, u16)], first_seq: u32, owned: 
     encode_capture(table, &Capture::Ports(redirects), first_seq, owned)
 }
 
-fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: bool) -> Batch {
-    let mut bb = BatchBuilder::new(first_seq);
-    let t = table;
+/// Appends the start of an install batch: add table `t` (a no-op when it exists) and delete
+/// it, which removes any stale content atomically, then create it (`owned`: with the owner
+/// flag).
+pub(crate) fn fresh_table(bb: &mut BatchBuilder, t: &str, owned: bool) {
     bb.msg(
         NFT_MSG_NEWTABLE,
         NLM_F_CREATE,
@@ -421,6 +422,12 @@ fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: boo
             }
         },
     );
+}
+
+fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: bool) -> Batch {
+    let mut bb = BatchBuilder::new(first_seq);
+    let t = table;
+    fresh_table(&mut bb, t, owned);
     let (chain, hook, hook_name) = match capture {
         Capture::Ports(_) => (CHAIN, HOOK_PREROUTING, "prerouting"),
         Capture::Out { .. } => (OUTPUT_CHAIN, HOOK_OUTPUT, "output"),
