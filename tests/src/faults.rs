@@ -58,8 +58,13 @@ struct Down {
 impl Down {
     fn covers(&self, s: &Sample) -> bool {
         let (a, b) = self.completed;
+        (s.at >= a && s.at <= b) || self.began_in(s)
+    }
+
+    /// Whether the failed request `s` began while the workload was down.
+    fn began_in(&self, s: &Sample) -> bool {
         let (sa, sb) = self.started;
-        (s.at >= a && s.at <= b) || s.started.is_some_and(|t| t >= sa && t <= sb)
+        s.started.is_some_and(|t| t >= sa && t <= sb)
     }
 }
 
@@ -230,6 +235,9 @@ pub struct Suite<'a> {
     pub load: Load,
     /// Index of the first sample not yet attributed to a fault.
     mark: usize,
+    /// Every workload downtime so far: a request that began in one and failed only after its
+    /// fault was measured (a 5 s timeout) is still the workload's own.
+    downs: Vec<Down>,
     handler: Option<Child>,
 }
 
@@ -255,6 +263,7 @@ impl<'a> Suite<'a> {
             load,
             mark,
             handler: None,
+            downs: Vec::new(),
         })
     }
 
@@ -274,7 +283,12 @@ impl<'a> Suite<'a> {
         let end = self.load.count();
         let samples = self.load.samples(self.mark..end);
         self.mark = end;
-        let in_down = |s: &Sample| down.is_some_and(|d| d.covers(s));
+        if let Some(d) = down {
+            self.downs.push(d);
+        }
+        let downs = &self.downs;
+        let in_down =
+            |s: &Sample| down.is_some_and(|d| d.covers(s)) || downs.iter().any(|d| d.began_in(s));
         let cut = |s: &Sample| {
             killed_at.is_some_and(|k| s.started.is_some_and(|b| b <= k)) && !in_down(s)
         };
