@@ -16,16 +16,13 @@
 //! keep their rewrite (conntrack holds it), whatever the rules become.
 
 use crate::netlink::{be32, find_attr, Builder};
-use crate::netlink::{NLM_F_APPEND, NLM_F_CREATE};
 use crate::nft::{
-    cmp_eq, data_value, data_value_of, expr, l4proto_tcp, next_seqs, open, port_of, run_batch_on,
-    syn_only, transport_load, validate_table, BatchBuilder, NftError, OwnedTable, CHAIN,
-    HOOK_POSTROUTING, HOOK_PREROUTING, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY,
-    NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CMP_DATA, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY,
-    NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG,
-    NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
-    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_REG_1, NF_ACCEPT, OUTPUT_CHAIN, POSTROUTING_CHAIN,
-    PRIORITY_DSTNAT, PRIORITY_SRCNAT,
+    add_rule, cmp_eq, data_value, data_value_of, expr, l4proto_tcp, new_nat_chain, next_seqs, open,
+    port_of, run_batch_on, syn_only, transport_load, validate_table, BatchBuilder, NftError,
+    OwnedTable, CHAIN, HOOK_POSTROUTING, HOOK_PREROUTING, NFTA_CMP_DATA, NFTA_IMMEDIATE_DATA,
+    NFTA_IMMEDIATE_DREG, NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN,
+    NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, NFT_REG_1, OUTPUT_CHAIN,
+    POSTROUTING_CHAIN, PRIORITY_DSTNAT, PRIORITY_SRCNAT,
 };
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -128,25 +125,6 @@ fn masq_exprs(b: &mut Builder, from: Option<Ipv4Addr>, to: SocketAddrV4) {
     expr(b, "masq", |_| {});
 }
 
-/// Adds base chain `name` of type `nat` on `hook` at `priority` (a no-op when it exists).
-pub(crate) fn new_nat_chain(bb: &mut BatchBuilder, t: &str, name: &str, hook: u32, priority: i32) {
-    bb.msg(
-        NFT_MSG_NEWCHAIN,
-        NLM_F_CREATE,
-        format!("create nat chain {t}/{name} (hook {hook}, priority {priority})"),
-        |b| {
-            b.attr_str(NFTA_CHAIN_TABLE, t);
-            b.attr_str(NFTA_CHAIN_NAME, name);
-            let h = b.begin_nest(NFTA_CHAIN_HOOK);
-            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
-            b.attr_be32(NFTA_HOOK_PRIORITY, priority as u32);
-            b.end_nest(h);
-            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-            b.attr_str(NFTA_CHAIN_TYPE, "nat");
-        },
-    );
-}
-
 /// Deletes every rule of chain `t/chain`.
 fn flush_chain(bb: &mut BatchBuilder, t: &str, chain: &str) {
     bb.msg(
@@ -160,61 +138,34 @@ fn flush_chain(bb: &mut BatchBuilder, t: &str, chain: &str) {
     );
 }
 
-/// Appends a rule to `t/chain`.
-fn add_rule(
-    bb: &mut BatchBuilder,
+/// Replaces the rules of `dnat_chain` with one `dnat` rule per forward followed by `last` (the
+/// daemon's redirect), and those of `postrouting` with the matching `masquerade`s.
+fn encode_rules(
     t: &str,
-    chain: &str,
-    what: String,
-    exprs: impl FnOnce(&mut Builder),
-) {
-    bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
-        b.attr_str(NFTA_RULE_TABLE, t);
-        b.attr_str(NFTA_RULE_CHAIN, chain);
-        let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
-        exprs(b);
-        b.end_nest(e);
-    });
-}
-
-/// The batch of [`OwnedTable::set_output_forwards`].
-fn encode_output_forwards(
-    t: &str,
-    oif: u32,
-    to: u16,
+    dnat_chain: &str,
     fwds: &[Dnat],
+    last: Option<(String, &dyn Fn(&mut Builder))>,
     first_seq: u32,
 ) -> crate::nft::Batch {
     let mut bb = BatchBuilder::new(first_seq);
-    flush_chain(&mut bb, t, OUTPUT_CHAIN);
+    flush_chain(&mut bb, t, dnat_chain);
     for d in fwds {
-        add_rule(
-            &mut bb,
-            t,
-            OUTPUT_CHAIN,
-            format!("add rule {t}/{OUTPUT_CHAIN} {d}"),
-            |b| dnat_exprs(b, d),
-        );
+        let what = format!("add rule {t}/{dnat_chain} {d}");
+        add_rule(&mut bb, t, dnat_chain, what, |b| dnat_exprs(b, d));
     }
-    add_rule(
-        &mut bb,
-        t,
-        OUTPUT_CHAIN,
-        format!("add rule {t}/{OUTPUT_CHAIN} oif {oif} tcp syn counter redirect to :{to}"),
-        |b| crate::nft::out_redirect_exprs(b, oif, to),
-    );
+    if let Some((what, exprs)) = last {
+        add_rule(&mut bb, t, dnat_chain, what, exprs);
+    }
     flush_chain(&mut bb, t, POSTROUTING_CHAIN);
     for d in fwds {
-        add_rule(
-            &mut bb,
-            t,
-            POSTROUTING_CHAIN,
-            format!(
-                "add rule {t}/{POSTROUTING_CHAIN} ip daddr {} masquerade",
-                d.to
-            ),
-            |b| masq_exprs(b, None, d.to),
+        let from = d.from.map(|f| format!("ip saddr {f} ")).unwrap_or_default();
+        let what = format!(
+            "add rule {t}/{POSTROUTING_CHAIN} {from}ip daddr {} masquerade",
+            d.to
         );
+        add_rule(&mut bb, t, POSTROUTING_CHAIN, what, |b| {
+            masq_exprs(b, d.from, d.to)
+        });
     }
     bb.finish()
 }
@@ -223,44 +174,20 @@ fn encode_output_forwards(
 fn encode_forward_table(t: &str, first_seq: u32) -> crate::nft::Batch {
     let mut bb = BatchBuilder::new(first_seq);
     crate::nft::fresh_table(&mut bb, t, true);
-    new_nat_chain(&mut bb, t, CHAIN, HOOK_PREROUTING, PRIORITY_DSTNAT);
+    new_nat_chain(
+        &mut bb,
+        t,
+        CHAIN,
+        (HOOK_PREROUTING, "prerouting"),
+        (PRIORITY_DSTNAT, "dstnat"),
+    );
     new_nat_chain(
         &mut bb,
         t,
         POSTROUTING_CHAIN,
-        HOOK_POSTROUTING,
-        PRIORITY_SRCNAT,
+        (HOOK_POSTROUTING, "postrouting"),
+        (PRIORITY_SRCNAT, "srcnat"),
     );
-    bb.finish()
-}
-
-/// The batch of [`OwnedTable::set_forwards`].
-fn encode_forwards(t: &str, fwds: &[Dnat], first_seq: u32) -> crate::nft::Batch {
-    let mut bb = BatchBuilder::new(first_seq);
-    flush_chain(&mut bb, t, CHAIN);
-    for d in fwds {
-        add_rule(
-            &mut bb,
-            t,
-            CHAIN,
-            format!("add rule {t}/{CHAIN} {d}"),
-            |b| dnat_exprs(b, d),
-        );
-    }
-    flush_chain(&mut bb, t, POSTROUTING_CHAIN);
-    for d in fwds {
-        let from = d.from.map(|f| format!("ip saddr {f} ")).unwrap_or_default();
-        add_rule(
-            &mut bb,
-            t,
-            POSTROUTING_CHAIN,
-            format!(
-                "add rule {t}/{POSTROUTING_CHAIN} {from}ip daddr {} masquerade",
-                d.to
-            ),
-            |b| masq_exprs(b, d.from, d.to),
-        );
-    }
     bb.finish()
 }
 
@@ -307,7 +234,7 @@ impl OwnedTable {
         let n = 2 * fwds.len() as u32 + 4;
         run_batch_on(
             &self.sock,
-            &encode_forwards(&self.name, fwds, next_seqs(n)),
+            &encode_rules(&self.name, CHAIN, fwds, None, next_seqs(n)),
             &format!("set the forwards of table ip {}", self.name),
         )
     }
@@ -320,7 +247,19 @@ impl OwnedTable {
         let n = 2 * fwds.len() as u32 + 5;
         run_batch_on(
             &self.sock,
-            &encode_output_forwards(&self.name, oif, to, fwds, next_seqs(n)),
+            &encode_rules(
+                &self.name,
+                OUTPUT_CHAIN,
+                fwds,
+                Some((
+                    format!(
+                        "add rule {}/{OUTPUT_CHAIN} oif {oif} tcp syn counter redirect to :{to}",
+                        self.name
+                    ),
+                    &|b: &mut Builder| crate::nft::out_redirect_exprs(b, oif, to),
+                )),
+                next_seqs(n),
+            ),
             &format!("set the outbound forwards of table ip {}", self.name),
         )
     }

@@ -35,9 +35,9 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
-pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
-pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 
 const NFTA_TABLE_NAME: u16 = 1;
@@ -45,17 +45,17 @@ const NFTA_TABLE_FLAGS: u16 = 2;
 /// `NFT_TABLE_F_OWNER`: the table belongs to the netlink socket that created it and is deleted
 /// by the kernel when that socket closes (Linux ≥ 5.12).
 const NFT_TABLE_F_OWNER: u32 = 2;
-pub(crate) const NFTA_CHAIN_TABLE: u16 = 1;
-pub(crate) const NFTA_CHAIN_NAME: u16 = 3;
-pub(crate) const NFTA_CHAIN_HOOK: u16 = 4;
-pub(crate) const NFTA_CHAIN_POLICY: u16 = 5;
-pub(crate) const NFTA_CHAIN_TYPE: u16 = 7;
-pub(crate) const NFTA_HOOK_HOOKNUM: u16 = 1;
-pub(crate) const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
 pub(crate) const NFTA_RULE_TABLE: u16 = 1;
 pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
-pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
@@ -90,7 +90,7 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 const NFT_CMP_EQ: u32 = 0;
 pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
-pub(crate) const NF_ACCEPT: u32 = 1;
+const NF_ACCEPT: u32 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 
 /// Netfilter hook numbers (`NF_INET_*`).
@@ -424,6 +424,49 @@ pub(crate) fn fresh_table(bb: &mut BatchBuilder, t: &str, owned: bool) {
     );
 }
 
+/// Adds base chain `name` of type `nat` on `hook` at `priority` (each with the name errors
+/// call it by); a no-op when it exists.
+pub(crate) fn new_nat_chain(
+    bb: &mut BatchBuilder,
+    t: &str,
+    name: &str,
+    (hook, hook_name): (u32, &str),
+    (priority, priority_name): (i32, &str),
+) {
+    bb.msg(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE,
+        format!("create nat chain {t}/{name} (hook {hook_name}, priority {priority_name})"),
+        |b| {
+            b.attr_str(NFTA_CHAIN_TABLE, t);
+            b.attr_str(NFTA_CHAIN_NAME, name);
+            let h = b.begin_nest(NFTA_CHAIN_HOOK);
+            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+            b.attr_be32(NFTA_HOOK_PRIORITY, priority as u32);
+            b.end_nest(h);
+            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            b.attr_str(NFTA_CHAIN_TYPE, "nat");
+        },
+    );
+}
+
+/// Appends a rule to `t/chain`, its expressions written by `exprs`.
+pub(crate) fn add_rule(
+    bb: &mut BatchBuilder,
+    t: &str,
+    chain: &str,
+    what: String,
+    exprs: impl FnOnce(&mut Builder),
+) {
+    bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
+        b.attr_str(NFTA_RULE_TABLE, t);
+        b.attr_str(NFTA_RULE_CHAIN, chain);
+        let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
+        exprs(b);
+        b.end_nest(e);
+    });
+}
+
 fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: bool) -> Batch {
     let mut bb = BatchBuilder::new(first_seq);
     let t = table;
@@ -432,39 +475,25 @@ fn encode_capture(table: &str, capture: &Capture<'_>, first_seq: u32, owned: boo
         Capture::Ports(_) => (CHAIN, HOOK_PREROUTING, "prerouting"),
         Capture::Out { .. } => (OUTPUT_CHAIN, HOOK_OUTPUT, "output"),
     };
-    bb.msg(
-        NFT_MSG_NEWCHAIN,
-        NLM_F_CREATE,
-        format!("create nat chain {t}/{chain} (hook {hook_name}, priority dstnat)"),
-        |b| {
-            b.attr_str(NFTA_CHAIN_TABLE, t);
-            b.attr_str(NFTA_CHAIN_NAME, chain);
-            let h = b.begin_nest(NFTA_CHAIN_HOOK);
-            b.attr_be32(NFTA_HOOK_HOOKNUM, hook);
-            b.attr_be32(NFTA_HOOK_PRIORITY, PRIORITY_DSTNAT as u32);
-            b.end_nest(h);
-            b.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-            b.attr_str(NFTA_CHAIN_TYPE, "nat");
-        },
+    new_nat_chain(
+        &mut bb,
+        t,
+        chain,
+        (hook, hook_name),
+        (PRIORITY_DSTNAT, "dstnat"),
     );
     if let Capture::Out { .. } = capture {
         // Where the daemon's in-kernel forwards are masqueraded (crate::forward); empty until then.
-        crate::forward::new_nat_chain(
+        new_nat_chain(
             &mut bb,
             t,
             POSTROUTING_CHAIN,
-            HOOK_POSTROUTING,
-            PRIORITY_SRCNAT,
+            (HOOK_POSTROUTING, "postrouting"),
+            (PRIORITY_SRCNAT, "srcnat"),
         );
     }
     let rule = |bb: &mut BatchBuilder, what: String, exprs: &dyn Fn(&mut Builder)| {
-        bb.msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |b| {
-            b.attr_str(NFTA_RULE_TABLE, t);
-            b.attr_str(NFTA_RULE_CHAIN, chain);
-            let e = b.begin_nest(NFTA_RULE_EXPRESSIONS);
-            exprs(b);
-            b.end_nest(e);
-        });
+        add_rule(bb, t, chain, what, exprs);
     };
     match *capture {
         Capture::Ports(redirects) => {
