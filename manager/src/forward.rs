@@ -164,18 +164,16 @@ impl Forwards {
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(a) => a
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddrV4::new(ip, a.port())),
+/// `a` as IPv4, an IPv4-mapped IPv6 address included.
+fn ip4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a.to_canonical() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
     }
 }
 
-fn ip4(a: IpAddr) -> Option<Ipv4Addr> {
-    v4(SocketAddr::new(a, 0)).map(|a| *a.ip())
+fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+    ip4(a.ip()).map(|ip| SocketAddrV4::new(ip, a.port()))
 }
 
 /// A client's `out-fwd` connection: the forward, for as long as the connection and the session

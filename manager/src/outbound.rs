@@ -71,6 +71,25 @@ fn unreachable(target: SocketAddr, reason: impl std::fmt::Display) -> HeaderErro
     }
 }
 
+/// Connects to `target` within `limit`, tuned for relaying; why not as the header error a
+/// client is answered with.
+pub(crate) async fn dial_tuned(
+    target: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, HeaderError> {
+    match tokio::time::timeout(limit, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => {
+            tune(&s);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(unreachable(target, e)),
+        Err(_) => Err(unreachable(
+            target,
+            format_args!("timed out after {limit:?}"),
+        )),
+    }
+}
+
 /// A client's TCP connection to `h.target`.
 pub async fn tcp(
     mgr: &Manager,
@@ -78,17 +97,8 @@ pub async fn tcp(
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
     let target = admit(mgr, &mut client, &h).await?;
-    let dialed = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(unreachable(target, e)),
-        Err(_) => Err(unreachable(
-            target,
-            format_args!("timed out after {DIAL_TIMEOUT:?}"),
-        )),
-    };
-    match dialed {
+    match dial_tuned(target, DIAL_TIMEOUT).await {
         Ok(mut up) => {
-            tune(&up);
             write_header(&mut client, Role::Agent, &reply(&h, None)).await?;
             splice(&mut client, &mut up).await?;
             Ok(())

@@ -185,18 +185,7 @@ async fn connect_direct(client: &TcpStream, target: &str) -> Result<TcpStream, H
     if from.ip().to_canonical() != to.ip().to_canonical() {
         return Err(HeaderError::Forbidden(target.to_string()));
     }
-    let unreachable = |reason: String| HeaderError::Unreachable {
-        target: target.to_string(),
-        reason,
-    };
-    match tokio::time::timeout(DIRECT_TIMEOUT, TcpStream::connect(to)).await {
-        Ok(Ok(s)) => {
-            tune(&s);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("timed out after {DIRECT_TIMEOUT:?}"))),
-    }
+    crate::outbound::dial_tuned(to, DIRECT_TIMEOUT).await
 }
 
 /// The sender of dial requests to an agent of the workload `spec` engages.

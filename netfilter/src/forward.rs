@@ -138,13 +138,16 @@ fn flush_chain(bb: &mut BatchBuilder, t: &str, chain: &str) {
     );
 }
 
+/// A rule after the forwards of a chain: its description and its expressions.
+type LastRule<'a> = (String, &'a dyn Fn(&mut Builder));
+
 /// Replaces the rules of `dnat_chain` with one `dnat` rule per forward followed by `last` (the
 /// daemon's redirect), and those of `postrouting` with the matching `masquerade`s.
 fn encode_rules(
     t: &str,
     dnat_chain: &str,
     fwds: &[Dnat],
-    last: Option<(String, &dyn Fn(&mut Builder))>,
+    last: Option<LastRule<'_>>,
     first_seq: u32,
 ) -> crate::nft::Batch {
     let mut bb = BatchBuilder::new(first_seq);
@@ -164,7 +167,7 @@ fn encode_rules(
             d.to
         );
         add_rule(&mut bb, t, POSTROUTING_CHAIN, what, |b| {
-            masq_exprs(b, d.from, d.to)
+            masq_exprs(b, d.from, d.to);
         });
     }
     bb.finish()
