@@ -1,6 +1,9 @@
 //! The data path: one accept loop per captured port. Each accepted connection is routed once, at
 //! accept time, from the current snapshot — to the manager's tunnel when an ACTIVE intercept
 //! covers its port, otherwise to the application — and then spliced until both sides close.
+//! Where the manager offers an in-kernel forward to the intercept's handler
+//! (manager/src/intercept_fwd.rs), the client side is a connection to that forward ([`Offered`]),
+//! and the intercept's later connections go there without asking the manager.
 //! A snapshot change only affects later connections; nothing in flight is ever cut. An
 //! intercepted connection whose client side cannot be reached, or closes before answering,
 //! goes to the app with every byte the caller sent ([`crate::failopen`]). Ports with
@@ -24,6 +27,36 @@ const TUNNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the manager may take to connect the client side before the connection falls back
 /// to the app (the client normally answers within milliseconds; a frozen one never does).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to an in-kernel forward may take before the tunnel is asked instead
+/// (it crosses two network namespaces of one host: well under a millisecond when it works).
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The manager's in-kernel forwards to intercepts' handlers (manager/src/intercept_fwd.rs), by
+/// intercept id: learnt from the manager's answer to a tunnel connection, used for the
+/// intercept's later connections until one fails to connect (the handler is gone, the forward
+/// removed, the network cut), which sends that connection and the next through the tunnel again.
+#[derive(Default)]
+pub(crate) struct Offered(std::sync::Mutex<std::collections::HashMap<String, SocketAddr>>);
+
+impl Offered {
+    fn get(&self, intercept_id: &str) -> Option<SocketAddr> {
+        self.0.lock().unwrap().get(intercept_id).copied()
+    }
+
+    fn set(&self, intercept_id: &str, at: SocketAddr) {
+        self.0.lock().unwrap().insert(intercept_id.to_string(), at);
+    }
+
+    /// Forgets the forward of `intercept_id`.
+    pub(crate) fn forget(&self, intercept_id: &str) {
+        self.0.lock().unwrap().remove(intercept_id);
+    }
+
+    /// Forgets every forward.
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
 
 /// State shared by all accept loops and connections.
 pub(crate) struct Shared {
@@ -39,6 +72,8 @@ pub(crate) struct Shared {
     pub token: Option<protocol::auth::Token>,
     /// Copies the wiretaps dropped.
     pub counters: Arc<crate::wiretap::Counters>,
+    /// The in-kernel forwards the manager offered.
+    pub offered: Arc<Offered>,
 }
 
 /// Decrements the in-flight count when a connection ends.
@@ -115,6 +150,7 @@ async fn serve(
     } = route
     {
         match open_tunnel(
+            &shared.offered,
             tunnel,
             &shared.tunnel_addr,
             &intercept_id,
@@ -132,6 +168,7 @@ async fn serve(
                 }
                 FirstExchange::CallerGone => return,
                 FirstExchange::Unanswered { sent, caller_done } => {
+                    shared.offered.forget(&intercept_id);
                     info!(
                         "port {service_port}: intercept {intercept_id}: the client side closed \
                          without answering; replaying {} bytes of {peer} to the app",
@@ -197,16 +234,65 @@ async fn relay_with_copies(
     }
 }
 
-/// Dials the manager's tunnel, sends the agent-side header naming the service port the
-/// connection was captured on, and waits for the manager's answer that the client side is
-/// connected (an error when it is not, or does not say so within [`ANSWER_TIMEOUT`]).
+/// The client side of an intercepted connection: a connection to the manager's in-kernel
+/// forward to the handler when one is known and answers, otherwise a tunnel connection (see
+/// [`tunnel_or_forward`]).
 pub(crate) async fn open_tunnel(
+    offered: &Offered,
     resolved: Option<SocketAddr>,
     addr: &str,
     intercept_id: &str,
     who: crate::session::TunnelAuth,
     service_port: u16,
 ) -> std::io::Result<TcpStream> {
+    if let Some(at) = offered.get(intercept_id) {
+        match connect_forward(at).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                debug!("intercept {intercept_id}: forward {at} failed ({e}); asking the manager");
+                offered.forget(intercept_id);
+            }
+        }
+    }
+    let tunnel = tunnel_or_forward(resolved, addr, intercept_id, who, service_port).await?;
+    match tunnel {
+        Delivery::Tunnel(s) => Ok(s),
+        Delivery::Forward(at) => {
+            let s = connect_forward(at).await?;
+            offered.set(intercept_id, at);
+            Ok(s)
+        }
+    }
+}
+
+/// Connects to an in-kernel forward of the manager.
+async fn connect_forward(at: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, TcpStream::connect(at))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    relay::tune(&s);
+    Ok(s)
+}
+
+/// Where the manager delivers an intercepted connection.
+enum Delivery {
+    /// Over this tunnel connection.
+    Tunnel(TcpStream),
+    /// Through its in-kernel forward at this address.
+    Forward(SocketAddr),
+}
+
+/// Dials the manager's tunnel, sends the agent-side header naming the service port the
+/// connection was captured on, and waits for the manager's answer that the client side is
+/// connected (an error when it is not, or does not say so within [`ANSWER_TIMEOUT`]), or that
+/// an in-kernel forward leads to it.
+async fn tunnel_or_forward(
+    resolved: Option<SocketAddr>,
+    addr: &str,
+    intercept_id: &str,
+    who: crate::session::TunnelAuth,
+    service_port: u16,
+) -> std::io::Result<Delivery> {
     let dial = async {
         if let Some(sa) = resolved {
             match TcpStream::connect(sa).await {
@@ -234,7 +320,13 @@ pub(crate) async fn open_tunnel(
         .await
         .map_err(|e| std::io::Error::other(format!("no answer from the manager: {e}")))?;
     match answer.error {
-        None => Ok(s),
+        None if answer.target.is_empty() => Ok(Delivery::Tunnel(s)),
+        None => answer.target.parse().map(Delivery::Forward).map_err(|_| {
+            std::io::Error::other(format!(
+                "the manager offered a bad forward {:?}",
+                answer.target
+            ))
+        }),
         Some(e) => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             e.to_string(),

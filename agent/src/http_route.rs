@@ -243,6 +243,7 @@ impl Ctx {
                 session_id,
                 tunnel,
             } => open_tunnel(
+                &self.shared.offered,
                 *tunnel,
                 &self.shared.tunnel_addr,
                 intercept_id,

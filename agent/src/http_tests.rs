@@ -140,6 +140,7 @@ async fn setup() -> Setup {
         pool: Default::default(),
         token: None,
         counters: Default::default(),
+        offered: Default::default(),
     });
     tokio::spawn(forward::accept_loop(listener, 8080, app_addr, rx, shared));
     let s = Setup {

@@ -166,6 +166,7 @@ impl Agent {
             pool: Default::default(),
             token: cfg.token.clone(),
             counters: Default::default(),
+            offered: Default::default(),
         });
         let mut agent = Agent {
             listeners: Vec::with_capacity(cfg.ports.len()),
@@ -273,6 +274,7 @@ impl Agent {
             workload: self.cfg.workload.clone(),
             tunnel_addr: self.cfg.tunnel_addr.clone(),
             poke: poke.clone(),
+            offered: self.shared.offered.clone(),
         };
         self.session_tasks.push(tokio::spawn(session::watch_loop(
             client.clone(),

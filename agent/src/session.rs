@@ -192,6 +192,9 @@ pub(crate) struct WatchCtx {
     pub tunnel_addr: String,
     /// Wakes the remain loop when the session turns out to be unknown.
     pub poke: Arc<Notify>,
+    /// The manager's in-kernel forwards, forgotten with the stream that told of them (a
+    /// restarted manager numbers its forwards anew).
+    pub offered: Arc<crate::forward::Offered>,
 }
 
 enum StreamEnd {
@@ -283,6 +286,7 @@ pub(crate) async fn watch_loop(
             Err(s) => StreamEnd::Failed(s),
         };
         let old = routes_tx.send_replace(Routes::none());
+        ctx.offered.clear();
         log_change(&old, &Routes::none());
         match end {
             StreamEnd::NewSession => continue,

@@ -176,8 +176,10 @@ pub(crate) fn start(
             );
             let addr = shared.tunnel_addr.clone();
             let token = shared.token.clone();
+            let offered = shared.offered.clone();
             tokio::spawn(async move {
                 let s = crate::forward::open_tunnel(
+                    &offered,
                     tap.tunnel,
                     &addr,
                     &tap.intercept_id,

@@ -103,6 +103,11 @@ impl Inner {
     /// A port of [`FORWARD_PORTS`] no active forward uses on `at`.
     fn free_port(&mut self, at: Ipv4Addr) -> Option<u16> {
         let span = u32::from(FORWARD_PORTS.end() - FORWARD_PORTS.start()) + 1;
+        if self.next_id == 0 && self.active.is_empty() {
+            // A restarted manager starts elsewhere in the range: a peer that still remembers a
+            // forward of the previous one does not find another's behind the same port.
+            self.next_port = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        }
         for _ in 0..span {
             let off = u32::from(self.next_port) % span;
             self.next_port = ((off + 1) % span) as u16;
@@ -165,14 +170,15 @@ impl Forwards {
 }
 
 /// `a` as IPv4, an IPv4-mapped IPv6 address included.
-fn ip4(a: IpAddr) -> Option<Ipv4Addr> {
+pub(crate) fn ip4(a: IpAddr) -> Option<Ipv4Addr> {
     match a.to_canonical() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     }
 }
 
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
+/// `a` as an IPv4 socket address, an IPv4-mapped IPv6 one included.
+pub(crate) fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
     ip4(a.ip()).map(|ip| SocketAddrV4::new(ip, a.port()))
 }
 

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod engage;
 pub mod forward;
+pub mod intercept_fwd;
 mod liveness;
 pub mod loglevel;
 pub mod outbound;
@@ -26,7 +27,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Mutex};
 
 /// How often the manager pings each gRPC connection.
@@ -36,7 +36,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the answering side of a tunnel stream hands its originator: its connection, or why it
 /// could not deliver.
-pub(crate) type Pairing = Result<TcpStream, protocol::tunnel::HeaderError>;
+pub(crate) type Pairing = Result<tunnel::Paired, protocol::tunnel::HeaderError>;
 
 /// Where the manager listens.
 #[derive(Debug, Clone)]
@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) log_epoch: std::sync::atomic::AtomicU64,
     /// In-kernel forwards for clients on the manager's own network (`forward.rs`).
     pub(crate) forwards: Arc<forward::Forwards>,
+    /// In-kernel deliveries of intercepted connections (`intercept_fwd.rs`).
+    pub(crate) intercept_fwds: intercept_fwd::InterceptForwards,
 }
 
 impl Manager {
@@ -113,6 +115,7 @@ impl Manager {
                 agent_log_level: Default::default(),
                 log_epoch: Default::default(),
                 forwards: Default::default(),
+                intercept_fwds: Default::default(),
             }),
         }
     }
@@ -159,6 +162,7 @@ pub async fn run(
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr).await?;
     tracing::info!(grpc = %cfg.grpc_addr, tunnel = %cfg.tunnel_addr, "traffic-manager listening");
     tokio::spawn(mgr.clone().reap());
+    tokio::spawn(intercept_fwd::sweep(mgr.clone()));
     tokio::spawn(mgr.clone().keep_replaced());
     if let Some(changes) = mgr.inner.provider.changes() {
         tokio::spawn(mgr.clone().reattach_on_changes(changes));

@@ -10,6 +10,7 @@ use protocol::tunnel::{
     read_header_timeout, write_header, HeaderError, Role, TunnelError, TunnelHeader, TunnelKind,
 };
 use relay::{splice, tune};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -140,43 +141,57 @@ async fn handle(mgr: Manager, mut sock: TcpStream) -> Result<(), TunnelDropped> 
     }
 }
 
+/// What the answering side of a stream handed its originator.
+pub(crate) enum Paired {
+    /// Its own connection: the stream.
+    Stream(TcpStream),
+    /// The address of an intercept's handler (the answering client's own address, checked),
+    /// for the manager to reach without the client's relay.
+    Handler(SocketAddr),
+}
+
+impl Paired {
+    /// The stream: the answering side's connection, or a new one to the handler it named.
+    pub(crate) async fn connect(self) -> Result<TcpStream, TunnelDropped> {
+        match self {
+            Paired::Stream(s) => Ok(s),
+            Paired::Handler(to) => crate::outbound::dial_tuned(to, DIRECT_TIMEOUT)
+                .await
+                .map_err(TunnelDropped::NotDelivered),
+        }
+    }
+}
+
 /// The answering side of a stream dialed in: hand it (or the error it reported) to the
 /// originator parked under its id. A client that named a `target` (its own address) is not
-/// the stream: the manager connects there and hands that over.
+/// the stream: the originator gets that address, to reach the handler without the client.
 async fn answer(mgr: &Manager, sock: TcpStream, header: TunnelHeader) -> Result<(), TunnelDropped> {
     let waiting = mgr.inner.pending.lock().unwrap().remove(&header.conn_id);
     let Some(tx) = waiting else {
         return Err(TunnelDropped::NotWaiting(header.conn_id));
     };
-    if header.kind == TunnelKind::Intercept && header.error.is_none() && !header.target.is_empty() {
-        let direct = connect_direct(&sock, &header.target).await;
-        drop(sock);
-        let failed = direct.as_ref().err().cloned();
-        let _ = tx.send(direct);
-        return match failed {
-            None => Ok(()),
-            Some(e) => Err(TunnelDropped::NotDelivered(e)),
-        };
-    }
-    match header.error {
-        None => {
-            let _ = tx.send(Ok(sock));
-            Ok(())
+    let paired = match header.error {
+        Some(e) => Err(e),
+        None if header.kind == TunnelKind::Intercept && !header.target.is_empty() => {
+            direct_target(&sock, &header.target).map(Paired::Handler)
         }
-        Some(e) => {
-            let _ = tx.send(Err(e.clone()));
-            Err(TunnelDropped::NotDelivered(e))
-        }
+        None => Ok(Paired::Stream(sock)),
+    };
+    let failed = paired.as_ref().err().cloned();
+    let _ = tx.send(paired);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(TunnelDropped::NotDelivered(e)),
     }
 }
 
 /// How long connecting to a client's handler directly may take.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `target`, which must be the address `client` connects from (a client names
-/// only itself): the handler of an intercepted connection, reached without the client's relay.
-async fn connect_direct(client: &TcpStream, target: &str) -> Result<TcpStream, HeaderError> {
-    let to: std::net::SocketAddr = target
+/// `target` as an address, when it is the one `client` connects from (a client names only
+/// itself): the handler of an intercepted connection, reachable without the client's relay.
+fn direct_target(client: &TcpStream, target: &str) -> Result<SocketAddr, HeaderError> {
+    let to: SocketAddr = target
         .parse()
         .map_err(|_| HeaderError::BadTarget(target.to_string()))?;
     let from = client
@@ -185,7 +200,7 @@ async fn connect_direct(client: &TcpStream, target: &str) -> Result<TcpStream, H
     if from.ip().to_canonical() != to.ip().to_canonical() {
         return Err(HeaderError::Forbidden(target.to_string()));
     }
-    crate::outbound::dial_tuned(to, DIRECT_TIMEOUT).await
+    Ok(to)
 }
 
 /// The sender of dial requests to an agent of the workload `spec` engages.
@@ -209,23 +224,37 @@ async fn from_agent(
     h: TunnelHeader,
 ) -> Result<(), TunnelDropped> {
     let result = match dial_request_for_agent(&mgr, &h).await {
-        Ok((tx, req)) => match pair(&mgr, tx, req).await {
-            Ok(mut other) => {
-                write_header(&mut agent, Role::Client, &h.answer(None))
-                    .await
-                    .map_err(TunnelDropped::Answer)?;
-                splice(&mut agent, &mut other).await?;
-                return Ok(());
+        Ok((tx, req)) => match pair_peer(&mgr, tx, req).await {
+            Ok(Paired::Handler(to)) => {
+                if let Some(at) = crate::intercept_fwd::offer(&mgr, &agent, &h.intercept_id, to) {
+                    // The kernel carries it from here: the agent connects to the forward.
+                    let mut answer = h.answer(None);
+                    answer.target = at.to_string();
+                    return write_header(&mut agent, Role::Client, &answer)
+                        .await
+                        .map_err(TunnelDropped::Answer);
+                }
+                Paired::Handler(to).connect().await
             }
+            Ok(paired) => paired.connect().await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
-    if let Err(e) = &result {
-        let answer = h.answer(Some(HeaderError::Other(e.to_string())));
-        let _ = write_header(&mut agent, Role::Client, &answer).await;
+    match result {
+        Ok(mut other) => {
+            write_header(&mut agent, Role::Client, &h.answer(None))
+                .await
+                .map_err(TunnelDropped::Answer)?;
+            splice(&mut agent, &mut other).await?;
+            Ok(())
+        }
+        Err(e) => {
+            let answer = h.answer(Some(HeaderError::Other(e.to_string())));
+            let _ = write_header(&mut agent, Role::Client, &answer).await;
+            Err(e)
+        }
     }
-    result
 }
 
 /// The client of the intercept an agent-side header names, and the dial request it gets.
@@ -300,12 +329,22 @@ async fn originate(
 }
 
 /// Sends the dial request to the other side and waits until it dials in with the same
-/// connection id: its connection, or why it could not deliver.
+/// connection id: its connection (or one to the handler it named), or why it could not
+/// deliver.
 pub(crate) async fn pair(
     mgr: &Manager,
     tx: mpsc::Sender<DialRequest>,
     req: DialRequest,
 ) -> Result<TcpStream, TunnelDropped> {
+    pair_peer(mgr, tx, req).await?.connect().await
+}
+
+/// [`pair`], handing over what the other side answered as it is.
+async fn pair_peer(
+    mgr: &Manager,
+    tx: mpsc::Sender<DialRequest>,
+    req: DialRequest,
+) -> Result<Paired, TunnelDropped> {
     let conn_id = req.conn_id.clone();
     let (ptx, rx) = tokio::sync::oneshot::channel();
     mgr.inner

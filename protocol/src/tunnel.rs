@@ -69,7 +69,10 @@ pub enum TunnelKind {
     /// app without losing a byte. A client answering the manager's dial request with
     /// [`TunnelHeader::target`] set asks the manager to connect to that address — its own, as
     /// the manager sees it — instead of carrying the bytes itself (manager/src/tunnel.rs
-    /// `answer`).
+    /// `answer`). The manager's answer to the agent may then name a `target` in turn: the
+    /// manager's in-kernel forward to that handler (manager/src/intercept_fwd.rs), which the
+    /// agent connects to instead of using this connection, and keeps using for the intercept's
+    /// later connections while it answers (agent/src/forward.rs).
     #[default]
     #[serde(rename = "")]
     Intercept,

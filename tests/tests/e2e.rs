@@ -57,6 +57,22 @@ fn intercept_docker_run_routes_and_restores() {
     // it itself, so the daemon carries none of the connection's bytes.
     let manager_ip = bridge_ip(&cli::connect::manager_container(&p.name)).unwrap();
     assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), manager_ip);
+    // The manager answered the agent with an in-kernel forward to the handler: this connection
+    // and every later one go through the kernels (the forward's rule counts each), still from
+    // the manager's address.
+    for _ in 0..3 {
+        assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), manager_ip);
+    }
+    let manager = cli::connect::manager_container(&p.name);
+    let daemon_ip = bridge_ip(&daemon_container(&user).unwrap()).unwrap();
+    let to_handler = format!("dnat to {daemon_ip}:9090");
+    let table = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
+    let rule = table.lines().find(|l| l.contains(&to_handler));
+    let packets = rule.and_then(|r| r.split("counter packets ").nth(1));
+    let packets: u64 = packets
+        .and_then(|n| n.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counted forward to the handler:\n{table}"));
+    assert!(packets >= 4, "4 connections, {packets} forwarded:\n{table}");
     let st = user.tp(&["status"]).ok();
     assert_eq!(kv(&st.stdout, "Intercepts"), "1 total", "{}", st.stdout);
     let l = user.tp(&["list", "-n", &p.name]).ok();
@@ -90,6 +106,11 @@ fn intercept_docker_run_routes_and_restores() {
     // `docker stop` sends SIGTERM, on which the test app exits 0; intercept exits as its handler did.
     assert_eq!(status.code(), Some(0), "{out}\n{err}");
     p.wait_for("http://web:8080/", "web", T).unwrap();
+    let forwarded = || {
+        let t = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
+        t.contains(&to_handler)
+    };
+    eventually("the forward goes with the intercept", T, || !forwarded());
     let l = user.tp(&["list", "-n", &p.name]).ok();
     assert_eq!(
         l.stdout.trim(),
