@@ -32,24 +32,28 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The manager's in-kernel forwards to intercepts' handlers (manager/src/intercept_fwd.rs), by
-/// intercept id: learnt from the manager's answer to a tunnel connection, used for the
-/// intercept's later connections until one fails to connect (the handler is gone, the forward
+/// intercept id and service port (each port of a multi-port engagement has its own handler
+/// port): learnt from the manager's answer to a tunnel connection, used for the intercept's
+/// later connections on that port until one fails to connect (the handler is gone, the forward
 /// removed, the network cut), which sends that connection and the next through the tunnel again.
 #[derive(Default)]
-pub(crate) struct Offered(std::sync::Mutex<std::collections::HashMap<String, SocketAddr>>);
+pub(crate) struct Offered(std::sync::Mutex<std::collections::HashMap<(String, u16), SocketAddr>>);
 
 impl Offered {
-    fn get(&self, intercept_id: &str) -> Option<SocketAddr> {
-        self.0.lock().unwrap().get(intercept_id).copied()
+    fn get(&self, intercept_id: &str, service_port: u16) -> Option<SocketAddr> {
+        let key = (intercept_id.to_string(), service_port);
+        self.0.lock().unwrap().get(&key).copied()
     }
 
-    fn set(&self, intercept_id: &str, at: SocketAddr) {
-        self.0.lock().unwrap().insert(intercept_id.to_string(), at);
+    fn set(&self, intercept_id: &str, service_port: u16, at: SocketAddr) {
+        let key = (intercept_id.to_string(), service_port);
+        self.0.lock().unwrap().insert(key, at);
     }
 
-    /// Forgets the forward of `intercept_id`.
-    pub(crate) fn forget(&self, intercept_id: &str) {
-        self.0.lock().unwrap().remove(intercept_id);
+    /// Forgets the forward of `intercept_id` on `service_port`.
+    pub(crate) fn forget(&self, intercept_id: &str, service_port: u16) {
+        let key = (intercept_id.to_string(), service_port);
+        self.0.lock().unwrap().remove(&key);
     }
 
     /// Forgets every forward.
@@ -168,7 +172,7 @@ async fn serve(
                 }
                 FirstExchange::CallerGone => return,
                 FirstExchange::Unanswered { sent, caller_done } => {
-                    shared.offered.forget(&intercept_id);
+                    shared.offered.forget(&intercept_id, service_port);
                     info!(
                         "port {service_port}: intercept {intercept_id}: the client side closed \
                          without answering; replaying {} bytes of {peer} to the app",
@@ -245,12 +249,12 @@ pub(crate) async fn open_tunnel(
     who: crate::session::TunnelAuth,
     service_port: u16,
 ) -> std::io::Result<TcpStream> {
-    if let Some(at) = offered.get(intercept_id) {
+    if let Some(at) = offered.get(intercept_id, service_port) {
         match connect_forward(at).await {
             Ok(s) => return Ok(s),
             Err(e) => {
                 debug!("intercept {intercept_id}: forward {at} failed ({e}); asking the manager");
-                offered.forget(intercept_id);
+                offered.forget(intercept_id, service_port);
             }
         }
     }
@@ -259,7 +263,7 @@ pub(crate) async fn open_tunnel(
         Delivery::Tunnel(s) => Ok(s),
         Delivery::Forward(at) => {
             let s = connect_forward(at).await?;
-            offered.set(intercept_id, at);
+            offered.set(intercept_id, service_port, at);
             Ok(s)
         }
     }
