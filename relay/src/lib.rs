@@ -1,5 +1,5 @@
 //! Owns moving bytes between sockets: the relay that joins two TCP connections (with kernel
-//! `splice(2)` through a pipe on Linux, see relay/src/zero_copy.rs), the socket tuning every
+//! `splice(2)` through a pipe on Linux for bulk, small messages copied; see relay/src/zero_copy.rs), the socket tuning every
 //! tunnel and proxy socket gets, dialing a tunnel, and relaying a UDP flow framed on a tunnel stream (`src/udp.rs`). The tunnel's header codec is the
 //! contract in protocol/src/tunnel.rs; this crate only carries the bytes after it.
 
@@ -145,5 +145,54 @@ mod tests {
         server.await.unwrap();
         assert!(back == expect, "bytes changed in transit");
         assert_eq!(proxy.await.unwrap(), (N as u64, N as u64));
+    }
+
+    #[tokio::test]
+    async fn messages_of_every_size_cross_in_order_as_the_relay_switches_modes() {
+        use tokio::net::TcpListener;
+        // Below, at and above the copy buffer, and bulk, in an order that switches the relay
+        // between copying and splicing in both directions.
+        const SIZES: [usize; 9] = [1, 100, 1024, 16383, 16384, 16385, 300_000, 3, 70_000];
+        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+        let proxy = tokio::spawn(async move {
+            let (mut inbound, _) = l1.accept().await.unwrap();
+            let mut outbound = dial(&a2.to_string()).await.unwrap();
+            splice(&mut inbound, &mut outbound).await.unwrap()
+        });
+        // The server answers each message with its bytes reversed, once all of it arrived.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l2.accept().await.unwrap();
+            for round in 0..3 {
+                for (i, &n) in SIZES.iter().enumerate() {
+                    let mut m = vec![0u8; n];
+                    s.read_exact(&mut m).await.unwrap();
+                    assert!(
+                        m.iter().all(|&b| b == (round * 16 + i) as u8),
+                        "message {i}"
+                    );
+                    m.reverse();
+                    s.write_all(&m).await.unwrap();
+                }
+            }
+        });
+        let mut c = dial(&a1.to_string()).await.unwrap();
+        let mut total = 0u64;
+        for round in 0..3 {
+            for (i, &n) in SIZES.iter().enumerate() {
+                c.write_all(&vec![(round * 16 + i) as u8; n]).await.unwrap();
+                let mut back = vec![0u8; n];
+                c.read_exact(&mut back).await.unwrap();
+                assert!(back.iter().all(|&b| b == (round * 16 + i) as u8));
+                total += n as u64;
+            }
+        }
+        c.shutdown().await.unwrap();
+        server.await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(proxy.await.unwrap(), (total, total));
     }
 }

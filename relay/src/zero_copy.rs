@@ -1,5 +1,6 @@
-//! One direction of a zero-copy relay: socket → pipe → socket with `splice(2)`, driven by
-//! tokio's readiness so it never blocks a worker thread.
+//! One direction of a relay: small messages copied through a buffer, bulk moved socket → pipe →
+//! socket with `splice(2)` (zero-copy), driven by tokio's readiness so it never blocks a worker
+//! thread.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -107,27 +108,56 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Messages smaller than this are copied through a buffer of this size: for a request or an
+/// answer of a few KiB, a read and a write cost less than two splices, and a read that does not
+/// fill the buffer has drained the socket, so the readiness is cleared without the read that
+/// would only have said `EAGAIN`. A read that fills it starts splicing; a splice that moves less
+/// than this goes back to copying.
+const COPY_BUF: usize = 16 * 1024;
+
 /// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write half down.
 pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> io::Result<u64> {
     let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut in_pipe = 0usize;
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut copying = true;
     let mut total = 0u64;
     loop {
-        if in_pipe == 0 {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(src, pipe.w.as_raw_fd(), PIPE_SIZE as usize)
-            }) {
-                Ok(0) => {
-                    // EOF: pass the half-close on.
-                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                    return Ok(total);
-                }
-                Ok(n) => in_pipe = n,
+        from.readable().await?;
+        if copying {
+            let n = match from.try_read(&mut buf) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // EOF: pass the half-close on.
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(total);
             }
+            if n < COPY_BUF {
+                // Drained (a later arrival is a new readiness event, which this does not clear).
+                let _ = from.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                });
+            } else {
+                copying = false;
+            }
+            write_all(to, &buf[..n]).await?;
+            total += n as u64;
+            continue;
         }
+        let mut in_pipe = match from.try_io(Interest::READABLE, || {
+            splice(src, pipe.w.as_raw_fd(), PIPE_SIZE as usize)
+        }) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(total);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        copying = in_pipe < COPY_BUF;
         while in_pipe > 0 {
             to.writable().await?;
             match to.try_io(Interest::WRITABLE, || {
@@ -142,6 +172,19 @@ pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> io::Result
             }
         }
     }
+}
+
+/// Writes all of `bytes` to `to`, waiting for room as needed.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
