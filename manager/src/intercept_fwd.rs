@@ -156,19 +156,13 @@ mod tests {
         testns::in_fresh_netns("intercept_forwards", || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
             let (fwds, ifw) = (Arc::new(Forwards::default()), InterceptForwards::default());
-            let a = ifw
-                .get_or_open(&fwds, key([172, 18, 0, 5], "172.18.0.9:9090", "s1:web"))
-                .unwrap();
-            let again = ifw
-                .get_or_open(&fwds, key([172, 18, 0, 5], "172.18.0.9:9090", "s1:web"))
-                .unwrap();
+            let open =
+                |agent, handler, id| ifw.get_or_open(&fwds, key(agent, handler, id)).unwrap();
+            let a = open([172, 18, 0, 5], "172.18.0.9:9090", "s1:web");
+            let again = open([172, 18, 0, 5], "172.18.0.9:9090", "s1:web");
             assert_eq!(a, again, "a second connection reuses the forward");
-            let replica = ifw
-                .get_or_open(&fwds, key([172, 18, 0, 6], "172.18.0.9:9090", "s1:web"))
-                .unwrap();
-            let other = ifw
-                .get_or_open(&fwds, key([172, 18, 0, 5], "172.18.0.7:9090", "s2:web"))
-                .unwrap();
+            let replica = open([172, 18, 0, 6], "172.18.0.9:9090", "s1:web");
+            let other = open([172, 18, 0, 5], "172.18.0.7:9090", "s2:web");
             assert!(a != replica && a != other && replica != other);
             assert_eq!(ifw.count(), 3);
             assert_eq!(dnat_targets().len(), 3);

@@ -81,20 +81,30 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u6
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
-    #[tokio::test]
-    async fn splice_propagates_half_close() {
-        use tokio::net::TcpListener;
+    /// A relay under test: the listener it dials for each caller (the server), the address
+    /// callers dial, and the relay of the first caller, which ends with the bytes it moved.
+    async fn relay_under_test() -> (
+        TcpListener,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<(u64, u64)>,
+    ) {
         let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a1 = l1.local_addr().unwrap();
-        let a2 = l2.local_addr().unwrap();
-        // client -> [proxy] -> server
+        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
         let proxy = tokio::spawn(async move {
             let (mut inbound, _) = l1.accept().await.unwrap();
             let mut outbound = dial(&a2.to_string()).await.unwrap();
             splice(&mut inbound, &mut outbound).await.unwrap()
         });
+        (l2, a1, proxy)
+    }
+
+    #[tokio::test]
+    async fn splice_propagates_half_close() {
+        // client -> [proxy] -> server
+        let (l2, a1, proxy) = relay_under_test().await;
         let server = tokio::spawn(async move {
             let (mut s, _) = l2.accept().await.unwrap();
             let mut got = Vec::new();
@@ -114,16 +124,8 @@ mod tests {
 
     #[tokio::test]
     async fn splice_moves_bulk_data_intact() {
-        use tokio::net::TcpListener;
         const N: usize = 8 * 1024 * 1024 + 123;
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-        let proxy = tokio::spawn(async move {
-            let (mut inbound, _) = l1.accept().await.unwrap();
-            let mut outbound = dial(&a2.to_string()).await.unwrap();
-            splice(&mut inbound, &mut outbound).await.unwrap()
-        });
+        let (l2, a1, proxy) = relay_under_test().await;
         // The server echoes everything back, so both directions carry N bytes at once.
         let server = tokio::spawn(async move {
             let (s, _) = l2.accept().await.unwrap();
@@ -149,18 +151,10 @@ mod tests {
 
     #[tokio::test]
     async fn messages_of_every_size_cross_in_order_as_the_relay_switches_modes() {
-        use tokio::net::TcpListener;
         // Below, at and above the copy buffer, and bulk, in an order that switches the relay
         // between copying and splicing in both directions.
         const SIZES: [usize; 9] = [1, 100, 1024, 16383, 16384, 16385, 300_000, 3, 70_000];
-        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
-        let proxy = tokio::spawn(async move {
-            let (mut inbound, _) = l1.accept().await.unwrap();
-            let mut outbound = dial(&a2.to_string()).await.unwrap();
-            splice(&mut inbound, &mut outbound).await.unwrap()
-        });
+        let (l2, a1, proxy) = relay_under_test().await;
         // The server answers each message with its bytes reversed, once all of it arrived.
         let server = tokio::spawn(async move {
             let (mut s, _) = l2.accept().await.unwrap();
