@@ -337,3 +337,71 @@ async fn tunnel_or_forward(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A manager's tunnel listener that answers every agent header with `target`, counting the
+    /// tunnel connections it got.
+    async fn offering_manager(target: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let (_, h) = tunnel::read_header(&mut s).await.unwrap();
+                let mut answer = h.answer(None);
+                answer.target = target.to_string();
+                tunnel::write_header(&mut s, Role::Client, &answer)
+                    .await
+                    .unwrap();
+            }
+        });
+        (addr, asked)
+    }
+
+    async fn open(offered: &Offered, manager: SocketAddr, port: u16) -> std::io::Result<TcpStream> {
+        let who = crate::session::TunnelAuth {
+            session_id: "agent".into(),
+            token: None,
+        };
+        open_tunnel(offered, Some(manager), "", "s1:web", who, port).await
+    }
+
+    #[tokio::test]
+    async fn an_offered_forward_serves_later_connections_of_its_port_until_it_refuses() {
+        let forward = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = forward.local_addr().unwrap();
+        let (manager, asked) = offering_manager(at).await;
+        let offered = Offered::default();
+
+        // The first connection asks the manager, then connects to the forward it names.
+        let _a = open(&offered, manager, 8080).await.unwrap();
+        forward.accept().await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // The next one on that port goes to the forward without asking.
+        let _b = open(&offered, manager, 8080).await.unwrap();
+        forward.accept().await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Another port of the same intercept has a handler of its own: it asks.
+        let _c = open(&offered, manager, 8081).await.unwrap();
+        forward.accept().await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+
+        // The forward refuses: the connection asks the manager again (which here names the
+        // same dead forward, so the caller goes to the app), and nothing is remembered.
+        drop(forward);
+        assert!(open(&offered, manager, 8080).await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            offered.get("s1:web", 8080),
+            None,
+            "a refused forward is forgotten"
+        );
+    }
+}
