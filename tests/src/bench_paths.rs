@@ -6,10 +6,11 @@
 //! memory of each role (`rss.rs`), the table rows with their targets, the JSON section and the
 //! chart data (`report.rs`).
 //!
-//! - Intercept path: the project's `caller` → `web:8080` (captured by the agent) → manager →
-//!   daemon → the handler; direct: `caller` → the same app's uncaptured port `web:8081`. After
-//!   the intercept ends, the agent's hop alone (`web:8080` captured and spliced to the app) is
-//!   measured the same way, so the cost of each hop can be told apart.
+//! - Intercept path: the project's `caller` → `web:8080` (captured by the agent) → the
+//!   manager's in-kernel forward (or its relay, where it cannot forward) → the handler; direct:
+//!   `caller` → the same app's uncaptured port `web:8081`. After the intercept ends, the agent's
+//!   hop alone (`web:8080` captured and relayed to the app) is measured the same way, so the
+//!   cost of each hop can be told apart.
 //! - Outbound path: a container started with `telepresence docker-run` on the connection →
 //!   `web:8081` / UDP `web:9000` through the daemon; direct: `caller` → the same ports.
 //! - DNS: `web` through the daemon's DNS (from the `docker-run` container) vs the engine's DNS
