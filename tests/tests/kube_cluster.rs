@@ -1,6 +1,6 @@
 //! The Kubernetes provider against a real cluster, read-only, when `KUBECONFIG` names one (e.g.
 //! a kind cluster: `kind create cluster && KUBECONFIG=~/.kube/config cargo test -p tests
-//! --test kube_cluster`). Without it the test prints SKIPPED with the reason.
+//! --test suite kube_cluster::`). Without it the test prints SKIPPED with the reason.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom, one step after another
 
 use kubernetes::{InjectPolicy, KubeConfig, KubeProvider};
