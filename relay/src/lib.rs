@@ -1,7 +1,8 @@
-//! Owns moving bytes between sockets: the relay that joins two TCP connections (with kernel
-//! `splice(2)` through a pipe on Linux for bulk, small messages copied; see relay/src/zero_copy.rs), the socket tuning every
-//! tunnel and proxy socket gets, dialing a tunnel, and relaying a UDP flow framed on a tunnel stream (`src/udp.rs`). The tunnel's header codec is the
-//! contract in protocol/src/tunnel.rs; this crate only carries the bytes after it.
+//! Owns moving bytes between sockets: the relay that joins two TCP connections (small messages
+//! copied, bulk moved with kernel `splice(2)` through a pipe on Linux; see
+//! relay/src/zero_copy.rs), the socket tuning every tunnel and proxy socket gets, dialing a
+//! tunnel, and relaying a UDP flow framed on a tunnel stream (`src/udp.rs`). The tunnel's header
+//! codec is the contract in protocol/src/tunnel.rs; this crate only carries the bytes after it.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -66,14 +67,15 @@ pub async fn dial(addr: &str) -> std::io::Result<TcpStream> {
 /// Copies both directions until both are done, propagating half-close (a FIN on one side
 /// becomes a shutdown of the other's write half). Returns bytes (a→b, b→a).
 ///
-/// On Linux the bytes move with `splice(2)` through a pipe per direction, so they never enter
-/// user space; elsewhere (or if a pipe cannot be made) it falls back to buffered copying.
+/// On Linux small messages are copied and bulk moves with `splice(2)` through a pipe per
+/// direction, so those bytes never enter user space; elsewhere it copies.
 pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
-    if let (Ok(p1), Ok(p2)) = (zero_copy::Pipe::new(), zero_copy::Pipe::new()) {
+    {
         let (a, b) = (&*a, &*b);
-        return tokio::try_join!(zero_copy::one_way(a, b, p1), zero_copy::one_way(b, a, p2));
+        tokio::try_join!(zero_copy::one_way(a, b), zero_copy::one_way(b, a))
     }
+    #[cfg(not(target_os = "linux"))]
     tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUF, SPLICE_BUF).await
 }
 
@@ -154,33 +156,35 @@ mod tests {
         // Below, at and above the copy buffer, and bulk, in an order that switches the relay
         // between copying and splicing in both directions.
         const SIZES: [usize; 9] = [1, 100, 1024, 16383, 16384, 16385, 300_000, 3, 70_000];
+        // Message `k`: bytes that differ along it and from every other message.
+        let message = |k: usize, n: usize| -> Vec<u8> {
+            (0..n).map(|j| (j * 7 + k * 31 + j / 251) as u8).collect()
+        };
         let (l2, a1, proxy) = relay_under_test().await;
         // The server answers each message with its bytes reversed, once all of it arrived.
         let server = tokio::spawn(async move {
             let (mut s, _) = l2.accept().await.unwrap();
-            for round in 0..3 {
-                for (i, &n) in SIZES.iter().enumerate() {
-                    let mut m = vec![0u8; n];
-                    s.read_exact(&mut m).await.unwrap();
-                    assert!(
-                        m.iter().all(|&b| b == (round * 16 + i) as u8),
-                        "message {i}"
-                    );
-                    m.reverse();
-                    s.write_all(&m).await.unwrap();
-                }
+            for k in 0..3 * SIZES.len() {
+                let mut m = vec![0u8; SIZES[k % SIZES.len()]];
+                s.read_exact(&mut m).await.unwrap();
+                assert!(
+                    m == message(k, m.len()),
+                    "message {k} changed on the way in"
+                );
+                m.reverse();
+                s.write_all(&m).await.unwrap();
             }
         });
         let mut c = dial(&a1.to_string()).await.unwrap();
         let mut total = 0u64;
-        for round in 0..3 {
-            for (i, &n) in SIZES.iter().enumerate() {
-                c.write_all(&vec![(round * 16 + i) as u8; n]).await.unwrap();
-                let mut back = vec![0u8; n];
-                c.read_exact(&mut back).await.unwrap();
-                assert!(back.iter().all(|&b| b == (round * 16 + i) as u8));
-                total += n as u64;
-            }
+        for k in 0..3 * SIZES.len() {
+            let n = SIZES[k % SIZES.len()];
+            c.write_all(&message(k, n)).await.unwrap();
+            let mut back = vec![0u8; n];
+            c.read_exact(&mut back).await.unwrap();
+            back.reverse();
+            assert!(back == message(k, n), "answer {k} changed on the way back");
+            total += n as u64;
         }
         c.shutdown().await.unwrap();
         server.await.unwrap();

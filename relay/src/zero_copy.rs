@@ -115,41 +115,23 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 /// than this goes back to copying.
 const COPY_BUF: usize = 16 * 1024;
 
-/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write half down.
-pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> io::Result<u64> {
-    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write half down. The pipe is
+/// made at the first read that fills the buffer, so a connection of small messages never holds
+/// one (nor one of the big pipes' budget); where the kernel refuses one, it keeps copying.
+pub async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_BUF];
-    let mut copying = true;
+    let mut pipe: Option<Pipe> = None;
+    let mut splicing = false;
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        if copying {
-            let n = match from.try_read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                // EOF: pass the half-close on.
-                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(total);
-            }
-            if n < COPY_BUF {
-                // Drained (a later arrival is a new readiness event, which this does not clear).
-                let _ = from.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-                });
-            } else {
-                copying = false;
-            }
-            write_all(to, &buf[..n]).await?;
-            total += n as u64;
-            continue;
-        }
-        let mut in_pipe = match from.try_io(Interest::READABLE, || {
-            splice(src, pipe.w.as_raw_fd(), PIPE_SIZE as usize)
-        }) {
+        let moved = match &pipe {
+            Some(p) if splicing => splice_once(from, to, p).await,
+            _ => copy_once(from, to, &mut buf).await,
+        };
+        let n = match moved {
             Ok(0) => {
+                // EOF: pass the half-close on.
                 let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
                 return Ok(total);
             }
@@ -157,34 +139,53 @@ pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> io::Result
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        copying = in_pipe < COPY_BUF;
-        while in_pipe > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.r.as_raw_fd(), dst, in_pipe)
-            }) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    total += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        total += n as u64;
+        splicing = n >= COPY_BUF;
+        if splicing && pipe.is_none() {
+            pipe = Pipe::new().ok();
         }
     }
 }
 
-/// Writes all of `bytes` to `to`, waiting for room as needed.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
+/// Copies what `from` has (up to [`COPY_BUF`]) to `to`: how much (0 at EOF).
+async fn copy_once(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let n = from.try_read(buf)?;
+    if n > 0 && n < buf.len() {
+        // Drained (a later arrival is a new readiness event, which this does not clear).
+        let _ = from.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+    }
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
         to.writable().await?;
-        match to.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
+        match to.try_write(rest) {
+            Ok(k) => rest = &rest[k..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(n)
+}
+
+/// Splices what `from` has (up to the pipe's size) through `pipe` to `to`: how much (0 at EOF).
+async fn splice_once(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    let n = from.try_io(Interest::READABLE, || {
+        splice(src, pipe.w.as_raw_fd(), PIPE_SIZE as usize)
+    })?;
+    let mut in_pipe = n;
+    while in_pipe > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || {
+            splice(pipe.r.as_raw_fd(), dst, in_pipe)
+        }) {
+            Ok(k) => in_pipe -= k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
