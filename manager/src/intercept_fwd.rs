@@ -41,11 +41,6 @@ pub struct InterceptForwards {
 }
 
 impl InterceptForwards {
-    /// How many forwards deliver intercepted connections.
-    pub fn count(&self) -> usize {
-        self.held.lock().unwrap().len()
-    }
-
     /// The forward for `key`, opened when there is none yet.
     fn get_or_open(
         &self,
@@ -164,7 +159,7 @@ mod tests {
             let replica = open([172, 18, 0, 6], "172.18.0.9:9090", "s1:web");
             let other = open([172, 18, 0, 5], "172.18.0.7:9090", "s2:web");
             assert!(a != replica && a != other && replica != other);
-            assert_eq!(ifw.count(), 3);
+            assert_eq!(ifw.held.lock().unwrap().len(), 3);
             assert_eq!(dnat_targets().len(), 3);
 
             let mut st = State::default();
@@ -193,7 +188,10 @@ mod tests {
             // s1's intercept ends.
             st.intercepts.remove("s1:web");
             drop(ifw.take_stale(&st));
-            assert_eq!((ifw.count(), dnat_targets().len()), (0, 0));
+            assert_eq!(
+                (ifw.held.lock().unwrap().len(), dnat_targets().len()),
+                (0, 0)
+            );
         });
     }
 }

@@ -225,8 +225,14 @@ async fn from_agent(
 ) -> Result<(), TunnelDropped> {
     let result = match dial_request_for_agent(&mgr, &h).await {
         Ok((tx, req)) => match pair_peer(&mgr, tx, req).await {
-            Ok(Paired::Handler(to)) => {
-                if let Some(at) = crate::intercept_fwd::offer(&mgr, &agent, &h.intercept_id, to) {
+            Ok(paired) => {
+                let forward = match paired {
+                    Paired::Handler(to) => {
+                        crate::intercept_fwd::offer(&mgr, &agent, &h.intercept_id, to)
+                    }
+                    Paired::Stream(_) => None,
+                };
+                if let Some(at) = forward {
                     // The kernel carries it from here: the agent connects to the forward.
                     let mut answer = h.answer(None);
                     answer.target = at.to_string();
@@ -234,9 +240,8 @@ async fn from_agent(
                         .await
                         .map_err(TunnelDropped::Answer);
                 }
-                Paired::Handler(to).connect().await
+                paired.connect().await
             }
-            Ok(paired) => paired.connect().await,
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

@@ -55,7 +55,8 @@ fn intercept_docker_run_routes_and_restores() {
     let mut child = intercept_web(&user, &p);
     // The handler listens on every address of the daemon's namespace: the manager connects to
     // it itself, so the daemon carries none of the connection's bytes.
-    let manager_ip = bridge_ip(&cli::connect::manager_container(&p.name)).unwrap();
+    let manager = cli::connect::manager_container(&p.name);
+    let manager_ip = bridge_ip(&manager).unwrap();
     assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), manager_ip);
     // The manager answered the agent with an in-kernel forward to the handler: this connection
     // and every later one go through the kernels (the forward's rule counts each), still from
@@ -63,7 +64,6 @@ fn intercept_docker_run_routes_and_restores() {
     for _ in 0..3 {
         assert_eq!(p.get("http://web:8080/peer").unwrap().trim(), manager_ip);
     }
-    let manager = cli::connect::manager_container(&p.name);
     let daemon_ip = bridge_ip(&daemon_container(&user).unwrap()).unwrap();
     let to_handler = format!("dnat to {daemon_ip}:9090");
     let table = nft_in(&manager, &["list", "table", "ip", "telepresence_fwd"]).unwrap();
