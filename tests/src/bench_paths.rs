@@ -11,6 +11,10 @@
 //!   `caller` → the same app's uncaptured port `web:8081`. After the intercept ends, the agent's
 //!   hop alone (`web:8080` captured and relayed to the app) is measured the same way, so the
 //!   cost of each hop can be told apart.
+//! - Kernel floor of the intercept path (`floor.rs`): `caller` → `web:8082`, which nf_tables
+//!   rules alone carry through the manager's address to the handler, the same hops with no
+//!   process of ours: what the topology costs whatever runs on it (root, `nsenter` and `nft`
+//!   needed; without them the rows are left out with a printed reason).
 //! - Outbound path: a container started with `telepresence docker-run` on the connection →
 //!   `web:8081` / UDP `web:9000` through the daemon; direct: `caller` → the same ports.
 //! - DNS: `web` through the daemon's DNS (from the `docker-run` container) vs the engine's DNS
@@ -31,6 +35,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+mod floor;
 mod report;
 mod rss;
 
@@ -43,6 +48,8 @@ use rss::{peak_while, Roles};
 const WEB: &str = "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--http\", \"8081\", \"--udp\", \"9000\", \"--name\", \"web\"]\n    expose: [\"8080\"]\n";
 const INTERCEPTED: &str = "http://web:8080/";
 const DIRECT: &str = "http://web:8081/";
+/// The workload's port that takes the kernel floor of the intercept path (`floor.rs`).
+const FLOOR: &str = "http://web:8082/";
 const UDP_TARGET: &str = "web:9000";
 
 /// What the section measures and how much.
@@ -65,6 +72,8 @@ enum Via {
     Intercept,
     /// The `docker-run` container on the connection.
     Outbound,
+    /// `caller`, through the kernel floor of the intercept path (`floor.rs`).
+    Floor,
 }
 
 /// One measure: the test app's arguments on the direct path and on ours.
@@ -81,8 +90,8 @@ fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
 }
 
-/// Every measure of a round, in the order they run.
-fn measures(o: &Options) -> Vec<Measure> {
+/// Every measure of a round, in the order they run; those of the kernel floor when `floor`.
+fn measures(o: &Options, floor: bool) -> Vec<Measure> {
     let fifth = (o.requests / 5).max(100).to_string();
     let reqs = o.requests.to_string();
     let rps_reqs = (o.requests * 4).to_string();
@@ -97,6 +106,7 @@ fn measures(o: &Options) -> Vec<Measure> {
         let ours = match via {
             Via::Intercept => make(INTERCEPTED),
             Via::Outbound => make(DIRECT),
+            Via::Floor => make(FLOOR),
         };
         let direct = make(DIRECT);
         v.push(Measure {
@@ -108,9 +118,7 @@ fn measures(o: &Options) -> Vec<Measure> {
         });
     };
     let keep = |u: &str| args(&["bench-client", u, "--requests", &reqs, "--size", "1024"]);
-    add("keepalive".into(), Via::Intercept, &keep, false);
     let new_conn = |u: &str| args(&["bench-client", u, "--new-conn", "--requests", &fifth]);
-    add("new_conn".into(), Via::Intercept, &new_conn, false);
     let rps = |u: &str| {
         args(&[
             "bench-headers",
@@ -121,8 +129,16 @@ fn measures(o: &Options) -> Vec<Measure> {
             &n,
         ])
     };
-    add("rps".into(), Via::Intercept, &rps, false);
-    for (via, path) in [(Via::Intercept, "icpt"), (Via::Outbound, "out")] {
+    let mut paths = vec![(Via::Intercept, "icpt", ""), (Via::Outbound, "out", "")];
+    if floor {
+        paths.insert(1, (Via::Floor, "floor", "floor_"));
+    }
+    for &(via, _, prefix) in paths.iter().filter(|p| p.0 != Via::Outbound) {
+        add(format!("{prefix}keepalive"), via, &keep, false);
+        add(format!("{prefix}new_conn"), via, &new_conn, false);
+        add(format!("{prefix}rps"), via, &rps, false);
+    }
+    for (via, path, _) in paths {
         for (up, way) in [(false, "down"), (true, "up")] {
             for (many, count) in [(false, "1"), (true, "n")] {
                 let make = |u: &str| {
@@ -134,7 +150,8 @@ fn measures(o: &Options) -> Vec<Measure> {
                     }
                     a
                 };
-                add(format!("{path}_{way}_{count}"), via, &make, many);
+                let load = many && via != Via::Floor;
+                add(format!("{path}_{way}_{count}"), via, &make, load);
             }
         }
     }
@@ -247,10 +264,10 @@ fn round(measures: Vec<Measure>, caller: &str, outbound: &str, roles: &Roles, ac
     let mut peak: BTreeMap<&'static str, f64> = BTreeMap::new();
     for m in measures {
         let d = answer(&m.key, "direct", exec_json_in(caller, &m.direct));
-        let who = if m.via == Via::Intercept {
-            caller
-        } else {
+        let who = if m.via == Via::Outbound {
             outbound
+        } else {
+            caller
         };
         let run = || exec_json_in(who, &m.ours);
         let ours = if m.load {
@@ -398,11 +415,16 @@ pub fn run(o: &Options) -> Result<PathResults> {
     let roles = Roles::find()?;
     let idle_rss = roles.rss_mib();
     let caller = p.container("caller")?;
+    let floor = floor::Floor::install(&p.container("web")?, 9090)
+        .map_err(|e| eprintln!("paths: no kernel floor of the intercept path: {e:#}"))
+        .ok();
     let mut rounds = Rounds::default();
     for r in 0..o.rounds.max(1) {
         eprintln!("paths: round {}/{}", r + 1, o.rounds.max(1));
-        round(measures(o), &caller, &running.outbound, &roles, &mut rounds);
+        let m = measures(o, floor.is_some());
+        round(m, &caller, &running.outbound, &roles, &mut rounds);
     }
+    drop(floor);
     let mut running = running;
     running.end_intercept();
     p.wait_for(INTERCEPTED, "web", t)?;
@@ -446,7 +468,7 @@ mod tests {
 
     /// The keys of every measure.
     pub fn measure_keys() -> Vec<String> {
-        measures(&options())
+        measures(&options(), true)
             .into_iter()
             .chain(agent_measures(&options()))
             .map(|m| m.key)
@@ -455,17 +477,30 @@ mod tests {
 
     #[test]
     fn measures_compare_the_same_client() {
-        for m in measures(&options()) {
+        for m in measures(&options(), true) {
             assert_eq!(m.direct.len(), m.ours.len(), "{}", m.key);
             assert_eq!(m.direct[0], m.ours[0], "{}", m.key);
-            if m.via == Via::Intercept {
-                assert!(m.direct.iter().any(|a| a == DIRECT), "{}", m.key);
-                assert!(m.ours.iter().any(|a| a == INTERCEPTED), "{}", m.key);
-            } else {
-                assert_eq!(m.direct, m.ours, "{}: same target, other container", m.key);
-            }
+            let ours = match m.via {
+                Via::Intercept => INTERCEPTED,
+                Via::Floor => FLOOR,
+                Via::Outbound => {
+                    assert_eq!(m.direct, m.ours, "{}: same target, other container", m.key);
+                    continue;
+                }
+            };
+            assert!(m.direct.iter().any(|a| a == DIRECT), "{}", m.key);
+            assert!(m.ours.iter().any(|a| a == ours), "{}", m.key);
         }
-        let n = measures(&options());
+        let keys = |floor| measures(&options(), floor).into_iter().map(|m| m.key);
+        let floor_keys: Vec<String> = keys(true)
+            .filter(|k| !keys(false).any(|x| &x == k))
+            .collect();
+        assert_eq!(floor_keys.len(), 7, "{floor_keys:?}");
+        assert!(
+            floor_keys.iter().all(|k| k.starts_with("floor_")),
+            "{floor_keys:?}"
+        );
+        let n = measures(&options(), false);
         let many = n.iter().find(|m| m.key == "out_up_n").unwrap();
         assert!(many.load && many.ours.contains(&"--up".to_string()));
         // 100 streams move twice the one-stream bytes in all: 128 MiB / 100, at least 1 MiB.

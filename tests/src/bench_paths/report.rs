@@ -100,12 +100,48 @@ fn specs(o: &Options) -> Vec<Spec> {
             Target::RatioAtLeast(0.8),
         ),
     ];
+    // The intercept path's hops made of kernel rules alone (`floor.rs`).
+    let floor = "kernel floor";
+    v.extend([
+        spec(
+            &format!("{floor}: keep-alive 1 KiB p50"),
+            "floor_keepalive",
+            "p50_us",
+            us,
+            Target::None,
+        ),
+        spec(
+            &format!("{floor}: keep-alive 1 KiB p99"),
+            "floor_keepalive",
+            "p99_us",
+            us,
+            Target::None,
+        ),
+        spec(
+            &format!("{floor}: new connection p50"),
+            "floor_new_conn",
+            "p50_us",
+            us,
+            Target::None,
+        ),
+        spec(
+            &format!("{floor}: req/s, {n} keep-alive conns"),
+            "floor_rps",
+            "requests_per_s",
+            "req/s",
+            Target::None,
+        ),
+    ]);
     let rate = Target::RatioAtLeast(0.8);
-    for (path, key, up_target) in [
-        ("intercept", "icpt", Target::None),
-        ("outbound", "out", rate),
+    for (path, key, down_target, up_target) in [
+        ("intercept", "icpt", rate, Target::None),
+        (floor, "floor", Target::None, Target::None),
+        ("outbound", "out", rate, rate),
     ] {
-        for (way, key_way, target) in [("download", "down", rate), ("upload", "up", up_target)] {
+        for (way, key_way, target) in [
+            ("download", "down", down_target),
+            ("upload", "up", up_target),
+        ] {
             for (count, key_n) in [(1, "1"), (n, "n")] {
                 let s = if count == 1 { "stream" } else { "streams" };
                 let label = format!("{path}: {way}, {count} {s}");
@@ -234,6 +270,13 @@ impl PathResults {
         (median(v.clone()), v)
     }
 
+    /// The specs of the measures that ran: the floor's only where it was installed
+    /// (`floor.rs` needs root, `nsenter` and `nft`).
+    fn measured_specs(&self) -> Vec<Spec> {
+        let measured = |spec: &Spec| self.rounds.runs.contains_key(&spec.1);
+        specs(&self.options).into_iter().filter(measured).collect()
+    }
+
     /// The table rows and the JSON section.
     pub fn report(&self) -> (Vec<PathRow>, Value) {
         let connect = median(self.connect_s.clone());
@@ -244,7 +287,7 @@ impl PathResults {
             None,
         )];
         let mut metrics = Vec::new();
-        for spec in specs(&self.options) {
+        for spec in self.measured_specs() {
             let (row, doc) = spec_row(self, &spec);
             rows.push(row);
             metrics.push(doc);
@@ -381,8 +424,14 @@ const CHARTED: [(&str, &str); 4] = [
 
 /// The section's table.
 pub fn table(rows: &[PathRow]) -> String {
+    let w = rows
+        .iter()
+        .map(|r| r.metric.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(38);
     let mut out = format!(
-        "{:<38} {:>14} {:>14} {:>14}  {:<18} met\n",
+        "{:<w$} {:>14} {:>14} {:>14}  {:<18} met\n",
         "metric", "direct", "ours", "ours vs direct", "target"
     );
     for r in rows {
@@ -392,7 +441,7 @@ pub fn table(rows: &[PathRow]) -> String {
             None => "",
         };
         out.push_str(&format!(
-            "{:<38} {:>14} {:>14} {:>14}  {:<18} {met}\n",
+            "{:<w$} {:>14} {:>14} {:>14}  {:<18} {met}\n",
             r.metric, r.direct, r.ours, r.versus, r.target
         ));
     }
@@ -485,6 +534,26 @@ mod tests {
     }
 
     #[test]
+    fn floor_rows_only_where_the_floor_was_measured() {
+        let mut r = results();
+        let floor_rows = |r: &PathResults| {
+            let specs = r.measured_specs();
+            specs.iter().filter(|s| s.1.starts_with("floor_")).count()
+        };
+        assert_eq!(floor_rows(&r), 0);
+        assert_eq!(
+            r.measured_specs().len(),
+            4,
+            "keepalive p50, p99, out_down_1, out_up_n"
+        );
+        let lat = json!({"p50_us": 100.0, "p99_us": 200.0});
+        r.rounds
+            .runs
+            .insert("floor_keepalive".into(), (vec![lat.clone()], vec![lat]));
+        assert_eq!(floor_rows(&r), 2, "p50 and p99");
+    }
+
+    #[test]
     fn table_marks_targets() {
         let rows = vec![
             own_row("a", "1".into(), "≤ 2", Some(true)),
@@ -495,5 +564,12 @@ mod tests {
         assert_eq!(t.lines().count(), 4);
         assert!(t.lines().nth(1).unwrap().ends_with('✔'));
         assert!(t.lines().nth(2).unwrap().ends_with('✘'));
+        // A label longer than the column widens it for every row: the columns stay aligned.
+        let long = "l".repeat(50);
+        let t = table(&[own_row(&long, "1".into(), "-", None), rows[0].clone()]);
+        // The direct column (right-aligned, 14 wide after the label and a space) ends at
+        // character 64 of every line: "direct" in the header, "-" in the rows.
+        let ends: Vec<_> = t.lines().map(|l| l.chars().nth(64)).collect();
+        assert_eq!(ends, vec![Some('t'), Some('-'), Some('-')], "{t}");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Paths (`tests::bench_paths`, alone with `--only-paths`): interleaved rounds (`--rounds`,
 //! medians) of keep-alive and new-connection latency through an intercept, requests/s with many
-//! keep-alive connections, 1 and N streams each way through the intercept and the outbound path,
+//! keep-alive connections, 1 and N streams each way through the intercept and the outbound path
+//! (and through the intercept path's hops made of kernel rules alone, `bench_paths/floor.rs`),
 //! UDP echo and DNS latency, connect time, the image's size and each role's memory; `--chart
 //! FILE.svg` draws the latency distributions (`tests::bench_chart`).
 //! Intercept path: `connect` time with the image present; intercept → first routed
