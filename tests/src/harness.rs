@@ -155,15 +155,21 @@ fn find_key(v: &serde_json::Value, key: &str) -> Option<String> {
 /// root and Debian's `nftables`, which `.ci/run` installs): what the kernel holds there,
 /// whatever wrote it.
 pub fn nft_in(container: &str, args: &[&str]) -> Result<String> {
+    netns_run(container, "nft", args)
+}
+
+/// A host program run in a container's network namespace with `nsenter` (needs root); its
+/// standard output, or an error with its standard error.
+pub fn netns_run(container: &str, program: &str, args: &[&str]) -> Result<String> {
     let pid = docker(&["inspect", container, "--format", "{{.State.Pid}}"])?;
     let out = Command::new("nsenter")
-        .args(["-t", &pid, "-n", "nft"])
+        .args(["-t", &pid, "-n", program])
         .args(args)
         .output()
         .context("nsenter")?;
     anyhow::ensure!(
         out.status.success(),
-        "nsenter -t {pid} -n nft {args:?}: {}",
+        "nsenter -t {pid} -n {program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -10,9 +10,8 @@
 //! Our tables are named [`TABLE`] and deleted, and the workload namespace's `ip_forward` put
 //! back, when the [`Floor`] is dropped.
 
-use crate::harness::{docker, nft_in};
+use crate::harness::{docker, netns_run, nft_in};
 use anyhow::{anyhow, Context, Result};
-use std::process::Command;
 
 /// The nf_tables table of the floor's rules, in the workload's and the manager's namespaces.
 pub const TABLE: &str = "tp_bench_floor";
@@ -59,20 +58,11 @@ fn by_role(role: &str) -> Result<String> {
     }
 }
 
-/// `sysctl` in a container's network namespace.
+/// `sysctl -n <arg…>` in a container's network namespace, trimmed.
 fn sysctl_in(container: &str, arg: &str) -> Result<String> {
-    let pid = docker(&["inspect", container, "--format", "{{.State.Pid}}"])?;
-    let out = Command::new("nsenter")
-        .args(["-t", &pid, "-n", "sysctl", "-n"])
-        .args(arg.split(' '))
-        .output()
-        .context("nsenter sysctl")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sysctl {arg} in {container}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let mut args = vec!["-n"];
+    args.extend(arg.split(' '));
+    Ok(netns_run(container, "sysctl", &args)?.trim().to_string())
 }
 
 /// The rules of one hop: connections to `port` (from `from`, when given) go to `to`, with the
