@@ -48,8 +48,8 @@ use rss::{peak_while, Roles};
 const WEB: &str = "  web:\n    image: @APP@\n    command: [\"serve\", \"--http\", \"8080\", \"--http\", \"8081\", \"--udp\", \"9000\", \"--name\", \"web\"]\n    expose: [\"8080\"]\n";
 const INTERCEPTED: &str = "http://web:8080/";
 const DIRECT: &str = "http://web:8081/";
-/// The workload's port that takes the kernel floor of the intercept path (`floor.rs`).
-const FLOOR: &str = "http://web:8082/";
+/// The handler's port in the daemon's namespace (the intercept's local port).
+const HANDLER_PORT: u16 = 9090;
 const UDP_TARGET: &str = "web:9000";
 
 /// What the section measures and how much.
@@ -106,7 +106,7 @@ fn measures(o: &Options, floor: bool) -> Vec<Measure> {
         let ours = match via {
             Via::Intercept => make(INTERCEPTED),
             Via::Outbound => make(DIRECT),
-            Via::Floor => make(FLOOR),
+            Via::Floor => make(&floor::url()),
         };
         let direct = make(DIRECT);
         v.push(Measure {
@@ -129,16 +129,19 @@ fn measures(o: &Options, floor: bool) -> Vec<Measure> {
             &n,
         ])
     };
-    let mut paths = vec![(Via::Intercept, "icpt", ""), (Via::Outbound, "out", "")];
+    let mut paths = vec![(Via::Intercept, "icpt"), (Via::Outbound, "out")];
     if floor {
-        paths.insert(1, (Via::Floor, "floor", "floor_"));
+        paths.insert(1, (Via::Floor, "floor"));
     }
-    for &(via, _, prefix) in paths.iter().filter(|p| p.0 != Via::Outbound) {
+    for (via, prefix) in [(Via::Intercept, ""), (Via::Floor, "floor_")] {
+        if via == Via::Floor && !floor {
+            continue;
+        }
         add(format!("{prefix}keepalive"), via, &keep, false);
         add(format!("{prefix}new_conn"), via, &new_conn, false);
         add(format!("{prefix}rps"), via, &rps, false);
     }
-    for (via, path, _) in paths {
+    for (via, path) in paths {
         for (up, way) in [(false, "down"), (true, "up")] {
             for (many, count) in [(false, "1"), (true, "n")] {
                 let make = |u: &str| {
@@ -298,7 +301,8 @@ struct Running<'a> {
 impl Running<'_> {
     /// Ends the intercept (its handler stops, the intercept command exits); the agent stays.
     fn end_intercept(&mut self) {
-        let _ = docker(&["stop", "-t", "1", "intercept-web-9090"]);
+        let handler = format!("intercept-web-{HANDLER_PORT}");
+        let _ = docker(&["stop", "-t", "1", &handler]);
         if let Some(mut c) = self.intercept.take() {
             let start = Instant::now();
             while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10)
@@ -334,7 +338,8 @@ fn connect_rounds(p: &Project, user: &User, rounds: usize) -> Result<Vec<f64>> {
     Ok(times)
 }
 
-/// Starts the intercept of `web:8080` (handler on 9090) and the outbound client container.
+/// Starts the intercept of `web:8080` (handler on [`HANDLER_PORT`]) and the outbound client
+/// container.
 fn start_paths<'a>(p: &Project, user: &'a User) -> Result<Running<'a>> {
     let (app, _) = images();
     let outbound = format!("{}-outbound", p.name);
@@ -361,7 +366,7 @@ fn start_paths<'a>(p: &Project, user: &'a User) -> Result<Running<'a>> {
         String::from_utf8_lossy(&out.stderr)
     );
     running.intercept = Some(
-        user.intercept_cmd(p, "web", 9090, 8080, &[], &[], "handler")
+        user.intercept_cmd(p, "web", HANDLER_PORT, 8080, &[], &[], "handler")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?,
@@ -415,7 +420,7 @@ pub fn run(o: &Options) -> Result<PathResults> {
     let roles = Roles::find()?;
     let idle_rss = roles.rss_mib();
     let caller = p.container("caller")?;
-    let floor = floor::Floor::install(&p.container("web")?, 9090)
+    let floor = floor::Floor::install(&p.container("web")?, HANDLER_PORT)
         .map_err(|e| eprintln!("paths: no kernel floor of the intercept path: {e:#}"))
         .ok();
     let mut rounds = Rounds::default();
@@ -480,9 +485,10 @@ mod tests {
         for m in measures(&options(), true) {
             assert_eq!(m.direct.len(), m.ours.len(), "{}", m.key);
             assert_eq!(m.direct[0], m.ours[0], "{}", m.key);
+            let floor_url = floor::url();
             let ours = match m.via {
                 Via::Intercept => INTERCEPTED,
-                Via::Floor => FLOOR,
+                Via::Floor => floor_url.as_str(),
                 Via::Outbound => {
                     assert_eq!(m.direct, m.ours, "{}: same target, other container", m.key);
                     continue;

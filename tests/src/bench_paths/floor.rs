@@ -14,9 +14,14 @@ use crate::harness::{docker, netns_run, nft_in};
 use anyhow::{anyhow, Context, Result};
 
 /// The nf_tables table of the floor's rules, in the workload's and the manager's namespaces.
-pub const TABLE: &str = "tp_bench_floor";
+const TABLE: &str = "tp_bench_floor";
 /// The workload's port whose connections take the floor path.
-pub const PORT: u16 = 8082;
+const PORT: u16 = 8082;
+
+/// The URL the caller uses for the floor path (the workload is the service `web`).
+pub fn url() -> String {
+    format!("http://web:{PORT}/")
+}
 /// The manager's port the workload's rule sends them to (outside the manager's own forward
 /// ports, 20000–29999).
 const MANAGER_PORT: u16 = 30999;
@@ -58,10 +63,9 @@ fn by_role(role: &str) -> Result<String> {
     }
 }
 
-/// `sysctl -n <arg…>` in a container's network namespace, trimmed.
-fn sysctl_in(container: &str, arg: &str) -> Result<String> {
-    let mut args = vec!["-n"];
-    args.extend(arg.split(' '));
+/// `sysctl -n <args>` in a container's network namespace, trimmed.
+fn sysctl_in(container: &str, args: &[&str]) -> Result<String> {
+    let args: Vec<&str> = std::iter::once("-n").chain(args.iter().copied()).collect();
     Ok(netns_run(container, "sysctl", &args)?.trim().to_string())
 }
 
@@ -94,13 +98,13 @@ impl Floor {
         let daemon = by_role(docker::logs::ROLE_DAEMON)?;
         let (workload_ip, manager_ip) = shared_ips(workload, &manager)?;
         let (_, daemon_ip) = shared_ips(&manager, &daemon)?;
-        let forwarding_was = sysctl_in(workload, "net.ipv4.ip_forward")?;
+        let forwarding_was = sysctl_in(workload, &["net.ipv4.ip_forward"])?;
         let floor = Floor {
             workload: workload.to_string(),
             manager: manager.clone(),
             forwarding_was,
         };
-        sysctl_in(workload, "-w net.ipv4.ip_forward=1")?;
+        sysctl_in(workload, &["-w", "net.ipv4.ip_forward=1"])?;
         nft_file_in(workload, &hop_rules(None, PORT, &manager_ip, MANAGER_PORT))?;
         let manager_rules = hop_rules(Some(&workload_ip), MANAGER_PORT, &daemon_ip, handler_port);
         nft_file_in(&manager, &manager_rules)?;
@@ -115,8 +119,8 @@ impl Drop for Floor {
                 eprintln!("paths: removing the floor's rules in {c}: {e:#}");
             }
         }
-        let restore = format!("-w net.ipv4.ip_forward={}", self.forwarding_was);
-        if let Err(e) = sysctl_in(&self.workload, &restore) {
+        let restore = format!("net.ipv4.ip_forward={}", self.forwarding_was);
+        if let Err(e) = sysctl_in(&self.workload, &["-w", &restore]) {
             eprintln!("paths: restoring ip_forward in {}: {e:#}", self.workload);
         }
     }
